@@ -1,0 +1,246 @@
+"""Numba kernels of the sketching operators (no validation; see :mod:`rnla.sketch`).
+
+Hash sketches (CountSketch, sparse sign, TensorSketch as an operator) are described by
+two ``(n, z)`` arrays: ``idx[j, t]`` is the output row that input row ``j`` is sent to by
+its ``t``-th nonzero, ``val[j, t]`` the value there. The SRHT kernels use the
+unnormalised Walsh–Hadamard matrix ``H[a, b] = (-1)**popcount(a & b)``.
+
+Every parallel loop owns a disjoint set of output entries, and each output entry is
+accumulated in a fixed order, so results do not depend on the number of threads.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+# ----------------------------------------------------------------------------------------
+# hash sketches: out = S @ A with S[idx[j, t], j] = val[j, t]
+# ----------------------------------------------------------------------------------------
+
+_COL_BLOCK = 64  # columns per parallel task: 512 B of float64 per row, one SIMD stream
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_apply_dense(idx, val, A, out):
+    # A is C-contiguous (n, p); each task owns a block of output columns.
+    n, p = A.shape
+    z = idx.shape[1]
+    n_blocks = (p + _COL_BLOCK - 1) // _COL_BLOCK
+    for b in prange(n_blocks):
+        c0 = b * _COL_BLOCK
+        c1 = min(p, c0 + _COL_BLOCK)
+        for j in range(n):
+            for t in range(z):
+                r = idx[j, t]
+                v = val[j, t]
+                for c in range(c0, c1):
+                    out[r, c] += v * A[j, c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_apply_dense_t(idx, val, At, out_t):
+    # At is C-contiguous (p, n), i.e. A in Fortran order; out_t is (p, k) = (S @ A).T.
+    p, n = At.shape
+    z = idx.shape[1]
+    for c in prange(p):
+        for j in range(n):
+            a = At[c, j]
+            for t in range(z):
+                out_t[c, idx[j, t]] += val[j, t] * a
+
+
+_ROW_BLOCKS = 16  # fixed partition of output rows for CSR input (thread-count independent)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_apply_csr(indptr, indices, data, idx, val, out):
+    # Row j of A is scattered into output rows idx[j, :]. Tasks own disjoint ranges of
+    # output rows and scan the (cheap) hash table, so no buffers and no races.
+    k = out.shape[0]
+    n, z = idx.shape
+    n_tasks = min(_ROW_BLOCKS, k)
+    for b in prange(n_tasks):
+        lo = (b * k) // n_tasks
+        hi = ((b + 1) * k) // n_tasks
+        for j in range(n):
+            for t in range(z):
+                r = idx[j, t]
+                if r < lo or r >= hi:
+                    continue
+                v = val[j, t]
+                for q in range(indptr[j], indptr[j + 1]):
+                    out[r, indices[q]] += v * data[q]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_apply_csc(indptr, indices, data, idx, val, out):
+    # Column c of A maps to column c of the output: columns are independent tasks.
+    p = out.shape[1]
+    z = idx.shape[1]
+    for c in prange(p):
+        for q in range(indptr[c], indptr[c + 1]):
+            j = indices[q]
+            a = data[q]
+            for t in range(z):
+                out[idx[j, t], c] += val[j, t] * a
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_adjoint_dense(idx, val, Y, out):
+    # out = S.T @ Y: row j gathers the rows idx[j, :] of Y.
+    n, z = idx.shape
+    p = Y.shape[1]
+    for j in prange(n):
+        for t in range(z):
+            r = idx[j, t]
+            v = val[j, t]
+            for c in range(p):
+                out[j, c] += v * Y[r, c]
+
+
+@njit(cache=True, nogil=True)
+def _floyd_sample(U, k, out):
+    # Floyd's algorithm: for each row, out[j] gets z distinct integers in [0, k) from the
+    # pre-drawn uniforms U[j] (randomness stays in NumPy's Generator).
+    n, z = U.shape
+    for j in range(n):
+        m = 0
+        for s in range(k - z, k):
+            t = int(U[j, m] * (s + 1))
+            if t > s:  # guards U == 1.0 - ulp rounding up
+                t = s
+            dup = False
+            for q in range(m):
+                if out[j, q] == t:
+                    dup = True
+                    break
+            out[j, m] = s if dup else t
+            m += 1
+
+
+# ----------------------------------------------------------------------------------------
+# Walsh–Hadamard transforms along axis 0, on column panels [c0, c1) of a C-ordered array
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _parity(x):
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    x ^= x >> 4
+    x ^= x >> 2
+    x ^= x >> 1
+    return x & 1
+
+
+@njit(cache=True, nogil=True)
+def _fwht_rows(Z, start, stride, length, c0, c1):
+    # In-place unnormalised FWHT of the `length` rows start, start+stride, ... restricted
+    # to columns [c0, c1); the butterflies run over contiguous row segments (SIMD).
+    h = 1
+    while h < length:
+        for i in range(0, length, 2 * h):
+            for m in range(i, i + h):
+                r0 = start + m * stride
+                r1 = r0 + h * stride
+                for c in range(c0, c1):
+                    a = Z[r0, c]
+                    b = Z[r1, c]
+                    Z[r0, c] = a + b
+                    Z[r1, c] = a - b
+        h *= 2
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _srht_stage1(A, signs, c0, c1, n2, Z):
+    # Z[:, :] = blockwise FWHT (blocks of n2 rows) of the sign-flipped, zero-padded panel
+    # A[:, c0:c1]. Blocks are independent tasks that fit in cache.
+    n = A.shape[0]
+    N = Z.shape[0]
+    w = c1 - c0
+    n1 = N // n2
+    for b in prange(n1):
+        for m in range(n2):
+            j = b * n2 + m
+            if j < n:
+                s = signs[j]
+                for c in range(w):
+                    Z[j, c] = s * A[j, c0 + c]
+            else:
+                for c in range(w):
+                    Z[j, c] = 0.0
+        _fwht_rows(Z, b * n2, 1, n2, 0, w)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _srht_stage2_direct(Z, sel, n2, scale, out, c0):
+    # out[i, c0:c0+w] = scale * sum_j1 H_n1[i1, j1] Z[j1*n2 + i2, :] for each selected row
+    # sel[i] = i1*n2 + i2: only the k requested outputs of the second level are formed.
+    N, w = Z.shape
+    n1 = N // n2
+    k = sel.shape[0]
+    for i in prange(k):
+        i1 = sel[i] // n2
+        i2 = sel[i] % n2
+        for c in range(w):
+            out[i, c0 + c] = 0.0
+        for j1 in range(n1):
+            r = j1 * n2 + i2
+            if _parity(i1 & j1):
+                for c in range(w):
+                    out[i, c0 + c] -= Z[r, c]
+            else:
+                for c in range(w):
+                    out[i, c0 + c] += Z[r, c]
+        for c in range(w):
+            out[i, c0 + c] *= scale
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _fwht_stage2(Z, n2):
+    # Second level of the two-level transform: FWHT across blocks for every offset i2.
+    N, w = Z.shape
+    n1 = N // n2
+    for i2 in prange(n2):
+        _fwht_rows(Z, i2, n2, n1, 0, w)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gather_rows_scaled(Z, sel, scale, out, c0):
+    k = sel.shape[0]
+    w = Z.shape[1]
+    for i in prange(k):
+        for c in range(w):
+            out[i, c0 + c] = scale * Z[sel[i], c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _srht_adjoint_fill(Y, sel, c0, c1, Z):
+    # Z = R^T Y[:, c0:c1] (rows sel of Z get the rows of Y, the others are zero).
+    N = Z.shape[0]
+    w = c1 - c0
+    for r in prange(N):
+        for c in range(w):
+            Z[r, c] = 0.0
+    for i in range(sel.shape[0]):
+        for c in range(w):
+            Z[sel[i], c] = Y[i, c0 + c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _fwht_blocks(Z, n2):
+    N, w = Z.shape
+    n1 = N // n2
+    for b in prange(n1):
+        _fwht_rows(Z, b * n2, 1, n2, 0, w)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _srht_adjoint_finish(Z, signs, scale, out, c0):
+    n = out.shape[0]
+    w = Z.shape[1]
+    for j in prange(n):
+        s = scale * signs[j]
+        for c in range(w):
+            out[j, c0 + c] = s * Z[j, c]
+

@@ -1,0 +1,959 @@
+"""Sketching operators: random linear maps that embed a subspace in fewer dimensions.
+
+Every constructor returns a :class:`SketchOperator`, a
+:class:`scipy.sparse.linalg.LinearOperator` of shape ``(k, n)`` scaled so that
+:math:`\\mathbb{E}[S^\\top S] = I_n`. It applies from the left to dense arrays and to
+SciPy CSR/CSC matrices without forming ``S`` where ``S`` is structured, composes with
+other operators, has a dot-test-exact adjoint ``S.T`` and a ``todense()`` method.
+
+========================  ======================  ==============================
+constructor               storage                 cost of ``S @ A``, ``A`` (n, p)
+========================  ======================  ==============================
+:func:`gaussian`          dense ``k x n``         ``2knp`` (BLAS GEMM)
+:func:`rademacher`        dense ``k x n``         ``2knp`` (BLAS GEMM)
+:func:`orthogonal_gaussian` dense ``k x n``       ``2knp`` (BLAS GEMM)
+:func:`srht`              ``n`` signs, ``k`` rows ``~ N p log2(n2) + k p N/n2``
+:func:`countsketch`       ``n`` hashes, signs     ``p n`` dense, ``nnz(A)`` sparse
+:func:`sparse_sign`       ``z n`` hashes, signs   ``z p n`` dense, ``z nnz(A)`` sparse
+:func:`tensor_sketch`     ``degree`` CountSketches ``degree (n + k log k)`` per row
+========================  ======================  ==============================
+
+Here ``N`` is ``n`` rounded up to a power of two and ``n2 <= N`` a cache-sized block.
+Randomness is drawn once, at construction, from ``rng``; applying an operator is
+deterministic and independent of the number of Numba threads.
+
+Samplers (:func:`leverage_scores`, :func:`row_norm_sampling`, :func:`uniform_sampling`)
+return row indices with importance weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from rnla._kernels import sketch as _k
+from rnla._validation import as_float_array, as_sparse, check_int, check_rng
+
+__all__ = [
+    "SketchOperator",
+    "DenseSketch",
+    "HashSketch",
+    "SRHT",
+    "TensorSketch",
+    "gaussian",
+    "rademacher",
+    "orthogonal_gaussian",
+    "srht",
+    "countsketch",
+    "sparse_sign",
+    "tensor_sketch",
+]
+
+
+class SketchOperator(LinearOperator):
+    """Base class of the sketching operators, a :class:`LinearOperator` of shape (k, n).
+
+    Subclasses implement ``_apply_dense`` (``S @ A`` for a validated float array ``A``
+    of shape (n, p)), ``_apply_sparse`` (CSR/CSC ``A``) and ``_adjoint_dense``
+    (``S.T @ Y`` for ``Y`` of shape (k, p)). The public entry point validates input
+    once, keeps float32 as float32 and returns dense arrays.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(k, n)``: sketch size and input dimension.
+    dtype : numpy.dtype
+        ``float64``, the precision the random entries are drawn in; products are
+        computed in the input's floating dtype.
+    """
+
+    def __init__(self, k: int, n: int):
+        super().__init__(dtype=np.dtype(np.float64), shape=(k, n))
+
+    # -- public application ---------------------------------------------------------
+    def apply(self, A):
+        """Return ``S @ A`` for a dense (n,) / (n, p) array or a sparse (n, p) matrix.
+
+        Parameters
+        ----------
+        A : array_like or scipy.sparse matrix
+            Input with ``n`` rows. Sparse formats other than CSR/CSC are converted to
+            CSR (a copy).
+
+        Returns
+        -------
+        numpy.ndarray of shape (k,) or (k, p)
+            float32 if ``A`` is float32, float64 otherwise.
+
+        Raises
+        ------
+        ValueError
+            If ``A`` does not have ``n`` rows, is empty, or holds NaN/inf.
+        TypeError
+            If ``A`` is complex or not numeric.
+        """
+        k, n = self.shape
+        if sp.issparse(A):
+            A = as_sparse(A, name="A")
+            self._check_rows(A.shape[0])
+            return self._apply_sparse(A)
+        A = as_float_array(A, name="A", ndim=(1, 2))
+        self._check_rows(A.shape[0])
+        if A.ndim == 1:
+            return self._apply_dense(A[:, None])[:, 0]
+        return self._apply_dense(A)
+
+    def _check_rows(self, rows):
+        if rows != self.shape[1]:
+            raise ValueError(
+                f"A must have n={self.shape[1]} rows to be sketched by an operator of shape "
+                f"{self.shape}, got {rows} rows"
+            )
+
+    def dot(self, x):
+        """``S @ x``: arrays and sparse matrices are sketched, operators composed."""
+        if isinstance(x, LinearOperator) or np.isscalar(x):
+            return super().dot(x)
+        return self.apply(x)
+
+    def __matmul__(self, other):
+        if np.isscalar(other):
+            raise ValueError("Scalar operands are not allowed, use '*' instead")
+        return self.dot(other)
+
+    def todense(self) -> np.ndarray:
+        """Return the sketch as a dense float64 array of shape (k, n).
+
+        Costs one adjoint application to the ``k x k`` identity; meant for tests and
+        small problems.
+        """
+        k, n = self.shape
+        return np.ascontiguousarray(self._adjoint_dense(np.eye(k)).T)
+
+    # -- LinearOperator protocol ----------------------------------------------------
+    def _matvec(self, x):
+        return self._matmat(np.reshape(x, (-1, 1)))[:, 0]
+
+    def _rmatvec(self, y):
+        return self._rmatmat(np.reshape(y, (-1, 1)))[:, 0]
+
+    def _matmat(self, X):
+        if sp.issparse(X):
+            return self.apply(X)
+        return self._apply_dense(as_float_array(X, name="X", ndim=2, allow_nonfinite=True))
+
+    def _rmatmat(self, Y):
+        return self._adjoint_dense(as_float_array(Y, name="Y", ndim=2, allow_nonfinite=True))
+
+    def _adjoint(self):
+        return _AdjointSketch(self)
+
+    _transpose = _adjoint
+
+    def _describe(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        k, n = self.shape
+        extra = self._describe()
+        return f"<{type(self).__name__} k={k} n={n}{', ' + extra if extra else ''}>"
+
+
+class _AdjointSketch(LinearOperator):
+    """``S.T``: shape (n, k), exact adjoint of a :class:`SketchOperator`."""
+
+    def __init__(self, parent: SketchOperator):
+        self.parent = parent
+        k, n = parent.shape
+        super().__init__(dtype=parent.dtype, shape=(n, k))
+
+    def _matvec(self, x):
+        return self._matmat(np.reshape(x, (-1, 1)))[:, 0]
+
+    def _rmatvec(self, y):
+        return self._rmatmat(np.reshape(y, (-1, 1)))[:, 0]
+
+    def _matmat(self, X):
+        return self.parent._adjoint_dense(as_float_array(X, name="X", ndim=2))
+
+    def _rmatmat(self, Y):
+        return self.parent._apply_dense(as_float_array(Y, name="Y", ndim=2))
+
+    def _adjoint(self):
+        return self.parent
+
+    _transpose = _adjoint
+
+
+# ----------------------------------------------------------------------------------------
+# dense sketches
+# ----------------------------------------------------------------------------------------
+
+
+class DenseSketch(SketchOperator):
+    """A sketch stored as an explicit ``k x n`` matrix (Gaussian, Rademacher, orthogonal).
+
+    Products are one BLAS GEMM (dense input) or one SciPy sparse-times-dense product
+    (sparse input): for an unstructured dense sketch nothing beats the library kernels,
+    so none is written by hand. A float32 copy of the matrix is cached on first use
+    with float32 data.
+    """
+
+    def __init__(self, matrix: np.ndarray, kind: str):
+        k, n = matrix.shape
+        super().__init__(k, n)
+        self._matrix = matrix
+        self._matrix.setflags(write=False)
+        self._cast = {np.dtype(np.float64): matrix}
+        self.kind = kind
+
+    def _as(self, dtype):
+        if dtype not in self._cast:
+            m = self._matrix.astype(dtype)
+            m.setflags(write=False)
+            self._cast[dtype] = m
+        return self._cast[dtype]
+
+    def _apply_dense(self, A):
+        return self._as(A.dtype) @ A
+
+    def _apply_sparse(self, A):
+        # (S A)^T = A^T S^T: SciPy's compiled sparse @ dense, no densification of A.
+        return np.ascontiguousarray((A.T @ self._as(A.dtype).T).T)
+
+    def _adjoint_dense(self, Y):
+        return self._as(Y.dtype).T @ Y
+
+    def todense(self) -> np.ndarray:
+        """Return a copy of the (k, n) float64 matrix."""
+        return self._matrix.copy()
+
+    def _describe(self):
+        return f"kind={self.kind!r}"
+
+
+def _check_sizes(k, n):
+    n = check_int(n, "n", minimum=1)
+    k = check_int(k, "k", minimum=1)
+    return k, n
+
+
+def gaussian(k, n, /, *, rng=None) -> DenseSketch:
+    """Gaussian sketch with i.i.d. :math:`N(0, 1/k)` entries.
+
+    Parameters
+    ----------
+    k : int
+        Sketch size (rows), ``k >= 1``.
+    n : int
+        Input dimension (columns), ``n >= 1``.
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness, normalised with :func:`numpy.random.default_rng`.
+
+    Returns
+    -------
+    DenseSketch
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+
+    Raises
+    ------
+    TypeError
+        If ``k`` or ``n`` is not an integer, or ``rng`` is not a valid seed.
+    ValueError
+        If ``k < 1`` or ``n < 1``.
+
+    Notes
+    -----
+    Storage ``8kn`` bytes; ``S @ A`` costs ``2knp`` flops. For a ``d``-dimensional
+    subspace with orthonormal basis ``U`` (Davidson–Szarek), with probability at least
+    :math:`1 - 2e^{-t^2/2}` every singular value of ``S U`` lies in
+    :math:`[1 - (\\sqrt d + t)/\\sqrt k,\\ 1 + (\\sqrt d + t)/\\sqrt k]`; see
+    :func:`rnla.bounds.gaussian_embedding_size`.
+
+    References
+    ----------
+    .. [1] K. R. Davidson and S. J. Szarek, "Local operator theory, random matrices and
+       Banach spaces", Handbook of the Geometry of Banach Spaces, 2001, Thm II.13.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.sketch import gaussian
+    >>> S = gaussian(20, 1000, rng=0)
+    >>> (S @ np.ones((1000, 3))).shape
+    (20, 3)
+    """
+    k, n = _check_sizes(k, n)
+    rng = check_rng(rng)
+    return DenseSketch(rng.standard_normal((k, n)) / math.sqrt(k), "gaussian")
+
+
+def rademacher(k, n, /, *, rng=None) -> DenseSketch:
+    """Rademacher sketch with i.i.d. entries :math:`\\pm 1/\\sqrt k`.
+
+    Parameters
+    ----------
+    k : int
+        Sketch size (rows), ``k >= 1``.
+    n : int
+        Input dimension (columns), ``n >= 1``.
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    DenseSketch
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+
+    Raises
+    ------
+    TypeError
+        If ``k`` or ``n`` is not an integer.
+    ValueError
+        If ``k < 1`` or ``n < 1``.
+
+    Notes
+    -----
+    Same cost as :func:`gaussian`. Per-vector JL tails as for Gaussians (Achlioptas
+    2003, Thm 1.1); the subspace-embedding size with explicit constants is
+    :func:`rnla.bounds.rademacher_embedding_size`.
+
+    References
+    ----------
+    .. [1] D. Achlioptas, "Database-friendly random projections: Johnson-Lindenstrauss
+       with binary coins", J. Comput. Syst. Sci. 66 (2003).
+
+    Examples
+    --------
+    >>> from rnla.sketch import rademacher
+    >>> rademacher(8, 100, rng=1).todense().shape
+    (8, 100)
+    """
+    k, n = _check_sizes(k, n)
+    rng = check_rng(rng)
+    signs = rng.integers(0, 2, size=(k, n), dtype=np.int8)
+    return DenseSketch((2.0 * signs - 1.0) / math.sqrt(k), "rademacher")
+
+
+def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
+    """Block-orthogonal Gaussian sketch (orthogonal random features).
+
+    Rows come in blocks of at most ``n`` mutually orthogonal rows. Each block is
+    ``diag(r) Q^T / sqrt(k)`` with ``Q`` an ``n x b`` Haar-distributed orthonormal
+    matrix and ``r`` i.i.d. chi-distributed norms with ``n`` degrees of freedom, so
+    every row has exactly the law of a Gaussian row while rows within a block are
+    orthogonal; blocks are independent (``k > n`` is allowed).
+
+    Parameters
+    ----------
+    k : int
+        Sketch size (rows), ``k >= 1``.
+    n : int
+        Input dimension (columns), ``n >= 1``.
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    DenseSketch
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+
+    Raises
+    ------
+    TypeError
+        If ``k`` or ``n`` is not an integer.
+    ValueError
+        If ``k < 1`` or ``n < 1``.
+
+    Notes
+    -----
+    Construction costs one Householder QR of an ``n x min(k, n)`` Gaussian matrix per
+    block, ``O(n k min(n, k))`` flops. ``Q`` is made Haar by multiplying its columns by
+    the signs of ``diag(R)`` (Mezzadri 2007); without that fix the distribution of a
+    LAPACK QR factor is not uniform.
+
+    References
+    ----------
+    .. [1] F. Mezzadri, "How to generate random matrices from the classical compact
+       groups", Notices of the AMS 54 (2007).
+    .. [2] F. X. Yu et al., "Orthogonal random features", NeurIPS 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.sketch import orthogonal_gaussian
+    >>> S = orthogonal_gaussian(4, 16, rng=0).todense()
+    >>> G = S @ S.T
+    >>> bool(np.allclose(G, np.diag(np.diag(G))))
+    True
+    """
+    k, n = _check_sizes(k, n)
+    rng = check_rng(rng)
+    rows = np.empty((k, n))
+    for start in range(0, k, n):
+        b = min(n, k - start)
+        Q, R = sla.qr(rng.standard_normal((n, b)), mode="economic")
+        # Haar fix: flip columns so that diag(R) > 0 (zero has probability zero).
+        Q *= np.sign(np.diag(R))
+        norms = np.sqrt(rng.chisquare(n, size=b))
+        rows[start : start + b] = Q.T * norms[:, None]
+    rows /= math.sqrt(k)
+    return DenseSketch(rows, "orthogonal_gaussian")
+
+
+# ----------------------------------------------------------------------------------------
+# hash sketches
+# ----------------------------------------------------------------------------------------
+
+
+class HashSketch(SketchOperator):
+    """Sparse sketch with ``z`` nonzeros per column: ``S[idx[j, t], j] = val[j, t]``.
+
+    CountSketch is ``z = 1``; the sparse sign sketch has ``z`` distinct rows per column
+    with values :math:`\\pm 1/\\sqrt z`. Applied by Numba kernels that never build
+    ``S``: dense input costs ``z n p`` multiply-adds, CSR/CSC input ``z nnz(A)``.
+
+    Parameters
+    ----------
+    k : int
+        Number of rows of the sketch.
+    idx : ndarray of int64, shape (n, z)
+        Row of each nonzero.
+    val : ndarray of float64, shape (n, z)
+        Value of each nonzero.
+    kind : str
+        Name shown in ``repr``.
+    """
+
+    def __init__(self, k: int, idx: np.ndarray, val: np.ndarray, kind: str):
+        n = idx.shape[0]
+        super().__init__(k, n)
+        self.idx = np.ascontiguousarray(idx, dtype=np.int64)
+        self.val = np.ascontiguousarray(val, dtype=np.float64)
+        self.idx.setflags(write=False)
+        self.val.setflags(write=False)
+        self._val32 = None
+        self.kind = kind
+
+    @property
+    def nnz_per_col(self) -> int:
+        """Number of nonzeros in each column of ``S``."""
+        return self.idx.shape[1]
+
+    def _values(self, dtype):
+        if dtype == np.float32:
+            if self._val32 is None:
+                self._val32 = self.val.astype(np.float32)
+            return self._val32
+        return self.val
+
+    def _apply_dense(self, A):
+        k = self.shape[0]
+        p = A.shape[1]
+        val = self._values(A.dtype)
+        if A.flags.f_contiguous and not A.flags.c_contiguous:
+            # Fortran-ordered input: sketch the rows of A.T and transpose the result,
+            # which avoids copying A.
+            out_t = np.zeros((p, k), dtype=A.dtype)
+            _k._hash_apply_dense_t(self.idx, val, A.T, out_t)
+            return np.ascontiguousarray(out_t.T)
+        out = np.zeros((k, p), dtype=A.dtype)
+        _k._hash_apply_dense(self.idx, val, np.ascontiguousarray(A), out)
+        return out
+
+    def _apply_sparse(self, A):
+        k = self.shape[0]
+        out = np.zeros((k, A.shape[1]), dtype=A.dtype)
+        val = self._values(A.dtype)
+        kernel = _k._hash_apply_csr if A.format == "csr" else _k._hash_apply_csc
+        kernel(A.indptr, A.indices, A.data, self.idx, val, out)
+        return out
+
+    def _adjoint_dense(self, Y):
+        out = np.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype)
+        _k._hash_adjoint_dense(self.idx, self._values(Y.dtype), np.ascontiguousarray(Y), out)
+        return out
+
+    def todense(self) -> np.ndarray:
+        """Return the (k, n) float64 matrix (``z n`` nonzeros)."""
+        k, n = self.shape
+        M = np.zeros((k, n))
+        cols = np.repeat(np.arange(n), self.nnz_per_col)
+        np.add.at(M, (self.idx.ravel(), cols), self.val.ravel())
+        return M
+
+    def _describe(self):
+        return f"kind={self.kind!r}, nnz_per_col={self.nnz_per_col}"
+
+
+def _random_signs(rng, shape):
+    return 2.0 * rng.integers(0, 2, size=shape, dtype=np.int8) - 1.0
+
+
+def countsketch(k, n, /, *, rng=None) -> HashSketch:
+    """CountSketch (Clarkson–Woodruff transform): one :math:`\\pm 1` per column.
+
+    Column ``j`` of ``S`` is :math:`s_j e_{h(j)}` with ``h(j)`` uniform on
+    ``{0..k-1}`` and :math:`s_j = \\pm 1` uniform, all independent (fully random
+    hashing).
+
+    Parameters
+    ----------
+    k : int
+        Sketch size (number of buckets), ``k >= 1``.
+    n : int
+        Input dimension, ``n >= 1``.
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    HashSketch
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+
+    Raises
+    ------
+    TypeError
+        If ``k`` or ``n`` is not an integer.
+    ValueError
+        If ``k < 1`` or ``n < 1``.
+
+    Notes
+    -----
+    ``S @ A`` costs ``nnz(A)`` multiply-adds. Inner products are unbiased with the
+    exact variance
+
+    .. math::
+
+        \\operatorname{Var}\\langle Sx, Sy\\rangle = \\frac1k\\Big(\\sum_{i\\ne j}
+        x_i^2 y_j^2 + \\sum_{i \\ne j} x_i y_i x_j y_j\\Big)
+        \\le \\frac2k \\|x\\|^2\\|y\\|^2,
+
+    and ``k >= (d^2 + d)/(eps^2 delta)`` gives a subspace embedding of distortion
+    ``eps`` with probability ``1 - delta`` (Nelson–Nguyen 2013); see
+    :func:`rnla.bounds.countsketch_embedding_size`.
+
+    References
+    ----------
+    .. [1] K. L. Clarkson and D. P. Woodruff, "Low rank approximation and regression in
+       input sparsity time", STOC 2013.
+    .. [2] J. Nelson and H. L. Nguyen, "OSNAP: faster numerical linear algebra
+       algorithms via sparser subspace embeddings", FOCS 2013.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from rnla.sketch import countsketch
+    >>> A = sp.random(10_000, 50, density=0.01, format="csr", random_state=0)
+    >>> (countsketch(200, 10_000, rng=0) @ A).shape
+    (200, 50)
+    """
+    k, n = _check_sizes(k, n)
+    rng = check_rng(rng)
+    idx = rng.integers(0, k, size=(n, 1), dtype=np.int64)
+    return HashSketch(k, idx, _random_signs(rng, (n, 1)), "countsketch")
+
+
+def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
+    """Sparse sign sketch (SJLT/OSNAP): ``z`` distinct rows per column, values ±1/√z.
+
+    Parameters
+    ----------
+    k : int
+        Sketch size, ``k >= nnz_per_col``.
+    n : int
+        Input dimension, ``n >= 1``.
+    nnz_per_col : int, default=8
+        Nonzeros ``z`` in each column; ``z = 1`` is CountSketch with distinct-row
+        sampling. ``z = 8`` with ``k >= 2d`` is the practical recommendation of
+        Martinsson and Tropp (2020, §9.2).
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    HashSketch
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`; every column
+        has unit norm exactly.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an integer.
+    ValueError
+        If ``nnz_per_col > k`` (rows in a column must be distinct) or a size is < 1.
+
+    Notes
+    -----
+    Rows of each column are sampled without replacement by Floyd's algorithm from
+    pre-drawn uniforms. ``S @ A`` costs ``z nnz(A)`` (sparse) or ``z n p`` (dense)
+    multiply-adds. For ``x, y`` the inner product variance equals CountSketch's for
+    every ``z`` (distinct columns are independent, and :math:`\\sum_r S_{rj}^2 = 1`),
+    so the second-moment embedding size of :func:`countsketch` applies; larger ``z``
+    improves the higher moments (Cohen 2016: ``k = O(d log d / eps^2)`` with
+    ``z = O(log d / eps)``).
+
+    References
+    ----------
+    .. [1] M. B. Cohen, "Nearly tight oblivious subspace embeddings by trace
+       inequalities", SODA 2016.
+    .. [2] P.-G. Martinsson and J. A. Tropp, "Randomized numerical linear algebra:
+       foundations and algorithms", Acta Numerica 29 (2020), §9.2.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.sketch import sparse_sign
+    >>> S = sparse_sign(64, 1000, rng=0)
+    >>> bool(np.allclose(np.linalg.norm(S.todense(), axis=0), 1.0))
+    True
+    """
+    k, n = _check_sizes(k, n)
+    z = check_int(nnz_per_col, "nnz_per_col", minimum=1)
+    if z > k:
+        raise ValueError(
+            f"nnz_per_col={z} must be <= k={k}: the nonzeros of a column occupy distinct rows"
+        )
+    rng = check_rng(rng)
+    idx = np.empty((n, z), dtype=np.int64)
+    _k._floyd_sample(rng.random((n, z)), k, idx)
+    val = _random_signs(rng, (n, z)) / math.sqrt(z)
+    return HashSketch(k, idx, val, "sparse_sign")
+
+
+# ----------------------------------------------------------------------------------------
+# SRHT
+# ----------------------------------------------------------------------------------------
+
+_BLOCK_BYTES = 1 << 18  # a stage-1 block of the Hadamard transform stays in L2 cache
+_PANEL = 256  # columns transformed together
+_SPARSE_PANEL_BYTES = 1 << 26  # dense copy of a sparse column panel: at most 64 MiB
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)))))
+
+
+class SRHT(SketchOperator):
+    """Subsampled randomized Hadamard transform ``S = R H D / sqrt(k)``.
+
+    ``D`` is a diagonal of random signs, ``H`` the unnormalised ``N x N``
+    Walsh–Hadamard matrix (``N`` = ``n`` rounded up to a power of two, input padded
+    with zeros) and ``R`` selects ``k`` distinct rows uniformly at random.
+
+    Attributes
+    ----------
+    signs : ndarray of shape (n,)
+        Diagonal of ``D``.
+    rows : ndarray of int64, shape (k,)
+        Rows of ``H`` kept by ``R``, each in ``[0, N)``.
+    """
+
+    def __init__(self, k: int, n: int, signs: np.ndarray, rows: np.ndarray):
+        super().__init__(k, n)
+        self.N = 1 << max(0, (n - 1).bit_length())
+        self.signs = np.ascontiguousarray(signs, dtype=np.float64)
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.signs.setflags(write=False)
+        self.rows.setflags(write=False)
+        self._signs32 = self.signs.astype(np.float32)
+
+    def _signs(self, dtype):
+        return self._signs32 if dtype == np.float32 else self.signs
+
+    def _plan(self, width: int, itemsize: int):
+        """Block size ``n2`` of the two-level transform and the stage-2 strategy.
+
+        Stage 1 transforms blocks of ``n2`` rows (``N p log2 n2`` adds); stage 2 either
+        forms only the ``k`` requested outputs directly (``k p N/n2`` adds) or finishes
+        the full transform (``N p log2(N/n2)`` adds). ``n2 ~ k ln 2`` balances the
+        direct variant; the cache caps ``n2``.
+        """
+        k, N = self.shape[0], self.N
+        cap = _pow2_floor(_BLOCK_BYTES / (width * itemsize))
+        n2 = min(N, cap, _pow2_floor(k * math.log(2.0)) * 2)
+        n1 = N // n2
+        direct = k * n1 <= N * max(1, int(math.log2(n1)))
+        return n2, direct
+
+    def _forward_panels(self, A, out, c0, c1):
+        width = c1 - c0
+        n2, direct = self._plan(width, A.itemsize)
+        Z = np.empty((self.N, width), dtype=A.dtype)
+        scale = 1.0 / math.sqrt(self.shape[0])
+        _k._srht_stage1(A, self._signs(A.dtype), c0, c1, n2, Z)
+        if direct:
+            _k._srht_stage2_direct(Z, self.rows, n2, scale, out, c0)
+        else:
+            _k._fwht_stage2(Z, n2)
+            _k._gather_rows_scaled(Z, self.rows, scale, out, c0)
+
+    def _apply_dense(self, A):
+        A = np.ascontiguousarray(A)
+        p = A.shape[1]
+        out = np.empty((self.shape[0], p), dtype=A.dtype)
+        for c0 in range(0, p, _PANEL):
+            self._forward_panels(A, out, c0, min(p, c0 + _PANEL))
+        return out
+
+    def _apply_sparse(self, A):
+        # The transform mixes every row, so sparsity cannot be exploited: sketch dense
+        # column panels of bounded memory. Prefer countsketch/sparse_sign for sparse A.
+        A = A.tocsc()
+        n, p = A.shape
+        width = max(1, min(_PANEL, _SPARSE_PANEL_BYTES // (max(n, self.N) * A.dtype.itemsize)))
+        out = np.empty((self.shape[0], p), dtype=A.dtype)
+        for c0 in range(0, p, width):
+            c1 = min(p, c0 + width)
+            panel = np.ascontiguousarray(A[:, c0:c1].toarray())
+            block = np.empty((self.shape[0], c1 - c0), dtype=A.dtype)
+            self._forward_panels(panel, block, 0, c1 - c0)
+            out[:, c0:c1] = block
+        return out
+
+    def _adjoint_dense(self, Y):
+        Y = np.ascontiguousarray(Y)
+        k, n = self.shape
+        p = Y.shape[1]
+        out = np.empty((n, p), dtype=Y.dtype)
+        scale = 1.0 / math.sqrt(k)
+        for c0 in range(0, p, _PANEL):
+            c1 = min(p, c0 + _PANEL)
+            n2, _ = self._plan(c1 - c0, Y.itemsize)
+            Z = np.empty((self.N, c1 - c0), dtype=Y.dtype)
+            _k._srht_adjoint_fill(Y, self.rows, c0, c1, Z)
+            _k._fwht_blocks(Z, n2)
+            _k._fwht_stage2(Z, n2)
+            _k._srht_adjoint_finish(Z, self._signs(Y.dtype), scale, out, c0)
+        return out
+
+    def _describe(self):
+        return f"N={self.N}"
+
+
+def srht(k, n, /, *, rng=None) -> SRHT:
+    """Subsampled randomized Hadamard transform (SRHT) with a Numba fast Walsh–Hadamard.
+
+    Parameters
+    ----------
+    k : int
+        Sketch size, ``1 <= k <= n``.
+    n : int
+        Input dimension; need not be a power of two (input is zero-padded to ``N``).
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    SRHT
+        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an integer.
+    ValueError
+        If ``k > n`` (an SRHT larger than its input is never useful: use the identity
+        or a Gaussian sketch) or a size is < 1.
+
+    Notes
+    -----
+    Two-level transform: ``H_N = H_{N/n2} (x) H_{n2}``. Stage 1 applies ``H_{n2}`` to
+    cache-sized blocks of rows; stage 2 forms only the ``k`` sampled outputs
+    (``k p N/n2`` adds) or finishes the transform, whichever is cheaper, so the cost
+    is about ``N p (log2 n2 + 1)`` additions instead of ``N p log2 N``. Memory: one
+    ``N x 256`` work panel. Sparse input is densified panel by panel (the transform
+    mixes all rows).
+
+    With ``k >= 4 (sqrt(d) + sqrt(8 ln(d n)))^2 ln d`` every singular value of ``S U``
+    lies in ``[0.40, 1.48]`` for orthonormal ``U`` (n x d) with probability
+    ``1 - O(1/d)`` (Tropp 2011, Thm 3.1); see :func:`rnla.bounds.srht_embedding_size`
+    for the ``eps``-version.
+
+    References
+    ----------
+    .. [1] N. Ailon and B. Chazelle, "The fast Johnson-Lindenstrauss transform and
+       approximate nearest neighbors", SIAM J. Comput. 39 (2009).
+    .. [2] J. A. Tropp, "Improved analysis of the subsampled randomized Hadamard
+       transform", Adv. Adapt. Data Anal. 3 (2011).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.sketch import srht
+    >>> S = srht(64, 1000, rng=0)
+    >>> (S @ np.ones((1000, 5))).shape
+    (64, 5)
+    """
+    k, n = _check_sizes(k, n)
+    if k > n:
+        raise ValueError(f"k={k} must satisfy 1 <= k <= n={n} for an SRHT")
+    rng = check_rng(rng)
+    N = 1 << max(0, (n - 1).bit_length())
+    signs = _random_signs(rng, n)
+    rows = np.sort(rng.choice(N, size=k, replace=False))
+    return SRHT(k, n, signs, rows)
+
+
+# ----------------------------------------------------------------------------------------
+# TensorSketch
+# ----------------------------------------------------------------------------------------
+
+
+class TensorSketch(SketchOperator):
+    """TensorSketch of degree ``p``: a sketch of :math:`\\mathbb{R}^{n^p}` to ``k`` dims.
+
+    As an operator it is the CountSketch of :math:`\\mathbb{R}^{n^p}` (C-order
+    flattening of ``p``-way tensors) with hash :math:`H(j_1..j_p) = \\sum_t h_t(j_t)
+    \\bmod k` and sign :math:`\\prod_t s_t(j_t)`; applying it to a general vector costs
+    :math:`O(n^p)`. The point is :meth:`transform`, which sketches the rank-one
+    tensors :math:`x^{\\otimes p}` of the rows of ``X`` in :math:`O(p(n + k\\log k))`
+    per row by FFT, never forming :math:`x^{\\otimes p}`.
+
+    Attributes
+    ----------
+    degree : int
+        Tensor order ``p``.
+    hashes : ndarray of int64, shape (p, n)
+        Hash ``h_t`` of each CountSketch.
+    signs : ndarray of float64, shape (p, n)
+        Signs ``s_t`` of each CountSketch.
+    """
+
+    def __init__(self, k: int, n: int, hashes: np.ndarray, signs: np.ndarray):
+        self.degree = hashes.shape[0]
+        self.n_features = n
+        super().__init__(k, n**self.degree)
+        self.hashes = np.ascontiguousarray(hashes, dtype=np.int64)
+        self.signs = np.ascontiguousarray(signs, dtype=np.float64)
+        self.hashes.setflags(write=False)
+        self.signs.setflags(write=False)
+        self._full = None
+
+    def _hash_sketch(self) -> HashSketch:
+        """The equivalent CountSketch of the flattened tensor space (built lazily)."""
+        if self._full is None:
+            k, p = self.shape[0], self.degree
+            H = np.zeros((1,), dtype=np.int64)
+            Sg = np.ones((1,))
+            for t in range(p):
+                H = (H[:, None] + self.hashes[t][None, :]).ravel() % k
+                Sg = (Sg[:, None] * self.signs[t][None, :]).ravel()
+            self._full = HashSketch(k, H[:, None], Sg[:, None], "tensor_sketch")
+        return self._full
+
+    def _apply_dense(self, A):
+        return self._hash_sketch()._apply_dense(A)
+
+    def _apply_sparse(self, A):
+        return self._hash_sketch()._apply_sparse(A)
+
+    def _adjoint_dense(self, Y):
+        return self._hash_sketch()._adjoint_dense(Y)
+
+    def transform(self, X):
+        """Feature map :math:`\\phi(x) = S\\,x^{\\otimes p}` of each row of ``X``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, n) or (n,)
+            Rows to sketch.
+
+        Returns
+        -------
+        numpy.ndarray of shape (N, k) or (k,)
+            :math:`\\mathbb{E}\\langle\\phi(x), \\phi(y)\\rangle = \\langle x, y\\rangle^p`;
+            float32 for float32 input.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` does not have ``n`` columns or holds NaN/inf.
+
+        Notes
+        -----
+        :math:`\\phi(x) = \\mathcal F^{-1}(\\prod_t \\mathcal F(C_t x))`: ``p``
+        CountSketches (Numba) and real FFTs of length ``k`` (NumPy's pocketfft), in all
+        :math:`O(N p (n + k \\log k))` flops.
+        """
+        X = as_float_array(X, name="X", ndim=(1, 2))
+        vector = X.ndim == 1
+        X2 = X[None, :] if vector else np.ascontiguousarray(X)
+        if X2.shape[1] != self.n_features:
+            raise ValueError(
+                f"X must have n={self.n_features} columns (features), got {X2.shape[1]}"
+            )
+        k = self.shape[0]
+        spectrum = None
+        for t in range(self.degree):
+            cs = np.zeros((X2.shape[0], k), dtype=X2.dtype)
+            val = self.signs[t][:, None].astype(X2.dtype)
+            _k._hash_apply_dense_t(self.hashes[t][:, None], val, X2, cs)
+            f = np.fft.rfft(cs, axis=1)
+            spectrum = f if spectrum is None else spectrum * f
+        out = np.fft.irfft(spectrum, n=k, axis=1).astype(X2.dtype, copy=False)
+        return out[0] if vector else out
+
+    def _describe(self):
+        return f"degree={self.degree}, n_features={self.n_features}"
+
+
+def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
+    """TensorSketch (Pham–Pagh): sketch of degree-``p`` tensor powers via CountSketch+FFT.
+
+    Parameters
+    ----------
+    k : int
+        Sketch size, ``k >= 1``.
+    n : int
+        Dimension of the vectors whose tensor powers are sketched.
+    degree : int, default=2
+        Tensor order ``p >= 1`` (``p = 1`` is a CountSketch).
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    TensorSketch
+        Operator of shape ``(k, n**degree)``; use :meth:`TensorSketch.transform` on
+        data rows.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an integer.
+    ValueError
+        If a size or the degree is < 1.
+
+    Notes
+    -----
+    Unbiased: :math:`\\mathbb{E}\\langle\\phi(x),\\phi(y)\\rangle = \\langle x,y\\rangle^p`,
+    with :math:`\\operatorname{Var} \\le (3^p - 1)/k\\,\\|x\\|^{2p}\\|y\\|^{2p}`; the exact
+    variance for fully random hashes is
+    :func:`rnla.bounds.tensor_sketch_inner_product_variance`.
+
+    References
+    ----------
+    .. [1] N. Pham and R. Pagh, "Fast and scalable polynomial kernels via explicit
+       feature maps", KDD 2013.
+    .. [2] H. Avron, H. Nguyen and D. Woodruff, "Subspace embeddings for the polynomial
+       kernel", NeurIPS 2014.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.sketch import tensor_sketch
+    >>> ts = tensor_sketch(128, 16, 2, rng=0)
+    >>> ts.transform(np.ones((5, 16))).shape
+    (5, 128)
+    """
+    k, n = _check_sizes(k, n)
+    p = check_int(degree, "degree", minimum=1)
+    rng = check_rng(rng)
+    hashes = rng.integers(0, k, size=(p, n), dtype=np.int64)
+    signs = _random_signs(rng, (p, n))
+    return TensorSketch(k, n, hashes, signs)
