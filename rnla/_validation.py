@@ -26,17 +26,17 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 __all__ = [
-    "RNLAWarning",
-    "ConvergenceWarning",
     "AccuracyWarning",
+    "ConvergenceWarning",
+    "RNLAWarning",
     "as_float_array",
-    "as_sparse",
     "as_operator",
-    "check_rng",
+    "as_sparse",
     "check_int",
-    "check_rank",
     "check_option",
     "check_probability",
+    "check_rank",
+    "check_rng",
     "float_dtype",
     "result_dtype",
 ]
@@ -89,7 +89,7 @@ def float_dtype(dtype) -> np.dtype:
 
 
 def result_dtype(*dtypes) -> np.dtype:
-    """Common floating dtype of several inputs under the dtype contract.
+    """Return the common floating dtype of several inputs under the dtype contract.
 
     float32 only if every input computes in float32, float64 otherwise.
     """
@@ -218,7 +218,9 @@ def as_sparse(A, *, name: str = "A", formats: tuple[str, ...] = ("csr", "csc")):
         out = out.copy() if out is A else out
         out.sum_duplicates()
     if out.nnz and not np.isfinite(out.data).all():
-        raise ValueError(f"{name} must contain only finite values, found non-finite stored entries")
+        raise ValueError(
+            f"{name} must contain only finite values, found non-finite stored entries"
+        )
     return out
 
 

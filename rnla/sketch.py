@@ -1,8 +1,8 @@
-"""Sketching operators: random linear maps that embed a subspace in fewer dimensions.
+r"""Sketching operators: random linear maps that embed a subspace in fewer dimensions.
 
 Every constructor returns a :class:`SketchOperator`, a
 :class:`scipy.sparse.linalg.LinearOperator` of shape ``(k, n)`` scaled so that
-:math:`\\mathbb{E}[S^\\top S] = I_n`. It applies from the left to dense arrays and to
+:math:`\mathbb{E}[S^\top S] = I_n`. It applies from the left to dense arrays and to
 SciPy CSR/CSC matrices without forming ``S`` where ``S`` is structured, composes with
 other operators, has a dot-test-exact adjoint ``S.T`` and a ``todense()`` method.
 
@@ -39,17 +39,17 @@ from rnla._kernels import sketch as _k
 from rnla._validation import as_float_array, as_sparse, check_int, check_rng
 
 __all__ = [
-    "SketchOperator",
+    "SRHT",
     "DenseSketch",
     "HashSketch",
-    "SRHT",
+    "SketchOperator",
     "TensorSketch",
-    "gaussian",
-    "rademacher",
-    "orthogonal_gaussian",
-    "srht",
     "countsketch",
+    "gaussian",
+    "orthogonal_gaussian",
+    "rademacher",
     "sparse_sign",
+    "srht",
     "tensor_sketch",
 ]
 
@@ -96,7 +96,6 @@ class SketchOperator(LinearOperator):
         TypeError
             If ``A`` is complex or not numeric.
         """
-        k, n = self.shape
         if sp.issparse(A):
             A = as_sparse(A, name="A")
             self._check_rows(A.shape[0])
@@ -131,8 +130,7 @@ class SketchOperator(LinearOperator):
         Costs one adjoint application to the ``k x k`` identity; meant for tests and
         small problems.
         """
-        k, n = self.shape
-        return np.ascontiguousarray(self._adjoint_dense(np.eye(k)).T)
+        return np.ascontiguousarray(self._adjoint_dense(np.eye(self.shape[0])).T)
 
     # -- LinearOperator protocol ----------------------------------------------------
     def _matvec(self, x):
@@ -243,7 +241,7 @@ def _check_sizes(k, n):
 
 
 def gaussian(k, n, /, *, rng=None) -> DenseSketch:
-    """Gaussian sketch with i.i.d. :math:`N(0, 1/k)` entries.
+    r"""Gaussian sketch with i.i.d. :math:`N(0, 1/k)` entries.
 
     Parameters
     ----------
@@ -257,7 +255,7 @@ def gaussian(k, n, /, *, rng=None) -> DenseSketch:
     Returns
     -------
     DenseSketch
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`.
 
     Raises
     ------
@@ -271,7 +269,7 @@ def gaussian(k, n, /, *, rng=None) -> DenseSketch:
     Storage ``8kn`` bytes; ``S @ A`` costs ``2knp`` flops. For a ``d``-dimensional
     subspace with orthonormal basis ``U`` (Davidson–Szarek), with probability at least
     :math:`1 - 2e^{-t^2/2}` every singular value of ``S U`` lies in
-    :math:`[1 - (\\sqrt d + t)/\\sqrt k,\\ 1 + (\\sqrt d + t)/\\sqrt k]`; see
+    :math:`[1 - (\sqrt d + t)/\sqrt k,\ 1 + (\sqrt d + t)/\sqrt k]`; see
     :func:`rnla.bounds.gaussian_embedding_size`.
 
     References
@@ -293,7 +291,7 @@ def gaussian(k, n, /, *, rng=None) -> DenseSketch:
 
 
 def rademacher(k, n, /, *, rng=None) -> DenseSketch:
-    """Rademacher sketch with i.i.d. entries :math:`\\pm 1/\\sqrt k`.
+    r"""Rademacher sketch with i.i.d. entries :math:`\pm 1/\sqrt k`.
 
     Parameters
     ----------
@@ -307,7 +305,7 @@ def rademacher(k, n, /, *, rng=None) -> DenseSketch:
     Returns
     -------
     DenseSketch
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`.
 
     Raises
     ------
@@ -340,7 +338,7 @@ def rademacher(k, n, /, *, rng=None) -> DenseSketch:
 
 
 def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
-    """Block-orthogonal Gaussian sketch (orthogonal random features).
+    r"""Block-orthogonal Gaussian sketch (orthogonal random features).
 
     Rows come in blocks of at most ``n`` mutually orthogonal rows. Each block is
     ``diag(r) Q^T / sqrt(k)`` with ``Q`` an ``n x b`` Haar-distributed orthonormal
@@ -360,7 +358,7 @@ def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
     Returns
     -------
     DenseSketch
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`.
 
     Raises
     ------
@@ -411,72 +409,110 @@ def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
 
 
 class HashSketch(SketchOperator):
-    """Sparse sketch with ``z`` nonzeros per column: ``S[idx[j, t], j] = val[j, t]``.
+    r"""Sparse sketch with ``z`` nonzeros per column: ``S[idx[j, t], j] = scale * sign``.
 
     CountSketch is ``z = 1``; the sparse sign sketch has ``z`` distinct rows per column
-    with values :math:`\\pm 1/\\sqrt z`. Applied by Numba kernels that never build
-    ``S``: dense input costs ``z n p`` multiply-adds, CSR/CSC input ``z nnz(A)``.
+    with values :math:`\pm 1/\sqrt z`. Applied by Numba kernels that never build
+    ``S``: dense input costs ``z n p`` additions, CSR/CSC input ``z nnz(A)``.
 
     Parameters
     ----------
     k : int
         Number of rows of the sketch.
-    idx : ndarray of int64, shape (n, z)
-        Row of each nonzero.
-    val : ndarray of float64, shape (n, z)
-        Value of each nonzero.
+    idx : ndarray of int, shape (n, z)
+        Row of each nonzero, in ``[0, k)``.
+    negative : ndarray of bool, shape (n, z)
+        Whether each nonzero is ``-scale`` (else ``+scale``).
+    scale : float
+        Common magnitude of the nonzeros.
     kind : str
         Name shown in ``repr``.
+
+    Notes
+    -----
+    A nonzero is stored as one integer ``(row << 1) | sign_bit`` (int32 when ``k`` allows),
+    so a column of a ``z = 8`` sketch occupies 32 bytes: random access to the hash table
+    is what the sparse kernels pay for. The scale is applied once to the output.
     """
 
-    def __init__(self, k: int, idx: np.ndarray, val: np.ndarray, kind: str):
+    def __init__(self, k: int, idx: np.ndarray, negative: np.ndarray, scale: float, kind: str):
         n = idx.shape[0]
         super().__init__(k, n)
-        self.idx = np.ascontiguousarray(idx, dtype=np.int64)
-        self.val = np.ascontiguousarray(val, dtype=np.float64)
-        self.idx.setflags(write=False)
-        self.val.setflags(write=False)
-        self._val32 = None
+        code_type = np.int32 if k < 2**30 else np.int64
+        codes = (np.asarray(idx, dtype=np.int64) << 1) | np.asarray(negative, dtype=np.int64)
+        self._codes = np.ascontiguousarray(codes, dtype=code_type)
+        self._codes.setflags(write=False)
+        self.scale = float(scale)
+        self._codes16 = None
         self.kind = kind
 
     @property
     def nnz_per_col(self) -> int:
         """Number of nonzeros in each column of ``S``."""
-        return self.idx.shape[1]
+        return self._codes.shape[1]
 
-    def _values(self, dtype):
-        if dtype == np.float32:
-            if self._val32 is None:
-                self._val32 = self.val.astype(np.float32)
-            return self._val32
-        return self.val
+    @property
+    def idx(self) -> np.ndarray:
+        """Rows of the nonzeros, int64 array of shape (n, z)."""
+        return (self._codes >> 1).astype(np.int64)
+
+    @property
+    def val(self) -> np.ndarray:
+        """Values of the nonzeros, float64 array of shape (n, z)."""
+        return self.scale * (1.0 - 2.0 * (self._codes & 1))
+
+    def _scaled(self, out):
+        if self.scale != 1.0:
+            out *= out.dtype.type(self.scale)
+        return out
 
     def _apply_dense(self, A):
         k = self.shape[0]
         p = A.shape[1]
-        val = self._values(A.dtype)
         if A.flags.f_contiguous and not A.flags.c_contiguous:
             # Fortran-ordered input: sketch the rows of A.T and transpose the result,
             # which avoids copying A.
             out_t = np.zeros((p, k), dtype=A.dtype)
-            _k._hash_apply_dense_t(self.idx, val, A.T, out_t)
-            return np.ascontiguousarray(out_t.T)
+            _k._hash_apply_dense_t(self._codes, A.T, out_t)
+            return self._scaled(np.ascontiguousarray(out_t.T))
         out = np.zeros((k, p), dtype=A.dtype)
-        _k._hash_apply_dense(self.idx, val, np.ascontiguousarray(A), out)
-        return out
+        _k._hash_apply_dense(self._codes, np.ascontiguousarray(A), out)
+        return self._scaled(out)
 
     def _apply_sparse(self, A):
-        k = self.shape[0]
-        out = np.zeros((k, A.shape[1]), dtype=A.dtype)
-        val = self._values(A.dtype)
-        kernel = _k._hash_apply_csr if A.format == "csr" else _k._hash_apply_csc
-        kernel(A.indptr, A.indices, A.data, self.idx, val, out)
-        return out
+        k, p = self.shape[0], A.shape[1]
+        if A.format == "csr" and self.nnz_per_col == 1:
+            # One nonzero per column: stream A once, scattering into one buffer per fixed
+            # row chunk (the first buffer is the output).
+            bufs = np.zeros((_k._CSR_CHUNKS, k, p), dtype=A.dtype)
+            _k._hash_scatter_csr(self._codes, A.indptr, A.indices, A.data, bufs)
+            out = bufs[0]
+            for b in range(1, bufs.shape[0]):
+                out += bufs[b]
+            return self._scaled(out)
+        if A.format != "csc":
+            # With z > 1 scattering into the whole output is cache-hostile; SciPy's
+            # O(nnz) conversion plus the column kernel (k-vector in L1) is faster.
+            A = A.tocsc()
+        out_t = np.zeros((p, k), dtype=A.dtype)
+        _k._hash_apply_csc(A.indptr, A.indices, A.data, self._compact_codes(), out_t)
+        return self._scaled(np.ascontiguousarray(out_t.T))
+
+    def _compact_codes(self):
+        """Return the codes as int16 when ``k`` allows it.
+
+        The random reads of the CSC kernel then hit a hash table half the size (16 bytes
+        per column at ``z = 8``).
+        """
+        if self._codes16 is None:
+            small = 2 * self.shape[0] < 2**15
+            self._codes16 = self._codes.astype(np.int16) if small else self._codes
+        return self._codes16
 
     def _adjoint_dense(self, Y):
         out = np.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype)
-        _k._hash_adjoint_dense(self.idx, self._values(Y.dtype), np.ascontiguousarray(Y), out)
-        return out
+        _k._hash_adjoint_dense(self._codes, np.ascontiguousarray(Y), out)
+        return self._scaled(out)
 
     def todense(self) -> np.ndarray:
         """Return the (k, n) float64 matrix (``z n`` nonzeros)."""
@@ -494,11 +530,15 @@ def _random_signs(rng, shape):
     return 2.0 * rng.integers(0, 2, size=shape, dtype=np.int8) - 1.0
 
 
+def _random_negative(rng, shape):
+    return rng.integers(0, 2, size=shape, dtype=np.int8).astype(bool)
+
+
 def countsketch(k, n, /, *, rng=None) -> HashSketch:
-    """CountSketch (Clarkson–Woodruff transform): one :math:`\\pm 1` per column.
+    r"""CountSketch (Clarkson–Woodruff transform): one :math:`\pm 1` per column.
 
     Column ``j`` of ``S`` is :math:`s_j e_{h(j)}` with ``h(j)`` uniform on
-    ``{0..k-1}`` and :math:`s_j = \\pm 1` uniform, all independent (fully random
+    ``{0..k-1}`` and :math:`s_j = \pm 1` uniform, all independent (fully random
     hashing).
 
     Parameters
@@ -513,7 +553,7 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
     Returns
     -------
     HashSketch
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`.
 
     Raises
     ------
@@ -529,9 +569,9 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
 
     .. math::
 
-        \\operatorname{Var}\\langle Sx, Sy\\rangle = \\frac1k\\Big(\\sum_{i\\ne j}
-        x_i^2 y_j^2 + \\sum_{i \\ne j} x_i y_i x_j y_j\\Big)
-        \\le \\frac2k \\|x\\|^2\\|y\\|^2,
+        \operatorname{Var}\langle Sx, Sy\rangle = \frac1k\Big(\sum_{i\ne j}
+        x_i^2 y_j^2 + \sum_{i \ne j} x_i y_i x_j y_j\Big)
+        \le \frac2k \|x\|^2\|y\|^2,
 
     and ``k >= (d^2 + d)/(eps^2 delta)`` gives a subspace embedding of distortion
     ``eps`` with probability ``1 - delta`` (Nelson–Nguyen 2013); see
@@ -555,11 +595,11 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
     k, n = _check_sizes(k, n)
     rng = check_rng(rng)
     idx = rng.integers(0, k, size=(n, 1), dtype=np.int64)
-    return HashSketch(k, idx, _random_signs(rng, (n, 1)), "countsketch")
+    return HashSketch(k, idx, _random_negative(rng, (n, 1)), 1.0, "countsketch")
 
 
 def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
-    """Sparse sign sketch (SJLT/OSNAP): ``z`` distinct rows per column, values ±1/√z.
+    r"""Sparse sign sketch (SJLT/OSNAP): ``z`` distinct rows per column, values ±1/√z.
 
     Parameters
     ----------
@@ -577,7 +617,7 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     Returns
     -------
     HashSketch
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`; every column
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`; every column
         has unit norm exactly.
 
     Raises
@@ -592,7 +632,7 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     Rows of each column are sampled without replacement by Floyd's algorithm from
     pre-drawn uniforms. ``S @ A`` costs ``z nnz(A)`` (sparse) or ``z n p`` (dense)
     multiply-adds. For ``x, y`` the inner product variance equals CountSketch's for
-    every ``z`` (distinct columns are independent, and :math:`\\sum_r S_{rj}^2 = 1`),
+    every ``z`` (distinct columns are independent, and :math:`\sum_r S_{rj}^2 = 1`),
     so the second-moment embedding size of :func:`countsketch` applies; larger ``z``
     improves the higher moments (Cohen 2016: ``k = O(d log d / eps^2)`` with
     ``z = O(log d / eps)``).
@@ -621,8 +661,7 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     rng = check_rng(rng)
     idx = np.empty((n, z), dtype=np.int64)
     _k._floyd_sample(rng.random((n, z)), k, idx)
-    val = _random_signs(rng, (n, z)) / math.sqrt(z)
-    return HashSketch(k, idx, val, "sparse_sign")
+    return HashSketch(k, idx, _random_negative(rng, (n, z)), 1.0 / math.sqrt(z), "sparse_sign")
 
 
 # ----------------------------------------------------------------------------------------
@@ -630,12 +669,12 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
 # ----------------------------------------------------------------------------------------
 
 _BLOCK_BYTES = 1 << 18  # a stage-1 block of the Hadamard transform stays in L2 cache
-_PANEL = 256  # columns transformed together
+_PANEL_BYTES = 1 << 23  # the N x w work panel stays in L3 cache during stage 2
 _SPARSE_PANEL_BYTES = 1 << 26  # dense copy of a sparse column panel: at most 64 MiB
 
 
 def _pow2_floor(x: float) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)))))
+    return 1 << max(0, math.floor(math.log2(max(x, 1.0))))
 
 
 class SRHT(SketchOperator):
@@ -664,6 +703,9 @@ class SRHT(SketchOperator):
 
     def _signs(self, dtype):
         return self._signs32 if dtype == np.float32 else self.signs
+
+    def _panel_width(self, p: int, itemsize: int) -> int:
+        return max(8, min(p, _pow2_floor(_PANEL_BYTES / (self.N * itemsize))))
 
     def _plan(self, width: int, itemsize: int):
         """Block size ``n2`` of the two-level transform and the stage-2 strategy.
@@ -696,8 +738,9 @@ class SRHT(SketchOperator):
         A = np.ascontiguousarray(A)
         p = A.shape[1]
         out = np.empty((self.shape[0], p), dtype=A.dtype)
-        for c0 in range(0, p, _PANEL):
-            self._forward_panels(A, out, c0, min(p, c0 + _PANEL))
+        w = self._panel_width(p, A.itemsize)
+        for c0 in range(0, p, w):
+            self._forward_panels(A, out, c0, min(p, c0 + w))
         return out
 
     def _apply_sparse(self, A):
@@ -705,7 +748,13 @@ class SRHT(SketchOperator):
         # column panels of bounded memory. Prefer countsketch/sparse_sign for sparse A.
         A = A.tocsc()
         n, p = A.shape
-        width = max(1, min(_PANEL, _SPARSE_PANEL_BYTES // (max(n, self.N) * A.dtype.itemsize)))
+        width = max(
+            1,
+            min(
+                self._panel_width(p, A.dtype.itemsize),
+                _SPARSE_PANEL_BYTES // (max(n, self.N) * A.dtype.itemsize),
+            ),
+        )
         out = np.empty((self.shape[0], p), dtype=A.dtype)
         for c0 in range(0, p, width):
             c1 = min(p, c0 + width)
@@ -721,8 +770,9 @@ class SRHT(SketchOperator):
         p = Y.shape[1]
         out = np.empty((n, p), dtype=Y.dtype)
         scale = 1.0 / math.sqrt(k)
-        for c0 in range(0, p, _PANEL):
-            c1 = min(p, c0 + _PANEL)
+        w = self._panel_width(p, Y.itemsize)
+        for c0 in range(0, p, w):
+            c1 = min(p, c0 + w)
             n2, _ = self._plan(c1 - c0, Y.itemsize)
             Z = np.empty((self.N, c1 - c0), dtype=Y.dtype)
             _k._srht_adjoint_fill(Y, self.rows, c0, c1, Z)
@@ -736,7 +786,7 @@ class SRHT(SketchOperator):
 
 
 def srht(k, n, /, *, rng=None) -> SRHT:
-    """Subsampled randomized Hadamard transform (SRHT) with a Numba fast Walsh–Hadamard.
+    r"""Subsampled randomized Hadamard transform (SRHT) with a Numba fast Walsh–Hadamard.
 
     Parameters
     ----------
@@ -750,7 +800,7 @@ def srht(k, n, /, *, rng=None) -> SRHT:
     Returns
     -------
     SRHT
-        Operator of shape (k, n) with :math:`\\mathbb{E}[S^\\top S] = I_n`.
+        Operator of shape (k, n) with :math:`\mathbb{E}[S^\top S] = I_n`.
 
     Raises
     ------
@@ -805,14 +855,14 @@ def srht(k, n, /, *, rng=None) -> SRHT:
 
 
 class TensorSketch(SketchOperator):
-    """TensorSketch of degree ``p``: a sketch of :math:`\\mathbb{R}^{n^p}` to ``k`` dims.
+    r"""TensorSketch of degree ``p``: a sketch of :math:`\mathbb{R}^{n^p}` to ``k`` dims.
 
-    As an operator it is the CountSketch of :math:`\\mathbb{R}^{n^p}` (C-order
-    flattening of ``p``-way tensors) with hash :math:`H(j_1..j_p) = \\sum_t h_t(j_t)
-    \\bmod k` and sign :math:`\\prod_t s_t(j_t)`; applying it to a general vector costs
+    As an operator it is the CountSketch of :math:`\mathbb{R}^{n^p}` (C-order
+    flattening of ``p``-way tensors) with hash :math:`H(j_1..j_p) = \sum_t h_t(j_t)
+    \bmod k` and sign :math:`\prod_t s_t(j_t)`; applying it to a general vector costs
     :math:`O(n^p)`. The point is :meth:`transform`, which sketches the rank-one
-    tensors :math:`x^{\\otimes p}` of the rows of ``X`` in :math:`O(p(n + k\\log k))`
-    per row by FFT, never forming :math:`x^{\\otimes p}`.
+    tensors :math:`x^{\otimes p}` of the rows of ``X`` in :math:`O(p(n + k\log k))`
+    per row by FFT, never forming :math:`x^{\otimes p}`.
 
     Attributes
     ----------
@@ -820,30 +870,34 @@ class TensorSketch(SketchOperator):
         Tensor order ``p``.
     hashes : ndarray of int64, shape (p, n)
         Hash ``h_t`` of each CountSketch.
-    signs : ndarray of float64, shape (p, n)
-        Signs ``s_t`` of each CountSketch.
+    negative : ndarray of bool, shape (p, n)
+        Whether ``s_t(j) = -1`` for each CountSketch.
     """
 
-    def __init__(self, k: int, n: int, hashes: np.ndarray, signs: np.ndarray):
+    def __init__(self, k: int, n: int, hashes: np.ndarray, negative: np.ndarray):
         self.degree = hashes.shape[0]
         self.n_features = n
         super().__init__(k, n**self.degree)
         self.hashes = np.ascontiguousarray(hashes, dtype=np.int64)
-        self.signs = np.ascontiguousarray(signs, dtype=np.float64)
+        self.negative = np.ascontiguousarray(negative, dtype=bool)
         self.hashes.setflags(write=False)
-        self.signs.setflags(write=False)
+        self.negative.setflags(write=False)
+        self._stages = [
+            HashSketch(k, self.hashes[t][:, None], self.negative[t][:, None], 1.0, "countsketch")
+            for t in range(self.degree)
+        ]
         self._full = None
 
     def _hash_sketch(self) -> HashSketch:
-        """The equivalent CountSketch of the flattened tensor space (built lazily)."""
+        """Return the equivalent CountSketch of the flattened tensor space (cached)."""
         if self._full is None:
             k, p = self.shape[0], self.degree
             H = np.zeros((1,), dtype=np.int64)
-            Sg = np.ones((1,))
+            neg = np.zeros((1,), dtype=bool)
             for t in range(p):
                 H = (H[:, None] + self.hashes[t][None, :]).ravel() % k
-                Sg = (Sg[:, None] * self.signs[t][None, :]).ravel()
-            self._full = HashSketch(k, H[:, None], Sg[:, None], "tensor_sketch")
+                neg = (neg[:, None] ^ self.negative[t][None, :]).ravel()
+            self._full = HashSketch(k, H[:, None], neg[:, None], 1.0, "tensor_sketch")
         return self._full
 
     def _apply_dense(self, A):
@@ -856,7 +910,7 @@ class TensorSketch(SketchOperator):
         return self._hash_sketch()._adjoint_dense(Y)
 
     def transform(self, X):
-        """Feature map :math:`\\phi(x) = S\\,x^{\\otimes p}` of each row of ``X``.
+        r"""Feature map :math:`\phi(x) = S\,x^{\otimes p}` of each row of ``X``.
 
         Parameters
         ----------
@@ -866,7 +920,7 @@ class TensorSketch(SketchOperator):
         Returns
         -------
         numpy.ndarray of shape (N, k) or (k,)
-            :math:`\\mathbb{E}\\langle\\phi(x), \\phi(y)\\rangle = \\langle x, y\\rangle^p`;
+            :math:`\mathbb{E}\langle\phi(x), \phi(y)\rangle = \langle x, y\rangle^p`;
             float32 for float32 input.
 
         Raises
@@ -876,9 +930,9 @@ class TensorSketch(SketchOperator):
 
         Notes
         -----
-        :math:`\\phi(x) = \\mathcal F^{-1}(\\prod_t \\mathcal F(C_t x))`: ``p``
+        :math:`\phi(x) = \mathcal F^{-1}(\prod_t \mathcal F(C_t x))`: ``p``
         CountSketches (Numba) and real FFTs of length ``k`` (NumPy's pocketfft), in all
-        :math:`O(N p (n + k \\log k))` flops.
+        :math:`O(N p (n + k \log k))` flops.
         """
         X = as_float_array(X, name="X", ndim=(1, 2))
         vector = X.ndim == 1
@@ -889,10 +943,9 @@ class TensorSketch(SketchOperator):
             )
         k = self.shape[0]
         spectrum = None
-        for t in range(self.degree):
-            cs = np.zeros((X2.shape[0], k), dtype=X2.dtype)
-            val = self.signs[t][:, None].astype(X2.dtype)
-            _k._hash_apply_dense_t(self.hashes[t][:, None], val, X2, cs)
+        for stage in self._stages:
+            # C_t X^T, laid out as (N, k): X is the Fortran-ordered view of X^T.
+            cs = stage._apply_dense(X2.T).T
             f = np.fft.rfft(cs, axis=1)
             spectrum = f if spectrum is None else spectrum * f
         out = np.fft.irfft(spectrum, n=k, axis=1).astype(X2.dtype, copy=False)
@@ -903,7 +956,7 @@ class TensorSketch(SketchOperator):
 
 
 def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
-    """TensorSketch (Pham–Pagh): sketch of degree-``p`` tensor powers via CountSketch+FFT.
+    r"""TensorSketch (Pham–Pagh): sketch of degree-``p`` tensor powers via CountSketch+FFT.
 
     Parameters
     ----------
@@ -931,8 +984,8 @@ def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
 
     Notes
     -----
-    Unbiased: :math:`\\mathbb{E}\\langle\\phi(x),\\phi(y)\\rangle = \\langle x,y\\rangle^p`,
-    with :math:`\\operatorname{Var} \\le (3^p - 1)/k\\,\\|x\\|^{2p}\\|y\\|^{2p}`; the exact
+    Unbiased: :math:`\mathbb{E}\langle\phi(x),\phi(y)\rangle = \langle x,y\rangle^p`,
+    with :math:`\operatorname{Var} \le (3^p - 1)/k\,\|x\|^{2p}\|y\|^{2p}`; the exact
     variance for fully random hashes is
     :func:`rnla.bounds.tensor_sketch_inner_product_variance`.
 
@@ -955,5 +1008,4 @@ def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
     p = check_int(degree, "degree", minimum=1)
     rng = check_rng(rng)
     hashes = rng.integers(0, k, size=(p, n), dtype=np.int64)
-    signs = _random_signs(rng, (p, n))
-    return TensorSketch(k, n, hashes, signs)
+    return TensorSketch(k, n, hashes, _random_negative(rng, (p, n)))

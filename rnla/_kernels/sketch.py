@@ -9,92 +9,110 @@ Every parallel loop owns a disjoint set of output entries, and each output entry
 accumulated in a fixed order, so results do not depend on the number of threads.
 """
 
-import numpy as np
 from numba import njit, prange
 
 # ----------------------------------------------------------------------------------------
-# hash sketches: out = S @ A with S[idx[j, t], j] = val[j, t]
+# hash sketches: out = S @ A / scale with S[code[j, t] >> 1, j] = scale * (+1 or -1)
 # ----------------------------------------------------------------------------------------
+# A nonzero of S is packed into one integer, code = (row << 1) | (sign < 0): the z codes of
+# a column fill half a cache line (int32, z = 8), which is what random access costs here.
+# Callers multiply by the common magnitude `scale` once, at the end.
 
 _COL_BLOCK = 64  # columns per parallel task: 512 B of float64 per row, one SIMD stream
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _hash_apply_dense(idx, val, A, out):
+def _hash_apply_dense(codes, A, out):
     # A is C-contiguous (n, p); each task owns a block of output columns.
     n, p = A.shape
-    z = idx.shape[1]
+    z = codes.shape[1]
     n_blocks = (p + _COL_BLOCK - 1) // _COL_BLOCK
     for b in prange(n_blocks):
         c0 = b * _COL_BLOCK
         c1 = min(p, c0 + _COL_BLOCK)
         for j in range(n):
             for t in range(z):
-                r = idx[j, t]
-                v = val[j, t]
-                for c in range(c0, c1):
-                    out[r, c] += v * A[j, c]
+                code = codes[j, t]
+                r = code >> 1
+                if code & 1:
+                    for c in range(c0, c1):
+                        out[r, c] -= A[j, c]
+                else:
+                    for c in range(c0, c1):
+                        out[r, c] += A[j, c]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _hash_apply_dense_t(idx, val, At, out_t):
+def _hash_apply_dense_t(codes, At, out_t):
     # At is C-contiguous (p, n), i.e. A in Fortran order; out_t is (p, k) = (S @ A).T.
     p, n = At.shape
-    z = idx.shape[1]
+    z = codes.shape[1]
     for c in prange(p):
+        o = out_t[c]
+        a_row = At[c]
         for j in range(n):
-            a = At[c, j]
+            a = a_row[j]
             for t in range(z):
-                out_t[c, idx[j, t]] += val[j, t] * a
+                code = codes[j, t]
+                # branchless sign: random signs would defeat the branch predictor
+                o[code >> 1] += a - 2 * a * (code & 1)
 
 
-_ROW_BLOCKS = 16  # fixed partition of output rows for CSR input (thread-count independent)
+_CSR_CHUNKS = 2  # fixed row chunks for CSR scatter: results independent of thread count
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _hash_apply_csr(indptr, indices, data, idx, val, out):
-    # Row j of A is scattered into output rows idx[j, :]. Tasks own disjoint ranges of
-    # output rows and scan the (cheap) hash table, so no buffers and no races.
-    k = out.shape[0]
-    n, z = idx.shape
-    n_tasks = min(_ROW_BLOCKS, k)
-    for b in prange(n_tasks):
-        lo = (b * k) // n_tasks
-        hi = ((b + 1) * k) // n_tasks
-        for j in range(n):
+def _hash_scatter_csr(codes, indptr, indices, data, bufs):
+    # Streams the rows of A in order and scatters each nonzero into row code >> 1 of the
+    # buffer of its (fixed) row chunk; the caller adds the buffers in chunk order.
+    # Sequential reads of A and of the hash table beat gathering rows of A at random.
+    n, z = codes.shape
+    n_chunks = bufs.shape[0]
+    for b in prange(n_chunks):
+        o = bufs[b]
+        for j in range((b * n) // n_chunks, ((b + 1) * n) // n_chunks):
+            q0 = indptr[j]
+            q1 = indptr[j + 1]
             for t in range(z):
-                r = idx[j, t]
-                if r < lo or r >= hi:
-                    continue
-                v = val[j, t]
-                for q in range(indptr[j], indptr[j + 1]):
-                    out[r, indices[q]] += v * data[q]
+                code = codes[j, t]
+                sign = 1 - 2 * (code & 1)
+                row = o[code >> 1]
+                for q in range(q0, q1):
+                    row[indices[q]] += sign * data[q]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _hash_apply_csc(indptr, indices, data, idx, val, out):
-    # Column c of A maps to column c of the output: columns are independent tasks.
-    p = out.shape[1]
-    z = idx.shape[1]
+def _hash_apply_csc(indptr, indices, data, codes, out_t):
+    # Column c of A maps to column c of S @ A, accumulated in row c of out_t = (S @ A).T
+    # so that the k-vector being updated stays in L1; columns are independent tasks.
+    p = out_t.shape[0]
+    z = codes.shape[1]
     for c in prange(p):
+        o = out_t[c]
         for q in range(indptr[c], indptr[c + 1]):
             j = indices[q]
             a = data[q]
             for t in range(z):
-                out[idx[j, t], c] += val[j, t] * a
+                code = codes[j, t]
+                o[code >> 1] += a - 2 * a * (code & 1)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _hash_adjoint_dense(idx, val, Y, out):
-    # out = S.T @ Y: row j gathers the rows idx[j, :] of Y.
-    n, z = idx.shape
+def _hash_adjoint_dense(codes, Y, out):
+    # out = S.T @ Y: row j gathers the rows code >> 1 of Y.
+    n, z = codes.shape
     p = Y.shape[1]
     for j in prange(n):
+        o = out[j]
         for t in range(z):
-            r = idx[j, t]
-            v = val[j, t]
-            for c in range(p):
-                out[j, c] += v * Y[r, c]
+            code = codes[j, t]
+            y = Y[code >> 1]
+            if code & 1:
+                for c in range(p):
+                    o[c] -= y[c]
+            else:
+                for c in range(p):
+                    o[c] += y[c]
 
 
 @njit(cache=True, nogil=True)
@@ -136,19 +154,40 @@ def _parity(x):
 @njit(cache=True, nogil=True)
 def _fwht_rows(Z, start, stride, length, c0, c1):
     # In-place unnormalised FWHT of the `length` rows start, start+stride, ... restricted
-    # to columns [c0, c1); the butterflies run over contiguous row segments (SIMD).
+    # to columns [c0, c1). Radix-4 butterflies (two levels per sweep, half the memory
+    # traffic of radix-2) over contiguous row segments, which LLVM vectorises.
     h = 1
-    while h < length:
+    while 2 * h < length:
+        for i in range(0, length, 4 * h):
+            for m in range(i, i + h):
+                x0 = Z[start + m * stride]
+                x1 = Z[start + (m + h) * stride]
+                x2 = Z[start + (m + 2 * h) * stride]
+                x3 = Z[start + (m + 3 * h) * stride]
+                for c in range(c0, c1):
+                    a0 = x0[c]
+                    a1 = x1[c]
+                    a2 = x2[c]
+                    a3 = x3[c]
+                    s0 = a0 + a1
+                    d0 = a0 - a1
+                    s1 = a2 + a3
+                    d1 = a2 - a3
+                    x0[c] = s0 + s1
+                    x1[c] = d0 + d1
+                    x2[c] = s0 - s1
+                    x3[c] = d0 - d1
+        h *= 4
+    if h < length:  # odd number of levels: one radix-2 sweep
         for i in range(0, length, 2 * h):
             for m in range(i, i + h):
-                r0 = start + m * stride
-                r1 = r0 + h * stride
+                x = Z[start + m * stride]
+                y = Z[start + (m + h) * stride]
                 for c in range(c0, c1):
-                    a = Z[r0, c]
-                    b = Z[r1, c]
-                    Z[r0, c] = a + b
-                    Z[r1, c] = a - b
-        h *= 2
+                    a = x[c]
+                    b = y[c]
+                    x[c] = a + b
+                    y[c] = a - b
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -243,4 +282,3 @@ def _srht_adjoint_finish(Z, signs, scale, out, c0):
         s = scale * signs[j]
         for c in range(w):
             out[j, c0 + c] = s * Z[j, c]
-
