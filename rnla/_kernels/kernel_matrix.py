@@ -1,9 +1,12 @@
 """Numba kernels behind :class:`rnla.operators.KernelMatrix`.
 
 Every kernel here takes arrays and scalars only, does no validation and writes into a
-caller-allocated output. Parallel loops run over output rows (or over output pairs), so
-each output element is computed by exactly one iteration with a fixed operation order:
-results do not depend on the number of Numba threads.
+caller-allocated output. The kernels are serial (``parallel=False``): entry-based
+algorithms request many small blocks, for which the launch cost of a parallel region
+(measured at several milliseconds on a loaded 2-core machine) exceeds the work, and BLAS
+already threads the Gram products. Being ``nogil``, they can be driven from Python
+threads. Each output element is computed with a fixed operation order, so results do not
+depend on the number of threads.
 
 Kernel codes (``kind``) shared with :mod:`rnla.operators`:
 
@@ -14,7 +17,7 @@ Kernel codes (``kind``) shared with :mod:`rnla.operators`:
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 GAUSSIAN = 0
 EXP = 1
@@ -22,7 +25,7 @@ POLYNOMIAL = 2
 LAPLACIAN = 3
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _gram_transform(G, xsq, ysq, kind, gamma, scale, coef0, degree):
     """Overwrite the Gram block ``G[i, j] = <x_i, y_j>`` with kernel values.
 
@@ -30,8 +33,8 @@ def _gram_transform(G, xsq, ysq, kind, gamma, scale, coef0, degree):
     if some output is not finite (overflow of the exp or polynomial kernels).
     """
     n_rows, n_cols = G.shape
-    ok = np.ones(n_rows, dtype=np.bool_)
-    for i in prange(n_rows):
+    ok = True
+    for i in range(n_rows):
         if kind == GAUSSIAN:
             for j in range(n_cols):
                 # ||x||^2 + ||y||^2 - 2<x, y> can round below zero for near-equal points.
@@ -45,21 +48,21 @@ def _gram_transform(G, xsq, ysq, kind, gamma, scale, coef0, degree):
         else:
             for j in range(n_cols):
                 G[i, j] = (coef0 + scale * G[i, j]) ** degree
-        if kind != GAUSSIAN:
+        if kind != GAUSSIAN and ok:
             for j in range(n_cols):
                 if not np.isfinite(G[i, j]):
-                    ok[i] = False
+                    ok = False
                     break
-    return ok.all()
+    return ok
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _laplacian_block(Xa, Yb, gamma, out):
     """``out[i, j] = exp(-gamma * ||Xa[i] - Yb[j]||_1)``; no Gram shortcut exists for L1."""
     n_rows = Xa.shape[0]
     n_cols = Yb.shape[0]
     d = Xa.shape[1]
-    for i in prange(n_rows):
+    for i in range(n_rows):
         for j in range(n_cols):
             acc = 0.0
             for k in range(d):
@@ -67,7 +70,7 @@ def _laplacian_block(Xa, Yb, gamma, out):
             out[i, j] = np.exp(-gamma * acc)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _kernel_pairs(X, Y, ii, jj, kind, gamma, scale, coef0, degree, out):
     """``out[p] = k(X[ii[p]], Y[jj[p]])`` for each pair, accumulated in float64.
 
@@ -76,8 +79,8 @@ def _kernel_pairs(X, Y, ii, jj, kind, gamma, scale, coef0, degree, out):
     """
     n_pairs = ii.shape[0]
     d = X.shape[1]
-    ok = np.ones(n_pairs, dtype=np.bool_)
-    for p in prange(n_pairs):
+    ok = True
+    for p in range(n_pairs):
         a = ii[p]
         b = jj[p]
         acc = 0.0
@@ -99,5 +102,5 @@ def _kernel_pairs(X, Y, ii, jj, kind, gamma, scale, coef0, degree, out):
                 val = (coef0 + scale * acc) ** degree
         out[p] = val
         if not np.isfinite(out[p]):
-            ok[p] = False
-    return ok.all()
+            ok = False
+    return ok
