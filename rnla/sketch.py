@@ -42,15 +42,22 @@ __all__ = [
     "SRHT",
     "DenseSketch",
     "HashSketch",
+    "SampleResult",
+    "SamplingSketch",
     "SketchOperator",
     "TensorSketch",
     "countsketch",
     "gaussian",
+    "leverage_score_sampling",
+    "leverage_scores",
     "orthogonal_gaussian",
     "rademacher",
+    "row_norm_sampling",
+    "sampling_sketch",
     "sparse_sign",
     "srht",
     "tensor_sketch",
+    "uniform_sampling",
 ]
 
 
@@ -1009,3 +1016,16 @@ def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
     rng = check_rng(rng)
     hashes = rng.integers(0, k, size=(p, n), dtype=np.int64)
     return TensorSketch(k, n, hashes, _random_negative(rng, (p, n)))
+
+
+# Samplers live in their own module (they need the operators above); re-exported here so
+# that ``rnla.sketch`` is the one public home of sketching and sampling.
+from rnla._sampling import (  # noqa: E402
+    SampleResult,
+    SamplingSketch,
+    leverage_score_sampling,
+    leverage_scores,
+    row_norm_sampling,
+    sampling_sketch,
+    uniform_sampling,
+)
