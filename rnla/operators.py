@@ -131,6 +131,7 @@ def as_linear_operator(A, *, name: str = "A") -> LinearOperator:
     Examples
     --------
     >>> import numpy as np
+    >>> from rnla.operators import as_linear_operator
     >>> op = as_linear_operator(np.ones((3, 2)))
     >>> op.shape, (op @ np.ones(2)).shape
     ((3, 2), (3,))
@@ -240,6 +241,7 @@ def dot_test(A, *, n_trials: int = 3, rtol: float | None = None, rng=None) -> Do
     Examples
     --------
     >>> import numpy as np
+    >>> from rnla.operators import dot_test
     >>> res = dot_test(np.arange(6.0).reshape(2, 3), rng=0)
     >>> bool(res.passed)
     True
@@ -309,6 +311,7 @@ def check_indices(idx, size: int, *, name: str = "idx") -> np.ndarray:
 
     Examples
     --------
+    >>> from rnla.operators import check_indices
     >>> check_indices([2, 0], 3).tolist()
     [2, 0]
     """
@@ -506,6 +509,7 @@ class DenseEntries(EntryMatrixBase):
     Examples
     --------
     >>> import numpy as np
+    >>> from rnla.operators import DenseEntries
     >>> M = DenseEntries(np.arange(6.0).reshape(2, 3))
     >>> M.rows([1]).shape, M.cols([0, 2]).shape, M.diag().shape, M.n_evaluations
     ((1, 3), (2, 2), (2,), 9)
@@ -676,6 +680,7 @@ class KernelMatrix(EntryMatrixBase):
     Examples
     --------
     >>> import numpy as np
+    >>> from rnla.operators import KernelMatrix
     >>> X = np.random.default_rng(0).standard_normal((5, 3))
     >>> K = KernelMatrix(X, kernel="gaussian")
     >>> K.shape, K.rows([0, 2]).shape, K.diag().shape, K.n_evaluations

@@ -6,17 +6,17 @@ Every constructor returns a :class:`SketchOperator`, a
 SciPy CSR/CSC matrices without forming ``S`` where ``S`` is structured, composes with
 other operators, has a dot-test-exact adjoint ``S.T`` and a ``todense()`` method.
 
-========================  ======================  ==============================
-constructor               storage                 cost of ``S @ A``, ``A`` (n, p)
-========================  ======================  ==============================
-:func:`gaussian`          dense ``k x n``         ``2knp`` (BLAS GEMM)
-:func:`rademacher`        dense ``k x n``         ``2knp`` (BLAS GEMM)
-:func:`orthogonal_gaussian` dense ``k x n``       ``2knp`` (BLAS GEMM)
-:func:`srht`              ``n`` signs, ``k`` rows ``~ N p log2(n2) + k p N/n2``
-:func:`countsketch`       ``n`` hashes, signs     ``p n`` dense, ``nnz(A)`` sparse
-:func:`sparse_sign`       ``z n`` hashes, signs   ``z p n`` dense, ``z nnz(A)`` sparse
-:func:`tensor_sketch`     ``degree`` CountSketches ``degree (n + k log k)`` per row
-========================  ======================  ==============================
+===========================  ========================  ====================================
+constructor                  storage                   cost of ``S @ A``, ``A`` (n, p)
+===========================  ========================  ====================================
+:func:`gaussian`             dense ``k x n``           ``2knp`` (BLAS GEMM)
+:func:`rademacher`           dense ``k x n``           ``2knp`` (BLAS GEMM)
+:func:`orthogonal_gaussian`  dense ``k x n``           ``2knp`` (BLAS GEMM)
+:func:`srht`                 ``n`` signs, ``k`` rows   ``~ N p log2(n2) + k p N/n2``
+:func:`countsketch`          ``n`` hashes, signs       ``p n`` dense, ``nnz(A)`` sparse
+:func:`sparse_sign`          ``z n`` hashes, signs     ``z p n`` dense, ``z nnz(A)`` sparse
+:func:`tensor_sketch`        ``degree`` CountSketches  ``degree (n + k log k)`` per row
+===========================  ========================  ====================================
 
 Here ``N`` is ``n`` rounded up to a power of two and ``n2 <= N`` a cache-sized block.
 Randomness is drawn once, at construction, from ``rng``; applying an operator is
@@ -29,7 +29,9 @@ return row indices with importance weights.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
+import numba
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
@@ -59,6 +61,28 @@ __all__ = [
     "tensor_sketch",
     "uniform_sampling",
 ]
+
+
+_SERIAL_WORK = 1 << 20  # scalar updates below which one thread beats a parallel launch
+
+
+@contextmanager
+def _threads_for(work: int):
+    """Run small kernels on one Numba thread (restored afterwards).
+
+    A parallel region costs tens of microseconds to start, and far more when the
+    machine is oversubscribed; below ``_SERIAL_WORK`` updates one thread is faster.
+    Results do not depend on this choice (the kernels' partitions are fixed).
+    """
+    previous = numba.get_num_threads()
+    if work >= _SERIAL_WORK or previous == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 class SketchOperator(LinearOperator):
@@ -443,11 +467,19 @@ class HashSketch(SketchOperator):
     """
 
     def __init__(self, k: int, idx: np.ndarray, negative: np.ndarray, scale: float, kind: str):
-        n = idx.shape[0]
-        super().__init__(k, n)
-        code_type = np.int32 if k < 2**30 else np.int64
         codes = (np.asarray(idx, dtype=np.int64) << 1) | np.asarray(negative, dtype=np.int64)
-        self._codes = np.ascontiguousarray(codes, dtype=code_type)
+        self._init(k, codes.astype(_code_type(k)), scale, kind)
+
+    @classmethod
+    def _from_codes(cls, k: int, codes: np.ndarray, scale: float, kind: str) -> HashSketch:
+        """Build from packed codes ``(row << 1) | sign_bit`` (taken over, not copied)."""
+        self = cls.__new__(cls)
+        self._init(k, codes, scale, kind)
+        return self
+
+    def _init(self, k, codes, scale, kind):
+        super().__init__(k, codes.shape[0])
+        self._codes = np.ascontiguousarray(codes)
         self._codes.setflags(write=False)
         self.scale = float(scale)
         self._codes16 = None
@@ -480,10 +512,12 @@ class HashSketch(SketchOperator):
             # Fortran-ordered input: sketch the rows of A.T and transpose the result,
             # which avoids copying A.
             out_t = np.zeros((p, k), dtype=A.dtype)
-            _k._hash_apply_dense_t(self._codes, A.T, out_t)
+            with _threads_for(A.size * self.nnz_per_col):
+                _k._hash_apply_dense_t(self._codes, A.T, out_t)
             return self._scaled(np.ascontiguousarray(out_t.T))
         out = np.zeros((k, p), dtype=A.dtype)
-        _k._hash_apply_dense(self._codes, np.ascontiguousarray(A), out)
+        with _threads_for(A.size * self.nnz_per_col):
+            _k._hash_apply_dense(self._codes, np.ascontiguousarray(A), out)
         return self._scaled(out)
 
     def _apply_sparse(self, A):
@@ -492,7 +526,8 @@ class HashSketch(SketchOperator):
             # One nonzero per column: stream A once, scattering into one buffer per fixed
             # row chunk (the first buffer is the output).
             bufs = np.zeros((_k._CSR_CHUNKS, k, p), dtype=A.dtype)
-            _k._hash_scatter_csr(self._codes, A.indptr, A.indices, A.data, bufs)
+            with _threads_for(A.nnz):
+                _k._hash_scatter_csr(self._codes, A.indptr, A.indices, A.data, bufs)
             out = bufs[0]
             for b in range(1, bufs.shape[0]):
                 out += bufs[b]
@@ -502,7 +537,8 @@ class HashSketch(SketchOperator):
             # O(nnz) conversion plus the column kernel (k-vector in L1) is faster.
             A = A.tocsc()
         out_t = np.zeros((p, k), dtype=A.dtype)
-        _k._hash_apply_csc(A.indptr, A.indices, A.data, self._compact_codes(), out_t)
+        with _threads_for(A.nnz * self.nnz_per_col):
+            _k._hash_apply_csc(A.indptr, A.indices, A.data, self._compact_codes(), out_t)
         return self._scaled(np.ascontiguousarray(out_t.T))
 
     def _compact_codes(self):
@@ -518,7 +554,8 @@ class HashSketch(SketchOperator):
 
     def _adjoint_dense(self, Y):
         out = np.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype)
-        _k._hash_adjoint_dense(self._codes, np.ascontiguousarray(Y), out)
+        with _threads_for(out.size * self.nnz_per_col):
+            _k._hash_adjoint_dense(self._codes, np.ascontiguousarray(Y), out)
         return self._scaled(out)
 
     def todense(self) -> np.ndarray:
@@ -531,6 +568,10 @@ class HashSketch(SketchOperator):
 
     def _describe(self):
         return f"kind={self.kind!r}, nnz_per_col={self.nnz_per_col}"
+
+
+def _code_type(k: int):
+    return np.int32 if k < 2**30 else np.int64
 
 
 def _random_signs(rng, shape):
@@ -666,9 +707,12 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
             f"nnz_per_col={z} must be <= k={k}: the nonzeros of a column occupy distinct rows"
         )
     rng = check_rng(rng)
-    idx = np.empty((n, z), dtype=np.int64)
-    _k._floyd_sample(rng.random((n, z)), k, idx)
-    return HashSketch(k, idx, _random_negative(rng, (n, z)), 1.0 / math.sqrt(z), "sparse_sign")
+    uniforms = rng.random((n, z))
+    # one random bit per nonzero for its sign: bytes unpacked, not one draw per sign
+    bits = np.unpackbits(rng.integers(0, 256, size=(n * z + 7) // 8, dtype=np.uint8))
+    codes = np.empty((n, z), dtype=_code_type(k))
+    _k._floyd_codes(uniforms, bits[: n * z].reshape(n, z), k, codes)
+    return HashSketch._from_codes(k, codes, 1.0 / math.sqrt(z), "sparse_sign")
 
 
 # ----------------------------------------------------------------------------------------
@@ -746,8 +790,9 @@ class SRHT(SketchOperator):
         p = A.shape[1]
         out = np.empty((self.shape[0], p), dtype=A.dtype)
         w = self._panel_width(p, A.itemsize)
-        for c0 in range(0, p, w):
-            self._forward_panels(A, out, c0, min(p, c0 + w))
+        with _threads_for(self.N * p * max(1, self.N.bit_length() // 2)):
+            for c0 in range(0, p, w):
+                self._forward_panels(A, out, c0, min(p, c0 + w))
         return out
 
     def _apply_sparse(self, A):
@@ -778,6 +823,12 @@ class SRHT(SketchOperator):
         out = np.empty((n, p), dtype=Y.dtype)
         scale = 1.0 / math.sqrt(k)
         w = self._panel_width(p, Y.itemsize)
+        with _threads_for(self.N * p * self.N.bit_length()):
+            self._adjoint_panels(Y, out, w, scale)
+        return out
+
+    def _adjoint_panels(self, Y, out, w, scale):
+        p = Y.shape[1]
         for c0 in range(0, p, w):
             c1 = min(p, c0 + w)
             n2, _ = self._plan(c1 - c0, Y.itemsize)

@@ -135,6 +135,24 @@ def _floyd_sample(U, k, out):
             m += 1
 
 
+@njit(cache=True, nogil=True)
+def _floyd_codes(U, negative, k, codes):
+    # Floyd's sampling as above, writing packed codes (row << 1) | sign_bit directly, so
+    # that building a large sparse sign sketch needs no extra passes over (n, z) arrays.
+    n, z = U.shape
+    for j in range(n):
+        for m in range(z):
+            s = k - z + m
+            t = int(U[j, m] * (s + 1))
+            if t > s:
+                t = s
+            for q in range(m):
+                if (codes[j, q] >> 1) == t:
+                    t = s
+                    break
+            codes[j, m] = (t << 1) | negative[j, m]
+
+
 # ----------------------------------------------------------------------------------------
 # Walsh–Hadamard transforms along axis 0, on column panels [c0, c1) of a C-ordered array
 # ----------------------------------------------------------------------------------------

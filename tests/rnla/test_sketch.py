@@ -193,6 +193,16 @@ def test_floyd_kernel_matches_reference(k, z, rng):
     assert out.min() >= 0 and out.max() < k
 
 
+@pytest.mark.parametrize(("k", "z"), [(1, 1), (5, 5), (10, 3), (1000, 8)])
+def test_floyd_codes_kernel_matches_reference(k, z, rng):
+    U = rng.random((200, z))
+    negative = rng.integers(0, 2, size=(200, z)).astype(np.uint8)
+    codes = np.empty((200, z), dtype=np.int32)
+    K._floyd_codes(U, negative, k, codes)
+    np.testing.assert_array_equal(codes >> 1, ref_floyd(U, k))
+    np.testing.assert_array_equal(codes & 1, negative)
+
+
 def test_floyd_rows_are_uniform(rng):
     """Each row index is chosen with probability z/k (chi-square, level 1e-3)."""
     from scipy.stats import chisquare
