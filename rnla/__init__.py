@@ -10,15 +10,41 @@ operators
     ``KernelMatrix`` and the adjoint ``dot_test``.
 estimate
     A-posteriori norm estimators with stated failure probabilities.
+lowrank
+    Range finder, randomized SVD (subspace iteration and block Krylov), adaptive QB,
+    single-pass SVD, randomized symmetric eigendecomposition, generalized Nyström.
+nystrom
+    Stabilised Nyström for PSD operators and randomly pivoted Cholesky.
+cur
+    Interpolative decomposition, CUR and adaptive cross approximation.
 bounds
     Closed-form a-priori bounds, one function per theorem.
+
+The top-level names ``rnla.nystrom`` and ``rnla.cur`` are the functions (the modules of
+the same name are reached with ``from rnla.nystrom import ...``).
 """
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import bounds, estimate, operators
+from rnla import bounds, estimate, lowrank, operators
+from rnla._results import (
+    CholeskyResult,
+    CrossResult,
+    CURResult,
+    EighResult,
+    IDResult,
+    QBResult,
+    SVDResult,
+)
+
+# The contract names rnla.nystrom and rnla.cur are the functions (DESIGN.md §4); their
+# modules stay importable as ``from rnla.nystrom import ...`` / ``from rnla.cur import ...``.
+from rnla.cur import aca, cur, interpolative  # isort: skip
+from rnla.lowrank import generalized_nystrom, randqb, range_finder, reigh, rsvd, single_pass_svd
+
+from rnla.nystrom import nystrom, rpcholesky  # isort: skip
 from rnla._validation import AccuracyWarning, ConvergenceWarning, RNLAWarning
-from rnla.estimate import NormEstimate, effective_distortion, norm_estimate
+from rnla.estimate import NormEstimate, effective_distortion, lowrank_error_estimate, norm_estimate
 from rnla.operators import (
     DenseEntries,
     EntryMatrix,
@@ -31,19 +57,39 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AccuracyWarning",
+    "CURResult",
+    "CholeskyResult",
     "ConvergenceWarning",
+    "CrossResult",
     "DenseEntries",
+    "EighResult",
     "EntryMatrix",
+    "IDResult",
     "KernelMatrix",
     "NormEstimate",
+    "QBResult",
     "RNLAWarning",
+    "SVDResult",
     "__version__",
+    "aca",
     "as_linear_operator",
     "bounds",
+    "cur",
     "dot_test",
     "effective_distortion",
     "estimate",
+    "generalized_nystrom",
+    "interpolative",
+    "lowrank",
+    "lowrank_error_estimate",
     "norm_estimate",
+    "nystrom",
     "operators",
+    "randqb",
+    "range_finder",
+    "reigh",
+    "rpcholesky",
+    "rsvd",
+    "single_pass_svd",
     "sketch",
 ]

@@ -35,18 +35,32 @@ import scipy.sparse as sp
 from rnla._validation import as_float_array, as_sparse, check_int, check_option
 
 __all__ = [
+    "CURBound",
+    "SinglePassBound",
     "SketchSize",
     "countsketch_embedding_size",
     "countsketch_inner_product_variance",
+    "cur_bound",
     "distortion_to_effective",
     "gaussian_embedding_size",
+    "hmt_frobenius_bound",
+    "hmt_power_bound",
+    "hmt_spectral_bound",
+    "hmt_structural_bound",
     "hutchinson_variance",
+    "id_bound",
     "jl_dimension",
+    "nystrom_expected_trace_bound",
+    "nystrom_structural_bound",
     "orthogonal_gaussian_embedding_size",
     "rademacher_embedding_size",
+    "rpcholesky_rank_bound",
+    "rrqr_growth",
+    "single_pass_bound",
     "sparse_sign_embedding_size",
     "sparse_sign_practical_size",
     "srht_embedding_size",
+    "strong_rrqr_bound",
     "tensor_sketch_inner_product_variance",
     "tensor_sketch_variance_bound",
 ]
@@ -1075,3 +1089,21 @@ def hutchinson_variance(A, /, *, distribution="gaussian") -> float:
     if dist == "gaussian":
         return 2.0 * fro2
     return max(0.0, 2.0 * (fro2 - float(diag @ diag)))
+
+
+# Bounds of the low-rank algorithms live next to nothing else but their theorem; they are
+# re-exported here so that ``rnla.bounds`` is the one place to look for a bound.
+from rnla._bounds_cur import CURBound, cur_bound, id_bound, rrqr_growth, strong_rrqr_bound  # noqa: E402
+from rnla._bounds_lowrank import (  # noqa: E402
+    SinglePassBound,
+    hmt_frobenius_bound,
+    hmt_power_bound,
+    hmt_spectral_bound,
+    hmt_structural_bound,
+    single_pass_bound,
+)
+from rnla._bounds_nystrom import (  # noqa: E402
+    nystrom_expected_trace_bound,
+    nystrom_structural_bound,
+    rpcholesky_rank_bound,
+)

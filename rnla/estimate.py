@@ -2,8 +2,10 @@
 
 :func:`norm_estimate` estimates the spectral or Frobenius norm of any operator from
 products with random Gaussian probes and returns two-sided bounds together with the
-probability that they fail; :func:`effective_distortion` measures how far a sketched
-orthonormal basis ``S U`` is from having orthonormal columns, up to scale.
+probability that they fail; :func:`lowrank_error_estimate` applies it to the residual
+``A - approximation`` of any low-rank result of :mod:`rnla` (a certified a-posteriori
+error); :func:`effective_distortion` measures how far a sketched orthonormal basis
+``S U`` is from having orthonormal columns, up to scale.
 """
 
 from __future__ import annotations
@@ -14,12 +16,32 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
 from scipy.optimize import brentq
+from scipy.sparse.linalg import LinearOperator
 from scipy.special import betainc, lambertw
 
-from rnla._validation import as_float_array, as_operator, check_int, check_rng
+from rnla._results import (
+    CholeskyResult,
+    CrossResult,
+    CURResult,
+    EighResult,
+    IDResult,
+    QBResult,
+    SVDResult,
+)
+from rnla._validation import (
+    as_float_array,
+    as_operator,
+    as_sparse,
+    check_int,
+    check_rng,
+    float_dtype,
+    result_dtype,
+)
+from rnla.operators import as_linear_operator, check_indices
 
-__all__ = ["NormEstimate", "effective_distortion", "norm_estimate"]
+__all__ = ["NormEstimate", "effective_distortion", "lowrank_error_estimate", "norm_estimate"]
 
 _DEFAULT_FAILURE_PROBABILITY = 1e-3
 _DEFAULT_N_ITER = 4
@@ -343,3 +365,419 @@ def effective_distortion(SU) -> float:
     if smax == 0.0:
         return 1.0
     return (smax - smin) / (smax + smin)
+
+
+# ----------------------------------------------------------------------------------------
+# a-posteriori error of low-rank approximations
+# ----------------------------------------------------------------------------------------
+
+_ACCEPTED_FACTORS = (
+    "SVDResult(U, s, Vt), QBResult(Q, B, error), EighResult(eigenvalues, eigenvectors), "
+    "CholeskyResult(F, pivots), IDResult(indices, X), CURResult(cols, U, rows), "
+    "CrossResult(U, V, rows, cols), or a plain tuple (L, R) meaning L @ R"
+)
+
+
+class _ResidualOperator(LinearOperator):
+    """``E = A - L R`` applied as ``A X - L (R X)``: the approximation is never formed."""
+
+    def __init__(self, A_op: LinearOperator, L, R, dtype) -> None:
+        super().__init__(dtype=np.dtype(dtype), shape=A_op.shape)
+        self._A = A_op
+        self._L = L
+        self._R = R
+
+    def _matmat(self, X):
+        X = np.asarray(X, dtype=self.dtype)
+        AX = np.asarray(self._A.matmat(X), dtype=self.dtype)
+        return AX - np.asarray(self._L @ (self._R @ X), dtype=self.dtype)
+
+    def _rmatmat(self, Y):
+        Y = np.asarray(Y, dtype=self.dtype)
+        ATY = np.asarray(self._A.rmatmat(Y), dtype=self.dtype)
+        return ATY - np.asarray(self._R.T @ (self._L.T @ Y), dtype=self.dtype)
+
+    def _matvec(self, x):
+        return self._matmat(np.reshape(x, (-1, 1))).reshape(-1)
+
+    def _rmatvec(self, y):
+        return self._rmatmat(np.reshape(y, (-1, 1))).reshape(-1)
+
+
+class _Source:
+    """``A`` as an operator, plus extraction of its columns and rows.
+
+    ``n_products`` counts the products with unit vectors spent on extraction (only a
+    LinearOperator needs them: dense, sparse and entry-based inputs are indexed).
+    """
+
+    def __init__(self, A) -> None:
+        self.n_products = 0
+        if sp.issparse(A):
+            self.kind = "sparse"
+            self.A = as_sparse(A)
+            self.op = as_operator(self.A)
+        elif isinstance(A, LinearOperator):
+            self.kind = "operator"
+            self.A = self.op = as_operator(A)
+        elif (
+            not isinstance(A, np.ndarray)
+            and callable(getattr(A, "as_linear_operator", None))
+            and callable(getattr(A, "cols", None))
+            and callable(getattr(A, "rows", None))
+        ):
+            self.kind = "entries"
+            self.A = A
+            self.op = as_linear_operator(A)
+        else:
+            self.kind = "dense"
+            self.A = as_float_array(A, name="A", ndim=2)
+            self.op = as_operator(self.A)
+        self.shape = tuple(self.op.shape)
+        self.dtype = float_dtype(self.op.dtype if self.op.dtype is not None else np.float64)
+
+    def columns(self, idx: np.ndarray, dtype) -> np.ndarray:
+        """Dense ``A[:, idx]`` of shape (m, len(idx)) in ``dtype``."""
+        if self.kind == "dense":
+            C = self.A[:, idx]
+        elif self.kind == "sparse":
+            C = self.A[:, idx].toarray()
+        elif self.kind == "entries":
+            C = self.A.cols(idx)
+        else:
+            E = np.zeros((self.shape[1], idx.size), dtype=dtype)
+            E[idx, np.arange(idx.size)] = 1
+            C = self.op.matmat(E)
+            self.n_products += idx.size
+        return np.ascontiguousarray(C, dtype=dtype)
+
+    def rows(self, idx: np.ndarray, dtype) -> np.ndarray:
+        """Dense ``A[idx, :]`` of shape (len(idx), n) in ``dtype``."""
+        if self.kind == "dense":
+            Rw = self.A[idx, :]
+        elif self.kind == "sparse":
+            Rw = self.A[idx, :].toarray()
+        elif self.kind == "entries":
+            Rw = self.A.rows(idx)
+        else:
+            E = np.zeros((self.shape[0], idx.size), dtype=dtype)
+            E[idx, np.arange(idx.size)] = 1
+            Rw = self.op.rmatmat(E).T
+            self.n_products += idx.size
+        return np.ascontiguousarray(Rw, dtype=dtype)
+
+
+def _factor(x, name: str, ndim: int) -> np.ndarray:
+    return as_float_array(x, name=name, ndim=ndim, allow_empty=True)
+
+
+def _product_factor(x, name: str):
+    """Validate an ``(L, R)`` tuple entry: dense array, sparse matrix or LinearOperator."""
+    if isinstance(x, LinearOperator):
+        return as_operator(x, name=name)
+    if sp.issparse(x):
+        return as_sparse(x, name=name)
+    return _factor(x, name, 2)
+
+
+def _check_shape(name: str, got, want: tuple, A_shape) -> None:
+    if tuple(got) != tuple(want):
+        raise ValueError(
+            f"{name} has shape {tuple(got)}, expected {tuple(want)} to match A of shape "
+            f"{tuple(A_shape)}"
+        )
+
+
+def _check_square(kind: str, formula: str, A_shape) -> None:
+    if A_shape[0] != A_shape[1]:
+        raise ValueError(
+            f"an {kind} approximates a square matrix {formula}, but A has shape {A_shape}"
+        )
+
+
+def _check_axis_id(axis) -> int:
+    if axis is None:
+        return 1
+    if isinstance(axis, bool) or axis not in (0, 1):
+        raise ValueError(f"axis={axis!r} must be 1 (column ID) or 0 (row ID)")
+    return int(axis)
+
+
+def _low_rank_factors(src: _Source, factors, axis):
+    """Return ``(L, R, dtype)`` with ``L @ R`` the approximation of ``A`` (not formed)."""
+    m, n = src.shape
+    shape = src.shape
+    if not isinstance(factors, IDResult) and axis is not None:
+        raise ValueError(
+            f"axis={axis!r} applies to an IDResult only, got factors of type "
+            f"{type(factors).__name__}"
+        )
+    if isinstance(factors, SVDResult):
+        U = _factor(factors.U, "factors.U", 2)
+        s = _factor(factors.s, "factors.s", 1)
+        Vt = _factor(factors.Vt, "factors.Vt", 2)
+        r = s.size
+        _check_shape("factors.U", U.shape, (m, r), shape)
+        _check_shape("factors.Vt", Vt.shape, (r, n), shape)
+        dtype = result_dtype(src.dtype, U.dtype, s.dtype, Vt.dtype)
+        return (U * s).astype(dtype, copy=False), Vt.astype(dtype, copy=False), dtype
+    if isinstance(factors, QBResult):
+        Q = _factor(factors.Q, "factors.Q", 2)
+        B = _factor(factors.B, "factors.B", 2)
+        r = Q.shape[1]
+        _check_shape("factors.Q", Q.shape, (m, r), shape)
+        _check_shape("factors.B", B.shape, (r, n), shape)
+        dtype = result_dtype(src.dtype, Q.dtype, B.dtype)
+        return Q.astype(dtype, copy=False), B.astype(dtype, copy=False), dtype
+    if isinstance(factors, EighResult):
+        _check_square("EighResult", "V diag(eigenvalues) V^T", shape)
+        w = _factor(factors.eigenvalues, "factors.eigenvalues", 1)
+        V = _factor(factors.eigenvectors, "factors.eigenvectors", 2)
+        _check_shape("factors.eigenvectors", V.shape, (n, w.size), shape)
+        dtype = result_dtype(src.dtype, w.dtype, V.dtype)
+        V = V.astype(dtype, copy=False)
+        return (V * w).astype(dtype, copy=False), V.T, dtype
+    if isinstance(factors, CholeskyResult):
+        _check_square("CholeskyResult", "F F^T", shape)
+        F = _factor(factors.F, "factors.F", 2)
+        _check_shape("factors.F", F.shape, (n, F.shape[1]), shape)
+        dtype = result_dtype(src.dtype, F.dtype)
+        F = F.astype(dtype, copy=False)
+        return F, F.T, dtype
+    if isinstance(factors, IDResult):
+        axis = _check_axis_id(axis)
+        X = _factor(factors.X, "factors.X", 2)
+        dtype = result_dtype(src.dtype, X.dtype)
+        # Shapes first: a wrong axis usually shows in X before the indices go out of range.
+        k = np.size(factors.indices)
+        want = (k, n) if axis == 1 else (m, k)
+        if X.shape != want:
+            other = (m, k) if axis == 1 else (k, n)
+            hint = (
+                f" (pass axis={1 - axis}: X has the shape of a {'row' if axis else 'column'} ID)"
+            )
+            raise ValueError(
+                f"factors.X has shape {X.shape}, expected {want} for a "
+                f"{'column' if axis else 'row'} ID (axis={axis}) of A of shape {shape}"
+                + (hint if X.shape == other else "")
+            )
+        idx = check_indices(factors.indices, shape[axis], name="factors.indices")
+        X = X.astype(dtype, copy=False)
+        if axis == 1:
+            return src.columns(idx, dtype), X, dtype
+        return X, src.rows(idx, dtype), dtype
+    if isinstance(factors, CURResult):
+        U = _factor(factors.U, "factors.U", 2)
+        cols = check_indices(factors.cols, n, name="factors.cols")
+        rows = check_indices(factors.rows, m, name="factors.rows")
+        _check_shape("factors.U", U.shape, (cols.size, rows.size), shape)
+        dtype = result_dtype(src.dtype, U.dtype)
+        # C U is (m, r): one small product instead of two per application.
+        CU = src.columns(cols, dtype) @ U.astype(dtype, copy=False)
+        return CU, src.rows(rows, dtype), dtype
+    if isinstance(factors, CrossResult):
+        U = _factor(factors.U, "factors.U", 2)
+        V = _factor(factors.V, "factors.V", 2)
+        r = U.shape[1]
+        _check_shape("factors.U", U.shape, (m, r), shape)
+        _check_shape("factors.V", V.shape, (n, r), shape)
+        dtype = result_dtype(src.dtype, U.dtype, V.dtype)
+        return U.astype(dtype, copy=False), V.T.astype(dtype, copy=False), dtype
+    if isinstance(factors, tuple | list) and not hasattr(factors, "_fields"):
+        if len(factors) != 2:
+            raise TypeError(
+                f"factors is a {type(factors).__name__} of length {len(factors)}; a plain "
+                f"tuple must be (L, R) with A ~ L @ R. Accepted: {_ACCEPTED_FACTORS}"
+            )
+        L = _product_factor(factors[0], "factors[0] (L)")
+        R = _product_factor(factors[1], "factors[1] (R)")
+        if L.shape[0] != m or R.shape[1] != n or L.shape[1] != R.shape[0]:
+            raise ValueError(
+                f"L @ R must have the shape of A {shape} with inner dimensions equal: "
+                f"expected L (m, r) = ({m}, r) and R (r, n) = (r, {n}), got L {L.shape} "
+                f"and R {R.shape}"
+            )
+        dtype = result_dtype(src.dtype, L.dtype, R.dtype)
+        return L, R, dtype
+    raise TypeError(
+        f"factors of type {type(factors).__name__} are not supported; accepted: "
+        f"{_ACCEPTED_FACTORS}"
+    )
+
+
+def _residual_operator(A, factors, axis=None) -> tuple[_ResidualOperator, _Source]:
+    """Return the residual ``A - approximation`` as an operator, and the wrapped ``A``."""
+    src = _Source(A)
+    L, R, dtype = _low_rank_factors(src, factors, axis)
+    return _ResidualOperator(src.op, L, R, dtype), src
+
+
+def lowrank_error_estimate(
+    A,
+    factors,
+    /,
+    *,
+    ord="fro",
+    relative: bool = False,
+    axis: int | None = None,
+    n_probes: int = 10,
+    n_iter: int | None = None,
+    failure_probability: float | None = None,
+    rng=None,
+) -> NormEstimate:
+    r"""Certified a-posteriori error :math:`\|A - \hat A\|` of any low-rank approximation.
+
+    The residual :math:`E = A - \hat A` is wrapped as a
+    :class:`~scipy.sparse.linalg.LinearOperator` (:math:`Ex = Ax - L(Rx)`, the
+    approximation :math:`\hat A = LR` is never formed) and its norm is estimated by
+    :func:`norm_estimate`, with bounds that fail with a stated probability.
+
+    Parameters
+    ----------
+    A : array_like, scipy.sparse matrix, LinearOperator or EntryMatrix, shape (m, n)
+        The matrix that was approximated. Only products with ``A`` and ``A^T`` are used,
+        plus, for an :class:`~rnla._results.IDResult` or
+        :class:`~rnla._results.CURResult`, the selected columns and rows: indexed for
+        dense and sparse input, read with ``cols``/``rows`` for an EntryMatrix
+        (:class:`~rnla.operators.KernelMatrix`, ...), and extracted by products with
+        unit vectors for a LinearOperator.
+    factors : result of a low-rank routine, or tuple (L, R)
+        One of (``r`` is the rank):
+
+        - ``SVDResult(U, s, Vt)``: :math:`\hat A = U\operatorname{diag}(s)V^T`;
+        - ``QBResult(Q, B, error)``: :math:`\hat A = QB` (``error`` is ignored);
+        - ``EighResult(eigenvalues, eigenvectors)``: :math:`\hat A =
+          V\operatorname{diag}(\lambda)V^T` (``A`` square);
+        - ``CholeskyResult(F, pivots)``: :math:`\hat A = FF^T` (``A`` square);
+        - ``IDResult(indices, X)``: :math:`\hat A = A[:, J]X` (``axis=1``) or
+          :math:`XA[J, :]` (``axis=0``);
+        - ``CURResult(cols, U, rows)``: :math:`\hat A = A[:, J]\,U\,A[I, :]`;
+        - ``CrossResult(U, V, rows, cols)``: :math:`\hat A = UV^T`;
+        - a plain tuple ``(L, R)`` of dense arrays, sparse matrices or LinearOperators
+          of shapes (m, r) and (r, n): :math:`\hat A = LR`.
+    ord : {"fro", 2}, default="fro"
+        Frobenius or spectral norm.
+    relative : bool, default=False
+        Estimate :math:`\|A - \hat A\| / \|A\|` instead, with :math:`\|A\|` estimated
+        by :func:`norm_estimate` as well (see Notes for the failure probability).
+    axis : {1, 0}, optional
+        For an ``IDResult`` only: 1 (default) for a column ID, 0 for a row ID. Must be
+        ``None`` for the other factor types.
+    n_probes : int, default=10
+        Gaussian probes per norm estimate (block size for ``ord=2``).
+    n_iter : int, optional
+        Power iterations for ``ord=2`` (default 4); must be ``None`` for ``"fro"``.
+    failure_probability : float, optional
+        Probability ``delta`` in (0, 1) that ``lower <= error <= upper`` fails;
+        default ``1e-3``.
+    rng : None, int, SeedSequence, BitGenerator or Generator, optional
+        Source of the probes. Use a stream independent of the one that produced
+        ``factors`` (a different seed, or the same Generator continued): the guarantee
+        is conditional on the factors, and probes equal to the sketch that built them
+        would see a residual of nearly zero.
+
+    Returns
+    -------
+    NormEstimate
+        ``value``, ``upper``, ``lower`` of :math:`\|A - \hat A\|` (or of the relative
+        error), ``failure_probability`` (the requested ``delta``, covering both bounds
+        and, with ``relative=True``, both estimates) and ``n_matvecs``: products of
+        ``A`` or ``A^T`` with a vector, i.e. those of the residual (one each), plus the
+        unit-vector products that extract columns/rows of a LinearOperator, plus those of
+        the estimate of :math:`\|A\|` when ``relative=True``.
+
+    Raises
+    ------
+    TypeError
+        ``factors`` of an unsupported type (the message lists the accepted ones), a
+        plain tuple that is not a pair, complex or non-numeric arrays, non-integer
+        indices, ``relative`` not a bool.
+    ValueError
+        Factor shapes inconsistent with ``A`` (the message gives the expected shape;
+        for an ``IDResult`` it says when ``axis`` looks wrong), indices out of range, an
+        ``EighResult``/``CholeskyResult`` for a non-square ``A``, ``axis`` not in
+        {0, 1} or given for another factor type, empty or non-finite ``A`` or factors,
+        invalid ``ord``/``n_probes``/``n_iter``/``failure_probability``, and
+        ``relative=True`` with an estimated :math:`\|A\| = 0`.
+
+    Notes
+    -----
+    **Guarantee.** Conditional on the factors, the probes are fresh Gaussian vectors, so
+    the bounds of :func:`norm_estimate` apply to :math:`E = A - \hat A` verbatim:
+    for ``"fro"``, :math:`P(\|E\|_F \notin [\text{lower}, \text{upper}]) \le \delta`
+    (chi-square Chernoff bound, worst case rank-one :math:`E`); for ``ord=2``,
+    ``lower = value`` :math:`\le \|E\|_2` always and :math:`P(\|E\|_2 >
+    \text{upper}) \le \delta` (Kuczyński-Woźniakowski-type Beta tail for subspace
+    iteration). This is the a-posteriori error estimation of Halko, Martinsson and Tropp
+    [1]_, §4.3 (Lemma 4.1 there gives the cruder probe-only bound), with sharper tails.
+
+    **Relative error** (union bound). :math:`\|E\|` and :math:`\|A\|` are estimated
+    from independent probes, each with failure probability :math:`\delta/2`; then
+    :math:`\text{lower}_E/\text{upper}_A \le \|E\|/\|A\| \le
+    \text{upper}_E/\text{lower}_A` unless one of the two estimates fails, which has
+    probability at most :math:`\delta/2 + \delta/2 = \delta`. (For ``ord=2`` the lower
+    bounds are deterministic, so each side of the interval fails with probability at
+    most :math:`\delta/2`.)
+
+    **Cost.** Each product with :math:`E` costs one product with ``A`` (or ``A^T``)
+    plus :math:`2(m + n)r` flops per vector for :math:`L(Rx)`; ``"fro"`` needs
+    ``n_probes`` of them, ``ord=2`` ``n_probes (2 n_iter + 1)``; twice that with
+    ``relative=True``. Extra memory :math:`O((m + n)r)`: a scaled copy of ``U`` (SVD)
+    or of the eigenvectors, the selected columns and rows (ID, CUR: ``A[:, J] U`` is
+    precomputed, (m, r)).
+
+    **Rounding.** Products are computed in the common dtype of ``A`` and the factors
+    (float32 only if all are float32). The residual is a difference, so errors below
+    about :math:`\sqrt{n}\,\epsilon\,(\|A\| + \|L\|\|R\|)` (:math:`\epsilon` the unit
+    roundoff: :math:`\approx 6\cdot 10^{-8}` in float32) are rounding noise, not
+    certified: certify small errors of float32 factorisations against a float64 ``A``.
+
+    References
+    ----------
+    .. [1] N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with
+       randomness: Probabilistic algorithms for constructing approximate matrix
+       decompositions", SIAM Rev. 53 (2011), §4.3. https://arxiv.org/abs/0909.4061
+    .. [2] J. Kuczyński and H. Woźniakowski, "Estimating the largest eigenvalue by the
+       power and Lanczos algorithms with a random start", SIAM J. Matrix Anal. Appl.
+       13 (1992).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.estimate import lowrank_error_estimate
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((40, 30))
+    >>> U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    >>> L, R = U[:, :5] * s[:5], Vt[:5]
+    >>> est = lowrank_error_estimate(A, (L, R), rng=1)
+    >>> bool(est.lower <= np.linalg.norm(A - L @ R) <= est.upper)
+    True
+    >>> est.failure_probability, est.n_matvecs
+    (0.001, 10)
+    """
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {relative!r}")
+    delta = _check_failure_probability(failure_probability)
+    E, src = _residual_operator(A, factors, axis)
+    rng = check_rng(rng)
+    options = {"n_probes": n_probes, "n_iter": n_iter, "rng": rng}
+    if not relative:
+        est = norm_estimate(E, ord, failure_probability=delta, **options)
+        return est._replace(n_matvecs=est.n_matvecs + src.n_products)
+
+    est_E = norm_estimate(E, ord, failure_probability=delta / 2, **options)
+    est_A = norm_estimate(src.op, ord, failure_probability=delta / 2, **options)
+    if est_A.value == 0.0:
+        raise ValueError(
+            "relative=True: the norm estimate of A is 0 (A is the zero matrix with "
+            "probability 1), so the relative error is undefined"
+        )
+    upper = est_E.upper / est_A.lower if est_A.lower > 0.0 else math.inf
+    lower = est_E.lower / est_A.upper if math.isfinite(est_A.upper) else 0.0
+    return NormEstimate(
+        est_E.value / est_A.value,
+        upper,
+        lower,
+        delta,
+        est_E.n_matvecs + est_A.n_matvecs + src.n_products,
+    )
