@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-_SERIAL_WORK = 1 << 20  # scalar updates below which one thread beats a parallel launch
+_SERIAL_WORK = 1 << 17  # scalar updates below which one thread beats a parallel launch
 
 
 @contextmanager
