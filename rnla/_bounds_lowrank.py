@@ -13,11 +13,11 @@ Cor. 10.10 (§10.2-10.4); Tropp-Yurtsever-Udell-Cevher (2017), Thm 4.3 and §5.
 
 References
 ----------
-.. [HMT11] N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
-   SIAM Review 53(2), 2011. arXiv:0909.4061.
-.. [TYUC17] J. A. Tropp, A. Yurtsever, M. Udell, V. Cevher, "Practical sketching
-   algorithms for low-rank matrix approximation", SIAM J. Matrix Anal. Appl. 38(4),
-   2017. arXiv:1609.00048.
+* [HMT11] N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
+  SIAM Review 53(2), 2011. arXiv:0909.4061.
+* [TYUC17] J. A. Tropp, A. Yurtsever, M. Udell, V. Cevher, "Practical sketching
+  algorithms for low-rank matrix approximation", SIAM J. Matrix Anal. Appl. 38(4),
+  2017. arXiv:1609.00048.
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ from rnla._validation import (
 from rnla.operators import as_linear_operator
 
 __all__ = [
+    "EighResult",
+    "QBResult",
+    "SVDResult",
     "generalized_nystrom",
     "randqb",
     "range_finder",
@@ -299,11 +302,13 @@ def _orth_against(Z: np.ndarray, Q: np.ndarray | None, normalizer: str) -> np.nd
         Zq, fell_back = _cholqr(Z, final=True, info=True)
     else:
         Zq, fell_back = _householder(Z), False
-    C = Q.T @ Zq
-    if not fell_back and np.abs(C).max() <= 100 * np.finfo(Z.dtype).eps:
-        return Zq
-    Zq = Zq - Q @ C
-    return _normalize(Zq, normalizer, final=True)
+    for _ in range(3):
+        C = Q.T @ Zq
+        if not fell_back and np.abs(C).max() <= 100 * np.finfo(Z.dtype).eps:
+            break
+        fell_back = False
+        Zq = _normalize(Zq - Q @ C, normalizer, final=True)
+    return Zq
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,20 +402,24 @@ def _svd_of_qb(Q: np.ndarray, Bt: np.ndarray, rank: int) -> SVDResult:
     return SVDResult(U, s[:rank], Vt)
 
 
-def _rayleigh_ritz_gram(Q: np.ndarray, Bt: np.ndarray, rank: int) -> SVDResult:
+def _rayleigh_ritz_gram(Q: np.ndarray, Bt: np.ndarray, rank: int, G=None) -> SVDResult:
     """Rank-``rank`` SVD of ``Q B`` (Q (s, d) orthonormal, ``Bt = B^T`` (l, d), l >= s).
 
     For a tall ``Bt`` the LAPACK route costs ``O(l d^2)`` twice over (Cholesky-QR2);
-    here the ``d x d`` Gram matrix ``B B^T = W Lambda W^T`` (one SYRK, formed in float64
-    even for float32 data) gives the leading left singular subspace ``W_k`` of ``B``,
-    and the exact SVD of the projected ``W_k^T B`` (``l x k``, Cholesky-QR2 of
+    here the ``d x d`` Gram matrix ``G = B B^T = W Lambda W^T`` (passed in by the
+    caller, or one SYRK; float64 even for float32 data) gives the leading left singular
+    subspace ``W_k`` of ``B``, and the exact SVD of the projected ``W_k^T B``
+    (``l x k``, Cholesky-QR2 of
     ``X = Bt W_k`` plus a ``k x k`` SVD) gives orthonormal factors to working precision:
     ``Q B ~ (Q W_k Z) S V'^T``. Rounding in the Gram matrix perturbs ``W_k`` by
-    ``O(u sigma_1^2 / gap)``, which changes the rank-``k`` approximation by a
-    second-order amount; the returned factors are an exact SVD of it.
+    ``O(u sigma_1^2 / gap)``, which changes the captured energy ``||W_k^T B||_F^2``
+    only to second order (the top-``k`` subspace maximises it); the returned factors
+    are an exact SVD of the resulting rank-``k`` approximation.
     """
-    Bt64 = np.asarray(Bt, dtype=np.float64)
-    lam, W = sla.eigh(Bt64.T @ Bt64, check_finite=False)
+    if G is None:
+        Bt64 = np.asarray(Bt, dtype=np.float64)
+        G = Bt64.T @ Bt64
+    lam, W = sla.eigh(G, check_finite=False)
     Wk = W[:, np.argsort(-lam, kind="stable")[:rank]]
     X = Bt @ Wk.astype(Bt.dtype, copy=False)
     Vq, R = _cholqr(X, final=True, with_r=True)
@@ -522,13 +531,17 @@ def range_finder(A, size, /, *, n_iter=0, sketch="gaussian", normalizer="auto", 
 
 
 def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng):
-    """Orthonormal basis Q of the block Krylov space and ``B^T = A^T Q`` (Musco-Musco).
+    """Block Krylov basis ``Q``, ``B^T = A^T Q`` and the Gram matrix ``B B^T`` (float64).
 
     ``K = [A W_0, (AA^T) A W_0, ..., (AA^T)^q A W_0]`` is built block by block with full
     reorthogonalisation (block Lanczos without the three-term shortcut). The products
-    ``A^T Q_j`` that generate the next block are exactly the rows of ``B = Q^T A``, so
-    the Rayleigh-Ritz step needs one extra product only (for the last block): ``2q + 2``
-    passes in total, as many as ``q`` subspace iterations.
+    ``A^T Q_j`` that generate the next block are exactly the columns of ``B^T``, so the
+    Rayleigh-Ritz step needs one extra product only (for the last block): ``2q + 2``
+    passes in total, as many as ``q`` subspace iterations. The Gram matrix
+    ``B B^T = Q^T A A^T Q`` comes almost free as well: its columns for block ``j < q``
+    are ``Q^T Z_j`` with ``Z_j = A A^T Q_j`` the product that generated block ``j + 1``
+    (``O(m d l)`` on the side of ``Q``); only the last block's columns are formed from
+    ``B^T`` itself (``O(n d l)``), instead of ``O(n d^2)`` for the whole Gram matrix.
     """
     m, n = op.shape
     dim_max = min(m, n)
@@ -536,19 +549,27 @@ def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng
     # Preallocated basis: blocks are written in place, no copies as the space grows.
     basis = np.empty((m, min(dim_max, block * (n_iter + 1))), dtype=op.dtype, order="F")
     basis[:, : Q0.shape[1]] = Q0
-    dim, last, rows = Q0.shape[1], slice(0, Q0.shape[1]), []
+    dim, last, rows, gens = Q0.shape[1], slice(0, Q0.shape[1]), [], []
     for _ in range(n_iter):
         if dim >= basis.shape[1]:
             break
         W = op.rmatmat(basis[:, last])
         rows.append(W)
         Z = op.matmat(W)
+        gens.append((last, Z))
         take = min(Z.shape[1], basis.shape[1] - dim)
         basis[:, dim : dim + take] = _orth_against(Z[:, :take], basis[:, :dim], normalizer)
         last, dim = slice(dim, dim + take), dim + take
     basis = basis[:, :dim]
     rows.append(op.rmatmat(basis[:, last]))
-    return basis, np.hstack(rows)
+    Bt = np.hstack(rows)
+    basis64 = np.asarray(basis, dtype=np.float64)
+    Bt64 = np.asarray(Bt, dtype=np.float64)
+    G = np.empty((dim, dim))
+    for cols, Z in gens:
+        G[:, cols] = basis64.T @ np.asarray(Z, dtype=np.float64)
+    G[:, last] = Bt64.T @ Bt64[:, last]
+    return basis, Bt, (G + G.T) / 2
 
 
 def rsvd(
@@ -676,8 +697,8 @@ def rsvd(
         transpose = op.shape[0] > op.shape[1]
         work = op.T if transpose else op
         block_norm = normalizer if normalizer in ("cholqr", "qr") else "qr"
-        Q, Bt = _krylov_basis(work, size, n_iter, sketch, block_norm, rng)
-        res = _rayleigh_ritz_gram(Q, Bt, rank)
+        Q, Bt, G = _krylov_basis(work, size, n_iter, sketch, block_norm, rng)
+        res = _rayleigh_ritz_gram(Q, Bt, rank, G)
     else:
         # Subspace iteration on the tall orientation: the test matrix and the SVD of B
         # live on the short side.
@@ -947,8 +968,10 @@ def single_pass_svd(
     :math:`Y_i = A_i\Omega` (its rows of ``Y``) and :math:`W \mathrel{+}= \Psi_{:, i}
     A_i`; the columns of :math:`\Psi` that belong to a block are drawn when the block
     arrives (from a generator seeded once, in row order, hence independent of the
-    blocking) and regenerated afterwards, so :math:`\Psi` is never stored. Memory:
-    :math:`O(mk + ln)` plus one block. Linear updates :math:`A \leftarrow A + H` can be
+    blocking) and regenerated afterwards, so for a stream :math:`\Psi` is never stored.
+    Memory: :math:`O(mk + ln)` plus one block (an array, sparse matrix or operator
+    input is sketched in one product each, with :math:`\Psi` held as an
+    :math:`m \times l` array). Linear updates :math:`A \leftarrow A + H` can be
     folded in the same way (sketch ``H`` and add).
 
     **Reconstruction** (TYUC17 Alg. 4, the QR-stabilised form of their Alg. 3, then
