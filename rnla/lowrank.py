@@ -235,7 +235,12 @@ def _cholqr(Y: np.ndarray, *, final: bool, with_r: bool = False, info: bool = Fa
 
     Q = np.asarray(Y, dtype=np.float64)
     with np.errstate(all="ignore"):
-        out = _cholqr_pass(Q, shift=False)
+        G = Q.T @ Q
+        if final and np.abs(G - np.eye(G.shape[0])).max() <= 0.1:
+            # Already nearly orthonormal: one pass gives O(u) orthogonality.
+            out = _cholqr_pass(Q, shift=False, G=G)
+            return fallback() if out is None else finish(*out, False)
+        out = _cholqr_pass(Q, shift=False, G=G)
         shifted = out is None
         if shifted:
             out = _cholqr_pass(Q, shift=True)
@@ -402,30 +407,38 @@ def _svd_of_qb(Q: np.ndarray, Bt: np.ndarray, rank: int) -> SVDResult:
     return SVDResult(U, s[:rank], Vt)
 
 
-def _rayleigh_ritz_gram(Q: np.ndarray, Bt: np.ndarray, rank: int, G=None) -> SVDResult:
-    """Rank-``rank`` SVD of ``Q B`` (Q (s, d) orthonormal, ``Bt = B^T`` (l, d), l >= s).
+def _rayleigh_ritz_gram(Q: np.ndarray, blocks, rank: int, G: np.ndarray) -> SVDResult:
+    """Rank-``rank`` SVD of ``Q B``, Q (s, d) orthonormal, ``B^T`` (l, d) given by blocks.
 
-    For a tall ``Bt`` the LAPACK route costs ``O(l d^2)`` twice over (Cholesky-QR2);
-    here the ``d x d`` Gram matrix ``G = B B^T = W Lambda W^T`` (passed in by the
-    caller, or one SYRK; float64 even for float32 data) gives the leading left singular
-    subspace ``W_k`` of ``B``, and the exact SVD of the projected ``W_k^T B``
-    (``l x k``, Cholesky-QR2 of
-    ``X = Bt W_k`` plus a ``k x k`` SVD) gives orthonormal factors to working precision:
-    ``Q B ~ (Q W_k Z) S V'^T``. Rounding in the Gram matrix perturbs ``W_k`` by
-    ``O(u sigma_1^2 / gap)``, which changes the captured energy ``||W_k^T B||_F^2``
-    only to second order (the top-``k`` subspace maximises it); the returned factors
-    are an exact SVD of the resulting rank-``k`` approximation.
+    ``blocks`` lists ``(cols, W)`` with ``B^T[:, cols] = W``; ``G = B B^T`` (float64).
+    A tall ``B^T`` would cost ``O(l d^2)`` twice over through Cholesky-QR2; here the
+    eigendecomposition ``G = W Lambda W^T`` gives the leading left singular subspace
+    ``W_k`` of ``B``, and the exact SVD of the projected ``W_k^T B`` (``l x k``:
+    ``X = B^T W_k`` accumulated block by block, Cholesky-QR2 of ``X``, a ``k x k``
+    SVD) gives orthonormal factors to working precision: ``Q B ~ (Q W_k Z) S V'^T``.
+    Rounding in ``G`` perturbs ``W_k`` by ``O(u sigma_1^2 / gap)``, which changes the
+    captured energy ``||W_k^T B||_F^2`` only to second order (the top-``k`` subspace
+    maximises it); the returned factors are an exact SVD of the resulting rank-``k``
+    approximation.
     """
-    if G is None:
-        Bt64 = np.asarray(Bt, dtype=np.float64)
-        G = Bt64.T @ Bt64
-    lam, W = sla.eigh(G, check_finite=False)
-    Wk = W[:, np.argsort(-lam, kind="stable")[:rank]]
-    X = Bt @ Wk.astype(Bt.dtype, copy=False)
+    lam, Wg = sla.eigh(G, check_finite=False)
+    order = np.argsort(-lam, kind="stable")[:rank]
+    # Columns of X = B^T W_k have norms sqrt(lambda_k): dividing by them makes X nearly
+    # orthonormal, so that Cholesky-QR needs one pass instead of two.
+    floor = np.finfo(np.float64).eps * max(float(lam[order[0]]), np.finfo(np.float64).tiny)
+    scale = 1.0 / np.sqrt(np.maximum(lam[order], floor))
+    Wk = (Wg[:, order] * scale).astype(Q.dtype, copy=False)
+    (cols0, W0), rest = blocks[0], blocks[1:]
+    X = W0 @ Wk[cols0]
+    part = np.empty_like(X)
+    for cols, W in rest:
+        X += np.matmul(W, Wk[cols], out=part)
     Vq, R = _cholqr(X, final=True, with_r=True)
-    Z, s, Vrt = sla.svd(R.T, check_finite=False)  # X = Vq R, R^T = Z S Vr^T
-    U = Q @ (Wk @ Z).astype(Q.dtype, copy=False)
-    Vt = (Vrt @ Vq.T).astype(Q.dtype, copy=False)
+    # X = B^T W_k D^{-1} = Vq R, so W_k^T B = D R^T Vq^T with D = diag(1 / scale).
+    R = R.astype(np.float64) / scale
+    Z, s, Vrt = sla.svd(R.T, check_finite=False)  # R^T = Z S Vr^T
+    U = Q @ ((Wg[:, order] @ Z).astype(Q.dtype, copy=False))
+    Vt = (Vrt.astype(Q.dtype, copy=False) @ Vq.T).astype(Q.dtype, copy=False)
     U, Vt = _sign_fix(U, Vt)
     return SVDResult(U, s.astype(Q.dtype, copy=False), Vt)
 
@@ -531,7 +544,7 @@ def range_finder(A, size, /, *, n_iter=0, sketch="gaussian", normalizer="auto", 
 
 
 def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng):
-    """Block Krylov basis ``Q``, ``B^T = A^T Q`` and the Gram matrix ``B B^T`` (float64).
+    """Block Krylov basis ``Q``, ``B^T = A^T Q`` (column blocks) and ``B B^T`` (float64).
 
     ``K = [A W_0, (AA^T) A W_0, ..., (AA^T)^q A W_0]`` is built block by block with full
     reorthogonalisation (block Lanczos without the three-term shortcut). The products
@@ -562,14 +575,18 @@ def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng
         last, dim = slice(dim, dim + take), dim + take
     basis = basis[:, :dim]
     rows.append(op.rmatmat(basis[:, last]))
-    Bt = np.hstack(rows)
+    # B^T stays a list of column blocks: concatenating them would copy the largest
+    # array of the method for nothing (the Rayleigh-Ritz step works block-wise).
+    blocks = [(cols, W) for (cols, _), W in zip(gens, rows, strict=False)]
+    blocks.append((last, rows[-1]))
     basis64 = np.asarray(basis, dtype=np.float64)
-    Bt64 = np.asarray(Bt, dtype=np.float64)
     G = np.empty((dim, dim))
     for cols, Z in gens:
         G[:, cols] = basis64.T @ np.asarray(Z, dtype=np.float64)
-    G[:, last] = Bt64.T @ Bt64[:, last]
-    return basis, Bt, (G + G.T) / 2
+    W_last = np.asarray(rows[-1], dtype=np.float64)
+    for cols, W in blocks:
+        G[cols, last] = np.asarray(W, dtype=np.float64).T @ W_last
+    return basis, blocks, (G + G.T) / 2
 
 
 def rsvd(
@@ -697,8 +714,8 @@ def rsvd(
         transpose = op.shape[0] > op.shape[1]
         work = op.T if transpose else op
         block_norm = normalizer if normalizer in ("cholqr", "qr") else "qr"
-        Q, Bt, G = _krylov_basis(work, size, n_iter, sketch, block_norm, rng)
-        res = _rayleigh_ritz_gram(Q, Bt, rank, G)
+        Q, blocks, G = _krylov_basis(work, size, n_iter, sketch, block_norm, rng)
+        res = _rayleigh_ritz_gram(Q, blocks, rank, G)
     else:
         # Subspace iteration on the tall orientation: the test matrix and the SVD of B
         # live on the short side.
