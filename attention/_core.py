@@ -1,0 +1,419 @@
+"""Shapes, broadcasting, grouped-query attention, validation and result types.
+
+Every public attention function goes through :func:`prepare`, which validates the inputs
+once and flattens them into a :class:`Problem`: ``G`` query slices of shape ``(n, d)``,
+each attending to one of ``Gk`` key/value slices. Methods work slice by slice on the
+problem; :func:`finish` restores the caller's leading shape.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from rnla._validation import as_float_array, result_dtype
+
+__all__ = [
+    "AttentionApprox",
+    "Cost",
+    "ErrorBound",
+    "Problem",
+    "finish",
+    "finish_lse",
+    "prepare",
+    "relative_error",
+]
+
+BOUND_KINDS = ("deterministic", "probabilistic", "estimate")
+BOUND_NORMS = ("fro", "2", "row_max")
+
+
+class ErrorBound(NamedTuple):
+    """A bound on the absolute output error ``||Y_approx - Y||`` of an approximation.
+
+    Attributes
+    ----------
+    value : float
+        The bound. It bounds the *absolute* error in the norm ``norm`` (divide by
+        ``||Y||`` for a relative bound; :func:`attention.certify` gives one without
+        knowing ``Y``).
+    norm : {"fro", "2", "row_max"}
+        ``"fro"``: Frobenius norm of the whole output (all slices); ``"2"``: largest
+        spectral norm over the ``(n, dv)`` slices; ``"row_max"``: largest Euclidean norm
+        of an output row.
+    kind : {"deterministic", "probabilistic", "estimate"}
+        ``"deterministic"``: holds for every draw (a theorem applied to quantities the
+        method computed); ``"probabilistic"``: holds with probability at least
+        ``confidence`` over the method's randomness; ``"estimate"``: no guarantee.
+    confidence : float
+        1.0 for deterministic bounds, ``1 - delta`` for probabilistic ones, NaN for
+        estimates.
+    assumptions : str
+        The theorem used (with reference) and the assumptions it needs, stating which
+        were checked on the data.
+    """
+
+    value: float
+    norm: str
+    kind: str
+    confidence: float
+    assumptions: str
+
+
+class Cost(NamedTuple):
+    """Work actually spent by an approximation.
+
+    Attributes
+    ----------
+    flops : float
+        Floating-point operations (a multiply-add counts 2), excluding the work needed
+        to validate the inputs.
+    kernel_evals : int
+        Number of evaluations of ``exp(q_i . k_j * scale)`` (entries of ``A`` formed),
+        the quantity sub-quadratic methods save; exact attention spends ``n * m`` per
+        slice (about half with ``causal=True``).
+    """
+
+    flops: float
+    kernel_evals: int
+
+
+class AttentionApprox(NamedTuple):
+    """Result of :func:`attention.approximate`.
+
+    Attributes
+    ----------
+    output : ndarray, shape (..., n, dv)
+        The approximate attention output, same dtype as the inputs.
+    lse : ndarray of shape (..., n), or None
+        Log of the approximate normaliser ``z_i`` (``-inf`` for rows that see no key),
+        when the method has one; lets partial results be merged with
+        :func:`attention.merge_partials`.
+    bound : ErrorBound or None
+        The error bound the method's theory gives, or None where no theory exists
+        (:func:`attention.certify` still applies).
+    cost : Cost
+        Flops and kernel evaluations spent.
+    method : str
+        Registered method name.
+    params : dict
+        The full parameter set used, defaults filled in.
+    """
+
+    output: np.ndarray
+    lse: np.ndarray | None
+    bound: ErrorBound | None
+    cost: Cost
+    method: str
+    params: dict
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """Validated attention inputs flattened into slices (built by :func:`prepare`).
+
+    Query slice ``g`` (``q[g]``, shape ``(n, d)``) attends to key/value slice
+    ``kv_index[g]`` (``k[kv_index[g]]``, ``v[kv_index[g]]``) under the mask
+    ``mask[mask_index[g]]`` (if any) and the causal pattern. Arrays are C-contiguous
+    (``mask`` may be a broadcast view with zero strides) and must not be written to.
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    kv_index: np.ndarray
+    mask: np.ndarray | None
+    mask_index: np.ndarray | None
+    scale: float
+    causal: bool
+    lead: tuple
+    dtype: np.dtype
+
+    @property
+    def n(self) -> int:
+        """Number of queries per slice."""
+        return self.q.shape[1]
+
+    @property
+    def m(self) -> int:
+        """Number of keys per slice."""
+        return self.k.shape[1]
+
+    @property
+    def d(self) -> int:
+        """Query/key dimension."""
+        return self.q.shape[2]
+
+    @property
+    def dv(self) -> int:
+        """Value dimension."""
+        return self.v.shape[2]
+
+    @property
+    def n_slices(self) -> int:
+        """Number ``G`` of query slices."""
+        return self.q.shape[0]
+
+    @property
+    def offset(self) -> int:
+        """Causal offset ``m - n``: query ``i`` sees key ``j`` iff ``j <= i + offset``."""
+        return self.m - self.n
+
+    def slice(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(q, k, v)`` of slice ``g``: shapes ``(n, d)``, ``(m, d)``, ``(m, dv)``."""
+        j = self.kv_index[g]
+        return self.q[g], self.k[j], self.v[j]
+
+    def mask_for(self, g: int) -> np.ndarray | None:
+        """Return the user mask of slice ``g`` (an ``(n, m)`` view) or None."""
+        return None if self.mask is None else self.mask[self.mask_index[g]]
+
+    def causal_keep(self, rows=None) -> np.ndarray | None:
+        """Boolean ``(len(rows), m)`` causal pattern (all rows if ``rows`` is None), or None."""
+        if not self.causal:
+            return None
+        i = np.arange(self.n) if rows is None else np.asarray(rows)
+        return np.arange(self.m)[None, :] <= i[:, None] + self.offset
+
+    def keep(self, g: int) -> np.ndarray | None:
+        """Return the combined ``(n, m)`` boolean pattern of slice ``g``, or None.
+
+        Combines causality, a boolean mask and the ``-inf`` entries of an additive mask;
+        None means every key is visible. Forms an ``n x m`` array: for references,
+        tests and small problems.
+        """
+        keep = self.causal_keep()
+        mask = self.mask_for(g)
+        if mask is not None:
+            visible = mask if mask.dtype == np.bool_ else np.isfinite(mask)
+            keep = visible if keep is None else keep & visible
+        return None if keep is None else np.broadcast_to(keep, (self.n, self.m))
+
+    def bias(self, g: int) -> np.ndarray | None:
+        """Additive ``(n, m)`` bias of slice ``g`` (an additive float mask), or None."""
+        mask = self.mask_for(g)
+        return None if mask is None or mask.dtype == np.bool_ else mask
+
+
+def _check_scale(scale, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {scale!r}")
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale} must be finite and > 0")
+    return scale
+
+
+def _broadcast(shapes: list[tuple], names: list[str]) -> tuple:
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(f"{nm} {sh}" for nm, sh in zip(names, shapes, strict=True))
+        raise ValueError(f"leading (batch/head) dimensions do not broadcast: {listed}") from None
+
+
+def _slice_index(lead_own: tuple, lead: tuple, *, repeat: int = 1) -> np.ndarray:
+    """Map each slice of the broadcast leading shape ``lead`` to a slice of ``lead_own``.
+
+    Returns the flattened int64 index; ``repeat`` repeats every entry of the last axis
+    (grouped-query heads).
+    """
+    idx = np.arange(math.prod(lead_own), dtype=np.int64).reshape(lead_own)
+    if repeat > 1:
+        idx = np.repeat(idx, repeat, axis=-1)
+    return np.ascontiguousarray(np.broadcast_to(idx, lead)).reshape(-1)
+
+
+def _check_mask(mask, lead: tuple, n: int, m: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_ and not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(
+            f"mask must be boolean (True = attend) or floating (additive), got dtype {arr.dtype}"
+        )
+    if arr.ndim < 2:
+        arr = arr.reshape((1,) * (2 - arr.ndim) + arr.shape)
+    full = (*lead, n, m)
+    try:
+        np.broadcast_shapes(arr.shape, full)
+    except ValueError:
+        raise ValueError(
+            f"mask of shape {np.shape(mask)} does not broadcast to the score shape {full} "
+            "(leading dims, n queries, m keys)"
+        ) from None
+    if len(arr.shape) > len(full) or np.broadcast_shapes(arr.shape, full) != full:
+        raise ValueError(
+            f"mask of shape {np.shape(mask)} would enlarge the score shape {full}; "
+            "it must broadcast to it"
+        )
+    if arr.dtype != np.bool_:
+        if np.isnan(arr).any() or np.isposinf(arr).any():
+            raise ValueError("an additive mask may contain -inf but not NaN or +inf")
+        arr = arr.astype(dtype, copy=False)
+    mlead = arr.shape[:-2]
+    stack = arr.reshape((-1, *arr.shape[-2:]))
+    # Only the trailing (n, m) axes are broadcast (a zero-stride view, never copied).
+    stack = np.broadcast_to(stack, (stack.shape[0], n, m))
+    return stack, _slice_index(mlead, lead)
+
+
+def prepare(Q, K, V, *, scale=None, causal=False, mask=None) -> Problem:
+    """Validate attention inputs and flatten them into a :class:`Problem`.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+        Queries.
+    K : array_like, shape (..., m, d)
+        Keys.
+    V : array_like, shape (..., m, dv)
+        Values; ``K`` and ``V`` must have the same leading shape.
+    scale : float, optional
+        Score scale, ``1 / sqrt(d)`` by default.
+    causal : bool, default=False
+        Causal masking, bottom-right aligned: query ``i`` sees key ``j`` iff
+        ``j <= i + m - n``.
+    mask : array_like of bool or float, optional
+        Broadcastable to ``(..., n, m)``: boolean (True = attend) or additive (added to
+        the scaled scores; ``-inf`` allowed).
+
+    Returns
+    -------
+    Problem
+
+    Raises
+    ------
+    TypeError
+        Non-numeric or complex inputs, a non-boolean ``causal``, a mask of another dtype.
+    ValueError
+        Mismatched ``d``, ``m`` or leading shapes, head counts that do not divide
+        (grouped-query attention), NaN or inf, a mask of the wrong shape.
+    """
+    Q = as_float_array(Q, name="Q")
+    K = as_float_array(K, name="K")
+    V = as_float_array(V, name="V")
+    for name, X in (("Q", Q), ("K", K), ("V", V)):
+        if X.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., rows, features), got {X.shape}")
+    if not isinstance(causal, bool | np.bool_):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
+    n, d = Q.shape[-2:]
+    m = K.shape[-2]
+    if K.shape[-1] != d:
+        raise ValueError(f"Q and K must have the same last dimension d: Q {Q.shape}, K {K.shape}")
+    if V.shape[-2] != m:
+        raise ValueError(
+            f"K and V must have the same number of keys m (axis -2): K {K.shape}, V {V.shape}"
+        )
+    if K.shape[:-2] != V.shape[:-2]:
+        raise ValueError(f"K and V must have the same leading shape: K {K.shape}, V {V.shape}")
+    dtype = result_dtype(Q.dtype, K.dtype, V.dtype)
+    qlead, kvlead = Q.shape[:-2], K.shape[:-2]
+
+    group = 1
+    if qlead and kvlead and qlead[-1] != kvlead[-1] and kvlead[-1] != 1:
+        hq, hk = qlead[-1], kvlead[-1]
+        if hq % hk:
+            raise ValueError(
+                f"grouped-query attention needs the number of query heads ({hq}, axis -3 of "
+                f"Q {Q.shape}) to be a multiple of the number of key/value heads ({hk}, "
+                f"axis -3 of K {K.shape})"
+            )
+        group = hq // hk
+    if group > 1:
+        batch = _broadcast([qlead[:-1], kvlead[:-1]], ["Q", "K/V"])
+        lead = (*batch, qlead[-1])
+        # Query head h uses key/value head h // group (repeat_interleave convention).
+        kv_index = _slice_index(kvlead, lead, repeat=group)
+    else:
+        lead = _broadcast([qlead, kvlead], ["Q", "K/V"])
+        kv_index = _slice_index(kvlead, lead)
+
+    G = math.prod(lead)
+    q = np.ascontiguousarray(np.broadcast_to(Q, (*lead, n, d)), dtype=dtype).reshape(G, n, d)
+    k = np.ascontiguousarray(K, dtype=dtype).reshape(-1, m, d)
+    v = np.ascontiguousarray(V, dtype=dtype).reshape(-1, m, V.shape[-1])
+    mask_stack = mask_index = None
+    if mask is not None:
+        mask_stack, mask_index = _check_mask(mask, lead, n, m, dtype)
+    for arr in (q, k, v, kv_index) + (() if mask is None else (mask_stack,)):
+        arr.flags.writeable = False
+    return Problem(
+        q=q,
+        k=k,
+        v=v,
+        kv_index=kv_index,
+        mask=mask_stack,
+        mask_index=mask_index,
+        scale=_check_scale(scale, d),
+        causal=bool(causal),
+        lead=tuple(lead),
+        dtype=np.dtype(dtype),
+    )
+
+
+def finish(problem: Problem, out3: np.ndarray) -> np.ndarray:
+    """Reshape a ``(G, n, dv)`` slice stack to the caller's ``lead + (n, dv)``."""
+    return np.asarray(out3, dtype=problem.dtype).reshape(problem.lead + out3.shape[1:])
+
+
+def finish_lse(problem: Problem, lse3: np.ndarray | None) -> np.ndarray | None:
+    """Reshape a ``(G, n)`` log-normaliser stack to ``lead + (n,)`` (None passes through)."""
+    if lse3 is None:
+        return None
+    return np.asarray(lse3, dtype=problem.dtype).reshape(problem.lead + lse3.shape[1:])
+
+
+def _norm(E: np.ndarray, norm: str) -> float:
+    E = np.asarray(E, dtype=np.float64)
+    if norm == "fro":
+        return float(np.linalg.norm(E.ravel()))
+    if norm == "row_max":
+        return float(np.sqrt(np.max(np.sum(E * E, axis=-1))))
+    slices = E.reshape((-1, *E.shape[-2:]))
+    return float(max(np.linalg.norm(s, 2) for s in slices))
+
+
+def relative_error(Y_approx, Y_exact, norm="fro") -> float:
+    """Relative error ``||Y_approx - Y_exact|| / ||Y_exact||`` of an attention output.
+
+    Parameters
+    ----------
+    Y_approx, Y_exact : array_like, shape (..., n, dv)
+        Approximate and exact outputs (same shape).
+    norm : {"fro", 2, "2", "row_max"}, default="fro"
+        ``"fro"``: Frobenius norm over the whole array; ``2``: the largest spectral norm
+        over the ``(n, dv)`` slices (numerator and denominator maximised separately);
+        ``"row_max"``: the largest row error divided by the largest exact row norm.
+
+    Returns
+    -------
+    float
+        The relative error (0 when both are zero; inf when only ``Y_exact`` is zero).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention import relative_error
+    >>> relative_error(np.ones((2, 3)) * 1.1, np.ones((2, 3)))
+    0.10000000000000009
+    """
+    norm = "2" if norm == 2 else norm
+    if norm not in BOUND_NORMS:
+        raise ValueError(f"norm={norm!r} is not one of 'fro', 2, 'row_max'")
+    A = as_float_array(Y_approx, name="Y_approx", allow_nonfinite=True)
+    B = as_float_array(Y_exact, name="Y_exact")
+    if A.shape != B.shape:
+        raise ValueError(f"shapes differ: Y_approx {A.shape}, Y_exact {B.shape}")
+    if A.ndim < 2:
+        raise ValueError(f"outputs must have shape (..., n, dv), got {A.shape}")
+    num = _norm(A.astype(np.float64) - B, norm)
+    den = _norm(B, norm)
+    if den == 0:
+        return 0.0 if num == 0 else math.inf
+    return num / den

@@ -1,0 +1,1445 @@
+r"""§5 kernel methods: random features, polynomial features, sketches and leverage scores.
+
+Every method here writes attention as :math:`y_i = \sum_j \kappa(q_i, k_j) v_j /
+\sum_j \kappa(q_i, k_j)` and replaces the kernel by an inner product of features
+:math:`\kappa(q, k) \approx \langle\phi(q), \phi(k)\rangle` (survey arXiv:2604.01757,
+§5), so that :math:`\tilde Y = \tilde Z^{-1}\Phi_Q(\Phi_K^T V)` costs
+:math:`O((n + m) M d_v)` for ``M`` features instead of :math:`O(n m (d + d_v))`:
+
+* ``performer`` — FAVOR+ random features of :math:`\exp(q\cdot k\,\mathrm{scale})`
+  (positive, trigonometric or hyperbolic; orthogonal or i.i.d. frequencies);
+* ``scatterbrain`` — exact scores on angular-LSH buckets plus Performer features on
+  the rest (unbiased sparse + low-rank);
+* ``taylor`` — the polynomial method of Alman and Song: degree-``p`` Taylor features
+  of ``exp`` with a deterministic remainder bound (sketched with TensorSketch above a
+  feature budget);
+* ``polysketch`` and ``tensorsketch`` — polynomial attention
+  :math:`\langle q, k\rangle^p` (a different mechanism than softmax) with the sketches
+  of PolySketchFormer and TensorSketch;
+* ``levattention`` — exact softmax restricted to the keys of large leverage score
+  (plus an optional local window), with a deterministic dropped-mass bound.
+
+Causal attention (bottom-right aligned) of the feature methods runs through the chunked
+prefix-sum kernel of :mod:`attention._kernels.kernel` (never an ``n x d x M`` tensor).
+The angular-LSH bucketing used by ``scatterbrain`` is a minimal private version, to be
+replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import gammaln, logsumexp
+
+from attention._core import Cost, ErrorBound, Problem, prepare
+from attention._kernels.kernel import _causal_linear_attention, _online_leverage
+from attention._registry import MethodResult, register
+from attention.bounds import dropped_mass_bound, value_radius
+from rnla import sketch as _sketch
+from rnla._validation import (
+    AccuracyWarning,
+    as_float_array,
+    check_int,
+    check_option,
+    check_probability,
+    check_rng,
+)
+
+__all__ = [
+    "PolynomialSketchError",
+    "polynomial_attention",
+    "polynomial_sketch_error",
+    "random_feature_mse",
+    "taylor_remainder_bound",
+]
+
+_CHUNK = 128  # queries per chunk of the causal prefix-sum kernel
+_EPS64 = np.finfo(np.float64).eps
+_FEATURES = ("positive", "trig", "hyperbolic")
+_ERROR_BOUNDS = ("norms", "exact", "none")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared machinery
+# ---------------------------------------------------------------------------------------
+
+
+class _Features(NamedTuple):
+    """Feature map in factored, log-stabilised form (float64).
+
+    Query features ``exp(cq[i]) * phq[i]``; key features ``exp(lk[j]) * sk[j]``.
+    """
+
+    phq: np.ndarray  # (n, M)
+    cq: np.ndarray  # (n,) per-query log shift (cancels in the normalisation)
+    lk: np.ndarray  # (m, M) log-magnitudes of the key features
+    sk: np.ndarray  # (m, M) multipliers (signs / trig values / polynomial features)
+
+
+def _query_features(lq: np.ndarray, sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract the per-query maximum of the log-magnitudes (it cancels in ``num/den``)."""
+    cq = lq.max(axis=1)
+    return np.exp(lq - cq[:, None]) * sq, cq
+
+
+def _plain(fq: np.ndarray, fk: np.ndarray) -> _Features:
+    """Features without a log part (polynomial and Taylor features)."""
+    n = fq.shape[0]
+    return _Features(fq, np.zeros(n), np.zeros_like(fk), fk)
+
+
+def _visible_counts(problem: Problem) -> np.ndarray:
+    """Count the keys each query row sees (``m`` without causality)."""
+    if not problem.causal:
+        return np.full(problem.n, problem.m, dtype=np.int64)
+    return np.clip(np.arange(problem.n) + problem.offset + 1, 0, problem.m)
+
+
+def _linear_attend(feat: _Features, v: np.ndarray, causal: bool, offset: int):
+    """Linear attention with features: ``(num, den, logscale)`` (true sums ``e^logscale *``).
+
+    Non-causal: one GEMM with a global key shift. Causal: the chunked prefix-sum kernel
+    with a running key shift. Rows that see no key have ``den = 0`` and
+    ``logscale = -inf``.
+    """
+    n = feat.phq.shape[0]
+    m, dv = v.shape
+    if not causal:
+        c = float(feat.lk.max())
+        phk = np.exp(feat.lk - c) * feat.sk
+        kv = phk.T @ np.hstack([v, np.ones((m, 1))])
+        out = feat.phq @ kv
+        return out[:, :dv], out[:, dv], feat.cq + c
+    num = np.empty((n, dv))
+    den = np.empty(n)
+    shift = np.empty(n)
+    _causal_linear_attention(
+        np.ascontiguousarray(feat.phq),
+        np.ascontiguousarray(feat.lk),
+        np.ascontiguousarray(feat.sk),
+        np.ascontiguousarray(v, dtype=np.float64),
+        offset,
+        _CHUNK,
+        num,
+        den,
+        shift,
+    )
+    return num, den, feat.cq + shift
+
+
+def _linear_flops(n: int, m: int, M: int, dv: int, causal: bool) -> float:
+    flops = 2.0 * (n + m) * M * (dv + 1)
+    if causal:
+        flops += 1.0 * n * _CHUNK * (M + dv + 1)
+    return flops
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` row-wise, 0 for rows with ``den == 0`` (no visible key)."""
+    safe = np.where(den == 0, 1.0, den)
+    return np.where((den == 0)[:, None], 0.0, num / safe[:, None])
+
+
+def _positive_lse(den: np.ndarray, logscale: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(den > 0, np.log(np.where(den > 0, den, 1.0)) + logscale, -np.inf)
+
+
+def _round_slack(y: np.ndarray, v: np.ndarray, dtype, d: int) -> np.ndarray:
+    """Per-row allowance for rounding: the final cast plus float64 accumulation."""
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
+    ynorm = np.linalg.norm(y, axis=1)
+    return np.finfo(dtype).eps * ynorm + 8.0 * (d + v.shape[0]) * _EPS64 * vmax
+
+
+def _geometry(v: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """``R`` and ``R + ||y_i - c||`` (the a-posteriori radius of the row lemma)."""
+    c, R = value_radius(v)
+    return float(R), float(R) + np.linalg.norm(y - c, axis=1)
+
+
+def _as_result(out: list, lse: list | None, problem: Problem, bound, cost) -> MethodResult:
+    out3 = np.stack(out).astype(problem.dtype, copy=False)
+    lse3 = None if lse is None else np.stack(lse)
+    return MethodResult(out3, lse3, bound, cost)
+
+
+def _scaled(problem: Problem, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slice ``g`` in float64 with ``sqrt(scale)`` folded into ``q`` and ``k``."""
+    q, k, v = problem.slice(g)
+    r = math.sqrt(problem.scale)
+    return q.astype(np.float64) * r, k.astype(np.float64) * r, v.astype(np.float64)
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _key_cache(problem: Problem, build):
+    """Memoise per key/value slice (grouped-query heads share their keys)."""
+    cache: dict[int, object] = {}
+
+    def get(g: int):
+        j = int(problem.kv_index[g])
+        if j not in cache:
+            cache[j] = build(g)
+        return cache[j]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------
+# Performer (FAVOR+) random features
+# ---------------------------------------------------------------------------------------
+
+
+def _frequencies(n_features: int, d: int, orthogonal: bool, rng) -> np.ndarray:
+    """Gaussian frequencies ``W`` (M, d): rows ``N(0, I)``, block-orthogonal if asked."""
+    if orthogonal:
+        # orthogonal_gaussian rows have the law of N(0, I/M): undo its 1/sqrt(M).
+        return _sketch.orthogonal_gaussian(n_features, d, rng=rng).todense() * math.sqrt(
+            n_features
+        )
+    return rng.standard_normal((n_features, d))
+
+
+def _rf_logs(x: np.ndarray, W: np.ndarray, features: str, query: bool):
+    """Log-magnitudes and multipliers of the random features of the rows of ``x``."""
+    u = x @ W.T
+    half = 0.5 * np.einsum("ij,ij->i", x, x)[:, None]
+    M = W.shape[0]
+    if features == "positive":
+        return u - half - 0.5 * math.log(M), np.ones_like(u)
+    if features == "hyperbolic":
+        lu = np.hstack([u, -u]) - half - 0.5 * math.log(2 * M)
+        return lu, np.ones_like(lu)
+    # trig: e^{||x||^2/2} [sin, cos] / sqrt(M); the magnitude is shared by all features.
+    s = np.hstack([np.sin(u), np.cos(u)])
+    return np.broadcast_to(half - 0.5 * math.log(M), s.shape).copy(), s
+
+
+def _rf_features(q: np.ndarray, k: np.ndarray, W: np.ndarray, features: str) -> _Features:
+    lq, sq = _rf_logs(q, W, features, True)
+    lk, sk = _rf_logs(k, W, features, False)
+    phq, cq = _query_features(lq, sq)
+    return _Features(phq, cq, lk, sk)
+
+
+def _log_mse_block(s, nq, nk, features: str, M: int) -> np.ndarray:
+    """Log of the exact per-entry MSE of the estimators of ``exp(s)`` (Performer Lemma 2).
+
+    ``s = q.k``, ``nq = ||q||^2``, ``nk = ||k||^2`` (prescaled vectors), ``M`` frequencies.
+    """
+    nz = nq[:, None] + nk[None, :] + 2.0 * s  # ||q + k||^2
+    with np.errstate(divide="ignore"):
+        if features == "positive":
+            return nz + 2.0 * s + np.log(-np.expm1(-nz)) - math.log(M)
+        if features == "hyperbolic":
+            return nz + 2.0 * s + 2.0 * np.log(-np.expm1(-nz)) - math.log(2 * M)
+        nd = np.maximum(nq[:, None] + nk[None, :] - 2.0 * s, 0.0)  # ||q - k||^2
+        return nz - 2.0 * s + 2.0 * np.log(-np.expm1(-nd)) - math.log(2 * M)
+
+
+def random_feature_mse(x, y, /, *, features="positive", n_features=1):
+    r"""Exact mean squared error of the random-feature estimators of :math:`e^{x\cdot y}`.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        First arguments (already multiplied by :math:`\sqrt{\mathrm{scale}}`).
+    y : array_like, shape (m, d)
+        Second arguments (same prescaling).
+    features : {"positive", "trig", "hyperbolic"}, default="positive"
+        Estimator.
+    n_features : int, default=1
+        Number ``M`` of i.i.d. Gaussian frequencies (trig and hyperbolic use ``2M``
+        features).
+
+    Returns
+    -------
+    ndarray of float64, shape (n, m)
+        :math:`\mathbb E(\hat\kappa(x_i, y_j) - e^{x_i\cdot y_j})^2` (may be ``inf``).
+
+    Raises
+    ------
+    ValueError
+        Mismatched dimensions, unknown ``features``, ``n_features < 1``.
+
+    Notes
+    -----
+    With :math:`z = x + y`, :math:`\Delta = x - y` and :math:`SM = e^{x\cdot y}`
+    (Choromanski et al. [1]_, Lemma 2; re-derived in ``attention_kernel.rst``):
+
+    .. math::
+
+        \mathrm{MSE}_{+} = \tfrac1M e^{\|z\|^2} SM^2 (1 - e^{-\|z\|^2}),\quad
+        \mathrm{MSE}_{\mathrm{trig}} = \tfrac1{2M} e^{\|z\|^2} SM^{-2}
+        (1 - e^{-\|\Delta\|^2})^2,\quad
+        \mathrm{MSE}_{\mathrm{hyp}} = \tfrac1{2M} e^{\|z\|^2} SM^2 (1 - e^{-\|z\|^2})^2 .
+
+    For orthogonal frequencies (blocks of at most ``d`` orthogonal rows with
+    chi-distributed norms) the positive estimator's MSE is not larger ([1]_, Theorem 2).
+
+    References
+    ----------
+    .. [1] K. Choromanski et al., "Rethinking attention with Performers", ICLR 2021,
+       arXiv:2009.14794.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.kernel import random_feature_mse
+    >>> random_feature_mse(np.zeros((2, 3)), np.ones((4, 3)) * 0.1).shape
+    (2, 4)
+    """
+    x = as_float_array(x, name="x", ndim=2).astype(np.float64)
+    y = as_float_array(y, name="y", ndim=2).astype(np.float64)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension: x {x.shape}, y {y.shape}")
+    features = check_option(features, _FEATURES, "features")
+    M = check_int(n_features, "n_features", minimum=1)
+    logm = _log_mse_block(
+        x @ y.T, np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y), features, M
+    )
+    with np.errstate(over="ignore"):
+        return np.exp(logm)
+
+
+def _log_mse_rows(q, k, features, M, causal, offset, exclude=None):
+    """Exact ``log sum_j MSE_ij`` and ``log z_i`` over visible keys (blocks of keys).
+
+    ``exclude(rows_slice, cols_slice) -> bool (n, b)`` removes pairs that are computed
+    exactly (Scatterbrain's LSH buckets) from the MSE sum.
+    """
+    n, m = q.shape[0], k.shape[0]
+    nq = np.einsum("ij,ij->i", q, q)
+    nk = np.einsum("ij,ij->i", k, k)
+    acc_mse = np.full(n, -np.inf)
+    acc_z = np.full(n, -np.inf)
+    rows = np.arange(n)
+    for j0 in range(0, m, 256):
+        j1 = min(m, j0 + 256)
+        s = q @ k[j0:j1].T
+        lm = _log_mse_block(s, nq, nk[j0:j1], features, M)
+        if causal:
+            vis = np.arange(j0, j1)[None, :] <= rows[:, None] + offset
+            s = np.where(vis, s, -np.inf)
+            lm = np.where(vis, lm, -np.inf)
+        if exclude is not None:
+            lm = np.where(exclude(j0, j1), -np.inf, lm)
+        acc_mse = np.logaddexp(acc_mse, logsumexp(lm, axis=1))
+        acc_z = np.logaddexp(acc_z, logsumexp(s, axis=1))
+    return acc_mse, acc_z
+
+
+def _log_mse_rows_norms(q, k, features, M, counts):
+    """Upper bounds on ``log sum_j MSE_ij`` from norms only (Cauchy–Schwarz), O(n + m)."""
+    nq = np.einsum("ij,ij->i", q, q)
+    nk = np.einsum("ij,ij->i", k, k)
+    kmax, k2max = math.sqrt(nk.max()), nk.max()
+    with np.errstate(divide="ignore"):
+        logc = np.log(counts.astype(np.float64))
+    if features == "trig":
+        # e^{||z||^2} SM^{-2} = e^{||q||^2 + ||k||^2} and (1 - e^{-||D||^2})^2 <= 1.
+        return logc + nq + k2max - math.log(2 * M)
+    # ||z||^2 + 2 q.k = ||q||^2 + ||k||^2 + 4 q.k <= ||q||^2 + ||k||^2 + 4 ||q|| ||k||.
+    base = nq + k2max + 4.0 * np.sqrt(nq) * kmax
+    return logc + base - math.log(M if features == "positive" else 2 * M)
+
+
+def _jensen_logz(q, k, causal, offset, counts):
+    """Deterministic lower bound ``log z_i >= log m_i + q_i . mean_j k_j`` (Jensen)."""
+    if causal:
+        csum = np.cumsum(k, axis=0)
+        idx = np.clip(counts - 1, 0, None)
+        kbar = csum[idx] / np.maximum(counts, 1)[:, None]
+    else:
+        kbar = np.broadcast_to(k.mean(axis=0), q.shape)
+    with np.errstate(divide="ignore"):
+        return np.log(counts.astype(np.float64)) + np.einsum("ij,ij->i", q, kbar)
+
+
+def _norm_warning(qmax: float, kmax: float, M: int, method: str) -> None:
+    worst = (qmax + kmax) ** 2
+    if worst > math.log1p(M):
+        warnings.warn(
+            f"{method}: max ||q||*sqrt(scale) + max ||k||*sqrt(scale) = "
+            f"{math.sqrt(worst):.3g}, so the relative MSE of an estimated entry of A can "
+            f"reach (exp({worst:.3g}) - 1)/{M} > 1: random features are unreliable on "
+            "these inputs (use more features, smaller norms, or another method)",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+
+
+def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=None):
+    """Combine per-slice random-feature error terms into one ``ErrorBound``."""
+    N_rows = max(1, int(sum(p["nrows"] for p in parts)))
+    slack = math.sqrt(sum(float(np.sum(p["slack"] ** 2)) for p in parts))
+    if features in ("positive", "hyperbolic"):
+        # Frobenius Markov bound: E X = sum_i (2R / z_i)^2 m_i sum_j MSE_ij.
+        logex = logsumexp([p["logex"] for p in parts])
+        with np.errstate(over="ignore"):
+            mc = math.exp(min(0.5 * (logex - math.log(delta)), 800.0))
+        trivial = math.sqrt(sum(float(np.sum(p["trivial"] ** 2)) for p in parts))
+        value = min(mc, trivial) + slack
+        how = (
+            "||Y - ~Y||_F^2 <= sum_i (2R/z_i)^2 m_i ||a_i - ~a_i||_2^2 (row lemma with "
+            "~y_i in conv(V), Cauchy-Schwarz), whose mean is given by the exact per-entry "
+            "MSE (Choromanski et al. 2021, Lemma 2), then Markov's inequality; capped by "
+            "the trivial sum_i (R + ||~y_i - c||)^2"
+        )
+    else:
+        rows = np.concatenate([p["rows"](N_rows) for p in parts])
+        with np.errstate(over="ignore"):
+            value = float(np.sqrt(np.sum(np.square(rows)))) + slack
+        how = (
+            "per-row: Markov on ||a_i - ~a_i||_2^2 with a union bound over rows, "
+            "||a_i - ~a_i||_1 <= sqrt(m_i) ||a_i - ~a_i||_2, then the row lemma "
+            "||y_i - ~y_i|| <= ||a_i - ~a_i||_1 2R / |~z_i|"
+        )
+    src = (
+        "exact MSE formulas with the exact z_i (O(n m d) extra work)"
+        if mode == "exact"
+        else "MSE bounded from norms (q.k <= ||q|| ||k||) and z_i >= m_i exp(q_i . mean k) "
+        "(Jensen)"
+    )
+    kind = "probabilistic"
+    conf = 1.0 - delta
+    note = ""
+    if orthogonal and features != "positive":
+        kind, conf = "estimate", math.nan
+        note = (
+            "; orthogonal frequencies: the i.i.d. MSE formula is used as an estimate (no "
+            "theorem that orthogonality does not increase the MSE of this estimator)"
+        )
+    elif orthogonal:
+        note = "; orthogonal frequencies: MSE <= i.i.d. MSE (Choromanski et al. 2021, Thm 2)"
+    if kind_override is not None:
+        kind, conf = kind_override
+    return ErrorBound(
+        value,
+        "fro",
+        kind,
+        conf,
+        f"{features} random features: {how}; {src}{note}; "
+        f"failure probability delta={delta}; plus a rounding allowance",
+    )
+
+
+def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None):
+    """Per-slice ingredients of the random-feature bound (see :func:`_rf_bound`)."""
+    y, den, logscale = feat_out
+    counts = _visible_counts(problem)
+    seen = counts > 0
+    R, trivial = _geometry(v, y)
+    if mode == "exact":
+        lmse, logz = _log_mse_rows(q, k, features, M, problem.causal, problem.offset, exclude)
+    else:
+        lmse = _log_mse_rows_norms(q, k, features, M, counts)
+        logz = _jensen_logz(q, k, problem.causal, problem.offset, counts)
+    with np.errstate(divide="ignore"):
+        logc = np.log(counts.astype(np.float64))
+    part = {
+        "nrows": int(seen.sum()),
+        "slack": _round_slack(y, v, problem.dtype, problem.d),
+        "trivial": np.where(seen, trivial, 0.0),
+    }
+    if seen.any():
+        terms = logc[seen] + lmse[seen] - 2.0 * logz[seen]
+        part["logex"] = float(logsumexp(terms)) + 2.0 * math.log(2.0 * R) if R > 0 else -np.inf
+    else:
+        part["logex"] = -np.inf
+
+    part["lmse"], part["logc"], part["seen"], part["R"] = lmse, logc, seen, R
+    part["logzt"] = np.where(
+        den > 0, np.log(np.abs(np.where(den == 0, 1.0, den))) + logscale, -np.inf
+    )
+    return part
+
+
+def _trig_rows(part, delta):
+    def rows(N: int) -> np.ndarray:
+        seen = part["seen"]
+        out = np.zeros(seen.shape)
+        if part["R"] == 0:
+            return out
+        logt = 0.5 * (part["logc"] + math.log(N) + part["lmse"] - math.log(delta))
+        with np.errstate(invalid="ignore"):
+            logr = logt + math.log(2.0 * part["R"]) - part["logzt"]
+        # No error at all -> 0; ~z_i <= 0 (signed features) -> no bound.
+        logr = np.where(logt == -np.inf, -np.inf, np.where(np.isnan(logr), np.inf, logr))
+        with np.errstate(over="ignore"):
+            out[seen] = np.exp(np.minimum(logr[seen], 800.0))
+        return out
+
+    return rows
+
+
+@register(
+    "performer",
+    section="§5.2",
+    family="kernel",
+    causal=True,
+    bound="probabilistic",
+    summary="FAVOR+ random features (positive/trig/hyperbolic, orthogonal), linear time.",
+)
+def _performer(
+    problem: Problem,
+    *,
+    rng,
+    n_features=256,
+    features="positive",
+    orthogonal=True,
+    error_bound="norms",
+    delta=0.1,
+):
+    r"""Approximate attention with Performer / FAVOR+ features (``"performer"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Draws the frequencies (pass a new seed to redraw them).
+    n_features : int, default=256
+        Number ``M`` of Gaussian frequencies (``2M`` features for trig/hyperbolic).
+    features : {"positive", "trig", "hyperbolic"}, default="positive"
+        Feature map.
+    orthogonal : bool, default=True
+        Block-orthogonal frequencies with chi-distributed norms
+        (:func:`rnla.sketch.orthogonal_gaussian`) instead of i.i.d.
+    error_bound : {"norms", "exact", "none"}, default="norms"
+        How the bound is computed: from norms only (``O(n + m)``, loose), from the exact
+        per-entry MSE (``O(n m d)``, verification), or not at all.
+    delta : float, default=0.1
+        Failure probability of the bound.
+
+    Returns
+    -------
+    MethodResult
+        ``lse`` is None for trigonometric features (signed normaliser).
+    """
+    M = check_int(n_features, "n_features", minimum=1)
+    features = check_option(features, _FEATURES, "features")
+    orthogonal = _check_bool(orthogonal, "orthogonal")
+    mode = check_option(error_bound, _ERROR_BOUNDS, "error_bound")
+    delta = check_probability(delta, "delta")
+    d = problem.d
+    W = _frequencies(M, d, orthogonal, rng)
+    r = math.sqrt(problem.scale)
+    qmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
+    kmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
+    _norm_warning(qmax, kmax, M, "performer")
+    outs, lses, parts = [], [], []
+    evals = 0
+    Mf = M if features == "positive" else 2 * M
+    for g in range(problem.n_slices):
+        q, k, v = _scaled(problem, g)
+        feat = _rf_features(q, k, W, features)
+        num, den, logscale = _linear_attend(feat, v, problem.causal, problem.offset)
+        y = _ratio(num, den)
+        outs.append(y)
+        lses.append(_positive_lse(den, logscale))
+        if mode != "none":
+            part = _rf_parts(problem, g, (y, den, logscale), q, k, v, features, M, mode)
+            if features == "trig":
+                part["rows"] = _trig_rows(part, delta)
+            parts.append(part)
+            if mode == "exact":
+                evals += int(_visible_counts(problem).sum())
+    bound = (
+        None if mode == "none" else _rf_bound(parts, problem, features, orthogonal, delta, mode)
+    )
+    G, n, m = problem.n_slices, problem.n, problem.m
+    flops = G * (2.0 * (n + m) * d * M + _linear_flops(n, m, Mf, problem.dv, problem.causal))
+    if mode == "exact":
+        flops += 2.0 * evals * d
+    lse = None if features == "trig" else lses
+    return _as_result(outs, lse, problem, bound, Cost(flops, evals))
+
+
+# ---------------------------------------------------------------------------------------
+# Scatterbrain: LSH-sparse + Performer low-rank
+# ---------------------------------------------------------------------------------------
+
+
+def _angular_lsh(x: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Angular LSH bucket ``argmax([x R, -x R])`` (survey §3.1 (a)); ``2 R.shape[1]`` buckets.
+
+    Minimal private version: the hashing primitives will move to ``rnla.cluster``.
+    """
+    u = x @ R
+    return np.argmax(np.hstack([u, -u]), axis=1)
+
+
+@register(
+    "scatterbrain",
+    section="§5.2",
+    family="kernel",
+    causal=True,
+    bound="probabilistic",
+    summary="Scatterbrain: exact scores on angular-LSH buckets + Performer features elsewhere.",
+)
+def _scatterbrain(
+    problem: Problem,
+    *,
+    rng,
+    n_features=128,
+    n_buckets=8,
+    features="positive",
+    orthogonal=True,
+    error_bound="norms",
+    delta=0.1,
+):
+    r"""Scatterbrain attention (registered as ``"scatterbrain"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Draws the frequencies and the LSH projections.
+    n_features : int, default=128
+        Gaussian frequencies of the low-rank part.
+    n_buckets : int, default=8
+        Angular-LSH buckets (even, ``>= 2``); one hash round.
+    features : {"positive", "hyperbolic"}, default="positive"
+        Positive feature maps only (the sparse correction must keep weights >= 0).
+    orthogonal : bool, default=True
+        Block-orthogonal frequencies.
+    error_bound : {"norms", "exact", "none"}, default="norms"
+        As for ``performer``; ``"exact"`` sums the MSE over the non-bucket pairs only.
+    delta : float, default=0.1
+        Failure probability of the bound.
+
+    Returns
+    -------
+    MethodResult
+    """
+    M = check_int(n_features, "n_features", minimum=1)
+    nb = check_int(n_buckets, "n_buckets", minimum=2)
+    if nb % 2:
+        raise ValueError(f"n_buckets={nb} must be even (angular LSH has 2 buckets per ray)")
+    features = check_option(features, ("positive", "hyperbolic"), "features")
+    orthogonal = _check_bool(orthogonal, "orthogonal")
+    mode = check_option(error_bound, _ERROR_BOUNDS, "error_bound")
+    delta = check_probability(delta, "delta")
+    d, n, m = problem.d, problem.n, problem.m
+    W = _frequencies(M, d, orthogonal, rng)
+    Rl = rng.standard_normal((d, nb // 2))
+    r = math.sqrt(problem.scale)
+    qmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
+    kmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
+    _norm_warning(qmax, kmax, M, "scatterbrain")
+    outs, lses, parts = [], [], []
+    evals = 0
+    for g in range(problem.n_slices):
+        q, k, v = _scaled(problem, g)
+        feat = _rf_features(q, k, W, features)
+        num, den, logscale = _linear_attend(feat, v, problem.causal, problem.offset)
+        hq, hk = _angular_lsh(q, Rl), _angular_lsh(k, Rl)
+        ref = logscale.copy()
+        corr = np.zeros((n, v.shape[1] + 1))
+        vv = np.hstack([v, np.ones((m, 1))])
+        ck = feat.lk.max(axis=1)
+        for b in range(nb):
+            qi = np.flatnonzero(hq == b)
+            kj = np.flatnonzero(hk == b)
+            if qi.size == 0 or kj.size == 0:
+                continue
+            s = q[qi] @ k[kj].T
+            # Low-rank estimate of the same entries, in log form (it is subtracted).
+            with np.errstate(divide="ignore"):
+                lphi = (
+                    feat.cq[qi, None]
+                    + ck[None, kj]
+                    + np.log(feat.phq[qi] @ np.exp(feat.lk[kj] - ck[kj, None]).T)
+                )
+            if problem.causal:
+                vis = kj[None, :] <= qi[:, None] + problem.offset
+                s = np.where(vis, s, -np.inf)
+                lphi = np.where(vis, lphi, -np.inf)
+                evals += int(vis.sum())
+            else:
+                evals += s.size
+            rb = np.maximum(ref[qi], np.maximum(s.max(axis=1), lphi.max(axis=1)))
+            rb = np.where(np.isfinite(rb), rb, 0.0)
+            w = np.exp(s - rb[:, None]) - np.exp(lphi - rb[:, None])
+            corr[qi] = w @ vv[kj] + 0.0
+            ref[qi] = rb
+        with np.errstate(invalid="ignore"):
+            fac = np.where(np.isfinite(logscale), np.exp(logscale - ref), 0.0)
+        num_t = fac[:, None] * num + corr[:, :-1]
+        den_t = fac * den + corr[:, -1]
+        den_t = np.where(den_t > 0, den_t, 0.0)
+        y = _ratio(num_t, den_t)
+        outs.append(y)
+        lses.append(_positive_lse(den_t, ref))
+        if mode != "none":
+            exclude = None
+            if mode == "exact":
+                hq_, hk_ = hq, hk
+
+                def exclude(j0, j1, hq_=hq_, hk_=hk_):
+                    return hq_[:, None] == hk_[None, j0:j1]
+
+                evals += int(_visible_counts(problem).sum())
+            parts.append(
+                _rf_parts(problem, g, (y, den_t, ref), q, k, v, features, M, mode, exclude)
+            )
+    bound = (
+        None if mode == "none" else _rf_bound(parts, problem, features, orthogonal, delta, mode)
+    )
+    G = problem.n_slices
+    Mf = M if features == "positive" else 2 * M
+    flops = G * (
+        2.0 * (n + m) * d * (M + nb // 2) + _linear_flops(n, m, Mf, problem.dv, problem.causal)
+    )
+    flops += 2.0 * evals * (d + Mf + problem.dv)
+    return _as_result(outs, lses, problem, bound, Cost(flops, evals))
+
+
+# ---------------------------------------------------------------------------------------
+# Taylor features (Alman–Song polynomial method)
+# ---------------------------------------------------------------------------------------
+
+
+def taylor_remainder_bound(B, degree):
+    r"""Relative error bound of the degree-``p`` Taylor polynomial of ``exp`` on ``[-B, B]``.
+
+    Parameters
+    ----------
+    B : float or array_like
+        Bound on :math:`|s|` (``>= 0``), ``s`` the scaled score.
+    degree : int
+        Taylor degree ``p >= 0``.
+
+    Returns
+    -------
+    float or ndarray
+        :math:`\eta = e^{B} B^{p+1}/(p+1)!`, such that
+        :math:`|e^s - T_p(s)| \le \eta\,e^s` for every :math:`|s| \le B`.
+
+    Raises
+    ------
+    ValueError
+        Negative ``B`` or ``degree``.
+
+    Notes
+    -----
+    Lagrange remainder: :math:`e^s - T_p(s) = e^{\xi}s^{p+1}/(p+1)!` with :math:`\xi`
+    between 0 and :math:`s`. For :math:`s \ge 0`, :math:`e^\xi \le e^s`; for
+    :math:`s < 0`, :math:`e^{\xi} \le 1 = e^{s}e^{-s} \le e^s e^{B}`. Hence the
+    relative bound :math:`\eta`. When :math:`\eta < 1` every
+    :math:`T_p(s) \ge (1 - \eta)e^s > 0`: the approximate attention weights stay
+    positive. Alman and Song [1]_ use this (with :math:`B = o(\sqrt{\log n})`) to get
+    almost-linear-time attention.
+
+    References
+    ----------
+    .. [1] J. Alman and Z. Song, "Fast attention requires bounded entries", NeurIPS 2023,
+       arXiv:2302.13214.
+
+    Examples
+    --------
+    >>> from attention.kernel import taylor_remainder_bound
+    >>> float(taylor_remainder_bound(0.5, 3)) < 0.01
+    True
+    """
+    B = np.asarray(B, dtype=np.float64)
+    p = check_int(degree, "degree", minimum=0)
+    if np.any(B < 0) or np.any(np.isnan(B)):
+        raise ValueError("B must be >= 0")
+    with np.errstate(over="ignore", divide="ignore"):
+        logb = np.where(B > 0, np.log(np.where(B > 0, B, 1.0)), -np.inf)
+        out = np.exp(B + (p + 1) * logb - gammaln(p + 2))
+    return out if out.ndim else float(out)
+
+
+def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
+    n = x.shape[0]
+    blocks = [np.ones((n, 1)), x]
+    power = x
+    for j in range(2, p + 1):
+        if sketches is not None:
+            blocks.append(sketches[j].transform(x) / math.sqrt(math.factorial(j)))
+        else:
+            power = np.einsum("ni,nj->nij", power, x).reshape(n, -1)
+            blocks.append(power / math.sqrt(math.factorial(j)))
+    return np.hstack(blocks[: p + 1])
+
+
+@register(
+    "taylor",
+    section="§5.1",
+    family="kernel",
+    causal=True,
+    bound="deterministic",
+    summary="Degree-p Taylor features of exp (Alman-Song polynomial method), remainder bound.",
+)
+def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size=1024, delta=0.1):
+    r"""Taylor-feature attention (registered as ``"taylor"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Draws the TensorSketches (only when sketched).
+    degree : int, default=2
+        Taylor degree ``p >= 1``.
+    feature_budget : int, default=8192
+        Exact tensor features (:math:`\sum_{j\le p} d^j` of them) are used up to this
+        number; above it degrees ``>= 2`` are sketched with TensorSketch.
+    sketch_size : int, default=1024
+        TensorSketch size per degree when sketched.
+    delta : float, default=0.1
+        Failure probability of the bound when sketched.
+
+    Returns
+    -------
+    MethodResult
+        ``lse`` is None when some approximate normaliser is not positive.
+    """
+    p = check_int(degree, "degree", minimum=1)
+    budget = check_int(feature_budget, "feature_budget", minimum=1)
+    ksz = check_int(sketch_size, "sketch_size", minimum=1)
+    delta = check_probability(delta, "delta")
+    d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
+    n_exact = sum(d**j for j in range(p + 1))
+    sketched = n_exact > budget
+    sketches = None
+    if sketched:
+        sketches = {j: _sketch.tensor_sketch(ksz, d, j, rng=rng) for j in range(2, p + 1)}
+    Mf = 1 + d + (p - 1) * ksz if sketched else n_exact
+    r = math.sqrt(problem.scale)
+    kmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
+    qmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
+    eta_max = taylor_remainder_bound(qmax_all * kmax_all, p)
+    if eta_max >= 1:
+        warnings.warn(
+            f"taylor: B = max|q.k|*scale can reach {qmax_all * kmax_all:.3g}, where the "
+            f"degree-{p} remainder bound e^B B^(p+1)/(p+1)! = {eta_max:.3g} >= 1: approximate "
+            "weights may be negative (raise the degree or use smaller inputs)",
+            AccuracyWarning,
+            stacklevel=2,
+        )
+    keyfeats = _key_cache(problem, lambda g: _taylor_feats(_scaled(problem, g)[1], p, sketches))
+    counts = _visible_counts(problem)
+    outs, lses = [], []
+    rows_bound = []
+    N_rows = max(1, int(problem.n_slices * (counts > 0).sum()))
+    positive = True
+    for g in range(problem.n_slices):
+        q, k, v = _scaled(problem, g)
+        fq = _taylor_feats(q, p, sketches)
+        num, den, logscale = _linear_attend(
+            _plain(fq, keyfeats(g)), v, problem.causal, problem.offset
+        )
+        y = _ratio(num, den)
+        outs.append(y)
+        seen = counts > 0
+        positive &= bool(np.all(den[seen] > 0))
+        lses.append(_positive_lse(den, logscale))
+        # Per-row B_i = ||q_i|| max_j ||k_j|| (Cauchy–Schwarz) and eta_i.
+        nq = np.sqrt(np.einsum("ij,ij->i", q, q))
+        kmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", k, k))))
+        eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
+        R, radius = _geometry(v, y)
+        slack = _round_slack(y, v, problem.dtype, d)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not sketched:
+                # ~y-form of the lemma: ||y_i - ~y_i|| <= ||a_i - ~a_i||_1 max_j||v_j - ~y_i||
+                # / z_i and ||a_i - ~a_i||_1 <= eta_i z_i; needs only ~z_i != 0.
+                rb = np.where(den != 0, eta * radius, np.inf)
+            else:
+                # Sketch error: E||e_i||^2 <= sum_t (3^t - 1)/(k t!^2) ||q||^2t sum_j ||k||^2t.
+                nk2 = np.einsum("ij,ij->i", k, k)
+                var = np.zeros(n)
+                for t in range(2, p + 1):
+                    ksum = (
+                        np.cumsum(nk2**t)[np.clip(counts - 1, 0, None)]
+                        if problem.causal
+                        else np.full(n, np.sum(nk2**t))
+                    )
+                    var += (3.0**t - 1) / (ksz * math.factorial(t) ** 2) * nq ** (2 * t) * ksum
+                tl1 = np.sqrt(counts * N_rows * var / delta)
+                zt = den * np.exp(logscale)
+                u = eta * (zt + tl1) / (1.0 - eta) + tl1
+                rb = np.where(
+                    (eta < 1) & (zt > 0), u * 2.0 * R / np.where(zt > 0, zt, 1.0), np.inf
+                )
+            rb = np.where(seen, rb, 0.0) + slack
+        rows_bound.append(rb)
+    with np.errstate(over="ignore"):
+        value = float(np.sqrt(np.sum(np.square(np.concatenate(rows_bound)))))
+    if sketched:
+        bound = ErrorBound(
+            value,
+            "fro",
+            "probabilistic",
+            1.0 - delta,
+            f"Taylor remainder |e^s - T_{p}(s)| <= eta_i e^s, eta_i = e^B_i B_i^{p + 1}/"
+            f"({p + 1})!, B_i = ||q_i|| max_j ||k_j|| scale (Cauchy-Schwarz), plus "
+            "TensorSketch error of degrees >= 2 (Var <= (3^t - 1)/k ||q||^2t ||k||^2t, "
+            "Pham-Pagh) by Markov with a union bound over rows; row lemma with 2R; "
+            f"delta={delta}; rows with eta_i >= 1 or ~z_i <= 0 get inf",
+        )
+    else:
+        bound = ErrorBound(
+            value,
+            "fro",
+            "deterministic",
+            1.0,
+            f"Taylor remainder (Lagrange) |e^s - T_{p}(s)| <= eta_i e^s with eta_i = "
+            f"e^B_i B_i^{p + 1}/({p + 1})!, B_i = ||q_i|| max_j ||k_j|| scale "
+            "(Cauchy-Schwarz); row lemma in the ~y form: ||y_i - ~y_i|| <= eta_i "
+            "(R + ||~y_i - c||) (needs ~z_i != 0, checked; weights positive when "
+            "eta_i < 1); Alman & Song 2023; plus a rounding allowance",
+        )
+    G = problem.n_slices
+    flops = G * (2.0 * (n + m) * Mf + _linear_flops(n, m, Mf, dv, problem.causal))
+    return _as_result(outs, lses if positive else None, problem, bound, Cost(flops, 0))
+
+
+# ---------------------------------------------------------------------------------------
+# Polynomial attention: PolySketch and TensorSketch
+# ---------------------------------------------------------------------------------------
+
+
+def _check_degree(p) -> int:
+    p = check_int(p, "p", minimum=2)
+    if p % 2:
+        raise ValueError(f"p={p} must be even (polynomial attention needs <q,k>^p >= 0)")
+    return p
+
+
+def polynomial_attention(Q, K, V, p=4, /, *, scale=None, causal=False):
+    r"""Exact polynomial attention :math:`y_i = \sum_j w_{ij} v_j / \sum_j w_{ij}`.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+        Queries.
+    K : array_like, shape (..., m, d)
+        Keys.
+    V : array_like, shape (..., m, dv)
+        Values.
+    p : int, default=4
+        Even degree ``>= 2``.
+    scale : float, optional
+        Score scale, ``1/sqrt(d)`` by default.
+    causal : bool, default=False
+        Causal (bottom-right aligned) masking.
+
+    Returns
+    -------
+    ndarray, shape (..., n, dv)
+        Same dtype as the inputs; rows with :math:`\sum_j w_{ij} = 0` are 0.
+
+    Raises
+    ------
+    ValueError
+        Invalid shapes or an odd or too small ``p``.
+
+    Notes
+    -----
+    Weights :math:`w_{ij} = (\mathrm{scale}\,\langle q_i, k_j\rangle)^p \ge 0`, the
+    mechanism PolySketchFormer [1]_ trains instead of softmax (which also adds 1 to
+    the denominator and layer-normalises ``q`` and ``k``; not done here). Forms the
+    ``n x m`` weights per slice: a reference, :math:`O(nm(d + d_v))`.
+
+    References
+    ----------
+    .. [1] P. Kacham, V. Mirrokni and P. Zhong, "PolySketchFormer: fast transformers via
+       sketching polynomial kernels", ICML 2024, arXiv:2310.01655.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.kernel import polynomial_attention
+    >>> X = np.ones((2, 5, 4))
+    >>> polynomial_attention(X, X, X, 2).shape
+    (2, 5, 4)
+    """
+    p = _check_degree(p)
+    problem = prepare(Q, K, V, scale=scale, causal=causal)
+    out = []
+    for g in range(problem.n_slices):
+        q, k, v = _scaled(problem, g)
+        w = (q @ k.T) ** p
+        keep = problem.causal_keep()
+        if keep is not None:
+            w = np.where(keep, w, 0.0)
+        out.append(_ratio(w @ v, w.sum(axis=1)))
+    return np.stack(out).astype(problem.dtype).reshape((*problem.lead, problem.n, problem.dv))
+
+
+def _polysketch_signed(X: np.ndarray, p: int, r: int, rng) -> np.ndarray:
+    """Recursive Gaussian sketch of ``x^{(x)p}`` (Ahle et al.; PolySketchWithNegativity)."""
+    if p == 1:
+        return X
+    a = _polysketch_signed(X, (p + 1) // 2, r, rng)
+    b = _polysketch_signed(X, p // 2, r, rng)
+    G1 = _sketch.gaussian(r, a.shape[1], rng=rng).todense()
+    G2 = _sketch.gaussian(r, b.shape[1], rng=rng).todense()
+    # Each factor carries 1/sqrt(r): their product is the sqrt(1/r) (M1 G1) * (M2 G2) map.
+    return (a @ G1.T) * (b @ G2.T) * math.sqrt(r)
+
+
+def _self_tensor(F: np.ndarray) -> np.ndarray:
+    n = F.shape[0]
+    return np.einsum("ni,nj->nij", F, F).reshape(n, -1)
+
+
+def _poly_feature_map(X: np.ndarray, p: int, kind: str, r: int, nonnegative: bool, rng):
+    """Features of the rows of ``X`` (queries and keys stacked: same randomness)."""
+    half = p // 2 if nonnegative else p
+    if kind == "polysketch":
+        F = _polysketch_signed(X, half, r, rng)
+    else:
+        F = _sketch.tensor_sketch(r, X.shape[1], half, rng=rng).transform(X)
+    return _self_tensor(F) if nonnegative else F
+
+
+def _poly_slice_features(problem, g, p, kind, r, nonnegative, seed):
+    """Features ``(F_q, F_k)`` of slice ``g``; the same ``seed`` for every slice."""
+    q, k, v = _scaled(problem, g)
+    F = _poly_feature_map(np.vstack([q, k]), p, kind, r, nonnegative, np.random.default_rng(seed))
+    return F[: problem.n], F[problem.n :], v
+
+
+def _poly_method(problem, rng, p, sketch_size, nonnegative, kind):
+    p = _check_degree(p)
+    r = check_int(sketch_size, "sketch_size", minimum=1)
+    nonnegative = _check_bool(nonnegative, "nonnegative")
+    d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
+    # One draw for the whole call, applied to queries and keys of every slice alike.
+    seed = int(rng.integers(0, 2**63 - 1))
+    outs = []
+    Mf = 0
+    for g in range(problem.n_slices):
+        fq, fk, v = _poly_slice_features(problem, g, p, kind, r, nonnegative, seed)
+        Mf = fq.shape[1]
+        num, den, _ = _linear_attend(_plain(fq, fk), v, problem.causal, problem.offset)
+        outs.append(_ratio(num, den))
+    feat_flops = (n + m) * (2.0 * d * r * p + Mf)
+    flops = problem.n_slices * (feat_flops + _linear_flops(n, m, Mf, dv, problem.causal))
+    return _as_result(outs, None, problem, None, Cost(flops, 0))
+
+
+@register(
+    "polysketch",
+    section="§5.1",
+    family="kernel",
+    causal=True,
+    bound=None,
+    summary="PolySketchFormer: sketched polynomial attention <q,k>^p (a different mechanism).",
+)
+def _polysketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True):
+    r"""PolySketchFormer features of polynomial attention (registered as ``"polysketch"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Draws the Gaussian sketches.
+    p : int, default=4
+        Even degree.
+    sketch_size : int, default=32
+        Sketch size ``r`` (``r^2`` features with ``nonnegative=True``).
+    nonnegative : bool, default=True
+        Sketch degree ``p/2`` and self-tensor (non-negative weights).
+
+    Returns
+    -------
+    MethodResult
+        No bound against softmax: see :func:`polynomial_sketch_error`.
+    """
+    return _poly_method(problem, rng, p, sketch_size, nonnegative, "polysketch")
+
+
+@register(
+    "tensorsketch",
+    section="§5.1",
+    family="kernel",
+    causal=True,
+    bound=None,
+    summary="TensorSketch features of polynomial attention <q,k>^p (a different mechanism).",
+)
+def _tensorsketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True):
+    r"""TensorSketch features of polynomial attention (registered as ``"tensorsketch"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Draws the hashes.
+    p : int, default=4
+        Even degree.
+    sketch_size : int, default=32
+        Sketch size ``r`` (``r^2`` features with ``nonnegative=True``).
+    nonnegative : bool, default=True
+        Sketch degree ``p/2`` and self-tensor (non-negative weights).
+
+    Returns
+    -------
+    MethodResult
+        No bound against softmax: see :func:`polynomial_sketch_error`.
+    """
+    return _poly_method(problem, rng, p, sketch_size, nonnegative, "tensorsketch")
+
+
+class PolynomialSketchError(NamedTuple):
+    r"""Errors of sketched polynomial attention (see :func:`polynomial_sketch_error`).
+
+    Attributes
+    ----------
+    amm_error : float
+        :math:`\|\Phi_Q\Phi_K^T - (QK^T\mathrm{scale})^{\circ p}\|_F` over all slices.
+    amm_scale : float
+        :math:`(\sum_g \|Q_g'^{\otimes p}\|_F^2\|K_g'^{\otimes p}\|_F^2)^{1/2}`, primes
+        meaning rows multiplied by :math:`\sqrt{\mathrm{scale}}`.
+    epsilon : float
+        Achieved ``amm_error / amm_scale``.
+    epsilon_bound : float
+        The ``epsilon`` that holds with probability ``1 - delta`` where an explicit
+        constant is known (signed TensorSketch of degree ``p``:
+        :math:`\sqrt{(3^p - 1)/(r\delta)}`; signed PolySketch with ``p = 2``:
+        :math:`\sqrt{8/(r\delta)}`), NaN otherwise (the AMM theorem's ``r = O(eps^-2)``
+        has no explicit constant).
+    error_vs_polynomial : float
+        Relative Frobenius output error against :func:`polynomial_attention`.
+    error_vs_softmax : float
+        Relative Frobenius output error against softmax attention (no theory: a
+        different mechanism).
+    """
+
+    amm_error: float
+    amm_scale: float
+    epsilon: float
+    epsilon_bound: float
+    error_vs_polynomial: float
+    error_vs_softmax: float
+
+
+def polynomial_sketch_error(
+    Q,
+    K,
+    V,
+    p=4,
+    /,
+    *,
+    features="polysketch",
+    sketch_size=32,
+    nonnegative=True,
+    scale=None,
+    causal=False,
+    delta=0.1,
+    rng=None,
+) -> PolynomialSketchError:
+    r"""Measure sketched polynomial attention against exact polynomial and softmax attention.
+
+    Parameters
+    ----------
+    Q, K, V : array_like
+        As for :func:`attention.approximate`.
+    p : int, default=4
+        Even degree.
+    features : {"polysketch", "tensorsketch"}, default="polysketch"
+        Sketch family (the registered method of the same name).
+    sketch_size : int, default=32
+        Sketch size ``r``.
+    nonnegative : bool, default=True
+        Self-tensored (non-negative) features.
+    scale : float, optional
+        Score scale, ``1/sqrt(d)`` by default.
+    causal : bool, default=False
+        Causal attention (the AMM error is always measured on the full product).
+    delta : float, default=0.1
+        Failure probability for ``epsilon_bound``.
+    rng : None, int or Generator, optional
+        The same seed as given to :func:`attention.approximate` reproduces its features.
+
+    Returns
+    -------
+    PolynomialSketchError
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs or parameters.
+
+    Notes
+    -----
+    Forms ``n x m`` matrices per slice: a diagnostic, :math:`O(nm(d + M))`. The AMM
+    property of PolySketchFormer [1]_ (survey §2 item 4) is
+    :math:`\|(Q^{\otimes p}S)(K^{\otimes p}S)^T - (QK^T)^{\circ p}\|_F \le
+    \varepsilon\|Q^{\otimes p}\|_F\|K^{\otimes p}\|_F` with :math:`r = O(\varepsilon^{-2})`.
+    For signed TensorSketch every entry has variance at most
+    :math:`(3^p - 1)/r\,\|q\|^{2p}\|k\|^{2p}` [2]_, so Markov's inequality on the squared
+    Frobenius error gives ``epsilon_bound``; the Gaussian sketch of degree 2 has the same
+    constant :math:`3^2 - 1`.
+
+    References
+    ----------
+    .. [1] P. Kacham, V. Mirrokni and P. Zhong, "PolySketchFormer", ICML 2024,
+       arXiv:2310.01655.
+    .. [2] N. Pham and R. Pagh, "Fast and scalable polynomial kernels via explicit feature
+       maps", KDD 2013.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.kernel import polynomial_sketch_error
+    >>> X = np.random.default_rng(0).standard_normal((16, 8))
+    >>> e = polynomial_sketch_error(X, X, X, 2, rng=0)
+    >>> bool(e.epsilon >= 0)
+    True
+    """
+    from attention.exact import reference_attention
+
+    features = check_option(features, ("polysketch", "tensorsketch"), "features")
+    delta = check_probability(delta, "delta")
+    p = _check_degree(p)
+    r = check_int(sketch_size, "sketch_size", minimum=1)
+    nonnegative = _check_bool(nonnegative, "nonnegative")
+    rng = check_rng(rng)
+    problem = prepare(Q, K, V, scale=scale, causal=causal)
+    # Same draw as the registered method given the same seed.
+    seed = int(rng.integers(0, 2**63 - 1))
+    err2 = sc2 = 0.0
+    outs, poly = [], []
+    for g in range(problem.n_slices):
+        fq, fk, v = _poly_slice_features(problem, g, p, features, r, nonnegative, seed)
+        q, k, _ = _scaled(problem, g)
+        exact = (q @ k.T) ** p
+        e2 = float(np.sum((fq @ fk.T - exact) ** 2))
+        s2 = float(
+            np.sum(np.einsum("ij,ij->i", q, q) ** p) * np.sum(np.einsum("ij,ij->i", k, k) ** p)
+        )
+        err2 += e2
+        sc2 += s2
+        num, den, _ = _linear_attend(_plain(fq, fk), v, problem.causal, problem.offset)
+        outs.append(_ratio(num, den))
+        keep = problem.causal_keep()
+        w = exact if keep is None else np.where(keep, exact, 0.0)
+        poly.append(_ratio(w @ v, w.sum(axis=1)))
+    Y = np.stack(outs)
+    P = np.stack(poly)
+    S = reference_attention(
+        problem.q,
+        problem.k[problem.kv_index],
+        problem.v[problem.kv_index],
+        scale=problem.scale,
+        causal=problem.causal,
+    ).astype(np.float64)
+    if nonnegative:
+        eps_bound = math.nan
+    elif features == "tensorsketch":
+        eps_bound = math.sqrt((3.0**p - 1) / (r * delta))
+    else:
+        eps_bound = math.sqrt(8.0 / (r * delta)) if p == 2 else math.nan
+
+    def rel(a, b):
+        nb = float(np.linalg.norm(b))
+        return float(np.linalg.norm(a - b)) / nb if nb > 0 else float(np.linalg.norm(a))
+
+    return PolynomialSketchError(
+        amm_error=math.sqrt(err2),
+        amm_scale=math.sqrt(sc2),
+        epsilon=math.sqrt(err2 / sc2) if sc2 > 0 else 0.0,
+        epsilon_bound=eps_bound,
+        error_vs_polynomial=rel(Y, P),
+        error_vs_softmax=rel(Y, S),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# LevAttention: keys of large leverage score
+# ---------------------------------------------------------------------------------------
+
+
+def _prefix_topk(scores: np.ndarray, n_keys: int, ends: np.ndarray):
+    """Per row ``i``: the ``n_keys`` best-scored keys among ``j < ends[i]`` (ends sorted).
+
+    Returns ``idx (n, n_keys)`` int64 and ``valid (n, n_keys)`` bool. Ties keep the
+    earlier key. Row ``i`` depends on ``scores[:ends[i]]`` only (causal).
+    """
+    n = ends.shape[0]
+    idx = np.zeros((n, n_keys), dtype=np.int64)
+    valid = np.zeros((n, n_keys), dtype=bool)
+    heap: list = []
+    j = 0
+    for i in range(n):
+        while j < ends[i]:
+            item = (float(scores[j]), -j)
+            if len(heap) < n_keys:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+            j += 1
+        members = sorted(-t[1] for t in heap)
+        idx[i, : len(members)] = members
+        valid[i, : len(members)] = True
+    return idx, valid
+
+
+def _select_keys(problem: Problem, g: int, n_keys: int, threshold):
+    """Kept keys of every query row of slice ``g``: ``idx (n, s)`` and ``valid (n, s)``.
+
+    Non-causal: leverage scores of ``K`` (:func:`rnla.sketch.leverage_scores`), the
+    ``n_keys`` largest or those above ``threshold``. Causal: online ridge leverage
+    scores (key ``j`` scored against keys ``0..j`` only); row ``i`` keeps the
+    ``n_keys`` best visible keys, or the visible keys above ``threshold``.
+    """
+    k = problem.slice(g)[1].astype(np.float64)
+    n, m = problem.n, k.shape[0]
+    if problem.causal:
+        nk = float(np.einsum("j,j->", k[0], k[0]))
+        lam = 1e-6 * nk if nk > 0 else 1e-300
+        scores = np.empty(m)
+        _online_leverage(np.ascontiguousarray(k), lam, scores)
+    else:
+        scores = _sketch.leverage_scores(k)
+    if threshold is not None:
+        S = np.flatnonzero(scores > threshold)
+        idx = np.broadcast_to(S, (n, S.size))
+        valid = np.ones((n, S.size), dtype=bool)
+        if problem.causal:
+            valid = S[None, :] <= np.arange(n)[:, None] + problem.offset
+        return idx, valid
+    if problem.causal:
+        return _prefix_topk(scores, n_keys, _visible_counts(problem))
+    # Stable sort: ties broken by position.
+    S = np.sort(np.argsort(-scores, kind="stable")[: min(n_keys, m)])
+    return np.broadcast_to(S, (n, S.size)), np.ones((n, S.size), dtype=bool)
+
+
+def _window(problem: Problem, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Local-window key indices ``(n, W)`` and validity, around ``i + offset``."""
+    n, m, off = problem.n, problem.m, problem.offset
+    if problem.causal:
+        rel = np.arange(-w + 1, 1)
+    else:
+        rel = np.arange(-w + 1, w)
+    J = np.arange(n)[:, None] + off + rel[None, :]
+    valid = (J >= 0) & (J < m)
+    return np.clip(J, 0, m - 1), valid
+
+
+@register(
+    "levattention",
+    section="§5.1",
+    family="kernel",
+    causal=True,
+    bound="deterministic",
+    summary="LevAttention: exact softmax on the keys of large leverage score (+ local window).",
+)
+def _levattention(
+    problem: Problem, *, rng, n_keys=64, threshold=None, window=0, error_bound="exact"
+):
+    r"""LevAttention (registered as ``"levattention"``).
+
+    Parameters
+    ----------
+    problem : Problem
+        Prepared inputs.
+    rng : numpy.random.Generator
+        Unused (the method is deterministic).
+    n_keys : int, default=64
+        Keep the ``n_keys`` keys of largest leverage score (causal: of largest online
+        leverage score among the keys visible to each query).
+    threshold : float, optional
+        Keep keys whose (online, when causal) leverage score exceeds ``threshold``
+        (the universal set of LevAttention, of size at most ``d / threshold``).
+    window : int, default=0
+        Also keep the ``window`` most recent keys (causal) or the keys within
+        ``window - 1`` positions (non-causal) of each query.
+    error_bound : {"exact", "none"}, default="exact"
+        ``"exact"`` computes the exact dropped softmax mass (one exact pass,
+        :math:`O(nm(d + d_v))`) and returns the deterministic dropped-mass bound.
+
+    Returns
+    -------
+    MethodResult
+    """
+    n_keys = check_int(n_keys, "n_keys", minimum=1)
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.floating):
+            raise TypeError(f"threshold must be a real number or None, got {threshold!r}")
+        threshold = float(threshold)
+        if not (0 <= threshold < 1):
+            raise ValueError(f"threshold={threshold} must lie in [0, 1) (leverage scores)")
+    w = check_int(window, "window", minimum=0)
+    mode = check_option(error_bound, ("exact", "none"), "error_bound")
+    n, m, d, dv = problem.n, problem.m, problem.d, problem.dv
+    select = _key_cache(problem, lambda g: _select_keys(problem, g, n_keys, threshold))
+    if w > 0:
+        J, jvalid = _window(problem, w)
+    outs, lses = [], []
+    evals = 0
+    for g in range(problem.n_slices):
+        q, k, v = _scaled(problem, g)
+        idx, valid = select(g)
+        sS = np.where(valid, np.einsum("nd,nsd->ns", q, k[idx]), -np.inf)
+        blocks = [sS]
+        if w > 0:
+            # Window keys already kept are dropped here (counted once).
+            dup = (J[:, :, None] == np.where(valid, idx, -1)[:, None, :]).any(axis=2)
+            sW = np.where(jvalid & ~dup, np.einsum("nd,nwd->nw", q, k[J]), -np.inf)
+            blocks.append(sW)
+        allS = np.hstack(blocks)
+        evals += int(np.isfinite(allS).sum())
+        lse = logsumexp(allS, axis=1) if allS.shape[1] else np.full(n, -np.inf)
+        fin = np.isfinite(lse)
+        base = np.where(fin, lse, 0.0)
+        y = np.einsum("ns,nsd->nd", np.exp(sS - base[:, None]), v[idx])
+        if w > 0:
+            y += np.einsum("nw,nwd->nd", np.exp(sW - base[:, None]), v[J])
+        y[~fin] = 0.0
+        outs.append(y)
+        lses.append(lse)
+    bound = None
+    flops = 2.0 * evals * (d + dv)
+    if mode == "exact":
+        from attention._registry import problem_cost_exact
+        from attention.exact import _attend
+
+        _, lse_exact = _attend(problem)
+        Y = np.stack(outs)
+        L = np.stack(lses)
+        with np.errstate(invalid="ignore"):
+            rho = np.where(np.isfinite(L), -np.expm1(L - lse_exact), 1.0)
+        rho = np.where(np.isfinite(lse_exact), np.clip(rho, 0.0, 1.0), 0.0)
+        V = problem.v[problem.kv_index].astype(np.float64)
+        rb = dropped_mass_bound(rho, V, Y_tilde=Y)
+        slack = np.concatenate(
+            [
+                _round_slack(Y[g], V[g], problem.dtype, d)
+                + 64 * _EPS64 * np.linalg.norm(Y[g], axis=1) * m
+                for g in range(problem.n_slices)
+            ]
+        )
+        value = float(np.sqrt(np.sum(np.square(rb.rows.ravel() + slack))))
+        bound = ErrorBound(
+            value,
+            "fro",
+            "deterministic",
+            1.0,
+            rb.fro.assumptions + "; eps_i from the exact log-normaliser (one exact pass); "
+            "plus a rounding allowance",
+        )
+        exact_cost = problem_cost_exact(problem)
+        flops += exact_cost.flops
+        evals += exact_cost.kernel_evals
+    return _as_result(outs, lses, problem, bound, Cost(flops, evals))

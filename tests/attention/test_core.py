@@ -1,0 +1,160 @@
+"""Input validation, broadcasting/GQA flattening, result types and relative_error."""
+
+import numpy as np
+import pytest
+
+from attention._core import finish, finish_lse, prepare, relative_error
+
+
+def qkv(rng, qshape, kshape, dv=5, dtype=np.float64):
+    Q = rng.standard_normal(qshape).astype(dtype)
+    K = rng.standard_normal(kshape).astype(dtype)
+    V = rng.standard_normal(kshape[:-1] + (dv,)).astype(dtype)
+    return Q, K, V
+
+
+def test_prepare_plain_2d(rng, dtype):
+    Q, K, V = qkv(rng, (6, 4), (9, 4), dtype=dtype)
+    p = prepare(Q, K, V)
+    assert p.q.shape == (1, 6, 4) and p.k.shape == (1, 9, 4) and p.v.shape == (1, 9, 5)
+    assert p.lead == () and p.dtype == dtype and p.scale == pytest.approx(0.5)
+    assert (p.n, p.m, p.d, p.dv, p.n_slices, p.offset) == (6, 9, 4, 5, 1, 3)
+    np.testing.assert_array_equal(p.q[0], Q)
+    assert p.mask is None and p.keep(0) is None and p.bias(0) is None
+
+
+def test_prepare_gqa_repeat_interleave(rng):
+    """Query head h uses key/value head h // (hq // hk) (PyTorch enable_gqa convention)."""
+    Q, K, V = qkv(rng, (2, 6, 3, 4), (2, 2, 5, 4))
+    p = prepare(Q, K, V)
+    assert p.lead == (2, 6)
+    for b in range(2):
+        for h in range(6):
+            g = b * 6 + h
+            q, k, v = p.slice(g)
+            np.testing.assert_array_equal(q, Q[b, h])
+            np.testing.assert_array_equal(k, K[b, h // 3])
+            np.testing.assert_array_equal(v, V[b, h // 3])
+
+
+def test_prepare_broadcasts_leading_dims_without_copying_kv(rng):
+    Q, K, V = qkv(rng, (3, 4, 6, 2), (4, 7, 2))
+    p = prepare(Q, K, V)
+    assert p.lead == (3, 4) and p.k.shape == (4, 7, 2)
+    np.testing.assert_array_equal(p.kv_index, np.tile(np.arange(4), 3))
+    out = finish(p, np.zeros((12, 6, 5)))
+    assert out.shape == (3, 4, 6, 5)
+    assert finish_lse(p, np.zeros((12, 6))).shape == (3, 4, 6)
+    assert finish_lse(p, None) is None
+
+
+def test_prepare_single_kv_head_broadcasts(rng):
+    Q, K, V = qkv(rng, (5, 3, 2), (1, 4, 2))
+    p = prepare(Q, K, V)
+    np.testing.assert_array_equal(p.kv_index, np.zeros(5, dtype=np.int64))
+
+
+def test_causal_is_bottom_right_aligned(rng):
+    Q, K, V = qkv(rng, (3, 2), (5, 2))
+    keep = prepare(Q, K, V, causal=True).keep(0)
+    expected = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=bool)
+    np.testing.assert_array_equal(keep, expected)
+    # More queries than keys: the first n - m queries see nothing.
+    Q, K, V = qkv(rng, (4, 2), (2, 2))
+    keep = prepare(Q, K, V, causal=True).keep(0)
+    np.testing.assert_array_equal(keep.sum(axis=1), [0, 0, 1, 2])
+
+
+def test_masks_bool_and_additive_are_views(rng):
+    Q, K, V = qkv(rng, (2, 3, 4, 2), (2, 3, 6, 2))
+    pad = np.ones(6, dtype=bool)
+    pad[-2:] = False
+    p = prepare(Q, K, V, mask=pad, causal=True)
+    assert p.mask.shape == (1, 4, 6) and p.mask.strides[1] == 0  # broadcast, not copied
+    keep = p.keep(5)
+    assert not keep[:, -2:].any() and keep[-1, :4].all()
+    bias = np.zeros((3, 1, 6))
+    bias[1, 0, 0] = -np.inf
+    p = prepare(Q, K, V, mask=bias)
+    np.testing.assert_array_equal(p.mask_index, [0, 1, 2, 0, 1, 2])
+    assert not p.keep(1)[:, 0].any() and p.keep(0).all()
+    assert p.bias(1).shape == (4, 6) and p.bias(1).dtype == np.float64
+
+
+def test_float32_inputs_stay_float32(rng):
+    Q, K, V = qkv(rng, (4, 3), (4, 3), dtype=np.float32)
+    assert prepare(Q, K, V).q.dtype == np.float32
+    assert prepare(Q, K.astype(np.float64), V).dtype == np.float64
+    ints = np.arange(12).reshape(4, 3)
+    assert prepare(ints, ints, ints).dtype == np.float64
+
+
+def test_prepare_does_not_mutate_and_freezes(rng):
+    Q, K, V = qkv(rng, (4, 3), (5, 3))
+    copies = [X.copy() for X in (Q, K, V)]
+    p = prepare(Q, K, V)
+    for X, C in zip((Q, K, V), copies, strict=True):
+        np.testing.assert_array_equal(X, C)
+    with pytest.raises(ValueError, match="read-only"):
+        p.q[0, 0, 0] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("qshape", "kshape", "vshape", "match"),
+    [
+        ((4, 3), (5, 2), (5, 2), "same last dimension d"),
+        ((4, 3), (5, 3), (6, 2), "same number of keys m"),
+        ((2, 3, 4, 3), (3, 3, 5, 3), (3, 3, 5, 3), "do not broadcast"),
+        ((2, 6, 4, 3), (2, 4, 5, 3), (2, 4, 5, 3), "multiple of the number of key/value heads"),
+        ((2, 4, 3), (2, 5, 3), (1, 5, 3), "same leading shape"),
+        ((3,), (5, 3), (5, 3), r"shape \(\.\.\., rows, features\)"),
+    ],
+    ids=["d", "m", "batch", "gqa", "kv-lead", "1d"],
+)
+def test_prepare_rejects_bad_shapes(qshape, kshape, vshape, match):
+    with pytest.raises(ValueError, match=match):
+        prepare(np.ones(qshape), np.ones(kshape), np.ones(vshape))
+
+
+def test_prepare_rejects_nan_complex_and_bad_options(rng):
+    Q, K, V = qkv(rng, (4, 3), (5, 3))
+    bad = K.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="K must contain only finite values"):
+        prepare(Q, bad, V)
+    with pytest.raises(TypeError, match="complex"):
+        prepare(Q.astype(complex), K, V)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        prepare(Q, K, V, causal="yes")
+    with pytest.raises(ValueError, match="scale=-1.0 must be finite and > 0"):
+        prepare(Q, K, V, scale=-1.0)
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        prepare(Q, K, V, scale="big")
+    with pytest.raises(ValueError, match="does not broadcast to the score shape"):
+        prepare(Q, K, V, mask=np.ones((4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="would enlarge"):
+        prepare(Q, K, V, mask=np.ones((2, 4, 5), dtype=bool))
+    with pytest.raises(TypeError, match="mask must be boolean"):
+        prepare(Q, K, V, mask=np.ones((4, 5), dtype=np.int64))
+    with pytest.raises(ValueError, match="may contain -inf but not NaN"):
+        prepare(Q, K, V, mask=np.full((4, 5), np.nan))
+
+
+def test_relative_error_norms(rng):
+    Y = rng.standard_normal((2, 6, 3))
+    E = 1e-3 * rng.standard_normal(Y.shape)
+    fro = np.linalg.norm(E) / np.linalg.norm(Y)
+    assert relative_error(Y + E, Y) == pytest.approx(fro, rel=1e-12)
+    spec = max(np.linalg.norm(e, 2) for e in E) / max(np.linalg.norm(y, 2) for y in Y)
+    assert relative_error(Y + E, Y, norm=2) == pytest.approx(spec, rel=1e-12)
+    row = np.linalg.norm(E, axis=-1).max() / np.linalg.norm(Y, axis=-1).max()
+    assert relative_error(Y + E, Y, norm="row_max") == pytest.approx(row, rel=1e-12)
+    assert relative_error(Y, Y) == 0.0
+    assert relative_error(np.ones((2, 2)), np.zeros((2, 2))) == np.inf
+
+
+def test_relative_error_rejects_bad_input():
+    with pytest.raises(ValueError, match="shapes differ"):
+        relative_error(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="norm='nuc' is not one of"):
+        relative_error(np.ones((2, 3)), np.ones((2, 3)), norm="nuc")

@@ -1,0 +1,360 @@
+"""Tests of attention.kernel (§5): kernels vs references, methods vs exact, causality."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import attention.kernel as K
+from attention import approximate, methods
+from attention._kernels.kernel import _causal_linear_attention, _online_leverage
+from attention.exact import reference_attention
+from rnla._validation import AccuracyWarning
+
+KERNEL_METHODS = (
+    "performer",
+    "scatterbrain",
+    "taylor",
+    "polysketch",
+    "tensorsketch",
+    "levattention",
+)
+
+
+def _data(rng, n=48, m=None, d=8, dv=5, G=2, amp=0.4, dtype=np.float64):
+    m = n if m is None else m
+    Q = (rng.standard_normal((G, n, d)) * amp).astype(dtype)
+    Kk = (rng.standard_normal((G, m, d)) * amp).astype(dtype)
+    V = rng.standard_normal((G, m, dv)).astype(dtype)
+    return Q, Kk, V
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, float) - b) / np.linalg.norm(b))
+
+
+def _run(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AccuracyWarning)
+        return approximate(*args, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Numba kernels == plain NumPy references
+# ---------------------------------------------------------------------------------------
+
+
+def _causal_reference(phq, lk, sk, v, offset):
+    """Masked dense reference: true sums (no shift)."""
+    n, m = phq.shape[0], lk.shape[0]
+    W = phq @ (np.exp(lk) * sk).T
+    keep = np.arange(m)[None, :] <= np.arange(n)[:, None] + offset
+    W = np.where(keep, W, 0.0)
+    return W @ v, W.sum(axis=1)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "chunk"),
+    [(1, 1, 1), (7, 7, 3), (10, 4, 4), (4, 10, 2), (33, 33, 64), (20, 25, 1), (5, 3, 2)],
+    ids=lambda x: str(x),
+)
+def test_causal_kernel_matches_reference(rng, n, m, chunk):
+    M, dv = 6, 3
+    phq = rng.random((n, M))
+    lk = rng.standard_normal((m, M)) * 3.0  # running shift must rescale correctly
+    sk = rng.standard_normal((m, M))
+    v = rng.standard_normal((m, dv))
+    num, den, shift = np.empty((n, dv)), np.empty(n), np.empty(n)
+    _causal_linear_attention(phq, lk, sk, v, m - n, chunk, num, den, shift)
+    rnum, rden = _causal_reference(phq, lk, sk, v, m - n)
+    seen = np.arange(n) + m - n >= 0
+    with np.errstate(over="ignore"):
+        sc = np.where(seen, np.exp(np.where(seen, shift, 0.0)), 0.0)
+    np.testing.assert_allclose(sc[:, None] * num, rnum, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sc * den, rden, rtol=1e-12, atol=1e-12)
+    assert np.all(shift[~seen] == -np.inf)
+    assert np.all(den[~seen] == 0)
+
+
+def test_causal_kernel_zeros():
+    n, M, dv = 5, 4, 2
+    num, den, shift = np.empty((n, dv)), np.empty(n), np.empty(n)
+    _causal_linear_attention(
+        np.zeros((n, M)),
+        np.zeros((n, M)),
+        np.zeros((n, M)),
+        np.zeros((n, dv)),
+        0,
+        2,
+        num,
+        den,
+        shift,
+    )
+    assert np.all(num == 0) and np.all(den == 0) and np.all(shift == 0)
+
+
+def test_online_leverage_matches_reference(rng):
+    m, d, lam = 30, 4, 1e-3
+    k = rng.standard_normal((m, d))
+    k[10] = k[3]  # repeated key
+    out = np.empty(m)
+    _online_leverage(k, lam, out)
+    ref = [
+        k[j] @ np.linalg.solve(lam * np.eye(d) + k[: j + 1].T @ k[: j + 1], k[j]) for j in range(m)
+    ]
+    np.testing.assert_allclose(out, ref, rtol=1e-10)
+    assert np.all((out >= 0) & (out < 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Registry, parameters, dtypes, determinism
+# ---------------------------------------------------------------------------------------
+
+
+def test_registered():
+    info = {m.name: m for m in methods()}
+    for name in KERNEL_METHODS:
+        assert info[name].family == "kernel"
+        assert info[name].causal
+
+
+@pytest.mark.parametrize("method", KERNEL_METHODS)
+def test_dtype_and_shapes(rng, dtype, method):
+    Q, Kk, V = _data(rng, n=24, dtype=dtype)
+    r = _run(Q, Kk, V, method, rng=0)
+    assert r.output.dtype == dtype
+    assert r.output.shape == (2, 24, 5)
+    r64 = _run(Q.astype(np.float64), Kk.astype(np.float64), V.astype(np.float64), method, rng=0)
+    np.testing.assert_allclose(r.output, r64.output, rtol=0, atol=1e3 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("method", KERNEL_METHODS)
+def test_deterministic_given_rng(rng, method):
+    Q, Kk, V = _data(rng, n=24)
+    a = _run(Q, Kk, V, method, rng=3, causal=True)
+    b = _run(Q, Kk, V, method, rng=np.random.default_rng(3), causal=True)
+    np.testing.assert_array_equal(a.output, b.output)
+
+
+@pytest.mark.parametrize("method", ("performer", "scatterbrain", "polysketch", "tensorsketch"))
+def test_redraw_changes_output(rng, method):
+    Q, Kk, V = _data(rng, n=24)
+    a = _run(Q, Kk, V, method, rng=1)
+    b = _run(Q, Kk, V, method, rng=2)
+    assert not np.array_equal(a.output, b.output)
+
+
+def test_inputs_not_mutated(rng):
+    Q, Kk, V = _data(rng, n=16)
+    copies = [x.copy() for x in (Q, Kk, V)]
+    for method in KERNEL_METHODS:
+        _run(Q, Kk, V, method, rng=0, causal=True)
+    for x, c in zip((Q, Kk, V), copies, strict=True):
+        np.testing.assert_array_equal(x, c)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "exc", "match"),
+    [
+        ("performer", {"n_features": 0}, ValueError, "n_features"),
+        ("performer", {"features": "relu"}, ValueError, "features"),
+        ("performer", {"orthogonal": "yes"}, TypeError, "orthogonal"),
+        ("performer", {"delta": 1.5}, ValueError, "delta"),
+        ("performer", {"error_bound": "tight"}, ValueError, "error_bound"),
+        ("performer", {"nb_features": 4}, ValueError, "unknown parameter"),
+        ("scatterbrain", {"n_buckets": 3}, ValueError, "even"),
+        ("scatterbrain", {"features": "trig"}, ValueError, "features"),
+        ("taylor", {"degree": 0}, ValueError, "degree"),
+        ("taylor", {"sketch_size": 2.5}, TypeError, "sketch_size"),
+        ("polysketch", {"p": 3}, ValueError, "even"),
+        ("tensorsketch", {"sketch_size": 0}, ValueError, "sketch_size"),
+        ("levattention", {"threshold": 1.5}, ValueError, "threshold"),
+        ("levattention", {"window": -1}, ValueError, "window"),
+        ("levattention", {"n_keys": 0}, ValueError, "n_keys"),
+    ],
+    ids=lambda x: str(x),
+)
+def test_bad_parameters(rng, method, params, exc, match):
+    Q, Kk, V = _data(rng, n=8)
+    with pytest.raises(exc, match=match):
+        approximate(Q, Kk, V, method, rng=0, **params)
+
+
+def test_public_helpers_reject_bad_input():
+    X = np.ones((4, 3))
+    with pytest.raises(ValueError, match="even"):
+        K.polynomial_attention(X, X, X, 3)
+    with pytest.raises(ValueError, match="same dimension"):
+        K.random_feature_mse(X, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="features"):
+        K.random_feature_mse(X, X, features="relu")
+    with pytest.raises(ValueError, match="B must be"):
+        K.taylor_remainder_bound(-1.0, 2)
+    with pytest.raises(ValueError, match="features"):
+        K.polynomial_sketch_error(X, X, X, 2, features="gaussian")
+
+
+# ---------------------------------------------------------------------------------------
+# Accuracy against exact attention (synthetic)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(
+    ("method", "params", "tol"),
+    [
+        ("performer", {"n_features": 512}, 0.15),
+        ("performer", {"n_features": 512, "features": "hyperbolic"}, 0.15),
+        ("performer", {"n_features": 512, "features": "trig"}, 0.15),
+        ("scatterbrain", {"n_features": 512}, 0.15),
+        ("taylor", {"degree": 4}, 1e-3),
+        ("taylor", {"degree": 3, "feature_budget": 50, "sketch_size": 4096}, 0.05),
+        ("levattention", {"threshold": 0.0}, 1e-10),
+        ("levattention", {"threshold": 0.99, "window": 48}, 1e-10),
+    ],
+    ids=lambda x: str(x),
+)
+def test_accuracy_vs_exact(rng, causal, method, params, tol):
+    Q, Kk, V = _data(rng, amp=0.3)
+    Y = reference_attention(Q, Kk, V, causal=causal)
+    r = _run(Q, Kk, V, method, rng=rng, causal=causal, **params)
+    assert _rel(r.output, Y) < tol
+    if r.lse is not None:
+        _, lse = reference_attention(Q, Kk, V, causal=causal, return_lse=True)
+        scale = 0.25 if method in ("performer", "scatterbrain") else 1e-2
+        np.testing.assert_allclose(r.lse, lse, atol=scale)
+
+
+def test_scatterbrain_more_exact_with_one_bucket_pair(rng):
+    # n_buckets=2 with all keys/queries in buckets: the sparse part covers many pairs.
+    Q, Kk, V = _data(rng, amp=0.3)
+    Y = reference_attention(Q, Kk, V)
+    errs_sb = [
+        _rel(_run(Q, Kk, V, "scatterbrain", rng=s, n_buckets=2).output, Y) for s in range(6)
+    ]
+    errs_pf = [
+        _rel(_run(Q, Kk, V, "performer", rng=s, n_features=128).output, Y) for s in range(6)
+    ]
+    assert np.mean(errs_sb) < np.mean(errs_pf)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_polysketch_vs_polynomial_attention(rng, p):
+    Q, Kk, V = _data(rng, d=4)
+    P = K.polynomial_attention(Q, Kk, V, p)
+    if p == 2:
+        # Degree 1 is not sketched: the self-tensored features are exact.
+        r = approximate(Q, Kk, V, "polysketch", rng=0, p=2)
+        np.testing.assert_allclose(r.output, P, rtol=1e-10, atol=1e-10)
+    # Larger sketches are more accurate (averaged over draws; variance ~ 1/r).
+    errs = {
+        r: np.mean(
+            [
+                _rel(approximate(Q, Kk, V, kind, rng=s, p=p, sketch_size=r).output, P)
+                for s in range(4)
+            ]
+        )
+        for kind in ("tensorsketch",)
+        for r in (4, 64)
+    }
+    assert errs[64] < 0.5 * errs[4]
+    assert errs[64] < 0.5
+
+
+def test_polynomial_attention_reference(rng):
+    Q, Kk, V = _data(rng, n=6, d=3)
+    P = K.polynomial_attention(Q, Kk, V, 2, causal=True)
+    s = Q[0] @ Kk[0].T / np.sqrt(3)
+    w = np.tril(s**2)
+    np.testing.assert_allclose(P[0], w @ V[0] / w.sum(1, keepdims=True), rtol=1e-12)
+
+
+def test_polynomial_sketch_error_report(rng):
+    Q, Kk, V = _data(rng, n=20, d=4)
+    e = K.polynomial_sketch_error(Q, Kk, V, 4, features="tensorsketch", rng=5)
+    r = approximate(Q, Kk, V, "tensorsketch", rng=5, p=4)
+    P = K.polynomial_attention(Q, Kk, V, 4)
+    assert e.error_vs_polynomial == pytest.approx(_rel(r.output, P), rel=1e-9)
+    assert e.epsilon == pytest.approx(e.amm_error / e.amm_scale)
+    assert np.isnan(e.epsilon_bound)  # self-tensored: no explicit constant
+    assert e.error_vs_softmax > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Causality
+# ---------------------------------------------------------------------------------------
+
+CAUSAL_CASES = [
+    ("performer", {}),
+    ("performer", {"features": "trig"}),
+    ("scatterbrain", {"n_buckets": 2}),
+    ("taylor", {}),
+    ("taylor", {"degree": 3, "feature_budget": 20}),
+    ("polysketch", {}),
+    ("tensorsketch", {}),
+    ("levattention", {"n_keys": 4, "window": 3}),
+]
+
+
+@pytest.mark.parametrize(("method", "params"), CAUSAL_CASES, ids=lambda x: str(x))
+@pytest.mark.parametrize(("n", "m"), [(40, 40), (30, 40), (40, 30)], ids=lambda x: str(x))
+def test_no_future_leakage(rng, method, params, n, m):
+    Q, Kk, V = _data(rng, n=n, m=m)
+    t = 17  # keys > t are changed: rows i with i + m - n <= t must not move
+    K2, V2 = Kk.copy(), V.copy()
+    K2[:, t + 1 :] = rng.standard_normal(K2[:, t + 1 :].shape) * 3.0
+    V2[:, t + 1 :] = rng.standard_normal(V2[:, t + 1 :].shape) * 3.0
+    a = _run(Q, Kk, V, method, rng=7, causal=True, **params)
+    b = _run(Q, K2, V2, method, rng=7, causal=True, **params)
+    rows = np.arange(n) + m - n <= t
+    np.testing.assert_allclose(a.output[:, rows], b.output[:, rows], rtol=1e-9, atol=1e-12)
+    assert not np.allclose(a.output[:, ~rows], b.output[:, ~rows])
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("performer", {}),
+        ("performer", {"features": "hyperbolic"}),
+        ("taylor", {}),
+        ("polysketch", {}),
+    ],
+    ids=lambda x: str(x),
+)
+def test_causal_equals_prefix_reference(rng, method, params):
+    # Row i of the causal result == non-causal result on the visible prefix (same draw).
+    n, m = 20, 26
+    Q, Kk, V = _data(rng, n=n, m=m)
+    a = _run(Q, Kk, V, method, rng=11, causal=True, **params)
+    for i in (0, 5, n - 1):
+        e = i + m - n + 1
+        b = _run(Q[:, i : i + 1], Kk[:, :e], V[:, :e], method, rng=11, **params)
+        np.testing.assert_allclose(a.output[:, i], b.output[:, 0], rtol=1e-9, atol=1e-12)
+        if a.lse is not None:
+            np.testing.assert_allclose(a.lse[:, i], b.lse[:, 0], rtol=1e-9, atol=1e-12)
+
+
+def test_causal_rows_without_keys(rng):
+    Q, Kk, V = _data(rng, n=10, m=4)
+    for method in KERNEL_METHODS:
+        r = _run(Q, Kk, V, method, rng=0, causal=True)
+        assert np.all(r.output[:, :6] == 0)
+        if r.lse is not None:
+            assert np.all(r.lse[:, :6] == -np.inf)
+
+
+def test_grouped_query(rng):
+    Q = rng.standard_normal((4, 16, 8)) * 0.3
+    Kk, V = rng.standard_normal((2, 16, 8)) * 0.3, rng.standard_normal((2, 16, 3))
+    for method in KERNEL_METHODS:
+        r = _run(Q, Kk, V, method, rng=0)
+        rr = _run(Q, np.repeat(Kk, 2, axis=0), np.repeat(V, 2, axis=0), method, rng=0)
+        np.testing.assert_allclose(r.output, rr.output, rtol=1e-12, atol=1e-12)
+
+
+def test_performer_warns_on_large_norms(rng):
+    Q, Kk, V = _data(rng, amp=3.0)
+    with pytest.warns(AccuracyWarning, match="random features are unreliable"):
+        approximate(Q, Kk, V, "performer", rng=0)
+    with pytest.warns(AccuracyWarning, match="remainder"):
+        approximate(Q, Kk, V, "taylor", rng=0)
