@@ -9,7 +9,7 @@ from attention._core import finish, finish_lse, prepare, relative_error
 def qkv(rng, qshape, kshape, dv=5, dtype=np.float64):
     Q = rng.standard_normal(qshape).astype(dtype)
     K = rng.standard_normal(kshape).astype(dtype)
-    V = rng.standard_normal(kshape[:-1] + (dv,)).astype(dtype)
+    V = rng.standard_normal((*kshape[:-1], dv)).astype(dtype)
     return Q, K, V
 
 
@@ -126,7 +126,7 @@ def test_prepare_rejects_nan_complex_and_bad_options(rng):
         prepare(Q.astype(complex), K, V)
     with pytest.raises(TypeError, match="causal must be a bool"):
         prepare(Q, K, V, causal="yes")
-    with pytest.raises(ValueError, match="scale=-1.0 must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"scale=-1\.0 must be finite and > 0"):
         prepare(Q, K, V, scale=-1.0)
     with pytest.raises(TypeError, match="scale must be a real number"):
         prepare(Q, K, V, scale="big")

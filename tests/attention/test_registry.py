@@ -14,12 +14,19 @@ def toy_method(monkeypatch):
     monkeypatch.setattr(reg, "_REGISTRY", dict(reg._REGISTRY))
     calls = []
 
-    @reg.register("toy_uniform", section="§0", family="test", causal=False, bound="estimate",
-                  summary="mean of V")
+    @reg.register(
+        "toy_uniform",
+        section="§0",
+        family="test",
+        causal=False,
+        bound="estimate",
+        summary="mean of V",
+    )
     def _toy(problem, *, rng, weight=1.0):
         calls.append((rng, weight))
-        out = np.stack([weight * problem.slice(g)[2].mean(axis=0) for g in
-                        range(problem.n_slices)])[:, None, :].repeat(problem.n, axis=1)
+        out = np.stack(
+            [weight * problem.slice(g)[2].mean(axis=0) for g in range(problem.n_slices)]
+        )[:, None, :].repeat(problem.n, axis=1)
         bound = ErrorBound(0.0, "fro", "estimate", float("nan"), "none")
         return reg.MethodResult(out, None, bound, Cost(1.0, 0))
 
@@ -64,22 +71,25 @@ def test_same_seed_same_generator_stream(toy_method, rng):
 
 def test_unknown_method_lists_names(rng):
     Q = rng.standard_normal((4, 2))
-    with pytest.raises(ValueError, match="unknown method 'nope'; registered methods: .*exact"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; registered methods: .*exact"):
         approximate(Q, Q, Q, "nope")
 
 
 def test_unknown_parameter_lists_valid_ones(toy_method, rng):
     Q = rng.standard_normal((4, 2))
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) 'wieght'.*valid parameters: "
-                                         "weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parameter\(s\) 'wieght'.*valid parameters: "
+        "weight",
+    ):
         approximate(Q, Q, Q, "toy_uniform", wieght=2.0)
-    with pytest.raises(ValueError, match="valid parameters: [(]none[)]"):
+    with pytest.raises(ValueError, match=r"valid parameters: [(]none[)]"):
         approximate(Q, Q, Q, "exact", rank=3)
 
 
 def test_causal_and_mask_rejected_where_unsupported(toy_method, rng):
     Q = rng.standard_normal((4, 2))
-    with pytest.raises(ValueError, match="does not support causal=True.*exact"):
+    with pytest.raises(ValueError, match=r"does not support causal=True.*exact"):
         approximate(Q, Q, Q, "toy_uniform", causal=True)
     with pytest.raises(ValueError, match="does not support masks"):
         approximate(Q, Q, Q, "toy_uniform", mask=np.ones((4, 4), dtype=bool))
@@ -94,7 +104,8 @@ def test_register_validates_signature(monkeypatch):
             return None
 
     with pytest.raises(ValueError, match="already registered"):
-        reg.register("exact", section="§0", family="t", causal=False, bound=None,
-                     summary="")(lambda problem, *, rng: None)
+        reg.register("exact", section="§0", family="t", causal=False, bound=None, summary="")(
+            lambda problem, *, rng: None
+        )
     with pytest.raises(ValueError, match="bound='sure' must be None or one of"):
         reg.register("x", section="§0", family="t", causal=False, bound="sure", summary="")

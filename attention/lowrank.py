@@ -1,0 +1,674 @@
+r"""Low-rank softmax-attention approximations (survey arXiv:2604.01757, §4).
+
+Every method here approximates :math:`Y = Z^{-1} A V`, :math:`A = \exp(QK^\top s)`,
+:math:`Z = \operatorname{diag}(A\mathbf 1)`, by a low-rank (or top-k) :math:`\tilde A`
+and returns :math:`\tilde Y = \operatorname{diag}(\tilde A\mathbf 1)^{-1}\tilde A V`
+(Loki, Skyformer, WildCat, the rSVD oracle, CSALR) or the published formula
+(Linformer, Nyströmformer). They are registered in :mod:`attention._registry` and run
+through :func:`attention.approximate`; this module has no other public API.
+
+Deterministic bounds all come from the normaliser-aware lemma (DESIGN §5): with
+:math:`\tilde z_i = \tilde a_i\mathbf 1 > 0`,
+
+.. math::
+
+    y_i - \tilde y_i = (a_i - \tilde a_i)(V - \mathbf 1 y_i^\top)/\tilde z_i,
+    \qquad \|y_i - \tilde y_i\|_2 \le \rho_i \max_j \|v_j - y_i\|_2,
+    \quad \rho_i = \|a_i - \tilde a_i\|_1/\tilde z_i,
+
+where only ``rho_i`` is method specific (:func:`attention.bounds.row_lemma` and
+:func:`attention.bounds.dropped_mass_bound` do the rest). Loki's bound is the
+dropped-mass form of the lemma; the Skyformer/WildCat bounds use the PSD residual of
+the lift (:meth:`attention.softmax_matrix.SoftmaxMatrix.lift_to_attention`); the rSVD
+oracle's is probabilistic (a posteriori spectral residual). Linformer, Nyströmformer and
+CSALR return no bound: their theory gives none that can be checked on the data.
+
+References
+----------
+Loki: P. Singhania et al., NeurIPS 2024, arXiv:2406.02542. Skyformer: Y. Chen et al.,
+NeurIPS 2021, arXiv:2111.00035. WildCat: T. Schröder, L. Mackey, arXiv:2602.10056.
+Linformer: S. Wang et al., arXiv:2006.04768. Nyströmformer: Y. Xiong et al., AAAI 2021,
+arXiv:2102.03902. Survey: Serret et al., arXiv:2604.01757, §4.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+import scipy.linalg as sla
+
+from attention._core import Cost, ErrorBound, Problem
+from attention._registry import MethodResult, register
+from attention.bounds import RowBound, dropped_mass_bound, row_lemma, value_radius
+from attention.softmax_matrix import SoftmaxMatrix
+from rnla import sketch as _sketch
+from rnla._validation import (
+    ConvergenceWarning,
+    as_float_array,
+    check_int,
+    check_option,
+    check_probability,
+)
+from rnla.estimate import lowrank_error_estimate
+from rnla.lowrank import rsvd
+from rnla.nystrom import rpcholesky
+from rnla.operators import EntryMatrixBase
+
+__all__: list[str] = []
+
+_SKETCHES = {
+    "gaussian": _sketch.gaussian,
+    "rademacher": _sketch.rademacher,
+    "orthogonal_gaussian": _sketch.orthogonal_gaussian,
+    "srht": _sketch.srht,
+    "countsketch": _sketch.countsketch,
+    "sparse_sign": _sketch.sparse_sign,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# shared helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _cap(rb: RowBound, y: np.ndarray, v: np.ndarray, dtype) -> np.ndarray:
+    r"""Row bounds of ``rb`` capped and padded for the rounding of the returned output.
+
+    ``y_i`` lies in the ball :math:`B(c, R)` of :func:`attention.bounds.value_radius`,
+    so :math:`\|y_i - \tilde y_i\| \le R + \|\tilde y_i - c\|` whatever the method did:
+    the cap keeps bounds finite when :math:`\tilde z_i \le 0`. The output is computed in
+    float64 and cast to ``dtype``; :math:`4\epsilon(\|\tilde y_i\| + R)` covers the cast.
+    """
+    c, R = value_radius(v)
+    dist = np.sqrt(np.sum((y - c) ** 2, axis=1))
+    rows = np.minimum(rb.rows, R + dist)
+    return rows + 4.0 * np.finfo(dtype).eps * (np.sqrt(np.sum(y * y, axis=1)) + R)
+
+
+def _fro_bound(rows: list[np.ndarray], kind: str, assumptions: str, delta: float = 0.0):
+    """Frobenius-norm :class:`ErrorBound` from per-row bounds of every slice."""
+    with np.errstate(over="ignore"):
+        value = float(math.sqrt(sum(float(np.sum(e * e)) for e in rows)))
+    confidence = 1.0 if kind == "deterministic" else 1.0 - delta
+    return ErrorBound(value, "fro", kind, confidence, assumptions)
+
+
+_CAP_TEXT = (
+    "; each row bound is capped by R + ||~y_i - c|| (y_i lies in the ball B(c, R) of "
+    "the values) and padded by 4 eps (||~y_i|| + R) for the cast to the output dtype"
+)
+
+
+def _softmax_rows(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row softmax of scores ``s`` (``-inf`` allowed) and its log-normaliser."""
+    mx = np.max(s, axis=1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.exp(s - mx)
+    z = p.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = np.where(z[:, 0] > 0, np.log(z[:, 0]) + mx[:, 0], -np.inf)
+        p = np.where(z > 0, p / np.where(z > 0, z, 1.0), 0.0)
+    return p, lse
+
+
+def _ratio_output(num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(num[:, :-1] / z, z)`` with ``z = num[:, -1]`` (rows with ``z = 0`` give 0)."""
+    z = num[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(z[:, None] != 0, num[:, :-1] / np.where(z != 0, z, 1.0)[:, None], 0.0)
+    return y, z
+
+
+def _log_abs(z: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(z > 0, np.log(np.where(z > 0, z, 1.0)), -np.inf)
+
+
+def _check_nonneg_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}={value} must be finite and >= 0")
+    return value
+
+
+def _finish(problem: Problem, outs, lses, bound, flops: float, evals: int) -> MethodResult:
+    out = np.stack(outs).astype(problem.dtype, copy=False)
+    lse = None if lses is None else np.stack(lses).astype(np.float64, copy=False)
+    return MethodResult(out, lse, bound, Cost(float(flops), int(evals)))
+
+
+def _slice64(problem: Problem, g: int):
+    return tuple(x.astype(np.float64) for x in problem.slice(g))
+
+
+# ---------------------------------------------------------------------------------------
+# §4.1 Loki: PCA of keys, top-k by low-dimensional scores, exact attention on the top-k
+# ---------------------------------------------------------------------------------------
+
+
+def _loki_basis(keys: np.ndarray, rank: int, rng) -> np.ndarray:
+    """Top-``rank`` right singular vectors ``P`` (d, r) of the (uncentred) keys."""
+    if rank >= keys.shape[1]:
+        return np.eye(keys.shape[1])
+    r = min(rank, min(keys.shape))
+    return rsvd(keys, r, rng=rng).Vt.T.astype(np.float64)
+
+
+def _check_calibration(calibration, problem: Problem):
+    if calibration is None:
+        return None
+    C = as_float_array(calibration, name="calibration")
+    d, Gk = problem.d, problem.k.shape[0]
+    if C.ndim == 2 and C.shape[1] == d:
+        return [C.astype(np.float64)] * Gk
+    if C.ndim == 3 and C.shape[0] == Gk and C.shape[2] == d:
+        return [c.astype(np.float64) for c in C]
+    raise ValueError(
+        f"calibration must have shape (N, d={d}) or (Gk={Gk}, N, d={d}) (one set per "
+        f"key/value slice), got {C.shape}"
+    )
+
+
+@register(
+    "loki",
+    section="§4.1",
+    family="low-rank",
+    causal=True,
+    bound="deterministic",
+    summary="Loki: PCA of keys, top-k keys by rank-r scores, exact attention on them.",
+)
+def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
+    r"""Loki: low-dimensional key selection, then exact attention on the selection.
+
+    ``P`` (d, r) = top right singular vectors of the calibration keys (default: the
+    keys of the slice) from :func:`rnla.rsvd`; approximate scores
+    :math:`\tilde s_{ij} = s\,(q_iP)(k_jP)^\top`; keep the ``top_k`` visible keys per
+    query and attend exactly over them. Since :math:`q^\top(I - PP^\top)k =
+    ((I - PP^\top)q)^\top((I - PP^\top)k)`,
+    :math:`|s_{ij} - \tilde s_{ij}| \le \delta_{ij} = s\|q_i^\perp\|\|k_j^\perp\|`, so
+    the dropped mass is at most :math:`D_i = \sum_{j\notin S_i} e^{\tilde s_{ij} +
+    \delta_{ij}}` while :math:`\tilde z_i = \sum_{j\in S_i} e^{s_{ij}}` is exact: the
+    dropped probability is at most :math:`D_i/(\tilde z_i + D_i)`.
+    """
+    n, m, d = problem.n, problem.m, problem.d
+    rank = d // 4 if rank is None else rank
+    rank = check_int(rank, "rank", minimum=1, maximum=d)
+    top_k = max(1, -(-m // 8)) if top_k is None else check_int(top_k, "top_k", minimum=1)
+    calib = _check_calibration(calibration, problem)
+    if problem.causal and calib is None:
+        raise ValueError(
+            "loki with causal=True needs calibration keys: a PCA of the keys themselves "
+            "would let future keys decide which past keys a query attends to; pass "
+            "calibration= an (N, d) array of keys from other text (as Loki does)"
+        )
+    scale = problem.scale
+    bases: dict[int, np.ndarray] = {}
+    outs, lses, rows = [], [], []
+    flops, evals = 0.0, 0
+    keep = problem.causal_keep()
+    kk = min(top_k, m)
+    for g in range(problem.n_slices):
+        q, k, v = _slice64(problem, g)
+        j = int(problem.kv_index[g])
+        if j not in bases:
+            src = k if calib is None else calib[j]
+            bases[j] = _loki_basis(src, rank, rng)
+            flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
+        P = bases[j]
+        qP, kP = q @ P, k @ P
+        s_apx = scale * (qP @ kP.T)
+        q_perp = np.sqrt(np.maximum(np.sum(q * q, 1) - np.sum(qP * qP, 1), 0.0))
+        k_perp = np.sqrt(np.maximum(np.sum(k * k, 1) - np.sum(kP * kP, 1), 0.0))
+        if keep is not None:
+            s_apx = np.where(keep, s_apx, -np.inf)
+        idx = np.argpartition(-s_apx, kk - 1, axis=1)[:, :kk]
+        visible = np.take_along_axis(np.isfinite(s_apx), idx, axis=1)
+        s_sel = np.where(visible, scale * np.einsum("nd,nkd->nk", q, k[idx]), -np.inf)
+        p, lse = _softmax_rows(s_sel)
+        y = np.einsum("nk,nkv->nv", p, v[idx])
+        # Upper bound on the exact scores of the dropped keys (PCA residual), summed
+        # relative to exp(lse) = z~_i, which is exact over the selection.
+        upper = s_apx + scale * np.outer(q_perp, k_perp)
+        np.put_along_axis(upper, idx, -np.inf, axis=1)
+        shift = np.where(np.isfinite(lse), lse, 0.0)[:, None]
+        with np.errstate(over="ignore"):
+            D = np.exp(upper - shift).sum(axis=1)
+        eps = np.where(np.isfinite(lse), D / (1.0 + D), 0.0)
+        eps = np.where(np.isfinite(D), eps, 1.0)
+        rb = dropped_mass_bound(eps, v, Y_tilde=y)
+        rows.append(_cap(rb, y, v, problem.dtype))
+        outs.append(y)
+        lses.append(lse)
+        flops += 2.0 * (n + m) * d * rank + 2.0 * n * m * rank + 2.0 * n * kk * (d + problem.dv)
+        evals += int(visible.sum())
+    bound = _fro_bound(
+        rows,
+        "deterministic",
+        "Dropped-mass bound (attention.bounds.dropped_mass_bound): exact scores on the "
+        "selected keys, dropped probability <= D_i / (z~_i + D_i) with D_i = sum over "
+        "unselected visible keys of exp(s~_ij + scale ||q_i^perp|| ||k_j^perp||) "
+        "(|q.(I-PP^T)k| <= ||(I-PP^T)q|| ||(I-PP^T)k||); holds for every draw of the "
+        "randomized PCA" + _CAP_TEXT,
+    )
+    return _finish(problem, outs, lses, bound, flops, evals)
+
+
+# ---------------------------------------------------------------------------------------
+# §4.1 Skyformer and WildCat: Nyström on the PSD lift B = D G D
+# ---------------------------------------------------------------------------------------
+
+
+def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
+    r"""Regularised Nyström of the PSD lift on ``landmarks`` (indices into ``[Q; K]``).
+
+    :math:`F = G_{:S}L^{-\top}` with :math:`LL^\top = G_{SS} + \gamma I` satisfies
+    :math:`FF^\top \preceq G` (so the residual is PSD), and
+    :meth:`SoftmaxMatrix.lift_to_attention` maps it to :math:`\hat A = UW^\top` with
+    per-row :math:`\ell_1` bounds. Returns ``(y, lse, row_l1, z, evals)``.
+    """
+    sm = SoftmaxMatrix(q, k, scale=scale, stabilized=False)
+    lift = sm.psd_lift(tau=tau)
+    R = lift.matrix.rows(landmarks).astype(np.float64)  # (r, n + m)
+    r = R.shape[0]
+    M = R[:, landmarks] + gamma * np.eye(r)
+    jitter = 0.0
+    for _ in range(12):
+        try:
+            L = sla.cholesky(M + jitter * np.eye(r), lower=True)
+            break
+        except np.linalg.LinAlgError:
+            # Duplicate landmarks make G_SS singular: a jitter only regularises the
+            # Nyström approximation further, which keeps F F^T <= G and the bound valid.
+            jitter = max(10.0 * jitter, r * np.finfo(np.float64).eps)
+    else:  # pragma: no cover - G_SS has unit diagonal, a jitter of 1e-4 always works
+        raise np.linalg.LinAlgError("the landmark block is not positive definite")
+    F = sla.solve_triangular(L, R, lower=True).T
+    fac = sm.lift_to_attention(F, tau=tau)
+    num = fac.U @ (fac.W.T @ np.column_stack([v, np.ones(v.shape[0])]))
+    y, z = _ratio_output(num)
+    return y, _log_abs(z), fac.row_l1_bounds, z, lift.matrix.n_evaluations
+
+
+def _check_tau(tau):
+    if isinstance(tau, str):
+        return check_option(tau, ("balance",), "tau")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"tau must be 'balance' or a positive real number, got {tau!r}")
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau={tau} must be finite and > 0")
+    return float(tau)
+
+
+def _balanced_tau(q: np.ndarray, k: np.ndarray) -> float:
+    r"""Closed-form balancing factor :math:`\tau = \sqrt{R_K/R_Q}` (maximum row norms).
+
+    It minimises :math:`\max_{i,j} D_{Q,i}D_{K,j} = \exp(s(\tau^2R_Q^2 +
+    R_K^2/\tau^2)/2)`, the factor that multiplies the Gaussian residual in the bound,
+    to :math:`\exp(sR_QR_K)`, by balancing :math:`\tau R_Q = R_K/\tau`.
+    """
+    rq = float(np.sqrt(np.max(np.sum(q * q, 1))))
+    rk = float(np.sqrt(np.max(np.sum(k * k, 1))))
+    return 1.0 if rq == 0 or rk == 0 else math.sqrt(rk / rq)
+
+
+_LIFT_TEXT = (
+    "Normaliser-aware row lemma (attention.bounds.row_lemma) with ||a_i - a^_i||_1 <= "
+    "D_Q,i sqrt(e_i) sum_j D_K,j sqrt(e_j) from |E_ij| <= sqrt(E_ii E_jj) for the PSD "
+    "Nyström residual E = G - F F^T of the Gaussian lift G of [tau Q; K/tau] "
+    "(SoftmaxMatrix.lift_to_attention; A - A^ = D_Q E_QK D_K is its off-diagonal block, "
+    "Skyformer/WildCat); e = diag(E) computed exactly from F; deterministic given the "
+    "landmarks (holds for every draw)"
+)
+
+
+@register(
+    "skyformer",
+    section="§4.1",
+    family="low-rank",
+    causal=False,
+    bound="deterministic",
+    summary="Skyformer: regularised Nyström of the Gaussian-kernel PSD lift, uniform landmarks.",
+)
+def _skyformer(problem: Problem, *, rng, landmarks=None, gamma=1e-2):
+    r"""Skyformer: uniform-landmark Nyström of the softmax PSD lift.
+
+    ``landmarks`` points drawn uniformly without replacement from the ``n + m`` rows of
+    :math:`[Q; K]`; :math:`\hat G = G_{:S}(G_{SS} + \gamma I)^{-1}G_{S:}` of the
+    Gaussian lift :math:`G` (:meth:`SoftmaxMatrix.psd_lift`, ``tau = 1``);
+    :math:`\hat A = D_Q\hat G_{QK}D_K`, :math:`\tilde Y = \hat AV/\hat A\mathbf 1`.
+    """
+    n, m = problem.n, problem.m
+    landmarks = min(64, n + m) if landmarks is None else landmarks
+    landmarks = check_int(landmarks, "landmarks", minimum=1, maximum=n + m)
+    gamma = _check_nonneg_real(gamma, "gamma")
+    outs, lses, rows = [], [], []
+    flops, evals = 0.0, 0
+    for g in range(problem.n_slices):
+        q, k, v = _slice64(problem, g)
+        S = np.sort(_sketch.uniform_sampling(n + m, landmarks, replace=False, rng=rng).indices)
+        y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, S, gamma)
+        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        outs.append(y)
+        lses.append(lse)
+        evals += ev
+        flops += 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
+    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; tau = 1" + _CAP_TEXT)
+    return _finish(problem, outs, lses, bound, flops, evals)
+
+
+class _KeyExpKernel(EntryMatrixBase):
+    r"""Normalised exponential kernel :math:`\exp(x_i\cdot x_j - R^2)` on scaled keys.
+
+    The key block :math:`D_KG_{KK}D_K` of the lift divided by :math:`e^{R^2}`,
+    :math:`R = \max\|x_j\|` (entries in (0, 1], no overflow): RPCholesky on it samples
+    pivots with probability proportional to :math:`D_{K,j}^2` times the Gaussian
+    residual, as the WildCat reference code does.
+    """
+
+    def __init__(self, X: np.ndarray):
+        super().__init__((X.shape[0], X.shape[0]), np.float64)
+        self._X = X
+        self._r2 = float(np.max(np.sum(X * X, 1)))
+
+    def _rows(self, idx):
+        return np.exp(np.minimum(self._X[idx] @ self._X.T - self._r2, 0.0))
+
+    def _cols(self, idx):
+        return np.ascontiguousarray(self._rows(idx).T)
+
+    def _entries(self, i, j):
+        return np.exp(np.minimum(np.sum(self._X[i] * self._X[j], 1) - self._r2, 0.0))
+
+    def _diag(self):
+        return np.exp(np.minimum(np.sum(self._X * self._X, 1) - self._r2, 0.0))
+
+
+@register(
+    "wildcat",
+    section="§4.1",
+    family="low-rank",
+    causal=False,
+    bound="deterministic",
+    summary="WildCat: RPCholesky coreset of the tau-balanced PSD lift, Nyström weights.",
+)
+def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
+    r"""WildCat: a weighted coreset chosen by randomly pivoted Cholesky.
+
+    Queries and keys are rescaled :math:`\tau Q`, :math:`K/\tau` (:math:`QK^\top`
+    unchanged), ``tau="balance"`` giving :math:`\tau = \sqrt{\max_j\|k_j\|/\max_i\|q_i\|}`.
+    ``pivots="keys"`` (the paper's algorithm): :func:`rnla.rpcholesky` on the key block
+    of the lift selects a coreset :math:`S` of keys and the Nyström (RKHS
+    least-squares) weights :math:`W = \kappa(K_S, K_S)^{-1}\kappa(K_S, K)` give
+    :math:`\hat A = A_{:S}W`; ``pivots="lift"``: :func:`rnla.rpcholesky` on the whole
+    lift :meth:`SoftmaxMatrix.psd_lift` (pivots among queries and keys).
+    """
+    n, m = problem.n, problem.m
+    pivots = check_option(pivots, ("keys", "lift"), "pivots")
+    top = m if pivots == "keys" else n + m
+    rank = min(64, top) if rank is None else rank
+    rank = check_int(rank, "rank", minimum=1, maximum=top)
+    tau = _check_tau(tau)
+    rs = math.sqrt(problem.scale)
+    outs, lses, rows, taus = [], [], [], []
+    flops, evals = 0.0, 0
+    for g in range(problem.n_slices):
+        q, k, v = _slice64(problem, g)
+        t = _balanced_tau(q, k) if tau == "balance" else tau
+        taus.append(t)
+        if pivots == "keys":
+            E = _KeyExpKernel((rs / t) * k)
+            S = n + rpcholesky(E, rank, rng=rng).pivots
+            evals += E.n_evaluations
+        else:
+            lift = SoftmaxMatrix(q, k, scale=problem.scale, stabilized=False).psd_lift(tau=t)
+            S = rpcholesky(lift.matrix, rank, rng=rng).pivots
+            evals += lift.matrix.n_evaluations
+        y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, t, S, 0.0)
+        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        outs.append(y)
+        lses.append(lse)
+        evals += ev
+        r = S.size
+        flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
+    how = (
+        f"tau = sqrt(max||k|| / max||q||) per slice ({min(taus):.3g} to {max(taus):.3g})"
+        if tau == "balance"
+        else f"tau = {tau}"
+    )
+    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; " + how + _CAP_TEXT)
+    return _finish(problem, outs, lses, bound, flops, evals)
+
+
+# ---------------------------------------------------------------------------------------
+# best rank-r approximation of A (the yardstick)
+# ---------------------------------------------------------------------------------------
+
+
+@register(
+    "rsvd_oracle",
+    section="§4",
+    family="low-rank",
+    causal=False,
+    bound="probabilistic",
+    summary="Yardstick: randomized SVD of the implicit A, output diag(A~1)^-1 A~V.",
+)
+def _rsvd_oracle(
+    problem: Problem, *, rng, rank=None, oversample=10, form="normalized", failure_probability=1e-3
+):
+    r"""Near-best rank-``r`` approximation of the row-scaled :math:`A` by rSVD.
+
+    :func:`rnla.rsvd` (block Krylov) on the operator of the :class:`SoftmaxMatrix`
+    :math:`\bar A = \operatorname{diag}(e^{-c})A` in the given ``form`` (default the
+    attention matrix :math:`Z^{-1}A`, whose rows all weigh the same in the truncation),
+    products only (the row scaling cancels in :math:`\tilde Y`). Bound:
+    :math:`\|\bar a_i - \tilde a_i\|_1 \le \sqrt m\,\|\bar A - \tilde A\|_2` with the
+    spectral residual bounded a posteriori by :func:`rnla.estimate.lowrank_error_estimate`.
+    """
+    n, m = problem.n, problem.m
+    rank = min(32, n, m) if rank is None else rank
+    rank = check_int(rank, "rank", minimum=1, maximum=min(n, m))
+    oversample = check_int(oversample, "oversample", minimum=0)
+    form = check_option(form, ("normalized", "stabilized", "raw"), "form")
+    delta = check_probability(failure_probability, "failure_probability")
+    G = problem.n_slices
+    outs, lses, rows = [], [], []
+    flops, evals = 0.0, 0
+    for g in range(G):
+        q, k, v = _slice64(problem, g)
+        sm = SoftmaxMatrix(q, k, scale=problem.scale)
+        sm = {"normalized": sm.normalized, "stabilized": sm.stabilized, "raw": sm.raw}[form]()
+        op = sm.as_linear_operator()
+        res = rsvd(op, rank, oversample=oversample, rng=rng)
+        est = lowrank_error_estimate(op, res, ord=2, failure_probability=delta / G, rng=rng)
+        num = res.U @ ((res.s[:, None] * res.Vt) @ np.column_stack([v, np.ones(m)]))
+        y, z = _ratio_output(num)
+        l1 = np.full(n, math.sqrt(m) * est.upper)
+        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        outs.append(y)
+        lses.append(_log_abs(z) + sm.log_row_scale())
+        ev = sm.n_evaluations + sm.n_statistics_evaluations
+        evals += ev
+        flops += 2.0 * ev * problem.d + 2.0 * sm.n_evaluations * (rank + oversample)
+    bound = _fro_bound(
+        rows,
+        "probabilistic",
+        "Normaliser-aware row lemma with ||a_i - a~_i||_1 <= sqrt(m) ||A - A~||_2 (A in "
+        f"the {form} form of SoftmaxMatrix), the spectral residual bounded a posteriori by "
+        "rnla.estimate.lowrank_error_estimate (Gaussian probes, power method), each slice "
+        f"failing with probability <= {delta / G:.3g}, {delta:.3g} overall (union bound)"
+        + _CAP_TEXT,
+        delta,
+    )
+    return _finish(problem, outs, lses, bound, flops, evals)
+
+
+# ---------------------------------------------------------------------------------------
+# §4.2 Linformer (training-free), Nyströmformer, CSALR
+# ---------------------------------------------------------------------------------------
+
+
+@register(
+    "linformer",
+    section="§4.2",
+    family="low-rank",
+    causal=False,
+    bound=None,
+    summary="Linformer, training-free: random JL projections E = F of keys and values.",
+)
+def _linformer(problem: Problem, *, rng, k=None, sketch="gaussian"):
+    r"""Linformer (Wang et al. 2020) with a random projection instead of learned ones.
+
+    :math:`\tilde Y = \operatorname{softmax}(s\,Q(EK)^\top)(FV)` with
+    :math:`E = F = S` a ``(k, m)`` sketch from :mod:`rnla.sketch` (Theorem 2 of the
+    paper uses scaled Gaussian :math:`E = \delta R`, :math:`F = e^{-\delta}R`).
+    """
+    n, m = problem.n, problem.m
+    k = min(64, m) if k is None else k
+    k = check_int(k, "k", minimum=1, maximum=m)
+    make = check_option(sketch, _SKETCHES, "sketch")
+    outs = []
+    flops = 0.0
+    for g in range(problem.n_slices):
+        q, kk, v = _slice64(problem, g)
+        S = make(k, m, rng=rng)
+        SK, SV = S @ kk, S @ v
+        p, _ = _softmax_rows(problem.scale * (q @ SK.T))
+        outs.append(p @ SV)
+        flops += 2.0 * k * m * (problem.d + problem.dv) + 2.0 * n * k * (problem.d + problem.dv)
+    return _finish(problem, outs, None, None, flops, problem.n_slices * n * k)
+
+
+def _segment_means(X: np.ndarray, c: int) -> np.ndarray:
+    """Means of ``c`` contiguous segments of near-equal length (``np.array_split``)."""
+    n = X.shape[0]
+    sizes = np.full(c, n // c, dtype=np.int64)
+    sizes[: n % c] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    csum = np.concatenate([np.zeros((1, X.shape[1])), np.cumsum(X, axis=0)])
+    return (csum[bounds[1:]] - csum[bounds[:-1]]) / np.diff(bounds)[:, None]
+
+
+_PINV = ("iterative", "exact", "truncated")
+
+
+def _pinv(A: np.ndarray, method: str, n_iter: int, rcond: float) -> tuple[np.ndarray, float]:
+    r"""Pseudo-inverse of the landmark matrix and its residual :math:`\|I - AZ\|_2`.
+
+    ``iterative``: the Nyströmformer iteration (Razavi et al. 2014 form)
+    :math:`Z \leftarrow \tfrac14 Z(13I - AZ(15I - AZ(7I - AZ)))` from
+    :math:`Z_0 = A^\top/(\|A\|_1\|A\|_\infty)`, ``n_iter`` times (cubic convergence
+    once the residual is below 1).
+    """
+    c = A.shape[0]
+    eye = np.eye(c)
+    if method == "iterative":
+        Z = A.T / (np.abs(A).sum(0).max() * np.abs(A).sum(1).max())
+        for _ in range(n_iter):
+            AZ = A @ Z
+            Z = 0.25 * Z @ (13 * eye - AZ @ (15 * eye - AZ @ (7 * eye - AZ)))
+    elif method == "exact":
+        Z = np.linalg.pinv(A)
+    else:
+        Z = np.linalg.pinv(A, rtol=rcond)
+    return Z, float(np.linalg.norm(eye - A @ Z, 2))
+
+
+def _landmark_pieces(problem: Problem, g: int, c: int):
+    q, k, v = _slice64(problem, g)
+    s = problem.scale
+    qt, kt = _segment_means(q, c), _segment_means(k, c)
+    F, _ = _softmax_rows(s * (q @ kt.T))
+    C, _ = _softmax_rows(s * (qt @ kt.T))
+    B, _ = _softmax_rows(s * (qt @ k.T))
+    return F, C, B, v
+
+
+def _check_landmarks(landmarks, problem: Problem) -> int:
+    if landmarks is None:
+        return min(64, problem.n, problem.m)
+    return check_int(landmarks, "landmarks", minimum=1, maximum=min(problem.n, problem.m))
+
+
+@register(
+    "nystromformer",
+    section="§4.2",
+    family="low-rank",
+    causal=False,
+    bound=None,
+    summary="Nyströmformer: segment-means landmarks, iterative/exact/truncated pinv.",
+)
+def _nystromformer(
+    problem: Problem, *, rng, landmarks=None, pinv="iterative", n_iter=6, rcond=1e-2
+):
+    r"""Nyströmformer (Xiong et al. 2021): :math:`\tilde F\,Z\,(\tilde BV)`.
+
+    :math:`\tilde F = \operatorname{softmax}(sQ\tilde K^\top)`,
+    :math:`C = \operatorname{softmax}(s\tilde Q\tilde K^\top)`,
+    :math:`\tilde B = \operatorname{softmax}(s\tilde QK^\top)` with segment-mean
+    landmarks :math:`\tilde Q, \tilde K`, and :math:`Z \approx C^+`.
+    """
+    c = _check_landmarks(landmarks, problem)
+    pinv = check_option(pinv, _PINV, "pinv")
+    n_iter = check_int(n_iter, "n_iter", minimum=0)
+    rcond = check_probability(rcond, "rcond")
+    outs, resid = [], []
+    n, m = problem.n, problem.m
+    for g in range(problem.n_slices):
+        F, C, B, v = _landmark_pieces(problem, g, c)
+        Z, res = _pinv(C, pinv, n_iter, rcond)
+        resid.append(res)
+        outs.append(F @ (Z @ (B @ v)))
+    if pinv == "iterative" and max(resid) > 0.5:
+        # From Z0 the residual is 1 - sigma_min^2 / (||A||_1 ||A||_inf) < 1 and it only
+        # contracts cubically once small: above 1/2 Z is far from the pseudo-inverse.
+        warnings.warn(
+            f"nystromformer: the pseudo-inverse iteration did not converge, "
+            f"max ||I - A_S Z||_2 = {max(resid):.3g} > 0.5 after n_iter={n_iter} "
+            f"(median {float(np.median(resid)):.3g}); use pinv='truncated' or more n_iter",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    dd = problem.d + problem.dv
+    flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + (8 * n_iter + 2) * c**3)
+    return _finish(problem, outs, None, None, flops, problem.n_slices * c * (n + m + c))
+
+
+@register(
+    "csalr",
+    section="§4.2",
+    family="low-rank",
+    causal=False,
+    bound=None,
+    summary="CSALR (survey form): Nyströmformer form with the core C' = C + ones.",
+)
+def _csalr(problem: Problem, *, rng, landmarks=None, augment="diagonal"):
+    r"""CSALR as stated in the survey: the Nyströmformer form with an invertible core.
+
+    :math:`\tilde A = \tilde F C'^{-1}\tilde B` and
+    :math:`\tilde Y = \operatorname{diag}(\tilde A\mathbf 1)^{-1}\tilde AV`, with
+    ``augment="diagonal"``: :math:`C' = C + I` (ones added on the diagonal; invertible
+    because :math:`C` is a positive row-stochastic matrix, whose eigenvalues other than
+    1 have modulus < 1 (Perron-Frobenius), so -1 is not one) or ``"ones"``:
+    :math:`C' = C + \mathbf 1\mathbf 1^\top` (solved by least squares if singular).
+    """
+    c = _check_landmarks(landmarks, problem)
+    augment = check_option(augment, ("diagonal", "ones"), "augment")
+    outs = []
+    n, m = problem.n, problem.m
+    for g in range(problem.n_slices):
+        F, C, B, v = _landmark_pieces(problem, g, c)
+        Cp = C + (np.eye(c) if augment == "diagonal" else np.ones((c, c)))
+        R = B @ np.column_stack([v, np.ones(m)])
+        try:
+            X = np.linalg.solve(Cp, R)
+        except np.linalg.LinAlgError:
+            X = np.linalg.lstsq(Cp, R, rcond=None)[0]
+        outs.append(_ratio_output(F @ X)[0])
+    dd = problem.d + problem.dv
+    flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + 2 * c**3)
+    return _finish(problem, outs, None, None, flops, problem.n_slices * c * (n + m + c))
