@@ -463,11 +463,15 @@ def _rsvd_oracle(
     r"""Near-best rank-``r`` approximation of the row-scaled :math:`A` by rSVD.
 
     :func:`rnla.rsvd` (block Krylov) on the operator of the :class:`SoftmaxMatrix`
-    :math:`\bar A = \operatorname{diag}(e^{-c})A` in the given ``form`` (default the
-    attention matrix :math:`Z^{-1}A`, whose rows all weigh the same in the truncation),
-    products only (the row scaling cancels in :math:`\tilde Y`). Bound:
-    :math:`\|\bar a_i - \tilde a_i\|_1 \le \sqrt m\,\|\bar A - \tilde A\|_2` with the
-    spectral residual bounded a posteriori by :func:`rnla.estimate.lowrank_error_estimate`.
+    :math:`\bar A = \operatorname{diag}(e^{-c})A` in the given ``form``, products only.
+    Default: the attention matrix :math:`P = Z^{-1}A`, whose rows all weigh the same in the
+    truncation; the output is :math:`\tilde P V` (not renormalised: :math:`P` is
+    row-stochastic) and :math:`\|Y - \tilde P V\|_F \le \|P - \tilde P\|_2 \|V\|_F`.
+    Other forms renormalise, :math:`\tilde Y = \operatorname{diag}(\tilde A 1)^{-1}
+    \tilde A V`, bounded by the row lemma with
+    :math:`\|\bar a_i - \tilde a_i\|_1 \le \sqrt m\,\|\bar A - \tilde A\|_2`. The
+    spectral residual is bounded a posteriori by
+    :func:`rnla.estimate.lowrank_error_estimate`.
     """
     n, m = problem.n, problem.m
     rank = min(32, n, m) if rank is None else rank
@@ -485,20 +489,38 @@ def _rsvd_oracle(
         op = sm.as_linear_operator()
         res = rsvd(op, rank, oversample=oversample, rng=rng)
         est = lowrank_error_estimate(op, res, ord=2, failure_probability=delta / G, rng=rng)
-        num = res.U @ ((res.s[:, None] * res.Vt) @ np.column_stack([v, np.ones(m)]))
-        y, z = _ratio_output(num)
-        l1 = np.full(n, math.sqrt(m) * est.upper)
-        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        if form == "normalized":
+            # P = Z^{-1} A is row-stochastic and Y = P V exactly: no renormalisation (which
+            # divides by row sums of P~ that can be near 0 on sharp heads), and
+            # ||Y - P~ V||_F = ||(P - P~) V||_F <= ||P - P~||_2 ||V||_F.
+            y = res.U @ ((res.s[:, None] * res.Vt) @ v)
+            c, R = value_radius(v)
+            cap = np.sqrt(np.sum((y - c) ** 2, axis=1)) + R
+            pad = 4.0 * np.finfo(problem.dtype).eps * (np.sqrt(np.sum(y * y, axis=1)) + R)
+            fro = min(est.upper * np.linalg.norm(v), float(np.linalg.norm(cap)))
+            rows.append(np.full(n, fro / math.sqrt(n)) + pad)
+            lses.append(sm.log_row_sums())
+        else:
+            num = res.U @ ((res.s[:, None] * res.Vt) @ np.column_stack([v, np.ones(m)]))
+            y, z = _ratio_output(num)
+            l1 = np.full(n, math.sqrt(m) * est.upper)
+            rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+            lses.append(_log_abs(z) + sm.log_row_scale())
         outs.append(y)
-        lses.append(_log_abs(z) + sm.log_row_scale())
         ev = sm.n_evaluations + sm.n_statistics_evaluations
         evals += ev
         flops += 2.0 * ev * problem.d + 2.0 * sm.n_evaluations * (rank + oversample)
+    how = (
+        "||Y - P~V||_F <= ||P - P~||_2 ||V||_F with P = Z^{-1}A row-stochastic (output P~V, "
+        "not renormalised; rows of the list are the Frobenius bound spread evenly)"
+        if form == "normalized"
+        else "Normaliser-aware row lemma with ||a_i - a~_i||_1 <= sqrt(m) ||A - A~||_2 (A in "
+        f"the {form} form of SoftmaxMatrix)"
+    )
     bound = _fro_bound(
         rows,
         "probabilistic",
-        "Normaliser-aware row lemma with ||a_i - a~_i||_1 <= sqrt(m) ||A - A~||_2 (A in "
-        f"the {form} form of SoftmaxMatrix), the spectral residual bounded a posteriori by "
+        how + ", the spectral residual bounded a posteriori by "
         "rnla.estimate.lowrank_error_estimate (Gaussian probes, power method), each slice "
         f"failing with probability <= {delta / G:.3g}, {delta:.3g} overall (union bound)"
         + _CAP_TEXT,
