@@ -11,6 +11,7 @@ from attention import bounds
 from attention._core import AttentionApprox, Cost, ErrorBound, relative_error
 from attention._registry import MethodInfo, approximate, methods
 from attention.bounds import Certificate, certify
+from attention.exact import merge_partials, reference_attention, softmax_attention
 from attention.softmax_matrix import SoftmaxMatrix
 
 __all__ = [
@@ -23,6 +24,9 @@ __all__ = [
     "approximate",
     "bounds",
     "certify",
+    "merge_partials",
     "methods",
+    "reference_attention",
     "relative_error",
+    "softmax_attention",
 ]

