@@ -35,6 +35,11 @@ class Dataset:
     causal: bool
     scale: float
     description: str
+    labels: tuple = ()
+
+    def label(self, h: int) -> str:
+        """Name of head ``h`` (model layer and head when known)."""
+        return self.labels[h] if h < len(self.labels) else f"head {h}"
 
 
 def load_dataset(data: str | None = None, *, input: str | None = None, synthetic_n=None, seed=0):
@@ -44,7 +49,16 @@ def load_dataset(data: str | None = None, *, input: str | None = None, synthetic
     if input is not None:
         s = shipped.load_npz(input)
         return [
-            Dataset(Path(input).stem, s.Q, s.K, s.V, bool(s.causal), float(s.scale), s.description)
+            Dataset(
+                Path(input).stem,
+                s.Q,
+                s.K,
+                s.V,
+                bool(s.causal),
+                float(s.scale),
+                s.description,
+                _labels(s.heads),
+            )
         ]
     if synthetic_n is not None:
         return [synthetic_dataset(int(synthetic_n), seed=seed)]
@@ -52,8 +66,25 @@ def load_dataset(data: str | None = None, *, input: str | None = None, synthetic
     out = []
     for name in names:
         s = shipped.load_sample(name)
-        out.append(Dataset(name, s.Q, s.K, s.V, bool(s.causal), float(s.scale), s.description))
+        out.append(
+            Dataset(
+                name,
+                s.Q,
+                s.K,
+                s.V,
+                bool(s.causal),
+                float(s.scale),
+                s.description,
+                _labels(s.heads),
+            )
+        )
     return out
+
+
+def _labels(heads) -> tuple:
+    return tuple(
+        f"layer {int(layer)}, head {int(h)}" for layer, h in np.asarray(heads).reshape(-1, 2)
+    )
 
 
 def synthetic_dataset(n: int, *, heads: int = 4, d: int = 64, seed=0) -> Dataset:
@@ -441,7 +472,7 @@ def run_spectra(datasets, *, out_dir: Path, block: int = 128, max_heads: int = 4
         )
         for ax, P, h in zip(axes[0], P_blocks, heads, strict=True):
             ax.imshow(np.log10(np.maximum(P, 1e-12)), cmap="magma", vmin=-6, vmax=0)
-            ax.set_title(f"head {h}: log10 Z⁻¹A", fontsize=8)
+            ax.set_title(f"{ds.label(h)}: log10 Z⁻¹A", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle(
@@ -455,7 +486,7 @@ def run_spectra(datasets, *, out_dir: Path, block: int = 128, max_heads: int = 4
         for ax, sv, h in zip(axes[0], svals, heads, strict=True):
             for name, s in sv.items():
                 ax.semilogy(s / s[0], label=name, lw=1)
-            ax.set(title=f"head {h}", xlabel="index", ylim=(1e-12, 2))
+            ax.set(title=ds.label(h), xlabel="index", ylim=(1e-12, 2))
             ax.legend(fontsize=6)
         fig.suptitle(f"{ds.name}: normalised singular values (survey Figs. 7-8)", fontsize=9)
         fig.tight_layout()
