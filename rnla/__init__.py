@@ -17,6 +17,10 @@ nystrom
     Stabilised Nyström for PSD operators and randomly pivoted Cholesky.
 cur
     Interpolative decomposition, CUR and adaptive cross approximation.
+krylov
+    Lanczos and block Lanczos, f(A)b, Gauss and Gauss-Radau quadrature bounds.
+trace
+    Hutchinson, Hutch++, XTrace, XNysTrace, stochastic Lanczos quadrature, logdet.
 bounds
     Closed-form a-priori bounds, one function per theorem.
 
@@ -26,7 +30,7 @@ the same name are reached with ``from rnla.nystrom import ...``).
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import bounds, estimate, lowrank, operators
+from rnla import bounds, estimate, krylov, lowrank, operators, trace
 from rnla._results import (
     CholeskyResult,
     CrossResult,
@@ -80,6 +84,7 @@ __all__ = [
     "estimate",
     "generalized_nystrom",
     "interpolative",
+    "krylov",
     "lowrank",
     "lowrank_error_estimate",
     "norm_estimate",
@@ -92,4 +97,5 @@ __all__ = [
     "rsvd",
     "single_pass_svd",
     "sketch",
+    "trace",
 ]

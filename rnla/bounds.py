@@ -38,6 +38,7 @@ __all__ = [
     "CURBound",
     "SinglePassBound",
     "SketchSize",
+    "cg_error_bound",
     "countsketch_embedding_size",
     "countsketch_inner_product_variance",
     "cur_bound",
@@ -50,6 +51,7 @@ __all__ = [
     "hutchinson_variance",
     "id_bound",
     "jl_dimension",
+    "lanczos_quadrature_bound",
     "nystrom_expected_trace_bound",
     "nystrom_structural_bound",
     "orthogonal_gaussian_embedding_size",
@@ -1094,6 +1096,7 @@ def hutchinson_variance(A, /, *, distribution="gaussian") -> float:
 # Bounds of the low-rank algorithms live next to nothing else but their theorem; they are
 # re-exported here so that ``rnla.bounds`` is the one place to look for a bound.
 from rnla._bounds_cur import CURBound, cur_bound, id_bound, rrqr_growth, strong_rrqr_bound  # noqa: E402
+from rnla._bounds_krylov import cg_error_bound, lanczos_quadrature_bound  # noqa: E402
 from rnla._bounds_lowrank import (  # noqa: E402
     SinglePassBound,
     hmt_frobenius_bound,
