@@ -21,6 +21,9 @@ krylov
     Lanczos and block Lanczos, f(A)b, Gauss and Gauss-Radau quadrature bounds.
 trace
     Hutchinson, Hutch++, XTrace, XNysTrace, stochastic Lanczos quadrature, logdet.
+tensor
+    TT-SVD, randomized TT, TT rounding and arithmetic, TT-cross, randomized Tucker
+    (results are tensorly's ``TTTensor`` / ``TuckerTensor``).
 bounds
     Closed-form a-priori bounds, one function per theorem.
 
@@ -30,7 +33,7 @@ the same name are reached with ``from rnla.nystrom import ...``).
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import bounds, estimate, krylov, lowrank, operators, trace
+from rnla import bounds, estimate, krylov, lowrank, operators, tensor, trace
 from rnla._results import (
     CholeskyResult,
     CrossResult,
@@ -97,5 +100,6 @@ __all__ = [
     "rsvd",
     "single_pass_svd",
     "sketch",
+    "tensor",
     "trace",
 ]

@@ -56,6 +56,8 @@ __all__ = [
     "nystrom_structural_bound",
     "orthogonal_gaussian_embedding_size",
     "rademacher_embedding_size",
+    "randomized_tt_bound",
+    "randomized_tucker_bound",
     "rpcholesky_rank_bound",
     "rrqr_growth",
     "single_pass_bound",
@@ -65,6 +67,9 @@ __all__ = [
     "strong_rrqr_bound",
     "tensor_sketch_inner_product_variance",
     "tensor_sketch_variance_bound",
+    "tt_svd_bound",
+    "tt_unfolding_tails",
+    "tucker_unfolding_tails",
 ]
 
 
@@ -1109,4 +1114,11 @@ from rnla._bounds_nystrom import (  # noqa: E402
     nystrom_expected_trace_bound,
     nystrom_structural_bound,
     rpcholesky_rank_bound,
+)
+from rnla._bounds_tensor import (  # noqa: E402
+    randomized_tt_bound,
+    randomized_tucker_bound,
+    tt_svd_bound,
+    tt_unfolding_tails,
+    tucker_unfolding_tails,
 )
