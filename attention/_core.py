@@ -316,7 +316,7 @@ def prepare(Q, K, V, *, scale=None, causal=False, mask=None) -> Problem:
     qlead, kvlead = Q.shape[:-2], K.shape[:-2]
 
     group = 1
-    if qlead and kvlead and qlead[-1] != kvlead[-1] and kvlead[-1] != 1:
+    if qlead and kvlead and qlead[-1] != kvlead[-1] and 1 not in (qlead[-1], kvlead[-1]):
         hq, hk = qlead[-1], kvlead[-1]
         if hq % hk:
             raise ValueError(

@@ -48,6 +48,13 @@ def test_prepare_broadcasts_leading_dims_without_copying_kv(rng):
     assert finish_lse(p, None) is None
 
 
+def test_prepare_single_query_head_broadcasts_over_kv_heads(rng):
+    Q, K, V = qkv(rng, (2, 1, 4, 3), (1, 3, 5, 3))
+    p = prepare(Q, K, V)
+    assert p.lead == (2, 3)
+    np.testing.assert_array_equal(p.kv_index, [0, 1, 2, 0, 1, 2])
+
+
 def test_prepare_single_kv_head_broadcasts(rng):
     Q, K, V = qkv(rng, (5, 3, 2), (1, 4, 2))
     p = prepare(Q, K, V)

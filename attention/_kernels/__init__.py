@@ -1,0 +1,1 @@
+"""Numba kernels of the :mod:`attention` package (private; no validation inside)."""

@@ -1,0 +1,407 @@
+"""Exact softmax attention: a blocked online-softmax Numba kernel and a NumPy oracle.
+
+:func:`softmax_attention` is the exact reference every approximation is measured and
+timed against: it never forms the ``n x m`` score matrix. :func:`reference_attention`
+forms it (plain NumPy, float64 internally) and serves as the test oracle.
+:func:`merge_partials` combines attention results over disjoint key sets through their
+log-normalisers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+from attention._core import Problem, finish, finish_lse, prepare
+from attention._kernels.exact import _attend_kernel
+from rnla._validation import as_float_array, result_dtype
+
+__all__ = ["merge_partials", "reference_attention", "softmax_attention"]
+
+# Query rows per block (the unit of parallel work) and keys per block (the GEMM width).
+# Chosen on a 2-core AVX2 machine (benchmarks/attention_exact.py): the score block
+# (BQ x BK) stays in L2 and both GEMMs are large enough to run near the BLAS rate.
+_BQ = 128
+_BK = 512
+# Below this many multiply-adds a call runs on one thread.
+_SERIAL_WORK = 2**20
+
+try:  # optional: keeps BLAS single-threaded inside the Numba threads (no oversubscription)
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - depends on the environment
+    ThreadpoolController = None
+_CONTROLLER = []
+
+
+def _single_threaded_blas():
+    """Context that keeps BLAS on one thread while the kernel runs.
+
+    Each Numba thread calls GEMM on its own blocks: a multithreaded BLAS would start
+    ``T x T`` threads on ``T`` cores (OpenBLAS also serialises concurrent threaded
+    calls), and OpenBLAS's float32 GEMM rounds differently with one and with several
+    threads, which would make the result depend on the thread count. Uses
+    :mod:`threadpoolctl` when installed, otherwise does nothing.
+    """
+    if ThreadpoolController is None:  # pragma: no cover - depends on the environment
+        return contextlib.nullcontext()
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
+def _mask_views(problem: Problem, mask_mode: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the kernel's ``(mask_b, mask_f)`` pair of 4-D views (one is a dummy)."""
+    dummy_b = np.broadcast_to(np.ones((1, 1, 1, 1), dtype=np.bool_), (2, 1, 1, 1))
+    dummy_f = np.broadcast_to(np.zeros((1, 1, 1, 1), dtype=problem.dtype), (2, 1, 1, 1))
+    if mask_mode == 0:
+        return dummy_b, dummy_f
+    # A zero-stride leading axis of length 2 makes the view non-contiguous whatever the
+    # mask's own layout, so Numba compiles one specialisation per dtype only.
+    view = np.broadcast_to(problem.mask[None], (2, *problem.mask.shape))
+    return (view, dummy_f) if mask_mode == 1 else (dummy_b, view)
+
+
+def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact attention of a prepared problem (private kernel entry).
+
+    Parameters
+    ----------
+    problem : Problem
+        Validated inputs from :func:`attention._core.prepare`.
+    rows : array_like of int, optional
+        Query rows (indices into ``0..n-1``, not validated) to compute; all rows by
+        default. Costs ``O(len(rows) * m * (d + dv))`` per slice (used by certificates).
+
+    Returns
+    -------
+    out : ndarray, shape (G, r, dv)
+        Attention output of the selected rows (``r = len(rows)`` or ``n``), in the
+        problem dtype.
+    lse : ndarray, shape (G, r)
+        ``log`` of the softmax normaliser of each row (``-inf`` for rows that see no
+        key), float64.
+    """
+    rows = np.arange(problem.n, dtype=np.int64) if rows is None else np.asarray(rows)
+    rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    G, r, dv = problem.n_slices, rows.shape[0], problem.dv
+    out = np.empty((G, r, dv), dtype=problem.dtype)
+    lse = np.empty((G, r), dtype=np.float64)
+    if r == 0:
+        return out, lse
+    if problem.mask is None:
+        mask_mode, mask_index = 0, np.zeros(G, dtype=np.int64)
+    else:
+        mask_mode = 1 if problem.mask.dtype == np.bool_ else 2
+        mask_index = np.ascontiguousarray(problem.mask_index, dtype=np.int64)
+    mask_b, mask_f = _mask_views(problem, mask_mode)
+    n_tasks = G * -(-r // _BQ)
+    small = n_tasks < 2 or G * r * problem.m * (problem.d + dv) < _SERIAL_WORK
+    threads = numba.get_num_threads()
+    try:
+        if small:
+            # Waking the thread pool costs more than the work (milliseconds on a loaded
+            # machine); the thread count is thread-local and does not change the result.
+            numba.set_num_threads(1)
+        with _single_threaded_blas():
+            _attend_kernel(
+                problem.q,
+                problem.k,
+                problem.v,
+                np.ascontiguousarray(problem.kv_index, dtype=np.int64),
+                rows,
+                mask_b,
+                mask_f,
+                mask_index,
+                mask_mode,
+                float(problem.scale),
+                bool(problem.causal),
+                int(problem.offset),
+                _BQ,
+                _BK,
+                out,
+                lse,
+            )
+    finally:
+        numba.set_num_threads(threads)
+    return out, lse
+
+
+def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_lse=False):
+    r"""Exact softmax attention by a blocked online-softmax kernel.
+
+    Computes ``Y = softmax(Q K^T * scale + mask) V`` row by row without forming the
+    ``n x m`` score matrix.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+        Queries.
+    K : array_like, shape (..., m, d)
+        Keys.
+    V : array_like, shape (..., m, dv)
+        Values. Leading dimensions of ``Q`` and ``K``/``V`` broadcast; if the head axis
+        (third from last) of ``K``/``V`` has ``hk`` heads and that of ``Q`` has
+        ``hq = g * hk``, query head ``h`` uses key/value head ``h // g`` (grouped-query
+        attention, PyTorch's ``enable_gqa`` convention).
+    scale : float, optional
+        Score scale; ``1 / sqrt(d)`` by default.
+    causal : bool, default=False
+        Causal masking aligned to the bottom-right corner: query ``i`` sees key ``j``
+        iff ``j <= i + m - n`` (the flash-attn >= 2.1 convention). For ``n == m`` this
+        is the usual lower-triangular pattern; for ``n != m`` it differs from PyTorch's
+        ``is_causal=True``, which is aligned to the top-left corner (``j <= i``).
+    mask : array_like of bool or float, optional
+        Broadcastable to ``(..., n, m)``. Boolean: True means *attend* (PyTorch
+        convention). Floating: added to the scaled scores (``-inf`` hides a key).
+        Combined with ``causal`` if both are given.
+    return_lse : bool, default=False
+        Also return the log-normaliser of each row.
+
+    Returns
+    -------
+    Y : ndarray, shape (..., n, dv)
+        Attention output, dtype of the inputs (float32 stays float32). Rows that see no
+        key (fully masked) are 0.
+    lse : ndarray, shape (..., n)
+        Only if ``return_lse``: ``lse_i = log sum_j exp(s_ij)`` over the visible keys,
+        ``-inf`` for fully masked rows. Lets results over disjoint key sets be combined
+        with :func:`merge_partials`.
+
+    Raises
+    ------
+    TypeError
+        Complex or non-numeric inputs, non-boolean ``causal``, a mask that is neither
+        boolean nor floating.
+    ValueError
+        Mismatched ``d`` or ``m``, leading shapes that do not broadcast, query heads not
+        a multiple of key/value heads, NaN or inf inputs, a mask that does not broadcast
+        to ``(..., n, m)`` or holds NaN / ``+inf``.
+
+    See Also
+    --------
+    reference_attention : The plain NumPy oracle (forms the score matrix).
+    merge_partials : Combine results over disjoint key sets.
+
+    Notes
+    -----
+    The FlashAttention recurrence [1]_ [2]_: for each block of 128 query rows, loop over
+    blocks of 512 keys, form the score block with one GEMM, update the running row
+    maximum ``mx``, normaliser ``l`` and unnormalised output ``acc`` by
+
+    .. math::
+
+        mx' = \max(mx, \max_j s_{ij}), \quad
+        l' = e^{mx - mx'} l + \sum_j e^{s_{ij} - mx'}, \quad
+        acc' = e^{mx - mx'} acc + P V_j,
+
+    and return ``acc / l`` with ``lse = mx + log l``. Every exponent is ``<= 0``, so no
+    score magnitude overflows; rows with no visible key keep ``mx = -inf`` and give 0.
+    The running sums are kept in float64 for both input dtypes.
+
+    Cost: ``2 n m (d + dv)`` flops per slice (``4 n m d`` for ``dv = d``) and ``n m``
+    exponentials; with ``causal=True`` key blocks entirely above the diagonal are
+    skipped, about half of that for ``n = m``. Extra memory: ``O(T * 128 * (d + 512 +
+    dv))`` for ``T`` threads plus the output, never ``O(n m)``.
+
+    Query blocks of all slices are distributed over Numba threads; each output block is
+    computed by one thread with a fixed operation order, so the result does not depend
+    on the number of Numba threads. BLAS is kept on one thread during the call (through
+    ``threadpoolctl``, when installed): the GEMMs run inside the Numba threads, and
+    OpenBLAS's float32 GEMM rounds differently with one and with several threads.
+
+    References
+    ----------
+    .. [1] T. Dao, D. Y. Fu, S. Ermon, A. Rudra, C. Ré, "FlashAttention: fast and
+       memory-efficient exact attention with IO-awareness", NeurIPS 2022,
+       arXiv:2205.14135.
+    .. [2] M. N. Rabe, C. Staats, "Self-attention does not need O(n^2) memory",
+       arXiv:2112.05682, 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.exact import softmax_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = (rng.standard_normal((2, 4, 16, 8)) for _ in range(3))
+    >>> softmax_attention(Q, K, V, causal=True).shape
+    (2, 4, 16, 8)
+    >>> Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    >>> lse.shape
+    (2, 4, 16)
+    """
+    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    out3, lse3 = _attend(problem)
+    Y = finish(problem, out3)
+    if return_lse:
+        return Y, finish_lse(problem, lse3)
+    return Y
+
+
+def reference_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_lse=False):
+    """Exact softmax attention in plain NumPy, forming the score matrix (the oracle).
+
+    Same parameters, semantics and validation as :func:`softmax_attention`; computes in
+    float64 and returns the input dtype.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+        Queries.
+    K : array_like, shape (..., m, d)
+        Keys.
+    V : array_like, shape (..., m, dv)
+        Values (grouped-query heads and broadcasting as in :func:`softmax_attention`).
+    scale : float, optional
+        Score scale; ``1 / sqrt(d)`` by default.
+    causal : bool, default=False
+        Bottom-right aligned causal mask (query ``i`` sees key ``j`` iff
+        ``j <= i + m - n``).
+    mask : array_like of bool or float, optional
+        Boolean (True = attend) or additive mask broadcastable to ``(..., n, m)``.
+    return_lse : bool, default=False
+        Also return the log-normaliser of each row.
+
+    Returns
+    -------
+    Y : ndarray, shape (..., n, dv)
+        Attention output; fully masked rows are 0.
+    lse : ndarray, shape (..., n)
+        Only if ``return_lse``; ``-inf`` for fully masked rows.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`softmax_attention`.
+
+    Notes
+    -----
+    Per slice: ``S = Q K^T * scale + bias`` with hidden entries set to ``-inf``, then
+    ``P = exp(S - rowmax(S))``, ``Y = P V / rowsum(P)``. Cost ``2 n m (d + dv)`` flops
+    per slice (no causal saving) and ``O(n m)`` memory: use it for tests and small
+    problems only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.exact import reference_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.standard_normal((5, 3)), rng.standard_normal((7, 3)), np.ones((7, 2))
+    >>> reference_attention(Q, K, V).shape
+    (5, 2)
+    """
+    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    G, n = problem.n_slices, problem.n
+    out3 = np.zeros((G, n, problem.dv))
+    lse3 = np.full((G, n), -np.inf)
+    for g in range(G):
+        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        S = (q @ k.T) * problem.scale
+        bias = problem.bias(g)
+        keep = problem.keep(g)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if bias is not None:
+                S = S + bias
+            if keep is not None:
+                S = np.where(keep, S, -np.inf)
+        mx = S.max(axis=1)
+        seen = mx > -np.inf
+        if not seen.any():
+            continue
+        P = np.exp(S[seen] - mx[seen, None])
+        z = P.sum(axis=1)
+        out3[g, seen] = (P @ v) / z[:, None]
+        lse3[g, seen] = mx[seen] + np.log(z)
+    Y = finish(problem, out3)
+    if return_lse:
+        return Y, finish_lse(problem, lse3)
+    return Y
+
+
+def merge_partials(outputs: Sequence, lses: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    r"""Merge attention results computed over disjoint key sets.
+
+    If ``(Y_i, lse_i)`` is the attention output and log-normaliser of the same queries
+    over the key set ``K_i`` (e.g. from :func:`softmax_attention` with
+    ``return_lse=True``), and the ``K_i`` partition the keys, the result over all keys is
+
+    .. math::
+
+        lse = \log \sum_i e^{lse_i}, \qquad Y = \sum_i e^{lse_i - lse} Y_i .
+
+    Parameters
+    ----------
+    outputs : sequence of array_like, each of shape (..., n, dv)
+        Partial outputs (all the same shape).
+    lses : sequence of array_like, each of shape (..., n)
+        Their log-normalisers (``-inf`` for rows that saw no key in that part).
+
+    Returns
+    -------
+    Y : ndarray, shape (..., n, dv)
+        Merged output; rows with ``lse_i = -inf`` in every part are 0.
+    lse : ndarray, shape (..., n)
+        Merged log-normaliser (``-inf`` for such rows).
+
+    Raises
+    ------
+    TypeError
+        Non-numeric or complex input, ``outputs``/``lses`` not sequences.
+    ValueError
+        No parts, different numbers of outputs and lses, mismatched shapes, NaN or inf in
+        an output, NaN or ``+inf`` in an lse.
+
+    Notes
+    -----
+    The merge is the final step of FlashAttention's split-KV ("flash-decoding") and of
+    HyperAttention's combination of a sparse and a sampled part. Computed stably with the
+    maximum ``lse_i`` subtracted; cost ``O(p n dv)`` for ``p`` parts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.exact import merge_partials, softmax_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = (rng.standard_normal((6, 4)) for _ in range(3))
+    >>> Y1, l1 = softmax_attention(Q, K[:3], V[:3], return_lse=True)
+    >>> Y2, l2 = softmax_attention(Q, K[3:], V[3:], return_lse=True)
+    >>> Y, lse = merge_partials([Y1, Y2], [l1, l2])
+    >>> Y.shape, lse.shape
+    ((6, 4), (6,))
+    """
+    if isinstance(outputs, np.ndarray) or isinstance(lses, np.ndarray):
+        raise TypeError("outputs and lses must be sequences (lists or tuples) of arrays")
+    outputs, lses = list(outputs), list(lses)
+    if not outputs:
+        raise ValueError("merge_partials needs at least one part, got 0")
+    if len(outputs) != len(lses):
+        raise ValueError(f"got {len(outputs)} outputs but {len(lses)} lses")
+    Ys = [as_float_array(Y, name=f"outputs[{i}]") for i, Y in enumerate(outputs)]
+    Ls = [as_float_array(L, name=f"lses[{i}]", allow_nonfinite=True) for i, L in enumerate(lses)]
+    shape = Ys[0].shape
+    if len(shape) < 2:
+        raise ValueError(f"outputs must have shape (..., n, dv), got {shape}")
+    for i, (Y, L) in enumerate(zip(Ys, Ls, strict=True)):
+        if Y.shape != shape:
+            raise ValueError(f"outputs[{i}] has shape {Y.shape}, outputs[0] has {shape}")
+        if L.shape != shape[:-1]:
+            raise ValueError(
+                f"lses[{i}] has shape {L.shape}, expected {shape[:-1]} (outputs without "
+                "the last axis)"
+            )
+        if np.isnan(L).any() or np.isposinf(L).any():
+            raise ValueError(f"lses[{i}] contains NaN or +inf; only -inf is allowed")
+    dtype = result_dtype(*(Y.dtype for Y in Ys), *(L.dtype for L in Ls))
+    L = np.stack([x.astype(np.float64) for x in Ls])
+    top = L.max(axis=0)
+    seen = top > -np.inf
+    safe_top = np.where(seen, top, 0.0)
+    W = np.exp(L - safe_top)  # exp(-inf) = 0 for parts that saw no key
+    z = W.sum(axis=0)
+    safe_z = np.where(seen, z, 1.0)
+    Y = sum(W[i][..., None] * Ys[i].astype(np.float64) for i in range(len(Ys)))
+    Y = np.where(seen[..., None], Y / safe_z[..., None], 0.0)
+    lse = np.where(seen, safe_top + np.log(safe_z), -np.inf)
+    return Y.astype(dtype), lse.astype(dtype)

@@ -1,0 +1,441 @@
+"""Exact attention: Numba online-softmax kernel vs the NumPy oracle, masks, merging."""
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attention._core import prepare
+from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
+
+# Max-norm error relative to max |Y| (DESIGN: ~1e-13 in float64, ~1e-6 in float32).
+RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
+
+
+def qkv(rng, shape_q, shape_k, dv=None, dtype=np.float64, scale=1.0):
+    dv = shape_k[-1] if dv is None else dv
+    Q = (scale * rng.standard_normal(shape_q)).astype(dtype)
+    K = (scale * rng.standard_normal(shape_k)).astype(dtype)
+    V = rng.standard_normal((*shape_k[:-1], dv)).astype(dtype)
+    return Q, K, V
+
+
+def naive(Q, K, V, scale, keep=None, bias=None):
+    """Row-by-row softmax of one 2-D slice in float64 (independent of the oracle)."""
+    Q, K, V = (np.asarray(x, dtype=np.float64) for x in (Q, K, V))
+    out = np.zeros((Q.shape[0], V.shape[1]))
+    lse = np.full(Q.shape[0], -np.inf)
+    for i in range(Q.shape[0]):
+        s = K @ Q[i] * scale
+        if bias is not None:
+            s = s + bias[i]
+        vis = np.isfinite(s) if keep is None else keep[i] & np.isfinite(s)
+        if not vis.any():
+            continue
+        mx = s[vis].max()
+        p = np.exp(s[vis] - mx)
+        out[i] = p @ V[vis] / p.sum()
+        lse[i] = mx + np.log(p.sum())
+    return out, lse
+
+
+def assert_close(Y, R, dtype, factor=1.0):
+    Y, R = np.asarray(Y, dtype=np.float64), np.asarray(R, dtype=np.float64)
+    assert Y.shape == R.shape
+    assert np.isfinite(Y).all()
+    err = np.max(np.abs(Y - R), initial=0.0)
+    assert err <= factor * RTOL[np.dtype(dtype)] * max(np.max(np.abs(R), initial=0.0), 1.0)
+
+
+def assert_lse_close(L, R, dtype, factor=1.0):
+    L, R = np.asarray(L, dtype=np.float64), np.asarray(R, dtype=np.float64)
+    assert np.array_equal(np.isneginf(L), np.isneginf(R))
+    fin = np.isfinite(R)
+    err = np.max(np.abs(L[fin] - R[fin]), initial=0.0)
+    assert err <= factor * RTOL[np.dtype(dtype)] * max(np.max(np.abs(R[fin]), initial=0.0), 1.0)
+
+
+# ----------------------------------------------------------------------------- oracle
+
+
+def test_reference_matches_naive(rng):
+    Q, K, V = qkv(rng, (7, 5), (9, 5), dv=3)
+    keep = rng.random((7, 9)) > 0.4
+    keep[2] = False
+    Y, lse = reference_attention(Q, K, V, mask=keep, return_lse=True)
+    R, rl = naive(Q, K, V, 1 / np.sqrt(5), keep=keep)
+    np.testing.assert_allclose(Y, R, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(lse, rl, rtol=1e-13)
+
+
+# ------------------------------------------------------------------- kernel == oracle
+
+SHAPES = [
+    pytest.param(1, 1, 1, 1, id="n1-m1-d1"),
+    pytest.param(1, 37, 8, 8, id="n1"),
+    pytest.param(37, 1, 8, 4, id="m1"),
+    pytest.param(20, 30, 1, 1, id="d1"),
+    pytest.param(129, 513, 16, 16, id="block-edges"),
+    pytest.param(300, 1100, 32, 8, id="many-blocks"),
+    pytest.param(256, 512, 64, 64, id="exact-blocks"),
+]
+
+
+@pytest.mark.parametrize(("n", "m", "d", "dv"), SHAPES)
+def test_kernel_matches_reference(rng, dtype, n, m, d, dv):
+    Q, K, V = qkv(rng, (2, n, d), (2, m, d), dv=dv, dtype=dtype)
+    Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    R, rl = reference_attention(Q, K, V, return_lse=True)
+    assert Y.dtype == dtype and lse.dtype == dtype
+    assert Y.shape == (2, n, dv) and lse.shape == (2, n)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
+@given(
+    n=st.integers(1, 140),
+    m=st.integers(1, 600),
+    d=st.integers(1, 12),
+    causal=st.booleans(),
+    use_mask=st.booleans(),
+    data_seed=st.integers(0, 2**31),
+)
+@settings(max_examples=25, deadline=None)
+def test_kernel_matches_reference_random(n, m, d, causal, use_mask, data_seed):
+    rng = np.random.default_rng(data_seed)
+    Q, K, V = qkv(rng, (n, d), (m, d), dv=3)
+    mask = rng.random((n, m)) > 0.3 if use_mask else None
+    Y, lse = softmax_attention(Q, K, V, causal=causal, mask=mask, return_lse=True)
+    R, rl = reference_attention(Q, K, V, causal=causal, mask=mask, return_lse=True)
+    assert_close(Y, R, np.float64)
+    assert_lse_close(lse, rl, np.float64)
+
+
+def test_integer_inputs_promote_to_float64(rng):
+    Q, K, V = (rng.integers(-3, 4, size=(5, 4)) for _ in range(3))
+    Y = softmax_attention(Q, K, V)
+    assert Y.dtype == np.float64
+    assert_close(Y, reference_attention(Q, K, V), np.float64)
+
+
+def test_scale(rng):
+    Q, K, V = qkv(rng, (6, 4), (10, 4))
+    Y = softmax_attention(Q, K, V, scale=0.7)
+    assert_close(Y, naive(Q, K, V, 0.7)[0], np.float64)
+
+
+# -------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize(
+    "mask_shape",
+    [(40, 70), (1, 70), (40, 1), (3, 40, 70), (1, 1, 70), (2, 1, 40, 70)],
+    ids=lambda s: "x".join(map(str, s)),
+)
+def test_boolean_mask_broadcast(rng, dtype, mask_shape):
+    Q, K, V = qkv(rng, (2, 3, 40, 8), (2, 3, 70, 8), dtype=dtype)
+    mask = rng.random(mask_shape) > 0.3
+    Y, lse = softmax_attention(Q, K, V, mask=mask, return_lse=True)
+    R, rl = reference_attention(Q, K, V, mask=mask, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+    # Independent check on one slice against the naive loop.
+    full = np.broadcast_to(mask, (2, 3, 40, 70))
+    Rn, _ = naive(Q[1, 2], K[1, 2], V[1, 2], 1 / np.sqrt(8), keep=full[1, 2])
+    assert_close(Y[1, 2], Rn, dtype)
+
+
+def test_additive_mask_with_neg_inf(rng, dtype):
+    Q, K, V = qkv(rng, (3, 50, 8), (3, 90, 8), dtype=dtype)
+    bias = rng.standard_normal((50, 90)) * 3
+    bias[rng.random((50, 90)) < 0.3] = -np.inf
+    bias[7] = -np.inf  # one fully masked row
+    Y, lse = softmax_attention(Q, K, V, mask=bias, return_lse=True)
+    R, rl = reference_attention(Q, K, V, mask=bias, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+    assert np.all(Y[:, 7] == 0) and np.all(np.isneginf(lse[:, 7]))
+    Rn, _ = naive(Q[0], K[0], V[0], 1 / np.sqrt(8), bias=bias)
+    assert_close(Y[0], Rn, dtype)
+
+
+def test_additive_mask_float32_input_float64_mask(rng):
+    Q, K, V = qkv(rng, (20, 4), (30, 4), dtype=np.float32)
+    bias = rng.standard_normal((20, 30))
+    Y = softmax_attention(Q, K, V, mask=bias)
+    assert Y.dtype == np.float32
+    assert_close(Y, reference_attention(Q, K, V, mask=bias), np.float32)
+
+
+def test_fully_masked_rows_give_zero_and_neg_inf(rng, dtype):
+    Q, K, V = qkv(rng, (130, 8), (600, 8), dtype=dtype)
+    mask = rng.random((130, 600)) > 0.5
+    mask[[0, 64, 129]] = False
+    with np.errstate(all="raise"):
+        Y, lse = softmax_attention(Q, K, V, mask=mask, return_lse=True)
+    assert np.isfinite(Y).all()
+    assert np.all(Y[[0, 64, 129]] == 0)
+    assert np.all(np.isneginf(lse[[0, 64, 129]]))
+    assert np.isfinite(np.delete(lse, [0, 64, 129])).all()
+    R, rl = reference_attention(Q, K, V, mask=mask, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
+def test_everything_masked(rng):
+    Q, K, V = qkv(rng, (2, 5, 3), (2, 9, 3))
+    Y, lse = softmax_attention(Q, K, V, mask=np.zeros((5, 9), bool), return_lse=True)
+    assert np.all(Y == 0) and np.all(np.isneginf(lse))
+
+
+# ------------------------------------------------------------------------- causal
+
+
+@pytest.mark.parametrize(
+    ("n", "m"),
+    [(200, 200), (70, 600), (600, 70), (1, 50), (50, 1), (513, 1030)],
+    ids=lambda v: str(v),
+)
+def test_causal_bottom_right(rng, dtype, n, m):
+    Q, K, V = qkv(rng, (2, n, 8), (2, m, 8), dtype=dtype)
+    Y, lse = softmax_attention(Q, K, V, causal=True, return_lse=True)
+    keep = np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n)
+    Rn, rln = naive(Q[1], K[1], V[1], 1 / np.sqrt(8), keep=keep)
+    assert_close(Y[1], Rn, dtype)
+    assert_lse_close(lse[1], rln, dtype)
+    R, rl = reference_attention(Q, K, V, causal=True, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+    if n > m:  # the first n - m rows see no key
+        assert np.all(Y[:, : n - m] == 0) and np.all(np.isneginf(lse[:, : n - m]))
+
+
+def test_causal_with_mask(rng):
+    Q, K, V = qkv(rng, (140, 8), (700, 8))
+    mask = rng.random((140, 700)) > 0.2
+    Y = softmax_attention(Q, K, V, causal=True, mask=mask)
+    keep = mask & (np.arange(700)[None, :] <= np.arange(140)[:, None] + 560)
+    assert_close(Y, naive(Q, K, V, 1 / np.sqrt(8), keep=keep)[0], np.float64)
+
+
+def test_causal_last_row_is_full_attention(rng):
+    Q, K, V = qkv(rng, (30, 8), (80, 8))
+    Y = softmax_attention(Q, K, V, causal=True)
+    assert_close(Y[-1], softmax_attention(Q[-1:], K, V)[0], np.float64)
+
+
+# ------------------------------------------------------------------ batch and GQA
+
+
+def test_grouped_query_attention(rng, dtype):
+    Q, K, V = qkv(rng, (2, 6, 40, 8), (2, 2, 90, 8), dtype=dtype)
+    Y = softmax_attention(Q, K, V, causal=True)
+    R = reference_attention(Q, np.repeat(K, 3, axis=1), np.repeat(V, 3, axis=1), causal=True)
+    assert_close(Y, R, dtype)
+    # Query head 4 uses key/value head 4 // 3 = 1 (repeat_interleave convention).
+    keep = np.arange(90)[None, :] <= np.arange(40)[:, None] + 50
+    assert_close(Y[1, 4], naive(Q[1, 4], K[1, 1], V[1, 1], 1 / np.sqrt(8), keep=keep)[0], dtype)
+
+
+def test_batch_broadcasting(rng):
+    Q, _, _ = qkv(rng, (2, 3, 30, 8), (1, 1, 1, 8))
+    _, K, V = qkv(rng, (1, 8), (1, 3, 50, 8))
+    Y = softmax_attention(Q, K, V)
+    assert Y.shape == (2, 3, 30, 8)
+    for b in range(2):
+        for h in range(3):
+            assert_close(Y[b, h], naive(Q[b, h], K[0, h], V[0, h], 1 / np.sqrt(8))[0], np.float64)
+    # One query sequence against a batch of key sets.
+    Y1 = softmax_attention(Q[0, 0], K, V)
+    assert Y1.shape == (1, 3, 30, 8)
+    assert_close(Y1[0, 2], naive(Q[0, 0], K[0, 2], V[0, 2], 1 / np.sqrt(8))[0], np.float64)
+
+
+# ----------------------------------------------------------------- extreme logits
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["pos", "neg"])
+def test_extreme_logits(rng, dtype, sign):
+    # Scores of magnitude ~1e4: no overflow, no NaN, nearly one-hot weights.
+    Q, K, V = qkv(rng, (64, 4), (700, 4), dtype=dtype)
+    Q = (sign * 100 * Q).astype(dtype)
+    K = (100 * K).astype(dtype)
+    smax = float(np.max(np.abs(Q.astype(float) @ K.astype(float).T))) / 2
+    assert smax > 5e3
+    with np.errstate(all="raise"):
+        Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    R, rl = reference_attention(Q, K, V, return_lse=True)
+    assert np.isfinite(Y).all() and np.isfinite(lse).all()
+    # A score perturbed by eps * |s| changes each weight by that relative amount.
+    eps = np.finfo(dtype).eps
+    assert np.max(np.abs(Y - R)) <= 20 * eps * smax * np.max(np.abs(V))
+    assert np.max(np.abs(lse - rl)) <= 20 * eps * smax
+
+
+def test_extreme_additive_mask(rng, dtype):
+    Q, K, V = qkv(rng, (20, 4), (40, 4), dtype=dtype)
+    bias = rng.choice([-1e4, 0.0, 1e4], size=(20, 40))
+    Y = softmax_attention(Q, K, V, mask=bias)
+    R = reference_attention(Q, K, V, mask=bias)
+    eps = np.finfo(dtype).eps
+    assert np.max(np.abs(Y - R)) <= 50 * eps * 1e4 * np.max(np.abs(V))
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def test_thread_count_determinism(rng, dtype):
+    Q, K, V = qkv(rng, (3, 300, 16), (3, 700, 16), dtype=dtype)
+    mask = rng.random((300, 700)) > 0.1
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        Y1, l1 = softmax_attention(Q, K, V, causal=True, mask=mask, return_lse=True)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        Y2, l2 = softmax_attention(Q, K, V, causal=True, mask=mask, return_lse=True)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(Y1, Y2) and np.array_equal(l1, l2)
+
+
+def test_inputs_not_mutated(rng):
+    Q, K, V = qkv(rng, (2, 20, 4), (2, 30, 4))
+    mask = rng.random((20, 30)) > 0.5
+    copies = [x.copy() for x in (Q, K, V, mask)]
+    softmax_attention(Q, K, V, mask=mask, causal=True)
+    for a, b in zip((Q, K, V, mask), copies, strict=True):
+        assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------- rows=
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_rows_subset(rng, dtype, causal):
+    Q, K, V = qkv(rng, (2, 300, 8), (2, 500, 8), dtype=dtype)
+    mask = rng.random((300, 500)) > 0.2
+    problem = prepare(Q, K, V, causal=causal, mask=mask)
+    out, lse = _attend(problem)
+    rows = np.array([299, 0, 5, 5, 150, 131, 17])
+    out_r, lse_r = _attend(problem, rows=rows)
+    assert out_r.shape == (2, 7, 8) and lse_r.shape == (2, 7)
+    # Equal up to rounding: BLAS may order the sums differently for another block height.
+    assert_close(out_r, out[:, rows], dtype)
+    assert_lse_close(lse_r, lse[:, rows], dtype)
+    empty_out, empty_lse = _attend(problem, rows=np.array([], dtype=np.int64))
+    assert empty_out.shape == (2, 0, 8) and empty_lse.shape == (2, 0)
+
+
+# ----------------------------------------------------------------- merge_partials
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_merge_partials_equals_full(rng, dtype, causal):
+    Q, K, V = qkv(rng, (2, 40, 8), (2, 100, 8), dtype=dtype)
+    cuts = [0, 13, 14, 60, 100]
+    keep = np.arange(100)[None, :] <= np.arange(40)[:, None] + 60
+    parts = []
+    for a, b in itertools.pairwise(cuts):
+        # Causal split: the part sees the keys a..b-1 under the global causal pattern.
+        mask = keep[:, a:b] if causal else None
+        parts.append(softmax_attention(Q, K[:, a:b], V[:, a:b], mask=mask, return_lse=True))
+    Y, lse = merge_partials([p[0] for p in parts], [p[1] for p in parts])
+    R, rl = softmax_attention(Q, K, V, causal=causal, return_lse=True)
+    assert Y.dtype == dtype and lse.dtype == dtype
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
+def test_merge_partials_all_neg_inf():
+    Y, lse = merge_partials([np.ones((3, 2)), np.zeros((3, 2))], [np.full(3, -np.inf)] * 2)
+    assert np.all(Y == 0) and np.all(np.isneginf(lse))
+
+
+def test_merge_partials_single_part(rng):
+    Y0 = rng.standard_normal((4, 3))
+    l0 = rng.standard_normal(4)
+    Y, lse = merge_partials([Y0], [l0])
+    np.testing.assert_allclose(Y, Y0, rtol=1e-15)
+    np.testing.assert_allclose(lse, l0, rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "lses", "err", "match"),
+    [
+        ([], [], ValueError, "at least one part"),
+        ([np.zeros((3, 2))], [np.zeros(3), np.zeros(3)], ValueError, "1 outputs but 2"),
+        ([np.zeros((3, 2)), np.zeros((4, 2))], [np.zeros(3)] * 2, ValueError, "shape"),
+        ([np.zeros((3, 2))], [np.zeros(4)], ValueError, r"expected \(3,\)"),
+        ([np.zeros((3, 2))], [np.array([0.0, np.nan, 0.0])], ValueError, "NaN"),
+        ([np.zeros((3, 2))], [np.array([0.0, np.inf, 0.0])], ValueError, r"\+inf"),
+        ([np.full((3, 2), np.nan)], [np.zeros(3)], ValueError, "finite"),
+        (np.zeros((1, 3, 2)), np.zeros((1, 3)), TypeError, "sequences"),
+        ([np.zeros((3, 2), complex)], [np.zeros(3)], TypeError, "complex"),
+    ],
+    ids=["empty", "count", "shape", "lse-shape", "nan-lse", "inf-lse", "nan-out", "array", "cplx"],
+)
+def test_merge_partials_bad_input(outputs, lses, err, match):
+    with pytest.raises(err, match=match):
+        merge_partials(outputs, lses)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("fn", [softmax_attention, reference_attention], ids=["kernel", "ref"])
+@pytest.mark.parametrize(
+    ("shapes", "kw", "err", "match"),
+    [
+        (((5, 4), (6, 3), (6, 2)), {}, ValueError, "same last dimension"),
+        (((5, 4), (6, 4), (7, 2)), {}, ValueError, "number of keys"),
+        (((3, 5, 4), (2, 6, 4), (2, 6, 4)), {}, ValueError, "multiple of the number"),
+        (((5, 4), (6, 4), (6, 2)), {"mask": np.ones((5, 7), bool)}, ValueError, "mask"),
+        (((5, 4), (6, 4), (6, 2)), {"mask": np.ones((2, 5, 6), bool)}, ValueError, "mask"),
+        (((5, 4), (6, 4), (6, 2)), {"mask": np.ones((5, 6), int)}, TypeError, "mask"),
+        (((5, 4), (6, 4), (6, 2)), {"causal": "yes"}, TypeError, "causal"),
+        (((5, 4), (6, 4), (6, 2)), {"causal": 1}, TypeError, "causal"),
+        (((5, 4), (6, 4), (6, 2)), {"scale": -1.0}, ValueError, "scale"),
+        (((4,), (6, 4), (6, 2)), {}, ValueError, "shape"),
+    ],
+    ids=[
+        "d",
+        "m",
+        "gqa",
+        "mask-m",
+        "mask-lead",
+        "mask-int",
+        "causal",
+        "causal-int",
+        "scale",
+        "1d",
+    ],
+)
+def test_bad_input(rng, fn, shapes, kw, err, match):
+    Q, K, V = (rng.standard_normal(s) for s in shapes)
+    with pytest.raises(err, match=match):
+        fn(Q, K, V, **kw)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["Q", "K", "V"])
+def test_nan_rejected(rng, which):
+    arrs = [rng.standard_normal((5, 4)) for _ in range(3)]
+    arrs[which][2, 1] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        softmax_attention(*arrs)
+
+
+def test_complex_rejected(rng):
+    Q = rng.standard_normal((5, 4)) + 1j
+    with pytest.raises(TypeError, match="complex"):
+        softmax_attention(Q, Q.real, Q.real)
+
+
+def test_nan_additive_mask_rejected(rng):
+    Q, K, V = qkv(rng, (5, 4), (6, 4))
+    bias = np.zeros((5, 6))
+    bias[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        softmax_attention(Q, K, V, mask=bias)
