@@ -87,7 +87,12 @@ class MethodInfo(NamedTuple):
 _REGISTRY: dict[str, MethodInfo] = {}
 
 # Modules whose import registers methods.
-_METHOD_MODULES = ("attention._baselines", "attention.lowrank", "attention.kernel")
+_METHOD_MODULES = (
+    "attention._baselines",
+    "attention.clustering",
+    "attention.lowrank",
+    "attention.kernel",
+)
 
 
 def register(

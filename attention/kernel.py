@@ -48,6 +48,7 @@ from rnla._validation import (
     check_probability,
     check_rng,
 )
+from rnla.cluster import angular_lsh
 
 __all__ = [
     "PolynomialSketchError",
@@ -570,15 +571,6 @@ def _performer(
 # ---------------------------------------------------------------------------------------
 
 
-def _angular_lsh(x: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Angular LSH bucket ``argmax([x R, -x R])`` (survey §3.1 (a)); ``2 R.shape[1]`` buckets.
-
-    Minimal private version: the hashing primitives will move to ``rnla.cluster``.
-    """
-    u = x @ R
-    return np.argmax(np.hstack([u, -u]), axis=1)
-
-
 @register(
     "scatterbrain",
     section="§5.2",
@@ -633,7 +625,8 @@ def _scatterbrain(
     delta = check_probability(delta, "delta")
     d, n, m = problem.d, problem.n, problem.m
     W = _frequencies(M, d, orthogonal, rng)
-    Rl = rng.standard_normal((d, nb // 2))
+    # One seed for the hash: the same projections for queries, keys and every slice.
+    lsh_seed = int(rng.integers(2**63))
     r = math.sqrt(problem.scale)
     qmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
     kmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
@@ -644,7 +637,8 @@ def _scatterbrain(
         q, k, v = _scaled(problem, g)
         feat = _rf_features(q, k, W, features)
         num, den, logscale = _linear_attend(feat, v, problem.causal, problem.offset)
-        hq, hk = _angular_lsh(q, Rl), _angular_lsh(k, Rl)
+        codes = angular_lsh(np.vstack([q, k]), nb, rng=lsh_seed)[0]
+        hq, hk = codes[:n], codes[n:]
         ref = logscale.copy()
         corr = np.zeros((n, v.shape[1] + 1))
         vv = np.hstack([v, np.ones((m, 1))])

@@ -24,6 +24,8 @@ trace
 tensor
     TT-SVD, randomized TT, TT rounding and arithmetic, TT-cross, randomized Tucker
     (results are tensorly's ``TTTensor`` / ``TuckerTensor``).
+cluster
+    Locality-sensitive hashing (angular, hyperplane, E2LSH), bucketing and k-means.
 bounds
     Closed-form a-priori bounds, one function per theorem.
 
@@ -33,7 +35,7 @@ the same name are reached with ``from rnla.nystrom import ...``).
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import bounds, estimate, krylov, lowrank, operators, tensor, trace
+from rnla import bounds, cluster, estimate, krylov, lowrank, operators, tensor, trace
 from rnla._results import (
     CholeskyResult,
     CrossResult,
@@ -81,6 +83,7 @@ __all__ = [
     "aca",
     "as_linear_operator",
     "bounds",
+    "cluster",
     "cur",
     "dot_test",
     "effective_distortion",

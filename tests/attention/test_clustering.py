@@ -1,0 +1,203 @@
+"""Tests of attention.clustering: sparse and clustering attention methods."""
+
+import numpy as np
+import pytest
+
+import attention.clustering  # noqa: F401  (registers the methods)
+from attention._core import relative_error
+from attention._registry import approximate, get_method
+from attention.data import load_sample
+from attention.exact import reference_attention
+from tests.conftest import tol
+
+ALL = ("topk", "window", "bigbird", "reformer", "routing", "smyrf", "multipole")
+CAUSAL = ("topk", "window", "bigbird")
+
+# Parameters under which each method's key sets cover every key: the result is exact.
+EXACT_PARAMS = {
+    "topk": {"k": 1000},
+    "window": {"window": 1000},
+    "bigbird": {"block_size": 8, "n_window": 100},
+    "reformer": {"chunk_size": 1000, "n_rounds": 3},  # duplicate correction is exercised
+    "routing": {"n_clusters": 1, "members": 1000},
+    "smyrf": {"bucket_size": 1000, "n_rounds": 1},
+    "multipole": {"budget": 1000, "n_clusters": 4},
+}
+
+
+def _qkv(rng, dtype, n=40, m=40, d=8, dv=5, lead=(2,)):
+    Q = rng.standard_normal((*lead, n, d)).astype(dtype)
+    K = rng.standard_normal((*lead, m, d)).astype(dtype)
+    V = rng.standard_normal((*lead, m, dv)).astype(dtype)
+    return Q, K, V
+
+
+def test_registered():
+    for name in ALL:
+        info = get_method(name)
+        assert info.causal == (name in CAUSAL)
+        assert info.family in ("sparse", "clustering")
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_exact_limit_and_dtype(rng, dtype, method):
+    Q, K, V = _qkv(rng, dtype, n=30, m=37)
+    r = approximate(Q, K, V, method, rng=rng, **EXACT_PARAMS[method])
+    Y, lse = reference_attention(Q, K, V, return_lse=True)
+    assert r.output.dtype == dtype and r.output.shape == Y.shape
+    np.testing.assert_allclose(r.output, Y, rtol=tol(dtype, 500), atol=tol(dtype, 500))
+    if method != "smyrf":
+        np.testing.assert_allclose(r.lse, lse, rtol=tol(dtype, 500), atol=tol(dtype, 500))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_grouped_query_heads(rng, method):
+    # 4 query heads share 2 key/value heads (and a broadcast batch axis).
+    Q = rng.standard_normal((2, 4, 24, 6))
+    K = rng.standard_normal((1, 2, 24, 6))
+    V = rng.standard_normal((1, 2, 24, 3))
+    r = approximate(Q, K, V, method, rng=rng, **EXACT_PARAMS[method])
+    Y = reference_attention(Q, np.repeat(K, 2, axis=1), np.repeat(V, 2, axis=1))
+    np.testing.assert_allclose(r.output, Y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", CAUSAL)
+@pytest.mark.parametrize(("n", "m"), [(30, 30), (20, 33)], ids=str)
+def test_causal_exact_limit(rng, method, n, m):
+    Q, K, V = _qkv(rng, np.float64, n=n, m=m)
+    r = approximate(Q, K, V, method, rng=rng, causal=True, **EXACT_PARAMS[method])
+    Y = reference_attention(Q, K, V, causal=True)
+    np.testing.assert_allclose(r.output, Y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", CAUSAL)
+def test_causal_no_future_leakage(rng, method):
+    n, m, t = 48, 64, 40
+    Q, K, V = _qkv(rng, np.float64, n=n, m=m)
+    params = {"topk": {"k": 5}, "window": {"window": 6}, "bigbird": {"block_size": 4}}[method]
+    a = approximate(Q, K, V, method, rng=3, causal=True, **params)
+    K2, V2 = K.copy(), V.copy()
+    K2[..., t:, :] = 10 * rng.standard_normal(K2[..., t:, :].shape)
+    V2[..., t:, :] = rng.standard_normal(V2[..., t:, :].shape)
+    b = approximate(Q, K2, V2, method, rng=3, causal=True, **params)
+    # Query i sees key positions <= i + m - n: rows i < t - (m - n) see no changed key.
+    rows = t - (m - n)
+    np.testing.assert_array_equal(a.output[..., :rows, :], b.output[..., :rows, :])
+    assert not np.allclose(a.output[..., rows:, :], b.output[..., rows:, :])
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_deterministic_given_rng(rng, method):
+    Q, K, V = _qkv(rng, np.float32, n=64, m=64, d=16)
+    a = approximate(Q, K, V, method, rng=7)
+    b = approximate(Q, K, V, method, rng=7)
+    np.testing.assert_array_equal(a.output, b.output)
+    assert a.cost == b.cost and a.cost.kernel_evals > 0
+    assert np.all(np.isfinite(a.output))
+
+
+def test_topk_mask_and_gqa(rng):
+    Q = rng.standard_normal((1, 4, 20, 6))
+    K = rng.standard_normal((1, 2, 25, 6))
+    V = rng.standard_normal((1, 2, 25, 3))
+    mask = rng.random((20, 25)) < 0.7
+    mask[3] = False  # a fully masked row: zero output, lse = -inf
+    r = approximate(Q, K, V, "topk", k=100, mask=mask)
+    Kr, Vr = np.repeat(K, 2, axis=1), np.repeat(V, 2, axis=1)
+    Y = reference_attention(Q, Kr, Vr, mask=mask)
+    np.testing.assert_allclose(r.output, Y, atol=1e-12)
+    assert np.all(r.output[..., 3, :] == 0) and np.all(np.isneginf(r.lse[..., 3]))
+    additive = np.where(mask, 0.5, -np.inf)
+    r2 = approximate(Q, K, V, "topk", k=100, mask=additive)
+    np.testing.assert_allclose(
+        r2.output, reference_attention(Q, Kr, Vr, mask=additive), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "exc", "match"),
+    [
+        ("topk", {"k": 0}, ValueError, "k=0"),
+        ("topk", {"k": 2.5}, TypeError, "k"),
+        ("window", {"window": -1}, ValueError, "window"),
+        ("window", {"error_bound": "yes"}, ValueError, "error_bound"),
+        ("bigbird", {"block_size": 0}, ValueError, "block_size"),
+        ("bigbird", {"n_random": -1}, ValueError, "n_random"),
+        ("reformer", {"n_buckets": 5}, ValueError, "even"),
+        ("reformer", {"chunk_size": 0}, ValueError, "chunk_size"),
+        ("routing", {"n_clusters": 0}, ValueError, "n_clusters"),
+        ("routing", {"members": 0}, ValueError, "members"),
+        ("smyrf", {"n_rounds": 0}, ValueError, "n_rounds"),
+        ("multipole", {"budget": 0}, ValueError, "budget"),
+        ("multipole", {"foo": 1}, ValueError, "unknown parameter"),
+    ],
+)
+def test_bad_parameters_rejected(method, params, exc, match):
+    Q = np.random.default_rng(0).standard_normal((16, 4))
+    Q0 = Q.copy()
+    with pytest.raises(exc, match=match):
+        approximate(Q, Q, Q, method, **params)
+    np.testing.assert_array_equal(Q, Q0)
+
+
+@pytest.mark.parametrize("method", ["reformer", "routing", "smyrf", "multipole"])
+def test_noncausal_methods_reject_causal(method):
+    Q = np.ones((8, 4))
+    with pytest.raises(ValueError, match="causal"):
+        approximate(Q, Q, Q, method, causal=True)
+
+
+# Budget parameter per method: (small, large); errors must decrease on average.
+BUDGETS = {
+    "topk": ("k", 8, 64),
+    "window": ("window", 8, 96),
+    "bigbird": ("n_random", 1, 6),
+    "reformer": ("n_rounds", 1, 6),
+    "routing": ("n_clusters", 16, 2),  # fewer clusters = more keys per query
+    "smyrf": ("bucket_size", 16, 128),
+    "multipole": ("budget", 32, 256),
+}
+
+
+@pytest.fixture(scope="module")
+def minilm_heads():
+    s = load_sample("minilm")
+    Q, K, V = (x[:2, :256].astype(np.float64) for x in (s.Q, s.K, s.V))
+    return Q, K, V, s.scale, reference_attention(Q, K, V, scale=s.scale)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_error_decreases_with_budget_real(minilm_heads, seed, method):
+    Q, K, V, scale, Y = minilm_heads
+    name, small, large = BUDGETS[method]
+    errs = {}
+    for val in (small, large):
+        errs[val] = np.mean(
+            [
+                relative_error(
+                    approximate(Q, K, V, method, rng=seed + t, scale=scale, **{name: val}).output,
+                    Y,
+                )
+                for t in range(3)
+            ]
+        )
+    assert errs[large] < errs[small]
+    assert errs[large] < 1.0
+
+
+@pytest.mark.parametrize("method", ["topk", "reformer", "routing", "smyrf", "multipole"])
+def test_error_synthetic_clustered(rng, method):
+    # Keys in a few tight clusters, queries aligned with them and values constant per
+    # cluster up to noise: a method that finds each query's cluster beats the trivial
+    # estimate (the mean value) by a wide margin.
+    centers = 3 * rng.standard_normal((4, 16))
+    lab = rng.integers(4, size=128)
+    K = centers[lab] + 0.1 * rng.standard_normal((128, 16))
+    Q = centers[rng.integers(4, size=128)] + 0.1 * rng.standard_normal((128, 16))
+    V = rng.standard_normal((4, 8))[lab] + 0.1 * rng.standard_normal((128, 8))
+    Y = reference_attention(Q, K, V)
+    # SMYRF's buckets are slabs of one projection: 4 rounds make a miss unlikely.
+    params = {"n_rounds": 4} if method == "smyrf" else {}
+    err = relative_error(approximate(Q, K, V, method, rng=rng, **params).output, Y)
+    trivial = relative_error(np.broadcast_to(V.mean(0), Y.shape), Y)
+    assert err < 0.5 * trivial

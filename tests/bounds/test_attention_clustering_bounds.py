@@ -1,0 +1,93 @@
+"""Deterministic dropped-mass bounds of topk, window and bigbird (attention.clustering).
+
+Each bound must hold for every draw (synthetic and real heads), and each has a negative
+control: on a constructed equality case the bound is attained, so half of it fails.
+"""
+
+import numpy as np
+import pytest
+
+import attention.clustering  # noqa: F401  (registers the methods)
+from attention._registry import approximate
+from attention.data import load_sample
+from attention.exact import reference_attention
+
+# Relative slack for comparing the bound with an error computed in floating point.
+_SLACK = 1e-9
+
+
+def _actual(r, Q, K, V, **kw):
+    Y = reference_attention(*(np.asarray(x, dtype=np.float64) for x in (Q, K, V)), **kw)
+    return float(np.linalg.norm(r.output.astype(np.float64) - Y))
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, 64])
+@pytest.mark.parametrize("causal", [False, True])
+def test_topk_bound_holds_synthetic(rng, dtype, k, causal):
+    Q = (2 * rng.standard_normal((3, 50, 8))).astype(dtype)
+    K = (2 * rng.standard_normal((3, 60, 8))).astype(dtype)
+    V = rng.standard_normal((3, 60, 4)).astype(dtype)
+    r = approximate(Q, K, V, "topk", k=k, causal=causal)
+    assert r.bound.kind == "deterministic" and r.bound.norm == "fro"
+    assert _actual(r, Q, K, V, causal=causal) <= r.bound.value * (1 + _SLACK)
+
+
+@pytest.mark.parametrize("method", ["window", "bigbird"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_bigbird_bound_holds_synthetic(rng, dtype, method, causal):
+    Q = (2 * rng.standard_normal((2, 70, 8))).astype(dtype)
+    K = (2 * rng.standard_normal((2, 70, 8))).astype(dtype)
+    V = rng.standard_normal((2, 70, 4)).astype(dtype)
+    params = {"window": 5} if method == "window" else {"block_size": 8}
+    r = approximate(Q, K, V, method, rng=rng, causal=causal, error_bound="exact", **params)
+    assert r.bound.kind == "deterministic"
+    assert _actual(r, Q, K, V, causal=causal) <= r.bound.value * (1 + _SLACK)
+    assert approximate(Q, K, V, method, rng=rng, causal=causal, **params).bound is None
+
+
+@pytest.fixture(scope="module", params=["minilm", "smollm2"])
+def real_heads(request):
+    s = load_sample(request.param)
+    return s.Q[:2, :256], s.K[:2, :256], s.V[:2, :256], s.scale, s.causal
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("topk", {"k": 16}),
+        ("topk", {"k": 64}),
+        ("window", {"window": 32, "error_bound": "exact"}),
+        ("bigbird", {"error_bound": "exact"}),
+    ],
+)
+def test_bounds_hold_on_real_heads(real_heads, seed, method, params):
+    Q, K, V, scale, causal = real_heads
+    r = approximate(Q, K, V, method, rng=seed, scale=scale, causal=causal, **params)
+    actual = _actual(r, Q, K, V, scale=scale, causal=causal)
+    assert actual <= r.bound.value * (1 + _SLACK)
+
+
+def _equality_case(m=16, kept=8, dv=3):
+    """One query whose kept keys all carry +v and dropped keys -v (centroid 0)."""
+    v = np.linspace(1.0, 2.0, dv)
+    scores = np.concatenate([np.linspace(0.0, -1.0, m - kept), np.linspace(1.0, 0.5, kept)])
+    Q = np.array([[1.0, 0.0]])
+    K = np.stack([scores, np.zeros(m)], axis=1)
+    V = np.vstack([np.tile(-v, (m - kept, 1)), np.tile(v, (kept, 1))])
+    return Q, K, V
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("topk", {"k": 8}), ("window", {"window": 7, "error_bound": "exact"})],
+)
+def test_negative_control_bound_is_attained(method, params):
+    # Kept keys (the 8 largest scores = the 8 last positions) all have value +v, the
+    # dropped ones -v: ||y - ~y|| = 2 eps ||v|| = eps (R + ||~y - c||), the bound.
+    Q, K, V = _equality_case()
+    r = approximate(Q, K, V, method, scale=1.0, **params)
+    actual = _actual(r, Q, K, V, scale=1.0)
+    assert actual > 0.05
+    assert actual <= r.bound.value * (1 + _SLACK)
+    assert actual > 0.5 * r.bound.value  # the halved constant fails
+    assert r.bound.value / actual < 1 + 1e-9
