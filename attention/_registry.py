@@ -90,6 +90,7 @@ _REGISTRY: dict[str, MethodInfo] = {}
 _METHOD_MODULES = (
     "attention._baselines",
     "attention.clustering",
+    "attention.sampling",
     "attention.lowrank",
     "attention.kernel",
 )

@@ -1,0 +1,895 @@
+r"""LSH-plus-sampling softmax-attention approximations (survey arXiv:2604.01757, §3.3).
+
+All three methods write :math:`Y = Z^{-1}AV`, :math:`A = \exp(s\,QK^\top)`, as an exact
+part on a sparse "heavy" pattern plus an importance-sampled estimate of the rest, and
+divide by a normaliser :math:`\tilde z_i = \tilde a_i\mathbf 1` estimated from the same
+samples (the ones column appended to ``V``):
+
+.. math::
+
+    \tilde a_{ij} = a_{ij}\,\mathbb 1[j \in B_i]
+    + \frac1s\sum_{t=1}^s \frac{a_{ij}\,\mathbb 1[j = j_t,\ j \notin B_i]}{p_j},
+    \qquad \tilde y_i = \tilde a_iV/\tilde a_i\mathbf 1,
+
+where :math:`B_i` is query :math:`i`'s diagonal block after sorting queries and keys by
+an LSH code (:func:`rnla.cluster.hyperplane_lsh`), and :math:`j_1, \dots, j_s` are i.i.d.
+draws from :math:`p`. The registered methods (run them through
+:func:`attention.approximate`) are
+
+* ``"kdeformer"`` [1]_: :math:`p_j = (1-\gamma)\|v_j\|^2/\|V\|_F^2 + \gamma/m`;
+* ``"hyperattention"`` [2]_: sortLSH (Gray-ordered codes), uniform samples as in the
+  released code or row-norm samples of :math:`[V\ \mathbf 1]`, the two parts merged
+  through their log-normalisers (:func:`attention.exact.merge_partials`); causal by the
+  recursive 2x2 split;
+* ``"prescoring"`` [3]_: keys preselected by k-means residuals (:func:`rnla.cluster.kmeans`)
+  or leverage scores (:func:`rnla.sketch.leverage_scores`), then HyperAttention on them.
+
+**Bound** (probabilistic, checked by ``tests/bounds/test_attention_sampling_bounds.py``).
+With :math:`e_i = \tilde a_iV - \tilde z_iy_i = \sum_j(\tilde a_{ij} - a_{ij})(v_j - y_i)`,
+:math:`\tilde y_i - y_i = e_i/\tilde z_i` and :math:`\tilde z_i \ge z^B_i = \sum_{j\in
+B_i}a_{ij}` for every draw. The exact AMM variance of the i.i.d. sum gives
+
+.. math::
+
+    \mathbb E\|e_i\|^2 = \frac1s\Big(\sum_{j\in R_i}\frac{a_{ij}^2\|v_j - y_i\|^2}{p_j}
+    - \Big\|\sum_{j\in R_i}a_{ij}(v_j - y_i)\Big\|^2\Big),
+    \qquad R_i = \{j\ \text{visible}, j\notin B_i\},
+
+so :math:`\mathbb E\|\tilde Y - Y\|_F^2 \le M = \sum_i\min(\mathbb E\|e_i\|^2/(z^B_i)^2,
+4R^2)` (both rows lie in the ball :math:`B(c, R)` of the values) and, by Markov's
+inequality, :math:`\|\tilde Y - Y\|_2 \le \|\tilde Y - Y\|_F \le \sqrt{M/\delta}`
+with probability at least :math:`1-\delta`. :math:`M` needs the exact :math:`A` and
+:math:`Y`: the methods compute it by an extra exact pass when ``with_bound=True`` (not
+counted in ``cost``). The published theorems (KDEformer Thm 3.4, HyperAttention Thm 1)
+are of the form :math:`\|\tilde Y - Y\|_2 \le \varepsilon\|Z^{-1}A\|_2\|V\|_2`; the
+quantities they depend on are returned by :func:`sampling_diagnostics`.
+
+References
+----------
+.. [1] A. Zandieh, I. Han, M. Daliri, A. Karbasi, "KDEformer: accelerating transformers
+   via kernel density estimation", ICML 2023, arXiv:2302.02451.
+.. [2] I. Han, R. Jayaram, A. Karbasi, V. Mirrokni, D. P. Woodruff, A. Zandieh,
+   "HyperAttention: long-context attention in near-linear time", ICLR 2024,
+   arXiv:2310.05869.
+.. [3] Z. Li, H. Wang, Y. Bao, D. P. Woodruff, "Efficient attention via pre-scoring:
+   prioritizing informative keys in transformers", arXiv:2505.11040, 2025.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from attention._core import Cost, ErrorBound, Problem, prepare
+from attention._registry import MethodResult, register
+from attention.bounds import value_radius
+from attention.exact import merge_partials, softmax_attention
+from rnla._validation import as_float_array, check_int, check_option, check_probability
+
+__all__ = ["SamplingDiagnostics", "amm_variance", "sampling_diagnostics"]
+
+
+# ---------------------------------------------------------------------------------------
+# exact AMM variance and diagnostics
+# ---------------------------------------------------------------------------------------
+
+
+def amm_variance(A, B, p, s, /) -> float:
+    r"""Exact mean squared error of the sampled product :math:`AS^\top SB`.
+
+    Parameters
+    ----------
+    A : array_like, shape (n, m)
+        Left factor.
+    B : array_like, shape (m, k)
+        Right factor.
+    p : array_like, shape (m,)
+        Sampling probabilities (nonnegative, summing to 1, positive wherever
+        :math:`\|Ae_j\|\|b_j\| > 0`).
+    s : int
+        Number of i.i.d. draws, ``s >= 1``.
+
+    Returns
+    -------
+    float
+        :math:`\mathbb E\|AS^\top SB - AB\|_F^2 = \frac1s\big(\sum_j\|Ae_j\|^2\|b_j\|^2/p_j
+        - \|AB\|_F^2\big)`.
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, ``p`` not a probability vector, ``p_j = 0`` on a column that
+        contributes, ``s < 1``.
+
+    Notes
+    -----
+    :math:`AS^\top SB = \frac1s\sum_t Ae_{j_t}b_{j_t}^\top/p_{j_t}` with :math:`j_t` i.i.d.
+    from :math:`p`; each term has mean :math:`AB` and second moment
+    :math:`\sum_j\|Ae_j\|^2\|b_j\|^2/p_j`, so the variance of the mean of ``s`` terms is
+    the formula above (Drineas, Kannan and Mahoney [1]_, Lemma 4; the optimal
+    :math:`p_j \propto \|Ae_j\|\|b_j\|`). Cost :math:`O(nmk)` for :math:`AB`.
+
+    References
+    ----------
+    .. [1] P. Drineas, R. Kannan, M. W. Mahoney, "Fast Monte Carlo algorithms for
+       matrices I: approximating matrix multiplication", SIAM J. Comput. 36 (2006).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.sampling import amm_variance
+    >>> A, B = np.eye(2), np.ones((2, 1))
+    >>> amm_variance(A, B, np.array([0.5, 0.5]), 1)
+    2.0
+    """
+    A = as_float_array(A, name="A").astype(np.float64)
+    B = as_float_array(B, name="B").astype(np.float64)
+    p = as_float_array(p, name="p").astype(np.float64)
+    s = check_int(s, "s", minimum=1)
+    if A.ndim != 2 or B.ndim != 2 or p.ndim != 1:
+        raise ValueError(f"need A (n, m), B (m, k), p (m,); got {A.shape}, {B.shape}, {p.shape}")
+    if A.shape[1] != B.shape[0] or p.shape[0] != B.shape[0]:
+        raise ValueError(
+            f"A {A.shape}, B {B.shape} and p {p.shape} must agree on m (A columns = B rows "
+            "= len(p))"
+        )
+    if (p < 0).any() or abs(p.sum() - 1.0) > 1e-9:
+        raise ValueError(f"p must be nonnegative and sum to 1, got sum {p.sum()}")
+    w = np.sum(A * A, axis=0) * np.sum(B * B, axis=1)
+    if ((p == 0) & (w > 0)).any():
+        raise ValueError("p_j = 0 on a column with ||A e_j|| ||b_j|| > 0: the estimator is biased")
+    second = float(np.sum(np.where(w > 0, w / np.where(p > 0, p, 1.0), 0.0)))
+    AB = A @ B
+    return (second - float(np.sum(AB * AB))) / s
+
+
+class SamplingDiagnostics(NamedTuple):
+    r"""The quantities the §3.3 sampling theorems depend on, per slice.
+
+    Every field is an ndarray of float64 with the leading shape ``lead`` of the inputs
+    (one value per query slice).
+
+    Attributes
+    ----------
+    alpha : ndarray
+        :math:`\alpha = n\max_j\|Z^{-1}Ae_j\|_2^2` (HyperAttention's column-norm
+        parameter; 1 for uniform attention, up to :math:`n` for a single key every
+        query attends to).
+    kappa : ndarray
+        :math:`\kappa = \max_i r_i/\min_i r_i` with :math:`r_i` the row sums of :math:`A`
+        after removing its ``n_heavy`` largest entries per row (HyperAttention's
+        row-norm ratio with an oracle top-k heavy pattern), over the rows that see more
+        than ``n_heavy`` keys (``inf`` if some such :math:`r_i` underflows to 0).
+    srank_attention : ndarray
+        :math:`\mathrm{srank}(Z^{-1}A) = \|Z^{-1}A\|_F^2/\|Z^{-1}A\|_2^2`.
+    srank_values : ndarray
+        :math:`\mathrm{srank}(V)`.
+    attention_norm : ndarray
+        :math:`\|Z^{-1}A\|_2`.
+    values_norm : ndarray
+        :math:`\|V\|_2`.
+    output_norm : ndarray
+        :math:`\|Y\|_2`.
+    max_probability : ndarray
+        :math:`\max_{ij}(Z^{-1}A)_{ij}`.
+    """
+
+    alpha: np.ndarray
+    kappa: np.ndarray
+    srank_attention: np.ndarray
+    srank_values: np.ndarray
+    attention_norm: np.ndarray
+    values_norm: np.ndarray
+    output_norm: np.ndarray
+    max_probability: np.ndarray
+
+
+def _probabilities(q, k, scale, causal):
+    """Dense softmax matrix ``Z^-1 A`` (n, m), float64, and its row log-normalisers."""
+    S = (q @ k.T) * scale
+    n, m = S.shape
+    if causal:
+        S = np.where(np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n), S, -np.inf)
+    mx = S.max(axis=1, keepdims=True)
+    seen = np.isfinite(mx)
+    P = np.exp(S - np.where(seen, mx, 0.0))
+    z = P.sum(axis=1, keepdims=True)
+    P = np.where(seen, P / np.where(z > 0, z, 1.0), 0.0)
+    return P, np.where(seen[:, 0], mx[:, 0] + np.log(np.where(z[:, 0] > 0, z[:, 0], 1.0)), -np.inf)
+
+
+def sampling_diagnostics(
+    Q, K, V, *, scale=None, causal=False, n_heavy: int = 64
+) -> SamplingDiagnostics:
+    r"""Compute the parameters of the KDEformer / HyperAttention theorems on given inputs.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+        Queries.
+    K : array_like, shape (..., m, d)
+        Keys (grouped-query heads as in :func:`attention.approximate`).
+    V : array_like, shape (..., m, dv)
+        Values.
+    scale : float, optional
+        Score scale, ``1/sqrt(d)`` by default.
+    causal : bool, default=False
+        Bottom-right aligned causal mask.
+    n_heavy : int, default=64
+        Entries per row treated as heavy for ``kappa`` (clipped to ``m - 1``).
+
+    Returns
+    -------
+    SamplingDiagnostics
+        ``alpha``, ``kappa``, ``srank_attention``, ``srank_values``, ``attention_norm``,
+        ``values_norm``, ``output_norm``, ``max_probability``, each of shape ``lead``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid attention inputs (see :func:`attention.approximate`) or ``n_heavy < 1``.
+
+    Notes
+    -----
+    HyperAttention (Han et al. 2024, Thm 1; constants not reproduced here) needs
+    :math:`\alpha` and :math:`\kappa` small for :math:`O(\alpha\kappa\ldots)` samples;
+    KDEformer (Zandieh et al. 2023, Thm 3.4) needs
+    :math:`s = \Omega(\varepsilon^{-2}\log n\,(\mathrm{srank}(Z^{-1}A) +
+    \mathrm{srank}(V)))` samples for
+    :math:`\|\tilde Y - Y\|_2 \le \varepsilon\|Z^{-1}A\|_2\|V\|_2` with high probability.
+    Forms the dense ``n x m`` softmax matrix: cost :math:`O(nm(d + d_v))` plus two
+    spectral norms (LAPACK SVD of ``Z^-1 A``): a diagnostic, not a fast path.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from attention.sampling import sampling_diagnostics
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = (rng.standard_normal((2, 32, 8)) for _ in range(3))
+    >>> sampling_diagnostics(Q, K, V, n_heavy=4).alpha.shape
+    (2,)
+    """
+    problem = prepare(Q, K, V, scale=scale, causal=causal)
+    n_heavy = check_int(n_heavy, "n_heavy", minimum=1)
+    G = problem.n_slices
+    vals = np.zeros((8, G))
+    for g in range(G):
+        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        P, lse = _probabilities(q, k, problem.scale, problem.causal)
+        n, m = P.shape
+        col = np.sum(P * P, axis=0)
+        sv_p = np.linalg.norm(P, 2)
+        sv_v = np.linalg.norm(v, 2)
+        Y = P @ v
+        # Residual row sums after the top-h entries, in the unnormalised scale of A
+        # (rows rescaled by z_i = exp(lse_i)); computed in log space for range.
+        h = min(n_heavy, m - 1)
+        if h > 0:
+            part = np.partition(P, m - h - 1, axis=1)[:, : m - h]
+        else:
+            part = P
+        with np.errstate(divide="ignore"):
+            logr = np.log(part.sum(axis=1)) + lse
+        # Rows seeing at most n_heavy keys (causal starts) have no residual: skipped.
+        logr = logr[np.sum(P > 0, axis=1) > h]
+        if logr.size == 0:
+            kappa = 1.0
+        elif np.isneginf(logr).any():
+            kappa = math.inf
+        else:
+            kappa = float(np.exp(logr.max() - logr.min()))
+        vals[:, g] = (
+            n * col.max(),
+            kappa,
+            float(np.sum(P * P)) / sv_p**2 if sv_p > 0 else 0.0,
+            float(np.sum(v * v)) / sv_v**2 if sv_v > 0 else 0.0,
+            sv_p,
+            sv_v,
+            np.linalg.norm(Y, 2),
+            P.max(),
+        )
+    return SamplingDiagnostics(*(x.reshape(problem.lead) for x in vals))
+
+
+# ---------------------------------------------------------------------------------------
+# the shared block + sample estimator
+# ---------------------------------------------------------------------------------------
+
+
+class _Piece(NamedTuple):
+    """One part of the estimator on (global) query rows x key columns of a slice.
+
+    ``kind`` is "exact" (all visible pairs computed exactly) or "sampled" (exact on the
+    pairs with ``qblock == kblock``, ``s`` i.i.d. samples from ``p`` on the others).
+    """
+
+    rows: np.ndarray
+    keys: np.ndarray
+    kind: str
+    qblock: np.ndarray | None
+    kblock: np.ndarray | None
+    p: np.ndarray | None
+    s: int
+
+
+def _lsh_blocks(q, k, n_bits, block_size, gray, rng):
+    """Block id of every query and key after sorting both by a shared LSH code."""
+    from rnla.cluster import hyperplane_lsh, sort_by_bucket
+
+    n, m = q.shape[0], k.shape[0]
+    codes = hyperplane_lsh(np.vstack([q, k]), n_bits, n_rounds=1, gray=gray, rng=rng)
+    cq, ck = codes[:, :n], codes[:, n:]
+    nb = max(1, min(n, m) // block_size)
+    qblock = np.empty(n, dtype=np.int64)
+    kblock = np.empty(m, dtype=np.int64)
+    # Sorted position t of n goes to block floor(t nb / n): nb blocks of ~n/nb rows.
+    qblock[sort_by_bucket(cq)[0]] = (np.arange(n) * nb) // n
+    kblock[sort_by_bucket(ck)[0]] = (np.arange(m) * nb) // m
+    return qblock, kblock, nb
+
+
+def _block_part(q, k, vaug, scale, qblock, kblock, nb):
+    """Exact diagonal-block part: row maxima ``c`` (n,) and numerators ``(n, dv + 1)``."""
+    n = q.shape[0]
+    c = np.full(n, -np.inf)
+    num = np.zeros((n, vaug.shape[1]))
+    evals = 0
+    for t in range(nb):
+        rows = np.flatnonzero(qblock == t)
+        keys = np.flatnonzero(kblock == t)
+        if rows.size == 0 or keys.size == 0:
+            continue
+        S = (q[rows] @ k[keys].T) * scale
+        mx = S.max(axis=1)
+        c[rows] = mx
+        num[rows] = np.exp(S - mx[:, None]) @ vaug[keys]
+        evals += rows.size * keys.size
+    return c, num, evals
+
+
+def _sample_part(q, k, vaug, scale, qblock, kblock, idx, p, s):
+    """Return the sampled part: row maxima (n,), numerators (n, dv + 1), weights 1/(s p)."""
+    S = (q @ k[idx].T) * scale - np.log(s * p[idx])[None, :]
+    # Samples inside the query's own block are already counted exactly.
+    S = np.where(qblock[:, None] == kblock[idx][None, :], -np.inf, S)
+    mx = S.max(axis=1)
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    E = np.exp(S - safe[:, None])
+    return mx, E @ vaug[idx]
+
+
+def _draw(v, s, sampling, uniform_mix, rng):
+    """Return sampling probabilities ``p`` (m,) and ``s`` i.i.d. indices drawn from them."""
+    from rnla.sketch import row_norm_sampling, uniform_sampling
+
+    m = v.shape[0]
+    if sampling == "uniform":
+        return np.full(m, 1.0 / m), uniform_sampling(m, s, rng=rng).indices
+    if sampling == "row_norm":
+        # Row-norm (length-squared) sampling of the matrix actually multiplied, [V 1].
+        X = np.hstack([v, np.ones((m, 1))])
+    else:  # "kde": (1 - gamma) ||v_j||^2 / ||V||_F^2 + gamma / m
+        fro2 = float(np.sum(v * v))
+        gamma = 1.0 if fro2 == 0 else uniform_mix
+        scale = math.sqrt((1.0 - gamma) / fro2) if fro2 > 0 else 0.0
+        X = np.hstack([v * scale, np.full((m, 1), math.sqrt(gamma / m))])
+    w = np.sum(X * X, axis=1)
+    p = w / w.sum()
+    return p, row_norm_sampling(X, s, rng=rng).indices
+
+
+def _block_sample(q, k, v, scale, rng, *, block_size, n_bits, sample_size, sampling, mix, gray):
+    """One non-causal block + sample pass on float64 arrays.
+
+    Returns the two partial results ``(c, num)`` (row maxima, numerators of ``[V 1]``),
+    the piece description for the bound and the kernel evaluations.
+    """
+    n, m = q.shape[0], k.shape[0]
+    vaug = np.hstack([v, np.ones((m, 1))])
+    qblock, kblock, nb = _lsh_blocks(q, k, n_bits, block_size, gray, rng)
+    c1, num1, evals = _block_part(q, k, vaug, scale, qblock, kblock, nb)
+    p, idx = _draw(v, sample_size, sampling, mix, rng)
+    c2, num2 = _sample_part(q, k, vaug, scale, qblock, kblock, idx, p, sample_size)
+    piece = (qblock, kblock, p, sample_size)
+    flops = 2.0 * (evals + n * sample_size) * (q.shape[1] + v.shape[1] + 1)
+    flops += 2.0 * (n + m) * q.shape[1] * n_bits
+    return (c1, num1), (c2, num2), piece, evals + n * sample_size, flops
+
+
+def _to_output(c, num):
+    """Output rows and log-normalisers from a partial ``(c, num)`` (0 / -inf if empty)."""
+    z = num[:, -1]
+    ok = (z > 0) & np.isfinite(c)
+    y = np.where(ok[:, None], num[:, :-1] / np.where(ok, z, 1.0)[:, None], 0.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(ok, c + np.log(np.where(ok, z, 1.0)), -np.inf)
+    return y, lse
+
+
+# ---------------------------------------------------------------------------------------
+# the bound: exact second moment of the estimator (extra exact pass)
+# ---------------------------------------------------------------------------------------
+
+
+def _second_moment(q, k, v, scale, y, lse, pieces, offset, *, chunk=1024):
+    r"""Exact moments of one slice's estimator, in normalised units (:math:`a_{ij}/z_i`).
+
+    Returns ``var`` (n,): :math:`\sum_{\text{pieces}}\mathbb E\|e_i\|^2`; ``zlow`` (n,):
+    :math:`z^B_i`, the exactly computed mass (a lower bound on :math:`\tilde z_i` for every
+    draw); and ``tails``: per sampled piece ``(rows, mean, second, s)`` with the mean
+    :math:`\sum_{j\in R_i}a_{ij}` and second moment :math:`\sum_{j\in R_i}a_{ij}^2/p_j`
+    of one draw of the sampled normaliser (for Maurer's lower tail bound).
+    """
+    n = q.shape[0]
+    var = np.zeros(n)
+    zlow = np.zeros(n)
+    tails = []
+    vsq = np.sum(v * v, axis=1)
+    for pc in pieces:
+        kk, vv, vs = k[pc.keys], v[pc.keys], vsq[pc.keys]
+        for lo in range(0, pc.rows.size, chunk):
+            sl = slice(lo, lo + chunk)
+            rows = pc.rows[sl]
+            fin = np.isfinite(lse[rows])
+            P = np.exp((q[rows] @ kk.T) * scale - np.where(fin, lse[rows], 0.0)[:, None])
+            P = np.where(fin[:, None], P, 0.0)
+            if offset is not None:
+                # Bottom-right causal pattern of the whole slice (sub-problems keep it).
+                P = np.where(pc.keys[None, :] <= rows[:, None] + offset, P, 0.0)
+            if pc.kind == "exact":
+                zlow[rows] += P.sum(axis=1)
+                continue
+            inblk = pc.qblock[sl][:, None] == pc.kblock[None, :]
+            zlow[rows] += np.sum(np.where(inblk, P, 0.0), axis=1)
+            Pr = np.where(inblk, 0.0, P)
+            yr = y[rows]
+            ysq = np.sum(yr * yr, axis=1)
+            D2 = np.maximum(vs[None, :] + ysq[:, None] - 2.0 * (yr @ vv.T), 0.0)
+            first = np.sum(Pr * Pr * D2 / pc.p[None, :], axis=1)
+            mu = Pr @ vv - Pr.sum(axis=1)[:, None] * yr
+            var[rows] += np.maximum(first - np.sum(mu * mu, axis=1), 0.0) / pc.s
+            tails.append((rows, Pr.sum(axis=1), np.sum(Pr * Pr / pc.p[None, :], axis=1), pc.s))
+    return var, zlow, tails
+
+
+def _moments(plan, scale):
+    """Exact moments of one slice (see :func:`_second_moment`) and its exact rows."""
+    (q, k, v), causal, pieces = plan
+    y, lse = softmax_attention(q, k, v, scale=scale, causal=causal, return_lse=True)
+    offset = k.shape[0] - q.shape[0] if causal else None
+    return _second_moment(q, k, v, scale, y, lse, pieces, offset)
+
+
+def _ratio_sum(var, low, cap):
+    """Return ``sum_i min(var_i / low_i^2, cap)`` (``cap`` where ``low_i = 0``)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = np.where(var > 0, var / np.where(low > 0, low, 1.0) ** 2, 0.0)
+    r = np.where((var > 0) & (low <= 0), np.inf, r)
+    return float(np.sum(np.minimum(r, cap)))
+
+
+def _markov_bound(problem, outs, plans, delta):
+    r"""Probabilistic Frobenius bound of the block + sample estimator, all slices.
+
+    Two bounds, each valid with probability :math:`\ge 1-\delta`; their minimum fails
+    only if both fail, so it is valid with the same probability:
+
+    * (a) :math:`\sqrt{M_B/\delta}`, :math:`M_B = \sum_i\mathbb E\|e_i\|^2/(z^B_i)^2`
+      (Markov; :math:`\tilde z_i \ge z^B_i` always);
+    * (b) :math:`\sqrt{2M_L/\delta}` with :math:`L_i = z^B_i + \sum_{\text{pieces}}
+      \max(0, \mu - \sqrt{2\,\mathbb EX^2\log(2T/\delta)/s})`: Maurer's lower tail
+      for means of nonnegative i.i.d. variables, :math:`P(\bar X \le \mu - t) \le
+      e^{-st^2/(2\mathbb EX^2)}`, union over the :math:`T` (row, piece) pairs at
+      :math:`\delta/2`, Markov at :math:`\delta/2` on the event :math:`\tilde z \ge L`.
+
+    Every row term is capped at :math:`4R^2` (:math:`R` from
+    :func:`attention.bounds.value_radius`): :math:`\tilde y_i` and :math:`y_i` are convex
+    combinations of the values, so :math:`\|\tilde y_i - y_i\|^2 \le 4R^2` for every
+    draw, and :math:`\mathbb E\min(X, c) \le \min(\mathbb EX, c)`.
+
+    Returns ``(value, M_B, M_L)`` with the cast allowance included in ``value``.
+    """
+    moments = [_moments(plan, problem.scale) for plan in plans]
+    T = sum(r.size for _, _, tails in moments for r, _, _, _ in tails)
+    log_t = math.log(2.0 * max(T, 1) / delta)
+    m_b = m_l = rnd2 = 0.0
+    for (var, zlow, tails), plan, out in zip(moments, plans, outs, strict=True):
+        low = zlow.copy()
+        for rows, mean, second, s in tails:
+            low[rows] += np.maximum(0.0, mean - np.sqrt(2.0 * second * log_t / s))
+        # ~y_i and y_i are convex combinations of the values (nonnegative weights), so
+        # ||~y_i - y_i||^2 <= 4 R^2 for every draw; E min(X, c) <= min(E X, c).
+        _, R = value_radius(plan[0][2])
+        cap = 4.0 * float(R) ** 2
+        m_b += _ratio_sum(var, zlow, cap)
+        m_l += _ratio_sum(var, low, cap)
+        rnd = 4.0 * np.finfo(problem.dtype).eps * (np.sqrt(np.sum(out * out, axis=1)) + float(R))
+        rnd2 += float(np.sum(rnd * rnd))
+    value = min(math.sqrt(m_b / delta), math.sqrt(2.0 * m_l / delta)) + math.sqrt(rnd2)
+    return value, m_b, m_l
+
+
+def _make_bound(problem, outs, plans, delta, name):
+    """Return :func:`_markov_bound` as an :class:`ErrorBound` with its assumptions."""
+    value, m_b, m_l = _markov_bound(problem, outs, plans, delta)
+    assumptions = (
+        f"{name}: Markov bound on the exact AMM second moment. ~y_i - y_i = e_i/~z_i with "
+        "e_i = sum_j (~a_ij - a_ij)(v_j - y_i); E||e_i||^2 = (1/s)(sum_{j in R_i} a_ij^2 "
+        "||v_j - y_i||^2/p_j - ||sum_{j in R_i} a_ij (v_j - y_i)||^2) for s i.i.d. draws "
+        "from p (R_i = visible keys outside the query's block; p_j > 0 on every key by "
+        "construction); bound = min(sqrt(M_B/delta), sqrt(2 M_L/delta)) with "
+        f"M_B = sum_i min(E||e_i||^2/(z^B_i)^2, 4R^2) = {m_b:.4g} (~z_i >= z^B_i, the exact block "
+        f"mass, for every draw) and M_L = {m_l:.4g} (~z_i >= L_i by Maurer's lower tail "
+        "for nonnegative sums, union bound at delta/2); rows capped at 4R^2 since ~y_i and "
+        "y_i are convex combinations of the values; moments computed by an extra exact "
+        f"pass; delta = {delta}; also bounds the spectral norm; plus 4 eps (||~y_i|| + R) "
+        "per row for the cast to the output dtype"
+    )
+    return ErrorBound(value, "fro", "probabilistic", 1.0 - delta, assumptions)
+
+
+# ---------------------------------------------------------------------------------------
+# parameter checks
+# ---------------------------------------------------------------------------------------
+
+
+def _check_common(block_size, sample_size, n_bits, delta, with_bound):
+    block_size = check_int(block_size, "block_size", minimum=1)
+    sample_size = check_int(sample_size, "sample_size", minimum=1)
+    n_bits = check_int(n_bits, "n_bits", minimum=1, maximum=30)
+    delta = check_probability(delta, "delta")
+    if not isinstance(with_bound, bool | np.bool_):
+        raise TypeError(f"with_bound must be a bool, got {with_bound!r}")
+    return block_size, sample_size, n_bits, delta, bool(with_bound)
+
+
+def _check_mix(uniform_mix) -> float:
+    if isinstance(uniform_mix, bool) or not isinstance(uniform_mix, numbers.Real):
+        raise TypeError(f"uniform_mix must be a real number, got {uniform_mix!r}")
+    gamma = float(uniform_mix)
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(
+            f"uniform_mix={gamma} must lie in (0, 1]: p_j must stay positive on every key "
+            "for the estimator to be unbiased"
+        )
+    return gamma
+
+
+def _result(problem, outs, lses, bound, evals, flops):
+    out = np.stack(outs).astype(problem.dtype, copy=False)
+    return MethodResult(out, np.stack(lses), bound, Cost(float(flops), int(evals)))
+
+
+# ---------------------------------------------------------------------------------------
+# KDEformer
+# ---------------------------------------------------------------------------------------
+
+
+@register(
+    "kdeformer",
+    section="§3.3",
+    family="sampling",
+    causal=False,
+    bound="probabilistic",
+    summary="KDEformer: LSH diagonal blocks + ||v_j||^2/uniform importance-sampled columns.",
+)
+def _kdeformer(
+    problem: Problem,
+    *,
+    rng,
+    sample_size=128,
+    block_size=64,
+    n_bits=7,
+    uniform_mix=0.5,
+    with_bound=True,
+    delta=0.1,
+):
+    r"""KDEformer ("spar + res"): exact LSH blocks plus importance-sampled residual columns.
+
+    Queries and keys are hashed with ``n_bits`` shared random hyperplanes, sorted by code
+    and cut into diagonal blocks of about ``block_size``; the block part is exact. The
+    residual is estimated from ``sample_size`` i.i.d. columns drawn with
+    :math:`p_j = (1-\gamma)\|v_j\|^2/\|V\|_F^2 + \gamma/m` (``gamma = uniform_mix``;
+    the released code mixes :math:`\|v_j\|/\|V\|_2` with uniform), reweighted by
+    :math:`1/(sp_j)` and masked inside the query's own block. ``V`` is augmented with a
+    ones column, so the normaliser comes from the same pass. Exact when
+    ``m <= block_size + sample_size`` (no more kernel evaluations than the estimator).
+    """
+    block_size, sample_size, n_bits, delta, with_bound = _check_common(
+        block_size, sample_size, n_bits, delta, with_bound
+    )
+    gamma = _check_mix(uniform_mix)
+    outs, lses, plans = [], [], []
+    evals, flops = 0, 0.0
+    for g in range(problem.n_slices):
+        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        if problem.m <= block_size + sample_size:
+            # Exact attention costs no more kernel evaluations than the estimator.
+            y, lse, pieces, ev, fl = _exact_piece(q, k, v, problem.scale, False, 0, 0)
+            outs.append(y)
+            lses.append(lse)
+            plans.append(((q, k, v), False, pieces))
+            evals += ev
+            flops += fl
+            continue
+        (c1, num1), (c2, num2), piece, ev, fl = _block_sample(
+            q,
+            k,
+            v,
+            problem.scale,
+            rng,
+            block_size=block_size,
+            n_bits=n_bits,
+            sample_size=sample_size,
+            sampling="kde",
+            mix=gamma,
+            gray=False,
+        )
+        # One ratio estimator over the augmented [V 1]: common stabiliser per row.
+        c = np.maximum(c1, c2)
+        w1 = np.where(np.isfinite(c1), np.exp(c1 - c), 0.0)
+        w2 = np.where(np.isfinite(c2), np.exp(c2 - c), 0.0)
+        y, lse = _to_output(c, w1[:, None] * num1 + w2[:, None] * num2)
+        outs.append(y)
+        lses.append(lse)
+        rows, keys = np.arange(problem.n), np.arange(problem.m)
+        plans.append(((q, k, v), False, [_Piece(rows, keys, "sampled", *piece)]))
+        evals += ev
+        flops += fl
+    bound = _make_bound(problem, outs, plans, delta, "KDEformer") if with_bound else None
+    return _result(problem, outs, lses, bound, evals, flops)
+
+
+# ---------------------------------------------------------------------------------------
+# HyperAttention
+# ---------------------------------------------------------------------------------------
+
+
+def _exact_piece(q, k, v, scale, causal, r0, k0):
+    n, m = q.shape[0], k.shape[0]
+    if m == 0:
+        return np.zeros((n, v.shape[1])), np.full(n, -np.inf), [], 0, 0.0
+    y, lse = softmax_attention(q, k, v, scale=scale, causal=causal, return_lse=True)
+    if causal:
+        pairs = int(np.clip(np.arange(n) + (m - n) + 1, 0, m).sum())
+    else:
+        pairs = n * m
+    piece = _Piece(r0 + np.arange(n), k0 + np.arange(m), "exact", None, None, None, 0)
+    return y, lse, [piece], pairs, 2.0 * pairs * (q.shape[1] + v.shape[1])
+
+
+def _hyper_noncausal(q, k, v, scale, rng, r0, k0, opts, *, force=False):
+    """Non-causal HyperAttention of rows ``r0 + arange(n)`` on keys ``k0 + arange(m)``."""
+    n, m = q.shape[0], k.shape[0]
+    # Exact below min_seq_len, and wherever exact costs no more kernel evaluations.
+    if m <= opts["block_size"] + opts["sample_size"] or (
+        not force and min(n, m) <= opts["min_seq_len"]
+    ):
+        return _exact_piece(q, k, v, scale, False, r0, k0)
+    (c1, num1), (c2, num2), piece, ev, fl = _block_sample(
+        q,
+        k,
+        v,
+        scale,
+        rng,
+        block_size=opts["block_size"],
+        n_bits=opts["n_bits"],
+        sample_size=opts["sample_size"],
+        sampling=opts["sampling"],
+        mix=0.0,
+        gray=True,
+    )
+    y1, l1 = _to_output(c1, num1)
+    y2, l2 = _to_output(c2, num2)
+    y, lse = merge_partials([y1, y2], [l1, l2])
+    pc = _Piece(r0 + np.arange(n), k0 + np.arange(m), "sampled", *piece)
+    return y, lse, [pc], ev, fl
+
+
+def _hyper_causal(q, k, v, scale, rng, r0, k0, opts):
+    """Causal HyperAttention by the recursive 2x2 split (bottom-right aligned)."""
+    n, m = q.shape[0], k.shape[0]
+    if m == 0 or n <= opts["min_seq_len"]:
+        return _exact_piece(q, k, v, scale, True, r0, k0)
+    n1 = n // 2
+    # Query i sees key j iff j <= i + m - n: keys below m1 are visible to every lower
+    # query, and the two diagonal sub-problems are again bottom-right causal.
+    m1 = n1 + (m - n)
+    if m1 <= 0:
+        y2, l2, p2, e2, f2 = _hyper_causal(q[n1:], k, v, scale, rng, r0 + n1, k0, opts)
+        y = np.vstack([np.zeros((n1, v.shape[1])), y2])
+        return y, np.concatenate([np.full(n1, -np.inf), l2]), p2, e2, f2
+    y1, l1, p1, e1, f1 = _hyper_causal(q[:n1], k[:m1], v[:m1], scale, rng, r0, k0, opts)
+    yr, lr, pr, er, fr = _hyper_causal(q[n1:], k[m1:], v[m1:], scale, rng, r0 + n1, k0 + m1, opts)
+    yl, ll, pl, el, fl = _hyper_noncausal(
+        q[n1:], k[:m1], v[:m1], scale, rng, r0 + n1, k0, opts, force=True
+    )
+    y2, l2 = merge_partials([yr, yl], [lr, ll])
+    return (
+        np.vstack([y1, y2]),
+        np.concatenate([l1, l2]),
+        p1 + pr + pl,
+        e1 + er + el,
+        f1 + fr + fl,
+    )
+
+
+def _hyper_slices(problem, rng, opts, select=None):
+    outs, lses, plans = [], [], []
+    evals, flops = 0, 0.0
+    for g in range(problem.n_slices):
+        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        if select is not None:
+            keys, ev0, fl0 = select(q, k, v)
+            k, v = k[keys], v[keys]
+            evals, flops = evals + ev0, flops + fl0
+        if problem.causal:
+            y, lse, pieces, ev, fl = _hyper_causal(q, k, v, problem.scale, rng, 0, 0, opts)
+        else:
+            y, lse, pieces, ev, fl = _hyper_noncausal(q, k, v, problem.scale, rng, 0, 0, opts)
+        outs.append(y)
+        lses.append(lse)
+        plans.append(((q, k, v), problem.causal, pieces))
+        evals += ev
+        flops += fl
+    return outs, lses, plans, evals, flops
+
+
+def _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len):
+    return {
+        "block_size": block_size,
+        "sample_size": sample_size,
+        "n_bits": n_bits,
+        "sampling": check_option(sampling, ("uniform", "row_norm"), "sampling"),
+        "min_seq_len": check_int(min_seq_len, "min_seq_len", minimum=1),
+    }
+
+
+@register(
+    "hyperattention",
+    section="§3.3",
+    family="sampling",
+    causal=True,
+    bound="probabilistic",
+    summary="HyperAttention: sortLSH diagonal blocks + sampled columns, merged by lse.",
+)
+def _hyperattention(
+    problem: Problem,
+    *,
+    rng,
+    sample_size=128,
+    block_size=64,
+    n_bits=7,
+    sampling="uniform",
+    min_seq_len=128,
+    with_bound=True,
+    delta=0.1,
+):
+    r"""HyperAttention: sortLSH blocks and sampled columns, merged through lse.
+
+    sortLSH: ``n_bits`` shared hyperplanes, codes in Gray order so that
+    Hamming-adjacent buckets are adjacent, queries and keys sorted, exact attention on
+    diagonal blocks of about ``block_size``. ``sample_size`` columns are drawn uniformly
+    (``sampling="uniform"``, the released code) or by the row norms of :math:`[V\
+    \mathbf 1]` (``"row_norm"``, the paper's AMM sampling applied to the augmented
+    product), reweighted by :math:`1/(sp_j)` and masked inside the query's own block.
+    Both parts are merged by :func:`attention.exact.merge_partials`. Below
+    ``min_seq_len`` queries or keys, or when ``m <= block_size + sample_size``, the
+    attention is exact. ``causal=True``: recursive
+    2x2 split, upper-left and lower-right recursively causal, the lower-left block by
+    the non-causal method (at any size), merged through lse.
+    """
+    block_size, sample_size, n_bits, delta, with_bound = _check_common(
+        block_size, sample_size, n_bits, delta, with_bound
+    )
+    opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
+    outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts)
+    bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if with_bound else None
+    return _result(problem, outs, lses, bound, evals, flops)
+
+
+# ---------------------------------------------------------------------------------------
+# Prescoring + HyperAttention
+# ---------------------------------------------------------------------------------------
+
+
+def _top(scores, count):
+    """Return the indices of the ``count`` largest scores (ties by index), sorted ascending."""
+    order = np.lexsort((np.arange(scores.size), -scores))
+    return np.sort(order[:count])
+
+
+@register(
+    "prescoring",
+    section="§3.3",
+    family="sampling",
+    causal=False,
+    bound="probabilistic",
+    summary="Prescoring: k-means or leverage preselection of keys, then HyperAttention.",
+)
+def _prescoring(
+    problem: Problem,
+    *,
+    rng,
+    n_select=None,
+    scoring="kmeans",
+    n_clusters=16,
+    sample_size=128,
+    block_size=64,
+    n_bits=7,
+    sampling="uniform",
+    min_seq_len=128,
+    with_bound=True,
+    delta=0.1,
+):
+    r"""Pre-scoring: keep the ``n_select`` highest-scoring keys, run HyperAttention on them.
+
+    Scores are query independent: ``scoring="kmeans"`` clusters the keys
+    (:func:`rnla.cluster.kmeans`, ``n_clusters`` centres) and scores each key by its
+    squared distance to its centre (keys the clustering represents worst, the k-means
+    analogue of a leverage score; our reading of Li et al.); ``"leverage"`` uses the
+    exact leverage scores of ``K`` (:func:`rnla.sketch.leverage_scores`). Default
+    ``n_select = m // 2``. The dropped keys bias the result: the bound adds the
+    deterministic dropped-mass term :math:`2\varepsilon_iR` (exact dropped softmax
+    mass, from the same extra exact pass) to the Markov bound of the HyperAttention
+    part (relative to attention over the selected keys), by the triangle inequality.
+    """
+    block_size, sample_size, n_bits, delta, with_bound = _check_common(
+        block_size, sample_size, n_bits, delta, with_bound
+    )
+    opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
+    scoring = check_option(scoring, ("kmeans", "leverage"), "scoring")
+    m = problem.m
+    n_sel = m // 2 if n_select is None else n_select
+    n_sel = check_int(n_sel, "n_select", minimum=1, maximum=m)
+    n_clusters = check_int(n_clusters, "n_clusters", minimum=1, maximum=m)
+
+    def select(q, k, v):
+        if scoring == "leverage":
+            from rnla.sketch import leverage_scores
+
+            sc = leverage_scores(k)
+            fl = 4.0 * m * k.shape[1] ** 2
+        else:
+            from rnla.cluster import kmeans
+
+            res = kmeans(k, n_clusters, rng=rng)
+            sc = np.sum((k - res.centers[res.labels]) ** 2, axis=1)
+            fl = 2.0 * m * k.shape[1] * n_clusters * max(int(res.n_iter), 1)
+        return _top(np.asarray(sc, dtype=np.float64), n_sel), 0, fl
+
+    chosen = []
+
+    def select_keep(q, k, v):
+        keys, ev, fl = select(q, k, v)
+        chosen.append(keys)
+        return keys, ev, fl
+
+    outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts, select_keep)
+    bound = None
+    if with_bound:
+        bound = _prescoring_bound(problem, outs, plans, chosen, delta)
+    return _result(problem, outs, lses, bound, evals, flops)
+
+
+def _prescoring_bound(problem, outs, plans, chosen, delta):
+    """Markov bound of the HyperAttention part + deterministic dropped-mass term."""
+    inner = _make_bound(problem, outs, plans, delta, "Prescoring (HyperAttention part)")
+    drop2 = 0.0
+    for g, keys in enumerate(chosen):
+        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        P, _ = _probabilities(q, k, problem.scale, False)
+        eps = 1.0 - P[:, keys].sum(axis=1)
+        _, R = value_radius(v)
+        drop2 += float(np.sum((2.0 * np.clip(eps, 0.0, 1.0) * float(R)) ** 2))
+    value = inner.value + math.sqrt(drop2)
+    assumptions = (
+        inner.assumptions
+        + "; relative to attention over the selected keys, plus the deterministic "
+        "dropped-mass bound 2 eps_i R (eps_i = exact softmax mass of the unselected keys, "
+        "R = value radius) by the triangle inequality"
+    )
+    return ErrorBound(value, "fro", "probabilistic", 1.0 - delta, assumptions)
