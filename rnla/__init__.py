@@ -21,6 +21,9 @@ krylov
     Lanczos and block Lanczos, f(A)b, Gauss and Gauss-Radau quadrature bounds.
 trace
     Hutchinson, Hutch++, XTrace, XNysTrace, stochastic Lanczos quadrature, logdet.
+augmented
+    Augmented Krylov: y^T (lam I + A)^{-1} y and logdet(lam I + A) for many shifts lam
+    from one block Krylov subspace, with bounds; kernel-based FIR identification helpers.
 tensor
     TT-SVD, randomized TT, TT rounding and arithmetic, TT-cross, randomized Tucker
     (results are tensorly's ``TTTensor`` / ``TuckerTensor``).
@@ -35,7 +38,7 @@ the same name are reached with ``from rnla.nystrom import ...``).
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import bounds, cluster, estimate, krylov, lowrank, operators, tensor, trace
+from rnla import augmented, bounds, cluster, estimate, krylov, lowrank, operators, tensor, trace
 from rnla._results import (
     CholeskyResult,
     CrossResult,
@@ -82,6 +85,7 @@ __all__ = [
     "__version__",
     "aca",
     "as_linear_operator",
+    "augmented",
     "bounds",
     "cluster",
     "cur",

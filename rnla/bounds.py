@@ -42,6 +42,7 @@ __all__ = [
     "countsketch_embedding_size",
     "countsketch_inner_product_variance",
     "cur_bound",
+    "datafit_error_bound",
     "distortion_to_effective",
     "gaussian_embedding_size",
     "hmt_frobenius_bound",
@@ -1100,6 +1101,7 @@ def hutchinson_variance(A, /, *, distribution="gaussian") -> float:
 
 # Bounds of the low-rank algorithms live next to nothing else but their theorem; they are
 # re-exported here so that ``rnla.bounds`` is the one place to look for a bound.
+from rnla._bounds_augmented import datafit_error_bound  # noqa: E402
 from rnla._bounds_cur import CURBound, cur_bound, id_bound, rrqr_growth, strong_rrqr_bound  # noqa: E402
 from rnla._bounds_krylov import cg_error_bound, lanczos_quadrature_bound  # noqa: E402
 from rnla._bounds_lowrank import (  # noqa: E402
