@@ -7,7 +7,7 @@ output with an error bound (or None where no theory exists), and :func:`certify`
 an a-posteriori certificate for any output.
 """
 
-from attention import bounds
+from attention import bounds, latent
 from attention._core import AttentionApprox, Cost, ErrorBound, relative_error
 from attention._registry import MethodInfo, approximate, methods
 from attention.bounds import Certificate, certify
@@ -24,6 +24,7 @@ __all__ = [
     "approximate",
     "bounds",
     "certify",
+    "latent",
     "merge_partials",
     "methods",
     "reference_attention",
