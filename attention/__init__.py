@@ -7,7 +7,7 @@ output with an error bound (or None where no theory exists), and :func:`certify`
 an a-posteriori certificate for any output.
 """
 
-from attention import bounds, latent
+from attention import bounds, latent, tensor
 from attention._core import AttentionApprox, Cost, ErrorBound, relative_error
 from attention._registry import MethodInfo, approximate, methods
 from attention.bounds import Certificate, certify
@@ -30,4 +30,5 @@ __all__ = [
     "reference_attention",
     "relative_error",
     "softmax_attention",
+    "tensor",
 ]
