@@ -157,14 +157,18 @@ def build_parser(prog: str, description: str, *, default_n: int) -> argparse.Arg
         metavar="COUNT",
         help="keep COUNT heads spanning sharp to diffuse attention (by row entropy)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     return p
 
 
 def run_cli(extract, parser, argv) -> int:
     """Parse ``argv``, call ``extract`` and write the file; returns the exit status."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    # The summary below is the command's output: it goes through logging (INFO), and -v
+    # adds debug detail.
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
+    )
     t0 = time.perf_counter()
     sample = extract(
         args.text,
@@ -174,9 +178,13 @@ def run_cli(extract, parser, argv) -> int:
         select=args.select,
     )
     save_npz(args.out, sample)
-    # a command-line entry point: the summary on stdout is its output
-    print(
-        f"wrote {args.out}: Q {sample.Q.shape}, K {sample.K.shape}, V {sample.V.shape} "
-        f"in {time.perf_counter() - t0:.1f} s\n{sample.description}"
+    logger.info(
+        "wrote %s: Q %s, K %s, V %s in %.1f s\n%s",
+        args.out,
+        sample.Q.shape,
+        sample.K.shape,
+        sample.V.shape,
+        time.perf_counter() - t0,
+        sample.description,
     )
     return 0
