@@ -5,6 +5,30 @@ Softmax attention is ``Y = Z^{-1} A V`` with ``A = exp(Q K^T * scale)`` and
 approximation of ``A`` and ``Z``; :func:`approximate` runs one by name and returns its
 output with an error bound (or None where no theory exists), and :func:`certify` gives
 an a-posteriori certificate for any output.
+
+Where each method lives (run any of them by name through :func:`approximate`;
+:func:`methods` lists them with their defaults):
+
+======  ===========================  ====================================================
+Survey  Module                       Methods (registered names, or functions)
+======  ===========================  ====================================================
+§2.1    :mod:`attention.exact`       ``exact``
+§3      :mod:`attention.sparse`      ``topk``, ``window``, ``bigbird``
+§3.2    :mod:`attention.clustering`  ``reformer``, ``routing``, ``smyrf``, ``multipole``
+§3.3    :mod:`attention.sampling`    ``hyperattention``, ``kdeformer``, ``prescoring``
+§4      :mod:`attention.lowrank`     ``loki``, ``skyformer``, ``wildcat``, ``linformer``,
+                                     ``nystromformer``, ``csalr``, ``rsvd_oracle``
+§5      :mod:`attention.kernel`      kernel methods: ``performer``, ``scatterbrain``,
+                                     ``taylor``, ``polysketch``, ``tensorsketch``,
+                                     ``levattention``
+§6      :mod:`attention.latent`      MLA and MHA/GQA to MLA conversion (functions)
+§7      :mod:`attention.tensor`      CP/Tucker/TT weight compression, tensorised
+                                     attention (functions)
+======  ===========================  ====================================================
+
+Error bounds and the sampled-row certificate are in :mod:`attention.bounds`, the
+implicit softmax matrix in :mod:`attention.softmax_matrix`, shipped real samples in
+:mod:`attention.data`.
 """
 
 from attention import bounds, latent, tensor

@@ -8,7 +8,7 @@
 ``verify``
     Check every returned bound and certificate on the data over several draws; exits
     with status 1 if one fails (deterministic: any failure; probabilistic: a failure
-    count significant at ``--level`` under its stated confidence).
+    count significant at ``--level`` under its stated ``delta``).
 ``spectra``
     The survey's Figures 5, 7 and 8 on the data: sparsity pattern of ``Z^{-1} A`` and
     singular values of ``Q``, ``K``, ``V``, ``Q K^T``, ``A``, ``Z^{-1} A`` (PNG).

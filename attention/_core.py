@@ -48,10 +48,10 @@ class ErrorBound(NamedTuple):
     kind : {"deterministic", "probabilistic", "estimate"}
         ``"deterministic"``: holds for every draw (a theorem applied to quantities the
         method computed); ``"probabilistic"``: holds with probability at least
-        ``confidence`` over the method's randomness; ``"estimate"``: no guarantee.
-    confidence : float
-        1.0 for deterministic bounds, ``1 - delta`` for probabilistic ones, NaN for
-        estimates.
+        ``1 - delta`` over the method's randomness; ``"estimate"``: no guarantee.
+    delta : float
+        Failure probability: 0.0 for deterministic bounds, the ``delta`` of the
+        probabilistic statement for probabilistic ones, NaN for estimates.
     assumptions : str
         The theorem used (with reference) and the assumptions it needs, stating which
         were checked on the data.
@@ -60,7 +60,7 @@ class ErrorBound(NamedTuple):
     value: float
     norm: str
     kind: str
-    confidence: float
+    delta: float
     assumptions: str
 
 
@@ -208,6 +208,28 @@ def _check_scale(scale, d: int) -> float:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale={scale} must be finite and > 0")
     return scale
+
+
+def check_error_bound(error_bound, variants: tuple[str, ...]) -> str | None:
+    """Normalise an attention method's ``error_bound`` switch.
+
+    ``None`` or ``False``: no bound (returns None); ``True``: the method's default
+    variant ``variants[0]``; a string: that named variant (one of ``variants``).
+    """
+    if error_bound is None or error_bound is False or error_bound is np.False_:
+        return None
+    if error_bound is True or error_bound is np.True_:
+        return variants[0]
+    allowed = ", ".join(repr(v) for v in variants)
+    if not isinstance(error_bound, str):
+        raise TypeError(
+            f"error_bound must be None, a bool or one of {allowed}, got {error_bound!r}"
+        )
+    if error_bound not in variants:
+        raise ValueError(
+            f"error_bound must be None, False, True or one of {allowed}, got {error_bound!r}"
+        )
+    return error_bound
 
 
 def _broadcast(shapes: list[tuple], names: list[str]) -> tuple:

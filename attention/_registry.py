@@ -88,7 +88,8 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 # Modules whose import registers methods.
 _METHOD_MODULES = (
-    "attention._baselines",
+    "attention.exact",
+    "attention.sparse",
     "attention.clustering",
     "attention.sampling",
     "attention.lowrank",

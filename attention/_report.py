@@ -179,7 +179,7 @@ def evaluate(
         row.update(
             bound_kind=b.kind,
             bound_norm=b.norm,
-            bound_confidence=b.confidence,
+            bound_delta=b.delta,
             bound_rel=b.value / scale if scale else math.inf,
             bound_held=bool(actual <= b.value * (1 + 1e-9) + 1e-12 * scale),
             tightness=b.value / actual if actual > 0 else math.inf,
@@ -187,7 +187,7 @@ def evaluate(
         )
     cert = certify(approx, ds.Q, ds.K, ds.V, n_rows=n_rows, rng=seed + 1, **kw)
     row["cert_rel_fro"] = float(cert.relative_fro)
-    row["cert_confidence"] = float(cert.confidence)
+    row["cert_delta"] = float(cert.delta)
     row["cert_held"] = bool(row["rel_fro"] <= cert.relative_fro)
     return row
 
@@ -315,8 +315,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     lines += [
         "Bounds bound the absolute output error in the stated norm; shown divided by "
         "the exact output's norm. Certificates: sampled-row upper confidence bound on "
-        f"the relative Frobenius error ({meta['certificate_rows']} rows, confidence "
-        "0.99). Times: median of "
+        f"the relative Frobenius error ({meta['certificate_rows']} rows, delta "
+        "0.01). Times: median of "
         f"{meta['repeats']} runs after a warm-up (one run when they exceed 2 s); speed-up = "
         "exact time / method time.",
         "",
@@ -373,7 +373,7 @@ def run_verify(
     """Check every returned bound (and every certificate) on the data.
 
     Deterministic bounds must hold on every draw. Probabilistic bounds and certificates
-    fail with probability at most ``1 - confidence``: they fail verification when the
+    fail with probability at most their ``delta``: they fail verification when the
     number of failures over ``draws`` draws is significant at ``level`` (one-sided
     binomial test), so a correct bound fails verification with probability < ``level``.
     """
@@ -399,22 +399,22 @@ def run_verify(
                 if approx.bound is not None:
                     b = approx.bound
                     actual = _abs_error(approx.output, Y, b.norm)
-                    kinds["bound"] = (b.kind, b.confidence)
+                    kinds["bound"] = (b.kind, b.delta)
                     fails["bound"] += actual > b.value * (1 + 1e-9)
                     worst["bound"] = max(worst["bound"], actual / b.value if b.value else 0)
                 cert = certify(approx, ds.Q, ds.K, ds.V, n_rows=n_rows, rng=seed + 1000 + r, **kw)
-                kinds["certificate"] = ("probabilistic", cert.confidence)
+                kinds["certificate"] = ("probabilistic", cert.delta)
                 rel = relative_error(approx.output, Y)
                 fails["certificate"] += rel > cert.relative_fro
                 worst["certificate"] = max(
                     worst["certificate"], rel / cert.relative_fro if cert.relative_fro else 0
                 )
-            for what, (kind, conf) in kinds.items():
+            for what, (kind, delta) in kinds.items():
                 f = int(fails[what])
                 if kind == "deterministic":
                     ok, p = f == 0, float(f == 0)
                 elif kind == "probabilistic":
-                    p = float(stats.binom.sf(f - 1, draws, 1 - conf)) if f else 1.0
+                    p = float(stats.binom.sf(f - 1, draws, delta)) if f else 1.0
                     ok = p >= level
                 else:  # estimates carry no guarantee: reported, never failed
                     ok, p = True, math.nan
@@ -424,7 +424,7 @@ def run_verify(
                         "method": info.name,
                         "what": what,
                         "kind": kind,
-                        "confidence": conf,
+                        "delta": delta,
                         "draws": draws,
                         "failures": f,
                         "p_value": p,

@@ -51,7 +51,7 @@ class RowBound(NamedTuple):
 class Certificate(NamedTuple):
     r"""Sampled-row a-posteriori certificate of an attention output (see :func:`certify`).
 
-    All three bounds hold *simultaneously* with probability at least ``confidence`` over
+    All three bounds hold *simultaneously* except with probability at most ``delta`` over
     the rows drawn by :func:`certify` (not over the method's randomness: the output is
     fixed when it is certified).
 
@@ -69,8 +69,9 @@ class Certificate(NamedTuple):
     fro_estimate : float
         Point estimate :math:`\sqrt{N\,\overline{e^2}}` of :math:`\|\tilde Y - Y\|_F`
         (its square is unbiased); no guarantee.
-    confidence : float
-        :math:`1 - \delta` (1.0 when every row was computed exactly).
+    delta : float
+        Failure probability :math:`\delta` of the three bounds together (0.0 when every
+        row was computed exactly).
     n_rows : int
         Rows sampled (without replacement).
     exact_rows_cost : Cost
@@ -93,7 +94,7 @@ class Certificate(NamedTuple):
     relative_fro: float
     mean_row: float
     fro_estimate: float
-    confidence: float
+    delta: float
     n_rows: int
     exact_rows_cost: Cost
     slices: np.ndarray
@@ -107,8 +108,8 @@ class Certificate(NamedTuple):
         return ErrorBound(
             value=self.fro,
             norm="fro",
-            kind="probabilistic" if self.confidence < 1 else "deterministic",
-            confidence=self.confidence,
+            kind="probabilistic" if self.delta > 0 else "deterministic",
+            delta=self.delta,
             assumptions=self.assumptions,
         )
 
@@ -159,8 +160,8 @@ def _aggregate(rows: np.ndarray, assumptions: str) -> RowBound:
         fro = float(np.sqrt(np.sum(np.square(rows))))
     return RowBound(
         rows=rows,
-        fro=ErrorBound(fro, "fro", "deterministic", 1.0, assumptions),
-        row_max=ErrorBound(float(np.max(rows)), "row_max", "deterministic", 1.0, assumptions),
+        fro=ErrorBound(fro, "fro", "deterministic", 0.0, assumptions),
+        row_max=ErrorBound(float(np.max(rows)), "row_max", "deterministic", 0.0, assumptions),
     )
 
 
@@ -206,7 +207,7 @@ def row_lemma(row_l1_error, z_tilde, V, *, Y=None) -> RowBound:
 
     Notes
     -----
-    **Lemma** (DESIGN §5). If :math:`\tilde y_i = \tilde a_iV/\tilde z_i` with
+    **Lemma** (the normaliser-aware row lemma). If :math:`\tilde y_i = \tilde a_iV/\tilde z_i` with
     :math:`\tilde z_i = \tilde a_i\mathbf 1 \ne 0`, then, since
     :math:`a_i(V - \mathbf 1y_i^T) = a_iV - z_iy_i = 0`,
 
@@ -269,7 +270,7 @@ def row_lemma(row_l1_error, z_tilde, V, *, Y=None) -> RowBound:
     rows = np.where(err == 0, 0.0, rows)
     rows = np.where(np.isnan(rows), np.inf, rows)
     assumptions = (
-        "normaliser-aware row lemma (DESIGN.md §5): ||y_i - ~y_i|| <= "
+        "normaliser-aware row lemma (attention.bounds.row_lemma): ||y_i - ~y_i|| <= "
         "||a_i - ~a_i||_1 max_j ||v_j - y_i|| / |~z_i|, assuming ~y_i = ~a_i V / ~z_i with "
         f"~z_i = ~a_i 1 and the given l1 row errors; {how}"
     )
@@ -536,7 +537,7 @@ def certify(
     V,
     *,
     n_rows: int = 64,
-    confidence: float = 0.99,
+    delta: float = 0.01,
     causal: bool = False,
     mask=None,
     scale=None,
@@ -555,10 +556,10 @@ def certify(
     n_rows : int, default=64
         Query rows sampled uniformly without replacement over all slices and rows. If
         ``n_rows`` is at least the total number of rows, every row is computed and the
-        result is exact (confidence 1).
-    confidence : float, default=0.99
-        :math:`1 - \delta`: the three bounds hold simultaneously with this probability
-        over the sampling.
+        result is exact (``delta`` 0).
+    delta : float, default=0.01
+        Failure probability: the three bounds hold simultaneously with probability at
+        least ``1 - delta`` over the sampling.
     causal, mask, scale
         As for :func:`attention.approximate`.
     rng : None, int, SeedSequence or Generator, optional
@@ -575,7 +576,7 @@ def certify(
     TypeError
         Non-integer ``n_rows``, bad input types.
     ValueError
-        Output shape different from ``lead + (n, dv)``, ``confidence`` outside (0, 1),
+        Output shape different from ``lead + (n, dv)``, ``delta`` outside (0, 1),
         invalid attention inputs (see :func:`attention.approximate`).
 
     Notes
@@ -626,13 +627,13 @@ def certify(
     >>> rng = np.random.default_rng(0)
     >>> Q, K, V = (rng.standard_normal((2, 50, 8)) for _ in range(3))
     >>> cert = certify(np.zeros((2, 50, 8)), Q, K, V, n_rows=20, rng=0)
-    >>> cert.n_rows, cert.row_errors.shape, cert.confidence
-    (20, (20,), 0.99)
+    >>> cert.n_rows, cert.row_errors.shape, cert.delta
+    (20, (20,), 0.01)
     """
     Y = approx.output if isinstance(approx, AttentionApprox) else approx
     problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
     n_rows = check_int(n_rows, "n_rows", minimum=1)
-    confidence = check_probability(confidence, "confidence")
+    delta = check_probability(delta, "delta")
     rng = check_rng(rng)
     Yt = as_float_array(Y, name="approx output").astype(np.float64)
     want = (*problem.lead, problem.n, problem.dv)
@@ -667,21 +668,21 @@ def certify(
         fro = float(np.sqrt(np.sum(err**2)))
         ynorm = float(np.sqrt(np.sum(ysq)))
         mean_row = float(err.mean())
-        conf = 1.0
+        achieved_delta = 0.0
     else:
-        delta = (1.0 - confidence) / 3.0
+        delta3 = delta / 3.0
         if b > 0:
-            m2 = kl_confidence_bound(min(1.0, float(np.mean((err / b) ** 2))), s, delta)
-            m1 = kl_confidence_bound(min(1.0, float(np.mean(err / b))), s, delta)
+            m2 = kl_confidence_bound(min(1.0, float(np.mean((err / b) ** 2))), s, delta3)
+            m1 = kl_confidence_bound(min(1.0, float(np.mean(err / b))), s, delta3)
         else:
             m2 = m1 = 0.0
         fro = b * math.sqrt(N * m2)
         mean_row = b * m1
-        ylow = _betting_lower_bound(np.minimum(ysq / vmax2, 1.0), N, delta) if vmax2 > 0 else 0.0
+        ylow = _betting_lower_bound(np.minimum(ysq / vmax2, 1.0), N, delta3) if vmax2 > 0 else 0.0
         # Two lower bounds on ||Y||_F, both valid on the same events: the sampled one and
         # ||~Y||_F - ||~Y - Y||_F >= ||~Y||_F - fro (triangle inequality).
         ynorm = max(math.sqrt(N * vmax2 * ylow), float(np.linalg.norm(Yt.ravel())) - fro)
-        conf = confidence
+        achieved_delta = delta
     relative = fro / ynorm if ynorm > 0 else (0.0 if fro == 0 else math.inf)
     assumptions = (
         f"sampled-row certificate: {s} of {N} rows drawn uniformly without replacement; "
@@ -696,7 +697,7 @@ def certify(
         relative_fro=float(relative),
         mean_row=float(mean_row),
         fro_estimate=float(math.sqrt(N * float(np.mean(err**2)))),
-        confidence=conf,
+        delta=achieved_delta,
         n_rows=int(s),
         exact_rows_cost=cost,
         slices=slices.astype(np.int64),

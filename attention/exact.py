@@ -17,6 +17,7 @@ import numpy as np
 
 from attention._core import Problem, finish, finish_lse, prepare
 from attention._kernels.exact import _attend_kernel
+from attention._registry import MethodResult, problem_cost_exact, register
 from rnla._validation import as_float_array, result_dtype
 
 __all__ = ["merge_partials", "reference_attention", "softmax_attention"]
@@ -405,3 +406,17 @@ def merge_partials(outputs: Sequence, lses: Sequence) -> tuple[np.ndarray, np.nd
     Y = np.where(seen[..., None], Y / safe_z[..., None], 0.0)
     lse = np.where(seen, safe_top + np.log(safe_z), -np.inf)
     return Y.astype(dtype), lse.astype(dtype)
+
+
+@register(
+    "exact",
+    section="§2.1",
+    family="exact",
+    causal=True,
+    masks=True,
+    bound=None,
+    summary="Exact blocked online-softmax attention (the reference; no approximation).",
+)
+def _exact(problem, *, rng):
+    out, lse = _attend(problem)
+    return MethodResult(out, lse, None, problem_cost_exact(problem))

@@ -20,7 +20,7 @@ Every method here writes attention as :math:`y_i = \sum_j \kappa(q_i, k_j) v_j /
   (plus an optional local window), with a deterministic dropped-mass bound.
 
 Causal attention (bottom-right aligned) of the feature methods runs through the chunked
-prefix-sum kernel of :mod:`attention._kernels.kernel` (never an ``n x d x M`` tensor).
+prefix-sum kernel of :mod:`attention._kernels.features` (never an ``n x d x M`` tensor).
 The angular-LSH bucketing used by ``scatterbrain`` is a minimal private version, to be
 replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
 """
@@ -35,8 +35,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
-from attention._core import Cost, ErrorBound, Problem, prepare
-from attention._kernels.kernel import _causal_linear_attention, _online_leverage
+from attention._core import Cost, ErrorBound, Problem, check_error_bound, prepare
+from attention._kernels.features import _causal_linear_attention, _online_leverage
 from attention._registry import MethodResult, register
 from attention.bounds import dropped_mass_bound, value_radius
 from rnla import sketch as _sketch
@@ -61,7 +61,7 @@ __all__ = [
 _CHUNK = 128  # queries per chunk of the causal prefix-sum kernel
 _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
-_ERROR_BOUNDS = ("norms", "exact", "none")
+_ERROR_BOUNDS = ("norms", "exact")
 
 
 # ---------------------------------------------------------------------------------------
@@ -412,10 +412,10 @@ def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=N
         "(Jensen)"
     )
     kind = "probabilistic"
-    conf = 1.0 - delta
+    bound_delta = delta
     note = ""
     if orthogonal and features != "positive":
-        kind, conf = "estimate", math.nan
+        kind, bound_delta = "estimate", math.nan
         note = (
             "; orthogonal frequencies: the i.i.d. MSE formula is used as an estimate (no "
             "theorem that orthogonality does not increase the MSE of this estimator)"
@@ -423,12 +423,12 @@ def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=N
     elif orthogonal:
         note = "; orthogonal frequencies: MSE <= i.i.d. MSE (Choromanski et al. 2021, Thm 2)"
     if kind_override is not None:
-        kind, conf = kind_override
+        kind, bound_delta = kind_override
     return ErrorBound(
         value,
         "fro",
         kind,
-        conf,
+        bound_delta,
         f"{features} random features: {how}; {src}{note}; "
         f"failure probability delta={delta}; plus a rounding allowance",
     )
@@ -516,9 +516,10 @@ def _performer(
     orthogonal : bool, default=True
         Block-orthogonal frequencies with chi-distributed norms
         (:func:`rnla.sketch.orthogonal_gaussian`) instead of i.i.d.
-    error_bound : {"norms", "exact", "none"}, default="norms"
-        How the bound is computed: from norms only (``O(n + m)``, loose), from the exact
-        per-entry MSE (``O(n m d)``, verification), or not at all.
+    error_bound : {"norms", "exact", True, False, None}, default="norms"
+        How the bound is computed: from norms only (``"norms"``, also ``True``;
+        ``O(n + m)``, loose), from the exact per-entry MSE (``"exact"``, ``O(n m d)``,
+        verification), or not at all (``None`` or ``False``).
     delta : float, default=0.1
         Failure probability of the bound.
 
@@ -530,7 +531,7 @@ def _performer(
     M = check_int(n_features, "n_features", minimum=1)
     features = check_option(features, _FEATURES, "features")
     orthogonal = _check_bool(orthogonal, "orthogonal")
-    mode = check_option(error_bound, _ERROR_BOUNDS, "error_bound")
+    mode = check_error_bound(error_bound, _ERROR_BOUNDS)
     delta = check_probability(delta, "delta")
     d = problem.d
     W = _frequencies(M, d, orthogonal, rng)
@@ -548,16 +549,14 @@ def _performer(
         y = _ratio(num, den)
         outs.append(y)
         lses.append(_positive_lse(den, logscale))
-        if mode != "none":
+        if mode is not None:
             part = _rf_parts(problem, g, (y, den, logscale), q, k, v, features, M, mode)
             if features == "trig":
                 part["rows"] = _trig_rows(part, delta)
             parts.append(part)
             if mode == "exact":
                 evals += int(_visible_counts(problem).sum())
-    bound = (
-        None if mode == "none" else _rf_bound(parts, problem, features, orthogonal, delta, mode)
-    )
+    bound = None if mode is None else _rf_bound(parts, problem, features, orthogonal, delta, mode)
     G, n, m = problem.n_slices, problem.n, problem.m
     flops = G * (2.0 * (n + m) * d * M + _linear_flops(n, m, Mf, problem.dv, problem.causal))
     if mode == "exact":
@@ -606,7 +605,7 @@ def _scatterbrain(
         Positive feature maps only (the sparse correction must keep weights >= 0).
     orthogonal : bool, default=True
         Block-orthogonal frequencies.
-    error_bound : {"norms", "exact", "none"}, default="norms"
+    error_bound : {"norms", "exact", True, False, None}, default="norms"
         As for ``performer``; ``"exact"`` sums the MSE over the non-bucket pairs only.
     delta : float, default=0.1
         Failure probability of the bound.
@@ -621,7 +620,7 @@ def _scatterbrain(
         raise ValueError(f"n_buckets={nb} must be even (angular LSH has 2 buckets per ray)")
     features = check_option(features, ("positive", "hyperbolic"), "features")
     orthogonal = _check_bool(orthogonal, "orthogonal")
-    mode = check_option(error_bound, _ERROR_BOUNDS, "error_bound")
+    mode = check_error_bound(error_bound, _ERROR_BOUNDS)
     delta = check_probability(delta, "delta")
     d, n, m = problem.d, problem.n, problem.m
     W = _frequencies(M, d, orthogonal, rng)
@@ -676,7 +675,7 @@ def _scatterbrain(
         y = _ratio(num_t, den_t)
         outs.append(y)
         lses.append(_positive_lse(den_t, ref))
-        if mode != "none":
+        if mode is not None:
             exclude = None
             if mode == "exact":
                 hq_, hk_ = hq, hk
@@ -688,9 +687,7 @@ def _scatterbrain(
             parts.append(
                 _rf_parts(problem, g, (y, den_t, ref), q, k, v, features, M, mode, exclude)
             )
-    bound = (
-        None if mode == "none" else _rf_bound(parts, problem, features, orthogonal, delta, mode)
-    )
+    bound = None if mode is None else _rf_bound(parts, problem, features, orthogonal, delta, mode)
     G = problem.n_slices
     Mf = M if features == "positive" else 2 * M
     flops = G * (
@@ -879,7 +876,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
             value,
             "fro",
             "probabilistic",
-            1.0 - delta,
+            delta,
             f"Taylor remainder |e^s - T_{p}(s)| <= eta_i e^s, eta_i = e^B_i B_i^{p + 1}/"
             f"({p + 1})!, B_i = ||q_i|| max_j ||k_j|| scale (Cauchy-Schwarz), plus "
             "TensorSketch error of degrees >= 2 (Var <= (3^t - 1)/k ||q||^2t ||k||^2t, "
@@ -891,7 +888,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
             value,
             "fro",
             "deterministic",
-            1.0,
+            0.0,
             f"Taylor remainder (Lagrange) |e^s - T_{p}(s)| <= eta_i e^s with eta_i = "
             f"e^B_i B_i^{p + 1}/({p + 1})!, B_i = ||q_i|| max_j ||k_j|| scale "
             "(Cauchy-Schwarz); row lemma in the ~y form: ||y_i - ~y_i|| <= eta_i "
@@ -908,14 +905,14 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
 # ---------------------------------------------------------------------------------------
 
 
-def _check_degree(p) -> int:
-    p = check_int(p, "p", minimum=2)
+def _check_degree(degree) -> int:
+    p = check_int(degree, "degree", minimum=2)
     if p % 2:
-        raise ValueError(f"p={p} must be even (polynomial attention needs <q,k>^p >= 0)")
+        raise ValueError(f"degree={p} must be even (polynomial attention needs <q,k>^p >= 0)")
     return p
 
 
-def polynomial_attention(Q, K, V, p=4, /, *, scale=None, causal=False):
+def polynomial_attention(Q, K, V, degree=4, /, *, scale=None, causal=False):
     r"""Exact polynomial attention :math:`y_i = \sum_j w_{ij} v_j / \sum_j w_{ij}`.
 
     Parameters
@@ -926,8 +923,8 @@ def polynomial_attention(Q, K, V, p=4, /, *, scale=None, causal=False):
         Keys.
     V : array_like, shape (..., m, dv)
         Values.
-    p : int, default=4
-        Even degree ``>= 2``.
+    degree : int, default=4
+        Even degree ``p >= 2``.
     scale : float, optional
         Score scale, ``1/sqrt(d)`` by default.
     causal : bool, default=False
@@ -941,7 +938,7 @@ def polynomial_attention(Q, K, V, p=4, /, *, scale=None, causal=False):
     Raises
     ------
     ValueError
-        Invalid shapes or an odd or too small ``p``.
+        Invalid shapes or an odd or too small ``degree``.
 
     Notes
     -----
@@ -963,7 +960,7 @@ def polynomial_attention(Q, K, V, p=4, /, *, scale=None, causal=False):
     >>> polynomial_attention(X, X, X, 2).shape
     (2, 5, 4)
     """
-    p = _check_degree(p)
+    p = _check_degree(degree)
     problem = prepare(Q, K, V, scale=scale, causal=causal)
     out = []
     for g in range(problem.n_slices):
@@ -1010,8 +1007,8 @@ def _poly_slice_features(problem, g, p, kind, r, nonnegative, seed):
     return F[: problem.n], F[problem.n :], v
 
 
-def _poly_method(problem, rng, p, sketch_size, nonnegative, kind):
-    p = _check_degree(p)
+def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
+    p = _check_degree(degree)
     r = check_int(sketch_size, "sketch_size", minimum=1)
     nonnegative = _check_bool(nonnegative, "nonnegative")
     d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
@@ -1037,7 +1034,7 @@ def _poly_method(problem, rng, p, sketch_size, nonnegative, kind):
     bound=None,
     summary="PolySketchFormer: sketched polynomial attention <q,k>^p (a different mechanism).",
 )
-def _polysketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True):
+def _polysketch(problem: Problem, *, rng, degree=4, sketch_size=32, nonnegative=True):
     r"""PolySketchFormer features of polynomial attention (registered as ``"polysketch"``).
 
     Parameters
@@ -1046,8 +1043,8 @@ def _polysketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True)
         Prepared inputs.
     rng : numpy.random.Generator
         Draws the Gaussian sketches.
-    p : int, default=4
-        Even degree.
+    degree : int, default=4
+        Even degree ``p``.
     sketch_size : int, default=32
         Sketch size ``r`` (``r^2`` features with ``nonnegative=True``).
     nonnegative : bool, default=True
@@ -1058,7 +1055,7 @@ def _polysketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True)
     MethodResult
         No bound against softmax: see :func:`polynomial_sketch_error`.
     """
-    return _poly_method(problem, rng, p, sketch_size, nonnegative, "polysketch")
+    return _poly_method(problem, rng, degree, sketch_size, nonnegative, "polysketch")
 
 
 @register(
@@ -1069,7 +1066,7 @@ def _polysketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True)
     bound=None,
     summary="TensorSketch features of polynomial attention <q,k>^p (a different mechanism).",
 )
-def _tensorsketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=True):
+def _tensorsketch(problem: Problem, *, rng, degree=4, sketch_size=32, nonnegative=True):
     r"""TensorSketch features of polynomial attention (registered as ``"tensorsketch"``).
 
     Parameters
@@ -1078,8 +1075,8 @@ def _tensorsketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=Tru
         Prepared inputs.
     rng : numpy.random.Generator
         Draws the hashes.
-    p : int, default=4
-        Even degree.
+    degree : int, default=4
+        Even degree ``p``.
     sketch_size : int, default=32
         Sketch size ``r`` (``r^2`` features with ``nonnegative=True``).
     nonnegative : bool, default=True
@@ -1090,7 +1087,7 @@ def _tensorsketch(problem: Problem, *, rng, p=4, sketch_size=32, nonnegative=Tru
     MethodResult
         No bound against softmax: see :func:`polynomial_sketch_error`.
     """
-    return _poly_method(problem, rng, p, sketch_size, nonnegative, "tensorsketch")
+    return _poly_method(problem, rng, degree, sketch_size, nonnegative, "tensorsketch")
 
 
 class PolynomialSketchError(NamedTuple):
@@ -1130,7 +1127,7 @@ def polynomial_sketch_error(
     Q,
     K,
     V,
-    p=4,
+    degree=4,
     /,
     *,
     features="polysketch",
@@ -1147,8 +1144,8 @@ def polynomial_sketch_error(
     ----------
     Q, K, V : array_like
         As for :func:`attention.approximate`.
-    p : int, default=4
-        Even degree.
+    degree : int, default=4
+        Even degree ``p``.
     features : {"polysketch", "tensorsketch"}, default="polysketch"
         Sketch family (the registered method of the same name).
     sketch_size : int, default=32
@@ -1204,7 +1201,7 @@ def polynomial_sketch_error(
 
     features = check_option(features, ("polysketch", "tensorsketch"), "features")
     delta = check_probability(delta, "delta")
-    p = _check_degree(p)
+    p = _check_degree(degree)
     r = check_int(sketch_size, "sketch_size", minimum=1)
     nonnegative = _check_bool(nonnegative, "nonnegative")
     rng = check_rng(rng)
@@ -1359,9 +1356,10 @@ def _levattention(
     window : int, default=0
         Also keep the ``window`` most recent keys (causal) or the keys within
         ``window - 1`` positions (non-causal) of each query.
-    error_bound : {"exact", "none"}, default="exact"
-        ``"exact"`` computes the exact dropped softmax mass (one exact pass,
-        :math:`O(nm(d + d_v))`) and returns the deterministic dropped-mass bound.
+    error_bound : {"exact", True, False, None}, default="exact"
+        ``"exact"`` (also ``True``) computes the exact dropped softmax mass (one exact
+        pass, :math:`O(nm(d + d_v))`) and returns the deterministic dropped-mass bound;
+        ``None`` or ``False`` returns no bound.
 
     Returns
     -------
@@ -1375,7 +1373,7 @@ def _levattention(
         if not (0 <= threshold < 1):
             raise ValueError(f"threshold={threshold} must lie in [0, 1) (leverage scores)")
     w = check_int(window, "window", minimum=0)
-    mode = check_option(error_bound, ("exact", "none"), "error_bound")
+    mode = check_error_bound(error_bound, ("exact",))
     n, m, d, dv = problem.n, problem.m, problem.d, problem.dv
     select = _key_cache(problem, lambda g: _select_keys(problem, g, n_keys, threshold))
     if w > 0:
@@ -1429,7 +1427,7 @@ def _levattention(
             value,
             "fro",
             "deterministic",
-            1.0,
+            0.0,
             rb.fro.assumptions + "; eps_i from the exact log-normaliser (one exact pass); "
             "plus a rounding allowance",
         )

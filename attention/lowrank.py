@@ -7,8 +7,8 @@ and returns :math:`\tilde Y = \operatorname{diag}(\tilde A\mathbf 1)^{-1}\tilde 
 (Linformer, Nyströmformer). They are registered in :mod:`attention._registry` and run
 through :func:`attention.approximate`; this module has no other public API.
 
-Deterministic bounds all come from the normaliser-aware lemma (DESIGN §5): with
-:math:`\tilde z_i = \tilde a_i\mathbf 1 > 0`,
+Deterministic bounds all come from the normaliser-aware row lemma
+(:func:`attention.bounds.row_lemma`): with :math:`\tilde z_i = \tilde a_i\mathbf 1 > 0`,
 
 .. math::
 
@@ -54,8 +54,8 @@ from rnla._validation import (
 )
 from rnla.estimate import lowrank_error_estimate
 from rnla.lowrank import rsvd
-from rnla.nystrom import rpcholesky
 from rnla.operators import EntryMatrixBase
+from rnla.psd import rpcholesky
 
 __all__: list[str] = []
 
@@ -92,8 +92,8 @@ def _fro_bound(rows: list[np.ndarray], kind: str, assumptions: str, delta: float
     """Frobenius-norm :class:`ErrorBound` from per-row bounds of every slice."""
     with np.errstate(over="ignore"):
         value = float(math.sqrt(sum(float(np.sum(e * e)) for e in rows)))
-    confidence = 1.0 if kind == "deterministic" else 1.0 - delta
-    return ErrorBound(value, "fro", kind, confidence, assumptions)
+    bound_delta = 0.0 if kind == "deterministic" else delta
+    return ErrorBound(value, "fro", kind, bound_delta, assumptions)
 
 
 _CAP_TEXT = (
@@ -334,17 +334,18 @@ _LIFT_TEXT = (
     bound="deterministic",
     summary="Skyformer: regularised Nyström of the Gaussian-kernel PSD lift, uniform landmarks.",
 )
-def _skyformer(problem: Problem, *, rng, landmarks=None, gamma=1e-2):
+def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
     r"""Skyformer: uniform-landmark Nyström of the softmax PSD lift.
 
-    ``landmarks`` points drawn uniformly without replacement from the ``n + m`` rows of
-    :math:`[Q; K]`; :math:`\hat G = G_{:S}(G_{SS} + \gamma I)^{-1}G_{S:}` of the
-    Gaussian lift :math:`G` (:meth:`SoftmaxMatrix.psd_lift`, ``tau = 1``);
+    ``n_landmarks`` points (default ``min(64, n + m)``) drawn uniformly without
+    replacement from the ``n + m`` rows of :math:`[Q; K]`;
+    :math:`\hat G = G_{:S}(G_{SS} + \gamma I)^{-1}G_{S:}` of the Gaussian lift :math:`G`
+    (:meth:`SoftmaxMatrix.psd_lift`, ``tau = 1``);
     :math:`\hat A = D_Q\hat G_{QK}D_K`, :math:`\tilde Y = \hat AV/\hat A\mathbf 1`.
     """
     n, m = problem.n, problem.m
-    landmarks = min(64, n + m) if landmarks is None else landmarks
-    landmarks = check_int(landmarks, "landmarks", minimum=1, maximum=n + m)
+    landmarks = min(64, n + m) if n_landmarks is None else n_landmarks
+    landmarks = check_int(landmarks, "n_landmarks", minimum=1, maximum=n + m)
     gamma = _check_nonneg_real(gamma, "gamma")
     outs, lses, rows = [], [], []
     flops, evals = 0.0, 0
@@ -458,7 +459,7 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     summary="Yardstick: randomized SVD of the implicit A, output diag(A~1)^-1 A~V.",
 )
 def _rsvd_oracle(
-    problem: Problem, *, rng, rank=None, oversample=10, form="normalized", failure_probability=1e-3
+    problem: Problem, *, rng, rank=None, oversample=10, form="normalized", delta=1e-3
 ):
     r"""Near-best rank-``r`` approximation of the row-scaled :math:`A` by rSVD.
 
@@ -478,7 +479,7 @@ def _rsvd_oracle(
     rank = check_int(rank, "rank", minimum=1, maximum=min(n, m))
     oversample = check_int(oversample, "oversample", minimum=0)
     form = check_option(form, ("normalized", "stabilized", "raw"), "form")
-    delta = check_probability(failure_probability, "failure_probability")
+    delta = check_probability(delta, "delta")
     G = problem.n_slices
     outs, lses, rows = [], [], []
     flops, evals = 0.0, 0
@@ -488,7 +489,7 @@ def _rsvd_oracle(
         sm = {"normalized": sm.normalized, "stabilized": sm.stabilized, "raw": sm.raw}[form]()
         op = sm.as_linear_operator()
         res = rsvd(op, rank, oversample=oversample, rng=rng)
-        est = lowrank_error_estimate(op, res, ord=2, failure_probability=delta / G, rng=rng)
+        est = lowrank_error_estimate(op, res, norm=2, delta=delta / G, rng=rng)
         if form == "normalized":
             # P = Z^{-1} A is row-stochastic and Y = P V exactly: no renormalisation (which
             # divides by row sums of P~ that can be near 0 on sharp heads), and
@@ -542,16 +543,17 @@ def _rsvd_oracle(
     bound=None,
     summary="Linformer, training-free: random JL projections E = F of keys and values.",
 )
-def _linformer(problem: Problem, *, rng, k=None, sketch="gaussian"):
+def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
     r"""Linformer (Wang et al. 2020) with a random projection instead of learned ones.
 
     :math:`\tilde Y = \operatorname{softmax}(s\,Q(EK)^\top)(FV)` with
-    :math:`E = F = S` a ``(k, m)`` sketch from :mod:`rnla.sketch` (Theorem 2 of the
+    :math:`E = F = S` a ``(k, m)`` sketch from :mod:`rnla.sketch`, ``k = sketch_size``
+    (default ``min(64, m)``) (Theorem 2 of the
     paper uses scaled Gaussian :math:`E = \delta R`, :math:`F = e^{-\delta}R`).
     """
     n, m = problem.n, problem.m
-    k = min(64, m) if k is None else k
-    k = check_int(k, "k", minimum=1, maximum=m)
+    k = min(64, m) if sketch_size is None else sketch_size
+    k = check_int(k, "sketch_size", minimum=1, maximum=m)
     make = check_option(sketch, _SKETCHES, "sketch")
     outs = []
     flops = 0.0
@@ -610,10 +612,10 @@ def _landmark_pieces(problem: Problem, g: int, c: int):
     return F, C, B, v
 
 
-def _check_landmarks(landmarks, problem: Problem) -> int:
-    if landmarks is None:
+def _check_landmarks(n_landmarks, problem: Problem) -> int:
+    if n_landmarks is None:
         return min(64, problem.n, problem.m)
-    return check_int(landmarks, "landmarks", minimum=1, maximum=min(problem.n, problem.m))
+    return check_int(n_landmarks, "n_landmarks", minimum=1, maximum=min(problem.n, problem.m))
 
 
 @register(
@@ -625,7 +627,7 @@ def _check_landmarks(landmarks, problem: Problem) -> int:
     summary="Nyströmformer: segment-means landmarks, iterative/exact/truncated pinv.",
 )
 def _nystromformer(
-    problem: Problem, *, rng, landmarks=None, pinv="iterative", n_iter=6, rcond=1e-2
+    problem: Problem, *, rng, n_landmarks=None, pinv="iterative", n_iter=6, rcond=1e-2
 ):
     r"""Nyströmformer (Xiong et al. 2021): :math:`\tilde F\,Z\,(\tilde BV)`.
 
@@ -634,7 +636,7 @@ def _nystromformer(
     :math:`\tilde B = \operatorname{softmax}(s\tilde QK^\top)` with segment-mean
     landmarks :math:`\tilde Q, \tilde K`, and :math:`Z \approx C^+`.
     """
-    c = _check_landmarks(landmarks, problem)
+    c = _check_landmarks(n_landmarks, problem)
     pinv = check_option(pinv, _PINV, "pinv")
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     rcond = check_probability(rcond, "rcond")
@@ -668,7 +670,7 @@ def _nystromformer(
     bound=None,
     summary="CSALR (survey form): Nyströmformer form with the core C' = C + ones.",
 )
-def _csalr(problem: Problem, *, rng, landmarks=None, augment="diagonal"):
+def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
     r"""CSALR as stated in the survey: the Nyströmformer form with an invertible core.
 
     :math:`\tilde A = \tilde F C'^{-1}\tilde B` and
@@ -678,7 +680,7 @@ def _csalr(problem: Problem, *, rng, landmarks=None, augment="diagonal"):
     1 have modulus < 1 (Perron-Frobenius), so -1 is not one) or ``"ones"``:
     :math:`C' = C + \mathbf 1\mathbf 1^\top` (solved by least squares if singular).
     """
-    c = _check_landmarks(landmarks, problem)
+    c = _check_landmarks(n_landmarks, problem)
     augment = check_option(augment, ("diagonal", "ones"), "augment")
     outs = []
     n, m = problem.n, problem.m

@@ -39,9 +39,10 @@ so :math:`\mathbb E\|\tilde Y - Y\|_F^2 \le M = \sum_i\min(\mathbb E\|e_i\|^2/(z
 4R^2)` (both rows lie in the ball :math:`B(c, R)` of the values) and, by Markov's
 inequality, :math:`\|\tilde Y - Y\|_2 \le \|\tilde Y - Y\|_F \le \sqrt{M/\delta}`
 with probability at least :math:`1-\delta`. :math:`M` needs the exact :math:`A` and
-:math:`Y`: the methods compute it by an extra exact pass when ``with_bound=True`` (not
-counted in ``cost``). The published theorems (KDEformer Thm 3.4, HyperAttention Thm 1)
-are of the form :math:`\|\tilde Y - Y\|_2 \le \varepsilon\|Z^{-1}A\|_2\|V\|_2`; the
+:math:`Y`: the methods compute it by an extra exact pass when ``error_bound`` is True
+or ``"exact"`` (not counted in ``cost``). The published theorems (KDEformer Thm 3.4,
+HyperAttention Thm 1) are of the form
+:math:`\|\tilde Y - Y\|_2 \le \varepsilon\|Z^{-1}A\|_2\|V\|_2`; the
 quantities they depend on are returned by :func:`sampling_diagnostics`.
 
 References
@@ -63,7 +64,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from attention._core import Cost, ErrorBound, Problem, prepare
+from attention._core import Cost, ErrorBound, Problem, check_error_bound, prepare
 from attention._registry import MethodResult, register
 from attention.bounds import value_radius
 from attention.exact import merge_partials, softmax_attention
@@ -528,7 +529,7 @@ def _make_bound(problem, outs, plans, delta, name):
         f"pass; delta = {delta}; also bounds the spectral norm; plus 4 eps (||~y_i|| + R) "
         "per row for the cast to the output dtype"
     )
-    return ErrorBound(value, "fro", "probabilistic", 1.0 - delta, assumptions)
+    return ErrorBound(value, "fro", "probabilistic", delta, assumptions)
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,14 +537,13 @@ def _make_bound(problem, outs, plans, delta, name):
 # ---------------------------------------------------------------------------------------
 
 
-def _check_common(block_size, sample_size, n_bits, delta, with_bound):
+def _check_common(block_size, sample_size, n_bits, delta, error_bound):
     block_size = check_int(block_size, "block_size", minimum=1)
     sample_size = check_int(sample_size, "sample_size", minimum=1)
     n_bits = check_int(n_bits, "n_bits", minimum=1, maximum=30)
     delta = check_probability(delta, "delta")
-    if not isinstance(with_bound, bool | np.bool_):
-        raise TypeError(f"with_bound must be a bool, got {with_bound!r}")
-    return block_size, sample_size, n_bits, delta, bool(with_bound)
+    error_bound = check_error_bound(error_bound, ("exact",))
+    return block_size, sample_size, n_bits, delta, error_bound
 
 
 def _check_mix(uniform_mix) -> float:
@@ -584,7 +584,7 @@ def _kdeformer(
     block_size=64,
     n_bits=7,
     uniform_mix=0.5,
-    with_bound=True,
+    error_bound=True,
     delta=0.1,
 ):
     r"""KDEformer ("spar + res"): exact LSH blocks plus importance-sampled residual columns.
@@ -598,8 +598,8 @@ def _kdeformer(
     ones column, so the normaliser comes from the same pass. Exact when
     ``m <= block_size + sample_size`` (no more kernel evaluations than the estimator).
     """
-    block_size, sample_size, n_bits, delta, with_bound = _check_common(
-        block_size, sample_size, n_bits, delta, with_bound
+    block_size, sample_size, n_bits, delta, error_bound = _check_common(
+        block_size, sample_size, n_bits, delta, error_bound
     )
     gamma = _check_mix(uniform_mix)
     outs, lses, plans = [], [], []
@@ -639,7 +639,7 @@ def _kdeformer(
         plans.append(((q, k, v), False, [_Piece(rows, keys, "sampled", *piece)]))
         evals += ev
         flops += fl
-    bound = _make_bound(problem, outs, plans, delta, "KDEformer") if with_bound else None
+    bound = _make_bound(problem, outs, plans, delta, "KDEformer") if error_bound else None
     return _result(problem, outs, lses, bound, evals, flops)
 
 
@@ -765,7 +765,7 @@ def _hyperattention(
     n_bits=7,
     sampling="uniform",
     min_seq_len=128,
-    with_bound=True,
+    error_bound=True,
     delta=0.1,
 ):
     r"""HyperAttention: sortLSH blocks and sampled columns, merged through lse.
@@ -782,12 +782,12 @@ def _hyperattention(
     2x2 split, upper-left and lower-right recursively causal, the lower-left block by
     the non-causal method (at any size), merged through lse.
     """
-    block_size, sample_size, n_bits, delta, with_bound = _check_common(
-        block_size, sample_size, n_bits, delta, with_bound
+    block_size, sample_size, n_bits, delta, error_bound = _check_common(
+        block_size, sample_size, n_bits, delta, error_bound
     )
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
     outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts)
-    bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if with_bound else None
+    bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if error_bound else None
     return _result(problem, outs, lses, bound, evals, flops)
 
 
@@ -822,7 +822,7 @@ def _prescoring(
     n_bits=7,
     sampling="uniform",
     min_seq_len=128,
-    with_bound=True,
+    error_bound=True,
     delta=0.1,
 ):
     r"""Pre-scoring: keep the ``n_select`` highest-scoring keys, run HyperAttention on them.
@@ -837,8 +837,8 @@ def _prescoring(
     mass, from the same extra exact pass) to the Markov bound of the HyperAttention
     part (relative to attention over the selected keys), by the triangle inequality.
     """
-    block_size, sample_size, n_bits, delta, with_bound = _check_common(
-        block_size, sample_size, n_bits, delta, with_bound
+    block_size, sample_size, n_bits, delta, error_bound = _check_common(
+        block_size, sample_size, n_bits, delta, error_bound
     )
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
     scoring = check_option(scoring, ("kmeans", "leverage"), "scoring")
@@ -870,7 +870,7 @@ def _prescoring(
 
     outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts, select_keep)
     bound = None
-    if with_bound:
+    if error_bound:
         bound = _prescoring_bound(problem, outs, plans, chosen, delta)
     return _result(problem, outs, lses, bound, evals, flops)
 
@@ -892,4 +892,4 @@ def _prescoring_bound(problem, outs, plans, chosen, delta):
         "dropped-mass bound 2 eps_i R (eps_i = exact softmax mass of the unselected keys, "
         "R = value radius) by the triangle inequality"
     )
-    return ErrorBound(value, "fro", "probabilistic", 1.0 - delta, assumptions)
+    return ErrorBound(value, "fro", "probabilistic", delta, assumptions)

@@ -54,20 +54,20 @@ SHARP_HEADS = {("minilm", "layer 0, head 2"), ("smollm2", "layer 18, head 8")}
 TIMEOUT = {512: 120, 1024: 30, 4096: 30, 16384: 60, 65536: 120}
 # Parameters without an O(n m) bound pass (used from n = 16384 on).
 CHEAP_BOUNDS = {
-    "hyperattention": {"with_bound": False},
-    "kdeformer": {"with_bound": False},
-    "prescoring": {"with_bound": False},
-    "levattention": {"error_bound": "none"},
+    "hyperattention": {"error_bound": False},
+    "kdeformer": {"error_bound": False},
+    "prescoring": {"error_bound": False},
+    "levattention": {"error_bound": None},
 }
 # Small sweep of non-default parameters for the promising methods.
 SWEEP = [
-    ("topk", {"k": 8}),
-    ("topk", {"k": 64}),
+    ("topk", {"top_k": 8}),
+    ("topk", {"top_k": 64}),
     ("wildcat", {"rank": 128}),
     ("wildcat", {"rank": 256}),
     ("hyperattention", {"sample_size": 512}),
     ("kdeformer", {"sample_size": 512}),
-    ("skyformer", {"landmarks": 256}),
+    ("skyformer", {"n_landmarks": 256}),
     ("levattention", {"n_keys": 256}),
     ("window", {"window": 256}),
 ]

@@ -40,7 +40,7 @@ from scipy.linalg import interpolative as sli
 from threadpoolctl import threadpool_limits
 
 from benchmarks.harness import Task, main
-from rnla.cur import interpolative
+from rnla.skeleton import interpolative
 
 NAME = "interpolative"
 

@@ -31,8 +31,8 @@ import numpy as np
 from sklearn.kernel_approximation import Nystroem
 
 from benchmarks.harness import Task, main
-from rnla.nystrom import rpcholesky
 from rnla.operators import KernelMatrix
+from rnla.psd import rpcholesky
 
 NAME = "rpcholesky"
 ERROR_SEEDS = 5

@@ -13,10 +13,12 @@ estimate
 lowrank
     Range finder, randomized SVD (subspace iteration and block Krylov), adaptive QB,
     single-pass SVD, randomized symmetric eigendecomposition, generalized Nyström.
-nystrom
-    Stabilised Nyström for PSD operators and randomly pivoted Cholesky.
-cur
-    Interpolative decomposition, CUR and adaptive cross approximation.
+psd
+    Stabilised Nyström for PSD operators and randomly pivoted Cholesky
+    (:func:`rnla.nystrom`, :func:`rnla.rpcholesky`).
+skeleton
+    Interpolative decomposition, CUR and adaptive cross approximation
+    (:func:`rnla.interpolative`, :func:`rnla.cur`, :func:`rnla.aca`).
 krylov
     Lanczos and block Lanczos, f(A)b, Gauss and Gauss-Radau quadrature bounds.
 trace
@@ -31,14 +33,23 @@ cluster
     Locality-sensitive hashing (angular, hyperplane, E2LSH), bucketing and k-means.
 bounds
     Closed-form a-priori bounds, one function per theorem.
-
-The top-level names ``rnla.nystrom`` and ``rnla.cur`` are the functions (the modules of
-the same name are reached with ``from rnla.nystrom import ...``).
 """
 
 # ``sketch`` is imported first: it re-exports ``rnla._sampling``, which imports from it.
 from rnla import sketch  # isort: skip
-from rnla import augmented, bounds, cluster, estimate, krylov, lowrank, operators, tensor, trace
+from rnla import (
+    augmented,
+    bounds,
+    cluster,
+    estimate,
+    krylov,
+    lowrank,
+    operators,
+    psd,
+    skeleton,
+    tensor,
+    trace,
+)
 from rnla._results import (
     CholeskyResult,
     CrossResult,
@@ -48,15 +59,9 @@ from rnla._results import (
     QBResult,
     SVDResult,
 )
-
-# The contract names rnla.nystrom and rnla.cur are the functions (DESIGN.md §4); their
-# modules stay importable as ``from rnla.nystrom import ...`` / ``from rnla.cur import ...``.
-from rnla.cur import aca, cur, interpolative  # isort: skip
-from rnla.lowrank import generalized_nystrom, randqb, range_finder, reigh, rsvd, single_pass_svd
-
-from rnla.nystrom import nystrom, rpcholesky  # isort: skip
 from rnla._validation import AccuracyWarning, ConvergenceWarning, RNLAWarning
 from rnla.estimate import NormEstimate, effective_distortion, lowrank_error_estimate, norm_estimate
+from rnla.lowrank import generalized_nystrom, randqb, range_finder, reigh, rsvd, single_pass_svd
 from rnla.operators import (
     DenseEntries,
     EntryMatrix,
@@ -64,6 +69,8 @@ from rnla.operators import (
     as_linear_operator,
     dot_test,
 )
+from rnla.psd import nystrom, rpcholesky
+from rnla.skeleton import aca, cur, interpolative
 
 __version__ = "0.1.0.dev0"
 
@@ -100,12 +107,14 @@ __all__ = [
     "norm_estimate",
     "nystrom",
     "operators",
+    "psd",
     "randqb",
     "range_finder",
     "reigh",
     "rpcholesky",
     "rsvd",
     "single_pass_svd",
+    "skeleton",
     "sketch",
     "tensor",
     "trace",

@@ -271,14 +271,14 @@ class CURBound(NamedTuple):
         :math:`\|(I - CC^\dagger)A\|`.
     row_term : float
         :math:`\|A(I - R^\dagger R)\|`.
-    ord : int or str
+    norm : int or str
         The norm: ``2`` or ``"fro"``.
     """
 
     value: float
     column_term: float
     row_term: float
-    ord: int | str
+    norm: int | str
 
 
 def _orth(B: np.ndarray) -> np.ndarray:
@@ -288,15 +288,15 @@ def _orth(B: np.ndarray) -> np.ndarray:
     return sla.orth(B)
 
 
-def _norm(E: np.ndarray, ord) -> float:
+def _norm(E: np.ndarray, norm) -> float:
     if E.size == 0:
         return 0.0
-    if ord == "fro":
+    if norm == "fro":
         return float(np.linalg.norm(E))
     return float(sla.svdvals(E)[0])
 
 
-def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
+def cur_bound(A, C, R, /, *, norm="fro") -> CURBound:
     r"""Deterministic bound :math:`\|A - CUR\| \le \|(I-CC^\dagger)A\| + \|A(I-R^\dagger R)\|`.
 
     Parameters
@@ -307,13 +307,13 @@ def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
         Column factor (typically ``A[:, cols]``; any matrix works).
     R : array_like, shape (r, n)
         Row factor (typically ``A[rows, :]``).
-    ord : {"fro", 2}, default="fro"
+    norm : {"fro", 2}, default="fro"
         Frobenius or spectral norm.
 
     Returns
     -------
     CURBound
-        ``(value, column_term, row_term, ord)``.
+        ``(value, column_term, row_term, norm)``.
 
     Raises
     ------
@@ -321,7 +321,7 @@ def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
         Complex or non-numeric input.
     ValueError
         Shapes that do not chain (``C`` must have ``m`` rows and ``R`` ``n`` columns),
-        empty or non-finite input, unknown ``ord``.
+        empty or non-finite input, unknown ``norm``.
 
     Notes
     -----
@@ -337,7 +337,7 @@ def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
 
     Cost: orthonormal bases of ``C`` and :math:`R^T` by SVD (:math:`O(mc^2 + nr^2)`),
     two products with ``A`` (:math:`O(mn(c + r))`), and an SVD of the residuals for
-    ``ord=2`` (:math:`O(mn\min(m, n))`). Computed in float64.
+    ``norm=2`` (:math:`O(mn\min(m, n))`). Computed in float64.
 
     Examples
     --------
@@ -347,8 +347,8 @@ def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
     >>> b.value < 1e-10
     True
     """
-    if ord not in ("fro", 2) or isinstance(ord, bool):
-        raise ValueError(f"ord={ord!r} is not one of 'fro', 2")
+    if norm not in ("fro", 2) or isinstance(norm, bool):
+        raise ValueError(f"norm={norm!r} is not one of 'fro', 2")
     if sp.issparse(A):
         A = A.toarray()
     A = as_float_array(A, name="A", ndim=2).astype(np.float64, copy=False)
@@ -361,6 +361,6 @@ def cur_bound(A, C, R, /, *, ord="fro") -> CURBound:
         raise ValueError(f"R must have n={n} columns like A {A.shape}, got R.shape={R.shape}")
     Qc = _orth(C)
     Qr = _orth(R.T)
-    col = _norm(A - Qc @ (Qc.T @ A), ord)
-    row = _norm(A - (A @ Qr) @ Qr.T, ord)
-    return CURBound(col + row, col, row, ord)
+    col = _norm(A - Qc @ (Qc.T @ A), norm)
+    row = _norm(A - (A @ Qr) @ Qr.T, norm)
+    return CURBound(col + row, col, row, norm)

@@ -209,7 +209,7 @@ def hmt_power_bound(s, rank, oversample, n_iter) -> float:
     return float(scale * inner ** (1.0 / e))
 
 
-def hmt_structural_bound(svd, Omega, rank, *, ord="fro") -> float:
+def hmt_structural_bound(svd, Omega, rank, *, norm="fro") -> float:
     r"""Per-draw bound on the squared range-finder error (HMT Thm 9.1).
 
     Parameters
@@ -224,7 +224,7 @@ def hmt_structural_bound(svd, Omega, rank, *, ord="fro") -> float:
         ``S.todense().T``).
     rank : int
         Split index ``k``, ``1 <= k <= min(l, d)``.
-    ord : {"fro", 2}, default="fro"
+    norm : {"fro", 2}, default="fro"
         Norm.
 
     Returns
@@ -238,7 +238,7 @@ def hmt_structural_bound(svd, Omega, rank, *, ord="fro") -> float:
     ------
     ValueError
         Inconsistent shapes; ``k`` out of range; :math:`\Omega_1` without full row rank
-        (the theorem's assumption); unknown ``ord``.
+        (the theorem's assumption); unknown ``norm``.
 
     Notes
     -----
@@ -267,10 +267,10 @@ def hmt_structural_bound(svd, Omega, rank, *, ord="fro") -> float:
     Vt = as_float_array(Vt, name="Vt", ndim=2, dtype=np.float64)
     U = np.asarray(U)
     Omega = as_float_array(Omega, name="Omega", ndim=2, dtype=np.float64)
-    if not (isinstance(ord, str) and ord == "fro") and not (
-        isinstance(ord, int | np.integer) and not isinstance(ord, bool) and ord == 2
+    if not (isinstance(norm, str) and norm == "fro") and not (
+        isinstance(norm, int | np.integer) and not isinstance(norm, bool) and norm == 2
     ):
-        raise ValueError(f"ord={ord!r} is not one of 'fro', 2")
+        raise ValueError(f"norm={norm!r} is not one of 'fro', 2")
     d, n = Vt.shape
     if s.shape != (d,) or (U.ndim == 2 and U.shape[1] != d):
         raise ValueError(
@@ -298,7 +298,7 @@ def hmt_structural_bound(svd, Omega, rank, *, ord="fro") -> float:
     S2 = s[k:]
     # Sigma_2 Omega_2 Omega_1^+ = (Sigma_2 Omega_2) Omega_1^T (Omega_1 Omega_1^T)^{-1}
     T = np.linalg.lstsq(Om1.T, (S2[:, None] * Om2).T, rcond=None)[0].T
-    if ord == "fro":
+    if norm == "fro":
         return float(np.sum(S2**2) + np.sum(T**2))
     first = float(S2[0] ** 2) if S2.size else 0.0
     second = float(np.linalg.norm(T, 2) ** 2) if T.size else 0.0

@@ -181,11 +181,11 @@ def _proven_embedding_size(sketch: str, m: int, n: int, eps: float, delta: float
     Failure probability ``delta``; ``n`` when the proven size does not fit.
     """
     if sketch == "gaussian":
-        return gaussian_embedding_size(m, eps=eps, delta=delta).k
+        return gaussian_embedding_size(m, eps=eps, delta=delta).sketch_size
     if sketch == "sparse_sign":
-        return sparse_sign_embedding_size(m, eps=eps, delta=delta, nnz_per_col=8).k
+        return sparse_sign_embedding_size(m, eps=eps, delta=delta, nnz_per_col=8).sketch_size
     try:
-        return srht_embedding_size(m, n, eps=eps, delta=delta).k
+        return srht_embedding_size(m, n, eps=eps, delta=delta).sketch_size
     except ValueError:
         # The proven SRHT size exceeds n: no sketch of this kind can save work.
         return n

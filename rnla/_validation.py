@@ -1,6 +1,6 @@
 """Input validation shared by every public function of :mod:`rnla`.
 
-The conventions (DESIGN.md §3) live here once:
+The library's input conventions live here once:
 
 * **dtype contract** - float32 stays float32, float64 stays float64, integers and
   booleans promote to float64, float16 promotes to float32; complex input is rejected

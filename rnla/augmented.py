@@ -50,13 +50,13 @@ from rnla._validation import (
 )
 from rnla.krylov import block_lanczos, lanczos
 from rnla.operators import as_linear_operator
+from rnla.trace import TraceEstimate
 
 __all__ = [
     "AugmentedBounds",
     "AugmentedKrylov",
     "LikelihoodValues",
     "QuadratureEstimate",
-    "StochasticEstimate",
     "exact_likelihood",
     "fir_kernel",
     "fir_likelihood_qr",
@@ -141,24 +141,6 @@ class QuadratureEstimate(NamedTuple):
     value: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
-    n_matvecs: int
-
-
-class StochasticEstimate(NamedTuple):
-    r"""Stochastic estimate of :math:`\log\det(\lambda I + A)` over shifts.
-
-    Attributes
-    ----------
-    value : ndarray
-        Probe mean, shape of ``lam``.
-    stderr : ndarray
-        Standard error of the probe mean, shape of ``lam`` (``inf`` with one probe).
-    n_matvecs : int
-        Products with ``A`` used.
-    """
-
-    value: np.ndarray
-    stderr: np.ndarray
     n_matvecs: int
 
 
@@ -915,8 +897,8 @@ def slq_logdet(
 
     Returns
     -------
-    StochasticEstimate
-        ``value`` and ``stderr`` of the shape of ``lam``; ``n_matvecs`` =
+    TraceEstimate
+        ``value`` and ``stderr`` (``inf`` with one probe) of the shape of ``lam``; ``n_matvecs`` =
         ``n_probes * (k + 3)``.
 
     Raises
@@ -973,9 +955,7 @@ def slq_logdet(
             L[:, j] = _log1p_rule(rules.theta_r, (rules.S_r.T @ c) ** 2, lam)
     L += n * np.log(lam)[:, None]
     mean, se = AugmentedKrylov._mean_stderr(L)
-    return StochasticEstimate(
-        _shape_out(mean, shape, dtype), _shape_out(se, shape, dtype), n_matvecs
-    )
+    return TraceEstimate(_shape_out(mean, shape, dtype), _shape_out(se, shape, dtype), n_matvecs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ pairwise differences of the point set). The scale-free counterpart measured by
 
 ``kind`` is ``"proven"`` when every constant is explicit and the stated failure
 probability is a theorem, ``"heuristic"`` for practitioner rules without a guarantee
-(their ``distortion`` and ``failure_probability`` are NaN).
+(their ``distortion`` and ``delta`` are NaN).
 """
 
 from __future__ import annotations
@@ -79,12 +79,12 @@ class SketchSize(NamedTuple):
 
     Attributes
     ----------
-    k : int
+    sketch_size : int
         Number of rows of the sketch.
     distortion : float
         Guaranteed bound ``eps`` on :math:`\|U^\top S^\top S U - I\|_2` (NaN for a
         heuristic).
-    failure_probability : float
+    delta : float
         Probability, over the draw of ``S``, that the bound fails (NaN for a heuristic).
     kind : {"proven", "heuristic"}
         Whether the guarantee is a theorem with explicit constants.
@@ -92,9 +92,9 @@ class SketchSize(NamedTuple):
         Source of the bound (paper and theorem number).
     """
 
-    k: int
+    sketch_size: int
     distortion: float
-    failure_probability: float
+    delta: float
     kind: str
     reference: str
 
@@ -232,7 +232,7 @@ def jl_dimension(n_points, /, *, eps=0.1, delta=None) -> SketchSize:
         ``k`` such that a Gaussian (``N(0, 1/k)`` entries) or Rademacher
         (``±1/sqrt(k)``) sketch satisfies, for all pairs ``u, v`` of the points,
         :math:`(1-\varepsilon)\|u-v\|^2 \le \|S(u-v)\|^2 \le
-        (1+\varepsilon)\|u-v\|^2` except with probability ``failure_probability``.
+        (1+\varepsilon)\|u-v\|^2` except with probability ``delta``.
 
     Raises
     ------
@@ -268,7 +268,7 @@ def jl_dimension(n_points, /, *, eps=0.1, delta=None) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import jl_dimension
-    >>> jl_dimension(10**6, eps=0.5).k
+    >>> jl_dimension(10**6, eps=0.5).sketch_size
     664
     """
     n_points = check_int(n_points, "n_points", minimum=2)
@@ -405,7 +405,7 @@ def rademacher_embedding_size(d, /, *, eps, delta) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import rademacher_embedding_size
-    >>> rademacher_embedding_size(4, eps=0.5, delta=0.1).k > 4
+    >>> rademacher_embedding_size(4, eps=0.5, delta=0.1).sketch_size > 4
     True
     """
     d, _ = _check_dims(d)
@@ -491,7 +491,7 @@ def orthogonal_gaussian_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import orthogonal_gaussian_embedding_size
-    >>> orthogonal_gaussian_embedding_size(2, 4096, eps=0.7, delta=0.5).k <= 4096
+    >>> orthogonal_gaussian_embedding_size(2, 4096, eps=0.7, delta=0.5).sketch_size <= 4096
     True
     """
     d, n = _check_dims(d, n)
@@ -619,7 +619,7 @@ def srht_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import srht_embedding_size
-    >>> srht_embedding_size(4, 2**14, eps=0.8, delta=0.2).k <= 2**14
+    >>> srht_embedding_size(4, 2**14, eps=0.8, delta=0.2).sketch_size <= 2**14
     True
     """
     d, n = _check_dims(d, n)
@@ -712,7 +712,7 @@ def countsketch_embedding_size(d, /, *, eps, delta) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import countsketch_embedding_size
-    >>> countsketch_embedding_size(2, eps=0.5, delta=0.5).k
+    >>> countsketch_embedding_size(2, eps=0.5, delta=0.5).sketch_size
     48
     """
     d, _ = _check_dims(d)
@@ -771,7 +771,7 @@ def sparse_sign_embedding_size(d, /, *, eps, delta, nnz_per_col=8) -> SketchSize
     Examples
     --------
     >>> from rnla.bounds import sparse_sign_embedding_size
-    >>> sparse_sign_embedding_size(2, eps=0.5, delta=0.5).k
+    >>> sparse_sign_embedding_size(2, eps=0.5, delta=0.5).sketch_size
     48
     """
     d, _ = _check_dims(d)
@@ -796,7 +796,7 @@ def sparse_sign_practical_size(d, /) -> SketchSize:
     -------
     SketchSize
         ``k = max(2 d, 8)`` with ``kind="heuristic"`` and NaN ``distortion`` and
-        ``failure_probability``: no theorem backs this size. Use it with
+        ``delta``: no theorem backs this size. Use it with
         ``nnz_per_col=8``.
 
     Raises
@@ -821,7 +821,7 @@ def sparse_sign_practical_size(d, /) -> SketchSize:
     Examples
     --------
     >>> from rnla.bounds import sparse_sign_practical_size
-    >>> sparse_sign_practical_size(10).k
+    >>> sparse_sign_practical_size(10).sketch_size
     20
     """
     d, _ = _check_dims(d)
@@ -835,15 +835,15 @@ def sparse_sign_practical_size(d, /) -> SketchSize:
 # ----------------------------------------------------------------------------------------
 
 
-def countsketch_inner_product_variance(x, y, k, /) -> float:
+def countsketch_inner_product_variance(x, y, sketch_size, /) -> float:
     r"""Exact variance of :math:`\langle Sx, Sy\rangle` for a CountSketch ``S``.
 
     Parameters
     ----------
     x, y : array_like of shape (n,)
         Vectors.
-    k : int
-        Sketch size, ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k``, ``k >= 1``.
 
     Returns
     -------
@@ -854,9 +854,9 @@ def countsketch_inner_product_variance(x, y, k, /) -> float:
     Raises
     ------
     TypeError
-        If ``k`` is not an integer or the vectors are not numeric.
+        If ``sketch_size`` is not an integer or the vectors are not numeric.
     ValueError
-        If the vectors are not 1-D of equal length, hold NaN/inf, or ``k < 1``.
+        If the vectors are not 1-D of equal length, hold NaN/inf, or ``sketch_size < 1``.
 
     Notes
     -----
@@ -880,20 +880,20 @@ def countsketch_inner_product_variance(x, y, k, /) -> float:
     0.25
     """
     x, y = _vector_pair(x, y)
-    k = check_int(k, "k", minimum=1)
+    k = check_int(sketch_size, "sketch_size", minimum=1)
     c, D, N = _moments(x, y)
     return max(0.0, (N - D + c * c - D) / k)
 
 
-def tensor_sketch_inner_product_variance(x, y, k, degree=2, /) -> float:
+def tensor_sketch_inner_product_variance(x, y, sketch_size, degree=2, /) -> float:
     r"""Exact variance of the TensorSketch estimate of :math:`\langle x, y\rangle^p`.
 
     Parameters
     ----------
     x, y : array_like of shape (n,)
         Vectors.
-    k : int
-        Sketch size, ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k``, ``k >= 1``.
     degree : int, default=2
         Tensor order ``p >= 1``.
 
@@ -906,9 +906,9 @@ def tensor_sketch_inner_product_variance(x, y, k, degree=2, /) -> float:
     Raises
     ------
     TypeError
-        If ``k`` or ``degree`` is not an integer.
+        If ``sketch_size`` or ``degree`` is not an integer.
     ValueError
-        If the vectors are not 1-D of equal length, hold NaN/inf, or ``k``/``degree``
+        If the vectors are not 1-D of equal length, hold NaN/inf, or ``sketch_size``/``degree``
         is < 1.
 
     Notes
@@ -964,7 +964,7 @@ def tensor_sketch_inner_product_variance(x, y, k, degree=2, /) -> float:
     True
     """
     x, y = _vector_pair(x, y)
-    k = check_int(k, "k", minimum=1)
+    k = check_int(sketch_size, "sketch_size", minimum=1)
     p = check_int(degree, "degree", minimum=1)
     c, D, N = _moments(x, y)
     alpha, beta, gamma = c * c, c * c - D, N - D
@@ -975,15 +975,15 @@ def tensor_sketch_inner_product_variance(x, y, k, degree=2, /) -> float:
     return max(0.0, total / (k * k))
 
 
-def tensor_sketch_variance_bound(x, y, k, degree=2, /) -> float:
+def tensor_sketch_variance_bound(x, y, sketch_size, degree=2, /) -> float:
     r"""Upper bound :math:`(3^p - 1)\|x\|^{2p}\|y\|^{2p}/k` on the TensorSketch variance.
 
     Parameters
     ----------
     x, y : array_like of shape (n,)
         Vectors.
-    k : int
-        Sketch size, ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k``, ``k >= 1``.
     degree : int, default=2
         Tensor order ``p >= 1``.
 
@@ -995,9 +995,9 @@ def tensor_sketch_variance_bound(x, y, k, degree=2, /) -> float:
     Raises
     ------
     TypeError
-        If ``k`` or ``degree`` is not an integer.
+        If ``sketch_size`` or ``degree`` is not an integer.
     ValueError
-        If the vectors are not 1-D of equal length, hold NaN/inf, or ``k``/``degree``
+        If the vectors are not 1-D of equal length, hold NaN/inf, or ``sketch_size``/``degree``
         is < 1.
 
     Notes
@@ -1023,7 +1023,7 @@ def tensor_sketch_variance_bound(x, y, k, degree=2, /) -> float:
     1.0
     """
     x, y = _vector_pair(x, y)
-    k = check_int(k, "k", minimum=1)
+    k = check_int(sketch_size, "sketch_size", minimum=1)
     p = check_int(degree, "degree", minimum=1)
     _, _, N = _moments(x, y)
     return (3.0**p - 1.0) / k * N**p

@@ -393,7 +393,7 @@ def _normalise_rows(C):
 
 def kmeans(
     X,
-    k,
+    n_clusters,
     /,
     *,
     init="k-means++",
@@ -409,8 +409,8 @@ def kmeans(
     ----------
     X : array_like, shape (N, d)
         Points.
-    k : int
-        Number of clusters, ``1 <= k <= N``.
+    n_clusters : int
+        Number of clusters ``k``, ``1 <= k <= N``.
     init : {"k-means++", "random"} or array_like of shape (k, d), default="k-means++"
         Seeding: greedy k-means++ (``2 + log k`` candidates per centre, as in
         scikit-learn), ``k`` distinct random points, or explicit initial centres.
@@ -435,9 +435,9 @@ def kmeans(
     Raises
     ------
     TypeError
-        Non-integer ``k``/``n_iter``/``batch_size``, bad ``init`` or ``spherical`` type.
+        Non-integer ``n_clusters``/``n_iter``/``batch_size``, bad ``init`` or ``spherical`` type.
     ValueError
-        ``k`` outside ``[1, N]``, unknown ``init`` name or wrong ``init`` shape,
+        ``n_clusters`` outside ``[1, N]``, unknown ``init`` name or wrong ``init`` shape,
         negative ``tol``, non-finite ``X``.
 
     Notes
@@ -475,7 +475,7 @@ def kmeans(
     """
     X = _check_points(X)
     N, d = X.shape
-    k = check_int(k, "k", minimum=1, maximum=N)
+    k = check_int(n_clusters, "n_clusters", minimum=1, maximum=N)
     n_iter = check_int(n_iter, "n_iter", minimum=1)
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"tol must be a real number, got {tol!r}")

@@ -54,21 +54,22 @@ class NormEstimate(NamedTuple):
     ----------
     value : float
         Point estimate of the norm.
-    upper : float
-        Upper bound on the norm, valid except with the stated probability.
     lower : float
         Lower bound on the norm (deterministic for the spectral norm).
-    failure_probability : float
-        Probability, over the random probes, that ``lower <= norm <= upper`` fails.
+    upper : float
+        Upper bound on the norm, valid except with the stated probability.
+    delta : float
+        Failure probability: the probability, over the random probes, that
+        ``lower <= norm <= upper`` fails.
     n_matvecs : int
         Number of products of ``A`` or ``A^T`` with a vector (a block of ``b``
         columns counts ``b``).
     """
 
     value: float
-    upper: float
     lower: float
-    failure_probability: float
+    upper: float
+    delta: float
     n_matvecs: int
 
 
@@ -128,14 +129,14 @@ def _power_eps(delta: float, q: int, dim: int, r: int) -> float:
 # ----------------------------------------------------------------------------------------
 
 
-def _check_failure_probability(value) -> float:
+def _check_delta(value) -> float:
     if value is None:
         return _DEFAULT_FAILURE_PROBABILITY
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"failure_probability must be a real number, got {value!r}")
+        raise TypeError(f"delta must be a real number, got {value!r}")
     value = float(value)
     if not (0.0 < value < 1.0):
-        raise ValueError(f"failure_probability={value} must lie in the open interval (0, 1)")
+        raise ValueError(f"delta={value} must lie in the open interval (0, 1)")
     return value
 
 
@@ -147,11 +148,11 @@ def _orth(X: np.ndarray) -> np.ndarray:
 
 def norm_estimate(
     A,
-    ord=2,
+    norm=2,
     *,
     n_probes: int = 10,
     n_iter: int | None = None,
-    failure_probability: float | None = None,
+    delta: float | None = None,
     rng=None,
 ) -> NormEstimate:
     r"""Estimate ``||A||_2`` or ``||A||_F`` with bounds that hold with stated probability.
@@ -160,14 +161,14 @@ def norm_estimate(
     ----------
     A : array_like, scipy.sparse matrix or LinearOperator of shape (m, n)
         Operator; only products with ``A`` and ``A^T`` are used.
-    ord : {2, "fro"}, default=2
+    norm : {2, "fro"}, default=2
         Spectral or Frobenius norm.
     n_probes : int, default=10
-        Number ``b`` of Gaussian probe vectors (the block size for ``ord=2``).
+        Number ``b`` of Gaussian probe vectors (the block size for ``norm=2``).
     n_iter : int, optional
-        Power (subspace) iterations on :math:`A^\top A` for ``ord=2``; default 4.
+        Power (subspace) iterations on :math:`A^\top A` for ``norm=2``; default 4.
         Must be ``None`` for ``"fro"``.
-    failure_probability : float, optional
+    delta : float, optional
         Probability ``delta`` in (0, 1) that the bounds may fail; default ``1e-3``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
         Source of the probes.
@@ -175,8 +176,8 @@ def norm_estimate(
     Returns
     -------
     NormEstimate
-        ``value``, ``upper``, ``lower`` (Python floats), ``failure_probability`` and
-        ``n_matvecs``: ``b (2 q + 1)`` for ``ord=2`` with ``q = n_iter`` (fewer if
+        ``value``, ``lower``, ``upper`` (Python floats), ``delta`` and
+        ``n_matvecs``: ``b (2 q + 1)`` for ``norm=2`` with ``q = n_iter`` (fewer if
         ``b > min(m, n)``), ``b`` for ``"fro"``.
 
     Raises
@@ -184,8 +185,8 @@ def norm_estimate(
     TypeError
         Unsupported or complex ``A``; non-integer ``n_probes``/``n_iter``.
     ValueError
-        Empty or non-finite ``A``; unknown ``ord``; ``n_probes < 1``; ``n_iter < 0``
-        or ``n_iter`` given with ``"fro"``; ``failure_probability`` outside (0, 1).
+        Empty or non-finite ``A``; unknown ``norm``; ``n_probes < 1``; ``n_iter < 0``
+        or ``n_iter`` given with ``"fro"``; ``delta`` outside (0, 1).
 
     Notes
     -----
@@ -249,7 +250,7 @@ def norm_estimate(
     & Tropp 2011, Lemma 4.1), which ignores the iterations.
 
     Cost: ``b (2q + 1)`` products and ``q + 1`` QR factorisations of a
-    ``D x b`` block for ``ord=2``; ``b`` products for ``"fro"``.
+    ``D x b`` block for ``norm=2``; ``b`` products for ``"fro"``.
 
     References
     ----------
@@ -270,20 +271,20 @@ def norm_estimate(
     True
     """
     op = as_operator(A)
-    if isinstance(ord, str):
-        if ord != "fro":
-            raise ValueError(f"ord={ord!r} is not one of 2, 'fro'")
+    if isinstance(norm, str):
+        if norm != "fro":
+            raise ValueError(f"norm={norm!r} is not one of 2, 'fro'")
         spectral = False
-    elif isinstance(ord, numbers.Integral) and not isinstance(ord, bool) and ord == 2:
+    elif isinstance(norm, numbers.Integral) and not isinstance(norm, bool) and norm == 2:
         spectral = True
     else:
-        raise ValueError(f"ord={ord!r} is not one of 2, 'fro'")
+        raise ValueError(f"norm={norm!r} is not one of 2, 'fro'")
     b = check_int(n_probes, "n_probes", minimum=1)
-    delta = _check_failure_probability(failure_probability)
+    delta = _check_delta(delta)
     if spectral:
         q = _DEFAULT_N_ITER if n_iter is None else check_int(n_iter, "n_iter", minimum=0)
     elif n_iter is not None:
-        raise ValueError(f"n_iter={n_iter!r} applies to ord=2 only; pass None for ord='fro'")
+        raise ValueError(f"n_iter={n_iter!r} applies to norm=2 only; pass None for norm='fro'")
     rng = check_rng(rng)
     dtype = np.float32 if np.dtype(op.dtype) == np.float32 else np.float64
     m, n = op.shape
@@ -293,7 +294,7 @@ def norm_estimate(
         Y = np.asarray(op.matmat(W), dtype=np.float64)
         value = math.sqrt(float(np.sum(Y * Y)) / b)
         t_lo, t_hi = _chi2_chernoff_roots(2.0 * math.log(2.0 / delta) / b)
-        return NormEstimate(value, value / math.sqrt(t_lo), value / math.sqrt(t_hi), delta, b)
+        return NormEstimate(value, value / math.sqrt(t_hi), value / math.sqrt(t_lo), delta, b)
 
     # Work on the side of smaller dimension: the bound depends on D = min(m, n).
     if n <= m:
@@ -308,7 +309,7 @@ def norm_estimate(
     value = float(sla.svdvals(Y.astype(np.float64), check_finite=False)[0])
     eps = _power_eps(delta, q, dim, cols) if cols < dim else 0.0
     upper = math.inf if eps >= 1.0 else value / math.sqrt(1.0 - eps)
-    return NormEstimate(value, upper, value, delta, cols * (2 * q + 1))
+    return NormEstimate(value, value, upper, delta, cols * (2 * q + 1))
 
 
 def effective_distortion(SU) -> float:
@@ -617,12 +618,12 @@ def lowrank_error_estimate(
     factors,
     /,
     *,
-    ord="fro",
+    norm="fro",
     relative: bool = False,
     axis: int | None = None,
     n_probes: int = 10,
     n_iter: int | None = None,
-    failure_probability: float | None = None,
+    delta: float | None = None,
     rng=None,
 ) -> NormEstimate:
     r"""Certified a-posteriori error :math:`\|A - \hat A\|` of any low-rank approximation.
@@ -655,7 +656,7 @@ def lowrank_error_estimate(
         - ``CrossResult(U, V, rows, cols)``: :math:`\hat A = UV^T`;
         - a plain tuple ``(L, R)`` of dense arrays, sparse matrices or LinearOperators
           of shapes (m, r) and (r, n): :math:`\hat A = LR`.
-    ord : {"fro", 2}, default="fro"
+    norm : {"fro", 2}, default="fro"
         Frobenius or spectral norm.
     relative : bool, default=False
         Estimate :math:`\|A - \hat A\| / \|A\|` instead, with :math:`\|A\|` estimated
@@ -664,10 +665,10 @@ def lowrank_error_estimate(
         For an ``IDResult`` only: 1 (default) for a column ID, 0 for a row ID. Must be
         ``None`` for the other factor types.
     n_probes : int, default=10
-        Gaussian probes per norm estimate (block size for ``ord=2``).
+        Gaussian probes per norm estimate (block size for ``norm=2``).
     n_iter : int, optional
-        Power iterations for ``ord=2`` (default 4); must be ``None`` for ``"fro"``.
-    failure_probability : float, optional
+        Power iterations for ``norm=2`` (default 4); must be ``None`` for ``"fro"``.
+    delta : float, optional
         Probability ``delta`` in (0, 1) that ``lower <= error <= upper`` fails;
         default ``1e-3``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -679,8 +680,8 @@ def lowrank_error_estimate(
     Returns
     -------
     NormEstimate
-        ``value``, ``upper``, ``lower`` of :math:`\|A - \hat A\|` (or of the relative
-        error), ``failure_probability`` (the requested ``delta``, covering both bounds
+        ``value``, ``lower``, ``upper`` of :math:`\|A - \hat A\|` (or of the relative
+        error), ``delta`` (the requested failure probability, covering both bounds
         and, with ``relative=True``, both estimates) and ``n_matvecs``: products of
         ``A`` or ``A^T`` with a vector, i.e. those of the residual (one each), plus the
         unit-vector products that extract columns/rows of a LinearOperator, plus those of
@@ -697,7 +698,7 @@ def lowrank_error_estimate(
         for an ``IDResult`` it says when ``axis`` looks wrong), indices out of range, an
         ``EighResult``/``CholeskyResult`` for a non-square ``A``, ``axis`` not in
         {0, 1} or given for another factor type, empty or non-finite ``A`` or factors,
-        invalid ``ord``/``n_probes``/``n_iter``/``failure_probability``, and
+        invalid ``norm``/``n_probes``/``n_iter``/``delta``, and
         ``relative=True`` with an estimated :math:`\|A\| = 0`.
 
     Notes
@@ -705,7 +706,7 @@ def lowrank_error_estimate(
     **Guarantee.** Conditional on the factors, the probes are fresh Gaussian vectors, so
     the bounds of :func:`norm_estimate` apply to :math:`E = A - \hat A` verbatim:
     for ``"fro"``, :math:`P(\|E\|_F \notin [\text{lower}, \text{upper}]) \le \delta`
-    (chi-square Chernoff bound, worst case rank-one :math:`E`); for ``ord=2``,
+    (chi-square Chernoff bound, worst case rank-one :math:`E`); for ``norm=2``,
     ``lower = value`` :math:`\le \|E\|_2` always and :math:`P(\|E\|_2 >
     \text{upper}) \le \delta` (Kuczyński-Woźniakowski-type Beta tail for subspace
     iteration). This is the a-posteriori error estimation of Halko, Martinsson and Tropp
@@ -715,13 +716,13 @@ def lowrank_error_estimate(
     from independent probes, each with failure probability :math:`\delta/2`; then
     :math:`\text{lower}_E/\text{upper}_A \le \|E\|/\|A\| \le
     \text{upper}_E/\text{lower}_A` unless one of the two estimates fails, which has
-    probability at most :math:`\delta/2 + \delta/2 = \delta`. (For ``ord=2`` the lower
+    probability at most :math:`\delta/2 + \delta/2 = \delta`. (For ``norm=2`` the lower
     bounds are deterministic, so each side of the interval fails with probability at
     most :math:`\delta/2`.)
 
     **Cost.** Each product with :math:`E` costs one product with ``A`` (or ``A^T``)
     plus :math:`2(m + n)r` flops per vector for :math:`L(Rx)`; ``"fro"`` needs
-    ``n_probes`` of them, ``ord=2`` ``n_probes (2 n_iter + 1)``; twice that with
+    ``n_probes`` of them, ``norm=2`` ``n_probes (2 n_iter + 1)``; twice that with
     ``relative=True``. Extra memory :math:`O((m + n)r)`: a scaled copy of ``U`` (SVD)
     or of the eigenvectors, the selected columns and rows (ID, CUR: ``A[:, J] U`` is
     precomputed, (m, r)).
@@ -752,21 +753,21 @@ def lowrank_error_estimate(
     >>> est = lowrank_error_estimate(A, (L, R), rng=1)
     >>> bool(est.lower <= np.linalg.norm(A - L @ R) <= est.upper)
     True
-    >>> est.failure_probability, est.n_matvecs
+    >>> est.delta, est.n_matvecs
     (0.001, 10)
     """
     if not isinstance(relative, bool):
         raise TypeError(f"relative must be a bool, got {relative!r}")
-    delta = _check_failure_probability(failure_probability)
+    delta = _check_delta(delta)
     E, src = _residual_operator(A, factors, axis)
     rng = check_rng(rng)
     options = {"n_probes": n_probes, "n_iter": n_iter, "rng": rng}
     if not relative:
-        est = norm_estimate(E, ord, failure_probability=delta, **options)
+        est = norm_estimate(E, norm, delta=delta, **options)
         return est._replace(n_matvecs=est.n_matvecs + src.n_products)
 
-    est_E = norm_estimate(E, ord, failure_probability=delta / 2, **options)
-    est_A = norm_estimate(src.op, ord, failure_probability=delta / 2, **options)
+    est_E = norm_estimate(E, norm, delta=delta / 2, **options)
+    est_A = norm_estimate(src.op, norm, delta=delta / 2, **options)
     if est_A.value == 0.0:
         raise ValueError(
             "relative=True: the norm estimate of A is 0 (A is the zero matrix with "
@@ -776,8 +777,8 @@ def lowrank_error_estimate(
     lower = est_E.lower / est_A.upper if math.isfinite(est_A.upper) else 0.0
     return NormEstimate(
         est_E.value / est_A.value,
-        upper,
         lower,
+        upper,
         delta,
         est_E.n_matvecs + est_A.n_matvecs + src.n_products,
     )

@@ -102,8 +102,8 @@ class SketchOperator(LinearOperator):
         computed in the input's floating dtype.
     """
 
-    def __init__(self, k: int, n: int):
-        super().__init__(dtype=np.dtype(np.float64), shape=(k, n))
+    def __init__(self, sketch_size: int, n: int):
+        super().__init__(dtype=np.dtype(np.float64), shape=(sketch_size, n))
 
     # -- public application ---------------------------------------------------------
     def apply(self, A):
@@ -265,19 +265,19 @@ class DenseSketch(SketchOperator):
         return f"kind={self.kind!r}"
 
 
-def _check_sizes(k, n):
+def _check_sizes(sketch_size, n):
     n = check_int(n, "n", minimum=1)
-    k = check_int(k, "k", minimum=1)
+    k = check_int(sketch_size, "sketch_size", minimum=1)
     return k, n
 
 
-def gaussian(k, n, /, *, rng=None) -> DenseSketch:
+def gaussian(sketch_size, n, /, *, rng=None) -> DenseSketch:
     r"""Gaussian sketch with i.i.d. :math:`N(0, 1/k)` entries.
 
     Parameters
     ----------
-    k : int
-        Sketch size (rows), ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k`` (rows), ``k >= 1``.
     n : int
         Input dimension (columns), ``n >= 1``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -291,9 +291,9 @@ def gaussian(k, n, /, *, rng=None) -> DenseSketch:
     Raises
     ------
     TypeError
-        If ``k`` or ``n`` is not an integer, or ``rng`` is not a valid seed.
+        If ``sketch_size`` or ``n`` is not an integer, or ``rng`` is not a valid seed.
     ValueError
-        If ``k < 1`` or ``n < 1``.
+        If ``sketch_size < 1`` or ``n < 1``.
 
     Notes
     -----
@@ -316,18 +316,18 @@ def gaussian(k, n, /, *, rng=None) -> DenseSketch:
     >>> (S @ np.ones((1000, 3))).shape
     (20, 3)
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
     return DenseSketch(rng.standard_normal((k, n)) / math.sqrt(k), "gaussian")
 
 
-def rademacher(k, n, /, *, rng=None) -> DenseSketch:
+def rademacher(sketch_size, n, /, *, rng=None) -> DenseSketch:
     r"""Rademacher sketch with i.i.d. entries :math:`\pm 1/\sqrt k`.
 
     Parameters
     ----------
-    k : int
-        Sketch size (rows), ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k`` (rows), ``k >= 1``.
     n : int
         Input dimension (columns), ``n >= 1``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -341,9 +341,9 @@ def rademacher(k, n, /, *, rng=None) -> DenseSketch:
     Raises
     ------
     TypeError
-        If ``k`` or ``n`` is not an integer.
+        If ``sketch_size`` or ``n`` is not an integer.
     ValueError
-        If ``k < 1`` or ``n < 1``.
+        If ``sketch_size < 1`` or ``n < 1``.
 
     Notes
     -----
@@ -362,13 +362,13 @@ def rademacher(k, n, /, *, rng=None) -> DenseSketch:
     >>> rademacher(8, 100, rng=1).todense().shape
     (8, 100)
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
     signs = rng.integers(0, 2, size=(k, n), dtype=np.int8)
     return DenseSketch((2.0 * signs - 1.0) / math.sqrt(k), "rademacher")
 
 
-def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
+def orthogonal_gaussian(sketch_size, n, /, *, rng=None) -> DenseSketch:
     r"""Block-orthogonal Gaussian sketch (orthogonal random features).
 
     Rows come in blocks of at most ``n`` mutually orthogonal rows. Each block is
@@ -379,8 +379,8 @@ def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
 
     Parameters
     ----------
-    k : int
-        Sketch size (rows), ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k`` (rows), ``k >= 1``.
     n : int
         Input dimension (columns), ``n >= 1``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -394,9 +394,9 @@ def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
     Raises
     ------
     TypeError
-        If ``k`` or ``n`` is not an integer.
+        If ``sketch_size`` or ``n`` is not an integer.
     ValueError
-        If ``k < 1`` or ``n < 1``.
+        If ``sketch_size < 1`` or ``n < 1``.
 
     Notes
     -----
@@ -420,7 +420,7 @@ def orthogonal_gaussian(k, n, /, *, rng=None) -> DenseSketch:
     >>> bool(np.allclose(G, np.diag(np.diag(G))))
     True
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
     rows = np.empty((k, n))
     for start in range(0, k, n):
@@ -448,8 +448,8 @@ class HashSketch(SketchOperator):
 
     Parameters
     ----------
-    k : int
-        Number of rows of the sketch.
+    sketch_size : int
+        Number of rows ``k`` of the sketch.
     idx : ndarray of int, shape (n, z)
         Row of each nonzero, in ``[0, k)``.
     negative : ndarray of bool, shape (n, z)
@@ -466,9 +466,11 @@ class HashSketch(SketchOperator):
     is what the sparse kernels pay for. The scale is applied once to the output.
     """
 
-    def __init__(self, k: int, idx: np.ndarray, negative: np.ndarray, scale: float, kind: str):
+    def __init__(
+        self, sketch_size: int, idx: np.ndarray, negative: np.ndarray, scale: float, kind: str
+    ):
         codes = (np.asarray(idx, dtype=np.int64) << 1) | np.asarray(negative, dtype=np.int64)
-        self._init(k, codes.astype(_code_type(k)), scale, kind)
+        self._init(sketch_size, codes.astype(_code_type(sketch_size)), scale, kind)
 
     @classmethod
     def _from_codes(cls, k: int, codes: np.ndarray, scale: float, kind: str) -> HashSketch:
@@ -582,7 +584,7 @@ def _random_negative(rng, shape):
     return rng.integers(0, 2, size=shape, dtype=np.int8).astype(bool)
 
 
-def countsketch(k, n, /, *, rng=None) -> HashSketch:
+def countsketch(sketch_size, n, /, *, rng=None) -> HashSketch:
     r"""CountSketch (Clarkson–Woodruff transform): one :math:`\pm 1` per column.
 
     Column ``j`` of ``S`` is :math:`s_j e_{h(j)}` with ``h(j)`` uniform on
@@ -591,8 +593,8 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
 
     Parameters
     ----------
-    k : int
-        Sketch size (number of buckets), ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k`` (number of buckets), ``k >= 1``.
     n : int
         Input dimension, ``n >= 1``.
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -606,9 +608,9 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
     Raises
     ------
     TypeError
-        If ``k`` or ``n`` is not an integer.
+        If ``sketch_size`` or ``n`` is not an integer.
     ValueError
-        If ``k < 1`` or ``n < 1``.
+        If ``sketch_size < 1`` or ``n < 1``.
 
     Notes
     -----
@@ -640,19 +642,19 @@ def countsketch(k, n, /, *, rng=None) -> HashSketch:
     >>> (countsketch(200, 10_000, rng=0) @ A).shape
     (200, 50)
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
     idx = rng.integers(0, k, size=(n, 1), dtype=np.int64)
     return HashSketch(k, idx, _random_negative(rng, (n, 1)), 1.0, "countsketch")
 
 
-def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
+def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     r"""Sparse sign sketch (SJLT/OSNAP): ``z`` distinct rows per column, values ±1/√z.
 
     Parameters
     ----------
-    k : int
-        Sketch size, ``k >= nnz_per_col``.
+    sketch_size : int
+        Sketch size ``k``, ``k >= nnz_per_col``.
     n : int
         Input dimension, ``n >= 1``.
     nnz_per_col : int, default=8
@@ -673,7 +675,7 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     TypeError
         If a size is not an integer.
     ValueError
-        If ``nnz_per_col > k`` (rows in a column must be distinct) or a size is < 1.
+        If ``nnz_per_col > sketch_size`` (rows in a column must be distinct) or a size is < 1.
 
     Notes
     -----
@@ -700,11 +702,12 @@ def sparse_sign(k, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     >>> bool(np.allclose(np.linalg.norm(S.todense(), axis=0), 1.0))
     True
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     z = check_int(nnz_per_col, "nnz_per_col", minimum=1)
     if z > k:
         raise ValueError(
-            f"nnz_per_col={z} must be <= k={k}: the nonzeros of a column occupy distinct rows"
+            f"nnz_per_col={z} must be <= sketch_size={k}: the nonzeros of a column occupy "
+            "distinct rows"
         )
     rng = check_rng(rng)
     uniforms = rng.random((n, z))
@@ -743,8 +746,8 @@ class SRHT(SketchOperator):
         Rows of ``H`` kept by ``R``, each in ``[0, N)``.
     """
 
-    def __init__(self, k: int, n: int, signs: np.ndarray, rows: np.ndarray):
-        super().__init__(k, n)
+    def __init__(self, sketch_size: int, n: int, signs: np.ndarray, rows: np.ndarray):
+        super().__init__(sketch_size, n)
         self.N = 1 << max(0, (n - 1).bit_length())
         self.signs = np.ascontiguousarray(signs, dtype=np.float64)
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
@@ -843,13 +846,13 @@ class SRHT(SketchOperator):
         return f"N={self.N}"
 
 
-def srht(k, n, /, *, rng=None) -> SRHT:
+def srht(sketch_size, n, /, *, rng=None) -> SRHT:
     r"""Subsampled randomized Hadamard transform (SRHT) with a Numba fast Walsh–Hadamard.
 
     Parameters
     ----------
-    k : int
-        Sketch size, ``1 <= k <= n``.
+    sketch_size : int
+        Sketch size ``k``, ``1 <= k <= n``.
     n : int
         Input dimension; need not be a power of two (input is zero-padded to ``N``).
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
@@ -897,9 +900,9 @@ def srht(k, n, /, *, rng=None) -> SRHT:
     >>> (S @ np.ones((1000, 5))).shape
     (64, 5)
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     if k > n:
-        raise ValueError(f"k={k} must satisfy 1 <= k <= n={n} for an SRHT")
+        raise ValueError(f"sketch_size={k} must satisfy 1 <= sketch_size <= n={n} for an SRHT")
     rng = check_rng(rng)
     N = 1 << max(0, (n - 1).bit_length())
     signs = _random_signs(rng, n)
@@ -932,7 +935,8 @@ class TensorSketch(SketchOperator):
         Whether ``s_t(j) = -1`` for each CountSketch.
     """
 
-    def __init__(self, k: int, n: int, hashes: np.ndarray, negative: np.ndarray):
+    def __init__(self, sketch_size: int, n: int, hashes: np.ndarray, negative: np.ndarray):
+        k = sketch_size
         self.degree = hashes.shape[0]
         self.n_features = n
         super().__init__(k, n**self.degree)
@@ -1013,13 +1017,13 @@ class TensorSketch(SketchOperator):
         return f"degree={self.degree}, n_features={self.n_features}"
 
 
-def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
+def tensor_sketch(sketch_size, n, degree=2, /, *, rng=None) -> TensorSketch:
     r"""TensorSketch (Pham–Pagh): sketch of degree-``p`` tensor powers via CountSketch+FFT.
 
     Parameters
     ----------
-    k : int
-        Sketch size, ``k >= 1``.
+    sketch_size : int
+        Sketch size ``k``, ``k >= 1``.
     n : int
         Dimension of the vectors whose tensor powers are sketched.
     degree : int, default=2
@@ -1062,7 +1066,7 @@ def tensor_sketch(k, n, degree=2, /, *, rng=None) -> TensorSketch:
     >>> ts.transform(np.ones((5, 16))).shape
     (5, 128)
     """
-    k, n = _check_sizes(k, n)
+    k, n = _check_sizes(sketch_size, n)
     p = check_int(degree, "degree", minimum=1)
     rng = check_rng(rng)
     hashes = rng.integers(0, k, size=(p, n), dtype=np.int64)

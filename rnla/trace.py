@@ -48,20 +48,26 @@ _DISTRIBUTIONS = ("rademacher", "gaussian")
 class TraceEstimate(NamedTuple):
     """A stochastic trace (or log-determinant) estimate.
 
+    Returned by every estimator of :mod:`rnla.trace` (Python floats) and by
+    :func:`rnla.augmented.slq_logdet` (arrays of the shape of ``lam``, one estimate per
+    shift).
+
     Attributes
     ----------
-    value : float
-        The estimate.
-    stderr : float
-        Estimated standard error of ``value`` (sample standard deviation of the
-        per-probe estimates over the square root of their number); ``nan`` when a
-        single probe leaves nothing to estimate it from, ``0.0`` for exact results.
+    value : float or ndarray
+        The estimate (the mean of the per-probe estimates, plus any exactly computed
+        part).
+    stderr : float or ndarray
+        Estimated standard error of ``value``: the sample standard deviation of the
+        per-probe estimates over the square root of their number. With a single probe
+        the sample standard deviation is undefined and ``stderr`` is ``inf`` (no
+        accuracy claimed); ``0.0`` for exact results.
     n_matvecs : int
         Products with ``A`` (columns) spent, including symmetry probes.
     """
 
-    value: float
-    stderr: float
+    value: float | np.ndarray
+    stderr: float | np.ndarray
     n_matvecs: int
 
 
@@ -76,7 +82,8 @@ def _probes(rng, n, m, distribution, dtype) -> np.ndarray:
 def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
     samples = np.asarray(samples, dtype=np.float64)
     if samples.size < 2:
-        return float(samples.mean()), math.nan
+        # One probe: the sample standard deviation is undefined; claim no accuracy.
+        return float(samples.mean()), math.inf
     return float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(samples.size))
 
 
@@ -102,7 +109,7 @@ def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceE
     Returns
     -------
     TraceEstimate
-        ``value``, ``stderr`` (``nan`` for one probe), ``n_matvecs = n_probes``.
+        ``value``, ``stderr`` (``inf`` for one probe), ``n_matvecs = n_probes``.
 
     Raises
     ------
@@ -160,7 +167,7 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
     Returns
     -------
     TraceEstimate
-        ``stderr`` is the standard error of the Hutchinson part (``nan`` with a single
+        ``stderr`` is the standard error of the Hutchinson part (``inf`` with a single
         probe).
 
     Raises

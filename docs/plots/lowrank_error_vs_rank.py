@@ -32,8 +32,8 @@ from sklearn.datasets import load_digits
 
 from rnla.estimate import lowrank_error_estimate
 from rnla.lowrank import range_finder, rsvd
-from rnla.nystrom import nystrom, rpcholesky
 from rnla.operators import KernelMatrix
+from rnla.psd import nystrom, rpcholesky
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "_static" / "lowrank_error_vs_rank.png"
 SEED = 20240501

@@ -1,4 +1,4 @@
-"""Numba kernels behind :func:`rnla.nystrom.rpcholesky`.
+"""Numba kernels behind :func:`rnla.psd.rpcholesky`.
 
 Both kernels are serial, use no ``fastmath`` (they decide pivots: a reassociated sum
 can flip an accept/reject decision) and take only arrays and scalars. Randomness is

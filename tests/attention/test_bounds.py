@@ -64,9 +64,7 @@ def test_row_lemma_holds_per_row(rng, perturbation, use_y):
     assert (actual <= b.rows * (1 + 1e-12) + 1e-13).all()
     assert np.linalg.norm(Yt - Y) <= b.fro.value * (1 + 1e-12)
     assert actual.max() <= b.row_max.value * (1 + 1e-12)
-    assert (
-        b.fro.kind == "deterministic" and b.fro.confidence == 1.0 and b.row_max.norm == "row_max"
-    )
+    assert b.fro.kind == "deterministic" and b.fro.delta == 0.0 and b.row_max.norm == "row_max"
     if use_y:
         no_y = row_lemma(err_l1, zt, V)
         assert (b.rows <= no_y.rows * (1 + 1e-12)).all()
@@ -243,7 +241,7 @@ def test_certify_exact_when_all_rows(rng, dtype, causal, masked, gqa):
     cert = certify(Yt, Q, K, V, n_rows=10_000, causal=causal, mask=mask, rng=rng)
     true = np.linalg.norm((Yt - Y).astype(np.float64))
     assert isinstance(cert, Certificate)
-    assert cert.confidence == 1.0 and cert.n_rows == hq * n
+    assert cert.delta == 0.0 and cert.n_rows == hq * n
     rt = 1e-4 if dtype == np.float32 else 1e-10
     assert cert.fro == pytest.approx(true, rel=rt)
     assert cert.relative_fro == pytest.approx(true / np.linalg.norm(Y.astype(np.float64)), rel=rt)
@@ -255,8 +253,8 @@ def test_certify_sampled_fields(rng):
     Q, K, V = _synthetic(rng, G=2, n=64, m=64)
     Y = reference_attention(Q, K, V)
     Yt = Y + 0.05 * rng.standard_normal(Y.shape)
-    cert = certify(Yt, Q, K, V, n_rows=32, confidence=0.95, rng=rng)
-    assert cert.n_rows == 32 and cert.confidence == 0.95
+    cert = certify(Yt, Q, K, V, n_rows=32, delta=0.05, rng=rng)
+    assert cert.n_rows == 32 and cert.delta == 0.05
     assert cert.slices.shape == cert.rows.shape == cert.row_errors.shape == (32,)
     assert len(set(zip(cert.slices.tolist(), cert.rows.tolist(), strict=True))) == 32
     np.testing.assert_allclose(
@@ -265,9 +263,9 @@ def test_certify_sampled_fields(rng):
     assert cert.exact_rows_cost.kernel_evals == 32 * 64
     assert cert.fro >= cert.fro_estimate
     eb = cert.as_error_bound()
-    assert eb.kind == "probabilistic" and eb.confidence == 0.95 and eb.norm == "fro"
-    again = certify(Yt, Q, K, V, n_rows=32, confidence=0.95, rng=7)
-    same = certify(Yt, Q, K, V, n_rows=32, confidence=0.95, rng=7)
+    assert eb.kind == "probabilistic" and eb.delta == 0.05 and eb.norm == "fro"
+    again = certify(Yt, Q, K, V, n_rows=32, delta=0.05, rng=7)
+    same = certify(Yt, Q, K, V, n_rows=32, delta=0.05, rng=7)
     np.testing.assert_array_equal(again.rows, same.rows)
     assert again.fro == same.fro
 
@@ -289,8 +287,8 @@ def test_certify_bad_input(rng):
     Y0 = Y.copy()
     with pytest.raises(ValueError, match="must have shape"):
         certify(Y[:, :5], Q, K, V)
-    with pytest.raises(ValueError, match="confidence"):
-        certify(Y, Q, K, V, confidence=1.0)
+    with pytest.raises(ValueError, match="delta"):
+        certify(Y, Q, K, V, delta=1.0)
     with pytest.raises(TypeError, match="n_rows"):
         certify(Y, Q, K, V, n_rows=2.5)
     with pytest.raises(ValueError, match="n_rows"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from attention._core import prepare
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
 
-# Max-norm error relative to max |Y| (DESIGN: ~1e-13 in float64, ~1e-6 in float32).
+# Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
 RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
 
 

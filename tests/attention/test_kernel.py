@@ -7,7 +7,7 @@ import pytest
 
 import attention.kernel as K
 from attention import approximate, methods
-from attention._kernels.kernel import _causal_linear_attention, _online_leverage
+from attention._kernels.features import _causal_linear_attention, _online_leverage
 from attention.exact import reference_attention
 from rnla._validation import AccuracyWarning
 
@@ -166,7 +166,7 @@ def test_inputs_not_mutated(rng):
         ("scatterbrain", {"features": "trig"}, ValueError, "features"),
         ("taylor", {"degree": 0}, ValueError, "degree"),
         ("taylor", {"sketch_size": 2.5}, TypeError, "sketch_size"),
-        ("polysketch", {"p": 3}, ValueError, "even"),
+        ("polysketch", {"degree": 3}, ValueError, "even"),
         ("tensorsketch", {"sketch_size": 0}, ValueError, "sketch_size"),
         ("levattention", {"threshold": 1.5}, ValueError, "threshold"),
         ("levattention", {"window": -1}, ValueError, "window"),
@@ -244,13 +244,13 @@ def test_polysketch_vs_polynomial_attention(rng, p):
     P = K.polynomial_attention(Q, Kk, V, p)
     if p == 2:
         # Degree 1 is not sketched: the self-tensored features are exact.
-        r = approximate(Q, Kk, V, "polysketch", rng=0, p=2)
+        r = approximate(Q, Kk, V, "polysketch", rng=0, degree=2)
         np.testing.assert_allclose(r.output, P, rtol=1e-10, atol=1e-10)
     # Larger sketches are more accurate (averaged over draws; variance ~ 1/r).
     errs = {
         r: np.mean(
             [
-                _rel(approximate(Q, Kk, V, kind, rng=s, p=p, sketch_size=r).output, P)
+                _rel(approximate(Q, Kk, V, kind, rng=s, degree=p, sketch_size=r).output, P)
                 for s in range(4)
             ]
         )
@@ -272,7 +272,7 @@ def test_polynomial_attention_reference(rng):
 def test_polynomial_sketch_error_report(rng):
     Q, Kk, V = _data(rng, n=20, d=4)
     e = K.polynomial_sketch_error(Q, Kk, V, 4, features="tensorsketch", rng=5)
-    r = approximate(Q, Kk, V, "tensorsketch", rng=5, p=4)
+    r = approximate(Q, Kk, V, "tensorsketch", rng=5, degree=4)
     P = K.polynomial_attention(Q, Kk, V, 4)
     assert e.error_vs_polynomial == pytest.approx(_rel(r.output, P), rel=1e-9)
     assert e.epsilon == pytest.approx(e.amm_error / e.amm_scale)

@@ -42,11 +42,11 @@ def test_registry_entries():
 # Parameter choices under which each method is exact (up to rounding).
 EXACT_CASES = [
     ("loki", {"rank": 16, "top_k": 48}),
-    ("skyformer", {"landmarks": 96, "gamma": 0.0}),
+    ("skyformer", {"n_landmarks": 96, "gamma": 0.0}),
     ("wildcat", {"rank": 48}),
     ("wildcat", {"rank": 96, "pivots": "lift"}),
     ("rsvd_oracle", {"rank": 48}),
-    ("nystromformer", {"landmarks": 48, "pinv": "exact"}),
+    ("nystromformer", {"n_landmarks": 48, "pinv": "exact"}),
 ]
 
 
@@ -64,10 +64,10 @@ def test_exact_at_full_rank(name, params, rng, dtype):
 # (method, parameter, small value, large value)
 MONOTONE = [
     ("loki", "top_k", 4, 40),
-    ("skyformer", "landmarks", 8, 90),
+    ("skyformer", "n_landmarks", 8, 90),
     ("wildcat", "rank", 4, 44),
     ("rsvd_oracle", "rank", 2, 40),
-    ("nystromformer", "landmarks", 4, 48),
+    ("nystromformer", "n_landmarks", 4, 48),
 ]
 
 
@@ -99,11 +99,11 @@ def test_dtype_and_shape(name, rng, dtype):
 
 def _small(name):
     if name in ("nystromformer", "csalr"):
-        return {"landmarks": 8}
+        return {"n_landmarks": 8}
     if name == "linformer":
-        return {"k": 8}
+        return {"sketch_size": 8}
     if name == "skyformer":
-        return {"landmarks": 16}
+        return {"n_landmarks": 16}
     if name in ("wildcat", "rsvd_oracle"):
         return {"rank": 8}
     return {}
@@ -188,7 +188,7 @@ def _segment_means(X, c):
 def test_linformer_formula(sk, seed):
     rng = np.random.default_rng(seed)
     Q, K, V = _qkv(rng, heads=1)
-    res = approximate(Q, K, V, "linformer", rng=seed, k=12, sketch=sk)
+    res = approximate(Q, K, V, "linformer", rng=seed, sketch_size=12, sketch=sk)
     S = getattr(rsketch, sk)(12, 48, rng=np.random.default_rng(seed))
     s = 1 / np.sqrt(16)
     ref = _softmax(s * Q[0] @ (S @ K[0]).T) @ (S @ V[0])
@@ -199,7 +199,7 @@ def test_linformer_formula(sk, seed):
 def test_nystromformer_formula_and_unequal_segments(rng):
     Q, K, V = _qkv(rng, n=50, m=45, heads=1)
     c, s = 7, 1 / np.sqrt(16)
-    res = approximate(Q, K, V, "nystromformer", landmarks=c, pinv="exact")
+    res = approximate(Q, K, V, "nystromformer", n_landmarks=c, pinv="exact")
     qt, kt = _segment_means(Q[0], c), _segment_means(K[0], c)
     F = _softmax(s * Q[0] @ kt.T)
     C = _softmax(s * qt @ kt.T)
@@ -223,7 +223,7 @@ def test_nystromformer_iteration_converges_on_well_conditioned(rng):
 def test_nystromformer_warns_when_not_converged(rng):
     Q, K, V = _qkv(rng, q_scale=4.0, heads=1)
     with pytest.warns(ConvergenceWarning, match=r"\|\|I - A_S Z\|\|_2"):
-        approximate(Q, K, V, "nystromformer", landmarks=24, n_iter=1)
+        approximate(Q, K, V, "nystromformer", n_landmarks=24, n_iter=1)
 
 
 def test_csalr_formula(rng):
@@ -236,7 +236,7 @@ def test_csalr_formula(rng):
     for augment, Cp in (("diagonal", C + np.eye(c)), ("ones", C + np.ones((c, c)))):
         At = F @ np.linalg.solve(Cp, B)
         ref = (At @ V[0]) / At.sum(axis=1, keepdims=True)
-        res = approximate(Q, K, V, "csalr", landmarks=c, augment=augment)
+        res = approximate(Q, K, V, "csalr", n_landmarks=c, augment=augment)
         np.testing.assert_allclose(res.output[0], ref, rtol=1e-9, atol=1e-12)
 
 
@@ -260,18 +260,18 @@ BAD = [
     ("loki", {"top_k": 0}, ValueError, "top_k"),
     ("loki", {"rank": 2.0}, TypeError, "rank"),
     ("loki", {"calibration": np.ones((5, 3))}, ValueError, "calibration"),
-    ("skyformer", {"landmarks": 0}, ValueError, "landmarks"),
+    ("skyformer", {"n_landmarks": 0}, ValueError, "n_landmarks"),
     ("skyformer", {"gamma": -1.0}, ValueError, "gamma"),
     ("wildcat", {"rank": 49}, ValueError, "rank"),
     ("wildcat", {"tau": -2.0}, ValueError, "tau"),
     ("wildcat", {"tau": "auto"}, ValueError, "tau"),
     ("wildcat", {"pivots": "queries"}, ValueError, "pivots"),
-    ("rsvd_oracle", {"failure_probability": 1.5}, ValueError, "failure_probability"),
+    ("rsvd_oracle", {"delta": 1.5}, ValueError, "delta"),
     ("rsvd_oracle", {"rank": 0}, ValueError, "rank"),
     ("linformer", {"sketch": "fourier"}, ValueError, "sketch"),
-    ("linformer", {"k": 49}, ValueError, "k"),
+    ("linformer", {"sketch_size": 49}, ValueError, "sketch_size"),
     ("nystromformer", {"pinv": "lu"}, ValueError, "pinv"),
-    ("nystromformer", {"landmarks": 49}, ValueError, "landmarks"),
+    ("nystromformer", {"n_landmarks": 49}, ValueError, "n_landmarks"),
     ("nystromformer", {"rcond": 0.0}, ValueError, "rcond"),
     ("nystromformer", {"n_iter": -1}, ValueError, "n_iter"),
     ("csalr", {"augment": "zeros"}, ValueError, "augment"),

@@ -47,7 +47,7 @@ EXACT_CASES = [
 @pytest.mark.parametrize(("name", "params"), EXACT_CASES, ids=lambda x: str(x))
 def test_exact_limits(name, params, rng, dtype):
     Q, K, V = (x.astype(dtype) for x in _qkv(rng))
-    res = approximate(Q, K, V, name, rng=rng, with_bound=False, **params)
+    res = approximate(Q, K, V, name, rng=rng, error_bound=False, **params)
     assert res.output.dtype == dtype
     assert res.lse.shape == (1, 256)
     Y, lse = _exact(Q, K, V, return_lse=True)
@@ -66,7 +66,7 @@ def test_causal_exact_limit(rng):
         causal=True,
         block_size=400,
         min_seq_len=16,
-        with_bound=False,
+        error_bound=False,
     )
     Y = _exact(Q, K, V, causal=True)
     assert relative_error(res.output, Y) < 1e-12
@@ -76,7 +76,7 @@ def _mean_err(Q, K, V, name, rng, s, draws, **kw):
     Y = _exact(Q, K, V, **{k: kw[k] for k in ("causal", "scale") if k in kw})
     errs = [
         relative_error(
-            approximate(Q, K, V, name, rng=rng, sample_size=s, with_bound=False, **kw).output, Y
+            approximate(Q, K, V, name, rng=rng, sample_size=s, error_bound=False, **kw).output, Y
         )
         ** 2
         for _ in range(draws)
@@ -131,7 +131,7 @@ def test_causal_no_future_leakage(sampling, rng):
         "min_seq_len": 32,
         "sample_size": 16,
         "sampling": sampling,
-        "with_bound": False,
+        "error_bound": False,
     }
     a = approximate(Q, K, V, "hyperattention", rng=7, **kw)
     b = approximate(Q, K2, V2, "hyperattention", rng=7, **kw)
@@ -175,7 +175,7 @@ def test_dtypes_and_shapes(name, dtype, rng):
     assert res.output.dtype == dtype
     assert res.lse.shape == (2, 4, 96)
     assert np.isfinite(res.output).all()
-    assert res.bound.kind == "probabilistic" and res.bound.confidence == 0.9
+    assert res.bound.kind == "probabilistic" and res.bound.delta == pytest.approx(0.1)
     assert res.cost.kernel_evals < 8 * 96 * 96
     Y = _exact(Q, K, V)
     assert relative_error(res.output, Y) <= 1.0 or res.bound.value > 0
@@ -183,13 +183,13 @@ def test_dtypes_and_shapes(name, dtype, rng):
 
 def test_float32_matches_float64(rng):
     Q, K, V = _qkv(rng, n=128, m=128)
-    a = approximate(Q, K, V, "kdeformer", rng=1, block_size=32, with_bound=False)
+    a = approximate(Q, K, V, "kdeformer", rng=1, block_size=32, error_bound=False)
     b = approximate(
         *(x.astype(np.float32) for x in (Q, K, V)),
         "kdeformer",
         rng=1,
         block_size=32,
-        with_bound=False,
+        error_bound=False,
     )
     np.testing.assert_allclose(b.output, a.output, rtol=1e-3, atol=1e-4)
 
@@ -201,7 +201,7 @@ BAD = [
     ("kdeformer", {"uniform_mix": 0.0}, ValueError, "uniform_mix"),
     ("kdeformer", {"uniform_mix": "a"}, TypeError, "uniform_mix"),
     ("kdeformer", {"delta": 1.5}, ValueError, "delta"),
-    ("kdeformer", {"with_bound": "yes"}, TypeError, "with_bound"),
+    ("kdeformer", {"error_bound": "yes"}, ValueError, "error_bound"),
     ("kdeformer", {"samples": 3}, ValueError, "valid parameters"),
     ("hyperattention", {"sampling": "bad"}, ValueError, "sampling"),
     ("hyperattention", {"min_seq_len": 0}, ValueError, "min_seq_len"),

@@ -18,7 +18,7 @@ from attention.bounds import _betting_lower_bound, certify, kl_confidence_bound
 from attention.exact import reference_attention
 
 R_DRAWS = 200
-CONFIDENCE = 0.9  # delta = 0.1: large enough for the binomial test to have power
+DELTA = 0.1  # large enough for the binomial test to have power
 LEVEL = 1e-3
 
 
@@ -63,11 +63,11 @@ def test_certificate_coverage(rng, kind):
     true_fro = float(np.linalg.norm(Yt - Y))
     true_rel = true_fro / float(np.linalg.norm(Y))
     true_mean = float(np.linalg.norm(Yt - Y, axis=-1).mean())
-    delta = 1 - CONFIDENCE
+    delta = DELTA
     fails = dict(fro=0, relative_fro=0, mean_row=0, joint=0, plug_in=0)
     ratios = []
     for seed in rng.integers(0, 2**63, size=R_DRAWS):
-        c = certify(Yt, Q, K, V, n_rows=32, confidence=CONFIDENCE, rng=int(seed))
+        c = certify(Yt, Q, K, V, n_rows=32, delta=DELTA, rng=int(seed))
         f = (c.fro < true_fro, c.relative_fro < true_rel, c.mean_row < true_mean)
         fails["fro"] += f[0]
         fails["relative_fro"] += f[1]

@@ -2,7 +2,7 @@
 
 Every deterministic :class:`ErrorBound` returned by ``loki``, ``skyformer`` and
 ``wildcat`` must hold on every draw, on synthetic and real heads; the probabilistic bound
-of ``rsvd_oracle`` may fail with probability at most ``failure_probability``. Negative
+of ``rsvd_oracle`` may fail with probability at most ``delta``. Negative
 controls drop one ingredient of a bound (the ``D_Q, D_K`` scaling of the PSD lift, the
 PCA residual of Loki) and show that the weakened "bound" then fails.
 """
@@ -42,9 +42,9 @@ DETERMINISTIC = [
     ("loki", {"rank": 4, "top_k": 8}),
     ("loki", {"rank": 8, "top_k": 32}),
     ("loki", {"rank": 16, "top_k": 4}),
-    ("skyformer", {"landmarks": 16}),
-    ("skyformer", {"landmarks": 100, "gamma": 0.0}),
-    ("skyformer", {"landmarks": 32, "gamma": 1e-2}),
+    ("skyformer", {"n_landmarks": 16}),
+    ("skyformer", {"n_landmarks": 100, "gamma": 0.0}),
+    ("skyformer", {"n_landmarks": 32, "gamma": 1e-2}),
     ("wildcat", {"rank": 8}),
     ("wildcat", {"rank": 48}),
     ("wildcat", {"rank": 16, "tau": 1.0}),
@@ -59,7 +59,7 @@ def test_deterministic_bound_holds_synthetic(name, params, kind, seed, dtype):
     Q, K, V = (x.astype(dtype) for x in _qkv(rng, kind))
     res = approximate(Q, K, V, name, rng=rng, **params)
     b = res.bound
-    assert b.kind == "deterministic" and b.norm == "fro" and b.confidence == 1.0
+    assert b.kind == "deterministic" and b.norm == "fro" and b.delta == 0.0
     assert "lemma" in b.assumptions or "Dropped-mass" in b.assumptions
     assert b.value >= _actual(res, Q, K, V)
 
@@ -81,9 +81,9 @@ def test_rsvd_oracle_probabilistic_bound(seed):
     failures = 0
     for t in range(R):
         Q, K, V = _qkv(rng, ("mild", "gauss", "lowrank")[t % 3], n=48, m=40, heads=1)
-        res = approximate(Q, K, V, "rsvd_oracle", rng=rng, rank=6, failure_probability=delta)
+        res = approximate(Q, K, V, "rsvd_oracle", rng=rng, rank=6, delta=delta)
         assert res.bound.kind == "probabilistic"
-        assert res.bound.confidence == pytest.approx(1 - delta)
+        assert res.bound.delta == pytest.approx(delta)
         failures += res.bound.value < _actual(res, Q, K, V)
     assert failures <= 1
 

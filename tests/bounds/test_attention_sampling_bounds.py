@@ -188,7 +188,7 @@ def test_negative_control_expected_error_is_not_a_bound(rng):
     V = rng.standard_normal((1, 128, 4))
     draws, delta = 60, 0.1
     errs, _ = _failure_run(
-        "kdeformer", Q, K, V, draws, rng, sample_size=16, block_size=32, with_bound=True
+        "kdeformer", Q, K, V, draws, rng, sample_size=16, block_size=32, error_bound=True
     )
     rms = float(np.sqrt(np.mean(errs**2)))
     fails = int(np.sum(errs > rms))

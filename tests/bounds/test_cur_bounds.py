@@ -20,9 +20,9 @@ import pytest
 import scipy.linalg as sla
 
 from rnla._bounds_cur import CURBound, cur_bound, id_bound, rrqr_growth, strong_rrqr_bound
-from rnla.cur import cur, interpolative
 from rnla.lowrank import range_finder
 from rnla.operators import KernelMatrix
+from rnla.skeleton import cur, interpolative
 
 SLACK = 1 + 1e-9  # rounding in the computed norms (float64 throughout)
 SPECTRA = ["exponential", "polynomial", "s_shaped", "low_rank_noise", "digits"]
@@ -212,14 +212,14 @@ def test_cur_bound_per_draw(name, method, rng):
     C, R = A[:, res.cols], A[res.rows, :]
     E = A - C @ res.U @ R
     for ord in ("fro", 2):
-        b = cur_bound(A, C, R, ord=ord)
+        b = cur_bound(A, C, R, norm=ord)
         err = norm(E, ord)
         assert err <= b.value * SLACK
         # Each term alone is a lower bound (orthogonal decompositions of the residual).
         assert max(b.column_term, b.row_term) <= err * SLACK
         assert err >= 0.5 * b.value  # tightness: max(a, b) >= (a + b) / 2
     # Frobenius refinement: err^2 = col^2 + ||CC^+ A (I - R^+R)||_F^2 <= col^2 + row^2.
-    b = cur_bound(A, C, R, ord="fro")
+    b = cur_bound(A, C, R, norm="fro")
     err = np.linalg.norm(E)
     assert err <= np.hypot(b.column_term, b.row_term) * SLACK
     # Negative control: dropping either term breaks the bound on every draw.
@@ -249,12 +249,12 @@ def test_cur_bound_matches_pinv_reference(rng):
         @ rng.standard_normal((25, 20))
     )
     C, R = A[:, :5], A[:4, :]
-    b = cur_bound(A, C, R, ord="fro")
+    b = cur_bound(A, C, R, norm="fro")
     col = np.linalg.norm(A - C @ np.linalg.pinv(C) @ A)
     row = np.linalg.norm(A - A @ np.linalg.pinv(R) @ R)
-    assert isinstance(b, CURBound) and b.ord == "fro"
+    assert isinstance(b, CURBound) and b.norm == "fro"
     np.testing.assert_allclose([b.column_term, b.row_term, b.value], [col, row, col + row])
-    b2 = cur_bound(A, C, R, ord=2)
+    b2 = cur_bound(A, C, R, norm=2)
     np.testing.assert_allclose(b2.column_term, np.linalg.norm(A - C @ np.linalg.pinv(C) @ A, 2))
 
 
@@ -302,9 +302,9 @@ def test_id_bound_and_rrqr_values():
             r"R must have n=3 columns",
         ),
         (
-            lambda: cur_bound(np.ones((4, 3)), np.ones((4, 1)), np.ones((1, 3)), ord=1),
+            lambda: cur_bound(np.ones((4, 3)), np.ones((4, 1)), np.ones((1, 3)), norm=1),
             ValueError,
-            "ord=1 is not one of 'fro', 2",
+            "norm=1 is not one of 'fro', 2",
         ),
         (
             lambda: cur_bound(np.full((2, 2), np.nan), np.ones((2, 1)), np.ones((1, 2))),

@@ -129,12 +129,12 @@ EMBED_CASES = [
 def test_proven_size_embeds(seed, name):
     ctor, size, d, eps, delta, draws = CONFIGS[name]
     res = size(d, eps, delta)
-    assert res.kind == "proven" and res.k <= N
+    assert res.kind == "proven" and res.sketch_size <= N
     streams = _streams(seed, draws + 1)
     bases = _bases(streams[0], d)
     eff_bound = bounds.distortion_to_effective(eps)
     for gen in streams[1:]:
-        S = ctor(res.k, N, rng=gen)
+        S = ctor(res.sketch_size, N, rng=gen)
         for (gram_err, eff), label in zip(
             _distortions(S, bases, d), ("incoherent", "coherent"), strict=True
         ):

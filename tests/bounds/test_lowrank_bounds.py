@@ -104,7 +104,7 @@ def test_structural_bound_every_draw(name, seed):
         E = proj_error(A, range_finder(A, k + p, sketch=S))
         Omega = S.todense().T
         for ord_, err in (("fro", np.sum(E**2)), (2, np.linalg.norm(E, 2) ** 2)):
-            bound = hmt_structural_bound(svd, Omega, k, ord=ord_)
+            bound = hmt_structural_bound(svd, Omega, k, norm=ord_)
             assert err <= bound * (1 + 1e-10) + 1e-12 * scale
 
 
@@ -359,8 +359,8 @@ def test_structural_bound_assumptions_raise():
         hmt_structural_bound((U[:, :5], s[:5], Vt[:5]), np.ones((n, 6)), 3)
     with pytest.raises(ValueError, match="descending"):
         hmt_structural_bound((U, s[::-1], Vt), np.ones((n, 6)), 3)
-    with pytest.raises(ValueError, match="ord=1"):
-        hmt_structural_bound(svd, np.ones((n, 6)), 3, ord=1)
+    with pytest.raises(ValueError, match="norm=1"):
+        hmt_structural_bound(svd, np.ones((n, 6)), 3, norm=1)
 
 
 def test_power_bound_decreases_with_iterations():

@@ -69,7 +69,7 @@ def _digits_rpcholesky(rng, n=200, k=12):
     """Column Nyström (RPCholesky pivots) of a Gaussian kernel matrix of real data."""
     from sklearn.datasets import load_digits
 
-    from rnla.nystrom import rpcholesky
+    from rnla.psd import rpcholesky
 
     X = load_digits().data
     X = X[rng.choice(len(X), n, replace=False)]
@@ -88,10 +88,7 @@ CASES = {
 
 
 def _draws(rng, A, factors, **kw):
-    return [
-        lowrank_error_estimate(A, factors, failure_probability=DELTA, rng=rng, **kw)
-        for _ in range(R)
-    ]
+    return [lowrank_error_estimate(A, factors, delta=DELTA, rng=rng, **kw) for _ in range(R)]
 
 
 def _failures(ests, exact, slack=1e-12):
@@ -121,7 +118,7 @@ def test_spectral_certificate_holds(rng):
     A = (U * s) @ V.T
     factors = QBResult(U[:, :r], U[:, :r].T @ A, 0.0)
     exact = 1.0
-    ests = _draws(rng, A, factors, ord=2, n_probes=1, n_iter=1)
+    ests = _draws(rng, A, factors, norm=2, n_probes=1, n_iter=1)
     assert all(e.lower <= exact * (1 + 1e-12) for e in ests)  # per draw: a Ritz value
     assert _pvalue(_failures(ests, exact)) > LEVEL
 
@@ -132,7 +129,7 @@ def test_relative_certificate_holds(rng, ord):
     A, factors, E = _rank_one_residual(rng)
     exact = np.linalg.norm(E, ord) / np.linalg.norm(A, ord)
     kw = {"n_probes": 2, "n_iter": 1} if ord == 2 else {}
-    ests = _draws(rng, A, factors, ord=ord, relative=True, **kw)
+    ests = _draws(rng, A, factors, norm=ord, relative=True, **kw)
     assert _pvalue(_failures(ests, exact, slack=1e-10)) > LEVEL
 
 
@@ -166,7 +163,7 @@ def test_negative_control_probes_must_be_independent_of_the_factors(rng):
         Q = np.linalg.qr(A @ Omega)[0]
         factors = QBResult(Q, Q.T @ A, 0.0)
         exact = np.linalg.norm(A - Q @ (Q.T @ A))
-        kw = {"n_probes": n_probes, "failure_probability": DELTA}
+        kw = {"n_probes": n_probes, "delta": DELTA}
         bad = lowrank_error_estimate(A, factors, rng=seed, **kw)
         good = lowrank_error_estimate(A, factors, rng=seed + 1, **kw)
         bad_fails += not bad.lower <= exact <= bad.upper

@@ -52,10 +52,7 @@ def _too_many(failures, p):
 
 def _fro_draws(rng, A, n_probes):
     true = float(np.linalg.norm(A))
-    ests = [
-        norm_estimate(A, "fro", n_probes=n_probes, failure_probability=DELTA, rng=rng)
-        for _ in range(R)
-    ]
+    ests = [norm_estimate(A, "fro", n_probes=n_probes, delta=DELTA, rng=rng) for _ in range(R)]
     return true, ests
 
 
@@ -123,10 +120,7 @@ def test_spectral_upper_bound_is_attained_for_one_probe(rng):
     # exactly, so a two-sided test checks the derivation, not just its direction.
     D, q = 50, 2
     A = _worst_case(D, q, 1, rng)
-    ests = [
-        norm_estimate(A, n_probes=1, n_iter=q, failure_probability=DELTA, rng=rng)
-        for _ in range(R)
-    ]
+    ests = [norm_estimate(A, n_probes=1, n_iter=q, delta=DELTA, rng=rng) for _ in range(R)]
     fails = sum(e.upper < 1.0 for e in ests)
     assert stats.binomtest(fails, R, DELTA).pvalue > LEVEL
 
@@ -135,10 +129,7 @@ def test_spectral_upper_bound_is_attained_for_one_probe(rng):
 def test_spectral_upper_bound_holds(rng, n_probes, q):
     D = 40
     A = _worst_case(D, q, n_probes, rng)
-    ests = [
-        norm_estimate(A, n_probes=n_probes, n_iter=q, failure_probability=DELTA, rng=rng)
-        for _ in range(R)
-    ]
+    ests = [norm_estimate(A, n_probes=n_probes, n_iter=q, delta=DELTA, rng=rng) for _ in range(R)]
     fails = sum(e.upper < 1.0 for e in ests)
     assert _too_many(fails, DELTA) > LEVEL
 
@@ -146,10 +137,7 @@ def test_spectral_upper_bound_holds(rng, n_probes, q):
 def test_spectral_upper_bound_holds_on_slow_decay(rng):
     A = _rotate(rng, 1.0 / (1.0 + 0.02 * np.arange(60)), 80)
     true = float(np.linalg.norm(A, 2))
-    ests = [
-        norm_estimate(A, n_probes=2, n_iter=1, failure_probability=DELTA, rng=rng)
-        for _ in range(R)
-    ]
+    ests = [norm_estimate(A, n_probes=2, n_iter=1, delta=DELTA, rng=rng) for _ in range(R)]
     ratios = np.array([e.upper / true for e in ests])
     assert _too_many(np.sum(ratios < 1.0), DELTA) > LEVEL
     assert np.median(ratios) < 2.0  # tightness: ~1.3 here
@@ -161,10 +149,7 @@ def test_spectral_negative_control(rng):
     D, q = 50, 2
     A = _worst_case(D, q, 1, rng)
     eps_bad = estimate._power_eps(DELTA, q, 2, 1)
-    ests = [
-        norm_estimate(A, n_probes=1, n_iter=q, failure_probability=DELTA, rng=rng)
-        for _ in range(R)
-    ]
+    ests = [norm_estimate(A, n_probes=1, n_iter=q, delta=DELTA, rng=rng) for _ in range(R)]
     fails = sum(e.value / math.sqrt(1 - eps_bad) < 1.0 for e in ests)
     assert _too_many(fails, DELTA) < LEVEL
 

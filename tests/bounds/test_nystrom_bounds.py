@@ -18,7 +18,7 @@ from rnla._bounds_nystrom import (
     nystrom_structural_bound,
     rpcholesky_rank_bound,
 )
-from rnla.nystrom import nystrom, rpcholesky
+from rnla.psd import nystrom, rpcholesky
 
 
 @pytest.fixture(autouse=True, scope="module")

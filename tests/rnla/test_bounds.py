@@ -79,9 +79,9 @@ def test_jl_dimension_matches_sklearn(n_points, eps):
     ref = int(johnson_lindenstrauss_min_dim(n_points, eps=eps))
     res = bounds.jl_dimension(n_points, eps=eps)
     # sklearn truncates 4 ln N / (eps^2/2 - eps^3/3); we round up (the theorem's k).
-    assert res.k in (ref, ref + 1)
-    assert res.k >= 4 * math.log(n_points) / (eps**2 / 2 - eps**3 / 3)
-    assert res.failure_probability == pytest.approx(1 - 1 / n_points)
+    assert res.sketch_size in (ref, ref + 1)
+    assert res.sketch_size >= 4 * math.log(n_points) / (eps**2 / 2 - eps**3 / 3)
+    assert res.delta == pytest.approx(1 - 1 / n_points)
     assert res.kind == "proven" and res.distortion == eps
 
 
@@ -90,14 +90,16 @@ def test_jl_dimension_with_delta_is_achlioptas():
     beta = math.log(1 / delta) / math.log(N)
     expected = math.ceil((4 + 2 * beta) / (eps**2 / 2 - eps**3 / 3) * math.log(N))
     res = bounds.jl_dimension(N, eps=eps, delta=delta)
-    assert res.k == expected
-    assert res.failure_probability == delta
+    assert res.sketch_size == expected
+    assert res.delta == delta
 
 
 def test_jl_dimension_monotone():
-    ks_eps = [bounds.jl_dimension(100, eps=e).k for e in (0.1, 0.2, 0.4, 0.8)]
-    ks_delta = [bounds.jl_dimension(100, eps=0.2, delta=d).k for d in (1e-6, 1e-3, 0.1, 0.5)]
-    ks_n = [bounds.jl_dimension(n, eps=0.2).k for n in (2, 10, 100, 1000)]
+    ks_eps = [bounds.jl_dimension(100, eps=e).sketch_size for e in (0.1, 0.2, 0.4, 0.8)]
+    ks_delta = [
+        bounds.jl_dimension(100, eps=0.2, delta=d).sketch_size for d in (1e-6, 1e-3, 0.1, 0.5)
+    ]
+    ks_n = [bounds.jl_dimension(n, eps=0.2).sketch_size for n in (2, 10, 100, 1000)]
     assert ks_eps == sorted(ks_eps, reverse=True)
     assert ks_delta == sorted(ks_delta, reverse=True)
     assert ks_n == sorted(ks_n)
@@ -125,10 +127,10 @@ def test_gaussian_embedding_size_closed_form():
     t = math.sqrt(2 * math.log(2 / delta))
     a = lambda k: (math.sqrt(d) + t) / math.sqrt(k)  # noqa: E731
     # k is the smallest size with (1 + a)^2 <= 1 + eps (and then (1 - a)^2 >= 1 - eps).
-    assert (1 + a(res.k)) ** 2 <= 1 + eps
-    assert (1 - a(res.k)) ** 2 >= 1 - eps
-    assert (1 + a(res.k - 1)) ** 2 > 1 + eps
-    assert res == (res.k, eps, delta, "proven", res.reference)
+    assert (1 + a(res.sketch_size)) ** 2 <= 1 + eps
+    assert (1 - a(res.sketch_size)) ** 2 >= 1 - eps
+    assert (1 + a(res.sketch_size - 1)) ** 2 > 1 + eps
+    assert res == (res.sketch_size, eps, delta, "proven", res.reference)
     assert "5.35" in res.reference
 
 
@@ -143,27 +145,29 @@ def test_rademacher_embedding_size_is_a_valid_net_bound():
 
     # Optimised over gamma: never worse than the textbook gamma = 1/4, and some gamma
     # of the grid certifies it.
-    assert res.k <= math.ceil(k_net(0.25))
+    assert res.sketch_size <= math.ceil(k_net(0.25))
     grid = np.linspace(0.005, 0.495, 99)
-    assert min(k_net(g) for g in grid) <= res.k < min(k_net(g) for g in grid) + 1
+    assert min(k_net(g) for g in grid) <= res.sketch_size < min(k_net(g) for g in grid) + 1
     assert res.kind == "proven"
 
 
 def test_countsketch_and_sparse_sign_sizes():
     d, eps, delta = 8, 0.5, 0.1
     k = math.ceil((d * d + d) / (eps**2 * delta))
-    assert bounds.countsketch_embedding_size(d, eps=eps, delta=delta).k == k
-    assert bounds.sparse_sign_embedding_size(d, eps=eps, delta=delta, nnz_per_col=4).k == k
+    assert bounds.countsketch_embedding_size(d, eps=eps, delta=delta).sketch_size == k
+    assert (
+        bounds.sparse_sign_embedding_size(d, eps=eps, delta=delta, nnz_per_col=4).sketch_size == k
+    )
     # the floor k >= nnz_per_col keeps the rows of a column distinct
     small = bounds.sparse_sign_embedding_size(1, eps=0.99, delta=0.99, nnz_per_col=8)
-    assert small.k == 8
+    assert small.sketch_size == 8
 
 
 def test_sparse_sign_practical_size_is_heuristic():
     res = bounds.sparse_sign_practical_size(10)
-    assert res.k == 20 and res.kind == "heuristic"
-    assert math.isnan(res.distortion) and math.isnan(res.failure_probability)
-    assert bounds.sparse_sign_practical_size(2).k == 8
+    assert res.sketch_size == 20 and res.kind == "heuristic"
+    assert math.isnan(res.distortion) and math.isnan(res.delta)
+    assert bounds.sparse_sign_practical_size(2).sketch_size == 8
 
 
 def _srht_reference(d, n, eps, delta):
@@ -185,23 +189,23 @@ def _srht_reference(d, n, eps, delta):
 @pytest.mark.parametrize(("d", "n", "eps", "delta"), [(4, 2**14, 0.8, 0.2), (8, 4096, 0.7, 0.1)])
 def test_srht_embedding_size_against_reference(d, n, eps, delta):
     res = bounds.srht_embedding_size(d, n, eps=eps, delta=delta)
-    assert res.k == _srht_reference(d, n, eps, delta)
-    assert res.k <= n and res.kind == "proven"
+    assert res.sketch_size == _srht_reference(d, n, eps, delta)
+    assert res.sketch_size <= n and res.kind == "proven"
 
 
 def test_orthogonal_gaussian_size_is_at_least_gaussian():
     # The orthogonal bound pays for the chi row norms and the Haar normalisation.
     for d in (1, 4, 16):
-        g = bounds.gaussian_embedding_size(d, eps=0.5, delta=0.1).k
-        o = bounds.orthogonal_gaussian_embedding_size(d, 2**22, eps=0.5, delta=0.1).k
+        g = bounds.gaussian_embedding_size(d, eps=0.5, delta=0.1).sketch_size
+        o = bounds.orthogonal_gaussian_embedding_size(d, 2**22, eps=0.5, delta=0.1).sketch_size
         assert g <= o <= 4 * g
 
 
 @pytest.mark.parametrize(("name", "size"), EMBEDDING_D, ids=IDS)
 def test_embedding_sizes_monotone(name, size):
-    k_eps = [size(4, eps=e, delta=0.1).k for e in (0.3, 0.5, 0.7, 0.9)]
-    k_delta = [size(4, eps=0.5, delta=dl).k for dl in (0.01, 0.05, 0.2, 0.5)]
-    k_d = [size(d, eps=0.5, delta=0.1).k for d in (1, 2, 4, 8)]
+    k_eps = [size(4, eps=e, delta=0.1).sketch_size for e in (0.3, 0.5, 0.7, 0.9)]
+    k_delta = [size(4, eps=0.5, delta=dl).sketch_size for dl in (0.01, 0.05, 0.2, 0.5)]
+    k_d = [size(d, eps=0.5, delta=0.1).sketch_size for d in (1, 2, 4, 8)]
     assert k_eps == sorted(k_eps, reverse=True)
     assert k_delta == sorted(k_delta, reverse=True)
     assert k_d == sorted(k_d)
@@ -365,9 +369,9 @@ def test_variance_functions_dtype_consistency(rng):
 def test_variance_functions_bad_input(fn):
     with pytest.raises(ValueError, match="same length, got 3 and 2"):
         fn(np.ones(3), np.ones(2), 4)
-    with pytest.raises(ValueError, match="k=0 must be >= 1"):
+    with pytest.raises(ValueError, match="sketch_size=0 must be >= 1"):
         fn(np.ones(3), np.ones(3), 0)
-    with pytest.raises(TypeError, match="k must be an integer"):
+    with pytest.raises(TypeError, match="sketch_size must be an integer"):
         fn(np.ones(3), np.ones(3), 4.0)
     with pytest.raises(ValueError, match="x must be 1-dimensional"):
         fn(np.ones((3, 1)), np.ones(3), 4)

@@ -149,7 +149,7 @@ def test_sort_and_balanced_buckets(rng):
         (lambda X: angular_lsh(X[0], 4), ValueError, "dim"),
         (lambda X: sort_by_bucket(X), TypeError, "integers"),
         (lambda X: balanced_buckets(X[:, 0], 11), ValueError, "n_buckets"),
-        (lambda X: kmeans(X, 11), ValueError, "k=11"),
+        (lambda X: kmeans(X, 11), ValueError, "n_clusters=11"),
         (lambda X: kmeans(X, 2, init="foo"), ValueError, "init"),
         (lambda X: kmeans(X, 2, init=np.zeros((3, 2))), ValueError, "shape"),
         (lambda X: kmeans(X, 2, tol=-1.0), ValueError, "tol"),

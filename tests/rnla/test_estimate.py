@@ -69,7 +69,7 @@ def test_spectral_result_types_and_counts(rng, dtype):
     assert isinstance(est, NormEstimate)
     assert all(isinstance(v, float) for v in (est.value, est.upper, est.lower))
     assert est.n_matvecs == 5 * (2 * 3 + 1) == op.count
-    assert est.failure_probability == 1e-3
+    assert est.delta == 1e-3
 
 
 def test_frobenius_counts_matvecs(rng):
@@ -142,7 +142,7 @@ def test_chernoff_roots_solve_the_equation(c):
 
 def test_frobenius_bounds_bracket_the_value(rng, dtype):
     A, _ = _test_matrix(rng, dtype=dtype)
-    est = norm_estimate(A, "fro", n_probes=20, failure_probability=0.01, rng=rng)
+    est = norm_estimate(A, "fro", n_probes=20, delta=0.01, rng=rng)
     assert est.lower < est.value < est.upper
     # t_- and t_+ from the Chernoff equation with c = 2 ln(2/delta)/N
     t_lo, t_hi = estimate._chi2_chernoff_roots(2 * math.log(200) / 20)
@@ -226,16 +226,16 @@ def test_input_not_mutated(rng):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "msg"),
     [
-        ({"ord": 1}, ValueError, r"ord=1 is not one of 2, 'fro'"),
-        ({"ord": "nuc"}, ValueError, r"ord='nuc' is not one of 2, 'fro'"),
-        ({"ord": True}, ValueError, "is not one of"),
+        ({"norm": 1}, ValueError, r"norm=1 is not one of 2, 'fro'"),
+        ({"norm": "nuc"}, ValueError, r"norm='nuc' is not one of 2, 'fro'"),
+        ({"norm": True}, ValueError, "is not one of"),
         ({"n_probes": 0}, ValueError, "n_probes=0 must be >= 1"),
         ({"n_probes": 2.0}, TypeError, "n_probes must be an integer"),
         ({"n_iter": -1}, ValueError, "n_iter=-1 must be >= 0"),
-        ({"ord": "fro", "n_iter": 2}, ValueError, "n_iter=2 applies to ord=2 only"),
-        ({"failure_probability": 0.0}, ValueError, r"must lie in the open interval \(0, 1\)"),
-        ({"failure_probability": 1.0}, ValueError, r"failure_probability=1.0 must lie"),
-        ({"failure_probability": "x"}, TypeError, "must be a real number"),
+        ({"norm": "fro", "n_iter": 2}, ValueError, "n_iter=2 applies to norm=2 only"),
+        ({"delta": 0.0}, ValueError, r"must lie in the open interval \(0, 1\)"),
+        ({"delta": 1.0}, ValueError, r"delta=1.0 must lie"),
+        ({"delta": "x"}, TypeError, "must be a real number"),
         ({"rng": np.random.RandomState(0)}, TypeError, "RandomState"),
     ],
 )

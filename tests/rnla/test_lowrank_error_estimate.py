@@ -187,7 +187,7 @@ def test_spectral_with_full_block_is_exact(rng, dtype, kind):
     # With n_probes >= min(m, n) the subspace iteration spans everything: value = ||E||_2.
     A, f, kw, approx = _case(kind, rng, dtype)
     exact = np.linalg.norm(A.astype(np.float64) - approx, 2)
-    est = lowrank_error_estimate(A, f, ord=2, n_probes=min(A.shape), rng=rng, **kw)
+    est = lowrank_error_estimate(A, f, norm=2, n_probes=min(A.shape), rng=rng, **kw)
     scale = np.linalg.norm(A.astype(np.float64), 2) + np.linalg.norm(approx, 2)
     assert est.value == pytest.approx(exact, abs=_tol(dtype) * scale)
     assert est.lower == est.value
@@ -198,10 +198,10 @@ def test_spectral_with_full_block_is_exact(rng, dtype, kind):
 def test_frobenius_interval_contains_exact(rng, dtype, kind):
     A, f, kw, approx = _case(kind, rng, dtype)
     exact = np.linalg.norm(A.astype(np.float64) - approx)
-    est = lowrank_error_estimate(A, f, failure_probability=TINY, rng=rng, **kw)
+    est = lowrank_error_estimate(A, f, delta=TINY, rng=rng, **kw)
     slack = 1 + _tol(dtype)
     assert est.lower / slack <= exact <= est.upper * slack
-    assert est.failure_probability == TINY
+    assert est.delta == TINY
     assert est.n_matvecs == 10
 
 
@@ -209,13 +209,11 @@ def test_frobenius_interval_contains_exact(rng, dtype, kind):
 def test_spectral_interval_contains_exact(rng, kind):
     A, f, kw, approx = _case(kind, rng)
     exact = np.linalg.norm(A - approx, 2)
-    est = lowrank_error_estimate(A, f, ord=2, n_probes=3, n_iter=2, rng=rng, **kw)
+    est = lowrank_error_estimate(A, f, norm=2, n_probes=3, n_iter=2, rng=rng, **kw)
     assert est.lower <= exact * (1 + _tol(np.float64))
     # The upper bound holds with probability 1 - 1e-3 per call; certify it by a second,
     # independent call at a negligible failure probability instead of asserting it here.
-    sure = lowrank_error_estimate(
-        A, f, ord=2, n_probes=3, n_iter=2, failure_probability=TINY, rng=rng, **kw
-    )
+    sure = lowrank_error_estimate(A, f, norm=2, n_probes=3, n_iter=2, delta=TINY, rng=rng, **kw)
     assert exact <= sure.upper
     assert sure.upper >= est.upper  # smaller delta, wider interval (same kind of draw)
     assert est.n_matvecs == 3 * (2 * 2 + 1)
@@ -226,12 +224,10 @@ def test_spectral_interval_contains_exact(rng, kind):
 def test_relative_error(rng, kind, ord):
     A, f, kw, approx = _case(kind, rng)
     exact = np.linalg.norm(A - approx, ord) / np.linalg.norm(A, ord)
-    est = lowrank_error_estimate(
-        A, f, ord=ord, relative=True, failure_probability=TINY, rng=rng, **kw
-    )
+    est = lowrank_error_estimate(A, f, norm=ord, relative=True, delta=TINY, rng=rng, **kw)
     assert est.lower <= exact * (1 + 1e-12)
     assert exact <= est.upper * (1 + 1e-12)
-    assert est.failure_probability == TINY
+    assert est.delta == TINY
     per_estimate = 10 if ord == "fro" else 10 * 9
     assert est.n_matvecs == 2 * per_estimate
 
@@ -240,13 +236,13 @@ def test_relative_value_is_ratio_of_the_two_estimates(rng):
     # Same Generator state: the residual estimate is drawn first, then the one of A.
     A, f, _, _ = _case("svd", rng)
     seed = int(rng.integers(2**31))
-    rel = lowrank_error_estimate(A, f, relative=True, failure_probability=0.02, rng=seed)
+    rel = lowrank_error_estimate(A, f, relative=True, delta=0.02, rng=seed)
     g = np.random.default_rng(seed)
     from rnla.estimate import norm_estimate
 
     E, _ = _residual_operator(A, f)
-    e = norm_estimate(E, "fro", failure_probability=0.01, rng=g)
-    a = norm_estimate(A, "fro", failure_probability=0.01, rng=g)
+    e = norm_estimate(E, "fro", delta=0.01, rng=g)
+    a = norm_estimate(A, "fro", delta=0.01, rng=g)
     assert rel.value == pytest.approx(e.value / a.value, rel=1e-12)
     assert rel.upper == pytest.approx(e.upper / a.lower, rel=1e-12)
     assert rel.lower == pytest.approx(e.lower / a.upper, rel=1e-12)
@@ -256,7 +252,7 @@ def test_exact_factorisation_has_zero_error(rng, dtype):
     A = (rng.standard_normal((M, 3)) @ rng.standard_normal((3, N))).astype(dtype)
     U, s, Vt = np.linalg.svd(A.astype(np.float64), full_matrices=False)
     f = SVDResult(U[:, :3].astype(dtype), s[:3].astype(dtype), Vt[:3].astype(dtype))
-    est = lowrank_error_estimate(A, f, ord=2, rng=rng)
+    est = lowrank_error_estimate(A, f, norm=2, rng=rng)
     assert est.upper <= _tol(dtype, 1000) * s[0]
 
 
@@ -283,7 +279,7 @@ def test_every_kind_of_A(rng, kind, how):
     A, f, kw, approx = _case(kind, rng)
     exact = np.linalg.norm(A - approx, 2)
     Aw = _wrap(A, how)
-    est = lowrank_error_estimate(Aw, f, ord=2, n_probes=min(A.shape), rng=rng, **kw)
+    est = lowrank_error_estimate(Aw, f, norm=2, n_probes=min(A.shape), rng=rng, **kw)
     assert est.value == pytest.approx(exact, rel=1e-10)
     extracted = {"id_cols": RANK, "id_rows": RANK, "cur": 2 * RANK + 1, "cholesky": 0}[kind]
     products = min(A.shape) * 9
@@ -302,7 +298,7 @@ def test_kernel_matrix_is_not_formed_by_the_estimate(rng):
     F = Kd[:, J] @ np.linalg.cholesky(np.linalg.inv(Kd[np.ix_(J, J)])).astype(np.float64)
     f = CholeskyResult(F, J.astype(np.int64))
     exact = np.linalg.norm(Kd - F @ F.T)
-    est = lowrank_error_estimate(K, f, failure_probability=TINY, rng=rng)
+    est = lowrank_error_estimate(K, f, delta=TINY, rng=rng)
     assert est.lower <= exact <= est.upper
 
 
@@ -312,9 +308,9 @@ def test_kernel_matrix_is_not_formed_by_the_estimate(rng):
 
 
 def _routine_results(A, P, seed):
-    from rnla.cur import aca, cur, interpolative
     from rnla.lowrank import generalized_nystrom, randqb, reigh, rsvd, single_pass_svd
-    from rnla.nystrom import nystrom, rpcholesky
+    from rnla.psd import nystrom, rpcholesky
+    from rnla.skeleton import aca, cur, interpolative
 
     return [
         ("rsvd", A, rsvd(A, 5, rng=seed), {}),
@@ -355,7 +351,7 @@ def test_outputs_of_the_low_rank_routines(rng):
     seed = int(rng.integers(2**31))
     for name, B, res, kw in _routine_results(A, P, seed):
         exact = np.linalg.norm(B - _dense(res, B, kw.get("axis", 1)), 2)
-        est = lowrank_error_estimate(B, res, ord=2, n_probes=min(B.shape), rng=seed + 1, **kw)
+        est = lowrank_error_estimate(B, res, norm=2, n_probes=min(B.shape), rng=seed + 1, **kw)
         assert est.value == pytest.approx(exact, rel=1e-8, abs=1e-12 * np.abs(B).max()), name
 
 
@@ -495,14 +491,14 @@ def test_bad_values(rng):
         lowrank_error_estimate(np.zeros((0, N)), f, rng=0)
     with pytest.raises(TypeError, match="complex"):
         lowrank_error_estimate(A.astype(complex), f, rng=0)
-    with pytest.raises(ValueError, match="ord=1 is not one of 2, 'fro'"):
-        lowrank_error_estimate(A, f, ord=1, rng=0)
-    with pytest.raises(ValueError, match="n_iter=2 applies to ord=2 only"):
+    with pytest.raises(ValueError, match="norm=1 is not one of 2, 'fro'"):
+        lowrank_error_estimate(A, f, norm=1, rng=0)
+    with pytest.raises(ValueError, match="n_iter=2 applies to norm=2 only"):
         lowrank_error_estimate(A, f, n_iter=2, rng=0)
     with pytest.raises(ValueError, match="n_probes=0 must be >= 1"):
         lowrank_error_estimate(A, f, n_probes=0, rng=0)
-    with pytest.raises(ValueError, match=r"failure_probability=1.0 must lie in the open"):
-        lowrank_error_estimate(A, f, failure_probability=1.0, rng=0)
+    with pytest.raises(ValueError, match=r"delta=1.0 must lie in the open"):
+        lowrank_error_estimate(A, f, delta=1.0, rng=0)
     with pytest.raises(TypeError, match="relative must be a bool"):
         lowrank_error_estimate(A, f, relative=1, rng=0)
 
@@ -513,5 +509,5 @@ def test_relative_error_of_zero_matrix_is_undefined():
     with pytest.raises(ValueError, match="relative=True: the norm estimate of A is 0"):
         lowrank_error_estimate(A, f, relative=True, rng=0)
     # the absolute error is fine: ||0 - 1 1^T||_F = sqrt(M N)
-    est = lowrank_error_estimate(A, f, failure_probability=TINY, rng=0)
+    est = lowrank_error_estimate(A, f, delta=TINY, rng=0)
     assert est.lower <= np.sqrt(M * N) <= est.upper

@@ -136,10 +136,10 @@ def _proven_k1(sketch, eps, delta):
     """The first-stage size of the documented guarantee (JL stage skipped for d = 5)."""
     eps1 = eps / (1 + eps)
     if sketch == "gaussian":
-        return gaussian_embedding_size(D_SK, eps=eps1, delta=delta).k
+        return gaussian_embedding_size(D_SK, eps=eps1, delta=delta).sketch_size
     if sketch == "sparse_sign":
-        return sparse_sign_embedding_size(D_SK, eps=eps1, delta=delta).k
-    return srht_embedding_size(D_SK, N_SK["srht"], eps=eps1, delta=delta).k
+        return sparse_sign_embedding_size(D_SK, eps=eps1, delta=delta).sketch_size
+    return srht_embedding_size(D_SK, N_SK["srht"], eps=eps1, delta=delta).sketch_size
 
 
 @pytest.mark.parametrize("make", [incoherent, coherent], ids=["incoherent", "coherent"])

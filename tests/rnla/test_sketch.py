@@ -383,14 +383,14 @@ def test_sparse_sign_columns(rng):
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
-        (lambda: sk.gaussian(0, 5), ValueError, r"k=0 must be >= 1"),
+        (lambda: sk.gaussian(0, 5), ValueError, r"sketch_size=0 must be >= 1"),
         (lambda: sk.gaussian(3, 0), ValueError, r"n=0 must be >= 1"),
-        (lambda: sk.rademacher(2.0, 5), TypeError, r"k must be an integer"),
-        (lambda: sk.srht(9, 8), ValueError, r"k=9 must satisfy 1 <= k <= n=8"),
+        (lambda: sk.rademacher(2.0, 5), TypeError, r"sketch_size must be an integer"),
+        (lambda: sk.srht(9, 8), ValueError, r"sketch_size=9 must satisfy 1 <= sketch_size <= n=8"),
         (
             lambda: sk.sparse_sign(4, 10, nnz_per_col=5),
             ValueError,
-            r"nnz_per_col=5 must be <= k=4",
+            r"nnz_per_col=5 must be <= sketch_size=4",
         ),
         (lambda: sk.tensor_sketch(4, 3, 0), ValueError, r"degree=0 must be >= 1"),
         (lambda: sk.countsketch(4, 10, rng="seed"), TypeError, r"rng must be"),

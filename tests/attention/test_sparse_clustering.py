@@ -1,9 +1,10 @@
-"""Tests of attention.clustering: sparse and clustering attention methods."""
+"""Tests of attention.sparse (topk, window, bigbird) and attention.clustering (LSH, k-means)."""
 
 import numpy as np
 import pytest
 
-import attention.clustering  # noqa: F401  (registers the methods)
+import attention.clustering
+import attention.sparse  # noqa: F401
 from attention._core import relative_error
 from attention._registry import approximate, get_method
 from attention.data import load_sample
@@ -15,13 +16,13 @@ CAUSAL = ("topk", "window", "bigbird")
 
 # Parameters under which each method's key sets cover every key: the result is exact.
 EXACT_PARAMS = {
-    "topk": {"k": 1000},
+    "topk": {"top_k": 1000},
     "window": {"window": 1000},
     "bigbird": {"block_size": 8, "n_window": 100},
     "reformer": {"chunk_size": 1000, "n_rounds": 3},  # duplicate correction is exercised
-    "routing": {"n_clusters": 1, "members": 1000},
+    "routing": {"n_clusters": 1, "cluster_size": 1000},
     "smyrf": {"bucket_size": 1000, "n_rounds": 1},
-    "multipole": {"budget": 1000, "n_clusters": 4},
+    "multipole": {"n_keys": 1000, "n_clusters": 4},
 }
 
 
@@ -74,7 +75,7 @@ def test_causal_exact_limit(rng, method, n, m):
 def test_causal_no_future_leakage(rng, method):
     n, m, t = 48, 64, 40
     Q, K, V = _qkv(rng, np.float64, n=n, m=m)
-    params = {"topk": {"k": 5}, "window": {"window": 6}, "bigbird": {"block_size": 4}}[method]
+    params = {"topk": {"top_k": 5}, "window": {"window": 6}, "bigbird": {"block_size": 4}}[method]
     a = approximate(Q, K, V, method, rng=3, causal=True, **params)
     K2, V2 = K.copy(), V.copy()
     K2[..., t:, :] = 10 * rng.standard_normal(K2[..., t:, :].shape)
@@ -102,13 +103,13 @@ def test_topk_mask_and_gqa(rng):
     V = rng.standard_normal((1, 2, 25, 3))
     mask = rng.random((20, 25)) < 0.7
     mask[3] = False  # a fully masked row: zero output, lse = -inf
-    r = approximate(Q, K, V, "topk", k=100, mask=mask)
+    r = approximate(Q, K, V, "topk", top_k=100, mask=mask)
     Kr, Vr = np.repeat(K, 2, axis=1), np.repeat(V, 2, axis=1)
     Y = reference_attention(Q, Kr, Vr, mask=mask)
     np.testing.assert_allclose(r.output, Y, atol=1e-12)
     assert np.all(r.output[..., 3, :] == 0) and np.all(np.isneginf(r.lse[..., 3]))
     additive = np.where(mask, 0.5, -np.inf)
-    r2 = approximate(Q, K, V, "topk", k=100, mask=additive)
+    r2 = approximate(Q, K, V, "topk", top_k=100, mask=additive)
     np.testing.assert_allclose(
         r2.output, reference_attention(Q, Kr, Vr, mask=additive), atol=1e-12
     )
@@ -117,8 +118,8 @@ def test_topk_mask_and_gqa(rng):
 @pytest.mark.parametrize(
     ("method", "params", "exc", "match"),
     [
-        ("topk", {"k": 0}, ValueError, "k=0"),
-        ("topk", {"k": 2.5}, TypeError, "k"),
+        ("topk", {"top_k": 0}, ValueError, "top_k=0"),
+        ("topk", {"top_k": 2.5}, TypeError, "top_k"),
         ("window", {"window": -1}, ValueError, "window"),
         ("window", {"error_bound": "yes"}, ValueError, "error_bound"),
         ("bigbird", {"block_size": 0}, ValueError, "block_size"),
@@ -126,9 +127,9 @@ def test_topk_mask_and_gqa(rng):
         ("reformer", {"n_buckets": 5}, ValueError, "even"),
         ("reformer", {"chunk_size": 0}, ValueError, "chunk_size"),
         ("routing", {"n_clusters": 0}, ValueError, "n_clusters"),
-        ("routing", {"members": 0}, ValueError, "members"),
+        ("routing", {"cluster_size": 0}, ValueError, "cluster_size"),
         ("smyrf", {"n_rounds": 0}, ValueError, "n_rounds"),
-        ("multipole", {"budget": 0}, ValueError, "budget"),
+        ("multipole", {"n_keys": 0}, ValueError, "n_keys"),
         ("multipole", {"foo": 1}, ValueError, "unknown parameter"),
     ],
 )
@@ -149,13 +150,13 @@ def test_noncausal_methods_reject_causal(method):
 
 # Budget parameter per method: (small, large); errors must decrease on average.
 BUDGETS = {
-    "topk": ("k", 8, 64),
+    "topk": ("top_k", 8, 64),
     "window": ("window", 8, 96),
     "bigbird": ("n_random", 1, 6),
     "reformer": ("n_rounds", 1, 6),
     "routing": ("n_clusters", 16, 2),  # fewer clusters = more keys per query
     "smyrf": ("bucket_size", 16, 128),
-    "multipole": ("budget", 32, 256),
+    "multipole": ("n_keys", 32, 256),
 }
 
 

@@ -1,4 +1,4 @@
-"""Deterministic dropped-mass bounds of topk, window and bigbird (attention.clustering).
+"""Deterministic dropped-mass bounds of topk, window and bigbird (attention.sparse).
 
 Each bound must hold for every draw (synthetic and real heads), and each has a negative
 control: on a constructed equality case the bound is attained, so half of it fails.
@@ -7,7 +7,7 @@ control: on a constructed equality case the bound is attained, so half of it fai
 import numpy as np
 import pytest
 
-import attention.clustering  # noqa: F401  (registers the methods)
+import attention.sparse  # noqa: F401  (registers the methods)
 from attention._registry import approximate
 from attention.data import load_sample
 from attention.exact import reference_attention
@@ -27,7 +27,7 @@ def test_topk_bound_holds_synthetic(rng, dtype, k, causal):
     Q = (2 * rng.standard_normal((3, 50, 8))).astype(dtype)
     K = (2 * rng.standard_normal((3, 60, 8))).astype(dtype)
     V = rng.standard_normal((3, 60, 4)).astype(dtype)
-    r = approximate(Q, K, V, "topk", k=k, causal=causal)
+    r = approximate(Q, K, V, "topk", top_k=k, causal=causal)
     assert r.bound.kind == "deterministic" and r.bound.norm == "fro"
     assert _actual(r, Q, K, V, causal=causal) <= r.bound.value * (1 + _SLACK)
 
@@ -54,8 +54,8 @@ def real_heads(request):
 @pytest.mark.parametrize(
     ("method", "params"),
     [
-        ("topk", {"k": 16}),
-        ("topk", {"k": 64}),
+        ("topk", {"top_k": 16}),
+        ("topk", {"top_k": 64}),
         ("window", {"window": 32, "error_bound": "exact"}),
         ("bigbird", {"error_bound": "exact"}),
     ],
@@ -79,7 +79,7 @@ def _equality_case(m=16, kept=8, dv=3):
 
 @pytest.mark.parametrize(
     ("method", "params"),
-    [("topk", {"k": 8}), ("window", {"window": 7, "error_bound": "exact"})],
+    [("topk", {"top_k": 8}), ("window", {"window": 7, "error_bound": "exact"})],
 )
 def test_negative_control_bound_is_attained(method, params):
     # Kept keys (the 8 largest scores = the 8 last positions) all have value +v, the

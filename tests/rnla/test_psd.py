@@ -1,4 +1,4 @@
-"""Tests of rnla.nystrom: stabilised Nyström and randomly pivoted Cholesky."""
+"""Tests of rnla.psd: stabilised Nyström and randomly pivoted Cholesky."""
 
 import tracemalloc
 
@@ -9,8 +9,8 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 from rnla._kernels.nystrom import _block_pivoted_cholesky, _downdate_diagonal
 from rnla._validation import AccuracyWarning
-from rnla.nystrom import nystrom, rpcholesky
 from rnla.operators import DenseEntries, KernelMatrix
+from rnla.psd import nystrom, rpcholesky
 
 
 @pytest.fixture(autouse=True, scope="module")

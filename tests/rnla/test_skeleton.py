@@ -1,4 +1,4 @@
-"""Tests of rnla.cur: interpolative decomposition, CUR and adaptive cross approximation."""
+"""Tests of rnla.skeleton: interpolative decomposition, CUR and adaptive cross approximation."""
 
 import warnings
 
@@ -10,9 +10,9 @@ from scipy.linalg import interpolative as sli
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 from rnla._validation import ConvergenceWarning
-from rnla.cur import _deim, aca, cur, interpolative
 from rnla.estimate import norm_estimate
 from rnla.operators import DenseEntries, EntryMatrixBase, KernelMatrix
+from rnla.skeleton import _deim, aca, cur, interpolative
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -347,7 +347,7 @@ def test_cur_core_handles_duplicate_columns(rng):
     # the optimal (here exact) approximation.
     B = low_rank(40, 30, 5, rng)
     A = np.hstack([B, B[:, :3]])
-    from rnla.cur import _as_mat, _cur_core
+    from rnla.skeleton import _as_mat, _cur_core
 
     cols = np.array([0, 30, 1, 2, 3, 4], dtype=np.int64)  # 30 duplicates column 0
     rows = np.arange(6, dtype=np.int64)
@@ -506,9 +506,7 @@ def test_aca_kernel_matrix_accuracy_a_posteriori(rng):
     tol = 1e-6
     res = aca(K, tol=tol, rng=rng)
     assert K.n_evaluations <= 2 * res.U.shape[1] * sum(K.shape) + 9 * K.shape[1]
-    est = norm_estimate(
-        _residual_operator(K, res), "fro", n_probes=30, failure_probability=1e-6, rng=rng
-    )
+    est = norm_estimate(_residual_operator(K, res), "fro", n_probes=30, delta=1e-6, rng=rng)
     norm_k = np.linalg.norm(K.rows(np.arange(1500)))
     assert est.upper <= 10 * tol * norm_k
     exact = np.linalg.norm(K.rows(np.arange(1500)) - res.U @ res.V.T)

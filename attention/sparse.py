@@ -1,0 +1,394 @@
+r"""Sparse softmax-attention approximations (survey arXiv:2604.01757, §3).
+
+Softmax sharpens the differences between scores, so each row of
+:math:`P = Z^{-1}A`, :math:`A = \exp(QK^\top s)`, is nearly sparse. The methods here
+compute exact scores on a fixed or score-selected key set :math:`S_i` per query and
+renormalise:
+
+* ``"topk"`` - the ``top_k`` largest scores of each row (the sparse yardstick: it forms
+  every score to find them);
+* ``"window"`` - a sliding window of keys around each query position (local attention);
+* ``"bigbird"`` - window blocks, global blocks and random blocks (BigBird).
+
+The LSH and k-means methods that choose key sets by clustering live in
+:mod:`attention.clustering`; they share the merging helpers of this module.
+
+Partial results over key sets are combined through their log-normalisers: for key sets
+:math:`S` and :math:`T` with outputs :math:`y_S, y_T` and log-normalisers
+:math:`\ell_S, \ell_T`, the merged output is
+:math:`(e^{\ell_S}y_S + e^{\ell_T}y_T)/(e^{\ell_S} + e^{\ell_T})`.
+
+**Bounds.** ``topk`` (always) and ``window``/``bigbird`` (with ``error_bound=True``)
+return the deterministic dropped-mass bound :func:`attention.bounds.dropped_mass_bound`:
+with :math:`\varepsilon_i = \sum_{j \notin S_i} p_{ij}` the exact dropped probability,
+:math:`\|y_i - \tilde y_i\| \le \varepsilon_i(R + \|\tilde y_i - c\|)`. Computing
+:math:`\varepsilon_i = 1 - e^{\ell_{S_i} - \ell_i}` needs the exact log-normaliser
+:math:`\ell_i`, i.e. one exact pass (``topk`` forms all scores anyway). Bounds are with
+respect to exact attention of the given inputs in exact arithmetic, padded by
+``4 eps (||~y_i|| + R)`` for the rounding of the output to the problem dtype.
+
+**Causality.** ``topk``, ``window`` and ``bigbird`` support ``causal=True`` without
+future leakage (their key sets and random draws do not depend on future keys).
+
+References
+----------
+Survey: Serret et al., arXiv:2604.01757, §3. BigBird: M. Zaheer et al., NeurIPS 2020,
+arXiv:2007.14062. Longformer (sliding window): I. Beltagy, M. Peters, A. Cohan,
+arXiv:2004.05150.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from attention._core import Cost, ErrorBound, Problem, check_error_bound
+from attention._registry import MethodResult, problem_cost_exact, register
+from attention.bounds import dropped_mass_bound, value_radius
+from attention.exact import _attend
+from rnla._validation import check_int
+
+__all__: list[str] = []
+
+_NEG = -np.inf
+
+
+# ---------------------------------------------------------------------------------------
+# Shared pieces: exact attention on a block of queries and keys, log-sum-exp merging
+# ---------------------------------------------------------------------------------------
+
+
+def _partial(qb, kb, vb, scale, keep=None, logw=None):
+    """Exact softmax attention of queries ``qb`` over keys ``kb`` (float64).
+
+    ``keep`` (b, s) marks visible pairs, ``logw`` (b, s) or (s,) adds log-weights to the
+    scores (duplicate corrections, cluster sizes). Returns ``(out (b, dv), lse (b,))``;
+    rows that see no key get zero output and ``lse = -inf``.
+    """
+    s = (qb @ kb.T) * scale
+    if logw is not None:
+        s = s + logw
+    if keep is not None:
+        s = np.where(keep, s, _NEG)
+    mx = s.max(axis=1) if s.shape[1] else np.full(s.shape[0], _NEG)
+    finite = np.isfinite(mx)
+    shift = np.where(finite, mx, 0.0)
+    e = np.exp(s - shift[:, None])
+    z = e.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(finite[:, None], (e @ vb) / np.where(finite, z, 1.0)[:, None], 0.0)
+        lse = np.where(finite, shift + np.log(np.where(finite, z, 1.0)), _NEG)
+    return out, lse
+
+
+def _merge_into(acc, L, rows, o, lse):
+    """Merge partial ``(o, lse)`` of query ``rows`` into the accumulators ``acc``, ``L``."""
+    La = L[rows]
+    new = np.logaddexp(La, lse)
+    ok = np.isfinite(new)
+    safe = np.where(ok, new, 0.0)
+    wa = np.where(ok, np.exp(La - safe), 0.0)
+    wb = np.where(ok, np.exp(lse - safe), 0.0)
+    acc[rows] = wa[:, None] * acc[rows] + wb[:, None] * o
+    L[rows] = new
+
+
+def _unit_rows(X):
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def _slices64(problem: Problem, g: int):
+    q, k, v = problem.slice(g)
+    return q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)
+
+
+def _positions(problem: Problem) -> np.ndarray:
+    # Key position aligned with each query (bottom-right alignment, as for causality).
+    return np.arange(problem.n, dtype=np.int64) + problem.offset
+
+
+def _finish_out(problem: Problem, out: np.ndarray) -> np.ndarray:
+    return out.astype(problem.dtype)
+
+
+def _dropped_bound(problem, outs, lse_kept, lse_full, how: str) -> ErrorBound:
+    """Deterministic dropped-mass bound over all slices (Frobenius norm of the output)."""
+    u = float(np.finfo(problem.dtype).eps)
+    total = 0.0
+    for g in range(problem.n_slices):
+        _, _, v = problem.slice(g)
+        with np.errstate(invalid="ignore"):
+            eps = -np.expm1(lse_kept[g] - lse_full[g])
+        # Rows seeing no key (lse_full = -inf) drop nothing; rounding can leave eps < 0.
+        eps = np.clip(np.where(np.isfinite(lse_full[g]), eps, 0.0), 0.0, 1.0)
+        rows = dropped_mass_bound(eps, v, Y_tilde=outs[g]).rows
+        _, R = value_radius(v)
+        rows = rows + 4 * u * (np.linalg.norm(outs[g].astype(np.float64), axis=1) + R)
+        total += float(np.sum(rows * rows))
+    return ErrorBound(
+        math.sqrt(total),
+        "fro",
+        "deterministic",
+        0.0,
+        "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) (attention.bounds."
+        "dropped_mass_bound; exact scores kept on a key subset and renormalised) with the "
+        f"exact dropped probability eps_i = 1 - exp(lse_kept_i - lse_i) ({how}), padded by "
+        "4 eps (||~y_i|| + R) for the cast to the output dtype",
+    )
+
+
+def _cost(problem: Problem, pairs: float, extra: float = 0.0) -> Cost:
+    return Cost(flops=2.0 * pairs * (problem.d + problem.dv) + extra, kernel_evals=int(pairs))
+
+
+# ---------------------------------------------------------------------------------------
+# Top-k
+# ---------------------------------------------------------------------------------------
+
+
+@register(
+    "topk",
+    section="§3",
+    family="sparse",
+    causal=True,
+    masks=True,
+    bound="deterministic",
+    summary="Exact top-k keys per query row (sparse yardstick; forms every score).",
+)
+def _topk(problem: Problem, *, rng, top_k=32):
+    r"""Exact per-row top-k attention (registered as ``"topk"``).
+
+    Parameters
+    ----------
+    top_k : int, default=32
+        Keys ``k`` kept per query row (all visible keys when fewer).
+
+    Notes
+    -----
+    Forms the scores :math:`S = QK^\top s` (plus mask), keeps the :math:`k` largest of
+    each row and renormalises. The exact log-normaliser comes from the same scores, so
+    the dropped mass :math:`\varepsilon_i` and the deterministic bound
+    :math:`\varepsilon_i(R + \|\tilde y_i - c\|)` are free; the bound is attained when
+    the kept keys share one value and the dropped keys its opposite. Cost
+    :math:`2nm\,d + 2nk\,d_v` flops and :math:`nm` kernel evaluations per slice: a
+    quality yardstick, not a fast method.
+    """
+    k = check_int(top_k, "top_k", minimum=1)
+    n, m = problem.n, problem.m
+    kk = min(k, m)
+    G = problem.n_slices
+    outs = np.empty((G, n, problem.dv))
+    lse_kept = np.empty((G, n))
+    lse_full = np.empty((G, n))
+    for g in range(G):
+        q, kx, v = _slices64(problem, g)
+        S = (q @ kx.T) * problem.scale
+        bias = problem.bias(g)
+        if bias is not None:
+            S = S + bias
+        keep = problem.keep(g)
+        if keep is not None:
+            S = np.where(keep, S, _NEG)
+        sel = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        Ssel = np.take_along_axis(S, sel, axis=1)
+        mx = S.max(axis=1)
+        finite = np.isfinite(mx)
+        shift = np.where(finite, mx, 0.0)
+        with np.errstate(divide="ignore"):
+            lse_full[g] = np.where(finite, shift + np.log(np.exp(S - shift[:, None]).sum(1)), _NEG)
+            e = np.exp(Ssel - shift[:, None])
+            z = e.sum(axis=1)
+            lse_kept[g] = np.where(finite, shift + np.log(np.where(finite, z, 1.0)), _NEG)
+        zs = np.where(finite, z, 1.0)
+        outs[g] = np.where(finite[:, None], np.einsum("is,isd->id", e, v[sel]) / zs[:, None], 0.0)
+    bound = _dropped_bound(problem, outs, lse_kept, lse_full, "from the scores formed by topk")
+    cost = Cost(flops=2.0 * G * (n * m * problem.d + n * kk * problem.dv), kernel_evals=G * n * m)
+    return MethodResult(_finish_out(problem, outs), lse_kept.astype(problem.dtype), bound, cost)
+
+
+# ---------------------------------------------------------------------------------------
+# Sliding window and BigBird
+# ---------------------------------------------------------------------------------------
+
+_WINDOW_BLOCK = 64  # query rows per dense block of the banded computation
+
+
+def _exact_lse(problem: Problem) -> np.ndarray:
+    # One exact pass in float64 (the kept log-normalisers are float64 too, so the
+    # dropped mass 1 - exp(lse_kept - lse) is not swamped by float32 rounding).
+    p64 = dataclasses.replace(
+        problem,
+        q=problem.q.astype(np.float64),
+        k=problem.k.astype(np.float64),
+        v=problem.v.astype(np.float64),
+        dtype=np.dtype(np.float64),
+    )
+    _, lse = _attend(p64)
+    return lse
+
+
+@register(
+    "window",
+    section="§3",
+    family="sparse",
+    causal=True,
+    bound="deterministic",
+    summary="Sliding-window (local) attention; exact dropped-mass bound on request.",
+)
+def _window(problem: Problem, *, rng, window=64, error_bound=None):
+    r"""Sliding-window attention (registered as ``"window"``).
+
+    Parameters
+    ----------
+    window : int, default=64
+        Half-width: query ``i`` (at key position ``p_i = i + m - n``) sees the keys
+        ``|j - p_i| <= window`` (``p_i - window <= j <= p_i`` when causal).
+    error_bound : {None, False, True, "exact"}, default=None
+        ``"exact"`` (also ``True``) runs one exact pass for the log-normalisers (the flops of exact
+        attention, added to ``cost.flops``) and returns the deterministic dropped-mass
+        bound.
+
+    Notes
+    -----
+    Computed in dense blocks of 64 query rows against the band of keys they need, so
+    the cost is about :math:`2n(2w + 64)(d + d_v)` flops per slice. Queries whose
+    window holds no key (``n > m``, non-causal) get zero output.
+    """
+    window = check_int(window, "window", minimum=0)
+    error_bound = check_error_bound(error_bound, ("exact",))
+    n, m, G = problem.n, problem.m, problem.n_slices
+    pos = _positions(problem)
+    outs = np.zeros((G, n, problem.dv))
+    lse = np.full((G, n), _NEG)
+    pairs = 0
+    for g in range(G):
+        q, k, v = _slices64(problem, g)
+        for r0 in range(0, n, _WINDOW_BLOCK):
+            r1 = min(n, r0 + _WINDOW_BLOCK)
+            p = pos[r0:r1]
+            lo = max(0, int(p[0]) - window)
+            hi = min(m, int(p[-1]) + (1 if problem.causal else window + 1))
+            if hi <= lo:
+                continue
+            j = np.arange(lo, hi)
+            keep = np.abs(j[None, :] - p[:, None]) <= window
+            if problem.causal:
+                keep &= j[None, :] <= p[:, None]
+            o, ls = _partial(q[r0:r1], k[lo:hi], v[lo:hi], problem.scale, keep)
+            outs[g, r0:r1], lse[g, r0:r1] = o, ls
+            pairs += (r1 - r0) * (hi - lo)
+    bound = None
+    extra = 0.0
+    if error_bound == "exact":
+        lse_full = _exact_lse(problem)
+        bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
+        extra = problem_cost_exact(problem).flops
+    return MethodResult(
+        _finish_out(problem, outs), lse.astype(problem.dtype), bound, _cost(problem, pairs, extra)
+    )
+
+
+@register(
+    "bigbird",
+    section="§3",
+    family="sparse",
+    causal=True,
+    bound="deterministic",
+    summary="BigBird: window + global + random key blocks; exact dropped-mass bound on request.",
+)
+def _bigbird(
+    problem: Problem,
+    *,
+    rng,
+    block_size=32,
+    n_window=3,
+    n_global=1,
+    n_random=2,
+    error_bound=None,
+):
+    r"""BigBird block-sparse attention (registered as ``"bigbird"``).
+
+    Parameters
+    ----------
+    block_size : int, default=32
+        Queries and keys are grouped in blocks of this many positions.
+    n_window : int, default=3
+        Key blocks around the query block's position (``n_window // 2`` on each side;
+        the ``n_window - 1`` previous blocks and its own when causal).
+    n_global : int, default=1
+        The first ``n_global`` key blocks are seen by every query, and the queries at
+        those positions see every (visible) key.
+    n_random : int, default=2
+        Random key blocks per query block, drawn from ``rng`` among the blocks not yet
+        included (when causal, among blocks not after the query block).
+    error_bound : {None, False, True, "exact"}, default=None
+        ``"exact"`` (also ``True``) adds one exact pass for the deterministic dropped-mass bound.
+
+    Notes
+    -----
+    Each query block attends the union of its window, global and random key blocks,
+    computed densely: about :math:`2n\,b(n_w + n_g + n_r)(d + d_v)` flops per slice,
+    plus :math:`2 n_g b\,m(d + d_v)` for the global queries. The random blocks depend
+    only on ``rng`` and positions, never on the data, so the same seed gives the same
+    pattern and causal masking leaks nothing (Zaheer et al., 2020).
+    """
+    bs = check_int(block_size, "block_size", minimum=1)
+    n_window = check_int(n_window, "n_window", minimum=1)
+    n_global = check_int(n_global, "n_global", minimum=0)
+    n_random = check_int(n_random, "n_random", minimum=0)
+    error_bound = check_error_bound(error_bound, ("exact",))
+    n, m, G = problem.n, problem.m, problem.n_slices
+    nkb = -(-m // bs)
+    pos = _positions(problem)
+    outs = np.zeros((G, n, problem.dv))
+    lse = np.full((G, n), _NEG)
+    pairs = 0
+    n_global_pos = n_global * bs
+    for g in range(G):
+        q, k, v = _slices64(problem, g)
+        for r0 in range(0, n, bs):
+            r1 = min(n, r0 + bs)
+            p = pos[r0:r1]
+            b_lo = int(p[0]) // bs if p[0] >= 0 else -1
+            b_hi = int(p[-1]) // bs if p[-1] >= 0 else -1
+            if problem.causal:
+                win = range(b_lo - (n_window - 1), b_hi + 1)
+                top = b_hi
+            else:
+                h = n_window // 2
+                win = range(b_lo - h, b_hi + h + 1)
+                top = nkb - 1
+            blocks = {b for b in win if 0 <= b < nkb}
+            blocks |= {b for b in range(min(n_global, nkb)) if b <= top}
+            pool = np.array([b for b in range(min(top, nkb - 1) + 1) if b not in blocks])
+            n_draw = min(n_random, pool.size)
+            # Drawn for every block (even with an empty pool the draw count is fixed by
+            # positions only), so the pattern never depends on the data.
+            if n_draw:
+                blocks |= set(rng.choice(pool, size=n_draw, replace=False).tolist())
+            if not blocks:
+                continue
+            j = np.concatenate([np.arange(b * bs, min(m, (b + 1) * bs)) for b in sorted(blocks)])
+            keep = (j[None, :] <= p[:, None]) if problem.causal else None
+            o, ls = _partial(q[r0:r1], k[j], v[j], problem.scale, keep)
+            outs[g, r0:r1], lse[g, r0:r1] = o, ls
+            pairs += (r1 - r0) * j.size
+        # Global queries (positions < n_global * block_size) see every visible key.
+        gq = np.flatnonzero((pos >= 0) & (pos < n_global_pos))
+        if gq.size:
+            keep = (np.arange(m)[None, :] <= pos[gq, None]) if problem.causal else None
+            o, ls = _partial(q[gq], k, v, problem.scale, keep)
+            outs[g, gq], lse[g, gq] = o, ls
+            pairs += gq.size * m
+    bound = None
+    extra = 0.0
+    if error_bound == "exact":
+        lse_full = _exact_lse(problem)
+        bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
+        extra = problem_cost_exact(problem).flops
+    return MethodResult(
+        _finish_out(problem, outs), lse.astype(problem.dtype), bound, _cost(problem, pairs, extra)
+    )
