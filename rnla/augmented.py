@@ -50,7 +50,7 @@ from rnla._validation import (
 )
 from rnla.krylov import block_lanczos, lanczos
 from rnla.operators import as_linear_operator
-from rnla.trace import TraceEstimate
+from rnla.trace import _DEFAULT_K, _DEFAULT_N_PROBES, TraceEstimate
 
 __all__ = [
     "AugmentedBounds",
@@ -314,11 +314,14 @@ class AugmentedKrylov:
         Symmetric positive semidefinite operator (only products are used).
     y : array_like of shape (N,)
         Nonzero data vector.
-    k : int
-        Block Lanczos steps; ``k * (1 + n_probes) <= N``.
-    n_probes : int
+    k : int, optional
+        Block Lanczos steps; ``k * (1 + n_probes) <= N``. Default
+        ``max(1, min(20, N // (1 + n_probes)))`` (the 20 steps of
+        :func:`rnla.trace.logdet`, clamped so the Krylov space fits in ``N``).
+    n_probes : int, optional
         Number of random probe columns :math:`s \ge 1` (they drive the log-det
-        estimate and deflate the top of the spectrum for the data fit).
+        estimate and deflate the top of the spectrum for the data fit). Default
+        ``min(10, N - 1)`` (the 10 probes of :func:`rnla.trace.logdet`; at least 1).
     probes : {"rademacher", "gaussian"}, default="rademacher"
         Distribution of the probe entries.
     spectrum_lower : float, default=0.0
@@ -472,8 +475,8 @@ class AugmentedKrylov:
         y,
         /,
         *,
-        k,
-        n_probes,
+        k=None,
+        n_probes=None,
         probes="rademacher",
         spectrum_lower=0.0,
         rng=None,
@@ -490,8 +493,12 @@ class AugmentedKrylov:
         ynorm = float(np.linalg.norm(y.astype(np.float64)))
         if ynorm == 0.0:
             raise ValueError("y must be nonzero (the data fit of y = 0 is 0)")
+        if n_probes is None:
+            n_probes = max(1, min(_DEFAULT_N_PROBES, n - 1))
         s = check_int(n_probes, "n_probes", minimum=1, maximum=max(n - 1, 1))
         p = 1 + s
+        if k is None:
+            k = max(1, min(_DEFAULT_K, n // p))
         k = check_int(k, "k", minimum=1)
         if k * p > n:
             raise ValueError(
@@ -774,7 +781,7 @@ def _tridiag(res) -> np.ndarray:
     return np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
 
 
-def lanczos_datafit(A, y, lam, /, *, k, rule="gauss", spectrum_lower=0.0, rng=None):
+def lanczos_datafit(A, y, lam, /, *, k=None, rule="gauss", spectrum_lower=0.0, rng=None):
     r"""Plain Lanczos on :math:`y` for :math:`y^T(\lambda I + A)^{-1}y` over many shifts.
 
     The baseline for :meth:`AugmentedKrylov.datafit`: the same Gauss and Gauss-Radau
@@ -788,8 +795,9 @@ def lanczos_datafit(A, y, lam, /, *, k, rule="gauss", spectrum_lower=0.0, rng=No
         Nonzero vector.
     lam : float or array_like of shape (m,)
         Shifts :math:`\lambda > 0`.
-    k : int
-        Lanczos steps, ``1 <= k <= N``.
+    k : int, optional
+        Lanczos steps, ``1 <= k <= N``; default ``min(20, N)`` (as
+        :func:`rnla.trace.logdet`).
     rule : {"gauss", "radau"}, default="gauss"
         Rule reported in ``value``.
     spectrum_lower : float, default=0.0
@@ -838,7 +846,7 @@ def lanczos_datafit(A, y, lam, /, *, k, rule="gauss", spectrum_lower=0.0, rng=No
     if y.shape[0] != n:
         raise ValueError(f"y must have {n} entries to match A of shape {op.shape}, got {y.shape}")
     lam, shape = _check_lam(lam)
-    k = check_int(k, "k", minimum=1, maximum=n)
+    k = min(_DEFAULT_K, n) if k is None else check_int(k, "k", minimum=1, maximum=n)
     rule = check_option(rule, _RULES, "rule")
     a = _check_spectrum_lower(spectrum_lower)
     dtype = result_dtype(float_dtype(op.dtype if op.dtype is not None else np.float64), y.dtype)
@@ -863,8 +871,8 @@ def slq_logdet(
     lam,
     /,
     *,
-    k,
-    n_probes,
+    k=None,
+    n_probes=_DEFAULT_N_PROBES,
     probes="rademacher",
     rule="gauss",
     spectrum_lower=0.0,
@@ -882,10 +890,11 @@ def slq_logdet(
         Symmetric PSD operator.
     lam : float or array_like of shape (m,)
         Shifts :math:`\lambda > 0`.
-    k : int
-        Lanczos steps per probe, ``1 <= k <= N``.
-    n_probes : int
-        Number of probes :math:`s \ge 1`.
+    k : int, optional
+        Lanczos steps per probe, ``1 <= k <= N``; default ``min(20, N)`` (as
+        :func:`rnla.trace.logdet`).
+    n_probes : int, default=10
+        Number of probes :math:`s \ge 1` (as :func:`rnla.trace.logdet`).
     probes : {"rademacher", "gaussian"}, default="rademacher"
         Probe distribution.
     rule : {"gauss", "radau"}, default="gauss"
@@ -933,7 +942,7 @@ def slq_logdet(
     op = _square_op(A)
     n = op.shape[0]
     lam, shape = _check_lam(lam)
-    k = check_int(k, "k", minimum=1, maximum=n)
+    k = min(_DEFAULT_K, n) if k is None else check_int(k, "k", minimum=1, maximum=n)
     s = check_int(n_probes, "n_probes", minimum=1)
     kind = check_option(probes, _PROBES, "probes")
     rule = check_option(rule, _RULES, "rule")

@@ -396,12 +396,20 @@ def _slq_samples(op, Z, f, k, full, dtype):
     return out, n_mv
 
 
+# Defaults shared with rnla.augmented: probes of the stochastic part and Lanczos steps
+# per probe (clamped to the problem size when the caller did not choose them).
+_DEFAULT_N_PROBES = 10
+_DEFAULT_K = 20
+
+
 def _check_k(k, n):
+    if k is None:
+        return min(_DEFAULT_K, n)
     return check_int(k, "k", minimum=1, maximum=n)
 
 
 def slq(
-    A, f, /, *, n_probes=10, k=20, distribution="rademacher", reorth="full", rng=None
+    A, f, /, *, n_probes=10, k=None, distribution="rademacher", reorth="full", rng=None
 ) -> TraceEstimate:
     r"""Stochastic Lanczos quadrature for :math:`\operatorname{tr} f(A)`.
 
@@ -414,8 +422,8 @@ def slq(
         require ``A`` positive definite.
     n_probes : int, default=10
         Number of probe vectors.
-    k : int, default=20
-        Lanczos steps per probe, ``1 <= k <= n``.
+    k : int, optional
+        Lanczos steps per probe, ``1 <= k <= n``; default ``min(20, n)``.
     distribution : {"rademacher", "gaussian"}, default="rademacher"
         Law of the probe entries.
     reorth : {"full", "none"}, default="full"
@@ -515,7 +523,7 @@ def logdet(
     *,
     method="auto",
     n_probes=10,
-    k=20,
+    k=None,
     rank=None,
     distribution="rademacher",
     reorth="full",
@@ -533,8 +541,9 @@ def logdet(
         ``"exact"`` for dense arrays and ``"slq"`` otherwise.
     n_probes : int, default=10
         Probes of the stochastic part.
-    k : int, default=20
-        Lanczos steps per probe (block steps for the deflation subspace).
+    k : int, optional
+        Lanczos steps per probe (block steps for the deflation subspace), ``1 <= k <= n``;
+        default ``min(20, n)``.
     rank : int, optional
         Dimension of the deflation sketch for ``"hutchpp"`` (default ``n_probes``).
     distribution : {"rademacher", "gaussian"}, default="rademacher"

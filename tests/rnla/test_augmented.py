@@ -359,3 +359,37 @@ def test_fir_bad_input():
         fir_regressor(np.ones(10), 11)
     with pytest.raises(ValueError, match="K must have shape"):
         fir_likelihood_qr(np.ones((10, 3)), np.eye(2), np.ones(10), 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# defaults: the Lanczos steps and probes of rnla.trace.logdet, clamped to small problems
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 12, 40, 300])
+def test_defaults_fit_any_size(rng, n):
+    A, _ = psd_matrix(rng, n=n, decay=0.7, floor=0.01)
+    y = rng.standard_normal(n)
+    ak = AugmentedKrylov(A, y, rng=0)
+    s = min(10, n - 1)
+    assert ak.n_probes == s and ak.k == max(1, min(20, n // (1 + s)))
+    exact = exact_likelihood(A, y, LAM)
+    # Gauss/Radau bracket the exact data fit whatever the default budget.
+    b = ak.bounds(LAM)
+    assert np.all(b.datafit_lower <= exact.datafit * (1 + 1e-9))
+    assert np.all(exact.datafit <= b.datafit_upper * (1 + 1e-9))
+    est = slq_logdet(A, LAM, rng=0)
+    assert est.n_matvecs > 0 and np.all(np.isfinite(est.value))
+    assert lanczos_datafit(A, y, LAM).value.shape == LAM.shape
+
+
+def test_defaults_match_logdet_budget(rng):
+    from rnla.trace import logdet
+
+    A, _ = psd_matrix(rng, n=300, decay=0.9, floor=0.1)
+    lam = np.array([1.0])
+    ours = slq_logdet(A, lam, rng=3)
+    # Same probes, same steps: 10 probes x (20 steps + 3 extra products).
+    assert ours.n_matvecs == 10 * (20 + 3)
+    ref = logdet(A + np.eye(300), method="slq", rng=3)
+    assert abs(ours.value[0] - ref.value) < 5 * (ours.stderr[0] + ref.stderr)

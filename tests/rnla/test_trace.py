@@ -279,3 +279,18 @@ def test_xnystrace_not_psd_rejected():
     A = -np.diag(np.linspace(1.0, 2.0, 20))
     with pytest.raises(ValueError, match="positive semidefinite"):
         xnystrace(A, 5, rng=0)
+
+
+@pytest.mark.parametrize("n", [1, 5, 19])
+def test_logdet_default_steps_clamped_to_size(rng, n):
+    # Diagonal A and Rademacher probes: z^T log(A) z = logdet(A) for every probe, so the
+    # estimate is exact exactly when the quadrature is, i.e. with min(20, n) = n steps.
+    A = np.diag(np.linspace(1.0, 3.0, n))
+    est = logdet(A, method="slq", n_probes=2, rng=rng)
+    exact = np.linalg.slogdet(A)[1]
+    assert est.value == pytest.approx(exact, rel=1e-8, abs=1e-8)
+    assert slq(A, "log", n_probes=2, rng=rng).value == pytest.approx(exact, rel=1e-8, abs=1e-8)
+    if n < 20:
+        # Only the default is clamped: an explicit k beyond n is still an error.
+        with pytest.raises(ValueError, match=f"k=20 must satisfy 1 <= k <= {n}"):
+            logdet(A, method="slq", k=20, rng=rng)
