@@ -199,14 +199,31 @@ class Problem:
         return None if mask is None or mask.dtype == np.bool_ else mask
 
 
-def _check_scale(scale, d: int) -> float:
+def _check_scale(scale, d: int, *, positive: bool = True) -> float:
+    """Validate the score scale: the one rule of the package.
+
+    ``None`` gives ``1 / sqrt(d)``. Exact attention (``positive=False``:
+    :func:`attention.softmax_attention`, :func:`attention.reference_attention`, the
+    ``"exact"`` method, :func:`attention.certify` and the tensorised attention of
+    :mod:`attention.tensor`) accepts any finite real, as PyTorch's
+    ``scaled_dot_product_attention`` does: ``scale=0`` gives uniform weights over the
+    visible keys, a negative scale favours the keys least aligned with the query.
+    Approximation methods (``positive=True``) need ``scale > 0``: their feature maps,
+    hashes, PSD lifts and bounds assume scores that grow with ``q . k``.
+    """
     if scale is None:
         return 1.0 / math.sqrt(d)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {scale!r}")
     scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale={scale} must be finite and > 0")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale} must be finite")
+    if positive and scale <= 0:
+        raise ValueError(
+            f"scale={scale} must be > 0 for approximate attention (exact attention: "
+            "softmax_attention, reference_attention and method 'exact' accept any finite "
+            "scale)"
+        )
     return scale
 
 
@@ -284,7 +301,7 @@ def _check_mask(mask, lead: tuple, n: int, m: int, dtype) -> tuple[np.ndarray, n
     return stack, _slice_index(mlead, lead)
 
 
-def prepare(Q, K, V, *, scale=None, causal=False, mask=None) -> Problem:
+def prepare(Q, K, V, *, scale=None, causal=False, mask=None, positive_scale=True) -> Problem:
     """Validate attention inputs and flatten them into a :class:`Problem`.
 
     Parameters
@@ -303,6 +320,9 @@ def prepare(Q, K, V, *, scale=None, causal=False, mask=None) -> Problem:
     mask : array_like of bool or float, optional
         Broadcastable to ``(..., n, m)``: boolean (True = attend) or additive (added to
         the scaled scores; ``-inf`` allowed).
+    positive_scale : bool, default=True
+        Require ``scale > 0`` (approximation methods); ``False`` accepts any finite
+        scale (exact attention), see :func:`_check_scale`.
 
     Returns
     -------
@@ -372,7 +392,7 @@ def prepare(Q, K, V, *, scale=None, causal=False, mask=None) -> Problem:
         kv_index=kv_index,
         mask=mask_stack,
         mask_index=mask_index,
-        scale=_check_scale(scale, d),
+        scale=_check_scale(scale, d, positive=positive_scale),
         causal=bool(causal),
         lead=tuple(lead),
         dtype=np.dtype(dtype),

@@ -196,7 +196,8 @@ def approximate(
         Boolean (True = attend) or additive mask broadcastable to ``(..., n, m)``, for
         methods that support masks.
     scale : float, optional
-        Score scale, ``1 / sqrt(d)`` by default.
+        Score scale, ``1 / sqrt(d)`` by default. Must be ``> 0`` for approximation
+        methods; ``"exact"`` accepts any finite scale (as :func:`softmax_attention`).
     **params
         The method's parameters (see ``methods()[i].defaults``).
 
@@ -229,7 +230,10 @@ def approximate(
             f"unknown parameter(s) {', '.join(map(repr, unknown))} for method {method!r}; "
             f"valid parameters: {valid}"
         )
-    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    # Exact attention accepts any finite scale; approximation methods need scale > 0.
+    problem = prepare(
+        Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=method != "exact"
+    )
     if problem.causal and not info.causal:
         raise ValueError(
             f"method {method!r} does not support causal=True (it would leak future keys); "

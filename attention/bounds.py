@@ -631,7 +631,7 @@ def certify(
     (20, (20,), 0.01)
     """
     Y = approx.output if isinstance(approx, AttentionApprox) else approx
-    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=False)
     n_rows = check_int(n_rows, "n_rows", minimum=1)
     delta = check_probability(delta, "delta")
     rng = check_rng(rng)

@@ -148,7 +148,10 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
         ``hq = g * hk``, query head ``h`` uses key/value head ``h // g`` (grouped-query
         attention, PyTorch's ``enable_gqa`` convention).
     scale : float, optional
-        Score scale; ``1 / sqrt(d)`` by default.
+        Score scale; ``1 / sqrt(d)`` by default. Any finite real is accepted, as in
+        PyTorch: ``scale=0`` gives uniform weights over the visible keys (the mean of
+        their values), a negative scale favours the least aligned keys. (Approximation
+        methods of :func:`attention.approximate` require ``scale > 0``.)
     causal : bool, default=False
         Causal masking aligned to the bottom-right corner: query ``i`` sees key ``j``
         iff ``j <= i + m - n`` (the flash-attn >= 2.1 convention). For ``n == m`` this
@@ -178,8 +181,8 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
         boolean nor floating.
     ValueError
         Mismatched ``d`` or ``m``, leading shapes that do not broadcast, query heads not
-        a multiple of key/value heads, NaN or inf inputs, a mask that does not broadcast
-        to ``(..., n, m)`` or holds NaN / ``+inf``.
+        a multiple of key/value heads, NaN or inf inputs or ``scale``, a mask that does
+        not broadcast to ``(..., n, m)`` or holds NaN / ``+inf``.
 
     See Also
     --------
@@ -233,7 +236,7 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
     >>> lse.shape
     (2, 4, 16)
     """
-    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=False)
     out3, lse3 = _attend(problem)
     Y = finish(problem, out3)
     if return_lse:
@@ -256,7 +259,8 @@ def reference_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_
     V : array_like, shape (..., m, dv)
         Values (grouped-query heads and broadcasting as in :func:`softmax_attention`).
     scale : float, optional
-        Score scale; ``1 / sqrt(d)`` by default.
+        Score scale; ``1 / sqrt(d)`` by default; any finite real (``0`` gives uniform
+        weights over the visible keys).
     causal : bool, default=False
         Bottom-right aligned causal mask (query ``i`` sees key ``j`` iff
         ``j <= i + m - n``).
@@ -293,7 +297,7 @@ def reference_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_
     >>> reference_attention(Q, K, V).shape
     (5, 2)
     """
-    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask)
+    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=False)
     G, n = problem.n_slices, problem.n
     out3 = np.zeros((G, n, problem.dv))
     lse3 = np.full((G, n), -np.inf)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
+from attention._core import _check_scale
 from rnla._validation import as_float_array, check_int, result_dtype
 from rnla.operators import EntryMatrixBase, KernelMatrix
 
@@ -754,9 +755,3 @@ def _check_positive(value, name: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name}={value} must be finite and > 0")
     return value
-
-
-def _check_scale(scale, d: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(d)
-    return _check_positive(scale, "scale")

@@ -56,6 +56,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.decomposition import parafac
 
+from attention._core import _check_scale
 from attention.bounds import RowBound, row_lemma
 from rnla._validation import (
     as_float_array,
@@ -221,17 +222,6 @@ class TensorAttentionOutput(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-
-
-def _check_scale(scale, d: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(d)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {scale!r}")
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale={scale} must be finite")
-    return scale
 
 
 def _softmax_rows(S: np.ndarray) -> np.ndarray:
@@ -588,7 +578,7 @@ def logit_error_bound(Q_tilde, K_tilde, q_err, k_err, /, *, scale=None) -> np.nd
         raise ValueError(f"k_err must have shape (..., m={Kt.shape[-2]}), got {ek.shape}")
     if (eq < 0).any() or (ek < 0).any():
         raise ValueError("q_err and k_err must be >= 0 (they bound norms)")
-    s = abs(_check_scale(scale, Qt.shape[-1]))
+    s = abs(_check_scale(scale, Qt.shape[-1], positive=False))
     nq = np.linalg.norm(Qt, axis=-1)
     nk = np.linalg.norm(Kt, axis=-1)
     t = (
@@ -782,7 +772,7 @@ def tpa_attention(Q, K, V, rank_k, rank_v, /, *, scale=None) -> TPAResult:
         )
     h, _, d = Q.shape
     dv = V.shape[2]
-    s = _check_scale(scale, d)
+    s = _check_scale(scale, d, positive=False)
     dtype = result_dtype(Q.dtype, K.dtype, V.dtype)
     fk = tpa_factorize(K.transpose(1, 0, 2), rank_k)
     fv = tpa_factorize(V.transpose(1, 0, 2), rank_v)
@@ -881,7 +871,7 @@ def third_order_attention(
         )
     if V1.shape[0] != m or V2.shape != V1.shape:
         raise ValueError(f"V1 and V2 must have shape (m={m}, dv), got {V1.shape} and {V2.shape}")
-    s = _check_scale(scale, d)
+    s = _check_scale(scale, d, positive=False)
     if block_size is None:
         b = max(1, min(m, (1 << 22) // max(1, n * m)))
     else:
@@ -988,7 +978,7 @@ def kronecker_attention(Q1, K1, Q2, K2, V, /, *, weights=None, scale=None) -> np
         w = as_float_array(weights, name="weights", ndim=1).astype(np.float64)
         if w.shape != (H,):
             raise ValueError(f"weights must have shape (H={H},), got {w.shape}")
-    s = _check_scale(scale, Q1.shape[2] + Q2.shape[2])
+    s = _check_scale(scale, Q1.shape[2] + Q2.shape[2], positive=False)
     dtype = result_dtype(Q1.dtype, K1.dtype, Q2.dtype, K2.dtype, V.dtype)
     P1 = _softmax_rows((Q1.astype(np.float64) @ K1.transpose(0, 2, 1)) * s)
     P2 = _softmax_rows((Q2.astype(np.float64) @ K2.transpose(0, 2, 1)) * s)

@@ -133,7 +133,7 @@ def test_prepare_rejects_nan_complex_and_bad_options(rng):
         prepare(Q.astype(complex), K, V)
     with pytest.raises(TypeError, match="causal must be a bool"):
         prepare(Q, K, V, causal="yes")
-    with pytest.raises(ValueError, match=r"scale=-1\.0 must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"scale=-1\.0 must be > 0 for approximate attention"):
         prepare(Q, K, V, scale=-1.0)
     with pytest.raises(TypeError, match="scale must be a real number"):
         prepare(Q, K, V, scale="big")

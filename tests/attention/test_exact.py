@@ -397,7 +397,7 @@ def test_merge_partials_bad_input(outputs, lses, err, match):
         (((5, 4), (6, 4), (6, 2)), {"mask": np.ones((5, 6), int)}, TypeError, "mask"),
         (((5, 4), (6, 4), (6, 2)), {"causal": "yes"}, TypeError, "causal"),
         (((5, 4), (6, 4), (6, 2)), {"causal": 1}, TypeError, "causal"),
-        (((5, 4), (6, 4), (6, 2)), {"scale": -1.0}, ValueError, "scale"),
+        (((5, 4), (6, 4), (6, 2)), {"scale": float("nan")}, ValueError, "scale"),
         (((4,), (6, 4), (6, 2)), {}, ValueError, "shape"),
     ],
     ids=[
