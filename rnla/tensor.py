@@ -231,7 +231,12 @@ def _unfolding_limits(shape: Sequence[int]) -> list[int]:
 
 
 def _tt_rank_caps(rank, shape: Sequence[int], name: str = "rank") -> list[int]:
-    """Per-bond rank caps (d - 1 of them) from an int or a list of d - 1 ints."""
+    """Per-bond rank caps (d - 1 of them) from any accepted TT rank form.
+
+    The forms: an int (one cap for every bond, clamped to the unfolding sizes); the
+    ``d - 1`` inner ranks; or tensorly's ``d + 1`` ranks with 1 at both ends (so a
+    result's ``ranks`` or a ``TTTensor``'s ``rank`` can be passed back).
+    """
     d = len(shape)
     limits = _unfolding_limits(shape)
     if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
@@ -239,13 +244,26 @@ def _tt_rank_caps(rank, shape: Sequence[int], name: str = "rank") -> list[int]:
         return [min(r, lim) for lim in limits]
     if isinstance(rank, str) or not isinstance(rank, Sequence | np.ndarray):
         raise TypeError(
-            f"{name} must be an int or a sequence of d - 1 = {d - 1} ints, got {rank!r}"
+            f"{name} must be an int, the d - 1 = {d - 1} inner TT ranks or the d + 1 = "
+            f"{d + 1} TT ranks with 1 at both ends, got {rank!r}"
         )
-    ranks = list(rank)
-    if len(ranks) != d - 1:
+    ranks = (
+        list(np.asarray(rank, dtype=object).ravel())
+        if isinstance(rank, np.ndarray)
+        else list(rank)
+    )
+    if len(ranks) == d + 1:
+        if any(isinstance(r, bool) or r != 1 for r in (ranks[0], ranks[-1])):
+            raise ValueError(
+                f"{name}: the d + 1 = {d + 1} TT ranks (tensorly's form) must start and end "
+                f"with 1, got {tuple(ranks)}"
+            )
+        ranks = ranks[1:-1]
+    elif len(ranks) != d - 1:
         raise ValueError(
-            f"{name} must list d - 1 = {d - 1} inner TT ranks for a tensor of shape "
-            f"{tuple(shape)}, got {len(ranks)}"
+            f"{name} must list the d - 1 = {d - 1} inner TT ranks or the d + 1 = {d + 1} "
+            f"TT ranks with 1 at both ends for a tensor of shape {tuple(shape)}, "
+            f"got {len(ranks)} ranks"
         )
     out = []
     for k, (r, lim) in enumerate(zip(ranks, limits, strict=True)):
@@ -366,7 +384,7 @@ def _warn_tol_floor(tol: float, dtype) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def tt_svd(X, /, *, rank=None, tol=None) -> TTResult:
+def tt_svd(X, /, rank=None, *, tol=None) -> TTResult:
     r"""Tensor-train decomposition by sequential truncated SVDs (TT-SVD).
 
     Parameters
@@ -374,8 +392,11 @@ def tt_svd(X, /, *, rank=None, tol=None) -> TTResult:
     X : array_like, shape (n_1, ..., n_d)
         Real tensor of order ``d >= 2``.
     rank : int or sequence of int, optional
-        Maximal TT rank (an ``int``, clamped to the unfolding sizes) or the ``d - 1``
-        inner ranks. With ``tol`` as well, ranks are chosen by ``tol`` and capped here.
+        Maximal TT rank (an ``int``, clamped to the unfolding sizes), the ``d - 1``
+        inner ranks, or tensorly's ``d + 1`` ranks with 1 at both ends (a result's
+        ``ranks`` can be passed back).
+        With ``tol`` as well, ranks are chosen by ``tol`` and capped here. Positional
+        or keyword (``tt_svd(X, 3)`` is ``tt_svd(X, rank=3)``).
     tol : float, optional
         Relative accuracy :math:`\varepsilon \ge 0`: every unfolding is truncated at
         :math:`\delta = \varepsilon\|X\|_F/\sqrt{d - 1}`, which guarantees
@@ -483,7 +504,7 @@ def tt_svd(X, /, *, rank=None, tol=None) -> TTResult:
 
 
 def randomized_tt_svd(
-    X, rank, /, *, oversample=10, n_iter=1, sketch="gaussian", rng=None
+    X, /, rank, *, oversample=10, n_iter=1, sketch="gaussian", rng=None
 ) -> TTResult:
     r"""Randomized TT-SVD: a randomized range finder on every unfolding.
 
@@ -492,8 +513,9 @@ def randomized_tt_svd(
     X : array_like, shape (n_1, ..., n_d)
         Real tensor of order ``d >= 2``.
     rank : int or sequence of int
-        Maximal TT rank (``int``, clamped to the unfolding sizes) or the ``d - 1`` inner
-        ranks.
+        Maximal TT rank (``int``, clamped to the unfolding sizes), the ``d - 1`` inner
+        ranks, or tensorly's ``d + 1`` ranks with 1 at both ends (a result's ``ranks``
+        can be passed back).
     oversample : int, default=10
         Oversampling :math:`p \ge 0`: the range finder of step ``k`` draws
         :math:`\ell_k = r_k + p` columns (fewer if the unfolding is smaller).
@@ -766,7 +788,7 @@ def tt_add(a, b, /, *, alpha=1.0, beta=1.0) -> TTTensor:
     return TTTensor(out)
 
 
-def tt_round(tt, /, *, rank=None, tol=None) -> TTResult:
+def tt_round(tt, /, rank=None, *, tol=None) -> TTResult:
     r"""Recompress a TT to lower ranks (TT rounding).
 
     Parameters
@@ -774,8 +796,9 @@ def tt_round(tt, /, *, rank=None, tol=None) -> TTResult:
     tt : tensorly.tt_tensor.TTTensor or sequence of ndarray
         Cores of shape ``(r_{k-1}, n_k, r_k)``.
     rank : int or sequence of int, optional
-        Maximal rank (``int``) or the ``d - 1`` inner ranks (each at most the current
-        rank and the unfolding size).
+        Maximal rank (``int``), the ``d - 1`` inner ranks (each at most the unfolding
+        size), or tensorly's ``d + 1`` ranks with 1 at both ends (a result's ``ranks``
+        can be passed back).
     tol : float, optional
         Relative accuracy: each bond is truncated at
         :math:`\delta = \varepsilon\|T\|_F/\sqrt{d - 1}`.
@@ -1026,7 +1049,7 @@ def _random_index_set(shape: Sequence[int], r: int, rng) -> np.ndarray:
     return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
 
 
-def tt_cross(f, shape, rank, /, *, tol=1e-8, n_sweeps=10, rng=None) -> CrossTTResult:
+def tt_cross(f, shape, /, rank, *, tol=1e-8, n_sweeps=10, rng=None) -> CrossTTResult:
     r"""TT approximation of a tensor given by an entry function (TT-cross, maxvol).
 
     The full tensor is never formed: only ``O(d n^2 r^2)`` entries per half-sweep are
@@ -1040,7 +1063,8 @@ def tt_cross(f, shape, rank, /, *, tol=1e-8, n_sweeps=10, rng=None) -> CrossTTRe
     shape : sequence of int
         Tensor shape :math:`(n_1, \dots, n_d)`, ``d >= 2``.
     rank : int or sequence of int
-        Maximal TT rank (``int``) or ``d - 1`` maximal inner ranks. Ranks adapt below it.
+        Maximal TT rank (``int``), the ``d - 1`` maximal inner ranks, or tensorly's
+        ``d + 1`` ranks with 1 at both ends. Ranks adapt below it.
     tol : float, default=1e-8
         Relative accuracy: supercores are truncated at :math:`\mathrm{tol}/\sqrt{d - 1}`
         of their norm, and the iteration stops when the relative change between two

@@ -161,8 +161,8 @@ def test_tt_svd_int_input_promotes_and_does_not_mutate(rng):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"rank": [2, 2]}, ValueError, "d - 1 = 3 inner TT ranks"),
-        ({"rank": [2, 2, 2, 2]}, ValueError, "d - 1 = 3 inner TT ranks"),
+        ({"rank": [2, 2]}, ValueError, r"d - 1 = 3 inner TT ranks or the d \+ 1 = 5"),
+        ({"rank": [2, 2, 2, 2]}, ValueError, r"d - 1 = 3 inner TT ranks or the d \+ 1 = 5"),
         ({"rank": [2, 30, 2]}, ValueError, r"rank\[1\]=30 must satisfy 1 <= rank\[1\] <= 20"),
         ({"rank": [0, 2, 2]}, ValueError, r"rank\[0\]=0"),
         ({"rank": 0}, ValueError, "rank=0 must be >= 1"),
@@ -256,7 +256,7 @@ def test_randomized_tt_svd_close_to_tt_svd(rng):
 
 def test_randomized_tt_svd_bad_arguments():
     X = np.ones((4, 5, 6))
-    with pytest.raises(ValueError, match="d - 1 = 2 inner TT ranks"):
+    with pytest.raises(ValueError, match=r"d - 1 = 2 inner TT ranks or the d \+ 1 = 4"):
         randomized_tt_svd(X, [2])
     with pytest.raises(ValueError, match="oversample=-1 must be >= 0"):
         randomized_tt_svd(X, 2, oversample=-1)
@@ -457,7 +457,7 @@ def test_tt_cross_bad_input():
         tt_cross(f, (3,), 2)
     with pytest.raises(TypeError, match="shape must be a sequence"):
         tt_cross(f, 3, 2)
-    with pytest.raises(ValueError, match="d - 1 = 2 inner TT ranks"):
+    with pytest.raises(ValueError, match=r"d - 1 = 2 inner TT ranks or the d \+ 1 = 4"):
         tt_cross(f, (3, 4, 5), [2])
     with pytest.raises(ValueError, match="expected shape"):
         tt_cross(lambda idx: np.ones((idx.shape[0], 2)), (3, 4), 2)
@@ -517,3 +517,93 @@ def test_tt_round_does_not_mutate_input(rng):
     tt_norm(t)
     for c, c0 in zip(t, before, strict=True):
         np.testing.assert_array_equal(c, c0)
+
+
+# ---------------------------------------------------------------------------------------
+# TT rank forms: int, d - 1 inner ranks, tensorly's d + 1 ranks; results passed back
+# ---------------------------------------------------------------------------------------
+
+
+def _low_tt_rank_tensor(rng, dtype, shape=(4, 5, 6, 3), ranks=(1, 2, 3, 2, 1)):
+    cores = [rng.standard_normal((ranks[k], n, ranks[k + 1])) for k, n in enumerate(shape)]
+    return tl.tt_to_tensor(TTTensor(cores)).astype(dtype)
+
+
+RANK_FORMS = {
+    "int": 3,
+    "inner": [2, 3, 2],
+    "tensorly": [1, 2, 3, 2, 1],
+    "tuple": (1, 2, 3, 2, 1),
+    "array": np.array([1, 2, 3, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("form", RANK_FORMS, ids=str)
+def test_rank_forms_agree(rng, dtype, form):
+    X = _low_tt_rank_tensor(rng, dtype)
+    rank = RANK_FORMS[form]
+    res = tt_svd(X, rank=rank)
+    expected = (1, 3, 3, 3, 1) if form == "int" else (1, 2, 3, 2, 1)
+    assert res.ranks == expected and res.tt[0].dtype == dtype
+    X_hat = tl.tt_to_tensor(res.tt)
+    assert np.linalg.norm(X_hat - X) <= _tol(dtype, 1000) * np.linalg.norm(X)
+    assert tt_svd(X, rank).ranks == res.ranks  # positional, like randomized_tt_svd
+    r = randomized_tt_svd(X, rank, rng=0)
+    assert r.ranks == expected and r.tt[0].dtype == dtype
+    assert randomized_tt_svd(X, rank=rank, rng=0).ranks == expected
+    rounded = tt_round(res.tt, rank=rank)
+    assert rounded.ranks == expected
+    assert tt_round(res.tt, rank).ranks == expected
+
+
+def test_result_ranks_accepted_back(rng):
+    X = _low_tt_rank_tensor(rng, np.float64)
+    first = tt_svd(X, tol=1e-10)
+    assert first.ranks == (1, 2, 3, 2, 1)
+    # A result's ranks and a TTTensor's tensorly rank go straight back in as rank=.
+    for rank in (first.ranks, first.tt.rank, list(first.ranks)):
+        assert tt_svd(X, rank=rank).ranks == first.ranks
+        assert randomized_tt_svd(X, rank, rng=1).ranks == first.ranks
+        assert tt_round(first.tt, rank=rank).ranks == first.ranks
+    f = _entry_function(X)
+    cross = tt_cross(f, X.shape, first.ranks, tol=1e-10, rng=0)
+    assert max(cross.ranks) <= 3 and cross.ranks[0] == cross.ranks[-1] == 1
+    assert tt_cross(f, X.shape, rank=cross.ranks, tol=1e-10, rng=0).ranks == cross.ranks
+
+
+def _entry_function(X):
+    return lambda idx: X[tuple(idx.T)]
+
+
+@pytest.mark.parametrize(
+    ("rank", "match"),
+    [
+        ([2, 2, 3, 2, 1], r"must start and end with 1, got \(2, 2, 3, 2, 1\)"),
+        ((1, 2, 3, 2, 3), r"must start and end with 1"),
+        ([2, 3], r"d - 1 = 3 inner TT ranks or the d \+ 1 = 5 TT ranks .* got 2 ranks"),
+        ([1, 2, 3, 2], r"got 4 ranks"),
+        ([1, 2, 3, 2, 1, 1], r"got 6 ranks"),
+    ],
+    ids=["start-not-1", "end-not-1", "too-short", "d-ranks", "too-long"],
+)
+def test_bad_rank_forms_rejected(rng, rank, match):
+    X = _low_tt_rank_tensor(rng, np.float64)
+    X0 = X.copy()
+    f = _entry_function(X)
+    for call in (
+        lambda: tt_svd(X, rank=rank),
+        lambda: randomized_tt_svd(X, rank, rng=0),
+        lambda: tt_round(tt_svd(X, rank=2).tt, rank=rank),
+        lambda: tt_cross(f, X.shape, rank, rng=0),
+    ):
+        with pytest.raises(ValueError, match=match):
+            call()
+    np.testing.assert_array_equal(X, X0)
+
+
+def test_tensorly_rank_form_inner_values_still_checked(rng):
+    X = _low_tt_rank_tensor(rng, np.float64)
+    with pytest.raises(ValueError, match=r"rank\[1\]=99 must satisfy"):
+        tt_svd(X, rank=[1, 2, 99, 2, 1])
+    with pytest.raises(TypeError, match=r"rank must be an int, the d - 1 = 3 inner"):
+        tt_svd(X, rank="1,2,3,2,1")
