@@ -4,6 +4,10 @@ Every public attention function goes through :func:`prepare`, which validates th
 once and flattens them into a :class:`Problem`: ``G`` query slices of shape ``(n, d)``,
 each attending to one of ``Gk`` key/value slices. Methods work slice by slice on the
 problem; :func:`finish` restores the caller's leading shape.
+
+The plumbing every registered method shares lives here too: :func:`method_result` (the
+one result builder), :func:`problem_cost_exact`, and the one rounding rule of the
+bounds, :func:`rounding_allowance` / :func:`finish_row_bounds`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ __all__ = [
     "AttentionApprox",
     "Cost",
     "ErrorBound",
+    "MethodResult",
     "Problem",
     "finish",
     "finish_lse",
+    "finish_row_bounds",
+    "method_result",
     "prepare",
+    "problem_cost_exact",
     "relative_error",
+    "rounding_allowance",
 ]
 
 BOUND_KINDS = ("deterministic", "probabilistic", "estimate")
@@ -112,6 +121,25 @@ class AttentionApprox(NamedTuple):
     params: dict
 
 
+class MethodResult(NamedTuple):
+    """What a registered method returns (slice-stacked; wrapped by ``approximate``).
+
+    Build it with :func:`method_result`.
+
+    Attributes
+    ----------
+    output : ndarray, shape (G, n, dv)
+    lse : ndarray of shape (G, n), or None
+    bound : ErrorBound or None
+    cost : Cost
+    """
+
+    output: np.ndarray
+    lse: np.ndarray | None
+    bound: ErrorBound | None
+    cost: Cost
+
+
 @dataclass(frozen=True, eq=False)
 class Problem:
     """Validated attention inputs flattened into slices (built by :func:`prepare`).
@@ -157,6 +185,11 @@ class Problem:
     def n_slices(self) -> int:
         """Number ``G`` of query slices."""
         return self.q.shape[0]
+
+    @property
+    def may_have_empty_rows(self) -> bool:
+        """Whether some query row may see no key (causal with ``n > m``, or a mask)."""
+        return self.mask is not None or (self.causal and self.n > self.m)
 
     @property
     def offset(self) -> int:
@@ -459,3 +492,153 @@ def relative_error(Y_approx, Y_exact, norm="fro") -> float:
     if den == 0:
         return 0.0 if num == 0 else math.inf
     return num / den
+
+
+# ---------------------------------------------------------------------------------------
+# Shared method plumbing: result builder, exact cost, rounding allowance of the bounds
+# ---------------------------------------------------------------------------------------
+
+
+def method_result(problem: Problem, outs, lses, bound: ErrorBound | None, cost: Cost):
+    """Assemble the :class:`MethodResult` of a registered method.
+
+    Parameters
+    ----------
+    problem : Problem
+    outs : sequence of ndarray of shape (n, dv), or ndarray of shape (G, n, dv)
+        Output of every query slice (any float dtype; cast to ``problem.dtype``).
+    lses : sequence of ndarray of shape (n,), ndarray of shape (G, n), or None
+        Log-normalisers (kept in float64 until :func:`finish_lse`).
+    bound : ErrorBound or None
+    cost : Cost
+
+    Returns
+    -------
+    MethodResult
+    """
+    out = np.asarray(outs) if isinstance(outs, np.ndarray) else np.stack(list(outs))
+    out = out.astype(problem.dtype, copy=False)
+    lse = None
+    if lses is not None:
+        lse = np.asarray(lses) if isinstance(lses, np.ndarray) else np.stack(list(lses))
+        lse = lse.astype(np.float64, copy=False)
+    cost = Cost(float(cost.flops), int(cost.kernel_evals))
+    return MethodResult(out, lse, bound, cost)
+
+
+def problem_cost_exact(problem: Problem) -> Cost:
+    """Flops and kernel evaluations of exact attention on ``problem``."""
+    n, m, G = problem.n, problem.m, problem.n_slices
+    if problem.causal:
+        # Visible pairs under bottom-right alignment: sum_i min(m, max(0, i + m - n + 1)).
+        i = np.arange(n)
+        pairs = int(np.clip(i + problem.offset + 1, 0, m).sum())
+    else:
+        pairs = n * m
+    return Cost(flops=2.0 * G * pairs * (problem.d + problem.dv), kernel_evals=G * pairs)
+
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+#: How :func:`rounding_allowance` enters a bound's ``assumptions`` text.
+ROUNDING_TEXT = (
+    "plus the rounding allowance 4 eps (||~y_i|| + R) + 64 (d + m) eps_64 max_j ||v_j|| per "
+    "row (cast to the output dtype, float64 accumulation)"
+)
+#: How the cap of :func:`finish_row_bounds` enters a bound's ``assumptions`` text.
+CAP_TEXT = (
+    "; each row bound is capped by R + ||~y_i - c|| (y_i lies in the ball B(c, R) of the "
+    "values), " + ROUNDING_TEXT
+)
+
+
+def center_radius(v: np.ndarray) -> tuple[np.ndarray, float]:
+    r"""Centroid :math:`c` and radius :math:`R = \max_j\|v_j - c\|` of value rows (m, dv).
+
+    ``R`` includes an allowance of :math:`64\epsilon_{64}(\max_j\|v_j\| + R)` for the
+    rounding of ``c`` and of the norms; every convex combination of the rows lies in
+    the ball :math:`B(c, R)`. (:func:`attention.bounds.value_radius` is the batched,
+    validated version.)
+    """
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape[0] == 0:
+        return np.zeros(v.shape[1]), 0.0
+    c = v.mean(axis=0)
+    D = v - c
+    R = float(np.sqrt(np.max(np.einsum("ij,ij->i", D, D))))
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v))))
+    return c, R + 64 * _EPS64 * (vmax + R)
+
+
+def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r"""Per-row rounding allowance that every returned bound adds (the one rule).
+
+    A method computes its output :math:`\tilde y_i` in float64 and returns it cast to
+    ``problem.dtype``; the exact output :math:`y_i` is a convex combination of the value
+    rows :math:`v_j`. The bound proven for the float64 quantities therefore needs
+
+    .. math::
+
+        a_i = 4\,\epsilon\,(\|\tilde y_i\| + R) + 64\,(d + m)\,\epsilon_{64}\,
+        \max_j\|v_j\|,
+
+    where :math:`\epsilon` is the machine epsilon of the output dtype: the first term
+    covers the cast of :math:`\tilde y_i` (at most :math:`\epsilon\|\tilde y_i\|/2`)
+    and of the values the bound was computed from; the second the float64
+    accumulation of the :math:`d`-term scores and :math:`m`-term weighted sums
+    (:math:`\gamma_{d+m}` times the largest value row, Higham's standard bound, with a
+    factor 64 of margin for the exponentials and the renormalisation). The allowance
+    is at rounding level: it never hides a method's error, it only keeps a bound of 0
+    honest.
+
+    Parameters
+    ----------
+    problem : Problem
+    y : ndarray, shape (n, dv)
+        Float64 output of one slice before the cast.
+    v : ndarray, shape (m, dv)
+        Value rows of that slice.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    _, R = center_radius(v)
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
+    eps = float(np.finfo(problem.dtype).eps)
+    ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
+    return 4.0 * eps * (ynorm + R) + 64.0 * (problem.d + v.shape[0]) * _EPS64 * vmax
+
+
+def finish_row_bounds(problem: Problem, rows, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r"""Per-row error bounds of one slice, capped by the value ball and padded for rounding.
+
+    Each exact row :math:`y_i` lies in the ball :math:`B(c, R)` of the values
+    (:func:`center_radius`), so :math:`\|y_i - \tilde y_i\| \le R + \|\tilde y_i -
+    c\|` whatever the method did (:math:`\max` with :math:`\|\tilde y_i\|` when a row
+    may see no key, its exact output being 0): the cap keeps bounds finite when a
+    theorem gives none (an approximate normaliser :math:`\le 0`, an overflow). Then
+    :func:`rounding_allowance` is added. NaN row bounds (no theorem) become the cap.
+
+    Parameters
+    ----------
+    problem : Problem
+    rows : array_like, shape (n,)
+        Row bounds from a theorem (``inf`` allowed).
+    y, v : ndarray
+        The float64 output ``(n, dv)`` and the values ``(m, dv)`` of the slice.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    c, R = center_radius(v)
+    cap = R + np.sqrt(np.einsum("ij,ij->i", y - c, y - c))
+    if problem.may_have_empty_rows:
+        cap = np.maximum(cap, np.sqrt(np.einsum("ij,ij->i", y, y)))
+    rows = np.asarray(rows, dtype=np.float64)
+    rows = np.where(np.isnan(rows), np.inf, rows)
+    return np.minimum(rows, cap) + rounding_allowance(problem, y, v)

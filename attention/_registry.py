@@ -12,14 +12,10 @@ import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
-
 from attention._core import (
     BOUND_KINDS,
     AttentionApprox,
-    Cost,
-    ErrorBound,
-    Problem,
+    MethodResult,
     finish,
     finish_lse,
     prepare,
@@ -27,23 +23,6 @@ from attention._core import (
 from rnla._validation import check_rng
 
 __all__ = ["MethodInfo", "MethodResult", "approximate", "get_method", "methods", "register"]
-
-
-class MethodResult(NamedTuple):
-    """What a registered method returns (slice-stacked; wrapped by :func:`approximate`).
-
-    Attributes
-    ----------
-    output : ndarray, shape (G, n, dv)
-    lse : ndarray of shape (G, n), or None
-    bound : ErrorBound or None
-    cost : Cost
-    """
-
-    output: np.ndarray
-    lse: np.ndarray | None
-    bound: ErrorBound | None
-    cost: Cost
 
 
 class MethodInfo(NamedTuple):
@@ -254,15 +233,3 @@ def approximate(
         method=method,
         params=full,
     )
-
-
-def problem_cost_exact(problem: Problem) -> Cost:
-    """Flops and kernel evaluations of exact attention on ``problem``."""
-    n, m, G = problem.n, problem.m, problem.n_slices
-    if problem.causal:
-        # Visible pairs under bottom-right alignment: sum_i min(m, max(0, i + m - n + 1)).
-        i = np.arange(n)
-        pairs = int(np.clip(i + problem.offset + 1, 0, m).sum())
-    else:
-        pairs = n * m
-    return Cost(flops=2.0 * G * pairs * (problem.d + problem.dv), kernel_evals=G * pairs)

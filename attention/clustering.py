@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from attention._core import Problem
-from attention._registry import MethodResult, register
+from attention._core import Problem, method_result
+from attention._registry import register
 from attention.sparse import (
     _NEG,
     _cost,
-    _finish_out,
     _merge_into,
     _partial,
     _positions,
@@ -131,12 +130,7 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
                 _merge_into(acc, L, qi, o, ls)
                 pairs += qi.size * kj.size
     hash_flops = 2.0 * G * N * problem.d * (n_buckets // 2) * n_rounds
-    return MethodResult(
-        _finish_out(problem, outs),
-        lses.astype(problem.dtype),
-        None,
-        _cost(problem, pairs, hash_flops),
-    )
+    return method_result(problem, outs, lses, None, _cost(problem, pairs, hash_flops))
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,12 +193,7 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
             outs[g, qi], lses[g, qi] = o, ls
             pairs += qi.size * w
     km_flops = 2.0 * G * (n + m) * problem.d * C * (n_iter + 2)
-    return MethodResult(
-        _finish_out(problem, outs),
-        lses.astype(problem.dtype),
-        None,
-        _cost(problem, pairs, km_flops),
-    )
+    return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,9 +258,10 @@ def _smyrf(problem: Problem, *, rng, bucket_size=32, n_rounds=2):
                 o, ls = _partial(q[qi], k[kj], v[kj], problem.scale)
                 _merge_into(acc, Lse, qi, o, ls)
                 pairs += qi.size * kj.size
-    return MethodResult(
-        _finish_out(problem, outs),
-        lses.astype(problem.dtype),
+    return method_result(
+        problem,
+        outs,
+        lses,
         None,
         _cost(problem, pairs, 2.0 * G * (n + m) * (problem.d + 2) * n_rounds),
     )
@@ -355,9 +345,4 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         _merge_into(acc, Lse, np.arange(n), o, ls)
         pairs += n * C
     km_flops = 2.0 * G * m * problem.d * C * (n_iter + 2)
-    return MethodResult(
-        _finish_out(problem, outs),
-        lses.astype(problem.dtype),
-        None,
-        _cost(problem, pairs, km_flops),
-    )
+    return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))

@@ -15,9 +15,16 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from attention._core import Problem, finish, finish_lse, prepare
+from attention._core import (
+    Problem,
+    finish,
+    finish_lse,
+    method_result,
+    prepare,
+    problem_cost_exact,
+)
 from attention._kernels.exact import _attend_kernel
-from attention._registry import MethodResult, problem_cost_exact, register
+from attention._registry import register
 from rnla._validation import as_float_array, result_dtype
 
 __all__ = ["merge_partials", "reference_attention", "softmax_attention"]
@@ -423,4 +430,4 @@ def merge_partials(outputs: Sequence, lses: Sequence) -> tuple[np.ndarray, np.nd
 )
 def _exact(problem, *, rng):
     out, lse = _attend(problem)
-    return MethodResult(out, lse, None, problem_cost_exact(problem))
+    return method_result(problem, out, lse, None, problem_cost_exact(problem))

@@ -35,9 +35,20 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
-from attention._core import Cost, ErrorBound, Problem, check_error_bound, prepare
+from attention._core import (
+    CAP_TEXT,
+    Cost,
+    ErrorBound,
+    Problem,
+    check_error_bound,
+    finish_row_bounds,
+    method_result,
+    prepare,
+    problem_cost_exact,
+    rounding_allowance,
+)
 from attention._kernels.features import _causal_linear_attention, _online_leverage
-from attention._registry import MethodResult, register
+from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
 from rnla import sketch as _sketch
 from rnla._validation import (
@@ -150,23 +161,10 @@ def _positive_lse(den: np.ndarray, logscale: np.ndarray) -> np.ndarray:
         return np.where(den > 0, np.log(np.where(den > 0, den, 1.0)) + logscale, -np.inf)
 
 
-def _round_slack(y: np.ndarray, v: np.ndarray, dtype, d: int) -> np.ndarray:
-    """Per-row allowance for rounding: the final cast plus float64 accumulation."""
-    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
-    ynorm = np.linalg.norm(y, axis=1)
-    return np.finfo(dtype).eps * ynorm + 8.0 * (d + v.shape[0]) * _EPS64 * vmax
-
-
 def _geometry(v: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """``R`` and ``R + ||y_i - c||`` (the a-posteriori radius of the row lemma)."""
     c, R = value_radius(v)
     return float(R), float(R) + np.linalg.norm(y - c, axis=1)
-
-
-def _as_result(out: list, lse: list | None, problem: Problem, bound, cost) -> MethodResult:
-    out3 = np.stack(out).astype(problem.dtype, copy=False)
-    lse3 = None if lse is None else np.stack(lse)
-    return MethodResult(out3, lse3, bound, cost)
 
 
 def _scaled(problem: Problem, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -386,8 +384,10 @@ def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=N
     if features in ("positive", "hyperbolic"):
         # Frobenius Markov bound: E X = sum_i (2R / z_i)^2 m_i sum_j MSE_ij.
         logex = logsumexp([p["logex"] for p in parts])
-        with np.errstate(over="ignore"):
-            mc = math.exp(min(0.5 * (logex - math.log(delta)), 800.0))
+        log_mc = 0.5 * (logex - math.log(delta))
+        # math.exp raises OverflowError (np.errstate does not apply): inf is honest here,
+        # the trivial cap below keeps the bound finite.
+        mc = math.exp(log_mc) if log_mc < 709.0 else math.inf
         trivial = math.sqrt(sum(float(np.sum(p["trivial"] ** 2)) for p in parts))
         value = min(mc, trivial) + slack
         how = (
@@ -449,7 +449,7 @@ def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None):
         logc = np.log(counts.astype(np.float64))
     part = {
         "nrows": int(seen.sum()),
-        "slack": _round_slack(y, v, problem.dtype, problem.d),
+        "slack": rounding_allowance(problem, y, v),
         "trivial": np.where(seen, trivial, 0.0),
     }
     if seen.any():
@@ -562,7 +562,7 @@ def _performer(
     if mode == "exact":
         flops += 2.0 * evals * d
     lse = None if features == "trig" else lses
-    return _as_result(outs, lse, problem, bound, Cost(flops, evals))
+    return method_result(problem, outs, lse, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -694,7 +694,7 @@ def _scatterbrain(
         2.0 * (n + m) * d * (M + nb // 2) + _linear_flops(n, m, Mf, problem.dv, problem.causal)
     )
     flops += 2.0 * evals * (d + Mf + problem.dv)
-    return _as_result(outs, lses, problem, bound, Cost(flops, evals))
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -844,7 +844,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
         kmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", k, k))))
         eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
         R, radius = _geometry(v, y)
-        slack = _round_slack(y, v, problem.dtype, d)
+        slack = rounding_allowance(problem, y, v)
         with np.errstate(over="ignore", invalid="ignore"):
             if not sketched:
                 # ~y-form of the lemma: ||y_i - ~y_i|| <= ||a_i - ~a_i||_1 max_j||v_j - ~y_i||
@@ -897,7 +897,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
         )
     G = problem.n_slices
     flops = G * (2.0 * (n + m) * Mf + _linear_flops(n, m, Mf, dv, problem.causal))
-    return _as_result(outs, lses if positive else None, problem, bound, Cost(flops, 0))
+    return method_result(problem, outs, lses if positive else None, bound, Cost(flops, 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1023,7 +1023,7 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
         outs.append(_ratio(num, den))
     feat_flops = (n + m) * (2.0 * d * r * p + Mf)
     flops = problem.n_slices * (feat_flops + _linear_flops(n, m, Mf, dv, problem.causal))
-    return _as_result(outs, None, problem, None, Cost(flops, 0))
+    return method_result(problem, outs, None, None, Cost(flops, 0))
 
 
 @register(
@@ -1355,7 +1355,8 @@ def _levattention(
         (the universal set of LevAttention, of size at most ``d / threshold``).
     window : int, default=0
         Also keep the ``window`` most recent keys (causal) or the keys within
-        ``window - 1`` positions (non-causal) of each query.
+        ``window - 1`` positions (non-causal) of each query; clamped to
+        ``max(n, m)`` (every key).
     error_bound : {"exact", True, False, None}, default="exact"
         ``"exact"`` (also ``True``) computes the exact dropped softmax mass (one exact
         pass, :math:`O(nm(d + d_v))`) and returns the deterministic dropped-mass bound;
@@ -1375,6 +1376,8 @@ def _levattention(
     w = check_int(window, "window", minimum=0)
     mode = check_error_bound(error_bound, ("exact",))
     n, m, d, dv = problem.n, problem.m, problem.d, problem.dv
+    # A window of max(n, m) already covers every key: larger ones only cost memory.
+    w = min(w, max(n, m))
     select = _key_cache(problem, lambda g: _select_keys(problem, g, n_keys, threshold))
     if w > 0:
         J, jvalid = _window(problem, w)
@@ -1404,7 +1407,6 @@ def _levattention(
     bound = None
     flops = 2.0 * evals * (d + dv)
     if mode == "exact":
-        from attention._registry import problem_cost_exact
         from attention.exact import _attend
 
         _, lse_exact = _attend(problem)
@@ -1415,23 +1417,18 @@ def _levattention(
         rho = np.where(np.isfinite(lse_exact), np.clip(rho, 0.0, 1.0), 0.0)
         V = problem.v[problem.kv_index].astype(np.float64)
         rb = dropped_mass_bound(rho, V, Y_tilde=Y)
-        slack = np.concatenate(
-            [
-                _round_slack(Y[g], V[g], problem.dtype, d)
-                + 64 * _EPS64 * np.linalg.norm(Y[g], axis=1) * m
-                for g in range(problem.n_slices)
-            ]
-        )
-        value = float(np.sqrt(np.sum(np.square(rb.rows.ravel() + slack))))
+        rows = [finish_row_bounds(problem, rb.rows[g], Y[g], V[g]) for g in range(len(Y))]
+        value = float(np.sqrt(sum(float(np.sum(r * r)) for r in rows)))
         bound = ErrorBound(
             value,
             "fro",
             "deterministic",
             0.0,
-            rb.fro.assumptions + "; eps_i from the exact log-normaliser (one exact pass); "
-            "plus a rounding allowance",
+            rb.fro.assumptions
+            + "; eps_i from the exact log-normaliser (one exact pass)"
+            + CAP_TEXT,
         )
         exact_cost = problem_cost_exact(problem)
         flops += exact_cost.flops
         evals += exact_cost.kernel_evals
-    return _as_result(outs, lses, problem, bound, Cost(flops, evals))
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))

@@ -40,9 +40,16 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 
-from attention._core import Cost, ErrorBound, Problem
-from attention._registry import MethodResult, register
-from attention.bounds import RowBound, dropped_mass_bound, row_lemma, value_radius
+from attention._core import (
+    CAP_TEXT,
+    Cost,
+    ErrorBound,
+    Problem,
+    finish_row_bounds,
+    method_result,
+)
+from attention._registry import register
+from attention.bounds import dropped_mass_bound, row_lemma, value_radius
 from attention.softmax_matrix import SoftmaxMatrix
 from rnla import sketch as _sketch
 from rnla._validation import (
@@ -74,32 +81,12 @@ _SKETCHES = {
 # ---------------------------------------------------------------------------------------
 
 
-def _cap(rb: RowBound, y: np.ndarray, v: np.ndarray, dtype) -> np.ndarray:
-    r"""Row bounds of ``rb`` capped and padded for the rounding of the returned output.
-
-    ``y_i`` lies in the ball :math:`B(c, R)` of :func:`attention.bounds.value_radius`,
-    so :math:`\|y_i - \tilde y_i\| \le R + \|\tilde y_i - c\|` whatever the method did:
-    the cap keeps bounds finite when :math:`\tilde z_i \le 0`. The output is computed in
-    float64 and cast to ``dtype``; :math:`4\epsilon(\|\tilde y_i\| + R)` covers the cast.
-    """
-    c, R = value_radius(v)
-    dist = np.sqrt(np.sum((y - c) ** 2, axis=1))
-    rows = np.minimum(rb.rows, R + dist)
-    return rows + 4.0 * np.finfo(dtype).eps * (np.sqrt(np.sum(y * y, axis=1)) + R)
-
-
 def _fro_bound(rows: list[np.ndarray], kind: str, assumptions: str, delta: float = 0.0):
     """Frobenius-norm :class:`ErrorBound` from per-row bounds of every slice."""
     with np.errstate(over="ignore"):
         value = float(math.sqrt(sum(float(np.sum(e * e)) for e in rows)))
     bound_delta = 0.0 if kind == "deterministic" else delta
     return ErrorBound(value, "fro", kind, bound_delta, assumptions)
-
-
-_CAP_TEXT = (
-    "; each row bound is capped by R + ||~y_i - c|| (y_i lies in the ball B(c, R) of "
-    "the values) and padded by 4 eps (||~y_i|| + R) for the cast to the output dtype"
-)
 
 
 def _softmax_rows(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,12 +121,6 @@ def _check_nonneg_real(value, name: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name}={value} must be finite and >= 0")
     return value
-
-
-def _finish(problem: Problem, outs, lses, bound, flops: float, evals: int) -> MethodResult:
-    out = np.stack(outs).astype(problem.dtype, copy=False)
-    lse = None if lses is None else np.stack(lses).astype(np.float64, copy=False)
-    return MethodResult(out, lse, bound, Cost(float(flops), int(evals)))
 
 
 def _slice64(problem: Problem, g: int):
@@ -241,7 +222,7 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
         eps = np.where(np.isfinite(lse), D / (1.0 + D), 0.0)
         eps = np.where(np.isfinite(D), eps, 1.0)
         rb = dropped_mass_bound(eps, v, Y_tilde=y)
-        rows.append(_cap(rb, y, v, problem.dtype))
+        rows.append(finish_row_bounds(problem, rb.rows, y, v))
         outs.append(y)
         lses.append(lse)
         flops += 2.0 * (n + m) * d * rank + 2.0 * n * m * rank + 2.0 * n * kk * (d + problem.dv)
@@ -253,9 +234,9 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
         "selected keys, dropped probability <= D_i / (z~_i + D_i) with D_i = sum over "
         "unselected visible keys of exp(s~_ij + scale ||q_i^perp|| ||k_j^perp||) "
         "(|q.(I-PP^T)k| <= ||(I-PP^T)q|| ||(I-PP^T)k||); holds for every draw of the "
-        "randomized PCA" + _CAP_TEXT,
+        "randomized PCA" + CAP_TEXT,
     )
-    return _finish(problem, outs, lses, bound, flops, evals)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,13 +334,13 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
         q, k, v = _slice64(problem, g)
         S = np.sort(_sketch.uniform_sampling(n + m, landmarks, replace=False, rng=rng).indices)
         y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, S, gamma)
-        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        rows.append(finish_row_bounds(problem, row_lemma(l1, z, v).rows, y, v))
         outs.append(y)
         lses.append(lse)
         evals += ev
         flops += 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
-    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; tau = 1" + _CAP_TEXT)
-    return _finish(problem, outs, lses, bound, flops, evals)
+    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; tau = 1" + CAP_TEXT)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 class _KeyExpKernel(EntryMatrixBase):
@@ -430,7 +411,7 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
             S = rpcholesky(lift.matrix, rank, rng=rng).pivots
             evals += lift.matrix.n_evaluations
         y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, t, S, 0.0)
-        rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+        rows.append(finish_row_bounds(problem, row_lemma(l1, z, v).rows, y, v))
         outs.append(y)
         lses.append(lse)
         evals += ev
@@ -441,8 +422,8 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
         if tau == "balance"
         else f"tau = {tau}"
     )
-    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; " + how + _CAP_TEXT)
-    return _finish(problem, outs, lses, bound, flops, evals)
+    bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; " + how + CAP_TEXT)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,7 +486,7 @@ def _rsvd_oracle(
             num = res.U @ ((res.s[:, None] * res.Vt) @ np.column_stack([v, np.ones(m)]))
             y, z = _ratio_output(num)
             l1 = np.full(n, math.sqrt(m) * est.upper)
-            rows.append(_cap(row_lemma(l1, z, v), y, v, problem.dtype))
+            rows.append(finish_row_bounds(problem, row_lemma(l1, z, v).rows, y, v))
             lses.append(_log_abs(z) + sm.log_row_scale())
         outs.append(y)
         ev = sm.n_evaluations + sm.n_statistics_evaluations
@@ -524,10 +505,10 @@ def _rsvd_oracle(
         how + ", the spectral residual bounded a posteriori by "
         "rnla.estimate.lowrank_error_estimate (Gaussian probes, power method), each slice "
         f"failing with probability <= {delta / G:.3g}, {delta:.3g} overall (union bound)"
-        + _CAP_TEXT,
+        + CAP_TEXT,
         delta,
     )
-    return _finish(problem, outs, lses, bound, flops, evals)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,7 +545,7 @@ def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
         p, _ = _softmax_rows(problem.scale * (q @ SK.T))
         outs.append(p @ SV)
         flops += 2.0 * k * m * (problem.d + problem.dv) + 2.0 * n * k * (problem.d + problem.dv)
-    return _finish(problem, outs, None, None, flops, problem.n_slices * n * k)
+    return method_result(problem, outs, None, None, Cost(flops, problem.n_slices * n * k))
 
 
 def _segment_means(X: np.ndarray, c: int) -> np.ndarray:
@@ -659,7 +640,9 @@ def _nystromformer(
         )
     dd = problem.d + problem.dv
     flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + (8 * n_iter + 2) * c**3)
-    return _finish(problem, outs, None, None, flops, problem.n_slices * c * (n + m + c))
+    return method_result(
+        problem, outs, None, None, Cost(flops, problem.n_slices * c * (n + m + c))
+    )
 
 
 @register(
@@ -695,4 +678,6 @@ def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
         outs.append(_ratio_output(F @ X)[0])
     dd = problem.d + problem.dv
     flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + 2 * c**3)
-    return _finish(problem, outs, None, None, flops, problem.n_slices * c * (n + m + c))
+    return method_result(
+        problem, outs, None, None, Cost(flops, problem.n_slices * c * (n + m + c))
+    )

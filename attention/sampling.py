@@ -64,8 +64,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from attention._core import Cost, ErrorBound, Problem, check_error_bound, prepare
-from attention._registry import MethodResult, register
+from attention._core import Cost, ErrorBound, Problem, check_error_bound, method_result, prepare
+from attention._registry import register
 from attention.bounds import value_radius
 from attention.exact import merge_partials, softmax_attention
 from rnla._validation import as_float_array, check_int, check_option, check_probability
@@ -558,11 +558,6 @@ def _check_mix(uniform_mix) -> float:
     return gamma
 
 
-def _result(problem, outs, lses, bound, evals, flops):
-    out = np.stack(outs).astype(problem.dtype, copy=False)
-    return MethodResult(out, np.stack(lses), bound, Cost(float(flops), int(evals)))
-
-
 # ---------------------------------------------------------------------------------------
 # KDEformer
 # ---------------------------------------------------------------------------------------
@@ -640,7 +635,7 @@ def _kdeformer(
         evals += ev
         flops += fl
     bound = _make_bound(problem, outs, plans, delta, "KDEformer") if error_bound else None
-    return _result(problem, outs, lses, bound, evals, flops)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -788,7 +783,7 @@ def _hyperattention(
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
     outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts)
     bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if error_bound else None
-    return _result(problem, outs, lses, bound, evals, flops)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 # ---------------------------------------------------------------------------------------
@@ -872,7 +867,7 @@ def _prescoring(
     bound = None
     if error_bound:
         bound = _prescoring_bound(problem, outs, plans, chosen, delta)
-    return _result(problem, outs, lses, bound, evals, flops)
+    return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
 def _prescoring_bound(problem, outs, plans, chosen, delta):

@@ -44,9 +44,18 @@ import math
 
 import numpy as np
 
-from attention._core import Cost, ErrorBound, Problem, check_error_bound
-from attention._registry import MethodResult, problem_cost_exact, register
-from attention.bounds import dropped_mass_bound, value_radius
+from attention._core import (
+    CAP_TEXT,
+    Cost,
+    ErrorBound,
+    Problem,
+    check_error_bound,
+    finish_row_bounds,
+    method_result,
+    problem_cost_exact,
+)
+from attention._registry import register
+from attention.bounds import dropped_mass_bound
 from attention.exact import _attend
 from rnla._validation import check_int
 
@@ -110,13 +119,8 @@ def _positions(problem: Problem) -> np.ndarray:
     return np.arange(problem.n, dtype=np.int64) + problem.offset
 
 
-def _finish_out(problem: Problem, out: np.ndarray) -> np.ndarray:
-    return out.astype(problem.dtype)
-
-
 def _dropped_bound(problem, outs, lse_kept, lse_full, how: str) -> ErrorBound:
     """Deterministic dropped-mass bound over all slices (Frobenius norm of the output)."""
-    u = float(np.finfo(problem.dtype).eps)
     total = 0.0
     for g in range(problem.n_slices):
         _, _, v = problem.slice(g)
@@ -125,8 +129,7 @@ def _dropped_bound(problem, outs, lse_kept, lse_full, how: str) -> ErrorBound:
         # Rows seeing no key (lse_full = -inf) drop nothing; rounding can leave eps < 0.
         eps = np.clip(np.where(np.isfinite(lse_full[g]), eps, 0.0), 0.0, 1.0)
         rows = dropped_mass_bound(eps, v, Y_tilde=outs[g]).rows
-        _, R = value_radius(v)
-        rows = rows + 4 * u * (np.linalg.norm(outs[g].astype(np.float64), axis=1) + R)
+        rows = finish_row_bounds(problem, rows, outs[g], v)
         total += float(np.sum(rows * rows))
     return ErrorBound(
         math.sqrt(total),
@@ -135,8 +138,7 @@ def _dropped_bound(problem, outs, lse_kept, lse_full, how: str) -> ErrorBound:
         0.0,
         "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) (attention.bounds."
         "dropped_mass_bound; exact scores kept on a key subset and renormalised) with the "
-        f"exact dropped probability eps_i = 1 - exp(lse_kept_i - lse_i) ({how}), padded by "
-        "4 eps (||~y_i|| + R) for the cast to the output dtype",
+        f"exact dropped probability eps_i = 1 - exp(lse_kept_i - lse_i) ({how})" + CAP_TEXT,
     )
 
 
@@ -206,7 +208,7 @@ def _topk(problem: Problem, *, rng, top_k=32):
         outs[g] = np.where(finite[:, None], np.einsum("is,isd->id", e, v[sel]) / zs[:, None], 0.0)
     bound = _dropped_bound(problem, outs, lse_kept, lse_full, "from the scores formed by topk")
     cost = Cost(flops=2.0 * G * (n * m * problem.d + n * kk * problem.dv), kernel_evals=G * n * m)
-    return MethodResult(_finish_out(problem, outs), lse_kept.astype(problem.dtype), bound, cost)
+    return method_result(problem, outs, lse_kept, bound, cost)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,9 +288,7 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
         lse_full = _exact_lse(problem)
         bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
         extra = problem_cost_exact(problem).flops
-    return MethodResult(
-        _finish_out(problem, outs), lse.astype(problem.dtype), bound, _cost(problem, pairs, extra)
-    )
+    return method_result(problem, outs, lse, bound, _cost(problem, pairs, extra))
 
 
 @register(
@@ -389,6 +389,4 @@ def _bigbird(
         lse_full = _exact_lse(problem)
         bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
         extra = problem_cost_exact(problem).flops
-    return MethodResult(
-        _finish_out(problem, outs), lse.astype(problem.dtype), bound, _cost(problem, pairs, extra)
-    )
+    return method_result(problem, outs, lse, bound, _cost(problem, pairs, extra))

@@ -165,3 +165,63 @@ def test_relative_error_rejects_bad_input():
         relative_error(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="norm='nuc' is not one of"):
         relative_error(np.ones((2, 3)), np.ones((2, 3)), norm="nuc")
+
+
+# --- shared method plumbing: result builder, rounding rule ------------------------------
+
+
+def test_method_result_stacks_and_casts(rng):
+    from attention._core import Cost, method_result
+
+    Q = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    p = prepare(Q, Q, Q)
+    outs = [rng.standard_normal((3, 4)) for _ in range(2)]
+    res = method_result(p, outs, [np.zeros(3), np.ones(3)], None, Cost(1, 2.0))
+    assert res.output.shape == (2, 3, 4) and res.output.dtype == np.float32
+    assert res.lse.dtype == np.float64 and res.cost == Cost(1.0, 2)
+    assert method_result(p, np.stack(outs), None, None, Cost(0, 0)).lse is None
+
+
+def _rounding_case(dtype, seed=0):
+    """A slice whose float64 output, cast to ``dtype``, differs from the exact output."""
+    r = np.random.default_rng(seed)
+    Q, K = r.standard_normal((16, 8)), r.standard_normal((32, 8))
+    V = r.standard_normal((32, 4)) * 1e3 + 5e3  # far from 0: cast errors are visible
+    p = prepare(Q.astype(dtype), K.astype(dtype), V.astype(dtype))
+    from attention.exact import reference_attention
+
+    q, k, v = (x.astype(np.float64) for x in p.slice(0))
+    y64 = reference_attention(q, k, v, scale=p.scale)
+    return p, y64, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rounding_allowance_covers_the_cast(dtype):
+    """The allowance alone covers the cast of an exact float64 output (a zero bound)."""
+    from attention._core import finish_row_bounds, rounding_allowance
+
+    p, y64, v = _rounding_case(dtype)
+    cast = y64.astype(dtype).astype(np.float64)
+    err = np.linalg.norm(cast - y64, axis=1)
+    allow = rounding_allowance(p, y64, v)
+    assert np.all(err <= allow)
+    np.testing.assert_array_equal(finish_row_bounds(p, np.zeros(16), y64, v), allow)
+    # Negative control: without the allowance a zero bound fails in float32.
+    if dtype == np.float32:
+        assert np.any(err > 0)
+    # At rounding level: a tiny fraction of the output norm.
+    level = 1e-5 if dtype == np.float32 else 1e-11
+    assert np.all(allow <= level * np.linalg.norm(y64, axis=1))
+
+
+def test_finish_row_bounds_caps_by_the_value_ball():
+    from attention._core import center_radius, finish_row_bounds
+
+    p, y64, v = _rounding_case(np.float64)
+    c, R = center_radius(v)
+    y_bad = y64 + 10.0  # any output: the cap still holds for the exact rows
+    rows = finish_row_bounds(p, np.full(16, np.inf), y_bad, v)
+    assert np.all(np.isfinite(rows))
+    assert np.all(np.linalg.norm(y_bad - y64, axis=1) <= rows)
+    np.testing.assert_allclose(rows, finish_row_bounds(p, np.full(16, np.nan), y_bad, v))
+    assert np.all(rows >= R + np.linalg.norm(y_bad - c, axis=1))
