@@ -29,6 +29,9 @@ augmented
 tensor
     TT-SVD, randomized TT, TT rounding and arithmetic, TT-cross, randomized Tucker
     (results are tensorly's ``TTTensor`` / ``TuckerTensor``).
+solve
+    Least squares by sketch-and-solve and sketch-and-precondition (``lstsq``) and
+    Nyström-preconditioned CG for regularised PSD systems (``nystrom_pcg``).
 cluster
     Locality-sensitive hashing (angular, hyperplane, E2LSH), bucketing and k-means.
 bounds
@@ -47,6 +50,7 @@ from rnla import (
     operators,
     psd,
     skeleton,
+    solve,
     tensor,
     trace,
 )
@@ -71,6 +75,7 @@ from rnla.operators import (
 )
 from rnla.psd import nystrom, rpcholesky
 from rnla.skeleton import aca, cur, interpolative
+from rnla.solve import LstsqResult, PCGResult, lstsq, nystrom_pcg
 
 __version__ = "0.1.0.dev0"
 
@@ -85,7 +90,9 @@ __all__ = [
     "EntryMatrix",
     "IDResult",
     "KernelMatrix",
+    "LstsqResult",
     "NormEstimate",
+    "PCGResult",
     "QBResult",
     "RNLAWarning",
     "SVDResult",
@@ -104,8 +111,10 @@ __all__ = [
     "krylov",
     "lowrank",
     "lowrank_error_estimate",
+    "lstsq",
     "norm_estimate",
     "nystrom",
+    "nystrom_pcg",
     "operators",
     "psd",
     "randqb",
@@ -116,6 +125,7 @@ __all__ = [
     "single_pass_svd",
     "skeleton",
     "sketch",
+    "solve",
     "tensor",
     "trace",
 ]
