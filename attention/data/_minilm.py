@@ -153,7 +153,7 @@ class MiniLM:
             )
         return np.array([self.cls_id, *body[: n_tokens - 2], self.sep_id], dtype=np.int64)
 
-    def forward(self, ids, *, layers=None, attention_mask=None) -> MiniLMForward:
+    def forward(self, ids, *, layers=None, attention_mask=None, attend=None) -> MiniLMForward:
         """Run the encoder on one sequence or a padded batch.
 
         Parameters
@@ -164,6 +164,10 @@ class MiniLM:
             Layers whose Q/K/V to return (default: all 6).
         attention_mask : array_like of shape (b, n), bool, optional
             False for padding tokens of a batch (they are never attended to).
+        attend : callable, optional
+            ``attend(layer, q, k, v, scale, keep) -> (b, 12, n, 32)`` computes a layer's
+            attention from ``q, k, v (b, 12, n, 32)`` and the boolean ``keep``
+            (``(b, 1, 1, n)`` or None). Default: exact softmax attention in NumPy.
 
         Returns
         -------
@@ -207,7 +211,11 @@ class MiniLM:
                 out_q[layer], out_k[layer], out_v[layer] = (
                     np.ascontiguousarray(t[0] if single else t) for t in (q, k, v)
                 )
-            ctx = _softmax_attend(q, k, v, scale, keep).transpose(0, 2, 1, 3).reshape(b, n, -1)
+            if attend is None:
+                ctx = _softmax_attend(q, k, v, scale, keep)
+            else:
+                ctx = attend(layer, *(np.ascontiguousarray(t) for t in (q, k, v)), scale, keep)
+            ctx = ctx.transpose(0, 2, 1, 3).reshape(b, n, -1)
             x = _layer_norm(
                 x + lin(ctx, "attention.output.dense"),
                 w[p + "attention.output.LayerNorm.weight"],

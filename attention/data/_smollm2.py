@@ -24,6 +24,7 @@ one.
 from __future__ import annotations
 
 import importlib.util
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -85,16 +86,27 @@ def _field(reader, key):
     return reader.fields[key].contents()
 
 
+@lru_cache(maxsize=8)
+def _rope_tables(n: int, d: int, base: float, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``cos`` and ``sin`` of ``pos * base**(-2i/d)``, shape ``(n, d/2)`` (read-only)."""
+    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    ang = np.arange(n, dtype=np.float64)[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
+
+
 def rope_interleaved(x: np.ndarray, base: float) -> np.ndarray:
     """Rotate adjacent pairs ``(2i, 2i+1)`` of ``x (h, n, d)`` by ``pos * base**(-2i/d)``."""
     _, n, d = x.shape
-    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
-    ang = np.arange(n, dtype=np.float64)[:, None] * inv_freq[None, :]
-    cos, sin = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
+    cos, sin = _rope_tables(n, d, float(base), x.dtype)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
-    out[..., 0::2] = x0 * cos - x1 * sin
-    out[..., 1::2] = x0 * sin + x1 * cos
+    e, o = out[..., 0::2], out[..., 1::2]
+    np.multiply(x0, cos, out=e)
+    e -= x1 * sin
+    np.multiply(x0, sin, out=o)
+    o += x1 * cos
     return out
 
 
@@ -240,7 +252,16 @@ class SmolLM2:
         return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + self.eps) * w
 
     def forward(
-        self, ids, *, layers=None, logits: bool = False, rope: str = "interleaved"
+        self,
+        ids,
+        *,
+        layers=None,
+        logits: bool = False,
+        rope: str = "interleaved",
+        attend=None,
+        keep: bool = True,
+        on_layer=None,
+        timings: dict | None = None,
     ) -> SmolLM2Forward:
         """Run the decoder on one sequence.
 
@@ -256,6 +277,19 @@ class SmolLM2:
         rope : {"interleaved", "half_split"}, default="interleaved"
             RoPE pairing; "half_split" exists only as a negative control (it is the
             wrong convention for GGUF weights).
+        attend : callable, optional
+            ``attend(layer, q, k, v, scale) -> (9, n, 64)`` computes the causal
+            grouped-query attention of a layer from ``q (9, n, 64)``, ``k, v (3, n, 64)``
+            (RoPE applied). Default: exact attention in NumPy, blocked over query rows.
+        keep : bool, default=True
+            Return the Q/K/V of the requested layers in ``q``, ``k``, ``v``; False keeps
+            nothing (pair it with ``on_layer`` to stream them out).
+        on_layer : callable, optional
+            Called as ``on_layer(layer, q, k, v)`` after each layer's Q/K/V are known.
+        timings : dict, optional
+            Seconds spent are added under ``"gemm"`` (projections, MLP, output head),
+            ``"attention"`` (``attend``) and ``"other"`` (embedding, norms, RoPE, SiLU,
+            residual additions).
 
         Returns
         -------
@@ -268,6 +302,12 @@ class SmolLM2:
         if any(not 0 <= i < self.n_layers for i in wanted):
             raise ValueError(f"layers must lie in [0, {self.n_layers}), got {sorted(wanted)}")
         last = self.n_layers - 1 if logits or not wanted else max(wanted)
+        if attend is None:
+
+            def attend(layer, q, k, v, scale):
+                return _causal_gqa_attend(q, k, v, scale)
+
+        clock = _Clock(timings)
         dt = self.dtype
         hd, hq, hk = self.head_dim, self.n_heads, self.n_kv_heads
         scale = 1.0 / np.sqrt(hd)
@@ -275,34 +315,106 @@ class SmolLM2:
         out_q, out_k, out_v = {}, {}, {}
         for layer in range(last + 1):
             p = f"blk.{layer}."
+            clock("other")
             h = self._rms(x, p + "attn_norm.weight")
+            clock("other")
             # GGUF tensors dequantise to (out, in): y = h @ W.T
-            q = (h @ self._weight(p + "attn_q.weight").T).reshape(n, hq, hd).transpose(1, 0, 2)
-            k = (h @ self._weight(p + "attn_k.weight").T).reshape(n, hk, hd).transpose(1, 0, 2)
-            v = (h @ self._weight(p + "attn_v.weight").T).reshape(n, hk, hd).transpose(1, 0, 2)
-            q = rotate(np.ascontiguousarray(q), self.rope_base)
-            k = rotate(np.ascontiguousarray(k), self.rope_base)
-            v = np.ascontiguousarray(v)
+            q = h @ self._weight(p + "attn_q.weight").T
+            k = h @ self._weight(p + "attn_k.weight").T
+            v = h @ self._weight(p + "attn_v.weight").T
+            clock("gemm")
+            q = rotate(
+                np.ascontiguousarray(q.reshape(n, hq, hd).transpose(1, 0, 2)), self.rope_base
+            )
+            k = rotate(
+                np.ascontiguousarray(k.reshape(n, hk, hd).transpose(1, 0, 2)), self.rope_base
+            )
+            v = np.ascontiguousarray(v.reshape(n, hk, hd).transpose(1, 0, 2))
+            clock("other")
             if layer in wanted:
-                out_q[layer], out_k[layer], out_v[layer] = q, k, v
+                if keep:
+                    out_q[layer], out_k[layer], out_v[layer] = q, k, v
+                if on_layer is not None:
+                    on_layer(layer, q, k, v)
+                clock(None)
             if layer == last and layers is not None and not logits:
                 break  # the requested Q/K/V are known; skip the rest of the layer
-            ctx = _causal_gqa_attend(q, k, v, scale).transpose(1, 0, 2).reshape(n, -1)
-            x = x + ctx @ self._weight(p + "attn_output.weight").T
+            ctx = attend(layer, q, k, v, scale)
+            clock("attention")
+            ctx = np.ascontiguousarray(ctx.transpose(1, 0, 2)).reshape(n, -1)
+            clock("other")
+            ctx = ctx @ self._weight(p + "attn_output.weight").T
+            clock("gemm")
+            x = x + ctx
             h = self._rms(x, p + "ffn_norm.weight")
+            clock("other")
             gate = h @ self._weight(p + "ffn_gate.weight").T
             up = h @ self._weight(p + "ffn_up.weight").T
+            clock("gemm")
             # SiLU(gate) * up, with SiLU(g) = g / (1 + exp(-g)) written overflow-free
-            silu = gate * (0.5 * (1.0 + np.tanh(0.5 * gate)))
-            x = x + (silu * up) @ self._weight(p + "ffn_down.weight").T
+            gate *= 0.5 * (1.0 + np.tanh(0.5 * gate))
+            gate *= up
+            clock("other")
+            ff = gate @ self._weight(p + "ffn_down.weight").T
+            clock("gemm")
+            x += ff
+            clock("other")
         out = None
         if logits:
             h = self._rms(x, "output_norm.weight")
-            emb = self._weight(
-                "output.weight" if "output.weight" in self._tensors else "token_embd.weight"
-            )
-            out = h.astype(np.float32) @ emb.T
+            out = h.astype(np.float32) @ self._output_weight().T
+            clock("gemm")
         return SmolLM2Forward(hidden=x, q=out_q, k=out_k, v=out_v, logits=out)
+
+    def _output_weight(self) -> np.ndarray:
+        name = "output.weight" if "output.weight" in self._tensors else "token_embd.weight"
+        return self._weight(name)
+
+    def next_token_stats(self, hidden, ids, *, block: int = 512, timings=None):
+        """Next-token negative log-likelihoods and arg-max predictions from the last layer.
+
+        Applies the final norm and the tied output head ``block`` rows at a time, so the
+        ``(n, 49152)`` logits are never held at once (1.6 GB at ``n = 8192``).
+
+        Parameters
+        ----------
+        hidden : ndarray of shape (n, 576)
+            Residual stream after the last layer (:attr:`SmolLM2Forward.hidden`).
+        ids : array_like of shape (n,), int
+            The token ids of the pass.
+        block : int, default=512
+            Rows per output-head GEMM.
+        timings : dict, optional
+            As in :meth:`forward` (the output head counts as ``"gemm"``).
+
+        Returns
+        -------
+        nll : ndarray of shape (n - 1,), float64
+            ``-log p(ids[t] | ids[:t])`` for ``t = 1..n-1``.
+        argmax : ndarray of shape (n - 1,), int64
+            The most likely next token after each prefix ``ids[:t]``.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        n = ids.shape[0]
+        emb = self._output_weight()
+        clock = _Clock(timings)
+        nll = np.empty(n - 1)
+        arg = np.empty(n - 1, dtype=np.int64)
+        for r0 in range(0, n - 1, block):
+            r1 = min(n - 1, r0 + block)
+            clock(None)
+            h = self._rms(hidden[r0:r1], "output_norm.weight").astype(np.float32)
+            clock("other")
+            lg = h @ emb.T
+            clock("gemm")
+            arg[r0:r1] = lg.argmax(axis=1)
+            mx = lg[np.arange(r1 - r0), arg[r0:r1]].astype(np.float64)
+            target = lg[np.arange(r1 - r0), ids[r0 + 1 : r1 + 1]].astype(np.float64)
+            lg -= lg[np.arange(r1 - r0), arg[r0:r1]][:, None]
+            np.exp(lg, out=lg)
+            nll[r0:r1] = np.log(lg.sum(axis=1, dtype=np.float64)) + mx - target
+            clock("other")
+        return nll, arg
 
     def perplexity(self, ids, *, rope: str = "interleaved") -> tuple[float, float]:
         """Next-token perplexity and top-1 accuracy of ``ids[1:]`` given the prefixes.
@@ -317,6 +429,22 @@ class SmolLM2:
         ids = np.asarray(ids, dtype=np.int64)
         fwd = self.forward(ids, layers=(), logits=True, rope=rope)
         return perplexity_from_logits(fwd.logits, ids)
+
+
+class _Clock:
+    """Adds the seconds since the previous call to ``timings[label]`` (no-op without dict)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def __call__(self, label: str | None) -> None:
+        if self.timings is None:
+            return
+        now = time.perf_counter()
+        if label is not None:
+            self.timings[label] = self.timings.get(label, 0.0) + (now - self.t)
+        self.t = now
 
 
 def perplexity_from_logits(logits: np.ndarray, ids: np.ndarray) -> tuple[float, float]:
