@@ -42,9 +42,36 @@ class Dataset:
         return self.labels[h] if h < len(self.labels) else f"head {h}"
 
 
-def load_dataset(data: str | None = None, *, input: str | None = None, synthetic_n=None, seed=0):
-    """Datasets selected on the command line (``--data``, ``--input``, ``--synthetic``)."""
+#: Layers of the long-context SmolLM2 heads of ``report --n`` (one query head each).
+LONG_LAYERS = (0, 5, 10, 15, 20, 25, 29)
+
+
+def long_dataset(n: int, layers=None, *, cache_dir=None) -> Dataset:
+    """Real SmolLM2 heads at ``n`` tokens: query head ``layer % 9`` of each layer."""
     from attention import data as shipped
+
+    layers = LONG_LAYERS if layers is None else tuple(int(i) for i in layers)
+    heads = shipped.load_smollm2_heads(n, layers, cache_dir=cache_dir)
+    s = heads.sample([(layer, layer % 9) for layer in heads.layers])
+    return Dataset(
+        f"smollm2_n{n}", s.Q, s.K, s.V, True, float(s.scale), s.description, _labels(s.heads)
+    )
+
+
+def load_dataset(
+    data: str | None = None,
+    *,
+    input: str | None = None,
+    synthetic_n=None,
+    long_n=None,
+    layers=None,
+    seed=0,
+):
+    """Datasets selected on the command line (--data, --input, --synthetic, --n)."""
+    from attention import data as shipped
+
+    if long_n is not None:
+        return [long_dataset(int(long_n), layers)]
 
     if input is not None:
         s = shipped.load_npz(input)

@@ -66,7 +66,8 @@ class PerplexityResult(NamedTuple):
     timings : dict
         Seconds of the method's pass by kind: ``"gemm"`` (projections, MLP, output
         head), ``"attention"`` (the method), ``"exact_attention"`` (the comparison),
-        ``"other"`` (norms, RoPE, SiLU, residuals, embedding) and ``"total"``.
+        ``"other"`` (norms, RoPE, SiLU, residuals, embedding), ``"weights"``
+        (dequantisation, first pass of a process only) and ``"total"``.
     text : str
         The text and its checksum.
     """

@@ -148,6 +148,19 @@ def _causal_gqa_attend(q, k, v, scale):
     return out
 
 
+_LAYER_TENSORS = (
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+)
+
+
 class SmolLM2:
     """SmolLM2-135M-Instruct in plain NumPy, weights dequantised from GGUF.
 
@@ -288,8 +301,8 @@ class SmolLM2:
             Called as ``on_layer(layer, q, k, v)`` after each layer's Q/K/V are known.
         timings : dict, optional
             Seconds spent are added under ``"gemm"`` (projections, MLP, output head),
-            ``"attention"`` (``attend``) and ``"other"`` (embedding, norms, RoPE, SiLU,
-            residual additions).
+            ``"attention"`` (``attend``), ``"other"`` (embedding, norms, RoPE, SiLU,
+            residual additions) and ``"weights"`` (dequantisation, once per process).
 
         Returns
         -------
@@ -308,6 +321,13 @@ class SmolLM2:
                 return _causal_gqa_attend(q, k, v, scale)
 
         clock = _Clock(timings)
+        # dequantise (once per process) before the pass, so it is not timed as GEMM
+        for layer in range(last + 1):
+            for name in _LAYER_TENSORS:
+                self._weight(f"blk.{layer}.{name}.weight")
+        if logits:
+            self._output_weight()
+        clock("weights")
         dt = self.dtype
         hd, hq, hk = self.head_dim, self.n_heads, self.n_kv_heads
         scale = 1.0 / np.sqrt(hd)
@@ -396,8 +416,10 @@ class SmolLM2:
         """
         ids = np.asarray(ids, dtype=np.int64)
         n = ids.shape[0]
-        emb = self._output_weight()
         clock = _Clock(timings)
+        emb = self._output_weight()
+        self._weight("output_norm.weight")
+        clock("weights")
         nll = np.empty(n - 1)
         arg = np.empty(n - 1, dtype=np.int64)
         for r0 in range(0, n - 1, block):

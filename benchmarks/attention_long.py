@@ -1,0 +1,441 @@
+r"""Every attention method on real long-context SmolLM2 heads (n = 2048, 4096, 8192).
+
+Data: :func:`attention.data.load_smollm2_heads` on the shipped ``"licenses"`` text (GPL-2,
+Apache-2.0, LGPL-2.1; 12119 tokens), all 30 layers, one query head per layer (query head
+``layer % 9``, with the kv head it reads), float32, causal, RoPE applied: a stack of 30
+real heads per length.
+
+Per (method, parameters, n), in a forked child with a wall-clock budget (methods that do
+not finish are reported as too slow with the budget):
+
+* the method runs on the 30-head stack in one :func:`attention.approximate` call,
+  ``causal=True``; exact attention (:func:`attention.softmax_attention`, our Numba
+  kernel) runs on the same stack in the same child, interleaved with the method
+  (exact, method, exact, method, ...; medians), so the speed-up is a same-process
+  ratio;
+* relative Frobenius error over the stack, the per-row max error (largest row error
+  ``max_i ||y_i - y~_i||`` over the largest row norm ``max_i ||y_i||``), the returned
+  bound divided by the actual error in the bound's norm (>= 1 when the bound holds),
+  the method's time and speed-up over exact, and its flop rate (``cost.flops`` / time)
+  as a fraction of the machine's float32 GEMM rate (a 2048^3 ``sgemm``, measured in a
+  child before the runs).
+
+Methods that cannot run causally are listed as such. With ``--perplexity``, the best
+setting of each family (lowest error among the settings faster than exact at that n, else
+lowest error) is also run end to end: :func:`attention.end_to_end.perplexity` on the same
+text, every layer approximated, against the exact model.
+
+Run one length at a time under the machine lock, e.g.
+``flock /tmp/bench.lock python -m benchmarks.attention_long --n 4096 --perplexity``;
+results accumulate (by n) in ``benchmarks/results/attention_long.{json,md}`` and the Pareto
+plot ``attention_long.png``; ``--render`` rewrites them from the JSON. Times are
+wall-clock on a shared 2-core machine: the load average is recorded per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.attention_methods import in_subprocess
+
+NAME = "attention_long"
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGET = {2048: 60.0, 4096: 60.0, 8192: 60.0}
+# non-default settings (a small sweep so that each family has a Pareto front)
+SWEEP = [
+    ("window", {"window": 256}),
+    ("window", {"window": 1024}),
+    ("topk", {"top_k": 128}),
+    ("bigbird", {"block_size": 64, "n_window": 5, "n_random": 4}),
+    ("hyperattention", {"sample_size": 512}),
+    ("levattention", {"n_keys": 256}),
+    ("performer", {"n_features": 64}),
+    ("loki", {"rank": 32, "top_k": 256}),
+]
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return str(os.getloadavg())
+
+
+def _gemm_rate() -> float:
+    """Float32 GEMM rate [flop/s] of this machine (median of 5 ``2048^3`` products)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2048, 2048), dtype=np.float32)
+    b = rng.standard_normal((2048, 2048), dtype=np.float32)
+    a @ b
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / float(np.median(ts))
+
+
+def _heads(n: int, cache_dir=None):
+    from attention.data import load_smollm2_heads
+
+    h = load_smollm2_heads(n, cache_dir=cache_dir)
+    return h.sample([(int(layer), int(layer) % 9) for layer in h.layers])
+
+
+def _job(n, name, params, budget, seed, cache_dir):
+    """One (method, params) on the 30-head stack at n, exact side by side."""
+    from attention import approximate, softmax_attention
+    from attention._core import _norm
+
+    s = _heads(n, cache_dir)
+    Q, K, V = s.Q, s.K, s.V
+    kw = {"scale": s.scale, "causal": True}
+    # warm-up (Numba compilation) on a short prefix
+    softmax_attention(Q[:1, :256], K[:1, :256], V[:1, :256], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        approximate(Q[:1, :256], K[:1, :256], V[:1, :256], name, rng=seed, **kw, **params)
+    t_exact, t_method = [], []
+    t_start = time.perf_counter()
+    Y = approx = None
+    while len(t_method) < 3:
+        t0 = time.perf_counter()
+        Y = softmax_attention(Q, K, V, **kw)
+        t_exact.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            approx = approximate(Q, K, V, name, rng=seed, **kw, **params)
+        t_method.append(time.perf_counter() - t0)
+        if time.perf_counter() - t_start > budget / 3:
+            break
+    Y64 = Y.astype(np.float64)
+    D = approx.output.astype(np.float64) - Y64
+    # as relative_error(norm="row_max"): largest row error over the largest row norm
+    row_err = np.linalg.norm(D, axis=-1).max() / np.linalg.norm(Y64, axis=-1).max()
+    per_head = np.linalg.norm(D, axis=(1, 2)) / np.linalg.norm(Y64, axis=(1, 2))
+    te, tm = float(np.median(t_exact)), float(np.median(t_method))
+    out = {
+        "rel_fro": float(np.linalg.norm(D) / np.linalg.norm(Y64)),
+        "rel_row_max": float(row_err),
+        "per_head_rel_fro": per_head.tolist(),
+        "time_s": tm,
+        "exact_s": te,
+        "speedup": te / tm,
+        "repeats": len(t_method),
+        "flops": float(approx.cost.flops),
+        "kernel_evals": int(approx.cost.kernel_evals),
+        "params": {k: _jsonable(v) for k, v in approx.params.items()},
+    }
+    b = approx.bound
+    if b is not None:
+        actual = _norm(D, b.norm)
+        out.update(
+            bound_kind=b.kind,
+            bound_norm=b.norm,
+            bound_over_actual=float(b.value / actual) if actual > 0 else math.inf,
+        )
+    return out
+
+
+def _exact_flops(n: int, heads: int = 30) -> float:
+    return 2.0 * heads * (n * (n + 1) // 2) * 128
+
+
+def _ppl_job(n, name, params, seed, cache_dir):
+    from attention.end_to_end import perplexity
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = perplexity(name, n_tokens=n, rng=seed, cache_dir=cache_dir, **params)
+    out = r.to_json()
+    for key in ("layer_seconds", "layer_seconds_exact"):
+        out.pop(key)
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+
+
+def _key(name, params):
+    if not params:
+        return name
+    return name + " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+
+
+def run(
+    n: int, *, methods=None, perplexity=False, budget=None, seed=0, cache_dir=None, sweep=True
+):
+    """Measure every configuration at ``n``; returns the result dict for this n."""
+    from attention import methods as registry
+
+    budget = budget or BUDGET.get(n, 60.0)
+    infos = [m for m in registry() if m.name != "exact" and (not methods or m.name in methods)]
+    before = _uptime()
+    t0 = time.perf_counter()
+    # the heads (extracted once and cached) and the machine's GEMM rate, in children
+    prep = in_subprocess(
+        lambda: {"shape": list(_heads(n, cache_dir).Q.shape), "gemm": _gemm_rate()},
+        (),
+        timeout=900,
+    )
+    if "skipped" in prep:
+        raise RuntimeError(f"could not prepare the heads at n={n}: {prep['skipped']}")
+    configs = [(m.name, {}) for m in infos]
+    if sweep:
+        configs += [(m, p) for m, p in SWEEP if any(i.name == m for i in infos)]
+    info_of = {m.name: m for m in infos}
+    rows = []
+    try:
+        from tqdm.auto import tqdm
+
+        it = tqdm(configs, desc=f"n={n}", leave=False)
+    except ImportError:  # pragma: no cover
+        it = configs
+    for name, params in it:
+        info = info_of[name]
+        row = {
+            "method": name,
+            "config": _key(name, params),
+            "family": info.family,
+            "section": info.section,
+        }
+        if not info.causal:
+            row["skipped"] = "not causal"
+        else:
+            res = in_subprocess(_job, (n, name, params, budget, seed, cache_dir), budget)
+            if "skipped" in res and res["skipped"].startswith("timeout"):
+                res["skipped"] = f"too slow: no result within {budget:.0f} s"
+            row.update(res)
+            if "flops" in row:
+                row["flops_rate"] = row["flops"] / row["time_s"]
+                row["gemm_fraction"] = row["flops_rate"] / prep["gemm"]
+        rows.append(row)
+    result = {
+        "n": n,
+        "heads": prep["shape"],
+        "gemm_flops_per_s": prep["gemm"],
+        "exact_flops": _exact_flops(n, prep["shape"][0]),
+        "rows": rows,
+        "uptime_before": before,
+    }
+    if perplexity:
+        result["perplexity"] = _perplexity_runs(n, rows, seed, cache_dir)
+    result["uptime_after"] = _uptime()
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def best_per_family(rows):
+    """Best configuration of each family: lowest error among those faster than exact."""
+    best = {}
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        ok = [r for r in rows if r["family"] == fam and "rel_fro" in r]
+        if not ok:
+            continue
+        fast = [r for r in ok if r["speedup"] >= 1]
+        best[fam] = min(fast or ok, key=lambda r: r["rel_fro"])
+    return best
+
+
+def _perplexity_runs(n, rows, seed, cache_dir):
+    out = [in_subprocess(_ppl_job, (n, "exact", {}, seed, cache_dir), 900)]
+    out[0]["family"] = "exact"
+    for fam, r in best_per_family(rows).items():
+        params = _explicit_params(r)
+        res = in_subprocess(_ppl_job, (n, r["method"], params, seed, cache_dir), 900)
+        res.update(family=fam, config=r["config"])
+        out.append(res)
+    return out
+
+
+def _explicit_params(row):
+    """Return the non-default parameters of a configuration (from its SWEEP entry)."""
+    for m, p in SWEEP:
+        if _key(m, p) == row["config"]:
+            return p
+    return {}
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _f(x, spec=".2e"):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return format(x, spec)
+
+
+def to_markdown(results: dict) -> str:
+    """Markdown tables from the accumulated results (keyed by n)."""
+    lines = [
+        "# Attention methods on real long-context SmolLM2 heads",
+        "",
+        "SmolLM2-135M-Instruct, shipped text `licenses` (GPL-2, Apache-2.0, LGPL-2.1), "
+        "causal, RoPE, float32; one query head per layer (head `layer % 9`), all 30 layers. "
+        "Error: relative Frobenius over the 30-head stack; row max: largest row "
+        "error over the largest row norm; bound/actual: returned bound over the actual "
+        "error in its norm (>= 1: held); speed-up: median exact time / median method "
+        "time, interleaved in one process; GEMM fraction: the method's `cost.flops` per "
+        "second over the machine's float32 GEMM rate. "
+        "Generated by `python -m benchmarks.attention_long`.",
+        "",
+    ]
+    for key in sorted(results, key=int):
+        res = results[key]
+        n = res["n"]
+        rows = res["rows"]
+        exact_s = np.median([r["exact_s"] for r in rows if "exact_s" in r] or [math.nan])
+        lines += [
+            f"## n = {n}",
+            "",
+            f"Heads {tuple(res['heads'])}; exact attention (our kernel) {1e3 * exact_s:.0f} ms "
+            f"for the stack = {_exact_flops(n) / exact_s / res['gemm_flops_per_s']:.2f} of the "
+            f"GEMM rate ({res['gemm_flops_per_s'] / 1e9:.0f} Gflop/s). Load: "
+            f"`{res['uptime_before']}` / `{res['uptime_after']}`; wall {res['wall_s']:.0f} s.",
+            "",
+            "| method | family | rel. error | row max | bound/actual | time [ms] | speed-up |"
+            " GEMM fraction |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if "rel_fro" not in r:
+                lines.append(
+                    f"| {r['config']} | {r['family']} | {r.get('skipped', '?')} | | | | | |"
+                )
+                continue
+            ba = "none"
+            if "bound_over_actual" in r:
+                kind = r["bound_kind"][:4]
+                ba = f"{_f(r['bound_over_actual'], '.3g')} ({kind}., {r['bound_norm']})"
+            lines.append(
+                f"| {r['config']} | {r['family']} | {_f(r['rel_fro'], '.3f')} | "
+                f"{_f(r['rel_row_max'], '.3f')} | {ba} | {1e3 * r['time_s']:.0f} | "
+                f"{_f(r['speedup'], '.2f')} | {_f(r.get('gemm_fraction'), '.3f')} |"
+            )
+        if res.get("perplexity"):
+            lines += [
+                "",
+                f"End to end at n = {n} (every layer approximated; best setting per family "
+                "by the table above):",
+                "",
+                "| family | setting | perplexity | increase | top-1 | top-1 agreement |"
+                " attention [s] | exact attention [s] | speed-up |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for p in res["perplexity"]:
+                if "perplexity" not in p:
+                    lines.append(
+                        f"| {p.get('family')} | {p.get('config', '')} | "
+                        f"{p.get('skipped', '?')} | | | | | | |"
+                    )
+                    continue
+                sp = p["attention_seconds_exact"] / p["attention_seconds"]
+                lines.append(
+                    f"| {p['family']} | {p.get('config', 'exact')} | {p['perplexity']:.3f} | "
+                    f"{100 * (p['perplexity'] / p['perplexity_exact'] - 1):+.1f}% | "
+                    f"{p['top1']:.3f} | {p['top1_agreement']:.3f} | "
+                    f"{p['attention_seconds']:.2f} | {p['attention_seconds_exact']:.2f} | "
+                    f"{sp:.2f} |"
+                )
+            ex = res["perplexity"][0]
+            if "timings" in ex:
+                t = ex["timings"]
+                lines += [
+                    "",
+                    "Forward-pass time split of the exact pass: "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
+                    + ".",
+                ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path):
+    """Pareto plot: relative error against speed-up over exact, one panel per n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(results, key=int)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.4), squeeze=False)
+    fams = sorted({r["family"] for k in keys for r in results[k]["rows"]})
+    colours = {f: f"C{i}" for i, f in enumerate(fams)}
+    for ax, k in zip(axes[0], keys, strict=True):
+        for r in results[k]["rows"]:
+            if "rel_fro" not in r:
+                continue
+            ax.scatter(r["speedup"], r["rel_fro"], color=colours[r["family"]], s=22)
+            ax.annotate(
+                r["config"],
+                (r["speedup"], r["rel_fro"]),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+        ax.axvline(1.0, color="0.6", ls="--", lw=1)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="speed-up over exact attention",
+            ylabel="relative Frobenius error",
+            title=f"SmolLM2, 30 heads, n = {k}",
+        )
+    for f, c in colours.items():
+        axes[0][0].scatter([], [], color=c, label=f)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[2048], help="lengths (<= 8192)")
+    p.add_argument("--methods", nargs="*", help="restrict to these methods")
+    p.add_argument("--perplexity", action="store_true", help="end-to-end runs per family")
+    p.add_argument("--budget", type=float, default=None, help="seconds per configuration")
+    p.add_argument("--no-sweep", action="store_true", help="default parameters only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None, help="head cache (default: user cache)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--render", action="store_true", help="only rewrite .md/.png from .json")
+    a = p.parse_args(argv)
+    path = a.out_dir / f"{NAME}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not a.render:
+        for n in a.n:
+            results[str(n)] = run(
+                n,
+                methods=a.methods,
+                perplexity=a.perplexity,
+                budget=a.budget,
+                seed=a.seed,
+                cache_dir=a.cache_dir,
+                sweep=not a.no_sweep,
+            )
+            a.out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1))
+    (a.out_dir / f"{NAME}.md").write_text(to_markdown(results))
+    try:
+        plot(results, a.out_dir / f"{NAME}.png")
+    except ImportError:  # pragma: no cover
+        pass
+    print((a.out_dir / f"{NAME}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
