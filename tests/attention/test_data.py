@@ -128,11 +128,11 @@ def test_load_sample_returns_fresh_arrays():
 
 
 def test_load_text():
-    assert available_texts() == ("cc0-1.0",)
+    assert available_texts()[0] == "cc0-1.0"
     text = load_text()
     assert text.startswith("Creative Commons Legal Code")
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == CC0_SHA256
-    with pytest.raises(ValueError, match=r"valid names: \['cc0-1.0'\]"):
+    with pytest.raises(ValueError, match=r"valid names: \['cc0-1.0', "):
         load_text("gpl")
 
 

@@ -58,7 +58,7 @@ def test_only_allowed_texts_are_shipped():
 
 
 def test_load_text_unknown_lists_names():
-    with pytest.raises(ValueError, match="valid names: .*'licenses'"):
+    with pytest.raises(ValueError, match=r"valid names: .*'licenses'"):
         load_text("gpl-3")
 
 
