@@ -81,7 +81,9 @@ def datafit_error_bound(lam, k, /, *, mu_min, mu_max):
     arr = np.asarray(lam, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
         raise ValueError(f"lam must be finite and > 0, got {lam!r}")
-    kappa = (arr + hi) / (arr + lo)
-    rate = (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)
+    # (sqrt(kappa) - 1) / (sqrt(kappa) + 1) with kappa = (lam + hi) / (lam + lo), written
+    # without forming kappa: it overflows (inf / inf = NaN) for lam + lo near 1e-308.
+    top, bottom = np.sqrt(arr + hi), np.sqrt(arr + lo)
+    rate = (top - bottom) / (top + bottom)
     out = np.minimum(4.0 * rate ** (2 * k), 1.0)
     return out[()] if out.ndim == 0 else out

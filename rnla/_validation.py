@@ -155,7 +155,11 @@ def as_float_array(
     arr = np.asarray(A)
     if arr.dtype == object:
         raise TypeError(f"{name} must be numeric, got an array of dtype object")
-    target = float_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
+    # The contract's check runs even when a dtype is forced: complex input must raise,
+    # not lose its imaginary part in the cast.
+    target = float_dtype(arr.dtype)
+    if dtype is not None:
+        target = np.dtype(dtype)
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:

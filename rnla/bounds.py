@@ -25,6 +25,7 @@ probability is a theorem, ``"heuristic"`` for practitioner rules without a guara
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple
@@ -102,6 +103,30 @@ class SketchSize(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------
+
+
+def _representable_size(func):
+    """Turn float overflow in a sketch-size formula into a ValueError that says why.
+
+    The formulas divide by ``eps**2`` and take ``log(1/delta)``; for ``eps`` or ``delta``
+    near the bottom of the float range the required size is not representable (it is
+    beyond any array that could be allocated), which is reported rather than leaking
+    ``ZeroDivisionError``/``OverflowError`` from the arithmetic.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            with np.errstate(all="ignore"):
+                return func(*args, **kwargs)
+        except (ZeroDivisionError, OverflowError) as exc:
+            given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise ValueError(
+                f"{func.__name__}: the required sketch size is not representable in floating "
+                f"point for {given} (eps or delta too small)"
+            ) from exc
+
+    return wrapper
 
 
 def _check_open_unit(value, name: str) -> float:
@@ -211,6 +236,7 @@ def distortion_to_effective(eps) -> float:
 # ----------------------------------------------------------------------------------------
 
 
+@_representable_size
 def jl_dimension(n_points, /, *, eps=0.1, delta=None) -> SketchSize:
     r"""Johnson–Lindenstrauss target dimension for ``n_points`` points.
 
@@ -286,6 +312,7 @@ def jl_dimension(n_points, /, *, eps=0.1, delta=None) -> SketchSize:
     return SketchSize(int(k), eps, fail, "proven", ref)
 
 
+@_representable_size
 def gaussian_embedding_size(d, /, *, eps, delta) -> SketchSize:
     r"""Gaussian sketch size for an ``eps``-subspace embedding of dimension ``d``.
 
@@ -346,6 +373,7 @@ def gaussian_embedding_size(d, /, *, eps, delta) -> SketchSize:
     return SketchSize(int(k), eps, delta, "proven", "Vershynin (2012), Corollary 5.35")
 
 
+@_representable_size
 def rademacher_embedding_size(d, /, *, eps, delta) -> SketchSize:
     r"""Rademacher sketch size for an ``eps``-subspace embedding (net argument).
 
@@ -425,6 +453,7 @@ def rademacher_embedding_size(d, /, *, eps, delta) -> SketchSize:
     )
 
 
+@_representable_size
 def orthogonal_gaussian_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
     r"""Orthogonal Gaussian sketch size (one orthogonal block, ``k <= n``).
 
@@ -536,7 +565,9 @@ def orthogonal_gaussian_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
 
 def _srht_rows_needed(d: int, N: int, eps: float, delta: float, theta: float) -> int:
     """Smallest ``l`` of the SRHT bound for the split ``theta`` of ``delta``."""
-    d1, d2 = theta * delta, (1.0 - theta) * delta
+    d1, d2 = float(theta * delta), float((1.0 - theta) * delta)
+    if d1 == 0.0 or d2 == 0.0:
+        raise ZeroDivisionError("delta split underflows")
     M = min(float(N), (math.sqrt(d) + math.sqrt(8.0 * math.log(N / d1))) ** 2)
     # exponents of Tropp's matrix Chernoff factors: f_-^{l/M} = exp(-l h_lo / M), etc.
     h_lo = eps + (1.0 - eps) * math.log1p(-eps)
@@ -556,6 +587,7 @@ def _srht_rows_needed(d: int, N: int, eps: float, delta: float, theta: float) ->
     return lo
 
 
+@_representable_size
 def srht_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
     r"""SRHT sketch size for an ``eps``-subspace embedding, explicit constants.
 
@@ -646,6 +678,7 @@ def srht_embedding_size(d, n, /, *, eps, delta) -> SketchSize:
 # ----------------------------------------------------------------------------------------
 
 
+@_representable_size
 def countsketch_embedding_size(d, /, *, eps, delta) -> SketchSize:
     r"""CountSketch size for an ``eps``-subspace embedding (second-moment bound).
 
@@ -724,6 +757,7 @@ def countsketch_embedding_size(d, /, *, eps, delta) -> SketchSize:
     )
 
 
+@_representable_size
 def sparse_sign_embedding_size(d, /, *, eps, delta, nnz_per_col=8) -> SketchSize:
     r"""Sparse sign sketch size for an ``eps``-subspace embedding (second moment).
 
@@ -1026,7 +1060,11 @@ def tensor_sketch_variance_bound(x, y, sketch_size, degree=2, /) -> float:
     k = check_int(sketch_size, "sketch_size", minimum=1)
     p = check_int(degree, "degree", minimum=1)
     _, _, N = _moments(x, y)
-    return (3.0**p - 1.0) / k * N**p
+    # In log space: 3**p and N**p overflow long before the product does not; a bound
+    # beyond the float range is returned as inf (still a true upper bound).
+    log_b = p * math.log(3.0) + math.log1p(-(3.0**-p)) - math.log(k)
+    log_b += p * math.log(N) if N > 0 else -math.inf
+    return math.exp(log_b) if log_b < 709.0 else math.inf
 
 
 _HUTCHINSON = ("gaussian", "rademacher")

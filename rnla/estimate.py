@@ -39,6 +39,7 @@ from rnla._validation import (
     float_dtype,
     result_dtype,
 )
+from rnla.lowrank import _pow2_scale
 from rnla.operators import as_linear_operator, check_indices
 
 __all__ = ["NormEstimate", "effective_distortion", "lowrank_error_estimate", "norm_estimate"]
@@ -304,7 +305,10 @@ def norm_estimate(
     X = _orth(rng.standard_normal((dim, b)).astype(dtype, copy=False))
     cols = X.shape[1]
     for _ in range(q):
-        X = _orth(np.asarray(adj(np.asarray(fwd(X), dtype=dtype)), dtype=dtype))
+        Y = np.asarray(fwd(X), dtype=dtype)
+        # A^T A X scales like ||A||^2 (float32 overflows near 1e19): exact power-of-two
+        # rescaling between the products keeps it in range without changing the span.
+        X = _orth(np.asarray(adj(Y / _pow2_scale(Y)), dtype=dtype))
     Y = np.asarray(fwd(X), dtype=dtype)
     value = float(sla.svdvals(Y.astype(np.float64), check_finite=False)[0])
     eps = _power_eps(delta, q, dim, cols) if cols < dim else 0.0

@@ -88,7 +88,11 @@ _SKETCHES = {
     "orthogonal_gaussian": _sketch.orthogonal_gaussian,
     "srht": _sketch.srht,
     "countsketch": _sketch.countsketch,
-    "sparse_sign": _sketch.sparse_sign,
+    # The default 8 nonzeros per column cannot exceed the sketch size: clamp it for the
+    # small problems (min(m, n) < 8) a user did not size the sketch for.
+    "sparse_sign": lambda size, n, *, rng: _sketch.sparse_sign(
+        size, n, nnz_per_col=min(8, size), rng=rng
+    ),
 }
 _NORMALIZERS = ("auto", "cholqr", "qr", "lu", "none")
 _METHODS = ("subspace", "krylov")
@@ -423,6 +427,13 @@ def _rayleigh_ritz_gram(Q: np.ndarray, blocks, rank: int, G: np.ndarray) -> SVDR
     """
     lam, Wg = sla.eigh(G, check_finite=False)
     order = np.argsort(-lam, kind="stable")[:rank]
+    if not lam[order[0]] > np.finfo(np.float64).tiny / np.finfo(np.float64).eps:
+        # B = 0 (or below the normalisation's range): the Gram shortcut has nothing to
+        # normalise by; the direct SVD of the assembled B^T is exact and cheap here.
+        Bt = np.empty((blocks[-1][1].shape[0], G.shape[0]), dtype=Q.dtype)
+        for cols, W in blocks:
+            Bt[:, cols] = W
+        return _svd_of_qb(Q, Bt, rank)
     # Columns of X = B^T W_k have norms sqrt(lambda_k): dividing by them makes X nearly
     # orthonormal, so that Cholesky-QR needs one pass instead of two.
     floor = np.finfo(np.float64).eps * max(float(lam[order[0]]), np.finfo(np.float64).tiny)
@@ -543,6 +554,14 @@ def range_finder(A, size, /, *, n_iter=0, sketch="gaussian", normalizer="auto", 
 # ---------------------------------------------------------------------------------------
 
 
+def _pow2_scale(X: np.ndarray) -> float:
+    """Power of two near ``max |X|`` (1.0 for a zero or non-finite X): exact rescaling."""
+    top = float(np.max(np.abs(X))) if X.size else 0.0
+    if not (0.0 < top < np.inf):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1])
+
+
 def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng):
     """Block Krylov basis ``Q``, ``B^T = A^T Q`` (column blocks) and ``B B^T`` (float64).
 
@@ -568,8 +587,12 @@ def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng
             break
         W = op.rmatmat(basis[:, last])
         rows.append(W)
-        Z = op.matmat(W)
-        gens.append((last, Z))
+        # Z = A A^T Q_j scales like ||A||^2, which overflows float32 for entries near
+        # 1e19 (and float64 near 1e154): multiply A by W / c instead, with c a power of two
+        # (exact scaling), and carry c into the Gram matrix below.
+        c = _pow2_scale(W)
+        Z = op.matmat(W / c if c != 1.0 else W)
+        gens.append((last, Z, c))
         take = min(Z.shape[1], basis.shape[1] - dim)
         basis[:, dim : dim + take] = _orth_against(Z[:, :take], basis[:, :dim], normalizer)
         last, dim = slice(dim, dim + take), dim + take
@@ -577,12 +600,12 @@ def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng
     rows.append(op.rmatmat(basis[:, last]))
     # B^T stays a list of column blocks: concatenating them would copy the largest
     # array of the method for nothing (the Rayleigh-Ritz step works block-wise).
-    blocks = [(cols, W) for (cols, _), W in zip(gens, rows, strict=False)]
+    blocks = [(cols, W) for (cols, _, _), W in zip(gens, rows, strict=False)]
     blocks.append((last, rows[-1]))
     basis64 = np.asarray(basis, dtype=np.float64)
     G = np.empty((dim, dim))
-    for cols, Z in gens:
-        G[:, cols] = basis64.T @ np.asarray(Z, dtype=np.float64)
+    for cols, Z, c in gens:
+        G[:, cols] = (basis64.T @ np.asarray(Z, dtype=np.float64)) * c
     W_last = np.asarray(rows[-1], dtype=np.float64)
     for cols, W in blocks:
         G[cols, last] = np.asarray(W, dtype=np.float64).T @ W_last

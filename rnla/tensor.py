@@ -676,7 +676,9 @@ def tt_norm(tt, /) -> float:
     >>> bool(np.isclose(tt_norm(tt_svd(X, rank=20).tt), np.linalg.norm(X)))
     True
     """
-    cores = _as_tt(tt)
+    # float64 throughout: the norm is a Python float, and squaring float32 entries near
+    # 1e19 and above would overflow inside the sweep.
+    cores = [c.astype(np.float64) for c in _as_tt(tt)]
     return float(np.linalg.norm(_right_orthogonalize(cores)[0]))
 
 

@@ -288,6 +288,10 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
     Z = _matmat(op, Q.astype(dtype), dtype).astype(np.float64)
     Om64 = Om.astype(np.float64)
     H = Q.T @ Z
+    if s == n:
+        # Q is a basis of the whole space (n <= m/2, e.g. tiny problems): tr(Q^T A Q) is
+        # the exact trace, better than any leave-one-out estimate.
+        return TraceEstimate(float(np.trace(H)), 0.0, 2 * s)
     W = Q.T @ Om64
     Sv = sla.solve_triangular(R, np.eye(s), trans="T")  # R^{-T}; column i is s_i
     Sv /= np.linalg.norm(Sv, axis=0)
@@ -368,6 +372,9 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
     Om = _probes(rng, n, s, distribution, dtype).astype(np.float64)
     Y = _matmat(op, Om.astype(dtype), dtype).astype(np.float64)
     nu = math.sqrt(n) * float(np.finfo(dtype).eps) * float(np.linalg.norm(Y))
+    # A Omega = 0 (e.g. the zero matrix) leaves nothing to scale the shift by; any positive
+    # shift keeps Omega^T (A + nu I) Omega definite, and the estimate is then ~0.
+    nu = max(nu, float(np.finfo(np.float64).tiny) / float(np.finfo(np.float64).eps))
     Y += nu * Om
     H = Om.T @ Y
     try:
@@ -507,6 +514,10 @@ def _logdet_deflated(op, n, dtype, n_probes, k, rank, distribution, full, rng, e
     r0 = st.R0.shape[0]
     # tr(Q^T log(A) Q) ~ sum over the start block of E1^T log(T) E1 (block Gauss rule).
     head = float(np.sum(np.sum(S[:r0] ** 2, axis=0) * _apply_f(np.log, "log", 0.0, theta)))
+    if Q.shape[1] >= n:
+        # The sketch spans the whole space: the block Gauss rule on it is the exact
+        # log-determinant (up to the Krylov depth) and there is no remainder to sample.
+        return TraceEstimate(head, 0.0, rank + st.n_matvecs + extra)
     G = _probes(rng, n, n_probes, distribution, dtype)
     PG = G - Q @ (Q.T @ G)
     samples, n_mv = _slq_samples(op, PG, (np.log, "log", 0.0, None), k, full, dtype)
