@@ -29,6 +29,9 @@ augmented
 tensor
     TT-SVD, randomized TT, TT rounding and arithmetic, TT-cross, randomized Tucker
     (results are tensorly's ``TTTensor`` / ``TuckerTensor``).
+qr
+    Sketch-preconditioned CholeskyQR (``cholqr_sketch``) and randomized column-pivoted
+    QR (``qrcp``).
 solve
     Least squares by sketch-and-solve and sketch-and-precondition (``lstsq``) and
     Nyström-preconditioned CG for regularised PSD systems (``nystrom_pcg``).
@@ -49,6 +52,7 @@ from rnla import (
     lowrank,
     operators,
     psd,
+    qr,
     skeleton,
     solve,
     tensor,
@@ -74,6 +78,7 @@ from rnla.operators import (
     dot_test,
 )
 from rnla.psd import nystrom, rpcholesky
+from rnla.qr import QRCPResult, QRResult, cholqr_sketch, qrcp
 from rnla.skeleton import aca, cur, interpolative
 from rnla.solve import LstsqResult, PCGResult, lstsq, nystrom_pcg
 
@@ -94,6 +99,8 @@ __all__ = [
     "NormEstimate",
     "PCGResult",
     "QBResult",
+    "QRCPResult",
+    "QRResult",
     "RNLAWarning",
     "SVDResult",
     "__version__",
@@ -101,6 +108,7 @@ __all__ = [
     "as_linear_operator",
     "augmented",
     "bounds",
+    "cholqr_sketch",
     "cluster",
     "cur",
     "dot_test",
@@ -117,6 +125,8 @@ __all__ = [
     "nystrom_pcg",
     "operators",
     "psd",
+    "qr",
+    "qrcp",
     "randqb",
     "range_finder",
     "reigh",
