@@ -235,6 +235,9 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "verify.json").write_text(json.dumps(checks, indent=1))
         for c in checks:
+            if "skipped" in c:
+                print(f"skip {c['dataset']:>12} {c['method']:>16} {c['skipped']}")
+                continue
             status = "ok  " if c["ok"] else "FAIL"
             print(
                 f"{status} {c['dataset']:>12} {c['method']:>16} {c['what']:>11} "

@@ -597,8 +597,10 @@ def certify(
     :math:`\|y_i\|^2/\max_j\|v_j\|^2` (betting adapts to the small variance of
     :math:`\|y_i\|^2`, where a range-based lower bound is nearly 0); then
     :math:`\|\tilde Y - Y\|_F \le \sqrt{N\,\overline{e^2}^{+}}` and the relative bound
-    divides by the larger of :math:`\sqrt{N\,\overline{\|y\|^2}^{-}}` and
-    :math:`\|\tilde Y\|_F - \mathrm{fro}` (triangle inequality, on the same event).
+    divides by the largest of :math:`\sqrt{N\,\overline{\|y\|^2}^{-}}`,
+    :math:`\|\tilde Y\|_F - \mathrm{fro}` (triangle inequality, on the same event)
+    and the norm of the exactly computed rows (a part of :math:`Y`), which keeps the
+    relative bound finite for any ``n_rows``.
     The KL bound adapts to small errors (its width is about
     :math:`\sqrt{2\bar x\,\log(1/\delta)/n} + \log(1/\delta)/n` in units of the
     range) and is optimal at :math:`\bar x = 0`, but no sampling certificate can be
@@ -679,9 +681,14 @@ def certify(
         fro = b * math.sqrt(N * m2)
         mean_row = b * m1
         ylow = _betting_lower_bound(np.minimum(ysq / vmax2, 1.0), N, delta3) if vmax2 > 0 else 0.0
-        # Two lower bounds on ||Y||_F, both valid on the same events: the sampled one and
-        # ||~Y||_F - ||~Y - Y||_F >= ||~Y||_F - fro (triangle inequality).
-        ynorm = max(math.sqrt(N * vmax2 * ylow), float(np.linalg.norm(Yt.ravel())) - fro)
+        # Three lower bounds on ||Y||_F, all valid on the same events: the sampled one,
+        # ||~Y||_F - ||~Y - Y||_F >= ||~Y||_F - fro (triangle inequality), and the exact
+        # rows computed (a subset of Y: deterministic; what keeps n_rows=1 finite).
+        ynorm = max(
+            math.sqrt(N * vmax2 * ylow),
+            float(np.linalg.norm(Yt.ravel())) - fro,
+            float(np.sqrt(np.sum(ysq))),
+        )
         achieved_delta = delta
     relative = fro / ynorm if ynorm > 0 else (0.0 if fro == 0 else math.inf)
     assumptions = (

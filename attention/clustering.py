@@ -73,7 +73,8 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
     Parameters
     ----------
     n_buckets : int, default=8
-        Angular-LSH buckets (even).
+        Angular-LSH buckets (even); clamped to ``n + m`` rounded up to even (finer
+        buckets than items only cost memory).
     chunk_size : int, default=32
         Items (queries and keys together) per chunk of the sorted sequence.
     n_rounds : int, default=2
@@ -88,9 +89,11 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
     key set :math:`S_{r,i}`; the rounds are merged through log-sum-exp after subtracting
     :math:`\log N_{ij}` from each score, :math:`N_{ij}` the number of rounds in which
     key ``j`` is in the set of query ``i``, so the merge is exact softmax attention over
-    :math:`\cup_r S_{r,i}` (Kitaev et al., 2020, §3). Queries that see no key in any
-    round get zero output. Cost about :math:`4\,n\,c\,r(d + d_v)` flops plus hashing
-    :math:`(n + m)\,d\,b\,r`. Not causal: bucket and chunk boundaries depend on all keys.
+    :math:`\cup_r S_{r,i}` (Kitaev et al., 2020, §3). A query that sees no key in any
+    round (its chunk and the previous one hold only queries, e.g. when ``m`` is much
+    smaller than ``n``) attends exactly to all keys instead (counted in the cost). Cost
+    about :math:`4\,n\,c\,r(d + d_v)` flops plus hashing :math:`(n + m)\,d\,b\,r`. Not
+    causal: bucket and chunk boundaries depend on all keys.
     """
     n_buckets = check_int(n_buckets, "n_buckets", minimum=2)
     if n_buckets % 2:
@@ -99,6 +102,7 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
     n_rounds = check_int(n_rounds, "n_rounds", minimum=1)
     n, m, G = problem.n, problem.m, problem.n_slices
     N = n + m
+    n_buckets = min(n_buckets, 2 * ((N + 1) // 2))
     n_chunks = -(-N // cs)
     outs = np.zeros((G, n, problem.dv))
     lses = np.full((G, n), _NEG)
@@ -129,6 +133,10 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
                 o, ls = _partial(q[qi], k[kj], v[kj], problem.scale, logw=-np.log(count))
                 _merge_into(acc, L, qi, o, ls)
                 pairs += qi.size * kj.size
+        starved = np.flatnonzero(~np.isfinite(L))
+        if starved.size and m:
+            acc[starved], L[starved] = _partial(q[starved], k, v, problem.scale)
+            pairs += starved.size * m
     hash_flops = 2.0 * G * N * problem.d * (n_buckets // 2) * n_rounds
     return method_result(problem, outs, lses, None, _cost(problem, pairs, hash_flops))
 
@@ -152,7 +160,8 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
     Parameters
     ----------
     n_clusters : int, default=8
-        Centroids of the spherical k-means on the normalised queries and keys.
+        Centroids of the spherical k-means on the normalised queries and keys; clamped
+        to ``n + m`` (one per point).
     cluster_size : int, optional
         Keys attended per centroid (its ``cluster_size`` nearest keys by cosine); default
         ``ceil(m / n_clusters)``, the balanced cluster size.
@@ -170,11 +179,10 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
     """
     C = check_int(n_clusters, "n_clusters", minimum=1)
     n, m, G = problem.n, problem.m, problem.n_slices
+    C = min(C, n + m)  # more centroids than points is one cluster per point
     w = -(-m // C) if cluster_size is None else check_int(cluster_size, "cluster_size", minimum=1)
     w = min(w, m)
     n_iter = check_int(n_iter, "n_iter", minimum=1)
-    if C > n + m:
-        raise ValueError(f"n_clusters={C} must be <= n + m = {n + m}")
     outs = np.zeros((G, n, problem.dv))
     lses = np.full((G, n), _NEG)
     pairs = 0

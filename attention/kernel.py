@@ -72,6 +72,7 @@ __all__ = [
 _CHUNK = 128  # queries per chunk of the causal prefix-sum kernel
 _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
+_MAX_TAYLOR_DEGREE = 64  # 1/64! ~ 1e-89; higher degrees only add features
 _ERROR_BOUNDS = ("norms", "exact")
 
 
@@ -785,7 +786,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
     rng : numpy.random.Generator
         Draws the TensorSketches (only when sketched).
     degree : int, default=2
-        Taylor degree ``p >= 1``.
+        Taylor degree, ``1 <= p <= 64``.
     feature_budget : int, default=8192
         Exact tensor features (:math:`\sum_{j\le p} d^j` of them) are used up to this
         number; above it degrees ``>= 2`` are sketched with TensorSketch.
@@ -798,21 +799,34 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
     -------
     MethodResult
         ``lse`` is None when some approximate normaliser is not positive.
+
+    Raises
+    ------
+    ValueError
+        The Taylor features overflow float64 (logits far beyond the method's range,
+        e.g. a huge ``scale``).
     """
-    p = check_int(degree, "degree", minimum=1)
+    p = check_int(degree, "degree", minimum=1, maximum=_MAX_TAYLOR_DEGREE)
     budget = check_int(feature_budget, "feature_budget", minimum=1)
     ksz = check_int(sketch_size, "sketch_size", minimum=1)
     delta = check_probability(delta, "delta")
     d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
-    n_exact = sum(d**j for j in range(p + 1))
+    n_exact, power = 0, 1
+    for _ in range(p + 1):  # sum_j d^j, stopping as soon as it exceeds the budget
+        n_exact += power
+        power *= d
+        if n_exact > budget:
+            break
     sketched = n_exact > budget
     sketches = None
     if sketched:
         sketches = {j: _sketch.tensor_sketch(ksz, d, j, rng=rng) for j in range(2, p + 1)}
     Mf = 1 + d + (p - 1) * ksz if sketched else n_exact
     r = math.sqrt(problem.scale)
-    kmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
-    qmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
+    # Norms in float64: squares of float32 entries of 1e30 overflow float32.
+    kmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k, dtype=float))))
+    qmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q, dtype=float))))
+    kmax_all, qmax_all = kmax_all * r, qmax_all * r
     eta_max = taylor_remainder_bound(qmax_all * kmax_all, p)
     if eta_max >= 1:
         warnings.warn(
@@ -834,6 +848,13 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=8192, sketch_size
         num, den, logscale = _linear_attend(
             _plain(fq, keyfeats(g)), v, problem.causal, problem.offset
         )
+        if not (np.isfinite(num).all() and np.isfinite(den).all()):
+            raise ValueError(
+                f"taylor: the degree-{p} Taylor features overflow float64 at "
+                f"B = max ||q|| max ||k|| scale = {qmax_all * kmax_all:.3g} (scale="
+                f"{problem.scale:.3g}); the Taylor method needs bounded logits (Alman-Song: "
+                "B = o(log n)): use a smaller scale or another method"
+            )
         y = _ratio(num, den)
         outs.append(y)
         seen = counts > 0
@@ -1001,8 +1022,18 @@ def _poly_feature_map(X: np.ndarray, p: int, kind: str, r: int, nonnegative: boo
 
 
 def _poly_slice_features(problem, g, p, kind, r, nonnegative, seed):
-    """Features ``(F_q, F_k)`` of slice ``g``; the same ``seed`` for every slice."""
-    q, k, v = _scaled(problem, g)
+    r"""Features ``(F_q, F_k)`` of slice ``g``; the same ``seed`` for every slice.
+
+    The weights :math:`(q_i\cdot k_j)^p` are homogeneous and the feature maps linear in
+    :math:`x^{\otimes p}`: a positive factor per query row and one for all keys cancel in
+    the normalisation, so unit query rows and keys scaled by their largest norm give the
+    same output without overflow or underflow (``scale`` cancels too).
+    """
+    q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+    nq = np.linalg.norm(q, axis=1, keepdims=True)
+    q = q / np.where(nq > 0, nq, 1.0)
+    kmax = float(np.max(np.linalg.norm(k, axis=1))) if k.size else 0.0
+    k = k / (kmax if kmax > 0 else 1.0)
     F = _poly_feature_map(np.vstack([q, k]), p, kind, r, nonnegative, np.random.default_rng(seed))
     return F[: problem.n], F[problem.n :], v
 

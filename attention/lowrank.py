@@ -39,6 +39,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg as sla
+from scipy.special import logsumexp
 
 from attention._core import (
     CAP_TEXT,
@@ -51,6 +52,7 @@ from attention._core import (
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, row_lemma, value_radius
 from attention.softmax_matrix import SoftmaxMatrix
+from attention.sparse import _partial
 from rnla import sketch as _sketch
 from rnla._validation import (
     ConvergenceWarning,
@@ -65,6 +67,8 @@ from rnla.operators import EntryMatrixBase
 from rnla.psd import rpcholesky
 
 __all__: list[str] = []
+
+_EPS64 = float(np.finfo(np.float64).eps)
 
 _SKETCHES = {
     "gaussian": _sketch.gaussian,
@@ -177,7 +181,7 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     dropped probability is at most :math:`D_i/(\tilde z_i + D_i)`.
     """
     n, m, d = problem.n, problem.m, problem.d
-    rank = d // 4 if rank is None else rank
+    rank = max(1, d // 4) if rank is None else rank
     rank = check_int(rank, "rank", minimum=1, maximum=d)
     top_k = max(1, -(-m // 8)) if top_k is None else check_int(top_k, "top_k", minimum=1)
     calib = _check_calibration(calibration, problem)
@@ -248,9 +252,22 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     r"""Regularised Nyström of the PSD lift on ``landmarks`` (indices into ``[Q; K]``).
 
     :math:`F = G_{:S}L^{-\top}` with :math:`LL^\top = G_{SS} + \gamma I` satisfies
-    :math:`FF^\top \preceq G` (so the residual is PSD), and
-    :meth:`SoftmaxMatrix.lift_to_attention` maps it to :math:`\hat A = UW^\top` with
-    per-row :math:`\ell_1` bounds. Returns ``(y, lse, row_l1, z, evals)``.
+    :math:`FF^\top \preceq G` (so the residual :math:`E` is PSD and :math:`|E_{ij}| \le
+    \sqrt{e_ie_j}`, :math:`e = 1 - \|F_i\|^2`), and :math:`\hat A = D_QF_QF_K^\top D_K`.
+
+    Overflow and underflow: the row scaling :math:`D_{Q,i}` cancels in
+    :math:`\tilde y_i`, so the products use :math:`F_Q` and :math:`W = \beta F_K` with
+    :math:`\beta_j = D_{K,j}/\max_l D_{K,l} \le 1`; ``z`` and the :math:`\ell_1` row
+    errors are in the same units (divided by :math:`D_{Q,i}\max_l D_{K,l}`), ``lse``
+    adds the logs back. Nothing overflows, whatever the logits. The rounding of the two
+    products (and underflow in :math:`W`) is bounded by :math:`\gamma_{r+m}` times the
+    absolute products and added to the row bound, with ``z`` lowered by its own error.
+    Rows with :math:`\tilde z_i \le 0` (a query so far from every landmark that its
+    kernel row underflows) are computed exactly (``m`` kernel evaluations each). When
+    the kernel entries are too inaccurate for the theory (:math:`\|F_i\|^2 > 1` beyond
+    rounding, at extreme scale times squared norms), the row bound is ``inf`` and the
+    caller's cap applies. Returns ``(y, lse, rows, evals)`` with ``rows`` the
+    row-lemma bounds before the cap.
     """
     sm = SoftmaxMatrix(q, k, scale=scale, stabilized=False)
     lift = sm.psd_lift(tau=tau)
@@ -269,10 +286,41 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     else:  # pragma: no cover - G_SS has unit diagonal, a jitter of 1e-4 always works
         raise np.linalg.LinAlgError("the landmark block is not positive definite")
     F = sla.solve_triangular(L, R, lower=True).T
-    fac = sm.lift_to_attention(F, tau=tau)
-    num = fac.U @ (fac.W.T @ np.column_stack([v, np.ones(v.shape[0])]))
+    n, m = q.shape[0], k.shape[0]
+    sq = np.einsum("ij,ij->i", F, F)
+    allowance = 10.0 * r * _EPS64
+    e = np.maximum(1.0 - sq, 0.0) + allowance
+    reliable = bool(sq.max() <= 1.0 + 100.0 * allowance)
+    b = float(lift.log_dk.max())
+    beta = np.exp(lift.log_dk - b)  # in (0, 1]
+    W = beta[:, None] * F[n:]
+    vz = np.column_stack([v, np.ones(m)])
+    num = F[:n] @ (W.T @ vz)
+    # |fl(num) - num| <= gamma_{r+m} |F_Q| |W|^T |[V 1]| (+ underflow, absolute).
+    err = (r + m + 2) * _EPS64 * (np.abs(F[:n]) @ (np.abs(W).T @ np.abs(vz)))
+    err += (r + m + 2) * np.finfo(np.float64).tiny
     y, z = _ratio_output(num)
-    return y, _log_abs(z), fac.row_l1_bounds, z, lift.matrix.n_evaluations
+    lse = _log_abs(z) + lift.log_dq + b
+    half = 0.5 * np.log(e)
+    l1 = np.exp(half[:n] + logsumexp(np.log(beta) + half[n:]))
+    z_low = z - err[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lemma = row_lemma(l1, np.where(z_low > 0, z_low, 0.0), v).rows
+        rounding = (
+            np.linalg.norm(err[:, :-1], axis=1) + np.linalg.norm(y, axis=1) * err[:, -1]
+        ) / z_low
+    rows = np.where(z_low > 0, lemma + rounding, np.inf)
+    if not reliable:
+        rows = np.full(n, np.inf)
+    evals = lift.matrix.n_evaluations
+    # Rows the lift cannot represent (the query is so far from every landmark that its
+    # Gaussian kernel row underflows, so z~_i <= 0): exact attention, bound 0.
+    lost = np.flatnonzero(~(z_low > 0))
+    if reliable and lost.size:
+        y[lost], lse[lost] = _partial(q[lost], k, v, scale)
+        rows[lost] = 0.0
+        evals += lost.size * m
+    return y, lse, rows, evals
 
 
 def _check_tau(tau):
@@ -302,8 +350,12 @@ _LIFT_TEXT = (
     "D_Q,i sqrt(e_i) sum_j D_K,j sqrt(e_j) from |E_ij| <= sqrt(E_ii E_jj) for the PSD "
     "Nyström residual E = G - F F^T of the Gaussian lift G of [tau Q; K/tau] "
     "(SoftmaxMatrix.lift_to_attention; A - A^ = D_Q E_QK D_K is its off-diagonal block, "
-    "Skyformer/WildCat); e = diag(E) computed exactly from F; deterministic given the "
-    "landmarks (holds for every draw)"
+    "Skyformer/WildCat); e = diag(E) computed exactly from F; products in row-scaled form "
+    "(D_Q,i cancels; no overflow) with their float64 rounding gamma_(r+m) |F_Q| |W|^T "
+    "|[V 1]| added; rows whose approximate normaliser is not positive are computed "
+    "exactly; if the kernel entries are too inaccurate (||F_i||^2 > 1 beyond rounding) "
+    "the bound is only the cap; "
+    "deterministic given the landmarks (holds for every draw)"
 )
 
 
@@ -333,8 +385,8 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
     for g in range(problem.n_slices):
         q, k, v = _slice64(problem, g)
         S = np.sort(_sketch.uniform_sampling(n + m, landmarks, replace=False, rng=rng).indices)
-        y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, S, gamma)
-        rows.append(finish_row_bounds(problem, row_lemma(l1, z, v).rows, y, v))
+        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, S, gamma)
+        rows.append(finish_row_bounds(problem, lemma, y, v))
         outs.append(y)
         lses.append(lse)
         evals += ev
@@ -410,8 +462,8 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
             lift = SoftmaxMatrix(q, k, scale=problem.scale, stabilized=False).psd_lift(tau=t)
             S = rpcholesky(lift.matrix, rank, rng=rng).pivots
             evals += lift.matrix.n_evaluations
-        y, lse, l1, z, ev = _lift_nystrom(q, k, v, problem.scale, t, S, 0.0)
-        rows.append(finish_row_bounds(problem, row_lemma(l1, z, v).rows, y, v))
+        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, t, S, 0.0)
+        rows.append(finish_row_bounds(problem, lemma, y, v))
         outs.append(y)
         lses.append(lse)
         evals += ev

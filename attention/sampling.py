@@ -827,10 +827,11 @@ def _prescoring(
     squared distance to its centre (keys the clustering represents worst, the k-means
     analogue of a leverage score; our reading of Li et al.); ``"leverage"`` uses the
     exact leverage scores of ``K`` (:func:`rnla.sketch.leverage_scores`). Default
-    ``n_select = m // 2``. The dropped keys bias the result: the bound adds the
-    deterministic dropped-mass term :math:`2\varepsilon_iR` (exact dropped softmax
-    mass, from the same extra exact pass) to the Markov bound of the HyperAttention
-    part (relative to attention over the selected keys), by the triangle inequality.
+    ``n_select = max(1, m // 2)``; ``n_clusters`` is clamped to ``m``. The dropped keys
+    bias the result: the bound adds the deterministic dropped-mass term
+    :math:`2\varepsilon_iR` (exact dropped softmax mass, from the same extra exact pass)
+    to the Markov bound of the HyperAttention part (relative to attention over the
+    selected keys), by the triangle inequality.
     """
     block_size, sample_size, n_bits, delta, error_bound = _check_common(
         block_size, sample_size, n_bits, delta, error_bound
@@ -838,9 +839,10 @@ def _prescoring(
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
     scoring = check_option(scoring, ("kmeans", "leverage"), "scoring")
     m = problem.m
-    n_sel = m // 2 if n_select is None else n_select
+    n_sel = max(1, m // 2) if n_select is None else n_select
     n_sel = check_int(n_sel, "n_select", minimum=1, maximum=m)
-    n_clusters = check_int(n_clusters, "n_clusters", minimum=1, maximum=m)
+    # More centres than keys is one centre per key (the default 16 on short inputs).
+    n_clusters = min(check_int(n_clusters, "n_clusters", minimum=1), m)
 
     def select(q, k, v):
         if scoring == "leverage":

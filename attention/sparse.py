@@ -317,7 +317,8 @@ def _bigbird(
         Queries and keys are grouped in blocks of this many positions.
     n_window : int, default=3
         Key blocks around the query block's position (``n_window // 2`` on each side;
-        the ``n_window - 1`` previous blocks and its own when causal).
+        the ``n_window - 1`` previous blocks and its own when causal); clamped to
+        ``2 * ceil(m / block_size) + 1`` (every block).
     n_global : int, default=1
         The first ``n_global`` key blocks are seen by every query, and the queries at
         those positions see every (visible) key.
@@ -342,6 +343,8 @@ def _bigbird(
     error_bound = check_error_bound(error_bound, ("exact",))
     n, m, G = problem.n, problem.m, problem.n_slices
     nkb = -(-m // bs)
+    # 2 nkb + 1 blocks around any position already cover every key block.
+    n_window = min(n_window, 2 * nkb + 1)
     pos = _positions(problem)
     outs = np.zeros((G, n, problem.dv))
     lse = np.full((G, n), _NEG)

@@ -235,6 +235,28 @@ def _softmax_rows(S: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
+def _parafac(T: np.ndarray, R: int, n_iter_max: int, init: str, seed: int):
+    """Run tensorly's CP-ALS, with a tiny ridge if the normal equations are singular.
+
+    On rank-deficient tensors ALS is rerun with ``l2_reg = 1e-12 ||T||^2``, which only
+    regularises the least squares.
+    """
+    kw = {
+        "n_iter_max": n_iter_max,
+        "init": init,
+        "random_state": seed,
+        "tol": 1e-10,
+        "normalize_factors": False,
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
+        try:
+            return parafac(tl.tensor(T), R, **kw)
+        except np.linalg.LinAlgError:
+            ridge = 1e-12 * float(np.sum(T * T))
+            return parafac(tl.tensor(T), R, l2_reg=ridge, **kw)
+
+
 def collaborative_heads(
     W_Q, W_K, rank, /, *, X=None, n_iter_max=100, init="svd", rng=None
 ) -> CollaborativeHeads:
@@ -309,7 +331,10 @@ def collaborative_heads(
     dtype = result_dtype(W_Q.dtype, W_K.dtype)
     W_Q64, W_K64 = W_Q.astype(np.float64), W_K.astype(np.float64)
     T = W_Q64 @ W_K64.transpose(0, 2, 1)
-    if R >= h * dh:
+    if not np.any(T):
+        # zero weights: the zero CP is exact (ALS would meet singular normal equations)
+        A, B, M = np.zeros((d, R)), np.zeros((d, R)), np.zeros((h, R))
+    elif R >= h * dh:
         # exact CP: concatenated heads, mixing = block indicators (zero-padded columns)
         A = np.zeros((d, R))
         B = np.zeros((d, R))
@@ -321,20 +346,7 @@ def collaborative_heads(
     else:
         # the seed also feeds tensorly's padding of the "svd" init when R > min(h, d)
         seed = int(rng.integers(2**31 - 1))
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="Trying to compute SVD", category=UserWarning
-            )
-            cp = parafac(
-                tl.tensor(T),
-                R,
-                n_iter_max=n_iter_max,
-                init=init,
-                random_state=seed,
-                tol=1e-10,
-                normalize_factors=False,
-            )
-        weights, (M, A, B) = cp
+        weights, (M, A, B) = _parafac(T, R, n_iter_max, init, seed)
         M = M * np.asarray(weights)[None, :]
         # balance the two projections so neither carries the scale
         na = np.linalg.norm(A, axis=0)
