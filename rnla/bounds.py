@@ -45,6 +45,7 @@ __all__ = [
     "cur_bound",
     "datafit_error_bound",
     "distortion_to_effective",
+    "effective_dimension",
     "gaussian_embedding_size",
     "hmt_frobenius_bound",
     "hmt_power_bound",
@@ -52,11 +53,15 @@ __all__ = [
     "hmt_structural_bound",
     "hutchinson_variance",
     "id_bound",
+    "iteration_bound",
     "jl_dimension",
     "lanczos_quadrature_bound",
     "nystrom_expected_trace_bound",
+    "nystrom_pcg_condition_bound",
+    "nystrom_pcg_rank",
     "nystrom_structural_bound",
     "orthogonal_gaussian_embedding_size",
+    "preconditioned_condition_bound",
     "rademacher_embedding_size",
     "randomized_tt_bound",
     "randomized_tucker_bound",
@@ -1154,6 +1159,13 @@ from rnla._bounds_nystrom import (  # noqa: E402
     nystrom_expected_trace_bound,
     nystrom_structural_bound,
     rpcholesky_rank_bound,
+)
+from rnla._bounds_solve import (  # noqa: E402
+    effective_dimension,
+    iteration_bound,
+    nystrom_pcg_condition_bound,
+    nystrom_pcg_rank,
+    preconditioned_condition_bound,
 )
 from rnla._bounds_tensor import (  # noqa: E402
     randomized_tt_bound,

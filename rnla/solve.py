@@ -21,7 +21,7 @@ Two solvers built on sketching:
 Both return a result that reports the iterations, the residual, an a-posteriori
 accuracy estimate and the tolerance actually reached. Bounds: :mod:`rnla.bounds`
 (:func:`~rnla.bounds.preconditioned_condition_bound`,
-:func:`~rnla.bounds.lsqr_iteration_bound`,
+:func:`~rnla.bounds.iteration_bound`,
 :func:`~rnla.bounds.nystrom_pcg_condition_bound`).
 """
 
@@ -275,7 +275,7 @@ def lstsq(
         data dtype.
     maxiter : int, optional
         Iteration limit per right-hand side. Default ``max(100, 2 * iterations
-        predicted by`` :func:`rnla.bounds.lsqr_iteration_bound` ``at distortion 1/2)``
+        predicted by`` :func:`rnla.bounds.iteration_bound` ``at distortion 1/2)``
         (100 at ``tol=1e-12``).
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
         Randomness of the sketch.
@@ -321,7 +321,7 @@ def lstsq(
     reduces the error in the :math:`(AN)^T(AN)` norm by
     :math:`2\varepsilon^j` after :math:`j` steps (the CG bound with
     :math:`(\sqrt\kappa-1)/(\sqrt\kappa+1) \le \varepsilon`;
-    :func:`rnla.bounds.lsqr_iteration_bound`); heavy-ball momentum tuned to the
+    :func:`rnla.bounds.iteration_bound`); heavy-ball momentum tuned to the
     Marchenko-Pastur spectrum of aspect ratio :math:`\rho = n/k` contracts by about
     :math:`\sqrt\rho` per step (Lacotte and Pilanci; here :math:`\rho` is inflated
     by 25% as a margin). The iteration count depends on the sketch and ``tol`` only,
