@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
@@ -511,11 +512,7 @@ def rpcholesky(
     ((200, 20), (20,))
     """
     M = _as_entry_matrix(A)
-    shape = tuple(M.shape)
-    if len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"A must be square (symmetric PSD), got shape {shape}")
-    n = shape[0]
-    dtype = float_dtype(M.dtype)
+    n, dtype = _check_square(M)
     method = check_option(method, _METHODS, "method")
     if rank is None and tol is None:
         raise ValueError("give rank=, tol= or both: got rank=None and tol=None")
@@ -526,7 +523,40 @@ def rpcholesky(
     if block_size is not None:
         block_size = check_int(block_size, "block_size", minimum=1)
     rng = check_rng(rng)
+    d0 = _checked_diagonal(M, n)
 
+    kmax = rank if rank is not None else n
+    b = block_size if block_size is not None else _default_block_size(method, kmax, rank)
+    if method == "simple":
+        b = 1
+    # With a rank, F has its final size from the start; with tol only it grows.
+    cap = kmax if rank is not None else min(n, max(64, b))
+    fac = _PartialCholesky(M, d0, dtype, cap, rank, uniform=method == "uniform")
+    propose = _PROPOSALS[method]
+    while fac.i < kmax and not fac.converged(tol):
+        want = kmax - fac.i
+        floor_factor = _FLOOR * (fac.i + min(b, want)) * fac.eps
+        block = propose(fac, rng, b, want)
+        if block is None:
+            break
+        acc, L = fac.factor_block(block, floor_factor)
+        if acc.size:
+            fac.append(block, acc, L, floor_factor)
+
+    if rank is not None and tol is not None and fac.i == rank:
+        _warn_tol_not_reached(fac, rank, tol)
+    return fac.result()
+
+
+def _check_square(M) -> tuple[int, np.dtype]:
+    shape = tuple(M.shape)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"A must be square (symmetric PSD), got shape {shape}")
+    return shape[0], float_dtype(M.dtype)
+
+
+def _checked_diagonal(M, n: int) -> np.ndarray:
+    """``diag(A)`` in float64, checked for shape, finiteness and sign."""
     d0 = np.array(M.diag(), dtype=np.float64)
     if d0.shape != (n,):
         raise ValueError(f"A.diag() must have shape {(n,)}, got {d0.shape}")
@@ -535,150 +565,170 @@ def rpcholesky(
     if d0.min() < 0:
         j = int(np.argmin(d0))
         raise _not_psd("diagonal entry", float(d0[j]), j)
+    return d0
 
-    kmax = rank if rank is not None else n
-    b = block_size if block_size is not None else _default_block_size(method, kmax, rank)
-    if method == "simple":
-        b = 1
-    eps = float(np.finfo(dtype).eps)
-    neg_factor = math.sqrt(eps)
-    rel_floor = math.sqrt(eps)
-    min_ratio = 1.0  # smallest pivot residual relative to its diagonal entry so far
-    neg_abs = 10.0 * eps * float(d0.max())
-    tr0 = float(d0.sum())
 
-    d = d0.copy()
-    # With a rank, F has its final size from the start; with tol only it grows.
-    cap = kmax if rank is not None else min(n, max(64, b))
-    Ft = np.empty((cap, n), dtype=dtype)  # F^T: one row per pivot, C order for rows()
-    pivots: list[int] = []
-    tried = np.zeros(n, dtype=bool) if method == "uniform" else None
-    i = 0
-    while i < kmax:
-        total = float(d.sum())
-        if total <= _TRACE_FLOOR * math.sqrt(i + 1) * eps * tr0:
-            break  # numerical rank reached: the residual trace is rounding noise
-        if tol is not None and total <= tol * tr0:
-            break
-        want = kmax - i
-        floor_factor = _FLOOR * (i + min(b, want)) * eps
+def _warn_tol_not_reached(fac, rank: int, tol: float) -> None:
+    achieved = float(fac.d.sum()) / fac.tr0 if fac.tr0 > 0 else 0.0
+    if achieved > tol:
+        warnings.warn(
+            f"tol={tol:g} not reached with rank={rank} pivots: relative trace "
+            f"error {achieved:.3g}",
+            AccuracyWarning,
+            stacklevel=3,
+        )
 
-        if method == "accelerated":
-            S = _sample(rng, d, b)
-            uniq, inv = np.unique(S, return_inverse=True)
-            Hu = _proposal_block(M, uniq, d0, dtype)
-            if i:
-                Fu = Ft[:i, uniq].astype(np.float64)
-                Hu -= Fu.T @ Fu
-            H = np.ascontiguousarray(Hu[np.ix_(inv, inv)])
-            u = rng.random(b)
-            dprop = d[S]
-        else:
-            if method == "uniform" and rank is not None:
-                # Plain column Nyström: at most ``rank`` columns are ever drawn.
-                want = min(want, rank - int(tried.sum()))
-                if want <= 0:
-                    break
-            S = _propose(method, rng, d, min(b, want), tried)
-            if S.size == 0:
-                break
-            G = _evaluate_rows(M, S, dtype)
-            _check_block_symmetric(G[:, S].astype(np.float64), eps)
-            _subtract_factor(G, Ft, S, i)
-            H = G[:, S].astype(np.float64)
-            H = 0.5 * (H + H.T)
-            u = np.zeros(S.size)
-            dprop = np.zeros(S.size)
 
+class _Block(NamedTuple):
+    """One block of pivot proposals and its residual block ``H = (A - FF^T)[S, S]``."""
+
+    S: np.ndarray  # proposals (matrix indices)
+    H: np.ndarray  # float64 (len(S), len(S)), overwritten by the block Cholesky
+    u: np.ndarray  # uniforms of the rejection test (zeros: accept every proposal)
+    dprop: np.ndarray  # proposal weights d[S] (zeros without rejection)
+    G: np.ndarray | None  # residual rows of S, or None: evaluated once accepted
+    want: int  # most proposals to accept
+    pivoting: bool  # complete pivoting inside the block (deterministic rules only)
+
+
+class _PartialCholesky:
+    """The running factorisation ``F`` (stored as ``F^T``), residual diagonal and pivots."""
+
+    def __init__(self, M, d0, dtype, cap: int, rank, *, uniform: bool) -> None:
+        n = d0.size
+        self.M = M
+        self.dtype = dtype
+        self.rank = rank
+        self.d0 = d0
+        self.d = d0.copy()
+        self.eps = float(np.finfo(dtype).eps)
+        self.neg_factor = math.sqrt(self.eps)
+        self.rel_floor = math.sqrt(self.eps)
+        self.min_ratio = 1.0  # smallest pivot residual relative to its diagonal entry
+        self.neg_abs = 10.0 * self.eps * float(d0.max())
+        self.tr0 = float(d0.sum())
+        self.Ft = np.empty((cap, n), dtype=dtype)  # F^T: one row per pivot, C order
+        self.pivots: list[int] = []
+        self.tried = np.zeros(n, dtype=bool) if uniform else None
+        self.i = 0
+
+    def converged(self, tol) -> bool:
+        total = float(self.d.sum())
+        # Numerical rank reached: the residual trace is rounding noise.
+        if total <= _TRACE_FLOOR * math.sqrt(self.i + 1) * self.eps * self.tr0:
+            return True
+        return tol is not None and total <= tol * self.tr0
+
+    def residual_rows(self, S) -> np.ndarray:
+        """Rows ``(A - FF^T)[S, :]`` in the working dtype (symmetry of ``A[S, S]`` checked)."""
+        G = _evaluate_rows(self.M, S, self.dtype)
+        _check_block_symmetric(G[:, S].astype(np.float64), self.eps)
+        return _subtract_factor(G, self.Ft, S, self.i)
+
+    def factor_block(self, block: _Block, floor_factor: float):
+        """Block Cholesky of ``H`` with acceptance: (accepted positions, its factor L)."""
+        S, H = block.S, block.H
         raw = np.diag(H).copy()
-        floor = floor_factor * d0[S]
-        # A proposal whose residual fell below _REL_FLOOR times its value at the start
+        floor = floor_factor * self.d0[S]
+        # A proposal whose residual fell below sqrt(eps) times its value at the start
         # of the block is (numerically) in the span of the pivots accepted before it in
         # the block: accepting it would only amplify rounding errors.
-        accept_floor = np.maximum(floor, rel_floor * raw)
-        negtol = neg_factor * d0[S] / min_ratio + neg_abs
+        accept_floor = np.maximum(floor, self.rel_floor * raw)
+        negtol = self.neg_factor * self.d0[S] / self.min_ratio + self.neg_abs
         accepted = np.empty(S.size, dtype=np.int64)
         L = np.empty((S.size, S.size))
         count = _block_pivoted_cholesky(
-            H, u, dprop, accept_floor, negtol, S, want, method != "accelerated", accepted, L
+            H,
+            block.u,
+            block.dprop,
+            accept_floor,
+            negtol,
+            S,
+            block.want,
+            block.pivoting,
+            accepted,
+            L,
         )
         if count < 0:
             j = -count - 1
             raise _not_psd("residual diagonal", float(H[j, j]), int(S[j]))
         # Proposals whose own residual is at the rounding floor are converged.
-        d[S[raw <= floor]] = 0.0
-        if count == 0:
-            continue
-        acc = accepted[:count]
-        T = S[acc]
-        if method == "accelerated":
-            G_T = _evaluate_rows(M, T, dtype)
-            _check_block_symmetric(G_T[:, T].astype(np.float64), eps)
-            _subtract_factor(G_T, Ft, T, i)
-        else:
-            G_T = G[acc]
-        if pivots:
-            # Residual rows vanish at earlier pivots iff A(T, S) = A(S, T)^T: a free
-            # symmetry check against every pivot row evaluated before.
-            prev = np.asarray(pivots)
-            gap = np.abs(G_T[:, prev].astype(np.float64))
-            scale = np.sqrt(np.outer(d0[T], d0[prev]))
-            if np.any(gap > rel_floor / min_ratio * scale + neg_abs):
-                a, c = np.unravel_index(np.argmax(gap - rel_floor / min_ratio * scale), gap.shape)
-                raise ValueError(
-                    f"A must be symmetric: A[{T[a]}, {prev[c]}] differs from "
-                    f"A[{prev[c]}, {T[a]}] by about {gap[a, c]:.3g}"
-                )
-        if i + count > cap:
-            cap = min(kmax, max(2 * cap, i + count))
-            Ft = np.concatenate([Ft[:i], np.empty((cap - i, n), dtype=dtype)])
+        self.d[S[raw <= floor]] = 0.0
+        return accepted[:count], L
+
+    def append(self, block: _Block, acc, L, floor_factor: float) -> None:
+        """Append the accepted pivots ``T = S[acc]`` to ``F`` and downdate the diagonal."""
+        T = block.S[acc]
+        G_T = self.residual_rows(T) if block.G is None else block.G[acc]
+        if self.pivots:
+            self._check_symmetric_rows(T, G_T)
+        count = acc.size
+        i = self.i
+        self._reserve(i + count)
         # F_new^T = L^{-1} G_T, as the right-sided solve G_T^T L^{-T} on the
         # Fortran-ordered view G_T.T (no copy of the n x count block).
-        trsm = sla.get_blas_funcs("trsm", dtype=dtype)
+        trsm = sla.get_blas_funcs("trsm", dtype=self.dtype)
         G_T = np.ascontiguousarray(G_T)
+        L_T = L[:count, :count]
         out = trsm(
-            1.0,
-            L[:count, :count].astype(dtype),
-            G_T.T,
-            side=1,
-            lower=1,
-            trans_a=1,
-            overwrite_b=True,
+            1.0, L_T.astype(self.dtype), G_T.T, side=1, lower=1, trans_a=1, overwrite_b=True
         )
-        Ft[i : i + count] = out.T
+        self.Ft[i : i + count] = out.T
         # Exact Cholesky structure: F[S] is lower triangular in pivot order (these
         # entries are residuals at earlier pivots, i.e. rounding noise).
-        if pivots:
-            Ft[i : i + count, pivots] = 0.0
+        if self.pivots:
+            self.Ft[i : i + count, self.pivots] = 0.0
         for a in range(1, count):
-            Ft[i + a, T[:a]] = 0.0
+            self.Ft[i + a, T[:a]] = 0.0
         # Errors of the residual diagonal grow like 1 / (smallest relative pivot).
-        pivot_ratio = np.diag(L[:count, :count]) ** 2 / np.maximum(d0[T], np.finfo(float).tiny)
-        min_ratio = min(min_ratio, float(pivot_ratio.min()))
+        pivot_ratio = np.diag(L_T) ** 2 / np.maximum(self.d0[T], np.finfo(float).tiny)
+        self.min_ratio = min(self.min_ratio, float(pivot_ratio.min()))
+        self._downdate(i, count, floor_factor)
+        self.d[T] = 0.0
+        self.pivots.extend(int(t) for t in T)
+        self.i += count
+
+    def _check_symmetric_rows(self, T, G_T) -> None:
+        # Residual rows vanish at earlier pivots iff A(T, S) = A(S, T)^T: a free
+        # symmetry check against every pivot row evaluated before.
+        prev = np.asarray(self.pivots)
+        gap = np.abs(G_T[:, prev].astype(np.float64))
+        scale = np.sqrt(np.outer(self.d0[T], self.d0[prev]))
+        allowed = self.rel_floor / self.min_ratio * scale
+        if np.any(gap > allowed + self.neg_abs):
+            a, c = np.unravel_index(np.argmax(gap - allowed), gap.shape)
+            raise ValueError(
+                f"A must be symmetric: A[{T[a]}, {prev[c]}] differs from "
+                f"A[{prev[c]}, {T[a]}] by about {gap[a, c]:.3g}"
+            )
+
+    def _reserve(self, size: int) -> None:
+        """Grow ``F^T`` (tol-only factorisations) to hold ``size`` pivots."""
+        cap = self.Ft.shape[0]
+        if size > cap:
+            kmax = self.rank if self.rank is not None else self.d0.size
+            cap = min(kmax, max(2 * cap, size))
+            new = np.empty((cap - self.i, self.d0.size), dtype=self.dtype)
+            self.Ft = np.concatenate([self.Ft[: self.i], new])
+
+    def _downdate(self, i: int, count: int, floor_factor: float) -> None:
         bad = _downdate_diagonal(
-            d, Ft[i : i + count], d0, floor_factor, neg_factor / min_ratio, neg_abs
+            self.d,
+            self.Ft[i : i + count],
+            self.d0,
+            floor_factor,
+            self.neg_factor / self.min_ratio,
+            self.neg_abs,
         )
         if bad >= 0:
-            raise _not_psd(
-                "residual diagonal", float(d0[bad] - np.sum(Ft[: i + count, bad] ** 2)), bad
-            )
-        d[T] = 0.0
-        pivots.extend(int(t) for t in T)
-        i += count
+            value = float(self.d0[bad] - np.sum(self.Ft[: i + count, bad] ** 2))
+            raise _not_psd("residual diagonal", value, bad)
 
-    if rank is not None and tol is not None and i == rank:
-        achieved = float(d.sum()) / tr0 if tr0 > 0 else 0.0
-        if achieved > tol:
-            warnings.warn(
-                f"tol={tol:g} not reached with rank={rank} pivots: relative trace "
-                f"error {achieved:.3g}",
-                AccuracyWarning,
-                stacklevel=2,
-            )
-    F = Ft[:i].T
-    if i < Ft.shape[0]:
-        F = np.asfortranarray(F)  # drop the unused capacity
-    return CholeskyResult(F, np.asarray(pivots, dtype=np.int64))
+    def result(self) -> CholeskyResult:
+        F = self.Ft[: self.i].T
+        if self.i < self.Ft.shape[0]:
+            F = np.asfortranarray(F)  # drop the unused capacity
+        return CholeskyResult(F, np.asarray(self.pivots, dtype=np.int64))
 
 
 def _proposal_block(M, uniq, d0, dtype):
@@ -697,20 +747,75 @@ def _proposal_block(M, uniq, d0, dtype):
     return H
 
 
-def _propose(method, rng, d, size, tried):
-    """Proposals of the non-rejection methods (distinct indices)."""
-    if method in ("simple", "blocked"):
-        return np.unique(_sample(rng, d, size)) if size > 1 else _sample(rng, d, 1)
-    if method == "greedy":
-        size = min(size, int(np.count_nonzero(d > 0)))
-        if size == 1:
-            return np.array([int(np.argmax(d))], dtype=np.int64)
+# One proposal step per method: (factorisation, rng, block size, most pivots wanted)
+# -> _Block, or None when there is nothing left to propose.
+
+
+def _accelerated_block(fac: _PartialCholesky, rng, size: int, want: int) -> _Block:
+    """i.i.d. proposals from ``d``; ``H`` from ``entries``, rows evaluated once accepted."""
+    S = _sample(rng, fac.d, size)
+    uniq, inv = np.unique(S, return_inverse=True)
+    Hu = _proposal_block(fac.M, uniq, fac.d0, fac.dtype)
+    if fac.i:
+        Fu = fac.Ft[: fac.i, uniq].astype(np.float64)
+        Hu -= Fu.T @ Fu
+    H = np.ascontiguousarray(Hu[np.ix_(inv, inv)])
+    u = rng.random(size)
+    return _Block(S, H, u, fac.d[S], None, want, pivoting=False)
+
+
+def _evaluated_block(fac: _PartialCholesky, S, want: int) -> _Block | None:
+    """Accept-all block: the residual rows of the distinct proposals ``S``, evaluated now."""
+    if S.size == 0:
+        return None
+    G = fac.residual_rows(S)
+    H = G[:, S].astype(np.float64)
+    H = 0.5 * (H + H.T)
+    zeros = np.zeros(S.size)
+    return _Block(S, H, zeros, np.zeros(S.size), G, want, pivoting=True)
+
+
+def _sampled_block(fac: _PartialCholesky, rng, size: int, want: int) -> _Block | None:
+    """Propose distinct i.i.d. draws from ``d`` (``simple``: one, ``blocked``: a block)."""
+    size = min(size, want)
+    S = np.unique(_sample(rng, fac.d, size)) if size > 1 else _sample(rng, fac.d, 1)
+    return _evaluated_block(fac, S, want)
+
+
+def _greedy_block(fac: _PartialCholesky, rng, size: int, want: int) -> _Block | None:
+    """Propose the ``size`` largest residual diagonal entries (ties by index)."""
+    d = fac.d
+    size = min(size, want, int(np.count_nonzero(d > 0)))
+    if size == 1:
+        S = np.array([int(np.argmax(d))], dtype=np.int64)
+    else:
         top = np.argpartition(-d, size - 1)[:size]
         # Largest first; ties by index, so the order is deterministic.
-        return top[np.lexsort((top, -d[top]))].astype(np.int64)
+        S = top[np.lexsort((top, -d[top]))].astype(np.int64)
+    return _evaluated_block(fac, S, want)
+
+
+def _uniform_block(fac: _PartialCholesky, rng, size: int, want: int) -> _Block | None:
+    """Columns drawn uniformly without replacement among those never drawn."""
+    tried = fac.tried
+    if fac.rank is not None:
+        # Plain column Nyström: at most ``rank`` columns are ever drawn.
+        want = min(want, fac.rank - int(tried.sum()))
+        if want <= 0:
+            return None
     candidates = np.flatnonzero(~tried)
     if candidates.size == 0:
-        return candidates.astype(np.int64)
-    S = np.sort(rng.choice(candidates, size=min(size, candidates.size), replace=False))
+        return None
+    size = min(size, want, candidates.size)
+    S = np.sort(rng.choice(candidates, size=size, replace=False))
     tried[S] = True
-    return S.astype(np.int64)
+    return _evaluated_block(fac, S.astype(np.int64), want)
+
+
+_PROPOSALS = {
+    "accelerated": _accelerated_block,
+    "blocked": _sampled_block,
+    "simple": _sampled_block,
+    "greedy": _greedy_block,
+    "uniform": _uniform_block,
+}
