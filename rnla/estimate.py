@@ -510,104 +510,142 @@ def _check_axis_id(axis) -> int:
 
 def _low_rank_factors(src: _Source, factors, axis):
     """Return ``(L, R, dtype)`` with ``L @ R`` the approximation of ``A`` (not formed)."""
-    m, n = src.shape
-    shape = src.shape
-    if not isinstance(factors, IDResult) and axis is not None:
+    if isinstance(factors, IDResult):
+        return _id_factors(src, factors, _check_axis_id(axis))
+    if axis is not None:
         raise ValueError(
             f"axis={axis!r} applies to an IDResult only, got factors of type "
             f"{type(factors).__name__}"
         )
-    if isinstance(factors, SVDResult):
-        U = _factor(factors.U, "factors.U", 2)
-        s = _factor(factors.s, "factors.s", 1)
-        Vt = _factor(factors.Vt, "factors.Vt", 2)
-        r = s.size
-        _check_shape("factors.U", U.shape, (m, r), shape)
-        _check_shape("factors.Vt", Vt.shape, (r, n), shape)
-        dtype = result_dtype(src.dtype, U.dtype, s.dtype, Vt.dtype)
-        return (U * s).astype(dtype, copy=False), Vt.astype(dtype, copy=False), dtype
-    if isinstance(factors, QBResult):
-        Q = _factor(factors.Q, "factors.Q", 2)
-        B = _factor(factors.B, "factors.B", 2)
-        r = Q.shape[1]
-        _check_shape("factors.Q", Q.shape, (m, r), shape)
-        _check_shape("factors.B", B.shape, (r, n), shape)
-        dtype = result_dtype(src.dtype, Q.dtype, B.dtype)
-        return Q.astype(dtype, copy=False), B.astype(dtype, copy=False), dtype
-    if isinstance(factors, EighResult):
-        _check_square("EighResult", "V diag(eigenvalues) V^T", shape)
-        w = _factor(factors.eigenvalues, "factors.eigenvalues", 1)
-        V = _factor(factors.eigenvectors, "factors.eigenvectors", 2)
-        _check_shape("factors.eigenvectors", V.shape, (n, w.size), shape)
-        dtype = result_dtype(src.dtype, w.dtype, V.dtype)
-        V = V.astype(dtype, copy=False)
-        return (V * w).astype(dtype, copy=False), V.T, dtype
-    if isinstance(factors, CholeskyResult):
-        _check_square("CholeskyResult", "F F^T", shape)
-        F = _factor(factors.F, "factors.F", 2)
-        _check_shape("factors.F", F.shape, (n, F.shape[1]), shape)
-        dtype = result_dtype(src.dtype, F.dtype)
-        F = F.astype(dtype, copy=False)
-        return F, F.T, dtype
-    if isinstance(factors, IDResult):
-        axis = _check_axis_id(axis)
-        X = _factor(factors.X, "factors.X", 2)
-        dtype = result_dtype(src.dtype, X.dtype)
-        # Shapes first: a wrong axis usually shows in X before the indices go out of range.
-        k = np.size(factors.indices)
-        want = (k, n) if axis == 1 else (m, k)
-        if X.shape != want:
-            other = (m, k) if axis == 1 else (k, n)
-            hint = (
-                f" (pass axis={1 - axis}: X has the shape of a {'row' if axis else 'column'} ID)"
-            )
-            raise ValueError(
-                f"factors.X has shape {X.shape}, expected {want} for a "
-                f"{'column' if axis else 'row'} ID (axis={axis}) of A of shape {shape}"
-                + (hint if X.shape == other else "")
-            )
-        idx = check_indices(factors.indices, shape[axis], name="factors.indices")
-        X = X.astype(dtype, copy=False)
-        if axis == 1:
-            return src.columns(idx, dtype), X, dtype
-        return X, src.rows(idx, dtype), dtype
-    if isinstance(factors, CURResult):
-        U = _factor(factors.U, "factors.U", 2)
-        cols = check_indices(factors.cols, n, name="factors.cols")
-        rows = check_indices(factors.rows, m, name="factors.rows")
-        _check_shape("factors.U", U.shape, (cols.size, rows.size), shape)
-        dtype = result_dtype(src.dtype, U.dtype)
-        # C U is (m, r): one small product instead of two per application.
-        CU = src.columns(cols, dtype) @ U.astype(dtype, copy=False)
-        return CU, src.rows(rows, dtype), dtype
-    if isinstance(factors, CrossResult):
-        U = _factor(factors.U, "factors.U", 2)
-        V = _factor(factors.V, "factors.V", 2)
-        r = U.shape[1]
-        _check_shape("factors.U", U.shape, (m, r), shape)
-        _check_shape("factors.V", V.shape, (n, r), shape)
-        dtype = result_dtype(src.dtype, U.dtype, V.dtype)
-        return U.astype(dtype, copy=False), V.T.astype(dtype, copy=False), dtype
+    for kind, split in _FACTOR_FORMS:
+        if isinstance(factors, kind):
+            return split(src, factors)
     if isinstance(factors, tuple | list) and not hasattr(factors, "_fields"):
-        if len(factors) != 2:
-            raise TypeError(
-                f"factors is a {type(factors).__name__} of length {len(factors)}; a plain "
-                f"tuple must be (L, R) with A ~ L @ R. Accepted: {_ACCEPTED_FACTORS}"
-            )
-        L = _product_factor(factors[0], "factors[0] (L)")
-        R = _product_factor(factors[1], "factors[1] (R)")
-        if L.shape[0] != m or R.shape[1] != n or L.shape[1] != R.shape[0]:
-            raise ValueError(
-                f"L @ R must have the shape of A {shape} with inner dimensions equal: "
-                f"expected L (m, r) = ({m}, r) and R (r, n) = (r, {n}), got L {L.shape} "
-                f"and R {R.shape}"
-            )
-        dtype = result_dtype(src.dtype, L.dtype, R.dtype)
-        return L, R, dtype
+        return _pair_factors(src, factors)
     raise TypeError(
         f"factors of type {type(factors).__name__} are not supported; accepted: "
         f"{_ACCEPTED_FACTORS}"
     )
+
+
+# One function per result type: validate its fields against A, return (L, R, dtype).
+
+
+def _svd_factors(src: _Source, factors: SVDResult):
+    m, n = src.shape
+    U = _factor(factors.U, "factors.U", 2)
+    s = _factor(factors.s, "factors.s", 1)
+    Vt = _factor(factors.Vt, "factors.Vt", 2)
+    r = s.size
+    _check_shape("factors.U", U.shape, (m, r), src.shape)
+    _check_shape("factors.Vt", Vt.shape, (r, n), src.shape)
+    dtype = result_dtype(src.dtype, U.dtype, s.dtype, Vt.dtype)
+    return (U * s).astype(dtype, copy=False), Vt.astype(dtype, copy=False), dtype
+
+
+def _qb_factors(src: _Source, factors: QBResult):
+    m, n = src.shape
+    Q = _factor(factors.Q, "factors.Q", 2)
+    B = _factor(factors.B, "factors.B", 2)
+    r = Q.shape[1]
+    _check_shape("factors.Q", Q.shape, (m, r), src.shape)
+    _check_shape("factors.B", B.shape, (r, n), src.shape)
+    dtype = result_dtype(src.dtype, Q.dtype, B.dtype)
+    return Q.astype(dtype, copy=False), B.astype(dtype, copy=False), dtype
+
+
+def _eigh_factors(src: _Source, factors: EighResult):
+    _check_square("EighResult", "V diag(eigenvalues) V^T", src.shape)
+    w = _factor(factors.eigenvalues, "factors.eigenvalues", 1)
+    V = _factor(factors.eigenvectors, "factors.eigenvectors", 2)
+    _check_shape("factors.eigenvectors", V.shape, (src.shape[1], w.size), src.shape)
+    dtype = result_dtype(src.dtype, w.dtype, V.dtype)
+    V = V.astype(dtype, copy=False)
+    return (V * w).astype(dtype, copy=False), V.T, dtype
+
+
+def _cholesky_factors(src: _Source, factors: CholeskyResult):
+    _check_square("CholeskyResult", "F F^T", src.shape)
+    F = _factor(factors.F, "factors.F", 2)
+    _check_shape("factors.F", F.shape, (src.shape[1], F.shape[1]), src.shape)
+    dtype = result_dtype(src.dtype, F.dtype)
+    F = F.astype(dtype, copy=False)
+    return F, F.T, dtype
+
+
+def _id_factors(src: _Source, factors: IDResult, axis: int):
+    m, n = shape = src.shape
+    X = _factor(factors.X, "factors.X", 2)
+    dtype = result_dtype(src.dtype, X.dtype)
+    # Shapes first: a wrong axis usually shows in X before the indices go out of range.
+    k = np.size(factors.indices)
+    want = (k, n) if axis == 1 else (m, k)
+    if X.shape != want:
+        other = (m, k) if axis == 1 else (k, n)
+        hint = f" (pass axis={1 - axis}: X has the shape of a {'row' if axis else 'column'} ID)"
+        raise ValueError(
+            f"factors.X has shape {X.shape}, expected {want} for a "
+            f"{'column' if axis else 'row'} ID (axis={axis}) of A of shape {shape}"
+            + (hint if X.shape == other else "")
+        )
+    idx = check_indices(factors.indices, shape[axis], name="factors.indices")
+    X = X.astype(dtype, copy=False)
+    if axis == 1:
+        return src.columns(idx, dtype), X, dtype
+    return X, src.rows(idx, dtype), dtype
+
+
+def _cur_factors(src: _Source, factors: CURResult):
+    m, n = src.shape
+    U = _factor(factors.U, "factors.U", 2)
+    cols = check_indices(factors.cols, n, name="factors.cols")
+    rows = check_indices(factors.rows, m, name="factors.rows")
+    _check_shape("factors.U", U.shape, (cols.size, rows.size), src.shape)
+    dtype = result_dtype(src.dtype, U.dtype)
+    # C U is (m, r): one small product instead of two per application.
+    CU = src.columns(cols, dtype) @ U.astype(dtype, copy=False)
+    return CU, src.rows(rows, dtype), dtype
+
+
+def _cross_factors(src: _Source, factors: CrossResult):
+    m, n = src.shape
+    U = _factor(factors.U, "factors.U", 2)
+    V = _factor(factors.V, "factors.V", 2)
+    r = U.shape[1]
+    _check_shape("factors.U", U.shape, (m, r), src.shape)
+    _check_shape("factors.V", V.shape, (n, r), src.shape)
+    dtype = result_dtype(src.dtype, U.dtype, V.dtype)
+    return U.astype(dtype, copy=False), V.T.astype(dtype, copy=False), dtype
+
+
+def _pair_factors(src: _Source, factors):
+    """Split a plain ``(L, R)`` pair of arrays, sparse matrices or LinearOperators."""
+    m, n = shape = src.shape
+    if len(factors) != 2:
+        raise TypeError(
+            f"factors is a {type(factors).__name__} of length {len(factors)}; a plain "
+            f"tuple must be (L, R) with A ~ L @ R. Accepted: {_ACCEPTED_FACTORS}"
+        )
+    L = _product_factor(factors[0], "factors[0] (L)")
+    R = _product_factor(factors[1], "factors[1] (R)")
+    if L.shape[0] != m or R.shape[1] != n or L.shape[1] != R.shape[0]:
+        raise ValueError(
+            f"L @ R must have the shape of A {shape} with inner dimensions equal: "
+            f"expected L (m, r) = ({m}, r) and R (r, n) = (r, {n}), got L {L.shape} "
+            f"and R {R.shape}"
+        )
+    dtype = result_dtype(src.dtype, L.dtype, R.dtype)
+    return L, R, dtype
+
+
+_FACTOR_FORMS = (
+    (SVDResult, _svd_factors),
+    (QBResult, _qb_factors),
+    (EighResult, _eigh_factors),
+    (CholeskyResult, _cholesky_factors),
+    (CURResult, _cur_factors),
+    (CrossResult, _cross_factors),
+)
 
 
 def _residual_operator(A, factors, axis=None) -> tuple[_ResidualOperator, _Source]:
