@@ -1,52 +1,79 @@
 """Numba kernels of exact attention: the FlashAttention online-softmax recurrence on CPU.
 
-For one query slice ``g`` and one block of (at most ``bq``) query rows, the kernel walks
-over the keys in blocks of ``bk`` and keeps, per row, the running maximum ``mx``, the
-running normaliser ``l`` and the running unnormalised output ``acc`` [1]_:
+Two kernels share the same per-tile arithmetic.
+
+**Prefill** (:data:`_attend_kernel`). For one query slice ``g`` and one block of (at
+most ``bq``) query rows, the kernel walks over the keys in blocks of ``bk`` and keeps,
+per row, the running maximum ``mx``, the running normaliser ``l`` and the running
+unnormalised output ``acc`` [1]_:
 
 * ``S = (scale * Q_b) K_j^T`` (one BLAS GEMM), masked entries set to ``-inf``;
 * ``mx' = max(mx, rowmax(S))``, ``P = exp(S - mx')``, ``alpha = exp(mx - mx')``;
 * ``l' = alpha * l + rowsum(P)``, ``acc' = alpha * acc + P V_j`` (second GEMM);
 
 and finally ``out = acc / l``, ``lse = mx + log(l)``. Rows that see no key end with
-``mx = -inf`` and ``l = 0``: their output is 0 and their lse is ``-inf``.
+``mx = -inf`` and ``l = 0``: their output is 0 and their lse is ``-inf``. With
+``causal``, key blocks above the diagonal of every row of the block are skipped and
+only blocks that cross the diagonal are masked entry by entry.
 
-Memory: per (slice, query block) iteration the buffers hold ``bq * (d + bk + 2 dv)``
-numbers, never ``n x m``. The ``prange`` loop runs over (slice, query block) pairs;
-each output block is written by exactly one iteration with a fixed operation order, so
-the result does not depend on the number of threads.
+**Decode / split keys** (:data:`_split_kernel`, flash-decoding [2]_). When a key/value
+slice has few query rows (``R`` = query heads of a grouped-query group x query rows),
+the query rows of all heads that share the slice are stacked into one ``R x d`` block,
+the keys are cut into fixed chunks, and every (key/value slice, chunk) pair is one
+parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and writes a
+partial ``(mx, l, acc)``; a second parallel loop merges the partials of each row in
+chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`).
 
-The exponential is hand-written (Cody-Waite range reduction, a Taylor polynomial
-evaluated by Estrin's scheme, and ``2^k`` built from its bit pattern) because Numba's
-``np.exp`` compiles to a scalar libm call that cannot be vectorised; the polynomial
-version vectorises with AVX2. Measured on a grid of 2e6 points of ``[-745, 0]``
-(float64) and ``[-90, 0]`` (float32): relative error <= 2.0 ulp (float64) and 1.4 ulp
-(float32); results below ``exp(-708)`` (float64) / ``exp(-87)`` (float32) are 0.
+Per-tile arithmetic, the measured hot spots (one thread, ``d = 64``, float32, tiles of
+128 x 512): the two GEMMs take ~75% of the time, the row maximum and the exponential
+the rest. Both are written as single vectorisable passes over a score row:
+
+* the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
+  LLVM vectorises (a plain ``max`` loop stays scalar);
+* the exponential is hand-written (Cody-Waite range reduction, a Taylor polynomial, and
+  ``2^k`` obtained by shifting the bit pattern of the rounded ``x log2(e) + bias``),
+  fused with the row sum into one pass; the sum is a reassociable ``fadd`` (vectorised,
+  in the input dtype inside one tile, then added to the float64 running normaliser).
+  Numba's ``np.exp`` compiles to a scalar libm call that cannot be vectorised.
+
+Both passes ask LLVM for 512-bit vectors (the function attribute
+``prefer-vector-width=512``; without it LLVM uses 256-bit vectors on AVX-512 CPUs); on
+CPUs without AVX-512 the attribute has no effect. Measured on a grid of 2e6 points of
+``[-745, 0]`` (float64) and ``[-87, 0]`` (float32): relative error <= 2.0 ulp (float64)
+and 0.9 ulp (float32); results below ``exp(-708)`` (float64) / ``exp(-87)`` (float32)
+are 0.
+
+Determinism: every output row is computed by exactly one task (prefill) or merged by
+exactly one task in a fixed chunk order (split keys), with a fixed operation order;
+the chunk size depends on the problem size only. The result therefore does not depend
+on the number of threads.
 
 References
 ----------
 .. [1] T. Dao, D. Y. Fu, S. Ermon, A. Rudra, C. Ré, "FlashAttention: fast and
    memory-efficient exact attention with IO-awareness", NeurIPS 2022, arXiv:2205.14135.
+.. [2] T. Dao, D. Haziza, F. Massa, G. Sizov, "Flash-Decoding for long-context
+   inference", 2023 (split the keys, merge partial results by their log-sum-exp).
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # Cody-Waite split of ln 2 (the high part has trailing zero bits, so k * LN2_HI is exact).
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _LOG2E = 1.4426950408889634
-# Adding 1.5 * 2^52 rounds a float64 of magnitude < 2^51 to an integer held in the
-# low mantissa bits: (x + M) - M == round(x), and bits(k + 1023 + M) << 52 == bits(2^k).
-_MAGIC = 6755399441055744.0
+# Adding 1.5 * 2^52 + 1023 rounds x log2(e) (|x| < 2^51) to an integer k held in the
+# low mantissa bits as k + 1023: shifting the bit pattern left by 52 gives 2^k.
+_MAGIC = 6755399441055744.0 + 1023.0
 _EXP_MIN = -708.0  # exp(-708) ~ 3e-308 is still normal; below, the result is set to 0
 
 _LN2_HI_F = np.float32(0.693145751953125)
 _LN2_LO_F = np.float32(1.428606765330187045e-06)
 _LOG2E_F = np.float32(1.4426950408889634)
-_MAGIC_F = np.float32(12582912.0)  # 1.5 * 2^23
-_BIAS_F = np.float32(127.0 + 12582912.0)
+_MAGIC_F = np.float32(12582912.0 + 127.0)  # 1.5 * 2^23 + 127, shift by 23
 _EXP_MIN_F = np.float32(-87.0)
 _ZERO_F = np.float32(0.0)
 _C_F = (
@@ -60,110 +87,171 @@ _C_F = (
 )
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _exp_row_f64(s, mx, tb):
-    """Overwrite ``s[j]`` with the mantissa part of ``exp(s[j] - mx)`` and ``tb[j]`` with ``2^k``.
+# --------------------------------------------------------------------- LLVM helpers
 
-    ``exp(s - mx) = s * tb`` afterwards (:func:`_scale_sum` forms it); entries below
-    ``exp(-708)``, ``-inf`` included, get ``tb = 0`` and so become exactly 0. No
-    ``reassoc`` fast-math flag here: it would cancel the ``(x + M) - M`` rounding trick.
+
+@intrinsic
+def _wide_vectors(typingctx):
+    """Ask LLVM to vectorise the calling function with 512-bit vectors where legal.
+
+    Sets the function attribute ``"prefer-vector-width"="512"`` (llvmlite only lists
+    enum attributes, so the string attribute is added to the underlying set directly).
     """
-    w = s.shape[0]
-    for j in range(w):
+
+    def codegen(context, builder, sig, args):
+        try:
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        except Exception:  # pragma: no cover - other llvmlite versions: no hint
+            pass
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _pow2_bits(typingctx, t):
+    """``2^k`` from ``t = k + bias + 1.5 * 2^p`` (float32: p = 23, float64: p = 52)."""
+    if t == types.float32:
+        ity, shift, fty = ir.IntType(32), 23, ir.FloatType()
+    else:
+        ity, shift, fty = ir.IntType(64), 52, ir.DoubleType()
+
+    def codegen(context, builder, sig, args):
+        i = builder.bitcast(args[0], ity)
+        i = builder.shl(i, ir.Constant(ity, shift))
+        return builder.bitcast(i, fty)
+
+    return t(t), codegen
+
+
+@intrinsic
+def _add_reassoc(typingctx, a, b):
+    """Add with the ``reassoc`` flag, which lets LLVM vectorise a running sum."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _max_nonan(typingctx, a, b):
+    """Return ``a if a > b else b`` flagged ``nnan`` (LLVM vectorises the reduction)."""
+
+    def codegen(context, builder, sig, args):
+        c = builder.fcmp_ordered(">", args[0], args[1], flags=("nnan", "nsz"))
+        return builder.select(c, args[0], args[1], flags=("nnan", "nsz"))
+
+    return a(a, b), codegen
+
+
+# ------------------------------------------------------------------ row operations
+
+
+@njit(cache=True, nogil=True)
+def _row_max(s):
+    """Maximum of a non-empty row without NaN (vectorised reduction)."""
+    _wide_vectors()
+    best = s[0]
+    for j in range(s.shape[0]):
+        best = _max_nonan(best, s[j])
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_sum_f64(s, mx):
+    """Overwrite ``s[j]`` with ``exp(s[j] - mx)`` and return the sum (one pass).
+
+    Entries below ``exp(-708)``, ``-inf`` included, become exactly 0. Only the sum
+    carries ``reassoc`` (a ``reassoc`` flag on the rest would cancel the rounding by
+    ``(x + M) - M``).
+    """
+    _wide_vectors()
+    acc = 0.0
+    for j in range(s.shape[0]):
         x = s[j] - mx
         xc = max(x, _EXP_MIN)
-        fk = (xc * _LOG2E + _MAGIC) - _MAGIC
+        t = xc * _LOG2E + _MAGIC
+        fk = t - _MAGIC
         r = (xc - fk * _LN2_HI) - fk * _LN2_LO
-        # Taylor polynomial of degree 13 on |r| <= ln(2)/2 (truncation < 2e-16), Estrin.
+        # Taylor polynomial of degree 13 on |r| <= ln(2)/2 (truncation < 2e-16): the
+        # tail 1/2 + r/6 + ... + r^11/13! by Estrin, then 1 + (r + r^2 tail) so that
+        # the only large rounding is the final addition.
         r2 = r * r
         r4 = r2 * r2
-        r8 = r4 * r4
-        a0 = 1.0 + r
         a1 = 0.5 + r * (1.0 / 6.0)
         a2 = 1.0 / 24.0 + r * (1.0 / 120.0)
         a3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
         a4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
         a5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
         a6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
-        b0 = a0 + r2 * a1
-        b1 = a2 + r2 * a3
-        b2 = a4 + r2 * a5
-        s[j] = (b0 + r4 * b1) + r8 * (b2 + r4 * a6)
-        tb[j] = fk + (1023.0 + _MAGIC) if x >= _EXP_MIN else _MAGIC
-    bits = tb.view(np.int64)
-    for j in range(w):
-        bits[j] = bits[j] << 52
-
-
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _exp_row_f32(s, mx, tb):
-    """Float32 twin of :func:`_exp_row_f64` (degree-7 polynomial, ``2^k`` from 8 bits)."""
-    w = s.shape[0]
-    c1, c2, c3, c4, c5, c6, c7 = _C_F
-    mxf = np.float32(mx)
-    for j in range(w):
-        x = s[j] - mxf
-        xc = max(x, _EXP_MIN_F)
-        fk = (xc * _LOG2E_F + _MAGIC_F) - _MAGIC_F
-        r = (xc - fk * _LN2_HI_F) - fk * _LN2_LO_F
-        r2 = r * r
-        r4 = r2 * r2
-        a0 = c1 + r
-        a1 = c2 + r * c3
-        a2 = c4 + r * c5
-        a3 = c6 + r * c7
-        s[j] = (a0 + r2 * a1) + r4 * (a2 + r2 * a3)
-        tb[j] = fk + _BIAS_F if x >= _EXP_MIN_F else _MAGIC_F
-    bits = tb.view(np.int32)
-    for j in range(w):
-        bits[j] = bits[j] << 23
-
-
-def _exp_row(s, mx, tb):  # pragma: no cover - replaced by the overload inside Numba
-    raise NotImplementedError
-
-
-@overload(_exp_row)
-def _exp_row_overload(s, mx, tb):
-    if s.dtype == types.float32:
-        return lambda s, mx, tb: _exp_row_f32(s, mx, tb)
-    return lambda s, mx, tb: _exp_row_f64(s, mx, tb)
-
-
-@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def _scale_sum(s, tb):
-    """Finish ``s[j] *= tb[j]`` and return ``sum(s)`` accumulated in float64."""
-    acc = 0.0
-    for j in range(s.shape[0]):
-        p = s[j] * tb[j]
+        tail = (a1 + r2 * a2) + r4 * ((a3 + r2 * a4) + r4 * (a5 + r2 * a6))
+        p = (1.0 + (r + r2 * tail)) * _pow2_bits(t)
+        p = p if x >= _EXP_MIN else 0.0
         s[j] = p
-        acc += np.float64(p)
+        acc = _add_reassoc(acc, p)
     return acc
 
 
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_sum_f32(s, mx):
+    """Float32 twin of :func:`_exp_sum_f64` (degree-7 Horner polynomial, float32 sum)."""
+    _wide_vectors()
+    c1, c2, c3, c4, c5, c6, c7 = _C_F
+    mxf = np.float32(mx)
+    acc = _ZERO_F
+    for j in range(s.shape[0]):
+        x = s[j] - mxf
+        xc = max(x, _EXP_MIN_F)
+        t = xc * _LOG2E_F + _MAGIC_F
+        fk = t - _MAGIC_F
+        r = (xc - fk * _LN2_HI_F) - fk * _LN2_LO_F
+        tail = c7 * r + c6
+        tail = tail * r + c5
+        tail = tail * r + c4
+        tail = tail * r + c3
+        tail = tail * r + c2
+        p = (c1 + (r + (r * r) * tail)) * _pow2_bits(t)
+        p = p if x >= _EXP_MIN_F else _ZERO_F
+        s[j] = p
+        acc = _add_reassoc(acc, p)
+    return np.float64(acc)
+
+
+def _exp_sum(s, mx):  # pragma: no cover - replaced by the overload inside Numba
+    raise NotImplementedError
+
+
+@overload(_exp_sum)
+def _exp_sum_overload(s, mx):
+    if s.dtype == types.float32:
+        return lambda s, mx: _exp_sum_f32(s, mx)
+    return lambda s, mx: _exp_sum_f64(s, mx)
+
+
 @njit(cache=True, nogil=True)
-def _row_max(s):
-    """Maximum of a non-empty row without NaN (8 independent lanes: ~2x a serial loop)."""
-    w = s.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = s[0]
-    j = 0
-    while j + 8 <= w:
-        x0, x1, x2, x3 = s[j], s[j + 1], s[j + 2], s[j + 3]
-        x4, x5, x6, x7 = s[j + 4], s[j + 5], s[j + 6], s[j + 7]
-        a0 = x0 if x0 > a0 else a0
-        a1 = x1 if x1 > a1 else a1
-        a2 = x2 if x2 > a2 else a2
-        a3 = x3 if x3 > a3 else a3
-        a4 = x4 if x4 > a4 else a4
-        a5 = x5 if x5 > a5 else a5
-        a6 = x6 if x6 > a6 else a6
-        a7 = x7 if x7 > a7 else a7
-        j += 8
-    best = max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7)))
-    while j < w:
-        best = max(best, s[j])
-        j += 1
-    return best
+def _softmax_tile(s, mrow, lrow, alpha):
+    """Online-softmax update of a score tile ``s (nb, w)`` in place (``s`` becomes ``P``).
+
+    Updates the running maxima ``mrow`` and normalisers ``lrow`` (float64) and writes
+    the accumulator rescaling factors ``alpha``.
+    """
+    for i in range(s.shape[0]):
+        srow = s[i]
+        mnew = max(mrow[i], np.float64(_row_max(srow)))
+        if mnew == -np.inf:
+            # Nothing visible so far: zero weights, nothing to rescale.
+            srow[:] = 0
+            alpha[i] = 1.0
+            continue
+        # exp(-inf) = 0 when this tile holds the row's first visible key.
+        a = 1.0 if mnew == mrow[i] else np.exp(mrow[i] - mnew)
+        alpha[i] = a
+        mrow[i] = mnew
+        lrow[i] = a * lrow[i] + _exp_sum(srow, mnew)
+
+
+# ------------------------------------------------------------------------- prefill
 
 
 def _attend_blocks(
@@ -172,6 +260,7 @@ def _attend_blocks(
     v,
     kv_index,
     rows,
+    order,
     mask_b,
     mask_f,
     mask_index,
@@ -188,6 +277,8 @@ def _attend_blocks(
 
     Parameters (no validation): ``q (G, n, d)``, ``k (Gk, m, d)``, ``v (Gk, m, dv)``
     C-contiguous of one float dtype; ``kv_index (G,)``; ``rows (r,)`` int64 query rows;
+    ``order (G * ceil(r / bq),)`` the (slice, query block) tasks in the order they are
+    handed out (longest first under ``causal``; any permutation gives the same result);
     ``mask_b`` (boolean, True = keep, read if ``mask_mode == 1``) and ``mask_f``
     (additive, dtype of ``q``, read if ``mask_mode == 2``) of shape ``(2, Gm, n, m)``
     with any strides, of which only ``[0]`` is read (the unused one is a dummy, and the
@@ -197,14 +288,14 @@ def _attend_blocks(
     ``j <= i + offset``); block sizes ``bq``, ``bk``. Writes ``out (G, r, dv)`` (dtype of
     ``q``) and ``lse (G, r)`` (float64).
     """
-    G = q.shape[0]
     d = q.shape[2]
     m = k.shape[1]
     dv = v.shape[2]
     r = rows.shape[0]
     nqb = (r + bq - 1) // bq
     neg_inf = -np.inf
-    for t in prange(G * nqb):
+    for tt in prange(order.shape[0]):
+        t = order[tt]
         g = t // nqb
         i0 = (t - g * nqb) * bq
         nb = min(bq, r - i0)
@@ -226,7 +317,6 @@ def _attend_blocks(
             # Key blocks entirely above the diagonal of every row are skipped.
             jend = min(m, lim_hi + 1)
         sbuf = np.empty(nb * bk, dtype=q.dtype)
-        tb = np.empty(bk, dtype=q.dtype)
         pv = np.empty((nb, dv), dtype=q.dtype)
         acc = np.zeros((nb, dv))
         mrow = np.full(nb, neg_inf)
@@ -252,24 +342,16 @@ def _attend_blocks(
                     first = max(rows[i0 + i] + offset + 1 - j0, 0)
                     for jj in range(first, w):
                         s[i, jj] = neg_inf
-            for i in range(nb):
-                srow = s[i]
-                mnew = max(mrow[i], np.float64(_row_max(srow)))
-                if mnew == neg_inf:
-                    # Nothing visible so far: zero weights, nothing to rescale.
-                    srow[:] = 0
-                    alpha[i] = 1.0
-                    continue
-                # exp(-inf) = 0 when this block holds the row's first visible key.
-                alpha[i] = np.exp(mrow[i] - mnew)
-                mrow[i] = mnew
-                _exp_row(srow, mnew, tb)
-                lrow[i] = alpha[i] * lrow[i] + _scale_sum(srow, tb[:w])
+            _softmax_tile(s, mrow, lrow, alpha)
             np.dot(s, v[gk, j0 : j0 + w], pv)
             for i in range(nb):
                 a = alpha[i]
-                for c in range(dv):
-                    acc[i, c] = a * acc[i, c] + pv[i, c]
+                if a == 1.0:
+                    for c in range(dv):
+                        acc[i, c] += pv[i, c]
+                else:
+                    for c in range(dv):
+                        acc[i, c] = a * acc[i, c] + pv[i, c]
         for i in range(nb):
             if lrow[i] > 0.0:
                 inv = 1.0 / lrow[i]
@@ -283,3 +365,116 @@ def _attend_blocks(
 
 
 _attend_kernel = njit(cache=True, nogil=True, parallel=True)(_attend_blocks)
+
+
+# ------------------------------------------------------------- decode / split keys
+
+
+def _split_blocks(
+    q,
+    k,
+    v,
+    members,
+    rows,
+    mask_b,
+    mask_f,
+    mask_index,
+    mask_mode,
+    scale,
+    causal,
+    offset,
+    chunk,
+    out,
+    lse,
+    part_acc,
+    part_m,
+    part_l,
+):
+    """Split-key attention with the query heads of a key/value slice stacked as rows.
+
+    ``members (Gk, gs)``: the query slices that use key/value slice ``gk`` (each
+    key/value slice has the same number ``gs`` of them); the stacked block of slice
+    ``gk`` has ``R = gs * r`` rows, row ``a * r + i`` being query row ``rows[i]`` of
+    slice ``members[gk, a]``. The keys are cut into chunks of ``chunk``; task ``(gk,
+    c)`` writes the partial maximum, normaliser and unnormalised output of every stacked
+    row over chunk ``c`` into ``part_m / part_l (Gk, C, R)`` and ``part_acc (Gk, C, R,
+    dv)`` (float64); then each (slice, stacked row) merges its ``C`` partials in chunk
+    order. Other parameters as :func:`_attend_blocks`.
+    """
+    d = q.shape[2]
+    m = k.shape[1]
+    dv = v.shape[2]
+    r = rows.shape[0]
+    Gk, gs = members.shape
+    R = gs * r
+    C = part_m.shape[1]
+    neg_inf = -np.inf
+    for t in prange(Gk * C):
+        gk = t // C
+        c = t - gk * C
+        j0 = c * chunk
+        w = min(chunk, m - j0)
+        qb = np.empty((R, d), dtype=q.dtype)
+        for a in range(gs):
+            g = members[gk, a]
+            for i in range(r):
+                for e in range(d):
+                    qb[a * r + i, e] = q[g, rows[i], e] * scale
+        s = np.empty((R, w), dtype=q.dtype)
+        np.dot(qb, k[gk, j0 : j0 + w].T, s)
+        if mask_mode != 0 or causal:
+            for a in range(gs):
+                gm = mask_index[members[gk, a]]
+                for i in range(r):
+                    row = rows[i]
+                    srow = s[a * r + i]
+                    if mask_mode == 1:
+                        for jj in range(w):
+                            if not mask_b[0, gm, row, j0 + jj]:
+                                srow[jj] = neg_inf
+                    elif mask_mode == 2:
+                        for jj in range(w):
+                            srow[jj] += mask_f[0, gm, row, j0 + jj]
+                    if causal:
+                        for jj in range(max(row + offset + 1 - j0, 0), w):
+                            srow[jj] = neg_inf
+        mrow = np.full(R, neg_inf)
+        lrow = np.zeros(R)
+        alpha = np.ones(R)
+        _softmax_tile(s, mrow, lrow, alpha)
+        pv = np.empty((R, dv), dtype=q.dtype)
+        np.dot(s, v[gk, j0 : j0 + w], pv)
+        for i in range(R):
+            part_m[gk, c, i] = mrow[i]
+            part_l[gk, c, i] = lrow[i]
+            for e in range(dv):
+                part_acc[gk, c, i, e] = pv[i, e]
+    for t in prange(Gk * R):
+        gk = t // R
+        i = t - gk * R
+        a = i // r
+        g = members[gk, a]
+        ii = i - a * r
+        top = neg_inf
+        for c in range(C):
+            top = max(top, part_m[gk, c, i])
+        if top == neg_inf:
+            for e in range(dv):
+                out[g, ii, e] = 0.0
+            lse[g, ii] = neg_inf
+            continue
+        acc = np.zeros(dv)
+        z = 0.0
+        for c in range(C):
+            if part_l[gk, c, i] > 0.0:
+                wgt = np.exp(part_m[gk, c, i] - top)
+                z += wgt * part_l[gk, c, i]
+                for e in range(dv):
+                    acc[e] += wgt * part_acc[gk, c, i, e]
+        inv = 1.0 / z
+        for e in range(dv):
+            out[g, ii, e] = acc[e] * inv
+        lse[g, ii] = top + np.log(z)
+
+
+_split_kernel = njit(cache=True, nogil=True, parallel=True)(_split_blocks)

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attention.exact as exact_module
 from attention._core import prepare
+from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
 
 # Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
@@ -439,3 +441,164 @@ def test_nan_additive_mask_rejected(rng):
     bias[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         softmax_attention(Q, K, V, mask=bias)
+
+
+# ------------------------------------------------------- decode: split keys, GQA stacking
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Split-key chunks of 64 keys (at most 8 per slice) so that small m splits."""
+    monkeypatch.setattr(exact_module, "_CHUNK_MIN", 64)
+    monkeypatch.setattr(exact_module, "_CHUNK_MAX", 256)
+    monkeypatch.setattr(exact_module, "_MAX_CHUNKS", 8)
+
+
+def split_taken(Q, K, V, causal=False, rows=None):
+    problem = prepare(Q, K, V, causal=causal)
+    r = problem.n if rows is None else len(rows)
+    last = problem.n - 1 if rows is None else max(rows)
+    m_eff = min(problem.m, last + problem.offset + 1) if causal else problem.m
+    return exact_module._split_plan(problem, r, m_eff) is not None
+
+
+@pytest.mark.parametrize("n", [1, 4, 16])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_split_keys_matches_reference(rng, dtype, small_chunks, n, causal, mask_kind):
+    # 6 query heads on 2 key/value heads: 3 * n stacked rows per key/value head, a
+    # partial last chunk (m = 1000 is not a multiple of the chunk), bottom-right causal.
+    Q, K, V = qkv(rng, (2, 6, n, 16), (2, 2, 1000, 16), dv=8, dtype=dtype)
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random((6, n, 1000)) > 0.3
+    elif mask_kind == "float":
+        mask = np.where(rng.random((n, 1000)) > 0.3, rng.standard_normal((n, 1000)), -np.inf)
+    assert split_taken(Q, K, V, causal)
+    Y, lse = softmax_attention(Q, K, V, causal=causal, mask=mask, return_lse=True)
+    R, rl = reference_attention(Q, K, V, causal=causal, mask=mask, return_lse=True)
+    assert Y.dtype == dtype and lse.dtype == dtype
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
+def test_split_keys_default_chunks_decode(rng, dtype):
+    # The decode shape of the benchmark: 9 query heads on 3 key/value heads, one query.
+    Q, K, V = qkv(rng, (9, 1, 64), (3, 2048, 64), dtype=dtype)
+    assert split_taken(Q, K, V)
+    Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    R, rl = reference_attention(Q, K, V, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+    # Each query head against its own key/value head, one at a time (prefill path).
+    for h in (0, 4, 8):
+        assert_close(Y[h], softmax_attention(Q[h], K[h // 3], V[h // 3]), dtype)
+
+
+def test_split_keys_fully_masked_rows_and_chunks(rng, dtype, small_chunks):
+    Q, K, V = qkv(rng, (4, 3, 16), (2, 700, 16), dtype=dtype)
+    keep = rng.random((4, 3, 700)) > 0.5
+    keep[1, 2] = False  # a row that sees nothing
+    keep[:, 0, :400] = False  # whole chunks hidden from a row
+    Y, lse = softmax_attention(Q, K, V, mask=keep, return_lse=True)
+    R, rl = reference_attention(Q, K, V, mask=keep, return_lse=True)
+    assert np.all(Y[1, 2] == 0) and np.isneginf(lse[1, 2])
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+    # Causal together with the mask.
+    Y, lse = softmax_attention(Q, K, V, mask=keep, causal=True, return_lse=True)
+    R, rl = reference_attention(Q, K, V, mask=keep, causal=True, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
+def test_split_keys_rows_subset(rng, dtype, small_chunks):
+    Q, K, V = qkv(rng, (3, 8, 8), (3, 900, 8), dtype=dtype)
+    problem = prepare(Q, K, V, causal=True)
+    out, lse = _attend(problem)
+    rows = np.array([7, 0, 3, 3])
+    assert split_taken(Q, K, V, causal=True, rows=rows)
+    out_r, lse_r = _attend(problem, rows=rows)
+    assert_close(out_r, out[:, rows], dtype)
+    assert_lse_close(lse_r, lse[:, rows], dtype)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["pos", "neg"])
+def test_split_keys_extreme_logits(rng, dtype, small_chunks, sign):
+    Q, K, V = qkv(rng, (2, 4), (2, 700, 4), dtype=dtype)
+    Q = (sign * 100 * Q).astype(dtype)
+    K = (100 * K).astype(dtype)
+    assert split_taken(Q, K, V)
+    with np.errstate(all="raise"):
+        Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    R = reference_attention(Q, K, V)
+    assert np.isfinite(Y).all() and np.isfinite(lse).all()
+    smax = float(np.max(np.abs(Q.astype(float) @ np.swapaxes(K.astype(float), 1, 2)))) / 2
+    eps = np.finfo(dtype).eps
+    assert np.max(np.abs(Y - R)) <= 20 * eps * smax * np.max(np.abs(V))
+
+
+def test_split_keys_tiny_inputs(rng, dtype, small_chunks):
+    # d = 1, dv = 1, all-zero queries (uniform weights): the mean of V.
+    Q = np.zeros((3, 1, 1), dtype=dtype)
+    K = rng.standard_normal((1, 500, 1)).astype(dtype)
+    V = rng.standard_normal((1, 500, 1)).astype(dtype)
+    assert split_taken(Q, K, V)
+    Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    assert_close(Y, np.broadcast_to(V.astype(float).mean(axis=1), (3, 1, 1)), dtype)
+    np.testing.assert_allclose(lse, np.log(500), rtol=RTOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize(
+    ("shape_q", "shape_k", "causal", "chunks"),
+    [
+        pytest.param((9, 2, 16), (3, 900, 16), True, True, id="split-gqa"),
+        pytest.param((6, 300, 16), (2, 700, 16), True, False, id="prefill-gqa-causal"),
+        pytest.param((1, 600, 16), (1, 600, 16), True, False, id="prefill-causal-one-head"),
+    ],
+)
+def test_thread_count_determinism_paths(rng, dtype, monkeypatch, shape_q, shape_k, causal, chunks):
+    if chunks:
+        monkeypatch.setattr(exact_module, "_CHUNK_MIN", 64)
+        monkeypatch.setattr(exact_module, "_MAX_CHUNKS", 8)
+    monkeypatch.setattr(exact_module, "_SERIAL_WORK", 0)  # use the thread pool
+    monkeypatch.setattr(exact_module, "_BQ", 64)  # several query blocks per slice
+    Q, K, V = qkv(rng, shape_q, shape_k, dtype=dtype)
+    assert split_taken(Q, K, V, causal) == chunks
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        Y1, l1 = softmax_attention(Q, K, V, causal=causal, return_lse=True)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        Y2, l2 = softmax_attention(Q, K, V, causal=causal, return_lse=True)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(Y1, Y2) and np.array_equal(l1, l2)
+    assert_close(Y1, reference_attention(Q, K, V, causal=causal), dtype)
+
+
+# ---------------------------------------------------------------- exponential kernel
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dt", "lo", "cut"),
+    [
+        pytest.param(_exp_sum_f32, np.float32, -90.0, -87.0, id="float32"),
+        pytest.param(_exp_sum_f64, np.float64, -745.0, -708.0, id="float64"),
+    ],
+)
+def test_exp_kernel_against_numpy(kernel, dt, lo, cut):
+    x = np.linspace(lo, 0.0, 200_003).astype(dt)
+    x[::997] = -np.inf
+    s = x.copy()
+    total = kernel(s, 0.0)
+    ref = np.exp(x.astype(np.longdouble))
+    normal = x >= cut
+    ulp = np.abs(s[normal] - ref[normal]) / np.spacing(ref[normal].astype(dt))
+    assert float(ulp.max()) <= 2.0
+    assert np.all(s[~normal] == 0)  # below the cut (and -inf): exactly 0
+    np.testing.assert_allclose(total, float(s.astype(np.float64).sum()), rtol=1e-6)
+    # Shifted by the row maximum: exp(x - mx).
+    s = np.array([3.0, 2.0, -np.inf], dtype=dt)
+    kernel(s, 3.0)
+    np.testing.assert_allclose(s, np.exp(np.array([0.0, -1.0, -np.inf])), rtol=4e-7)
