@@ -729,102 +729,162 @@ def aca(A, /, *, tol=1e-6, max_rank=None, n_check_rows=8, rng=None) -> CrossResu
         else check_int(max_rank, "max_rank", minimum=1, maximum=min(m, n))
     )
     rng = check_rng(rng)
-    eps = float(np.finfo(dtype).eps)
 
-    width = min(cap, 16)
-    # Factors stored transposed (one contiguous row per rank-one term): every residual
-    # and norm update is a BLAS GEMV over contiguous memory. (A fused one-pass Numba
-    # kernel was measured and was not faster than two GEMVs.)
-    Ut = np.zeros((width, m), dtype=dtype)
-    Vt = np.zeros((width, n), dtype=dtype)
-    row_used = np.zeros(m, dtype=bool)
-    col_used = np.zeros(n, dtype=bool)
-    piv_rows: list[int] = []
-    piv_cols: list[int] = []
-    k = 0
-    norm2 = 0.0
-    scale = 0.0
+    cross = _Cross(E, dtype, cap)
     zero_rows = 0
     converged = False
     i = int(rng.integers(m))
-    while k < cap:
-        raw = _finite(np.asarray(E.rows([i]), dtype=dtype)[0], "rows")
-        row_used[i] = True
-        scale = max(scale, float(np.max(np.abs(raw))))
-        row = raw - Vt[:k].T @ Ut[:k, i] if k else raw.copy()
-        a = np.abs(row)
-        a[col_used] = -1.0
-        j = int(np.argmax(a))
-        delta = float(row[j])
-        if abs(delta) <= _ACA_ZERO_PIVOT * eps * scale or col_used[j]:
+    while cross.k < cap:
+        row = cross.residual_row(i)
+        j = cross.pivot_column(row)
+        if j is None:
+            # Row i is already reproduced: restart at a random unused row.
             zero_rows += 1
-            free = np.flatnonzero(~row_used)
-            if zero_rows > _ACA_MAX_ZERO_ROWS or free.size == 0:
+            i = _random_free_row(cross, rng) if zero_rows <= _ACA_MAX_ZERO_ROWS else None
+            if i is None:
                 converged = True
                 break
-            i = int(free[rng.integers(free.size)])
             continue
         zero_rows = 0
-        col = _finite(np.asarray(E.cols([j]), dtype=dtype)[:, 0], "cols")
-        scale = max(scale, float(np.max(np.abs(col))))
-        u = col - Ut[:k].T @ Vt[:k, j] if k else col.copy()
-        v = row * row.dtype.type(1.0 / delta)
-        if k == Ut.shape[0]:
-            width = min(cap, 2 * width)
-            Ut = np.concatenate([Ut, np.zeros((width - k, m), dtype=dtype)])
-            Vt = np.concatenate([Vt, np.zeros((width - k, n), dtype=dtype)])
-        uu = float(np.dot(u, u))
-        vv = float(np.dot(v, v))
-        # Inner products with the computed residuals themselves (deriving them from
-        # Gram matrices by subtraction cancels catastrophically once u, v are small).
-        cross = 0.0
-        if k:
-            cross = 2.0 * float(
-                np.dot((Ut[:k] @ u).astype(np.float64), (Vt[:k] @ v).astype(np.float64))
-            )
-        norm2 = max(norm2 + cross + uu * vv, uu * vv)
-        Ut[k] = u
-        Vt[k] = v
-        piv_rows.append(i)
-        piv_cols.append(j)
-        col_used[j] = True
-        k += 1
-        if np.sqrt(uu * vv) <= tol * np.sqrt(norm2):
-            free = np.flatnonzero(~row_used)
-            if n_check_rows == 0 or free.size == 0:
+        u, update2 = cross.append(i, j, row)
+        if np.sqrt(update2) <= tol * np.sqrt(cross.norm2):
+            i = _confirm_on_random_rows(cross, tol, n_check_rows, rng)
+            if i is None:
                 converged = True
                 break
-            # Confirm on random non-pivot rows: (free / s) * sum of their squared residual
-            # norms is unbiased for ||A - A_k||_F^2 (pivot rows have zero residual).
-            samp = free[rng.choice(free.size, min(n_check_rows, free.size), replace=False)]
-            raw_s = _finite(np.asarray(E.rows(samp), dtype=dtype), "rows")
-            scale = max(scale, float(np.max(np.abs(raw_s))))
-            res_s = (raw_s - Ut[:k, samp].T @ Vt[:k]).astype(np.float64)
-            sq = np.einsum("ij,ij->i", res_s, res_s)
-            if free.size / samp.size * float(sq.sum()) <= tol * tol * norm2:
-                converged = True
-                break
-            # Not converged: continue from the worst sampled row.
-            i = int(samp[np.argmax(sq)])
             continue
-        b = np.abs(u)
-        b[row_used] = -1.0
-        i = int(np.argmax(b))
-        if b[i] < 0:
+        i = _next_pivot_row(cross, u, rng)
+        if i is None:
             break  # every row is a pivot: the cross interpolates all of A
-        if b[i] == 0:
-            free = np.flatnonzero(~row_used)
-            i = int(free[rng.integers(free.size)])
-    if not converged and k == cap and max_rank is not None and cap < min(m, n):
+    if not converged and cross.k == cap and max_rank is not None and cap < min(m, n):
         warnings.warn(
             f"aca reached max_rank={cap} before the stopping criterion "
             f"||u_k|| ||v_k|| <= tol ||A_k||_F (tol={tol}) was met",
             ConvergenceWarning,
             stacklevel=2,
         )
-    return CrossResult(
-        np.ascontiguousarray(Ut[:k].T),
-        np.ascontiguousarray(Vt[:k].T),
-        np.asarray(piv_rows, dtype=np.int64),
-        np.asarray(piv_cols, dtype=np.int64),
-    )
+    return cross.result()
+
+
+class _Cross:
+    """The growing cross approximation ``A_k = U V^T`` of ACA and its pivots."""
+
+    def __init__(self, E, dtype, cap: int) -> None:
+        m, n = (int(s) for s in E.shape)
+        self.E = E
+        self.dtype = dtype
+        self.cap = cap
+        self.eps = float(np.finfo(dtype).eps)
+        width = min(cap, 16)
+        # Factors stored transposed (one contiguous row per rank-one term): every
+        # residual and norm update is a BLAS GEMV over contiguous memory. (A fused
+        # one-pass Numba kernel was measured and was not faster than two GEMVs.)
+        self.Ut = np.zeros((width, m), dtype=dtype)
+        self.Vt = np.zeros((width, n), dtype=dtype)
+        self.row_used = np.zeros(m, dtype=bool)
+        self.col_used = np.zeros(n, dtype=bool)
+        self.piv_rows: list[int] = []
+        self.piv_cols: list[int] = []
+        self.k = 0
+        self.norm2 = 0.0  # ||A_k||_F^2, updated exactly
+        self.scale = 0.0  # largest entry seen so far
+
+    def read_rows(self, idx) -> np.ndarray:
+        """Return the rows ``A[idx, :]`` (checked finite); track the largest entry seen."""
+        raw = _finite(np.asarray(self.E.rows(idx), dtype=self.dtype), "rows")
+        self.scale = max(self.scale, float(np.max(np.abs(raw))))
+        return raw
+
+    def free_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.row_used)
+
+    def residual_row(self, i: int) -> np.ndarray:
+        """Return the residual row ``(A - A_k)[i, :]``; mark row ``i`` as used."""
+        raw = self.read_rows([i])[0]
+        self.row_used[i] = True
+        k = self.k
+        return raw - self.Vt[:k].T @ self.Ut[:k, i] if k else raw.copy()
+
+    def pivot_column(self, row: np.ndarray) -> int | None:
+        """Unused column of largest residual, or None if the residual row is zero."""
+        a = np.abs(row)
+        a[self.col_used] = -1.0
+        j = int(np.argmax(a))
+        if abs(float(row[j])) <= _ACA_ZERO_PIVOT * self.eps * self.scale or self.col_used[j]:
+            return None
+        return j
+
+    def append(self, i: int, j: int, row: np.ndarray):
+        """Add the rank-one term of pivot ``(i, j)``: return ``u`` and ``|u|^2 |v|^2``."""
+        k = self.k
+        col = _finite(np.asarray(self.E.cols([j]), dtype=self.dtype)[:, 0], "cols")
+        self.scale = max(self.scale, float(np.max(np.abs(col))))
+        u = col - self.Ut[:k].T @ self.Vt[:k, j] if k else col.copy()
+        v = row * row.dtype.type(1.0 / float(row[j]))
+        if k == self.Ut.shape[0]:
+            width = min(self.cap, 2 * k)
+            self.Ut = np.concatenate([self.Ut, np.zeros((width - k, u.size), dtype=self.dtype)])
+            self.Vt = np.concatenate([self.Vt, np.zeros((width - k, v.size), dtype=self.dtype)])
+        uu = float(np.dot(u, u))
+        vv = float(np.dot(v, v))
+        # Inner products with the computed residuals themselves (deriving them from
+        # Gram matrices by subtraction cancels catastrophically once u, v are small).
+        cross = 0.0
+        if k:
+            Uu = (self.Ut[:k] @ u).astype(np.float64)
+            cross = 2.0 * float(np.dot(Uu, (self.Vt[:k] @ v).astype(np.float64)))
+        self.norm2 = max(self.norm2 + cross + uu * vv, uu * vv)
+        self.Ut[k] = u
+        self.Vt[k] = v
+        self.piv_rows.append(i)
+        self.piv_cols.append(j)
+        self.col_used[j] = True
+        self.k += 1
+        return u, uu * vv
+
+    def result(self) -> CrossResult:
+        k = self.k
+        return CrossResult(
+            np.ascontiguousarray(self.Ut[:k].T),
+            np.ascontiguousarray(self.Vt[:k].T),
+            np.asarray(self.piv_rows, dtype=np.int64),
+            np.asarray(self.piv_cols, dtype=np.int64),
+        )
+
+
+def _random_free_row(cross: _Cross, rng) -> int | None:
+    free = cross.free_rows()
+    if free.size == 0:
+        return None
+    return int(free[rng.integers(free.size)])
+
+
+def _confirm_on_random_rows(cross: _Cross, tol: float, n_check_rows: int, rng) -> int | None:
+    """Confirm convergence on random non-pivot rows: None, or the row to continue from."""
+    free = cross.free_rows()
+    if n_check_rows == 0 or free.size == 0:
+        return None
+    # (free / s) * sum of their squared residual norms is unbiased for ||A - A_k||_F^2
+    # (pivot rows have zero residual).
+    samp = free[rng.choice(free.size, min(n_check_rows, free.size), replace=False)]
+    raw_s = cross.read_rows(samp)
+    k = cross.k
+    res_s = (raw_s - cross.Ut[:k, samp].T @ cross.Vt[:k]).astype(np.float64)
+    sq = np.einsum("ij,ij->i", res_s, res_s)
+    if free.size / samp.size * float(sq.sum()) <= tol * tol * cross.norm2:
+        return None
+    # Not converged: continue from the worst sampled row.
+    return int(samp[np.argmax(sq)])
+
+
+def _next_pivot_row(cross: _Cross, u: np.ndarray, rng) -> int | None:
+    """Unused row of largest ``|u|`` (random if ``u`` vanishes there); None if none is left."""
+    b = np.abs(u)
+    b[cross.row_used] = -1.0
+    i = int(np.argmax(b))
+    if b[i] < 0:
+        return None
+    if b[i] == 0:
+        free = cross.free_rows()
+        i = int(free[rng.integers(free.size)])
+    return i
