@@ -85,10 +85,15 @@ class Cost(NamedTuple):
         Number of evaluations of ``exp(q_i . k_j * scale)`` (entries of ``A`` formed),
         the quantity sub-quadratic methods save; exact attention spends ``n * m`` per
         slice (about half with ``causal=True``).
+    key_fraction : ndarray of shape (G,), or None
+        Optional, per query slice (head): the fraction of the visible keys whose values
+        entered the output exactly (reported by methods that choose their key sets,
+        e.g. ``"adaptive"``); None for methods that do not report it.
     """
 
     flops: float
     kernel_evals: int
+    key_fraction: np.ndarray | None = None
 
 
 class AttentionApprox(NamedTuple):

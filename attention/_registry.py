@@ -73,6 +73,7 @@ _METHOD_MODULES = (
     "attention.sampling",
     "attention.lowrank",
     "attention.kernel",
+    "attention.adaptive",
 )
 
 
