@@ -24,7 +24,7 @@ Memory per task: the ``bmax x m`` weights (the scores are kept to avoid a second
 import numpy as np
 from numba import njit, prange
 
-from attention._kernels.exact import _exp_row, _scale_sum
+from attention._kernels.exact import _exp_sum, _row_max
 
 _CH = 512  # keys per score GEMM
 _NEG = -np.inf
@@ -123,11 +123,10 @@ def _task_loop(
                     lim = lims[i]
                     for jj in range(w):
                         s[i, jj] = sc[i, jj] if j0 + jj <= lim else _NEG
-                    mrow[i] = max(mrow[i], np.float64(s[i].max()))
+                    mrow[i] = max(mrow[i], np.float64(_row_max(s[i])))
             # -- pass 2: weights, normaliser, block masses and block error costs --
             bm = np.zeros((nb, nkb))
             cost = np.zeros((nb, nkb))
-            tb = np.empty(_CH, dtype=q.dtype)
             for ch in range(nch):
                 j0 = ch * _CH
                 w = min(_CH, vis - j0)
@@ -136,8 +135,7 @@ def _task_loop(
                     if mrow[i] == _NEG:
                         srow[:] = 0
                         continue
-                    _exp_row(srow, mrow[i], tb)
-                    dsum[i] += _scale_sum(srow, tb[:w])
+                    dsum[i] += _exp_sum(srow, mrow[i])
                     for b0 in range(0, w, bk):
                         b = (j0 + b0) // bk
                         s1 = 0.0
