@@ -1,26 +1,37 @@
-r"""Exact attention: ``attention.exact.softmax_attention`` against NumPy and PyTorch (CPU).
+r"""Exact attention: ``attention.softmax_attention`` against PyTorch and the machine's roofline.
 
-Implementations, on the same inputs ``Q, K, V`` of shape ``(heads, n, 64)``:
+Implementations, on the same inputs (``d = 64`` unless stated):
 
-* ``rnla softmax_attention`` - the blocked online-softmax Numba kernel (never forms
-  ``n x n``);
+* ``rnla softmax_attention`` - the blocked online-softmax Numba kernel (prefill) and the
+  split-key kernel with grouped-query heads stacked (decode);
+* ``PyTorch SDPA`` - ``torch.nn.functional.scaled_dot_product_attention`` on CPU, with
+  ``is_causal`` / ``enable_gqa`` as the row needs (the baseline when torch is installed);
 * ``NumPy exact`` - ``softmax(Q K^T * scale) V`` forming the score matrix head by head
-  (skipped, and said so, where the two ``n x n`` temporaries would exceed 8 GB);
-* ``PyTorch SDPA`` - ``torch.nn.functional.scaled_dot_product_attention`` on CPU (the
-  baseline when torch is installed; the column is marked unavailable otherwise).
+  (non-causal multi-head rows up to ``n = 4096``);
+* a **roofline** call timed in the same interleaved rounds: for prefill rows a
+  ``2048 x 2048`` GEMM through NumPy (all BLAS threads, the row's dtype; ``--quick``:
+  1024), for decode rows a parallel read of a 256 MB array (``--quick``: 32 MB). The
+  fractions below are ratios of medians measured side by side, so that machine load
+  hits both alike.
 
-Sizes ``n`` in {1024, 4096, 16384} with one head, and {1024, 4096} with 4 heads, in
-float32 and float64 (``--quick``: ``n`` in {256, 1024}). Accuracy is the max-abs error
-relative to ``max |Y|`` on 256 sampled rows, against a float64 NumPy computation of those
-rows. Goal: ``softmax_attention`` within 1.5x of PyTorch's time (speed-up >= 0.67).
+Rows (full run): prefill with 8 heads at ``n = 1024``, 4 heads at ``n = 4096``
+(causal and not, ``d`` = 64 and 128, float32 and float64), grouped-query 9 query / 3
+key-value heads at ``n = 4096`` causal, 2 heads at ``n = 8192`` (causal and not,
+float32 and float64); decode (one new token per query head, 9 query / 3 key-value
+heads, ``d = 64``) with ``m`` in {2048, 8192, 32768, 131072}, plus 16 new tokens at
+``m = 32768``. Flops count the visible score entries: ``2 (d + dv)`` per entry, about
+half of ``n m`` under ``causal``. Decode bytes are the ``K`` and ``V`` bytes read.
 
-The run also measures the machine's GEMM rate (``A @ B`` with ``A, B`` 2048 x 2048, all
-threads) to put the achieved GFLOP/s (``4 n^2 d`` per head) in context, and the peak
-extra memory of ``softmax_attention`` at ``n = 65536``, float32 (``--quick``: 8192),
-in a fresh subprocess: peak resident size after the call minus the resident size
-before it. The peak (``VmHWM``) is reset through ``/proc/self/clear_refs`` after import
-and compilation, so that their peak does not hide the call's (``ru_maxrss`` delta
-where that is unavailable).
+Accuracy is the max-abs error relative to ``max |Y|`` on (up to) 256 sampled rows
+against a float64 NumPy computation of those rows. Goals: prefill >= 80% of the GEMM
+rate at ``n >= 4096``; decode >= 70% of the read bandwidth at ``m >= 8192``; every row at
+most PyTorch's time (speed-up >= 1).
+
+Also: the single-thread CPU time of one head at ``n = 4096`` against a one-thread GEMM
+(load-independent), and the peak extra memory of ``softmax_attention`` at ``n = 65536``,
+float32 (``--quick``: 8192), in a fresh subprocess (``VmHWM`` reset through
+``/proc/self/clear_refs`` after import and compilation; ``ru_maxrss`` delta where that
+is unavailable).
 
 Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``.
 """
@@ -34,6 +45,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from attention.exact import softmax_attention
@@ -45,10 +57,15 @@ except ImportError:  # the benchmark runs without torch; its column is then abse
     torch = None
 
 NAME = "attention_exact"
-D = 64
-NUMPY_LIMIT_BYTES = 8e9
 ACCURACY_ROWS = 256
-GOAL = 1 / 1.5
+PREFILL_GOAL = 0.80
+DECODE_GOAL = 0.70
+OURS = "rnla softmax_attention"
+TORCH = "PyTorch SDPA"
+NUMPY = "NumPy exact (forms n x n)"
+GEMM = "roofline: GEMM"
+READ = "roofline: memory read"
+ROOFLINES = (GEMM, READ)
 
 
 def numpy_exact(Q, K, V, scale):
@@ -63,69 +80,138 @@ def numpy_exact(Q, K, V, scale):
     return out
 
 
-def accuracy_metric(Q, K, V, scale, rng):
+def accuracy_metric(Q, K, V, scale, causal, rng):
     """Max-abs error on sampled rows, relative to max |Y|, vs a float64 NumPy computation."""
-    rows = np.sort(rng.choice(Q.shape[1], size=min(ACCURACY_ROWS, Q.shape[1]), replace=False))
-    Q64, K64, V64 = (x.astype(np.float64) for x in (Q, K, V))
-    S = np.einsum("hrd,hmd->hrm", Q64[:, rows], K64) * scale
+    n, m = Q.shape[1], K.shape[1]
+    group = Q.shape[0] // K.shape[0]
+    rows = np.sort(rng.choice(n, size=min(ACCURACY_ROWS, n), replace=False))
+    Q64 = Q[:, rows].astype(np.float64)
+    K64 = np.repeat(K.astype(np.float64), group, axis=0)
+    V64 = np.repeat(V.astype(np.float64), group, axis=0)
+    S = np.einsum("hrd,hmd->hrm", Q64, K64) * scale
+    if causal:
+        S = np.where(np.arange(m)[None, :] <= rows[:, None] + m - n, S, -np.inf)
     P = np.exp(S - S.max(axis=-1, keepdims=True))
     ref = (P @ V64) / P.sum(axis=-1, keepdims=True)
 
-    def metric(_name, out):
+    def metric(name, out):
+        if name in ROOFLINES:
+            return float("nan")
         out = np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float64)
         return float(np.max(np.abs(out[:, rows] - ref)) / np.max(np.abs(ref)))
 
     return metric
 
 
-def attention_task(n, heads, dtype, rng) -> Task:
-    Q, K, V = (rng.standard_normal((heads, n, D)).astype(dtype) for _ in range(3))
-    scale = 1.0 / np.sqrt(D)
-    impls = {"rnla softmax_attention": lambda: softmax_attention(Q, K, V)}
-    numpy_bytes = 2 * n * n * np.dtype(dtype).itemsize
-    skipped = []
-    if numpy_bytes <= NUMPY_LIMIT_BYTES:
-        impls["NumPy exact (forms n x n)"] = lambda: numpy_exact(Q, K, V, scale)
-    else:
-        skipped.append(f"NumPy exact: needs {numpy_bytes / 1e9:.1f} GB > 8 GB")
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _read_all(x):
+    """Sum of a 2-D array, rows over the threads (a memory-read roofline)."""
+    total = 0.0
+    for i in numba.prange(x.shape[0]):
+        s = np.float32(0.0)
+        row = x[i]
+        for j in range(row.shape[0]):
+            s += row[j]
+        total += s
+    return total
+
+
+def gemm_call(dtype, size):
+    rng = np.random.default_rng(0)
+    A, B = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+    return (lambda: A @ B), 2.0 * size**3
+
+
+def read_call(megabytes):
+    x = np.ones((megabytes * 1024, 256), dtype=np.float32)  # 1 KB rows
+    return (lambda: _read_all(x)), float(x.nbytes)
+
+
+def attention_task(kind, hq, hk, n, m, d, dtype, causal, rng, roofline) -> Task:
+    Q = rng.standard_normal((hq, n, d)).astype(dtype)
+    K, V = (rng.standard_normal((hk, m, d)).astype(dtype) for _ in range(2))
+    scale = 1.0 / np.sqrt(d)
+    impls = {OURS: lambda: softmax_attention(Q, K, V, causal=causal)}
     if torch is not None:
         tq, tk, tv = (torch.from_numpy(x) for x in (Q, K, V))
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        impls["PyTorch SDPA"] = lambda: sdpa(tq, tk, tv)
-    else:
-        skipped.append("PyTorch SDPA: torch not installed")
-    baseline = "PyTorch SDPA" if torch is not None else "rnla softmax_attention"
+        gqa = hq != hk
+        impls[TORCH] = lambda: sdpa(tq, tk, tv, is_causal=causal, enable_gqa=gqa)
+    if kind == "prefill" and not causal and hq == hk and n <= 4096:
+        impls[NUMPY] = lambda: numpy_exact(Q, K, V, scale)
+    roof_name, (roof_fn, roof_amount) = roofline
+    impls[roof_name] = roof_fn
+    # Visible score entries (bottom-right causal: row i sees min(m, i + m - n + 1) keys).
+    visible = n * m
+    if causal:
+        visible = int(np.clip(np.arange(n) + m - n + 1, 0, m).sum())
+    label = f"{hq}q/{hk}kv heads" if hq != hk else f"{hq} heads"
+    shape = f"n={n}" if kind == "prefill" else f"n={n}, m={m}"
+    name = f"{kind} {shape}, {label}, d={d}, {np.dtype(dtype).name}"
+    name += ", causal" if causal else ""
+    baseline = TORCH if torch is not None else OURS
     return Task(
-        name=f"n={n}, heads={heads}, d={D}, {np.dtype(dtype).name}",
+        name=name,
         impls=impls,
         baseline=baseline,
-        accuracy=accuracy_metric(Q, K, V, scale, rng),
+        accuracy=accuracy_metric(Q, K, V, scale, causal, rng),
         accuracy_label="max rel. error (256 rows)",
-        goal=GOAL if torch is not None else None,
-        goal_text="within 1.5x of PyTorch (>= 0.67x)",
-        goal_for=["rnla softmax_attention"] if torch is not None else [],
+        goal=1.0 if torch is not None else None,
+        goal_text="at most PyTorch's time (>= 1x)",
+        goal_for=[OURS] if torch is not None else [],
         params={
+            "kind": kind,
             "n": n,
-            "heads": heads,
-            "d": D,
+            "m": m,
+            "heads_q": hq,
+            "heads_kv": hk,
+            "d": d,
             "dtype": np.dtype(dtype).name,
-            "flops": 4.0 * heads * n * n * D,
-            "skipped": skipped,
+            "causal": causal,
+            "flops": 4.0 * hq * visible * d,
+            "kv_bytes": float(K.nbytes + V.nbytes),
+            "roofline": roof_name,
+            "roofline_amount": roof_amount,
         },
     )
 
 
-def gemm_rate(dtype, size=2048, repeats=5) -> float:
-    """GFLOP/s of a square ``size`` GEMM through NumPy (all BLAS threads)."""
-    rng = np.random.default_rng(0)
-    A, B = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
-    A @ B
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        A @ B
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * size**3 / best / 1e9
+EXTRA = {}
+
+
+def build_tasks(quick: bool) -> list[Task]:
+    rng = np.random.default_rng(20250601)
+    size = 1024 if quick else 2048
+    gemm = {dt: (GEMM, gemm_call(dt, size)) for dt in (np.float32, np.float64)}
+    read = (READ, read_call(32 if quick else 256))
+    EXTRA.update(gemm_size=size, read_mb=32 if quick else 256)
+    EXTRA["torch"] = None if torch is None else torch.__version__
+    if torch is not None:
+        EXTRA["torch_threads"] = torch.get_num_threads()
+    f32, f64 = np.float32, np.float64
+    if quick:
+        prefill = [(4, 4, 512, 64, f32, False), (6, 2, 512, 64, f32, True)]
+        prefill += [(4, 4, 512, 64, f64, True)]
+        decode = [(9, 3, 1, m, 64, f32, False) for m in (2048, 8192)]
+    else:
+        prefill = [(8, 8, 1024, 64, f32, False)]
+        for dt in (f32, f64):
+            prefill += [(4, 4, 4096, 64, dt, False), (4, 4, 4096, 64, dt, True)]
+        prefill += [(4, 4, 4096, 128, f32, False), (4, 4, 4096, 128, f32, True)]
+        prefill += [(9, 3, 4096, 64, f32, True)]
+        for dt in (f32, f64):
+            prefill += [(2, 2, 8192, 64, dt, False), (2, 2, 8192, 64, dt, True)]
+        decode = [(9, 3, 1, m, 64, f32, False) for m in (2048, 8192, 32768, 131072)]
+        decode += [(9, 3, 16, 32768, 64, f32, True), (9, 3, 1, 32768, 64, f64, False)]
+    tasks = [
+        attention_task("prefill", hq, hk, n, n, d, dt, causal, rng, gemm[dt])
+        for hq, hk, n, d, dt, causal in prefill
+    ]
+    tasks += [
+        attention_task("decode", hq, hk, n, m, d, dt, causal, rng, read)
+        for hq, hk, n, m, d, dt, causal in decode
+    ]
+    return tasks
 
 
 _MEMORY_SCRIPT = """
@@ -153,7 +239,7 @@ def status_kb(field):
 n, dtype = int(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(0)
 Q, K, V = (rng.standard_normal((n, 64)).astype(dtype) for _ in range(3))
-softmax_attention(Q[:256], K[:256], V[:256])  # compile / load the kernel, start threads
+softmax_attention(Q[:1024], K[:1024], V[:1024])  # compile / load the kernel, start threads
 reset = reset_peak()
 before = status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
@@ -189,8 +275,6 @@ def single_thread_cpu_times(n, repeats=3) -> dict:
     single-threaded call does not. Numba, BLAS (through threadpoolctl, when installed)
     and torch are all set to one thread for this measurement and restored afterwards.
     """
-    import numba
-
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - depends on the environment
@@ -205,28 +289,25 @@ def single_thread_cpu_times(n, repeats=3) -> dict:
         if torch is not None:
             torch.set_num_threads(1)
         for dtype in ("float32", "float64"):
-            Q, K, V = (rng.standard_normal((1, n, D)).astype(dtype) for _ in range(3))
-            impls = {
-                "rnla softmax_attention": lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V),
-                "NumPy exact (forms n x n)": lambda Q=Q, K=K, V=V: numpy_exact(
-                    Q, K, V, 1 / np.sqrt(D)
-                ),
-            }
+            Q, K, V = (rng.standard_normal((1, n, 64)).astype(dtype) for _ in range(3))
+            impls = {OURS: lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V)}
             if torch is not None:
                 tq, tk, tv = (torch.from_numpy(x) for x in (Q, K, V))
-                impls["PyTorch SDPA"] = lambda tq=tq, tk=tk, tv=tv: (
+                impls[TORCH] = lambda tq=tq, tk=tk, tv=tv: (
                     torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
                 )
-            A, B = (rng.standard_normal((1024, 1024)).astype(dtype) for _ in range(2))
-            impls["GEMM 1024^3"] = lambda A=A, B=B: A @ B
-            for name, fn in impls.items():
+            A, B = (rng.standard_normal((2048, 2048)).astype(dtype) for _ in range(2))
+            impls["GEMM 2048^3"] = lambda A=A, B=B: A @ B
+            for fn in impls.values():
                 fn()
-                best = np.inf
-                for _ in range(repeats):
+            best = dict.fromkeys(impls, np.inf)
+            for _ in range(repeats):  # interleaved
+                for name, fn in impls.items():
                     t = time.thread_time()
                     fn()
-                    best = min(best, time.thread_time() - t)
-                res[f"{name}, {dtype}"] = best
+                    best[name] = min(best[name], time.thread_time() - t)
+            for name, sec in best.items():
+                res[f"{name}, {dtype}"] = sec
     finally:
         numba.set_num_threads(numba_threads)
         if torch is not None:
@@ -236,60 +317,93 @@ def single_thread_cpu_times(n, repeats=3) -> dict:
     return res
 
 
-EXTRA = {}
+def roofline_rows(result: dict) -> list[dict]:
+    """Per task: our rate, the roofline's rate measured alongside, and the time ratios."""
+    params = {t["name"]: t["params"] for t in result["tasks"]}
+    by_task = {}
+    for row in result["rows"]:
+        by_task.setdefault(row["task"], {})[row["implementation"]] = row["median_s"]
+    out = []
+    for task, times in by_task.items():
+        p = params[task]
+        ours = times[OURS]
+        roof = times[p["roofline"]]
+        if p["kind"] == "prefill":
+            rate, unit = p["flops"] / ours / 1e9, "GFLOP/s"
+            roof_rate = p["roofline_amount"] / roof / 1e9
+            goal = PREFILL_GOAL if p["n"] >= 4096 else None
+        else:
+            rate, unit = p["kv_bytes"] / ours / 1e9, "GB/s of K/V"
+            roof_rate = p["roofline_amount"] / roof / 1e9
+            goal = DECODE_GOAL if p["m"] >= 8192 else None
+        torch_s = times.get(TORCH)
+        out.append(
+            {
+                "task": task,
+                "ours_ms": 1e3 * ours,
+                "torch_ms": None if torch_s is None else 1e3 * torch_s,
+                "ours_over_torch": None if torch_s is None else ours / torch_s,
+                "rate": rate,
+                "unit": unit,
+                "roofline_rate": roof_rate,
+                "fraction": rate / roof_rate,
+                "goal": goal,
+            }
+        )
+    return out
 
 
-def build_tasks(quick: bool) -> list[Task]:
-    rng = np.random.default_rng(20250601)
-    size = 1024 if quick else 2048
-    EXTRA["gemm_gflops"] = {dt: gemm_rate(dt, size) for dt in ("float32", "float64")}
-    EXTRA["gemm_size"] = size
-    EXTRA["torch"] = None if torch is None else torch.__version__
-    if torch is not None:
-        EXTRA["torch_threads"] = torch.get_num_threads()
-    sizes = [(256, 1), (1024, 1), (256, 4)] if quick else [(1024, 1), (4096, 1), (16384, 1)]
-    if not quick:
-        sizes += [(1024, 4), (4096, 4)]
-    tasks = [
-        attention_task(n, heads, dtype, rng)
-        for dtype in (np.float32, np.float64)
-        for n, heads in sizes
-    ]
-    return tasks
+def roofline_rst(rows: list[dict], machine_line: str) -> str:
+    """The roofline table as an RST list-table (included by the docs)."""
+    header = ["case", "ours [ms]", "PyTorch [ms]", "ours / PyTorch time", "ours", "roofline"]
+    header += ["fraction of roofline"]
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    lines.append("   * - " + "\n     - ".join(header))
+    for r in rows:
+        goal = "" if r["goal"] is None else f" (goal {r['goal']:.0%})"
+        cells = [
+            r["task"],
+            f"{r['ours_ms']:.3g}",
+            "n/a" if r["torch_ms"] is None else f"{r['torch_ms']:.3g}",
+            "n/a" if r["ours_over_torch"] is None else f"{r['ours_over_torch']:.2f}",
+            f"{r['rate']:.1f} {r['unit']}",
+            f"{r['roofline_rate']:.1f}",
+            f"{r['fraction']:.0%}{goal}",
+        ]
+        lines.append("   * - " + "\n     - ".join(cells))
+    return "\n".join(lines) + "\n\n" + machine_line + "\n"
 
 
-def summarize(result: dict, quick: bool) -> str:
-    gemm = EXTRA["gemm_gflops"]
+def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
+    rows = roofline_rows(result)
+    EXTRA["roofline"] = rows
     lines = [
         "",
-        f"GEMM rate ({EXTRA['gemm_size']}^3, NumPy): float32 {gemm['float32']:.1f} GFLOP/s, "
-        f"float64 {gemm['float64']:.1f} GFLOP/s; torch: {EXTRA['torch'] or 'not installed'}",
-        "Achieved GFLOP/s (4 n^2 d per head) and fraction of the GEMM rate:",
+        f"Rooflines timed in the same interleaved rounds: GEMM {EXTRA['gemm_size']}^3 "
+        f"(NumPy, all BLAS threads), parallel read of {EXTRA['read_mb']} MB (Numba); "
+        f"torch: {EXTRA['torch'] or 'not installed'} ({EXTRA.get('torch_threads')} threads)",
     ]
-    params = {t["name"]: t["params"] for t in result["tasks"]}
-    for row in result["rows"]:
-        p = params[row["task"]]
-        rate = p["flops"] / row["median_s"] / 1e9
-        frac = rate / gemm[p["dtype"]]
+    for r in rows:
+        vs = "" if r["ours_over_torch"] is None else f", ours/torch time {r['ours_over_torch']:.2f}"
+        goal = ""
+        if r["goal"] is not None:
+            goal = f" [goal {r['goal']:.0%}: {'met' if r['fraction'] >= r['goal'] else 'NOT met'}]"
         lines.append(
-            f"  {row['task']:34s} {row['implementation']:26s} {rate:7.1f} GFLOP/s "
-            f"({frac:4.0%} of GEMM), err {row['accuracy']:.1e}"
+            f"  {r['task']:52s} {r['rate']:7.1f} {r['unit']:11s} of {r['roofline_rate']:6.1f}"
+            f" = {r['fraction']:4.0%}{goal}{vs}"
         )
-    for t in result["tasks"]:
-        for s in t["params"]["skipped"]:
-            lines.append(f"  skipped in '{t['name']}': {s}")
     n_cpu = 1024 if quick else 4096
     cpu = single_thread_cpu_times(n_cpu)
     EXTRA["single_thread_cpu_s"] = {"n": n_cpu, **cpu}
     lines.append(f"Single-thread CPU time (load-independent), n={n_cpu}, one head, d=64:")
-    flops = 4.0 * n_cpu * n_cpu * D
+    flops = 4.0 * n_cpu * n_cpu * 64
     for key, sec in cpu.items():
         name, dtype = key.rsplit(", ", 1)
         if name.startswith("GEMM"):
             continue
-        gemm1 = 2.0 * 1024**3 / cpu[f"GEMM 1024^3, {dtype}"] / 1e9
+        gemm1 = 2.0 * 2048**3 / cpu[f"GEMM 2048^3, {dtype}"] / 1e9
         rate = flops / sec / 1e9
-        ref = cpu.get(f"PyTorch SDPA, {dtype}")
+        ref = cpu.get(f"{TORCH}, {dtype}")
         vs = f", {ref / sec:.2f}x PyTorch's speed" if ref else ""
         lines.append(
             f"  {key:36s} {sec * 1e3:8.1f} ms  {rate:6.1f} GFLOP/s "
@@ -303,13 +417,15 @@ def summarize(result: dict, quick: bool) -> str:
         f"{mem['extra_mb']:.1f} MB (output {mem['output_mb']:.1f} MB; the score matrix "
         f"would be {mem['score_matrix_mb']:.0f} MB), call took {mem['seconds']:.2f} s"
     )
-    return "\n".join(lines)
+    return "\n".join(lines), rows
 
 
 if __name__ == "__main__":
+    from benchmarks.harness import machine_summary
+
     quick = "--quick" in sys.argv
     out = main(NAME, build_tasks, description=__doc__.splitlines()[0])
-    text = summarize(out, quick)
+    text, rows = summarize(out, quick)
     print(text)
     stem = f"{NAME}_quick" if quick else NAME
     out_dir = RESULTS_DIR
@@ -317,3 +433,5 @@ if __name__ == "__main__":
         out_dir = Path(sys.argv[sys.argv.index("--out-dir") + 1])
     (out_dir / f"{stem}_extra.json").write_text(json.dumps(EXTRA, indent=2, default=float))
     (out_dir / f"{stem}_summary.txt").write_text(text + "\n")
+    machine_line = machine_summary(out["machine"], out["repeats"])
+    (out_dir / f"{stem}_roofline.rst").write_text(roofline_rst(rows, machine_line))

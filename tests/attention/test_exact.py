@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import attention.exact as exact_module
 from attention._core import prepare
-from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64
+from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64, _pv_small, _qk_small
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
 
 # Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
@@ -602,3 +602,19 @@ def test_exp_kernel_against_numpy(kernel, dt, lo, cut):
     s = np.array([3.0, 2.0, -np.inf], dtype=dt)
     kernel(s, 3.0)
     np.testing.assert_allclose(s, np.exp(np.array([0.0, -1.0, -np.inf])), rtol=4e-7)
+
+
+@pytest.mark.parametrize(("R", "w", "d"), [(1, 1, 1), (3, 700, 64), (8, 33, 5)])
+def test_small_row_products_against_numpy(rng, dtype, R, w, d):
+    qb = rng.standard_normal((R, d)).astype(dtype)
+    kc = rng.standard_normal((w, d)).astype(dtype)
+    vc = rng.standard_normal((w, d + 1)).astype(dtype)
+    s = np.empty((R, w), dtype=dtype)
+    _qk_small(qb, kc, s)
+    ref = qb.astype(np.float64) @ kc.astype(np.float64).T
+    assert np.max(np.abs(s - ref)) <= 4 * d * np.finfo(dtype).eps * np.max(np.abs(ref))
+    pv = np.full((R, d + 1), np.nan, dtype=dtype)
+    _pv_small(s, vc, pv)
+    ref = s.astype(np.float64) @ vc.astype(np.float64)
+    scale = np.abs(s).astype(np.float64) @ np.abs(vc).astype(np.float64)
+    assert np.all(np.abs(pv - ref) <= 2 * w * np.finfo(dtype).eps * scale + 1e-300)
