@@ -354,7 +354,7 @@ def roofline_rows(result: dict) -> list[dict]:
 
 
 def roofline_rst(rows: list[dict], machine_line: str) -> str:
-    """The roofline table as an RST list-table (included by the docs)."""
+    """Return the roofline table as an RST list-table (included by the docs)."""
     header = ["case", "ours [ms]", "PyTorch [ms]", "ours / PyTorch time", "ours", "roofline"]
     header += ["fraction of roofline"]
     lines = [".. list-table::", "   :header-rows: 1", ""]
@@ -384,7 +384,8 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
         f"torch: {EXTRA['torch'] or 'not installed'} ({EXTRA.get('torch_threads')} threads)",
     ]
     for r in rows:
-        vs = "" if r["ours_over_torch"] is None else f", ours/torch time {r['ours_over_torch']:.2f}"
+        ratio = r["ours_over_torch"]
+        vs = "" if ratio is None else f", ours/torch time {ratio:.2f}"
         goal = ""
         if r["goal"] is not None:
             goal = f" [goal {r['goal']:.0%}: {'met' if r['fraction'] >= r['goal'] else 'NOT met'}]"
