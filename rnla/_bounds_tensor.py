@@ -57,6 +57,27 @@ def _tail_of(M: np.ndarray, r: int) -> float:
     return float(np.sqrt(np.sum(s[r:].astype(np.float64) ** 2)))
 
 
+def _tensor_and_ranks(X, rank, *, tt: bool) -> tuple[np.ndarray, list[int]]:
+    """``X`` (order >= 2) in float64 and one rank per TT (d - 1) or mode (d) unfolding."""
+    X = as_float_array(X, name="X")
+    if X.ndim < 2:
+        raise ValueError(f"X must have order d >= 2, got shape {X.shape}")
+    count = X.ndim - 1 if tt else X.ndim
+    ranks = [rank] * count if isinstance(rank, int | np.integer) else rank
+    return X.astype(np.float64, copy=False), _ranks(ranks, count)
+
+
+def _randomized_bound(tails, ranks, oversample, kind: str) -> float:
+    """``(sum_k (1 + r_k / (p - 1)) tau_k^2)^(1/2)`` (HMT Thm 10.5 per unfolding)."""
+    t = _tails(tails)
+    r = _ranks(ranks, t.size)
+    p = check_int(oversample, "oversample")
+    if p < 2:
+        raise ValueError(f"the randomized {kind} bound assumes oversample >= 2, got {p}")
+    factors = 1.0 + np.asarray(r, dtype=np.float64) / (p - 1)
+    return float(np.sqrt(np.sum(factors * t**2)))
+
+
 def tt_unfolding_tails(X, rank) -> np.ndarray:
     r"""Tails :math:`\tau_k` of the TT unfoldings :math:`X_{\langle k\rangle}` at ranks ``rank``.
 
@@ -83,15 +104,10 @@ def tt_unfolding_tails(X, rank) -> np.ndarray:
     >>> tt_unfolding_tails(np.ones((2, 3, 4)), 1).shape
     (2,)
     """
-    X = as_float_array(X, name="X")
-    if X.ndim < 2:
-        raise ValueError(f"X must have order d >= 2, got shape {X.shape}")
-    d = X.ndim
-    ranks = [rank] * (d - 1) if isinstance(rank, int | np.integer) else rank
-    ranks = _ranks(ranks, d - 1)
-    X64 = X.astype(np.float64, copy=False)
+    X64, ranks = _tensor_and_ranks(X, rank, tt=True)
+    shape = X64.shape
     return np.array(
-        [_tail_of(X64.reshape(math.prod(X.shape[: k + 1]), -1), ranks[k]) for k in range(d - 1)]
+        [_tail_of(X64.reshape(math.prod(shape[: k + 1]), -1), r) for k, r in enumerate(ranks)]
     )
 
 
@@ -120,15 +136,12 @@ def tucker_unfolding_tails(X, rank) -> np.ndarray:
     >>> tucker_unfolding_tails(np.ones((2, 3, 4)), 1).shape
     (3,)
     """
-    X = as_float_array(X, name="X")
-    if X.ndim < 2:
-        raise ValueError(f"X must have order d >= 2, got shape {X.shape}")
-    d = X.ndim
-    ranks = [rank] * d if isinstance(rank, int | np.integer) else rank
-    ranks = _ranks(ranks, d)
-    X64 = X.astype(np.float64, copy=False)
+    X64, ranks = _tensor_and_ranks(X, rank, tt=False)
     return np.array(
-        [_tail_of(np.moveaxis(X64, n, 0).reshape(X.shape[n], -1), ranks[n]) for n in range(d)]
+        [
+            _tail_of(np.moveaxis(X64, n, 0).reshape(X64.shape[n], -1), r)
+            for n, r in enumerate(ranks)
+        ]
     )
 
 
@@ -240,13 +253,7 @@ def randomized_tt_bound(tails, ranks, oversample) -> float:
     >>> round(randomized_tt_bound([1.0, 1.0], [2, 2], 3), 6)
     2.0
     """
-    t = _tails(tails)
-    r = _ranks(ranks, t.size)
-    p = check_int(oversample, "oversample")
-    if p < 2:
-        raise ValueError(f"the randomized TT bound assumes oversample >= 2, got {p}")
-    factors = 1.0 + np.asarray(r, dtype=np.float64) / (p - 1)
-    return float(np.sqrt(np.sum(factors * t**2)))
+    return _randomized_bound(tails, ranks, oversample, "TT")
 
 
 def randomized_tucker_bound(tails, ranks, oversample) -> float:
@@ -295,10 +302,4 @@ def randomized_tucker_bound(tails, ranks, oversample) -> float:
     >>> round(randomized_tucker_bound([1.0, 1.0, 1.0], [2, 2, 2], 3), 6)
     2.44949
     """
-    t = _tails(tails)
-    r = _ranks(ranks, t.size)
-    p = check_int(oversample, "oversample")
-    if p < 2:
-        raise ValueError(f"the randomized Tucker bound assumes oversample >= 2, got {p}")
-    factors = 1.0 + np.asarray(r, dtype=np.float64) / (p - 1)
-    return float(np.sqrt(np.sum(factors * t**2)))
+    return _randomized_bound(tails, ranks, oversample, "Tucker")

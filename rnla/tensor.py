@@ -487,15 +487,8 @@ def tt_svd(X, /, rank=None, *, tol=None) -> TTResult:
         tails2.append(tail2)
         r_prev = r
     cores.append(np.ascontiguousarray(C).reshape(r_prev, shape[-1], 1))
-    error = math.sqrt(sum(tails2))
-    if tol is not None and error > tol * math.sqrt(norm2) * (1 + 1e-6) + 0.0:
-        warnings.warn(
-            f"the rank cap {rank!r} prevents reaching tol={tol:.3g}: achieved relative "
-            f"error bound {error / math.sqrt(norm2):.3g}",
-            AccuracyWarning,
-            stacklevel=2,
-        )
-    return TTResult(TTTensor(cores), error, _ranks_of(cores))
+    norm = math.sqrt(norm2) if tol is not None else None
+    return _truncated_tt(cores, tails2, rank, tol, norm)
 
 
 # ---------------------------------------------------------------------------------------
@@ -872,13 +865,21 @@ def tt_round(tt, /, rank=None, *, tol=None) -> TTResult:
         cores[k] = U.reshape(r0, n, r)
         cores[k + 1] = np.tensordot(R, cores[k + 1], axes=(1, 0))
         tails2.append(tail2)
+    return _truncated_tt(cores, tails2, rank, tol, norm)
+
+
+def _truncated_tt(cores, tails2, rank, tol, norm) -> TTResult:
+    """TTResult with the error bound sqrt(sum of discarded tails^2) (Oseledets Thm 2.2).
+
+    Warns when a rank cap kept the relative bound above ``tol`` (``norm`` = ||X||_F).
+    """
     error = math.sqrt(sum(tails2))
     if tol is not None and error > tol * norm * (1 + 1e-6):
         warnings.warn(
             f"the rank cap {rank!r} prevents reaching tol={tol:.3g}: achieved relative "
             f"error bound {error / norm:.3g}",
             AccuracyWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return TTResult(TTTensor(cores), error, _ranks_of(cores))
 
