@@ -74,6 +74,25 @@ def _check_shift(shift) -> float | None:
     return shift
 
 
+def _nystrom_factor(Omega: np.ndarray, Y_nu: np.ndarray) -> np.ndarray:
+    r"""``B`` (n, r) with :math:`BB^T = Y_\nu(\Omega^T Y_\nu)^{\dagger}Y_\nu^T`, in float64.
+
+    Cholesky :math:`C^TC = \Omega^TY_\nu` (symmetrised) and :math:`B = Y_\nu C^{-1}`
+    (Tropp, Yurtsever, Udell and Cevher 2017, Alg. 3). If the core is not numerically
+    positive definite, :math:`B = Y_\nu V\operatorname{diag}(\mu)^{-1/2}` on the
+    numerically positive part of its eigendecomposition (``r = 0`` columns if none).
+    """
+    core = Omega.T @ Y_nu
+    core = 0.5 * (core + core.T)
+    try:
+        C = sla.cholesky(core, lower=False, check_finite=False)
+        return sla.solve_triangular(C, Y_nu.T, trans="T", lower=False, check_finite=False).T
+    except np.linalg.LinAlgError:
+        mu, V = np.linalg.eigh(core)
+        keep = mu > max(mu[-1], 0.0) * core.shape[0] * np.finfo(np.float64).eps
+        return Y_nu @ (V[:, keep] / np.sqrt(mu[keep]))
+
+
 def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
     r"""Randomized Nyström approximation of a PSD matrix, numerically stabilised.
 
@@ -251,17 +270,8 @@ def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
     else:
         nu = user_shift
     Y_nu = Y64 + nu * Om64 if nu > 0 else Y64
-    core = Om64.T @ Y_nu
-    core = 0.5 * (core + core.T)
-    try:
-        C = sla.cholesky(core, lower=False, check_finite=False)
-        B = sla.solve_triangular(C, Y_nu.T, trans="T", lower=False, check_finite=False).T
-    except np.linalg.LinAlgError:
-        # Only with a user-chosen shift: factor the core by its eigendecomposition,
-        # B = Y_nu V diag(mu)^(-1/2) on the numerically positive part.
-        mu_nu, V = np.linalg.eigh(core)
-        keep = mu_nu > max(mu_nu[-1], 0.0) * ell * np.finfo(np.float64).eps
-        B = Y_nu @ (V[:, keep] / np.sqrt(mu_nu[keep]))
+    # The eigendecomposition fallback is reached only with a user-chosen shift.
+    B = _nystrom_factor(Om64, Y_nu)
     U, s, _ = np.linalg.svd(B, full_matrices=False)
     lam = np.maximum(s.astype(np.float64) ** 2 - nu, 0.0)
     r = min(rank, lam.size)

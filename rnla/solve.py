@@ -48,6 +48,7 @@ from rnla._validation import (
     float_dtype,
 )
 from rnla.operators import as_linear_operator
+from rnla.psd import _nystrom_factor
 
 __all__ = ["LstsqResult", "PCGResult", "lstsq", "nystrom_pcg"]
 
@@ -652,18 +653,9 @@ def _stable_nystrom(Omega: np.ndarray, Y: np.ndarray):
     n = Omega.shape[0]
     norm_y = np.linalg.norm(Y, 2)
     nu = math.sqrt(n) * np.finfo(np.float64).eps * max(norm_y, np.finfo(np.float64).tiny)
-    Y_nu = Y + nu * Omega
-    core = Omega.T @ Y_nu
-    core = 0.5 * (core + core.T)
-    try:
-        C = sla.cholesky(core, lower=False, check_finite=False)
-        B = sla.solve_triangular(C, Y_nu.T, trans="T", lower=False, check_finite=False).T
-    except np.linalg.LinAlgError:
-        w, V = np.linalg.eigh(core)
-        keep = w > max(w[-1], 0.0) * core.shape[0] * np.finfo(np.float64).eps
-        if not keep.any():
-            raise ValueError("A is not positive semidefinite on the sketch space") from None
-        B = Y_nu @ (V[:, keep] / np.sqrt(w[keep]))
+    B = _nystrom_factor(Omega, Y + nu * Omega)
+    if B.shape[1] == 0:
+        raise ValueError("A is not positive semidefinite on the sketch space")
     U, s, _ = np.linalg.svd(B, full_matrices=False)
     lam = np.maximum(s**2 - nu, 0.0)
     return U, lam
