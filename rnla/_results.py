@@ -24,7 +24,15 @@ __all__ = [
 ]
 
 
-class SVDResult(NamedTuple):
+class _SVDResultFields(NamedTuple):
+    """Fields of :class:`SVDResult`."""
+
+    U: np.ndarray
+    s: np.ndarray
+    Vt: np.ndarray
+
+
+class SVDResult(_SVDResultFields):
     r"""Truncated singular value decomposition :math:`A \approx U \operatorname{diag}(s) V^T`.
 
     Attributes
@@ -35,14 +43,24 @@ class SVDResult(NamedTuple):
         Singular values, non-negative and sorted in descending order.
     Vt : ndarray, shape (r, n)
         Right singular vectors (transposed), orthonormal rows.
+    n_passes : int or None
+        Attribute, not a field (unpacking is unchanged): passes over ``A`` made by the
+        producing function (products with ``A`` or ``A^T``; with dask input, one fused
+        pass may give both), ``None`` where not counted.
     """
 
-    U: np.ndarray
-    s: np.ndarray
-    Vt: np.ndarray
+    n_passes: int | None = None
 
 
-class EighResult(NamedTuple):
+
+class _EighResultFields(NamedTuple):
+    """Fields of :class:`EighResult`."""
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+
+
+class EighResult(_EighResultFields):
     r"""Truncated symmetric eigendecomposition :math:`A \approx V \operatorname{diag}(w) V^T`.
 
     Attributes
@@ -52,13 +70,25 @@ class EighResult(NamedTuple):
         whether the order is by value or by magnitude).
     eigenvectors : ndarray, shape (n, r)
         Orthonormal eigenvectors; column ``i`` belongs to ``eigenvalues[i]``.
+    n_passes : int or None
+        Attribute, not a field (unpacking is unchanged): passes over ``A`` made by the
+        producing function (products with ``A`` or ``A^T``; with dask input, one fused
+        pass may give both), ``None`` where not counted.
     """
 
-    eigenvalues: np.ndarray
-    eigenvectors: np.ndarray
+    n_passes: int | None = None
 
 
-class QBResult(NamedTuple):
+
+class _QBResultFields(NamedTuple):
+    """Fields of :class:`QBResult`."""
+
+    Q: np.ndarray
+    B: np.ndarray
+    error: float
+
+
+class QBResult(_QBResultFields):
     r"""Low-rank QB factorisation :math:`A \approx Q B`.
 
     Attributes
@@ -70,11 +100,14 @@ class QBResult(NamedTuple):
     error : float
         Achieved relative Frobenius error :math:`\|A - QB\|_F / \|A\|_F`, from exact
         bookkeeping :math:`\|A - QB\|_F^2 = \|A\|_F^2 - \|B\|_F^2`.
+    n_passes : int or None
+        Attribute, not a field (unpacking is unchanged): passes over ``A`` made by the
+        producing function (products with ``A`` or ``A^T``; with dask input, one fused
+        pass may give both), ``None`` where not counted.
     """
 
-    Q: np.ndarray
-    B: np.ndarray
-    error: float
+    n_passes: int | None = None
+
 
 
 class CholeskyResult(NamedTuple):
@@ -148,3 +181,9 @@ class CrossResult(NamedTuple):
     V: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
+
+
+def _with_passes(result, n_passes):
+    """Attach the pass count to a result (an attribute, so the arity is unchanged)."""
+    result.n_passes = None if n_passes is None else int(n_passes)
+    return result

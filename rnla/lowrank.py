@@ -55,8 +55,9 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from rnla import _random
 from rnla import sketch as _sketch
-from rnla._results import EighResult, QBResult, SVDResult
+from rnla._results import EighResult, QBResult, SVDResult, _with_passes
 from rnla._validation import (
     AccuracyWarning,
     ConvergenceWarning,
@@ -68,7 +69,8 @@ from rnla._validation import (
     check_rng,
     float_dtype,
 )
-from rnla.operators import as_linear_operator
+from rnla._dask import is_dask_array
+from rnla.operators import _Operator, _wrap
 
 __all__ = [
     "EighResult",
@@ -98,80 +100,9 @@ _NORMALIZERS = ("auto", "cholqr", "qr", "lu", "none")
 _METHODS = ("subspace", "krylov")
 
 
-# ---------------------------------------------------------------------------------------
-# the operator view: one interface for dense, sparse and LinearOperator inputs
-# ---------------------------------------------------------------------------------------
-
-
-class _Op:
-    """``A`` (or ``A^T``) behind ``matmat``/``rmatmat`` in the working dtype.
-
-    Dense and sparse inputs are used as they are (no copy, BLAS / SciPy kernels);
-    operators go through their own ``matmat``/``rmatmat``. Results are cast to
-    ``dtype`` so that float32 stays float32 whatever the operator returns.
-    """
-
-    __slots__ = ("A", "dtype", "kind", "shape")
-
-    def __init__(self, A, kind: str, dtype: np.dtype):
-        self.A = A
-        self.kind = kind
-        self.dtype = dtype
-        self.shape = tuple(A.shape)
-
-    @property
-    def T(self) -> _Op:
-        return _Op(self.A.T, self.kind, self.dtype)
-
-    def _cast(self, Z) -> np.ndarray:
-        Z = np.asarray(Z)
-        return Z if Z.dtype == self.dtype else Z.astype(self.dtype)
-
-    def matmat(self, X: np.ndarray) -> np.ndarray:
-        if self.kind == "operator":
-            return self._cast(self.A.matmat(X))
-        return self._cast(self.A @ X)
-
-    def rmatmat(self, Y: np.ndarray) -> np.ndarray:
-        if self.kind == "operator":
-            return self._cast(self.A.rmatmat(Y))
-        return self._cast(self.A.T @ Y)
-
-    def fro_norm_sq(self) -> float:
-        """Exact ``||A||_F^2`` accumulated in float64 (operators: ``min(m, n)`` products)."""
-        if self.kind == "dense":
-            total = 0.0
-            rows = max(1, (1 << 20) // max(1, self.shape[1]))
-            for start in range(0, self.shape[0], rows):
-                chunk = np.asarray(self.A[start : start + rows], dtype=np.float64)
-                total += float(np.einsum("ij,ij->", chunk, chunk))
-            return total
-        if self.kind == "sparse":
-            data = np.asarray(self.A.data, dtype=np.float64)
-            return float(data @ data)
-        m, n = self.shape
-        op, dim = (self, n) if n <= m else (self.T, m)
-        total, width = 0.0, 256
-        for start in range(0, dim, width):
-            stop = min(dim, start + width)
-            E = np.zeros((dim, stop - start), dtype=self.dtype)
-            E[np.arange(start, stop), np.arange(stop - start)] = 1
-            Z = np.asarray(op.matmat(E), dtype=np.float64)
-            total += float(np.einsum("ij,ij->", Z, Z))
-        return total
-
-
-def _as_op(A, name: str = "A") -> _Op:
+def _as_op(A, name: str = "A") -> _Operator:
     """Validate ``A`` (finite, real, 2-D, non-empty) and wrap it without copying."""
-    if sp.issparse(A):
-        A = as_sparse(A, name=name)
-        return _Op(A, "sparse", float_dtype(A.dtype))
-    if isinstance(A, np.ndarray | list | tuple) or np.isscalar(A):
-        A = as_float_array(A, name=name, ndim=2)
-        return _Op(A, "dense", A.dtype)
-    op = as_linear_operator(A, name=name)
-    dtype = float_dtype(op.dtype if op.dtype is not None else np.float64)
-    return _Op(op, "operator", dtype)
+    return _wrap(A, name=name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,37 +278,48 @@ def _normalizer(normalizer) -> str:
     return "cholqr" if normalizer == "auto" else normalizer
 
 
-def _sketch_columns(op: _Op, size: int, sketch, rng) -> np.ndarray:
-    """Return ``Y = A Omega^T`` with ``Omega`` a (size, n) sketch of the chosen kind."""
-    n = op.shape[1]
+def _draw_test(n: int, size: int, sketch, rng):
+    """The test matrix: a key of the counter-based Gaussian (int) or a SketchOperator.
+
+    The Gaussian test matrix is ``rnla._random.normal_rows(key, 0, n, size)``, drawn in
+    canonical row blocks so that a dask task can draw the rows of its own chunk.
+    """
     if isinstance(sketch, _sketch.SketchOperator):
         if sketch.shape != (size, n):
             raise ValueError(
                 f"sketch operator must have shape (size, n)={(size, n)}, got {sketch.shape}"
             )
-        S = sketch
-    else:
-        if not isinstance(sketch, str):
-            raise TypeError(
-                f"sketch must be a name or a SketchOperator, got {type(sketch).__name__}"
-            )
-        make = check_option(sketch, _SKETCHES, "sketch")
-        if make is None:
-            # Gaussian test matrix drawn in float64 and cast, so that float32 and float64
-            # runs with the same seed use the same Omega.
-            Omega = rng.standard_normal((n, size)).astype(op.dtype, copy=False)
-            return op.matmat(Omega)
-        if sketch == "srht" and size > n:
-            raise ValueError(f"sketch='srht' needs size <= n={n}, got size={size}")
-        S = make(size, n, rng=rng)
-    if op.kind == "operator":
-        return op.matmat(np.ascontiguousarray(S.todense().T, dtype=op.dtype))
+        return sketch
+    if not isinstance(sketch, str):
+        raise TypeError(f"sketch must be a name or a SketchOperator, got {type(sketch).__name__}")
+    make = check_option(sketch, _SKETCHES, "sketch")
+    if make is None:
+        return _random.draw_key(rng)
+    if sketch == "srht" and size > n:
+        raise ValueError(f"sketch='srht' needs size <= n={n}, got size={size}")
+    return make(size, n, rng=rng)
+
+
+def _test_columns(test, n: int, size: int, dtype) -> np.ndarray:
+    """The test matrix as a dense (n, size) array (the transpose of a sketch)."""
+    if isinstance(test, int):
+        # Drawn in float64 and cast: float32 and float64 runs share the same Omega.
+        return _random.normal_rows(test, 0, n, size, dtype=dtype)
+    return np.ascontiguousarray(test.todense().T, dtype=dtype)
+
+
+def _sketch_columns(op: _Operator, size: int, sketch, rng) -> np.ndarray:
+    """Return ``Y = A Omega^T`` with ``Omega`` a (size, n) sketch of the chosen kind."""
+    n = op.shape[1]
+    test = _draw_test(n, size, sketch, rng)
+    if isinstance(test, int):
+        return op.matmat(_test_columns(test, n, size, op.dtype))
     # A Omega^T = (Omega A^T)^T: the sketch applies to A^T from the left, which is how
     # SketchOperator is implemented for dense arrays and for CSR/CSC matrices.
-    return np.ascontiguousarray(op._cast(S @ op.A.T).T)
+    return np.ascontiguousarray(op.T.sketch_rows(test).T)
 
 
-def _subspace_range(op: _Op, size: int, n_iter: int, sketch, normalizer: str, rng):
+def _subspace_range(op: _Operator, size: int, n_iter: int, sketch, normalizer: str, rng):
     """HMT Alg. 4.4 (randomized subspace iteration); orthonormal Q of shape (m, size)."""
     Y = _sketch_columns(op, size, sketch, rng)
     for _ in range(n_iter):
@@ -546,7 +488,23 @@ def range_finder(A, size, /, *, n_iter=0, sketch="gaussian", normalizer="auto", 
     n_iter = _check_n_iter(n_iter, auto=None)
     normalizer = _normalizer(normalizer)
     rng = check_rng(rng)
+    if op.is_dask:
+        return _range_finder_dask(op, size, n_iter, sketch, normalizer, rng)
     return _subspace_range(op, size, n_iter, sketch, normalizer, rng)
+
+
+def _range_finder_dask(op: _Operator, size, n_iter, sketch, normalizer, rng):
+    """Fused-pass subspace iteration on a dask array (``n_iter + 1`` passes)."""
+    from rnla import _dask
+
+    T = _dask.Tall(op.A, op.dtype, op._passes)
+    X0 = _test_columns(_draw_test(op.shape[1], size, sketch, rng), op.shape[1], size, op.dtype)
+    Y, W, _ = _dask.subspace_qb(T, X0, n_iter, lambda Z: _normalize(Z, normalizer, final=False))
+    if W.shape[1] < size:  # numerically rank-deficient: pad (zero columns)
+        W = np.hstack([W, np.zeros((W.shape[0], size - W.shape[1]))])
+    Q = _dask.long_times(Y, W)
+    # Q is as long as A's rows: a dask array when they are the long side.
+    return Q if op.shape[0] >= op.shape[1] else Q.compute()
 
 
 # ---------------------------------------------------------------------------------------
@@ -562,7 +520,7 @@ def _pow2_scale(X: np.ndarray) -> float:
     return math.ldexp(1.0, math.frexp(top)[1])
 
 
-def _krylov_basis(op: _Op, block: int, n_iter: int, sketch, normalizer: str, rng):
+def _krylov_basis(op: _Operator, block: int, n_iter: int, sketch, normalizer: str, rng):
     """Block Krylov basis ``Q``, ``B^T = A^T Q`` (column blocks) and ``B B^T`` (float64).
 
     ``K = [A W_0, (AA^T) A W_0, ..., (AA^T)^q A W_0]`` is built block by block with full
@@ -731,6 +689,8 @@ def rsvd(
     rng = check_rng(rng)
 
     size = min(rank + oversample, min(op.shape))
+    if op.is_dask:
+        return _rsvd_dask(op, rank, size, n_iter, method, sketch, normalizer, rng)
     if method == "krylov":
         # Krylov basis on the short side (cheap full reorthogonalisation), B^T on the
         # long side, Rayleigh-Ritz through the small Gram matrix.
@@ -746,7 +706,45 @@ def rsvd(
         work = op.T if transpose else op
         Q = _subspace_range(work, size, n_iter, sketch, normalizer, rng)
         res = _svd_of_qb(Q, work.rmatmat(Q), rank)
-    return _transpose_svd(res) if transpose else res
+    res = _transpose_svd(res) if transpose else res
+    return _with_passes(res, op.n_passes)
+
+
+def _rsvd_dask(op: _Operator, rank, size, n_iter, method, sketch, normalizer, rng):
+    """rsvd of a dask array: the in-memory algorithms with fused passes (rnla._dask).
+
+    The orientation and the test matrices are those of the in-memory path, so the same
+    ``rng`` gives the same result to rounding. Subspace: ``n_iter + 1`` passes; Krylov:
+    ``n_iter + 2``. The long factor stays a dask array (kept in the cluster).
+    """
+    from rnla import _dask
+
+    m, n = op.shape
+    flip = m <= n if method == "krylov" else m < n
+    A = op.A.T if flip else op.A
+    T = _dask.Tall(A, op.dtype, op._passes)
+    rows, cols = T.shape
+    if method == "krylov":
+        block_norm = normalizer if normalizer in ("cholqr", "qr") else "qr"
+        test = _draw_test(rows, size, sketch, rng)
+        if isinstance(test, int):
+            Y0 = T.left_gaussian(test, size)
+        else:
+            op._passes.add()
+            Y0 = np.asarray(_dask.sketch_rows(test, A).compute()).T
+            _dask.check_finite(Y0)
+        Q0 = _normalize(Y0.astype(op.dtype), block_norm, final=True)
+        U, s, Vt = _dask.krylov_svd(T, rank, size, n_iter, Q0, block_norm, op.dtype)
+    else:
+        X0 = _test_columns(_draw_test(cols, size, sketch, rng), cols, size, op.dtype)
+        normalize = lambda Z: _normalize(Z, normalizer, final=False)  # noqa: E731
+        Y, W, Bt = _dask.subspace_qb(T, X0, n_iter, normalize)
+        U, s, Vt = _dask.svd_from_qb(Y, W, Bt, rank)
+    s = np.asarray(s, dtype=op.dtype)
+    Vt = np.asarray(Vt, dtype=op.dtype)
+    if flip:
+        U, Vt = _sign_fix(np.ascontiguousarray(Vt.T), U.T)
+    return _with_passes(SVDResult(U, s, Vt), op.n_passes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -899,7 +897,7 @@ def randqb(A, /, *, tol, block_size=10, max_rank=None, n_iter=0, rng=None) -> QB
             ConvergenceWarning,
             stacklevel=2,
         )
-    return QBResult(Q, B, error)
+    return _with_passes(QBResult(op.as_long(Q), B, error), op.n_passes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -927,7 +925,7 @@ def _as_block(block, n: int, dtype, index: int):
 
 def _iter_blocks(A, shape):
     """Yield ``(block, dtype)`` row blocks of the input, validated, each exactly once."""
-    if sp.issparse(A) or isinstance(A, np.ndarray | LinearOperator):
+    if sp.issparse(A) or isinstance(A, np.ndarray | LinearOperator) or is_dask_array(A):
         if shape is not None and tuple(shape) != tuple(A.shape):
             raise ValueError(f"shape={tuple(shape)} does not match A.shape={tuple(A.shape)}")
         op = _as_op(A)
@@ -1053,20 +1051,28 @@ def single_pass_svd(
     m, n = full_shape
     rank, k, ell = _spsvd_sizes(rank, full_shape, range_size, corange_size)
     rng = check_rng(rng)
-    Omega64 = rng.standard_normal((n, k))
-    # Psi^T is drawn row by row (one row of Psi^T per row of A) from its own generator,
-    # so every blocking of A sees the same Psi; a fixed seed regenerates it later.
-    psi_seed = rng.integers(0, 2**63 - 1, size=4)
+    Omega64 = _random.normal_rows(_random.draw_key(rng), 0, n, k)
+    # Psi^T is counter-based (rnla._random): any rows of it are drawn on their own, so
+    # every blocking of A (and every dask chunking) sees the same Psi, and it is
+    # regenerated later instead of stored.
+    psi_key = _random.draw_key(rng)
 
+    if op is not None and op.is_dask:
+        from rnla import _dask
+
+        T = _dask.Tall(op.A, op.dtype, op._passes)
+        Omega = Omega64.astype(op.dtype, copy=False)
+        U, s, Vt = _dask.single_pass(T, rank, Omega, psi_key, ell, op.dtype)
+        s = np.asarray(s, dtype=op.dtype)
+        return _with_passes(SVDResult(U, s, np.asarray(Vt, dtype=op.dtype)), 1)
     if op is not None:
         dtype = op.dtype
         Omega = Omega64.astype(dtype, copy=False)
-        Psi_T = np.random.default_rng(psi_seed).standard_normal((m, ell)).astype(dtype)
+        Psi_T = _random.normal_rows(psi_key, 0, m, ell, dtype=dtype)
         Y = op.matmat(Omega)
         W = op.rmatmat(Psi_T).T
     else:
         blocks, _ = stream
-        psi_rng = np.random.default_rng(psi_seed)
         Y = W = None
         dtype = None
         row = 0
@@ -1083,7 +1089,7 @@ def single_pass_svd(
             mi = block.shape[0]
             if row + mi > m:
                 raise ValueError(f"the row blocks have more than m={m} rows (shape={shape})")
-            Psi_i = psi_rng.standard_normal((mi, ell)).astype(dtype, copy=False)
+            Psi_i = _random.normal_rows(psi_key, row, row + mi, ell, dtype=dtype)
             Y[row : row + mi] = np.asarray(block @ Omega)
             W += np.asarray(block.T @ Psi_i).T
             row += mi
@@ -1091,17 +1097,18 @@ def single_pass_svd(
             raise ValueError(f"the row blocks have {row} rows in total, expected m={m}")
     # Regenerate Psi to form Psi Q (l, k) without having stored Psi.
     Q = _cholqr(Y, final=True)
-    psi_rng = np.random.default_rng(psi_seed)
     PsiQ = np.zeros((ell, k), dtype=np.float64)
     chunk = max(1, (1 << 22) // max(1, ell))
     for start in range(0, m, chunk):
         stop = min(m, start + chunk)
-        PsiQ += psi_rng.standard_normal((stop - start, ell)).T @ Q[start:stop]
+        PsiQ += _random.normal_rows(psi_key, start, stop, ell).T @ Q[start:stop]
     U_, T = sla.qr(PsiQ.astype(dtype, copy=False), mode="economic", check_finite=False)
     X = _solve_upper(T, U_.T @ W)
     Ux, s, Vt = _wide_svd(np.ascontiguousarray(X.T))
     U, Vt = _sign_fix(Q @ Ux[:, :rank], Vt[:rank])
-    return SVDResult(U, s[:rank], Vt)
+    # One pass by construction (two linear sketches of each block; an in-memory array
+    # is read by the two GEMMs, a stream or a dask array once).
+    return _with_passes(SVDResult(U, s[:rank], Vt), 1)
 
 
 def _solve_upper(T: np.ndarray, RHS: np.ndarray) -> np.ndarray:
@@ -1117,7 +1124,7 @@ def _solve_upper(T: np.ndarray, RHS: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_symmetric(op: _Op, rng) -> None:
+def _check_symmetric(op: _Operator, rng) -> None:
     m, n = op.shape
     if m != n:
         raise ValueError(f"A must be square (symmetric), got shape {op.shape}")
@@ -1220,7 +1227,8 @@ def reigh(A, rank, /, *, oversample=10, n_iter="auto", rng=None) -> EighResult:
     order = np.argsort(-np.abs(w), kind="stable")[:rank]
     V = Q @ Wv[:, order]
     V, _ = _sign_fix(V, V.T)
-    return EighResult(w[order].astype(op.dtype, copy=False), V)
+    res = EighResult(w[order].astype(op.dtype, copy=False), op.as_long(V))
+    return _with_passes(res, op.n_passes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1317,4 +1325,7 @@ def generalized_nystrom(A, rank, /, *, oversample=None, rng=None) -> SVDResult:
     Qg, Rg = _cholqr(np.ascontiguousarray(G.T), final=True, with_r=True)
     Uc, s, Vct = sla.svd(Rf @ Rg.T, check_finite=False)
     U, Vt = _sign_fix(Qf @ Uc, Vct @ Qg.T)
-    return SVDResult(U, s.astype(op.dtype, copy=False), Vt)
+    if op.is_dask:  # the long side stays a dask array
+        U = op.as_long(U) if m >= n else U
+        Vt = op.T.as_long(Vt.T).T if n > m else Vt
+    return _with_passes(SVDResult(U, s.astype(op.dtype, copy=False), Vt), op.n_passes)

@@ -74,6 +74,7 @@ from rnla._kernels.kernel_matrix import (
 from rnla._validation import (
     as_float_array,
     as_operator,
+    as_sparse,
     check_int,
     check_rng,
     float_dtype,
@@ -136,11 +137,11 @@ def as_linear_operator(A, *, name: str = "A") -> LinearOperator:
     >>> op.shape, (op @ np.ones(2)).shape
     ((3, 2), (3,))
     """
-    if (
-        not isinstance(A, np.ndarray | LinearOperator)
-        and not sp.issparse(A)
-        and callable(getattr(A, "as_linear_operator", None))
-    ):
+    from rnla._dask import is_dask_array
+
+    if is_dask_array(A):
+        return _wrap(A, name=name).linear_operator()
+    if _has_linear_operator(A):
         return as_operator(A.as_linear_operator(), name=name)
     return as_operator(A, name=name)
 
@@ -968,3 +969,295 @@ class _KernelOperator(LinearOperator):
 
     def _rmatvec(self, u):
         return self._rmatmat(np.asarray(u).reshape(-1, 1)).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# the one private operator wrapper of the product-based algorithms
+# ---------------------------------------------------------------------------------------
+
+
+def _has_linear_operator(A) -> bool:
+    """``A`` converts through its own ``as_linear_operator()`` (an EntryMatrix, say)."""
+    return (
+        not isinstance(A, np.ndarray | LinearOperator)
+        and not sp.issparse(A)
+        and callable(getattr(A, "as_linear_operator", None))
+    )
+
+
+class _PassCounter:
+    """Passes over the data (one per product, or per fused dask pass), shared with ``.T``."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int = 1) -> None:
+        self.n += k
+
+
+class _Operator:
+    """One view of ``A`` for every product-based algorithm of :mod:`rnla`.
+
+    Kinds: ``"dense"`` (ndarray, BLAS), ``"sparse"`` (CSR/CSC, SciPy kernels),
+    ``"operator"`` (a LinearOperator), ``"entries"`` (an EntryMatrix: products through
+    its ``as_linear_operator()``, rows and columns through the protocol) and ``"dask"``
+    (a ``dask.array.Array``: products computed chunk by chunk, one graph per product;
+    see :mod:`rnla._dask`). Products are returned in ``dtype`` (float32 stays float32),
+    as NumPy arrays. Every product adds one to ``n_passes``, shared with ``.T``.
+    Dense and sparse inputs are used as they are: no copy, no per-product overhead
+    beyond an integer increment.
+    """
+
+    __slots__ = ("A", "_passes", "_transposed", "dtype", "kind", "shape", "source")
+
+    def __init__(self, A, kind, dtype, *, source=None, passes=None, transposed=False):
+        self.A = A
+        self.kind = kind
+        self.dtype = np.dtype(dtype)
+        self.shape = (int(A.shape[0]), int(A.shape[1]))
+        self.source = source
+        self._passes = _PassCounter() if passes is None else passes
+        self._transposed = transposed
+
+    # -- bookkeeping --------------------------------------------------------------------
+    @property
+    def n_passes(self) -> int:
+        """Products (passes over ``A``) made through this view and its transpose."""
+        return self._passes.n
+
+    @property
+    def is_dask(self) -> bool:
+        return self.kind == "dask"
+
+    @property
+    def T(self) -> _Operator:
+        return _Operator(
+            self.A.T,
+            self.kind,
+            self.dtype,
+            source=self.source,
+            passes=self._passes,
+            transposed=not self._transposed,
+        )
+
+    def _cast(self, Z) -> np.ndarray:
+        Z = np.asarray(Z)
+        return Z if Z.dtype == self.dtype else Z.astype(self.dtype)
+
+    # -- products -----------------------------------------------------------------------
+    def matmat(self, X) -> np.ndarray:
+        """``A @ X`` for a NumPy ``X`` (n, p), as an (m, p) array in ``dtype``."""
+        self._passes.n += 1
+        if self.kind == "dense" or self.kind == "sparse":
+            return self._cast(self.A @ X)
+        if self.kind == "dask":
+            return _dask_product(self.A, X, self.dtype)
+        Y = self._cast(self.A.matmat(X))
+        if Y.shape != (self.shape[0], X.shape[1]):
+            raise ValueError(
+                f"A @ X must have shape {(self.shape[0], X.shape[1])}, the operator "
+                f"returned {Y.shape}"
+            )
+        return Y
+
+    def rmatmat(self, Y) -> np.ndarray:
+        """``A^T @ Y`` for a NumPy ``Y`` (m, p), as an (n, p) array in ``dtype``."""
+        self._passes.n += 1
+        if self.kind == "dense" or self.kind == "sparse":
+            return self._cast(self.A.T @ Y)
+        if self.kind == "dask":
+            return _dask_product(self.A.T, Y, self.dtype)
+        X = self._cast(self.A.rmatmat(Y))
+        if X.shape != (self.shape[1], Y.shape[1]):
+            raise ValueError(
+                f"A^T @ Y must have shape {(self.shape[1], Y.shape[1])}, the operator "
+                f"returned {X.shape}"
+            )
+        return X
+
+    def matvec(self, x) -> np.ndarray:
+        return self.matmat(np.reshape(x, (-1, 1)))[:, 0]
+
+    def rmatvec(self, y) -> np.ndarray:
+        return self.rmatmat(np.reshape(y, (-1, 1)))[:, 0]
+
+    def linear_operator(self) -> LinearOperator:
+        """A :class:`LinearOperator` whose products go through (and are counted by) this view."""
+        return _CountingOperator(self)
+
+    def sketch_rows(self, S) -> np.ndarray:
+        """``S @ A`` for a SketchOperator ``S`` of shape (k, m); an array of shape (k, n)."""
+        self._passes.n += 1
+        if self.kind == "dense" or self.kind == "sparse":
+            return self._cast(S @ self.A)
+        if self.kind == "dask":
+            from rnla import _dask
+
+            return self._cast(_dask.sketch_rows(S, self.A).compute())
+        St = np.ascontiguousarray(S.todense().T, dtype=self.dtype)
+        self._passes.n -= 1  # counted by rmatmat
+        return np.ascontiguousarray(self.rmatmat(St).T)
+
+    # -- entries --------------------------------------------------------------------------
+    def _unit_products(self, idx, *, rows: bool) -> np.ndarray:
+        size = self.shape[0] if rows else self.shape[1]
+        E = np.zeros((size, idx.size), dtype=self.dtype)
+        E[idx, np.arange(idx.size)] = 1
+        return self.rmatmat(E).T if rows else self.matmat(E)
+
+    def columns(self, idx) -> np.ndarray:
+        """Dense ``A[:, idx]``, shape (m, len(idx)), C-contiguous, in ``dtype``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.kind == "dense":
+            C = self.A[:, idx]
+        elif self.kind == "sparse":
+            C = self.A[:, idx].toarray()
+        elif self.kind == "entries":
+            C = self.source.rows(idx).T if self._transposed else self.source.cols(idx)
+        elif self.kind == "dask":
+            self._passes.n += 1
+            C = self.A[:, idx].compute()
+        else:
+            C = self._unit_products(idx, rows=False)
+        return np.ascontiguousarray(C, dtype=self.dtype)
+
+    def rows(self, idx) -> np.ndarray:
+        """Dense ``A[idx, :]``, shape (len(idx), n), C-contiguous, in ``dtype``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.kind == "dense":
+            R = self.A[idx]
+        elif self.kind == "sparse":
+            R = self.A[idx].toarray()
+        elif self.kind == "entries":
+            R = self.source.cols(idx).T if self._transposed else self.source.rows(idx)
+        elif self.kind == "dask":
+            self._passes.n += 1
+            R = self.A[idx].compute()
+        else:
+            R = self._unit_products(idx, rows=True)
+        return np.ascontiguousarray(R, dtype=self.dtype)
+
+    def dense(self) -> np.ndarray:
+        """The whole matrix as an ndarray (for small problems and exact references)."""
+        if self.kind == "dense":
+            return self.A
+        if self.kind == "sparse":
+            return self._cast(self.A.toarray())
+        if self.kind == "dask":
+            self._passes.n += 1
+            return self._cast(self.A.compute())
+        m, n = self.shape
+        if n <= m:
+            return self.columns(np.arange(n))
+        return self.rows(np.arange(m))
+
+    def fro_norm_sq(self) -> float:
+        """Exact ``||A||_F^2`` accumulated in float64 (operators: ``min(m, n)`` products)."""
+        if self.kind == "dense":
+            total = 0.0
+            rows = max(1, (1 << 20) // max(1, self.shape[1]))
+            for start in range(0, self.shape[0], rows):
+                chunk = np.asarray(self.A[start : start + rows], dtype=np.float64)
+                total += float(np.einsum("ij,ij->", chunk, chunk))
+            return total
+        if self.kind == "sparse":
+            data = np.asarray(self.A.data, dtype=np.float64)
+            return float(data @ data)
+        if self.kind == "dask":
+            from rnla import _dask
+
+            return _dask.Tall(self.A, self.dtype, self._passes).sum_squares()
+        m, n = self.shape
+        op, dim = (self, n) if n <= m else (self.T, m)
+        total, width = 0.0, 256
+        for start in range(0, dim, width):
+            stop = min(dim, start + width)
+            E = np.zeros((dim, stop - start), dtype=self.dtype)
+            E[np.arange(start, stop), np.arange(stop - start)] = 1
+            Z = np.asarray(op.matmat(E), dtype=np.float64)
+            total += float(np.einsum("ij,ij->", Z, Z))
+        return total
+
+    def as_long(self, X: np.ndarray, axis: int = 0):
+        """``X`` (as long as side ``axis`` of ``A``) in the input's kind: dask stays dask."""
+        if self.kind != "dask":
+            return X
+        import dask.array as da
+
+        return da.from_array(X, chunks=(self.A.chunks[axis], X.shape[1]))
+
+
+class _CountingOperator(LinearOperator):
+    """:class:`LinearOperator` view of an :class:`_Operator` (products counted)."""
+
+    def __init__(self, op: _Operator) -> None:
+        super().__init__(dtype=op.dtype, shape=op.shape)
+        self._op = op
+
+    def _matmat(self, X):
+        return self._op.matmat(np.asarray(X, dtype=self.dtype))
+
+    def _rmatmat(self, Y):
+        return self._op.rmatmat(np.asarray(Y, dtype=self.dtype))
+
+    def _matvec(self, x):
+        return self._matmat(np.reshape(x, (-1, 1)))[:, 0]
+
+    def _rmatvec(self, y):
+        return self._rmatmat(np.reshape(y, (-1, 1)))[:, 0]
+
+
+def _dask_product(A, X, dtype) -> np.ndarray:
+    """``A @ X`` for a dask ``A`` and a NumPy ``X``: one graph, computed to NumPy."""
+    import dask.array as da
+
+    from rnla import _dask
+
+    X = np.asarray(X, dtype=dtype)
+    Xd = da.from_array(X, chunks=(A.chunks[1], X.shape[1]))
+    Y = np.asarray((A @ Xd).compute(), dtype=dtype)
+    _dask.check_finite(Y)
+    return Y
+
+
+def _wrap(A, *, name: str = "A", square: bool = False) -> _Operator:
+    """Validate ``A`` and wrap it without copying (the only entry point of the wrapper).
+
+    ndarray and array_like: real, finite, 2-D, non-empty (cast under the dtype
+    contract); scipy.sparse: CSR/CSC, finite stored values; LinearOperator: shape and
+    dtype checked; an object with ``as_linear_operator()`` (EntryMatrix): converted, and
+    its ``rows``/``cols`` kept for entry access; ``dask.array.Array``: shape and dtype
+    checked lazily (finiteness on the results of the first pass). dask is only imported
+    when ``A`` already is a dask array. ``square`` requires ``m == n``.
+    """
+    from rnla._dask import is_dask_array
+
+    if sp.issparse(A):
+        A = as_sparse(A, name=name)
+        op = _Operator(A, "sparse", float_dtype(A.dtype))
+    elif isinstance(A, np.ndarray):
+        A = as_float_array(A, name=name, ndim=2)
+        op = _Operator(A, "dense", A.dtype)
+    elif is_dask_array(A):
+        from rnla import _dask
+
+        A, dtype = _dask.validate(A, name=name)
+        op = _Operator(A, "dask", dtype)
+    elif isinstance(A, LinearOperator):
+        A = as_operator(A, name=name)
+        op = _Operator(A, "operator", float_dtype(A.dtype if A.dtype is not None else "f8"))
+    elif _has_linear_operator(A):
+        lin = as_operator(A.as_linear_operator(), name=name)
+        dtype = float_dtype(lin.dtype if lin.dtype is not None else "f8")
+        entries = callable(getattr(A, "rows", None)) and callable(getattr(A, "cols", None))
+        op = _Operator(lin, "entries" if entries else "operator", dtype, source=A)
+        if not entries:
+            op.source = None
+    else:
+        A = as_float_array(A, name=name, ndim=2)
+        op = _Operator(A, "dense", A.dtype)
+    if square and op.shape[0] != op.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {op.shape}")
+    return op

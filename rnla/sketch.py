@@ -37,6 +37,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from rnla import _random
+from rnla._dask import is_dask_array
 from rnla._kernels import sketch as _k
 from rnla._validation import as_float_array, as_sparse, check_int, check_rng
 
@@ -102,6 +104,8 @@ class SketchOperator(LinearOperator):
         computed in the input's floating dtype.
     """
 
+    _spec = None  # recipe of a blockwise sketch (see _column_block), else None
+
     def __init__(self, sketch_size: int, n: int):
         super().__init__(dtype=np.dtype(np.float64), shape=(sketch_size, n))
 
@@ -145,9 +149,18 @@ class SketchOperator(LinearOperator):
             )
 
     def dot(self, x):
-        """``S @ x``: arrays and sparse matrices are sketched, operators composed."""
+        """``S @ x``: arrays and sparse matrices are sketched, operators composed.
+
+        A ``dask.array.Array`` gives a lazy dask array: each task draws the columns of
+        ``S`` that meet its row chunk (blockwise sketches; see :mod:`rnla._dask`).
+        """
         if isinstance(x, LinearOperator) or np.isscalar(x):
             return super().dot(x)
+        if is_dask_array(x):
+            from rnla import _dask
+
+            x, _ = _dask.validate(x, name="A")
+            return _dask.sketch_rows(self, x)
         return self.apply(x)
 
     def __matmul__(self, other):
@@ -318,7 +331,7 @@ def gaussian(sketch_size, n, /, *, rng=None) -> DenseSketch:
     """
     k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
-    return DenseSketch(rng.standard_normal((k, n)) / math.sqrt(k), "gaussian")
+    return _build(("gaussian", k, (_random.draw_key(rng),), None), 0, n)
 
 
 def rademacher(sketch_size, n, /, *, rng=None) -> DenseSketch:
@@ -364,8 +377,7 @@ def rademacher(sketch_size, n, /, *, rng=None) -> DenseSketch:
     """
     k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
-    signs = rng.integers(0, 2, size=(k, n), dtype=np.int8)
-    return DenseSketch((2.0 * signs - 1.0) / math.sqrt(k), "rademacher")
+    return _build(("rademacher", k, (_random.draw_key(rng),), None), 0, n)
 
 
 def orthogonal_gaussian(sketch_size, n, /, *, rng=None) -> DenseSketch:
@@ -644,8 +656,8 @@ def countsketch(sketch_size, n, /, *, rng=None) -> HashSketch:
     """
     k, n = _check_sizes(sketch_size, n)
     rng = check_rng(rng)
-    idx = rng.integers(0, k, size=(n, 1), dtype=np.int64)
-    return HashSketch(k, idx, _random_negative(rng, (n, 1)), 1.0, "countsketch")
+    keys = (_random.draw_key(rng), _random.draw_key(rng))
+    return _build(("countsketch", k, keys, None), 0, n)
 
 
 def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
@@ -710,12 +722,48 @@ def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
             "distinct rows"
         )
     rng = check_rng(rng)
-    uniforms = rng.random((n, z))
-    # one random bit per nonzero for its sign: bytes unpacked, not one draw per sign
-    bits = np.unpackbits(rng.integers(0, 256, size=(n * z + 7) // 8, dtype=np.uint8))
-    codes = np.empty((n, z), dtype=_code_type(k))
-    _k._floyd_codes(uniforms, bits[: n * z].reshape(n, z), k, codes)
+    keys = (_random.draw_key(rng), _random.draw_key(rng))
+    return _build(("sparse_sign", k, keys, z), 0, n)
+
+
+# ----------------------------------------------------------------------------------------
+# blockwise construction: any column block of S from its recipe
+# ----------------------------------------------------------------------------------------
+
+
+def _column_block(spec, start: int, stop: int) -> SketchOperator:
+    """Columns ``start:stop`` of the sketch described by ``spec``, drawn on their own.
+
+    ``spec = (kind, k, keys, param)`` is the recipe a blockwise sketch keeps in
+    ``S._spec``: the entries of column ``j`` depend only on ``keys`` and on the canonical
+    block of ``j`` (:mod:`rnla._random`), so a dask task sketching rows ``start:stop``
+    of its chunk draws exactly these columns of ``S``, and ``S`` is never shipped.
+    """
+    kind, k, keys, param = spec
+    if kind == "gaussian":
+        M = _random.normal_rows(keys[0], start, stop, k).T  # F-ordered view: no copy
+        M *= 1.0 / math.sqrt(k)
+        return DenseSketch(M, "gaussian")
+    if kind == "rademacher":
+        M = _random.rademacher_rows(keys[0], start, stop, k).T
+        M *= 1.0 / math.sqrt(k)
+        return DenseSketch(M, "rademacher")
+    if kind == "countsketch":
+        idx = _random.integer_rows(keys[0], start, stop, 1, k)
+        negative = _random.bit_rows(keys[1], start, stop, 1).astype(bool)
+        return HashSketch(k, idx, negative, 1.0, "countsketch")
+    z = param
+    uniforms = _random.uniform_rows(keys[0], start, stop, z)
+    bits = _random.bit_rows(keys[1], start, stop, z)
+    codes = np.empty((stop - start, z), dtype=_code_type(k))
+    _k._floyd_codes(uniforms, bits, k, codes)
     return HashSketch._from_codes(k, codes, 1.0 / math.sqrt(z), "sparse_sign")
+
+
+def _build(spec, start: int, stop: int) -> SketchOperator:
+    S = _column_block(spec, start, stop)
+    S._spec = spec
+    return S
 
 
 # ----------------------------------------------------------------------------------------
