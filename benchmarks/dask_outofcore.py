@@ -106,7 +106,9 @@ def generate(path: str, m: int, n: int, seed: int = 0) -> None:
     for b in range(n_blocks):
         z[b * CHUNK_ROWS : (b + 1) * CHUNK_ROWS] = u_block(seed, b, CHUNK_ROWS, n, n_blocks) @ SVt
     np.savez(Path(path).with_suffix(".npz"), s=s, V=V, seed=seed)
-    print(f"wrote {m}x{n} float64 ({m * n * 8 / 2**30:.1f} GiB) in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"wrote {m}x{n} float64 ({m * n * 8 / 2**30:.1f} GiB) in {time.perf_counter() - t0:.0f} s"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class TreeMonitor:
     def _procs(self):
         try:
             return [self.root, *self.root.children(recursive=True)]
-        except Exception:  # noqa: BLE001 - processes come and go
+        except Exception:
             return [self.root]
 
     def _read(self) -> int:
@@ -138,7 +140,7 @@ class TreeMonitor:
         for p in self._procs():
             try:
                 total += p.io_counters().read_chars
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         return total
 
@@ -148,7 +150,7 @@ class TreeMonitor:
             for p in self._procs():
                 try:
                     rss += p.memory_info().rss
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
             self.peak = max(self.peak, rss)
             # read_chars of exited processes is lost: sample it continuously
@@ -166,11 +168,12 @@ class TreeMonitor:
 
     @property
     def bytes_read(self) -> int:
+        """Bytes read by the process tree since the monitor started."""
         return self.last_read - self.read0
 
 
 def projection_error(s, V, Vt_hat) -> float:
-    """``||A (I - V^ V^T)||_2`` for ``A = U diag(s) V^T`` with orthonormal ``U``."""
+    """Return ``||A (I - V^ V^T)||_2`` for ``A = U diag(s) V^T`` with orthonormal ``U``."""
     Vh = np.asarray(Vt_hat, dtype=np.float64).T
     M = (s[:, None] * V.T) - ((s[:, None] * V.T) @ Vh) @ Vh.T
     return float(np.linalg.norm(M, 2))
@@ -239,7 +242,7 @@ def outofcore(path: str, method: str, memory_limit: str, n_iter: int) -> dict:
 
 
 def exact_spectral_error(A, s, V, U_hat, s_hat, Vt_hat) -> float:
-    """``||A - U^ S^ V^T||_2`` for ``A = U diag(s) V^T`` (U orthonormal, n columns).
+    """Return ``||A - U^ S^ V^T||_2`` for ``A = U diag(s) V^T`` (U orthonormal, n columns).
 
     ``U^`` lies in the range of ``A`` (both algorithms build it from products with
     ``A``), so the residual does too and its norm is that of ``U^T(residual)``, an

@@ -20,6 +20,7 @@ matrices are those of the in-memory path for the same ``rng``, whatever the chun
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 
@@ -33,7 +34,7 @@ _TREE = 8  # fan-in of the reductions over row blocks
 
 
 def is_dask_array(A) -> bool:
-    """``True`` if ``A`` is a ``dask.array.Array`` (never imports dask)."""
+    """Return ``True`` if ``A`` is a ``dask.array.Array`` (never imports dask)."""
     mod = sys.modules.get("dask.array")
     return mod is not None and isinstance(A, mod.Array)
 
@@ -79,12 +80,12 @@ def check_finite(*arrays, name: str = "A") -> None:
 
 
 def row_blocks(A):
-    """``A`` with one column chunk, its delayed row blocks and their row offsets."""
+    """Return ``A`` with one column chunk, its delayed row blocks and their row offsets."""
     if len(A.chunks[1]) > 1:
         A = A.rechunk({1: -1})  # merges column chunks; every chunk is still read once
     offsets = np.concatenate([[0], np.cumsum(A.chunks[0])]).astype(np.int64)
     blocks = A.to_delayed().ravel().tolist()
-    return A, blocks, [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return A, blocks, [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
 
 
 def _add(*parts):
@@ -239,7 +240,7 @@ class Tall:
         return P
 
     def normal_long(self, X: np.ndarray):
-        """``(A X, A^T A X, X^T A^T A X)``: one pass; ``A X`` stays in the cluster."""
+        """Return ``(A X, A^T A X, X^T A^T A X)``: one pass; ``A X`` stays in the cluster."""
         X = np.asarray(X)
         Y, (P, G) = run_pass(
             self.A,
@@ -257,7 +258,6 @@ class Tall:
         _, (s,) = run_pass(self.A, _sum_squares_block, counter=self.counter)
         check_finite(s)
         return float(s)
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def long_times(Y, M: np.ndarray):
 
 
 def sign_fix_long(U, Vt: np.ndarray):
-    """The in-memory sign rule (largest-magnitude entry of each column of ``U`` positive).
+    """Apply the in-memory sign rule (largest-magnitude entry of each column of ``U`` positive).
 
     Reads the persisted ``U`` once (column maxima and minima).
     """

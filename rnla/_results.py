@@ -52,7 +52,6 @@ class SVDResult(_SVDResultFields):
     n_passes: int | None = None
 
 
-
 class _EighResultFields(NamedTuple):
     """Fields of :class:`EighResult`."""
 
@@ -77,7 +76,6 @@ class EighResult(_EighResultFields):
     """
 
     n_passes: int | None = None
-
 
 
 class _QBResultFields(NamedTuple):
@@ -107,7 +105,6 @@ class QBResult(_QBResultFields):
     """
 
     n_passes: int | None = None
-
 
 
 class CholeskyResult(NamedTuple):

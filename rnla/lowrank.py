@@ -57,6 +57,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from rnla import _random
 from rnla import sketch as _sketch
+from rnla._dask import is_dask_array
 from rnla._results import EighResult, QBResult, SVDResult, _with_passes
 from rnla._validation import (
     AccuracyWarning,
@@ -69,7 +70,6 @@ from rnla._validation import (
     check_rng,
     float_dtype,
 )
-from rnla._dask import is_dask_array
 from rnla.operators import _Operator, _wrap
 
 __all__ = [
@@ -279,7 +279,7 @@ def _normalizer(normalizer) -> str:
 
 
 def _draw_test(n: int, size: int, sketch, rng):
-    """The test matrix: a key of the counter-based Gaussian (int) or a SketchOperator.
+    """Draw the test matrix: a key of the counter-based Gaussian (int) or a SketchOperator.
 
     The Gaussian test matrix is ``rnla._random.normal_rows(key, 0, n, size)``, drawn in
     canonical row blocks so that a dask task can draw the rows of its own chunk.
@@ -301,7 +301,7 @@ def _draw_test(n: int, size: int, sketch, rng):
 
 
 def _test_columns(test, n: int, size: int, dtype) -> np.ndarray:
-    """The test matrix as a dense (n, size) array (the transpose of a sketch)."""
+    """Return the test matrix as a dense (n, size) array (the transpose of a sketch)."""
     if isinstance(test, int):
         # Drawn in float64 and cast: float32 and float64 runs share the same Omega.
         return _random.normal_rows(test, 0, n, size, dtype=dtype)
@@ -711,7 +711,7 @@ def rsvd(
 
 
 def _rsvd_dask(op: _Operator, rank, size, n_iter, method, sketch, normalizer, rng):
-    """rsvd of a dask array: the in-memory algorithms with fused passes (rnla._dask).
+    """Rsvd of a dask array: the in-memory algorithms with fused passes (rnla._dask).
 
     The orientation and the test matrices are those of the in-memory path, so the same
     ``rng`` gives the same result to rounding. Subspace: ``n_iter + 1`` passes; Krylov:

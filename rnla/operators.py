@@ -977,7 +977,7 @@ class _KernelOperator(LinearOperator):
 
 
 def _has_linear_operator(A) -> bool:
-    """``A`` converts through its own ``as_linear_operator()`` (an EntryMatrix, say)."""
+    """Tell whether ``A`` converts through its own ``as_linear_operator()`` (EntryMatrix)."""
     return (
         not isinstance(A, np.ndarray | LinearOperator)
         and not sp.issparse(A)
@@ -1048,7 +1048,7 @@ class _Operator:
 
     # -- products -----------------------------------------------------------------------
     def matmat(self, X) -> np.ndarray:
-        """``A @ X`` for a NumPy ``X`` (n, p), as an (m, p) array in ``dtype``."""
+        """Return ``A @ X`` for a NumPy ``X`` (n, p), as an (m, p) array in ``dtype``."""
         self._passes.n += 1
         if self.kind == "dense" or self.kind == "sparse":
             return self._cast(self.A @ X)
@@ -1084,7 +1084,7 @@ class _Operator:
         return self.rmatmat(np.reshape(y, (-1, 1)))[:, 0]
 
     def linear_operator(self) -> LinearOperator:
-        """A :class:`LinearOperator` whose products go through (and are counted by) this view."""
+        """Return a :class:`LinearOperator` whose products go through this view (counted)."""
         return _CountingOperator(self)
 
     def sketch_rows(self, S) -> np.ndarray:
@@ -1140,7 +1140,7 @@ class _Operator:
         return np.ascontiguousarray(R, dtype=self.dtype)
 
     def dense(self) -> np.ndarray:
-        """The whole matrix as an ndarray (for small problems and exact references)."""
+        """Return the whole matrix as an ndarray (for small problems and exact references)."""
         if self.kind == "dense":
             return self.A
         if self.kind == "sparse":
@@ -1210,7 +1210,7 @@ class _CountingOperator(LinearOperator):
 
 
 def _dask_product(A, X, dtype) -> np.ndarray:
-    """``A @ X`` for a dask ``A`` and a NumPy ``X``: one graph, computed to NumPy."""
+    """Return ``A @ X`` for a dask ``A`` and a NumPy ``X``: one graph, computed to NumPy."""
     import dask.array as da
 
     from rnla import _dask
