@@ -45,11 +45,10 @@ from rnla._validation import (
     check_int,
     check_option,
     check_rng,
-    float_dtype,
     result_dtype,
 )
 from rnla.krylov import block_lanczos, lanczos
-from rnla.operators import as_linear_operator
+from rnla.operators import _wrap
 from rnla.trace import _DEFAULT_K, _DEFAULT_N_PROBES, TraceEstimate
 
 __all__ = [
@@ -481,9 +480,7 @@ class AugmentedKrylov:
         spectrum_lower=0.0,
         rng=None,
     ):
-        op = as_linear_operator(A)
-        if op.shape[0] != op.shape[1]:
-            raise ValueError(f"A must be square (symmetric), got shape {op.shape}")
+        op = _wrap(A, square=True)
         n = op.shape[0]
         y = as_float_array(y, name="y", ndim=1)
         if y.shape[0] != n:
@@ -508,9 +505,7 @@ class AugmentedKrylov:
         kind = check_option(probes, _PROBES, "probes")
         a = _check_spectrum_lower(spectrum_lower)
         rng = check_rng(rng)
-        dtype = result_dtype(
-            float_dtype(op.dtype if op.dtype is not None else np.float64), y.dtype
-        )
+        dtype = result_dtype(op.dtype, y.dtype)
 
         omega = _draw_probes(n, s, kind, rng, dtype)
         # y scaled to the probes' norm sqrt(N) so that rank decisions treat columns alike.
@@ -768,13 +763,6 @@ class AugmentedKrylov:
 # ---------------------------------------------------------------------------------------
 
 
-def _square_op(A) -> LinearOperator:
-    op = as_linear_operator(A)
-    if op.shape[0] != op.shape[1]:
-        raise ValueError(f"A must be square (symmetric), got shape {op.shape}")
-    return op
-
-
 def _tridiag(res) -> np.ndarray:
     alpha = np.asarray(res.alpha, dtype=np.float64)
     beta = np.asarray(res.beta, dtype=np.float64)
@@ -840,7 +828,7 @@ def lanczos_datafit(A, y, lam, /, *, k=None, rule="gauss", spectrum_lower=0.0, r
     >>> est.value.shape, est.lower.shape, est.upper.shape
     ((2,), (2,), (2,))
     """
-    op = _square_op(A)
+    op = _wrap(A, square=True)
     n = op.shape[0]
     y = as_float_array(y, name="y", ndim=1)
     if y.shape[0] != n:
@@ -849,7 +837,7 @@ def lanczos_datafit(A, y, lam, /, *, k=None, rule="gauss", spectrum_lower=0.0, r
     k = min(_DEFAULT_K, n) if k is None else check_int(k, "k", minimum=1, maximum=n)
     rule = check_option(rule, _RULES, "rule")
     a = _check_spectrum_lower(spectrum_lower)
-    dtype = result_dtype(float_dtype(op.dtype if op.dtype is not None else np.float64), y.dtype)
+    dtype = result_dtype(op.dtype, y.dtype)
     res = lanczos(op, y.astype(dtype), k, rng=rng)
     rules = _rules(op, res.Q, _tridiag(res), 1, a, dtype)
     J = res.Q.shape[1]
@@ -939,7 +927,7 @@ def slq_logdet(
     >>> est.value.shape, est.stderr.shape
     ((2,), (2,))
     """
-    op = _square_op(A)
+    op = _wrap(A, square=True)
     n = op.shape[0]
     lam, shape = _check_lam(lam)
     k = min(_DEFAULT_K, n) if k is None else check_int(k, "k", minimum=1, maximum=n)
@@ -948,7 +936,7 @@ def slq_logdet(
     rule = check_option(rule, _RULES, "rule")
     a = _check_spectrum_lower(spectrum_lower)
     rng = check_rng(rng)
-    dtype = float_dtype(op.dtype if op.dtype is not None else np.float64)
+    dtype = op.dtype
     omega = _draw_probes(n, s, kind, rng, dtype)
     L = np.empty((lam.size, s))
     n_matvecs = 0
@@ -975,18 +963,7 @@ _EXACT = ("cholesky", "eigh")
 
 
 def _dense_symmetric(A, name="A") -> np.ndarray:
-    if isinstance(A, LinearOperator) or hasattr(A, "as_linear_operator"):
-        op = as_linear_operator(A, name=name)
-        n = op.shape[0]
-        dtype = float_dtype(op.dtype if op.dtype is not None else np.float64)
-        M = np.asarray(op.matmat(np.eye(n, dtype=dtype)), dtype=np.float64)
-    elif sp.issparse(A):
-        M = np.asarray(as_linear_operator(A, name=name).matmat(np.eye(A.shape[0])))
-        M = M.astype(np.float64)
-    else:
-        M = as_float_array(A, name=name, ndim=2).astype(np.float64)
-    if M.shape[0] != M.shape[1]:
-        raise ValueError(f"{name} must be square (symmetric), got shape {M.shape}")
+    M = np.asarray(_wrap(A, name=name, square=True).dense(), dtype=np.float64)
     gap = float(np.max(np.abs(M - M.T))) if M.size else 0.0
     if gap > 100 * math.sqrt(M.shape[0]) * np.finfo(np.float64).eps * max(
         float(np.max(np.abs(M))), 1e-300

@@ -36,11 +36,10 @@ from rnla._validation import (
     as_sparse,
     check_int,
     check_rng,
-    float_dtype,
     result_dtype,
 )
 from rnla.lowrank import _pow2_scale
-from rnla.operators import as_linear_operator, check_indices
+from rnla.operators import _Operator, _wrap, check_indices
 
 __all__ = ["NormEstimate", "effective_distortion", "lowrank_error_estimate", "norm_estimate"]
 
@@ -271,7 +270,7 @@ def norm_estimate(
     >>> est.lower <= 1.0 + 1e-12 and est.upper >= est.value
     True
     """
-    op = as_operator(A)
+    op = _wrap(A)
     if isinstance(norm, str):
         if norm != "fro":
             raise ValueError(f"norm={norm!r} is not one of 2, 'fro'")
@@ -409,67 +408,8 @@ class _ResidualOperator(LinearOperator):
         return self._rmatmat(np.reshape(y, (-1, 1))).reshape(-1)
 
 
-class _Source:
-    """``A`` as an operator, plus extraction of its columns and rows.
-
-    ``n_products`` counts the products with unit vectors spent on extraction (only a
-    LinearOperator needs them: dense, sparse and entry-based inputs are indexed).
-    """
-
-    def __init__(self, A) -> None:
-        self.n_products = 0
-        if sp.issparse(A):
-            self.kind = "sparse"
-            self.A = as_sparse(A)
-            self.op = as_operator(self.A)
-        elif isinstance(A, LinearOperator):
-            self.kind = "operator"
-            self.A = self.op = as_operator(A)
-        elif (
-            not isinstance(A, np.ndarray)
-            and callable(getattr(A, "as_linear_operator", None))
-            and callable(getattr(A, "cols", None))
-            and callable(getattr(A, "rows", None))
-        ):
-            self.kind = "entries"
-            self.A = A
-            self.op = as_linear_operator(A)
-        else:
-            self.kind = "dense"
-            self.A = as_float_array(A, name="A", ndim=2)
-            self.op = as_operator(self.A)
-        self.shape = tuple(self.op.shape)
-        self.dtype = float_dtype(self.op.dtype if self.op.dtype is not None else np.float64)
-
-    def columns(self, idx: np.ndarray, dtype) -> np.ndarray:
-        """Dense ``A[:, idx]`` of shape (m, len(idx)) in ``dtype``."""
-        if self.kind == "dense":
-            C = self.A[:, idx]
-        elif self.kind == "sparse":
-            C = self.A[:, idx].toarray()
-        elif self.kind == "entries":
-            C = self.A.cols(idx)
-        else:
-            E = np.zeros((self.shape[1], idx.size), dtype=dtype)
-            E[idx, np.arange(idx.size)] = 1
-            C = self.op.matmat(E)
-            self.n_products += idx.size
-        return np.ascontiguousarray(C, dtype=dtype)
-
-    def rows(self, idx: np.ndarray, dtype) -> np.ndarray:
-        """Dense ``A[idx, :]`` of shape (len(idx), n) in ``dtype``."""
-        if self.kind == "dense":
-            Rw = self.A[idx, :]
-        elif self.kind == "sparse":
-            Rw = self.A[idx, :].toarray()
-        elif self.kind == "entries":
-            Rw = self.A.rows(idx)
-        else:
-            E = np.zeros((self.shape[0], idx.size), dtype=dtype)
-            E[idx, np.arange(idx.size)] = 1
-            Rw = self.op.rmatmat(E).T
-            self.n_products += idx.size
-        return np.ascontiguousarray(Rw, dtype=dtype)
+def _as(X, dtype) -> np.ndarray:
+    return np.ascontiguousarray(X, dtype=dtype)
 
 
 def _factor(x, name: str, ndim: int) -> np.ndarray:
@@ -508,7 +448,7 @@ def _check_axis_id(axis) -> int:
     return int(axis)
 
 
-def _low_rank_factors(src: _Source, factors, axis):
+def _low_rank_factors(src: _Operator, factors, axis):
     """Return ``(L, R, dtype)`` with ``L @ R`` the approximation of ``A`` (not formed)."""
     if isinstance(factors, IDResult):
         return _id_factors(src, factors, _check_axis_id(axis))
@@ -531,7 +471,7 @@ def _low_rank_factors(src: _Source, factors, axis):
 # One function per result type: validate its fields against A, return (L, R, dtype).
 
 
-def _svd_factors(src: _Source, factors: SVDResult):
+def _svd_factors(src: _Operator, factors: SVDResult):
     m, n = src.shape
     U = _factor(factors.U, "factors.U", 2)
     s = _factor(factors.s, "factors.s", 1)
@@ -543,7 +483,7 @@ def _svd_factors(src: _Source, factors: SVDResult):
     return (U * s).astype(dtype, copy=False), Vt.astype(dtype, copy=False), dtype
 
 
-def _qb_factors(src: _Source, factors: QBResult):
+def _qb_factors(src: _Operator, factors: QBResult):
     m, n = src.shape
     Q = _factor(factors.Q, "factors.Q", 2)
     B = _factor(factors.B, "factors.B", 2)
@@ -554,7 +494,7 @@ def _qb_factors(src: _Source, factors: QBResult):
     return Q.astype(dtype, copy=False), B.astype(dtype, copy=False), dtype
 
 
-def _eigh_factors(src: _Source, factors: EighResult):
+def _eigh_factors(src: _Operator, factors: EighResult):
     _check_square("EighResult", "V diag(eigenvalues) V^T", src.shape)
     w = _factor(factors.eigenvalues, "factors.eigenvalues", 1)
     V = _factor(factors.eigenvectors, "factors.eigenvectors", 2)
@@ -564,7 +504,7 @@ def _eigh_factors(src: _Source, factors: EighResult):
     return (V * w).astype(dtype, copy=False), V.T, dtype
 
 
-def _cholesky_factors(src: _Source, factors: CholeskyResult):
+def _cholesky_factors(src: _Operator, factors: CholeskyResult):
     _check_square("CholeskyResult", "F F^T", src.shape)
     F = _factor(factors.F, "factors.F", 2)
     _check_shape("factors.F", F.shape, (src.shape[1], F.shape[1]), src.shape)
@@ -573,7 +513,7 @@ def _cholesky_factors(src: _Source, factors: CholeskyResult):
     return F, F.T, dtype
 
 
-def _id_factors(src: _Source, factors: IDResult, axis: int):
+def _id_factors(src: _Operator, factors: IDResult, axis: int):
     m, n = shape = src.shape
     X = _factor(factors.X, "factors.X", 2)
     dtype = result_dtype(src.dtype, X.dtype)
@@ -591,11 +531,11 @@ def _id_factors(src: _Source, factors: IDResult, axis: int):
     idx = check_indices(factors.indices, shape[axis], name="factors.indices")
     X = X.astype(dtype, copy=False)
     if axis == 1:
-        return src.columns(idx, dtype), X, dtype
-    return X, src.rows(idx, dtype), dtype
+        return _as(src.columns(idx), dtype), X, dtype
+    return X, _as(src.rows(idx), dtype), dtype
 
 
-def _cur_factors(src: _Source, factors: CURResult):
+def _cur_factors(src: _Operator, factors: CURResult):
     m, n = src.shape
     U = _factor(factors.U, "factors.U", 2)
     cols = check_indices(factors.cols, n, name="factors.cols")
@@ -603,11 +543,11 @@ def _cur_factors(src: _Source, factors: CURResult):
     _check_shape("factors.U", U.shape, (cols.size, rows.size), src.shape)
     dtype = result_dtype(src.dtype, U.dtype)
     # C U is (m, r): one small product instead of two per application.
-    CU = src.columns(cols, dtype) @ U.astype(dtype, copy=False)
-    return CU, src.rows(rows, dtype), dtype
+    CU = _as(src.columns(cols), dtype) @ U.astype(dtype, copy=False)
+    return CU, _as(src.rows(rows), dtype), dtype
 
 
-def _cross_factors(src: _Source, factors: CrossResult):
+def _cross_factors(src: _Operator, factors: CrossResult):
     m, n = src.shape
     U = _factor(factors.U, "factors.U", 2)
     V = _factor(factors.V, "factors.V", 2)
@@ -618,7 +558,7 @@ def _cross_factors(src: _Source, factors: CrossResult):
     return U.astype(dtype, copy=False), V.T.astype(dtype, copy=False), dtype
 
 
-def _pair_factors(src: _Source, factors):
+def _pair_factors(src: _Operator, factors):
     """Split a plain ``(L, R)`` pair of arrays, sparse matrices or LinearOperators."""
     m, n = shape = src.shape
     if len(factors) != 2:
@@ -648,11 +588,11 @@ _FACTOR_FORMS = (
 )
 
 
-def _residual_operator(A, factors, axis=None) -> tuple[_ResidualOperator, _Source]:
+def _residual_operator(A, factors, axis=None) -> tuple[_ResidualOperator, _Operator]:
     """Return the residual ``A - approximation`` as an operator, and the wrapped ``A``."""
-    src = _Source(A)
+    src = _wrap(A)
     L, R, dtype = _low_rank_factors(src, factors, axis)
-    return _ResidualOperator(src.op, L, R, dtype), src
+    return _ResidualOperator(src.linear_operator(), L, R, dtype), src
 
 
 def lowrank_error_estimate(
@@ -806,10 +746,10 @@ def lowrank_error_estimate(
     options = {"n_probes": n_probes, "n_iter": n_iter, "rng": rng}
     if not relative:
         est = norm_estimate(E, norm, delta=delta, **options)
-        return est._replace(n_matvecs=est.n_matvecs + src.n_products)
+        return est._replace(n_matvecs=est.n_matvecs + src.n_unit_products)
 
     est_E = norm_estimate(E, norm, delta=delta / 2, **options)
-    est_A = norm_estimate(src.op, norm, delta=delta / 2, **options)
+    est_A = norm_estimate(src.linear_operator(), norm, delta=delta / 2, **options)
     if est_A.value == 0.0:
         raise ValueError(
             "relative=True: the norm estimate of A is 0 (A is the zero matrix with "
@@ -822,5 +762,5 @@ def lowrank_error_estimate(
         lower,
         upper,
         delta,
-        est_E.n_matvecs + est_A.n_matvecs + src.n_products,
+        est_E.n_matvecs + est_A.n_matvecs + src.n_unit_products,
     )

@@ -27,17 +27,15 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
-from scipy.sparse.linalg import LinearOperator
 
 from rnla._validation import (
     as_float_array,
     check_int,
     check_option,
     check_rng,
-    float_dtype,
     result_dtype,
 )
-from rnla.operators import as_linear_operator
+from rnla.operators import _Operator, _wrap
 
 __all__ = [
     "BlockLanczosResult",
@@ -147,29 +145,11 @@ class QuadratureBounds(NamedTuple):
 # ---------------------------------------------------------------------------------------
 
 
-def _square_operator(A, name: str = "A") -> LinearOperator:
-    op = as_linear_operator(A, name=name)
-    if op.shape[0] != op.shape[1]:
-        raise ValueError(f"{name} must be square (symmetric), got shape {op.shape}")
-    return op
-
-
-def _op_dtype(op: LinearOperator) -> np.dtype:
-    return float_dtype(op.dtype if op.dtype is not None else np.float64)
-
-
-def _matmat(op: LinearOperator, X: np.ndarray, dtype) -> np.ndarray:
-    Y = np.asarray(op.matmat(X))
-    if Y.shape != X.shape:
-        raise ValueError(f"A @ X returned shape {Y.shape}, expected {X.shape}")
-    return Y.astype(dtype, copy=False)
-
-
-def _check_symmetric(op: LinearOperator, rng: np.random.Generator, dtype) -> int:
+def _check_symmetric(op: _Operator, rng: np.random.Generator, dtype) -> int:
     """Raise ValueError unless ``<Ax, y> = <x, Ay>`` for one random pair; return matvecs."""
     n = op.shape[0]
     X = rng.standard_normal((n, 2)).astype(dtype)
-    AX = _matmat(op, X, dtype).astype(np.float64)
+    AX = op.matmat(X, dtype).astype(np.float64)
     X = X.astype(np.float64)
     gap = abs(X[:, 1] @ AX[:, 0] - X[:, 0] @ AX[:, 1])
     scale = np.linalg.norm(AX[:, 0]) * np.linalg.norm(X[:, 1]) + np.linalg.norm(
@@ -219,7 +199,7 @@ def _lanczos_core(op, v, k, full, dtype) -> _LanczosState:
     breakdown = False
     j = 0
     for j in range(k):
-        w = _matmat(op, Q[:, j : j + 1], dtype)[:, 0]
+        w = op.matmat(Q[:, j : j + 1], dtype)[:, 0]
         anorm = max(anorm, float(np.linalg.norm(w)))
         a = Q[:, j] @ w
         w = w - a * Q[:, j]
@@ -277,7 +257,7 @@ def _block_lanczos_core(op, V, k, full, dtype) -> _BlockState:
     for j in range(k):
         pj = sizes[-1]
         Qj = Q[:, start : start + pj]
-        W = _matmat(op, Qj, dtype)
+        W = op.matmat(Qj, dtype)
         n_matvecs += pj
         anorm = max(anorm, float(np.max(np.linalg.norm(W, axis=0))))
         Aj = Qj.T @ W
@@ -323,7 +303,7 @@ def _block_lanczos_core(op, V, k, full, dtype) -> _BlockState:
 
 
 def _prepare(A, X, k, reorth, rng, *, block: bool):
-    op = _square_operator(A)
+    op = _wrap(A, square=True)
     n = op.shape[0]
     X = as_float_array(X, name="V" if block else "v", ndim=2 if block else 1)
     if X.shape[0] != n:
@@ -334,7 +314,7 @@ def _prepare(A, X, k, reorth, rng, *, block: bool):
     if block and X.shape[1] > n:
         raise ValueError(f"V must have at most n={n} columns, got shape {X.shape}")
     full = check_option(reorth, _REORTH, "reorth") == "full"
-    dtype = result_dtype(_op_dtype(op), X.dtype)
+    dtype = result_dtype(op.dtype, X.dtype)
     X = X.astype(dtype, copy=False)
     if not np.any(X):
         raise ValueError(f"{'V' if block else 'v'} must be nonzero")
@@ -790,7 +770,7 @@ def _lanczos_batch(op, Z, k, full, dtype):
     for j in range(k):
         if active.size == 0:
             break
-        Wt = _matmat(op, np.ascontiguousarray(Qs[active, j].T), dtype).T.copy()
+        Wt = op.matmat(np.ascontiguousarray(Qs[active, j].T), dtype).T.copy()
         n_matvecs += active.size
         anorm[active] = np.maximum(anorm[active], np.linalg.norm(Wt, axis=1))
         qj = Qs[active, j]

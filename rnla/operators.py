@@ -988,10 +988,11 @@ def _has_linear_operator(A) -> bool:
 class _PassCounter:
     """Passes over the data (one per product, or per fused dask pass), shared with ``.T``."""
 
-    __slots__ = ("n",)
+    __slots__ = ("n", "unit")
 
     def __init__(self) -> None:
         self.n = 0
+        self.unit = 0  # products with unit vectors spent on extracting rows/columns
 
     def add(self, k: int = 1) -> None:
         self.n += k
@@ -1028,6 +1029,11 @@ class _Operator:
         return self._passes.n
 
     @property
+    def n_unit_products(self) -> int:
+        """Products with unit vectors spent on rows/columns of a LinearOperator."""
+        return self._passes.unit
+
+    @property
     def is_dask(self) -> bool:
         return self.kind == "dask"
 
@@ -1042,19 +1048,23 @@ class _Operator:
             transposed=not self._transposed,
         )
 
-    def _cast(self, Z) -> np.ndarray:
-        Z = np.asarray(Z)
-        return Z if Z.dtype == self.dtype else Z.astype(self.dtype)
-
     # -- products -----------------------------------------------------------------------
-    def matmat(self, X) -> np.ndarray:
-        """Return ``A @ X`` for a NumPy ``X`` (n, p), as an (m, p) array in ``dtype``."""
+    def _cast(self, Z, dtype=None) -> np.ndarray:
+        Z = np.asarray(Z)
+        dtype = self.dtype if dtype is None else dtype
+        return Z if Z.dtype == dtype else Z.astype(dtype)
+
+    def matmat(self, X, dtype=None) -> np.ndarray:
+        """Return ``A @ X`` for a NumPy ``X`` (n, p), as an (m, p) array.
+
+        In ``dtype`` (default: the operator's dtype, so float32 stays float32).
+        """
         self._passes.n += 1
         if self.kind == "dense" or self.kind == "sparse":
-            return self._cast(self.A @ X)
+            return self._cast(self.A @ X, dtype)
         if self.kind == "dask":
-            return _dask_product(self.A, X, self.dtype)
-        Y = self._cast(self.A.matmat(X))
+            return _dask_product(self.A, X, self.dtype if dtype is None else dtype)
+        Y = self._cast(self.A.matmat(X), dtype)
         if Y.shape != (self.shape[0], X.shape[1]):
             raise ValueError(
                 f"A @ X must have shape {(self.shape[0], X.shape[1])}, the operator "
@@ -1062,14 +1072,14 @@ class _Operator:
             )
         return Y
 
-    def rmatmat(self, Y) -> np.ndarray:
-        """``A^T @ Y`` for a NumPy ``Y`` (m, p), as an (n, p) array in ``dtype``."""
+    def rmatmat(self, Y, dtype=None) -> np.ndarray:
+        """Return ``A^T @ Y`` for a NumPy ``Y`` (m, p), as an (n, p) array (in ``dtype``)."""
         self._passes.n += 1
         if self.kind == "dense" or self.kind == "sparse":
-            return self._cast(self.A.T @ Y)
+            return self._cast(self.A.T @ Y, dtype)
         if self.kind == "dask":
-            return _dask_product(self.A.T, Y, self.dtype)
-        X = self._cast(self.A.rmatmat(Y))
+            return _dask_product(self.A.T, Y, self.dtype if dtype is None else dtype)
+        X = self._cast(self.A.rmatmat(Y), dtype)
         if X.shape != (self.shape[1], Y.shape[1]):
             raise ValueError(
                 f"A^T @ Y must have shape {(self.shape[1], Y.shape[1])}, the operator "
@@ -1077,11 +1087,11 @@ class _Operator:
             )
         return X
 
-    def matvec(self, x) -> np.ndarray:
-        return self.matmat(np.reshape(x, (-1, 1)))[:, 0]
+    def matvec(self, x, dtype=None) -> np.ndarray:
+        return self.matmat(np.reshape(x, (-1, 1)), dtype)[:, 0]
 
-    def rmatvec(self, y) -> np.ndarray:
-        return self.rmatmat(np.reshape(y, (-1, 1)))[:, 0]
+    def rmatvec(self, y, dtype=None) -> np.ndarray:
+        return self.rmatmat(np.reshape(y, (-1, 1)), dtype)[:, 0]
 
     def linear_operator(self) -> LinearOperator:
         """Return a :class:`LinearOperator` whose products go through this view (counted)."""
@@ -1105,6 +1115,7 @@ class _Operator:
         size = self.shape[0] if rows else self.shape[1]
         E = np.zeros((size, idx.size), dtype=self.dtype)
         E[idx, np.arange(idx.size)] = 1
+        self._passes.unit += idx.size
         return self.rmatmat(E).T if rows else self.matmat(E)
 
     def columns(self, idx) -> np.ndarray:
@@ -1234,7 +1245,9 @@ def _wrap(A, *, name: str = "A", square: bool = False) -> _Operator:
     """
     from rnla._dask import is_dask_array
 
-    if sp.issparse(A):
+    if isinstance(A, _Operator):
+        op = A
+    elif sp.issparse(A):
         A = as_sparse(A, name=name)
         op = _Operator(A, "sparse", float_dtype(A.dtype))
     elif isinstance(A, np.ndarray):

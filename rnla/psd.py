@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
 from rnla._kernels.nystrom import _block_pivoted_cholesky, _downdate_diagonal
-from rnla._results import CholeskyResult, EighResult
+from rnla._results import CholeskyResult, EighResult, _with_passes
 from rnla._validation import (
     AccuracyWarning,
     check_int,
@@ -43,7 +43,7 @@ from rnla._validation import (
     check_rng,
     float_dtype,
 )
-from rnla.operators import DenseEntries, EntryMatrix, as_linear_operator
+from rnla.operators import DenseEntries, EntryMatrix, _wrap
 
 __all__ = ["nystrom", "rpcholesky"]
 
@@ -206,11 +206,11 @@ def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
     >>> res.eigenvalues.shape, res.eigenvectors.shape
     ((5,), (50, 5))
     """
-    op = as_linear_operator(A)
+    op = _wrap(A)
     m, n = op.shape
     if m != n:
         raise ValueError(f"A must be square (symmetric PSD), got shape {op.shape}")
-    dtype = float_dtype(op.dtype if op.dtype is not None else np.float64)
+    dtype = op.dtype
     rank = check_rank(rank, (n,))
     oversample = check_int(oversample, "oversample", minimum=0)
     user_shift = _check_shift(shift)
@@ -231,7 +231,8 @@ def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
     norm_y = math.sqrt(max(float(np.linalg.eigvalsh(gram)[-1]), 0.0))
     if norm_y == 0.0:
         # A Omega = 0: A vanishes on range(Omega) and its Nyström approximation is 0.
-        return EighResult(np.zeros(rank, dtype=dtype), Omega[:, :rank].copy())
+        res = EighResult(np.zeros(rank, dtype=dtype), op.as_long(Omega[:, :rank].copy()))
+        return _with_passes(res, op.n_passes)
     nu0 = math.sqrt(n) * eps * norm_y
     # The O(n ell^2) post-processing runs in float64 for every input dtype: the core
     # matrix has condition number up to ||A|| / nu ~ 1 / (sqrt(n) eps), which a float32
@@ -282,7 +283,7 @@ def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
         extra = Omega - eigenvectors @ (eigenvectors.T @ Omega)
         Q, _ = np.linalg.qr(extra.astype(np.float64))
         eigenvectors = np.hstack([eigenvectors, Q[:, : rank - r].astype(dtype)])
-    return EighResult(eigenvalues, eigenvectors)
+    return _with_passes(EighResult(eigenvalues, op.as_long(eigenvectors)), op.n_passes)
 
 
 # ---------------------------------------------------------------------------------------

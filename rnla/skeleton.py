@@ -35,8 +35,6 @@ from rnla._results import CrossResult, CURResult, IDResult
 from rnla._sampling import leverage_score_sampling
 from rnla._validation import (
     ConvergenceWarning,
-    as_float_array,
-    as_sparse,
     check_int,
     check_option,
     check_probability,
@@ -45,7 +43,7 @@ from rnla._validation import (
     float_dtype,
 )
 from rnla.lowrank import range_finder, rsvd
-from rnla.operators import DenseEntries, EntryMatrix, as_linear_operator
+from rnla.operators import DenseEntries, EntryMatrix, _Operator, _wrap
 
 __all__ = ["aca", "cur", "interpolative"]
 
@@ -69,92 +67,9 @@ _ACA_MAX_ZERO_ROWS = 8
 _ACA_ZERO_PIVOT = 64.0
 
 
-# ---------------------------------------------------------------------------------------
-# one view of dense, sparse and operator inputs
-# ---------------------------------------------------------------------------------------
-
-
-class _Mat:
-    """``A`` (or ``A^T``) with products, column/row extraction and left sketches.
-
-    Results are cast to ``dtype`` so that float32 stays float32 whatever the operator
-    returns.
-    """
-
-    __slots__ = ("A", "dtype", "kind", "shape")
-
-    def __init__(self, A, kind: str, dtype: np.dtype):
-        self.A = A
-        self.kind = kind
-        self.dtype = np.dtype(dtype)
-        self.shape = tuple(A.shape)
-
-    @property
-    def T(self) -> _Mat:
-        return _Mat(self.A.T, self.kind, self.dtype)
-
-    def _cast(self, Z) -> np.ndarray:
-        Z = np.asarray(Z)
-        return Z if Z.dtype == self.dtype else Z.astype(self.dtype)
-
-    def matmat(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=self.dtype)
-        if self.kind == "operator":
-            return self._cast(self.A.matmat(X))
-        return self._cast(self.A @ X)
-
-    def rmatmat(self, Y: np.ndarray) -> np.ndarray:
-        Y = np.asarray(Y, dtype=self.dtype)
-        if self.kind == "operator":
-            return self._cast(self.A.rmatmat(Y))
-        return self._cast(self.A.T @ Y)
-
-    def columns(self, idx: np.ndarray) -> np.ndarray:
-        """Dense ``A[:, idx]``, shape (m, len(idx)), C-contiguous."""
-        if self.kind == "dense":
-            return np.ascontiguousarray(self.A[:, idx])
-        if self.kind == "sparse":
-            return np.ascontiguousarray(self._cast(self.A[:, idx].toarray()))
-        E = np.zeros((self.shape[1], idx.size), dtype=self.dtype)
-        E[idx, np.arange(idx.size)] = 1
-        return np.ascontiguousarray(self.matmat(E))
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        """Dense ``A[idx, :]``, shape (len(idx), n), C-contiguous."""
-        if self.kind == "dense":
-            return np.ascontiguousarray(self.A[idx])
-        if self.kind == "sparse":
-            return np.ascontiguousarray(self._cast(self.A[idx].toarray()))
-        E = np.zeros((self.shape[0], idx.size), dtype=self.dtype)
-        E[idx, np.arange(idx.size)] = 1
-        return np.ascontiguousarray(self.rmatmat(E).T)
-
-    def dense(self) -> np.ndarray:
-        """Return the whole matrix as an ndarray (only called when one side is small)."""
-        if self.kind == "dense":
-            return self.A
-        return self.columns(np.arange(self.shape[1]))
-
-    def sketch_rows(self, S) -> np.ndarray:
-        """``S @ A`` for a SketchOperator ``S`` of shape (k, m); shape (k, n)."""
-        if self.kind == "operator":
-            St = np.ascontiguousarray(S.todense().T, dtype=self.dtype)
-            return np.ascontiguousarray(self.rmatmat(St).T)
-        return self._cast(S @ self.A)
-
-
-def _as_mat(A, name: str = "A") -> _Mat:
+def _as_mat(A, name: str = "A") -> _Operator:
     """Validate ``A`` (real, finite, 2-D, non-empty) and wrap it without copying."""
-    if sp.issparse(A):
-        A = as_sparse(A, name=name)
-        return _Mat(A, "sparse", float_dtype(A.dtype))
-    if isinstance(A, LinearOperator) or (
-        not isinstance(A, np.ndarray) and callable(getattr(A, "as_linear_operator", None))
-    ):
-        op = as_linear_operator(A, name=name)
-        return _Mat(op, "operator", float_dtype(op.dtype if op.dtype is not None else "f8"))
-    A = as_float_array(A, name=name, ndim=2)
-    return _Mat(A, "dense", A.dtype)
+    return _wrap(A, name=name)
 
 
 def _check_axis(axis) -> int:
@@ -216,7 +131,7 @@ def _interpolation_matrix(R: np.ndarray, P: np.ndarray, k: int, dtype) -> np.nda
     return X
 
 
-def _skeleton_matrix(M: _Mat, ell: int, method: str, n_iter: int, sketch: str, rng):
+def _skeleton_matrix(M: _Operator, ell: int, method: str, n_iter: int, sketch: str, rng):
     """``B`` (l', n) whose QRCP selects the columns; ``exact`` if ``B`` is not random."""
     m, n = M.shape
     if ell >= m:
@@ -234,7 +149,9 @@ def _skeleton_matrix(M: _Mat, ell: int, method: str, n_iter: int, sketch: str, r
     return M.rmatmat(np.asarray(Q, dtype=M.dtype)).T, False
 
 
-def _column_id(M: _Mat, cap: int, tol, method: str, oversample: int, n_iter: int, sketch, rng):
+def _column_id(
+    M: _Operator, cap: int, tol, method: str, oversample: int, n_iter: int, sketch, rng
+):
     """Column ID of ``M``: (indices (k,), X (k, n))."""
     if tol is None:
         B, _ = _skeleton_matrix(M, cap + oversample, method, n_iter, sketch, rng)
@@ -438,7 +355,7 @@ def _pinv_solve(T: np.ndarray, Y: np.ndarray, cond: float) -> np.ndarray:
     return sla.lstsq(T, Y, cond=cond, check_finite=False)[0]
 
 
-def _cur_core(M: _Mat, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _cur_core(M: _Operator, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
     r"""``U = C^+ A R^+`` through thin QRs ``C = Q_C T_C`` and ``R^T = Q_R T_R``."""
     C = M.columns(cols)
     R = M.rows(rows)

@@ -47,7 +47,7 @@ from rnla._validation import (
     check_rng,
     float_dtype,
 )
-from rnla.operators import as_linear_operator
+from rnla.operators import _Operator, _wrap
 from rnla.psd import _nystrom_factor
 
 __all__ = ["LstsqResult", "PCGResult", "lstsq", "nystrom_pcg"]
@@ -58,12 +58,16 @@ __all__ = ["LstsqResult", "PCGResult", "lstsq", "nystrom_pcg"]
 # ---------------------------------------------------------------------------------------
 
 
-def _product_operator(A, name: str = "A") -> LinearOperator:
-    """Return the validated operator through which every product with ``A`` is taken."""
-    return as_linear_operator(A, name=name)
+def _product_operator(A, name: str = "A") -> _Operator:
+    """Return the validated operator through which every product with ``A`` is taken.
+
+    The project-wide wrapper: ndarray, scipy.sparse, LinearOperator, EntryMatrix or
+    ``dask.array.Array`` (each product one pass over the chunks, see :mod:`rnla._dask`).
+    """
+    return _wrap(A, name=name)
 
 
-def _apply_sketch(S, A, op: LinearOperator):
+def _apply_sketch(S, A, op: _Operator):
     r"""Return the dense sketch :math:`SA` (k, n).
 
     Dense and sparse ``A`` are sketched directly (``S @ A``, the sketch's own kernels);
@@ -72,6 +76,8 @@ def _apply_sketch(S, A, op: LinearOperator):
     """
     if isinstance(A, np.ndarray) or sp.issparse(A):
         return np.asarray(S @ A)
+    if op.is_dask:  # blockwise: each chunk draws its own columns of S
+        return op.sketch_rows(S)
     k = S.shape[0]
     out = np.empty((k, op.shape[1]), dtype=np.result_type(op.dtype, np.float32))
     eye = np.eye(k)

@@ -34,11 +34,9 @@ from rnla.krylov import (
     _check_symmetric,
     _eig_tridiag,
     _lanczos_batch,
-    _matmat,
-    _op_dtype,
     _resolve_f,
-    _square_operator,
 )
+from rnla.operators import _wrap
 
 __all__ = ["TraceEstimate", "hutchinson", "hutchpp", "logdet", "slq", "xnystrace", "xtrace"]
 
@@ -85,11 +83,6 @@ def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
         # One probe: the sample standard deviation is undefined; claim no accuracy.
         return float(samples.mean()), math.inf
     return float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(samples.size))
-
-
-def _setup(A):
-    op = _square_operator(A)
-    return op, op.shape[0], _op_dtype(op)
 
 
 def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceEstimate:
@@ -140,11 +133,12 @@ def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceE
     >>> est.value, est.n_matvecs
     (20.0, 5)
     """
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     m = check_int(n_probes, "n_probes", minimum=1)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")
     Z = _probes(check_rng(rng), n, m, distribution, dtype)
-    AZ = _matmat(op, Z, dtype)
+    AZ = op.matmat(Z, dtype)
     samples = np.einsum("ij,ij->j", Z.astype(np.float64), AZ.astype(np.float64))
     return TraceEstimate(*_mean_stderr(samples), m)
 
@@ -198,7 +192,8 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
     >>> hutchpp(np.diag(np.arange(30.0)), 12, rng=0).n_matvecs
     12
     """
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     m = check_int(n_matvecs, "n_matvecs", minimum=3)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")
     rng = check_rng(rng)
@@ -206,10 +201,10 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
     g = m - 2 * s
     S = _probes(rng, n, s, distribution, dtype)
     G = _probes(rng, n, g, distribution, dtype)
-    Q, _ = np.linalg.qr(_matmat(op, S, dtype))
-    head = float(np.trace(Q.T.astype(np.float64) @ _matmat(op, Q, dtype)))
+    Q, _ = np.linalg.qr(op.matmat(S, dtype))
+    head = float(np.trace(Q.T.astype(np.float64) @ op.matmat(Q, dtype)))
     PG = G - Q @ (Q.T @ G)
-    tail = np.einsum("ij,ij->j", PG.astype(np.float64), _matmat(op, PG, dtype))
+    tail = np.einsum("ij,ij->j", PG.astype(np.float64), op.matmat(PG, dtype))
     mean, stderr = _mean_stderr(tail)
     return TraceEstimate(head + mean, stderr, 2 * s + g)
 
@@ -272,20 +267,21 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
     >>> xtrace(np.diag(np.arange(30.0)), 10, rng=0).n_matvecs
     10
     """
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     m = check_int(n_matvecs, "n_matvecs", minimum=4)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")
     s = min(m // 2, n)
     Om = _probes(check_rng(rng), n, s, distribution, dtype)
-    Y = _matmat(op, Om, dtype)
+    Y = op.matmat(Om, dtype)
     Q, R = np.linalg.qr(Y.astype(np.float64))
     Ur, sv, _ = np.linalg.svd(R)
     rank = int(np.count_nonzero(sv > s * np.finfo(dtype).eps * max(sv[0], 1e-300)))
     if rank < s:
         Qr = Q @ Ur[:, :rank]
-        Z = _matmat(op, Qr.astype(dtype), dtype).astype(np.float64)
+        Z = op.matmat(Qr.astype(dtype), dtype).astype(np.float64)
         return TraceEstimate(float(np.trace(Qr.T @ Z)), 0.0, s + rank)
-    Z = _matmat(op, Q.astype(dtype), dtype).astype(np.float64)
+    Z = op.matmat(Q.astype(dtype), dtype).astype(np.float64)
     Om64 = Om.astype(np.float64)
     H = Q.T @ Z
     if s == n:
@@ -364,13 +360,14 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
     >>> xnystrace(np.diag(np.arange(30.0)), 8, rng=0).n_matvecs
     10
     """
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     s = check_int(n_matvecs, "n_matvecs", minimum=2, maximum=n)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")
     rng = check_rng(rng)
     extra = _check_symmetric(op, rng, dtype)
     Om = _probes(rng, n, s, distribution, dtype).astype(np.float64)
-    Y = _matmat(op, Om.astype(dtype), dtype).astype(np.float64)
+    Y = op.matmat(Om.astype(dtype), dtype).astype(np.float64)
     nu = math.sqrt(n) * float(np.finfo(dtype).eps) * float(np.linalg.norm(Y))
     # A Omega = 0 (e.g. the zero matrix) leaves nothing to scale the shift by; any positive
     # shift keeps Omega^T (A + nu I) Omega definite, and the estimate is then ~0.
@@ -476,7 +473,8 @@ def slq(
     >>> est.n_matvecs
     22
     """
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     fres = _resolve_f(f)
     m = check_int(n_probes, "n_probes", minimum=1)
     k = _check_k(k, n)
@@ -495,7 +493,8 @@ def _logdet_exact(A, rng) -> TraceEstimate:
             f"method='exact' needs a dense array, got {type(A).__name__}; use method='slq'"
         )
     A = np.asarray(A)
-    op, _, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    dtype = op.dtype
     _check_symmetric(op, check_rng(rng), dtype)
     try:
         L = sla.cholesky(np.asarray(A, dtype=dtype), lower=True, check_finite=False)
@@ -507,7 +506,7 @@ def _logdet_exact(A, rng) -> TraceEstimate:
 def _logdet_deflated(op, n, dtype, n_probes, k, rank, distribution, full, rng, extra):
     """Hutch++-style SLQ: block Gauss quadrature on a sketched top subspace + SLQ rest."""
     Om = _probes(rng, n, rank, distribution, dtype)
-    Q, _ = np.linalg.qr(_matmat(op, Om, dtype))
+    Q, _ = np.linalg.qr(op.matmat(Om, dtype))
     kb = max(1, min(k, -(-n // rank)))
     st = _block_lanczos_core(op, Q, kb, full, dtype)
     theta, S = np.linalg.eigh(st.T.astype(np.float64))
@@ -612,7 +611,8 @@ def logdet(
         method = "exact" if dense else "slq"
     if method == "exact":
         return _logdet_exact(A, rng)
-    op, n, dtype = _setup(A)
+    op = _wrap(A, square=True)
+    n, dtype = op.shape[0], op.dtype
     m = check_int(n_probes, "n_probes", minimum=1)
     k = _check_k(k, n)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")

@@ -272,3 +272,20 @@ def test_no_dask_import_for_numpy_input():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------
+# least squares
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunking", list(CHUNKINGS))
+def test_lstsq_agrees(client, chunking):
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((500, 20)) * np.logspace(0, 3, 20)
+    b = rng.standard_normal(500)
+    res_m = rnla.solve.lstsq(A, b, rng=2)
+    res_d = rnla.solve.lstsq(da.from_array(A, chunks=CHUNKINGS[chunking]), b, rng=2)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    _close(res_d.x, res_m.x, 1e-9)
+    _close(res_d.x, x_ref, 1e-9)
