@@ -188,6 +188,7 @@ class _LanczosState(NamedTuple):
 
 def _lanczos_core(op, v, k, full, dtype) -> _LanczosState:
     """Lanczos with optional full reorthogonalisation ("twice is enough")."""
+    op = _wrap(op)  # no-op for a wrapped operator
     n = v.shape[0]
     tol = _breakdown_tol(dtype)
     Q = np.empty((n, k), dtype=dtype)
@@ -240,6 +241,7 @@ class _BlockState(NamedTuple):
 
 
 def _block_lanczos_core(op, V, k, full, dtype) -> _BlockState:
+    op = _wrap(op)  # no-op for a wrapped operator
     n, p = V.shape
     tol = _breakdown_tol(dtype)
     Q1, R0 = _deflated_qr(V, _rank_tol(n, dtype) * float(np.linalg.norm(V, 2)))
@@ -755,6 +757,7 @@ def _lanczos_batch(op, Z, k, full, dtype):
         ``||z_c||``.
     n_matvecs : int
     """
+    op = _wrap(op)  # no-op for a wrapped operator
     n, m = Z.shape
     tol = _breakdown_tol(dtype)
     norms = np.linalg.norm(Z.astype(np.float64), axis=0)
