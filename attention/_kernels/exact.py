@@ -287,6 +287,31 @@ def _pv_small(s, vc, pv):
                 a[e] += p * vj[e]
 
 
+@njit(cache=True, nogil=True)
+def _mask_hides_block(mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w):
+    """Return True if the mask hides keys ``j0 .. j0 + w - 1`` from rows ``rows[i0:i0 + nb]``.
+
+    Stops at the first visible entry (the first one unless the block is padding), so
+    the check costs nothing on unmasked blocks; fully hidden blocks (key padding of a
+    shorter sequence in a batch, block-sparse masks) are then skipped without a GEMM.
+    """
+    if mask_mode == 1:
+        for i in range(nb):
+            row = rows[i0 + i]
+            for jj in range(w):
+                if mask_b[0, gm, row, j0 + jj]:
+                    return False
+        return True
+    if mask_mode == 2:
+        for i in range(nb):
+            row = rows[i0 + i]
+            for jj in range(w):
+                if mask_f[0, gm, row, j0 + jj] > -np.inf:
+                    return False
+        return True
+    return False
+
+
 # ------------------------------------------------------------------------- prefill
 
 
@@ -360,6 +385,10 @@ def _attend_blocks(
         alpha = np.ones(nb)
         for j0 in range(0, max(jend, 0), bk):
             w = min(bk, jend - j0)
+            if mask_mode != 0 and _mask_hides_block(
+                mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w
+            ):
+                continue  # contributes exactly nothing: same result as computing it
             s = sbuf[: nb * w].reshape((nb, w))
             np.dot(qb, k[gk, j0 : j0 + w].T, s)
             if mask_mode == 1:
@@ -450,6 +479,20 @@ def _split_blocks(
         c = t - gk * C
         j0 = c * chunk
         w = min(chunk, m - j0)
+        if mask_mode != 0:
+            hidden = True
+            for a in range(gs):
+                gm = mask_index[members[gk, a]]
+                if not _mask_hides_block(mask_b, mask_f, mask_mode, gm, rows, 0, r, j0, w):
+                    hidden = False
+                    break
+            if hidden:
+                for i in range(R):
+                    part_m[gk, c, i] = neg_inf
+                    part_l[gk, c, i] = 0.0
+                    for e in range(dv):
+                        part_acc[gk, c, i, e] = 0.0
+                continue
         qb = np.empty((R, d), dtype=q.dtype)
         for a in range(gs):
             g = members[gk, a]

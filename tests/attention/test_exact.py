@@ -618,3 +618,26 @@ def test_small_row_products_against_numpy(rng, dtype, R, w, d):
     ref = s.astype(np.float64) @ vc.astype(np.float64)
     scale = np.abs(s).astype(np.float64) @ np.abs(vc).astype(np.float64)
     assert np.all(np.abs(pv - ref) <= 2 * w * np.finfo(dtype).eps * scale + 1e-300)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("split", [False, True], ids=["prefill", "split"])
+def test_key_padding_batch(rng, dtype, monkeypatch, kind, split):
+    # A batch of sequences of different lengths padded to m = 1300 (key-padding mask):
+    # the padded key blocks are skipped, the result is that of each unpadded sequence.
+    if split:
+        monkeypatch.setattr(exact_module, "_CHUNK_MIN", 64)
+        monkeypatch.setattr(exact_module, "_MAX_CHUNKS", 8)
+    n = 2 if split else 600
+    lengths = [1300, 200, 701]
+    Q, K, V = qkv(rng, (3, 2, n, 16), (3, 2, 1300, 16), dtype=dtype)
+    keep = np.arange(1300)[None, :] < np.array(lengths)[:, None]
+    mask = keep[:, None, None, :]
+    if kind == "float":
+        mask = np.where(mask, 0.0, -np.inf)
+    assert split_taken(Q, K, V) == split
+    Y, lse = softmax_attention(Q, K, V, mask=mask, return_lse=True)
+    for b, length in enumerate(lengths):
+        R, rl = reference_attention(Q[b], K[b, :, :length], V[b, :, :length], return_lse=True)
+        assert_close(Y[b], R, dtype)
+        assert_lse_close(lse[b], rl, dtype)
