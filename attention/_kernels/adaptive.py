@@ -112,42 +112,49 @@ def _task_loop(
             nch = (vis + _CH - 1) // _CH
             nkb = (vis + bk - 1) // bk
             S = np.empty((nch, nb, _CH), dtype=q.dtype)
-            # -- pass 1: every visible score, the row maxima --
-            for ch in range(nch):
-                j0 = ch * _CH
-                w = min(_CH, vis - j0)
-                s = S[ch, :, :w]
-                sc = np.empty((nb, w), dtype=q.dtype)
-                np.dot(qb[:nb], k[gk, j0 : j0 + w].T, sc)
-                for i in range(nb):
-                    lim = lims[i]
-                    for jj in range(w):
-                        s[i, jj] = sc[i, jj] if j0 + jj <= lim else _NEG
-                    mrow[i] = max(mrow[i], np.float64(_row_max(s[i])))
-            # -- pass 2: weights, normaliser, block masses and block error costs --
+            # -- one pass: scores (kept for the products with V), running row maxima,
+            # normalisers and per-block statistics relative to the running maxima --
             bm = np.zeros((nb, nkb))
             cost = np.zeros((nb, nkb))
+            mch = np.full((nch, nb), _NEG)
+            vsg = vsig[gk]
+            vdg = vdev[gk]
             for ch in range(nch):
                 j0 = ch * _CH
                 w = min(_CH, vis - j0)
+                if w == _CH:
+                    np.dot(qb[:nb], k[gk, j0 : j0 + w].T, S[ch])
+                else:
+                    sc = np.empty((nb, w), dtype=q.dtype)
+                    np.dot(qb[:nb], k[gk, j0 : j0 + w].T, sc)
+                    for i in range(nb):
+                        S[ch, i, :w] = sc[i]
+                masked = j0 + w - 1 > lim_lo
                 for i in range(nb):
                     srow = S[ch, i, :w]
-                    if mrow[i] == _NEG:
+                    if masked:
+                        for jj in range(max(lims[i] + 1 - j0, 0), w):
+                            srow[jj] = _NEG
+                    mnew = max(mrow[i], np.float64(_row_max(srow)))
+                    if mnew == _NEG:
                         srow[:] = 0
                         continue
-                    dsum[i] += _exp_sum(srow, mrow[i])
+                    if mnew > mrow[i] and mrow[i] > _NEG:
+                        # rescale what was accumulated relative to the old maximum
+                        f = np.exp(mrow[i] - mnew)
+                        dsum[i] *= f
+                        for b in range(j0 // bk):
+                            bm[i, b] *= f
+                            cost[i, b] *= f
+                    mrow[i] = mnew
+                    mch[ch, i] = mnew
+                    dsum[i] += _exp_sum(srow, mnew)
                     for b0 in range(0, w, bk):
                         b = (j0 + b0) // bk
-                        s1 = 0.0
-                        s2 = 0.0
-                        s3 = 0.0
-                        for jj in range(b0, min(b0 + bk, w)):
-                            x = np.float64(srow[jj])
-                            s1 += x
-                            s2 += x * x
-                            s3 += x * vdev[gk, j0 + jj]
+                        wb = min(bk, w - b0)
+                        s1, s2, s3 = _block_stats(srow[b0 : b0 + wb], vdg[j0 + b0 : j0 + b0 + wb])
                         bm[i, b] = s1
-                        cost[i, b] = min(vsig[gk, b] * np.sqrt(s2), s3)
+                        cost[i, b] = min(vsg[b] * np.sqrt(s2), s3)
             # -- choose the dropped blocks --
             # Sink block 0, the last fully visible block and every partly visible block
             # are always exact.
@@ -191,7 +198,7 @@ def _task_loop(
                     drop[b] = True
                     ndrop += 1
             # -- pass 3: products with V over kept keys, centroids for dropped blocks --
-            _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, True)
+            _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, True, mch, mrow)
             for b in range(nkb):
                 if not drop[b]:
                     kept += min(bk, vis - b * bk)
@@ -205,7 +212,7 @@ def _task_loop(
                             yn2 += (acc[i, c] / dsum[i]) ** 2
                 if bound2 > tau * tau * yn2:
                     # Missed the target: replace the centroids by the exact products.
-                    _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, False)
+                    _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, False, mch, mrow)
                     kept = vis
                     ndrop = 0
                     bound2 = 0.0
@@ -228,8 +235,22 @@ def _task_loop(
         stats[t, 4] = ndrop
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _block_stats(p, vd):
+    """Return ``(sum p, sum p^2, sum p vd)`` of a block's weights (float64 sums)."""
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for j in range(p.shape[0]):
+        x = np.float64(p[j])
+        s1 += x
+        s2 += x * x
+        s3 += x * vd[j]
+    return s1, s2, s3
+
+
 @njit(cache=True, nogil=True)
-def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first):
+def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first, mch, mrow):
     """Add the products with ``V`` to ``acc``.
 
     ``first=True``: ``acc += P_kept V_kept + B_dropped vc_dropped``; ``first=False``:
@@ -252,7 +273,7 @@ def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first):
             continue
         if cnt == _CH and first:
             # a full chunk with nothing dropped: multiply in place
-            np.dot(S[ch], v[gk, j0 : j0 + w], pv)
+            np.dot(S[ch], v[gk, j0 : j0 + _CH], pv)
         else:
             pbuf = pflat[: nb * cnt].reshape((nb, cnt))
             c0 = 0
@@ -265,8 +286,10 @@ def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first):
                     c0 += wb
             np.dot(pbuf, vbuf[:cnt], pv)
         for i in range(nb):
+            # weights of this chunk are relative to the running maximum mch[ch, i]
+            f = np.exp(mch[ch, i] - mrow[i]) if mch[ch, i] > _NEG else 0.0
             for c in range(dv):
-                acc[i, c] += pv[i, c]
+                acc[i, c] += f * pv[i, c]
     nkb = (vis + bk - 1) // bk
     sign = 1.0 if first else -1.0
     for b in range(nkb):
