@@ -178,7 +178,7 @@ def _summaries(problem: Problem):
 
 def _run(problem, tasks, tau, summaries, out, lse):
     task_kv, tg, tr, tl = tasks
-    stats = np.zeros((task_kv.shape[0], 5))
+    stats = np.zeros((task_kv.shape[0], 6))
     with _single_threaded_blas():
         _task_kernel(
             problem.q,

@@ -78,7 +78,9 @@ def _task_loop(
 ):
     """Run every task (see the module docstring); writes ``out``, ``lse`` and ``stats``.
 
-    ``stats[t] = (kept keys, visible keys, squared bound, rows, dropped blocks)``.
+    ``stats[t] = (kept keys, visible keys, squared bound, rows, dropped blocks,
+    squared quadrature sum sum_i sum_b c_ib^2)`` (the last one is *not* a bound: a
+    diagnostic for the benchmarks' negative control).
     ``tau``: a task accepts dropped blocks only if ``||e||_2 <= tau ||y~_task||_F``.
     """
     T = task_kv.shape[0]
@@ -108,6 +110,7 @@ def _task_loop(
         kept = 0
         ndrop = 0
         bound2 = 0.0
+        quad = 0.0
         if vis > 0:
             nch = (vis + _CH - 1) // _CH
             nkb = (vis + bk - 1) // bk
@@ -194,7 +197,9 @@ def _task_loop(
                         break
                     for i in range(nb):
                         if dsum[i] > 0.0:
-                            e[i] += cost[i, b] / dsum[i]
+                            x = cost[i, b] / dsum[i]
+                            e[i] += x
+                            quad += x * x
                     drop[b] = True
                     ndrop += 1
             # -- pass 3: products with V over kept keys, centroids for dropped blocks --
@@ -216,6 +221,7 @@ def _task_loop(
                     kept = vis
                     ndrop = 0
                     bound2 = 0.0
+                    quad = 0.0
         for i in range(nb):
             g = task_g[t, i]
             row = task_row[t, i]
@@ -233,6 +239,7 @@ def _task_loop(
         stats[t, 2] = bound2
         stats[t, 3] = nb
         stats[t, 4] = ndrop
+        stats[t, 5] = quad
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})

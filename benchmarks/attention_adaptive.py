@@ -1,0 +1,282 @@
+r"""Certified tolerance-driven attention (method ``"adaptive"``) on real SmolLM2 heads.
+
+Data: :func:`attention.data.load_smollm2_heads` (the shipped ``"licenses"`` text), all 9
+query heads (3 key/value heads, grouped-query attention) of layers 0, 7, 14, 21, 29,
+float32, causal, RoPE applied, at ``n = 4096`` and ``8192`` tokens.
+
+Per (n, layer, tol), one :func:`attention.approximate` call on the 9 heads of the layer:
+
+* actual relative Frobenius error against exact attention (our Numba kernel on the
+  float64 copy), the returned ``bound`` relative to ``||Y||_F``, ``bound / actual``;
+* whether the bound holds and whether ``bound <= tol ||Y||_F`` (every run must say yes);
+* the *negative control*: the same row bounds added in quadrature (as if the blocks'
+  errors were independent), which is not a bound; its failures show the check can fail;
+* the fraction of visible keys whose values entered exactly (``cost.key_fraction``,
+  mean over heads) and the fraction of kernel evaluations (all scores are formed);
+* time against :func:`attention.softmax_attention` (float32, same inputs), interleaved
+  (exact, adaptive, exact, adaptive, ...) in one process, median of ``--repeats``;
+* the oracle top-k key fraction of the issue (the exact largest weights of every row,
+  renormalised, one fraction of the visible keys for all rows of a head) for query
+  heads 0 and 4 of each layer at ``n = 4096`` (``--oracle``).
+
+Decode: the last ``n_q`` queries (1 and 16) of each layer's heads against the first
+``m`` keys (``m = 2048`` and ``8192``, real), and a synthetic head at ``m = 32768``
+(Gaussian keys with 4 planted sinks and a local bump), against ``softmax_attention``.
+
+Run under the machine lock: ``flock /tmp/bench.lock python -m benchmarks.attention_adaptive``
+(``--quick``: n = 4096 only, one repeat). Results: ``benchmarks/results/attention_adaptive
+.{json,md}``. Load averages are recorded per row: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import attention.adaptive as ad
+from attention import approximate, softmax_attention
+from attention._core import prepare
+from attention.data import load_smollm2_heads
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LAYERS = (0, 7, 14, 21, 29)
+TOLS = (1e-2, 3e-2, 1e-1)
+
+
+def _load():
+    return os.getloadavg()[0]
+
+
+def _time_pair(f_exact, f_method, repeats):
+    te, tm = [], []
+    f_exact()
+    f_method()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f_exact()
+        te.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        f_method()
+        tm.append(time.perf_counter() - t)
+    return float(np.median(te)), float(np.median(tm))
+
+
+def _quadrature(Q, K, V, scale, tol):
+    """Square root of the quadrature sum of the dropped blocks' row costs (not a bound)."""
+    problem = prepare(Q, K, V, scale=scale, causal=True)
+    out = np.zeros((problem.n_slices, problem.n, problem.dv), dtype=problem.dtype)
+    lse = np.empty((problem.n_slices, problem.n))
+    tau = 0.95 * tol / (1 + tol)
+    stats = ad._run(problem, ad._tasks(problem), tau, ad._summaries(problem), out, lse)
+    return math.sqrt(stats[:, 5].sum())
+
+
+def _oracle_fraction(
+    q, k, v, scale, tol, grid=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+):
+    """Oracle top-k: the smallest grid fraction of every row's visible keys that works.
+
+    Keeps each row's largest weights (renormalised); returns the smallest fraction whose
+    head output has relative Frobenius error <= tol (float64, row chunks of 512).
+    """
+    n, m = q.shape[0], k.shape[0]
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    errs = np.zeros(len(grid))
+    ynorm2 = 0.0
+    for r0 in range(0, n, 512):
+        rows = np.arange(r0, min(n, r0 + 512))
+        s = (q64[rows] @ k64.T) * scale
+        vis = np.arange(m)[None, :] <= rows[:, None] + (m - n)
+        s = np.where(vis, s, -np.inf)
+        w = np.exp(s - s.max(axis=1, keepdims=True))
+        y = (w @ v64) / w.sum(axis=1, keepdims=True)
+        ynorm2 += float((y * y).sum())
+        order = np.argsort(-w, axis=1)
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(m)[None, :].repeat(len(rows), 0), axis=1)
+        nvis = vis.sum(axis=1)
+        for gi, f in enumerate(grid):
+            keep = ranks < np.maximum(1, np.ceil(f * nvis))[:, None]
+            wk = np.where(keep, w, 0.0)
+            yk = (wk @ v64) / wk.sum(axis=1, keepdims=True)
+            errs[gi] += float(((yk - y) ** 2).sum())
+    rel = np.sqrt(errs / ynorm2)
+    ok = [f for f, e in zip(grid, rel, strict=True) if e <= tol]
+    return min(ok) if ok else 1.0
+
+
+def prefill(n, repeats, oracle):
+    heads = load_smollm2_heads(n, layers=list(LAYERS))
+    rows = []
+    for li, layer in enumerate(heads.layers):
+        Q, K, V = heads.Q[li], heads.K[li], heads.V[li]
+        Y = softmax_attention(
+            Q.astype(np.float64),
+            K.astype(np.float64),
+            V.astype(np.float64),
+            causal=True,
+            scale=heads.scale,
+        )
+        ynorm = float(np.linalg.norm(Y))
+        for tol in TOLS:
+            res = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale)
+            err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+            quad = _quadrature(Q, K, V, heads.scale, tol)
+            te, tm = _time_pair(
+                lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=True, scale=heads.scale),
+                lambda Q=Q, K=K, V=V, tol=tol: approximate(
+                    Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale
+                ),
+                repeats,
+            )
+            exact_evals = 9 * sum(min(n, i + 1) for i in range(n))
+            row = {
+                "n": n,
+                "layer": int(layer),
+                "tol": tol,
+                "rel_error": err / ynorm,
+                "rel_bound": res.bound.value / ynorm,
+                "bound_over_actual": res.bound.value / err if err > 0 else math.inf,
+                "holds": bool(err <= res.bound.value),
+                "within_tol": bool(res.bound.value <= tol * ynorm),
+                "quadrature_holds": bool(err <= quad) if quad > 0 else None,
+                "key_fraction": float(np.mean(res.cost.key_fraction)),
+                "eval_fraction": res.cost.kernel_evals / exact_evals,
+                "exact_ms": 1e3 * te,
+                "adaptive_ms": 1e3 * tm,
+                "speedup": te / tm,
+                "load": _load(),
+            }
+            if oracle and n == 4096:
+                row["oracle_fraction"] = float(
+                    np.mean(
+                        [
+                            _oracle_fraction(Q[h], K[h // 3], V[h // 3], heads.scale, tol)
+                            for h in (0, 4)
+                        ]
+                    )
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def decode(repeats):
+    rows = []
+    heads = load_smollm2_heads(8192, layers=list(LAYERS))
+    cases = []
+    for m in (2048, 8192):
+        for li, layer in enumerate(heads.layers):
+            for nq in (1, 16):
+                Q = heads.Q[li][:, m - nq : m]
+                cases.append(
+                    (
+                        f"real m={m} L{int(layer)} nq={nq}",
+                        Q,
+                        heads.K[li][:, :m],
+                        heads.V[li][:, :m],
+                        heads.scale,
+                    )
+                )
+    rng = np.random.default_rng(0)
+    m = 32768
+    K = rng.standard_normal((3, m, 64)).astype(np.float32)
+    V = rng.standard_normal((3, m, 64)).astype(np.float32)
+    Q = rng.standard_normal((9, 16, 64)).astype(np.float32)
+    K[:, :4] = 3 * Q.reshape(3, 48, 64).mean(axis=1, keepdims=True)
+    K[:, -256:] += 0.5 * Q.reshape(3, 48, 64).mean(axis=1, keepdims=True)
+    for nq in (1, 16):
+        cases.append((f"synthetic m={m} nq={nq}", Q[:, :nq].copy(), K, V, 0.125))
+    for name, Q, K, V, scale in cases:
+        Y = softmax_attention(
+            Q.astype(np.float64), K, V.astype(np.float64), causal=True, scale=scale
+        )
+        ynorm = float(np.linalg.norm(Y))
+        for tol in TOLS:
+            res = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=scale)
+            err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+            te, tm = _time_pair(
+                lambda Q=Q, K=K, V=V, scale=scale: softmax_attention(
+                    Q, K, V, causal=True, scale=scale
+                ),
+                lambda Q=Q, K=K, V=V, scale=scale, tol=tol: approximate(
+                    Q, K, V, "adaptive", tol=tol, causal=True, scale=scale
+                ),
+                repeats,
+            )
+            row = {
+                "case": name,
+                "tol": tol,
+                "rel_error": err / ynorm,
+                "rel_bound": res.bound.value / ynorm,
+                "holds": bool(err <= res.bound.value),
+                "within_tol": bool(res.bound.value <= tol * ynorm),
+                "key_fraction": float(np.mean(res.cost.key_fraction)),
+                "exact_ms": 1e3 * te,
+                "adaptive_ms": 1e3 * tm,
+                "speedup": te / tm,
+                "load": _load(),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _md(prefill_rows, decode_rows):
+    lines = [
+        "## Prefill (9 heads per layer, causal, float32)",
+        "",
+        "| n | layer | tol | rel. error | bound/‖Y‖ | bound/actual | holds | ≤ tol | "
+        "quadrature holds | key frac. | oracle top-k frac. | speed-up | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in prefill_rows:
+        lines.append(
+            f"| {r['n']} | {r['layer']} | {r['tol']:g} | {r['rel_error']:.2e} | "
+            f"{r['rel_bound']:.2e} | {r['bound_over_actual']:.2f} | {r['holds']} | "
+            f"{r['within_tol']} | {r['quadrature_holds']} | {r['key_fraction']:.2f} | "
+            f"{r.get('oracle_fraction', float('nan')):.2f} | {r['speedup']:.2f} | "
+            f"{r['load']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Decode (causal, float32)",
+        "",
+        "| case | tol | rel. error | bound/‖Y‖ | holds | ≤ tol | key frac. | speed-up | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in decode_rows:
+        lines.append(
+            f"| {r['case']} | {r['tol']:g} | {r['rel_error']:.2e} | {r['rel_bound']:.2e} | "
+            f"{r['holds']} | {r['within_tol']} | {r['key_fraction']:.2f} | "
+            f"{r['speedup']:.2f} | {r['load']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n = 4096 only, one repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--oracle", action="store_true", help="oracle top-k fractions (slow)")
+    parser.add_argument("--no-decode", action="store_true")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    ns = (4096,) if args.quick else (4096, 8192)
+    pre = [r for n in ns for r in prefill(n, repeats, args.oracle)]
+    dec = [] if args.no_decode else decode(repeats)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "attention_adaptive.json").write_text(
+        json.dumps({"prefill": pre, "decode": dec}, indent=1)
+    )
+    (RESULTS / "attention_adaptive.md").write_text(_md(pre, dec))
+
+
+if __name__ == "__main__":
+    main()
