@@ -33,6 +33,7 @@ __all__ = [
     "method_result",
     "prepare",
     "problem_cost_exact",
+    "project_to_value_ball",
     "relative_error",
     "rounding_allowance",
 ]
@@ -615,6 +616,26 @@ def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.nda
     eps = float(np.finfo(problem.dtype).eps)
     ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
     return 4.0 * eps * (ynorm + R) + 64.0 * (problem.d + v.shape[0]) * _EPS64 * vmax
+
+
+def project_to_value_ball(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r"""Project output rows onto the ball :math:`B(c, R)` of the values (float64).
+
+    Every exact row :math:`y_i` lies in that convex ball (:func:`center_radius`), so the
+    projection never increases the error of a row, and it keeps methods without a bound
+    from returning values far outside the data (or beyond the float32 range). Rows that
+    may see no key (exact output 0) are left alone.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if problem.may_have_empty_rows or not len(y):
+        return y
+    c, R = center_radius(v)
+    dist = np.sqrt(np.einsum("ij,ij->i", y - c, y - c))
+    out = dist > R
+    if np.any(out):
+        y = y.copy()
+        y[out] = c + (y[out] - c) * (R / dist[out])[:, None]
+    return y
 
 
 def finish_row_bounds(problem: Problem, rows, y: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ from attention._core import (
     Problem,
     finish_row_bounds,
     method_result,
+    project_to_value_ball,
 )
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, row_lemma, value_radius
@@ -106,11 +107,28 @@ def _softmax_rows(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ratio_output(num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(num[:, :-1] / z, z)`` with ``z = num[:, -1]`` (rows with ``z = 0`` give 0)."""
+    """``(num[:, :-1] / z, z)`` with ``z = num[:, -1]``.
+
+    Rows with ``z = 0``, or whose ratio overflows (``z`` tiny next to ``num``), give
+    output 0 and ``z = 0`` (no approximate normaliser): never inf or NaN.
+    """
     z = num[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.where(z[:, None] != 0, num[:, :-1] / np.where(z != 0, z, 1.0)[:, None], 0.0)
-    return y, z
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        y = num[:, :-1] / np.where(z != 0, z, 1.0)[:, None]
+    bad = (z == 0) | ~np.isfinite(y).all(axis=1)
+    y[bad] = 0.0
+    return y, np.where(bad, 0.0, z)
+
+
+def _in_range(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Project rows the output dtype cannot hold (ratio overflow) onto the value ball."""
+    limit = float(np.finfo(problem.dtype).max)
+    bad = ~(np.abs(y) <= limit).all(axis=1)  # also catches inf and NaN
+    if np.any(bad):
+        y = y.copy()
+        clipped = np.clip(np.nan_to_num(y[bad], nan=0.0), -limit, limit)
+        y[bad] = project_to_value_ball(problem, clipped, v)
+    return y
 
 
 def _log_abs(z: np.ndarray) -> np.ndarray:
@@ -263,10 +281,10 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     products (and underflow in :math:`W`) is bounded by :math:`\gamma_{r+m}` times the
     absolute products and added to the row bound, with ``z`` lowered by its own error.
     Rows with :math:`\tilde z_i \le 0` (a query so far from every landmark that its
-    kernel row underflows) are computed exactly (``m`` kernel evaluations each). When
-    the kernel entries are too inaccurate for the theory (:math:`\|F_i\|^2 > 1` beyond
-    rounding, at extreme scale times squared norms), the row bound is ``inf`` and the
-    caller's cap applies. Returns ``(y, lse, rows, evals)`` with ``rows`` the
+    kernel row underflows) are computed exactly (``m`` kernel evaluations each), and so
+    is every row when the kernel entries are too inaccurate for the theory
+    (:math:`\|F_i\|^2 > 1` beyond rounding or an indefinite :math:`G_{SS}`, at extreme
+    scale times squared norms). Returns ``(y, lse, rows, evals)`` with ``rows`` the
     row-lemma bounds before the cap.
     """
     sm = SoftmaxMatrix(q, k, scale=scale, stabilized=False)
@@ -274,7 +292,7 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     R = lift.matrix.rows(landmarks).astype(np.float64)  # (r, n + m)
     r = R.shape[0]
     M = R[:, landmarks] + gamma * np.eye(r)
-    jitter = 0.0
+    jitter, L = 0.0, None
     for _ in range(12):
         try:
             L = sla.cholesky(M + jitter * np.eye(r), lower=True)
@@ -283,14 +301,13 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
             # Duplicate landmarks make G_SS singular: a jitter only regularises the
             # Nyström approximation further, which keeps F F^T <= G and the bound valid.
             jitter = max(10.0 * jitter, r * np.finfo(np.float64).eps)
-    else:  # pragma: no cover - G_SS has unit diagonal, a jitter of 1e-4 always works
-        raise np.linalg.LinAlgError("the landmark block is not positive definite")
-    F = sla.solve_triangular(L, R, lower=True).T
     n, m = q.shape[0], k.shape[0]
+    # G_SS has unit diagonal: only kernel entries ruined by rounding make it indefinite.
+    F = np.zeros((n + m, r)) if L is None else sla.solve_triangular(L, R, lower=True).T
     sq = np.einsum("ij,ij->i", F, F)
     allowance = 10.0 * r * _EPS64
     e = np.maximum(1.0 - sq, 0.0) + allowance
-    reliable = bool(sq.max() <= 1.0 + 100.0 * allowance)
+    reliable = L is not None and bool(sq.max() <= 1.0 + 100.0 * allowance)
     b = float(lift.log_dk.max())
     beta = np.exp(lift.log_dk - b)  # in (0, 1]
     W = beta[:, None] * F[n:]
@@ -310,13 +327,12 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
             np.linalg.norm(err[:, :-1], axis=1) + np.linalg.norm(y, axis=1) * err[:, -1]
         ) / z_low
     rows = np.where(z_low > 0, lemma + rounding, np.inf)
-    if not reliable:
-        rows = np.full(n, np.inf)
     evals = lift.matrix.n_evaluations
     # Rows the lift cannot represent (the query is so far from every landmark that its
-    # Gaussian kernel row underflows, so z~_i <= 0): exact attention, bound 0.
-    lost = np.flatnonzero(~(z_low > 0))
-    if reliable and lost.size:
+    # Gaussian kernel row underflows, so z~_i <= 0), or every row when the kernel
+    # entries are too inaccurate for the theory: exact attention, bound 0.
+    lost = np.flatnonzero(~(z_low > 0)) if reliable else np.arange(n)
+    if lost.size:
         y[lost], lse[lost] = _partial(q[lost], k, v, scale)
         rows[lost] = 0.0
         evals += lost.size * m
@@ -353,8 +369,8 @@ _LIFT_TEXT = (
     "Skyformer/WildCat); e = diag(E) computed exactly from F; products in row-scaled form "
     "(D_Q,i cancels; no overflow) with their float64 rounding gamma_(r+m) |F_Q| |W|^T "
     "|[V 1]| added; rows whose approximate normaliser is not positive are computed "
-    "exactly; if the kernel entries are too inaccurate (||F_i||^2 > 1 beyond rounding) "
-    "the bound is only the cap; "
+    "exactly, and so is every row if the kernel entries are too inaccurate for the "
+    "theory (||F_i||^2 > 1 beyond rounding); "
     "deterministic given the landmarks (holds for every draw)"
 )
 
@@ -583,6 +599,9 @@ def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
     :math:`E = F = S` a ``(k, m)`` sketch from :mod:`rnla.sketch`, ``k = sketch_size``
     (default ``min(64, m)``) (Theorem 2 of the
     paper uses scaled Gaussian :math:`E = \delta R`, :math:`F = e^{-\delta}R`).
+    Output rows beyond the range of the output dtype are projected onto the ball of
+    the values (:func:`attention._core.project_to_value_ball`; never increases the
+    error).
     """
     n, m = problem.n, problem.m
     k = min(64, m) if sketch_size is None else sketch_size
@@ -595,7 +614,7 @@ def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
         S = make(k, m, rng=rng)
         SK, SV = S @ kk, S @ v
         p, _ = _softmax_rows(problem.scale * (q @ SK.T))
-        outs.append(p @ SV)
+        outs.append(_in_range(problem, p @ SV, v))
         flops += 2.0 * k * m * (problem.d + problem.dv) + 2.0 * n * k * (problem.d + problem.dv)
     return method_result(problem, outs, None, None, Cost(flops, problem.n_slices * n * k))
 
@@ -668,6 +687,9 @@ def _nystromformer(
     :math:`C = \operatorname{softmax}(s\tilde Q\tilde K^\top)`,
     :math:`\tilde B = \operatorname{softmax}(s\tilde QK^\top)` with segment-mean
     landmarks :math:`\tilde Q, \tilde K`, and :math:`Z \approx C^+`.
+    Output rows beyond the range of the output dtype are projected onto the ball of
+    the values (:func:`attention._core.project_to_value_ball`; never increases the
+    error).
     """
     c = _check_landmarks(n_landmarks, problem)
     pinv = check_option(pinv, _PINV, "pinv")
@@ -679,7 +701,7 @@ def _nystromformer(
         F, C, B, v = _landmark_pieces(problem, g, c)
         Z, res = _pinv(C, pinv, n_iter, rcond)
         resid.append(res)
-        outs.append(F @ (Z @ (B @ v)))
+        outs.append(_in_range(problem, F @ (Z @ (B @ v)), v))
     if pinv == "iterative" and max(resid) > 0.5:
         # From Z0 the residual is 1 - sigma_min^2 / (||A||_1 ||A||_inf) < 1 and it only
         # contracts cubically once small: above 1/2 Z is far from the pseudo-inverse.
@@ -714,6 +736,9 @@ def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
     because :math:`C` is a positive row-stochastic matrix, whose eigenvalues other than
     1 have modulus < 1 (Perron-Frobenius), so -1 is not one) or ``"ones"``:
     :math:`C' = C + \mathbf 1\mathbf 1^\top` (solved by least squares if singular).
+    Output rows beyond the range of the output dtype are projected onto the ball of
+    the values (:func:`attention._core.project_to_value_ball`; never increases the
+    error).
     """
     c = _check_landmarks(n_landmarks, problem)
     augment = check_option(augment, ("diagonal", "ones"), "augment")
@@ -727,7 +752,7 @@ def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
             X = np.linalg.solve(Cp, R)
         except np.linalg.LinAlgError:
             X = np.linalg.lstsq(Cp, R, rcond=None)[0]
-        outs.append(_ratio_output(F @ X)[0])
+        outs.append(_in_range(problem, _ratio_output(F @ X)[0], v))
     dd = problem.d + problem.dv
     flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + 2 * c**3)
     return method_result(

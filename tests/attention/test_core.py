@@ -225,3 +225,21 @@ def test_finish_row_bounds_caps_by_the_value_ball():
     assert np.all(np.linalg.norm(y_bad - y64, axis=1) <= rows)
     np.testing.assert_allclose(rows, finish_row_bounds(p, np.full(16, np.nan), y_bad, v))
     assert np.all(rows >= R + np.linalg.norm(y_bad - c, axis=1))
+
+
+def test_project_to_value_ball_never_increases_the_error():
+    from attention._core import center_radius, project_to_value_ball
+    from attention.exact import reference_attention
+
+    p, y64, v = _rounding_case(np.float64)
+    c, R = center_radius(v)
+    y_bad = y64 + np.array([1e6, 0.0, 0.0, 0.0])  # far outside the ball
+    y_proj = project_to_value_ball(p, y_bad, v)
+    assert np.all(np.linalg.norm(y_proj - c, axis=1) <= R * (1 + 1e-12))
+    assert np.all(np.linalg.norm(y_proj - y64, axis=1) <= np.linalg.norm(y_bad - y64, axis=1))
+    np.testing.assert_array_equal(project_to_value_ball(p, y64, v), y64)  # inside: unchanged
+    # Rows that may see no key (exact output 0) are left alone.
+    Q = np.ones((4, 2))
+    pc = prepare(Q, Q[:2], Q[:2], causal=True)
+    assert reference_attention(Q, Q[:2], Q[:2], causal=True)[0].sum() == 0
+    np.testing.assert_array_equal(project_to_value_ball(pc, 5 + Q, Q[:2]), 5 + Q)

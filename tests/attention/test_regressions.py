@@ -110,6 +110,16 @@ def test_taylor_extreme_norms_float32():
     np.testing.assert_allclose(res.output, V, rtol=1e-6)
 
 
+def test_csalr_output_stays_finite_at_large_logits():
+    # A tiny approximate normaliser made the float64 ratio exceed the float32 range.
+    Q = np.array([[0.12573022], [-0.13210486], [0.64042264]], np.float32)
+    K = np.array([[0.1049], [-0.53567], [0.361595], [1.304], [0.947081], [-0.703735]], np.float32)
+    V = np.array([[-1.26542], [-0.623274], [0.041326], [-2.32503], [-0.218792], [-1.24591]])
+    res = _quiet(Q, K, V.astype(np.float32), "csalr", scale=11974.454107288986, rng=0)
+    assert np.isfinite(res.output).all()
+    assert np.all(res.output >= V.min() - 1e-6) and np.all(res.output <= V.max() + 1e-6)
+
+
 # --- defaults on small inputs ----------------------------------------------------------
 
 
