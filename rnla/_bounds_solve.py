@@ -140,8 +140,9 @@ def iteration_bound(condition, tol, /) -> int:
     tol = _real(tol, "tol", lo=0.0, hi=1.0)
     if kappa == 1.0:
         return 0
-    rho = (kappa - 1.0) / (kappa + 1.0)
-    return max(0, math.ceil(math.log(tol / 2.0) / math.log(rho)))
+    # log(rho) = log1p(-2 / (kappa + 1)): (kappa - 1) / (kappa + 1) rounds to 1 (and
+    # log(rho) to 0) for kappa >= 1e16.
+    return max(0, math.ceil(math.log(tol / 2.0) / math.log1p(-2.0 / (kappa + 1.0))))
 
 
 def effective_dimension(eigenvalues, mu, /) -> float:
