@@ -1065,11 +1065,15 @@ def tensor_sketch_variance_bound(x, y, sketch_size, degree=2, /) -> float:
     k = check_int(sketch_size, "sketch_size", minimum=1)
     p = check_int(degree, "degree", minimum=1)
     _, _, N = _moments(x, y)
-    # In log space: 3**p and N**p overflow long before the product does not; a bound
-    # beyond the float range is returned as inf (still a true upper bound).
-    log_b = p * math.log(3.0) + math.log1p(-(3.0**-p)) - math.log(k)
-    log_b += p * math.log(N) if N > 0 else -math.inf
-    return math.exp(log_b) if log_b < 709.0 else math.inf
+    N = float(N)
+    if N == 0.0:
+        return 0.0
+    # Python floats raise OverflowError where 3**p or N**p leave the float range: the
+    # bound is then beyond it too and is returned as inf (still a true upper bound).
+    try:
+        return (3.0**p - 1.0) / k * N**p
+    except OverflowError:
+        return math.inf
 
 
 _HUTCHINSON = ("gaussian", "rademacher")
