@@ -159,7 +159,7 @@ def norm_estimate(
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator of shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array of shape (m, n)
         Operator; only products with ``A`` and ``A^T`` are used.
     norm : {2, "fro"}, default=2
         Spectral or Frobenius norm.
@@ -617,7 +617,7 @@ def lowrank_error_estimate(
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix, LinearOperator or EntryMatrix, shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator, EntryMatrix or dask array, shape (m, n)
         The matrix that was approximated. Only products with ``A`` and ``A^T`` are used,
         plus, for an :class:`~rnla._results.IDResult` or
         :class:`~rnla._results.CURResult`, the selected columns and rows: indexed for

@@ -331,7 +331,7 @@ def lanczos(A, v, k, /, *, reorth="full", rng=None) -> LanczosResult:
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric operator.
     v : array_like of shape (n,)
         Nonzero start vector.
@@ -393,7 +393,7 @@ def block_lanczos(A, V, k, /, *, reorth="full", rng=None) -> BlockLanczosResult:
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric operator.
     V : array_like of shape (n, p)
         Start block (need not be orthonormal or of full rank).
@@ -531,7 +531,7 @@ def funm_lanczos(A, b, f, k, /, *, reorth="full", rng=None) -> np.ndarray:
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric operator.
     b : array_like of shape (n,)
         Nonzero vector.
@@ -618,7 +618,7 @@ def quadform_bounds(
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric operator.
     b : array_like of shape (n,)
         Nonzero vector.

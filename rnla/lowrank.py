@@ -2,8 +2,8 @@ r"""Randomized low-rank approximation: range finder, randomized SVD family, QB, 
 
 Every routine touches ``A`` only through products :math:`AX` and :math:`A^\top Y` (or,
 for :func:`single_pass_svd`, through one linear sketch of each row block), so ``A`` may
-be a dense array, a ``scipy.sparse`` matrix or a
-:class:`scipy.sparse.linalg.LinearOperator`.
+be a dense array, a ``scipy.sparse`` matrix, a
+:class:`scipy.sparse.linalg.LinearOperator` or a ``dask.array.Array``.
 
 =============================  ============================================  ======================
 function                       algorithm                                     passes over ``A``
@@ -16,7 +16,19 @@ function                       algorithm                                     pas
 :func:`generalized_nystrom`    Nakatsukasa 2020, stabilised                  1
 =============================  ============================================  ======================
 
-Here ``q`` is ``n_iter``. Orthonormalisation between products ("normalizer") defaults to
+Here ``q`` is ``n_iter``. Every result carries ``n_passes``, the passes it made.
+
+**dask input** stays lazy: :func:`range_finder`, :func:`rsvd` and :func:`single_pass_svd`
+run on the row blocks of ``A`` with *fused* passes (each block read once gives
+:math:`A_iX` and :math:`A_i^\top A_iX`), so subspace iteration takes ``q + 1`` passes,
+block Krylov ``q + 2`` and the single-pass SVD exactly 1; the long factor (``U`` of a
+tall matrix) is returned as a dask array kept in the cluster, the small ones as NumPy.
+The Gaussian test matrices are drawn per chunk from a counter-based scheme
+(``rnla._random``), so the same ``rng`` gives the same result, to rounding, for an
+in-memory array and for any chunking. :func:`randqb`, :func:`reigh` and
+:func:`generalized_nystrom` take one pass per product (``n x b`` results on the client).
+
+Orthonormalisation between products ("normalizer") defaults to
 Cholesky-QR, which runs at BLAS-3 speed; it falls back to shifted Cholesky-QR3 (Fukaya et
 al. 2020) and finally to Householder QR when the block is too ill-conditioned, so that the
 result is orthonormal to working precision in every case (exactly low-rank input included). For
@@ -418,7 +430,7 @@ def range_finder(A, size, /, *, n_iter=0, sketch="gaussian", normalizer="auto", 
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator, shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
         Matrix; only the products :math:`AX` and :math:`A^\top Y` are used.
     size : int
         Number of columns ``l`` of the basis, ``1 <= size <= min(m, n)``.
@@ -586,7 +598,7 @@ def rsvd(
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator, shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
         Matrix; only products with ``A`` and ``A^T`` are used.
     rank : int
         Target rank ``k``, ``1 <= rank <= min(m, n)``.
@@ -766,7 +778,7 @@ def randqb(A, /, *, tol, block_size=10, max_rank=None, n_iter=0, rng=None) -> QB
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator, shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
         Matrix. ``||A||_F`` is computed exactly once (free for dense and sparse input,
         ``min(m, n)`` products for a LinearOperator).
     tol : float
@@ -965,7 +977,7 @@ def single_pass_svd(
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix, LinearOperator, or iterable of row blocks
+    A : array_like, scipy.sparse matrix, LinearOperator, dask array or iterable of row blocks
         The matrix (m, n), or an iterable that yields its row blocks :math:`A_1, A_2,
         \dots` (dense or sparse arrays of shape :math:`(m_i, n)`, top to bottom,
         :math:`\sum m_i = m`), each read once and then dropped.
@@ -1156,7 +1168,7 @@ def reigh(A, rank, /, *, oversample=10, n_iter="auto", rng=None) -> EighResult:
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator, shape (n, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array, shape (n, n)
         Symmetric matrix (checked to relative accuracy :math:`\sqrt u`: exactly for
         dense and sparse input, by one random bilinear probe for a LinearOperator).
     rank : int
@@ -1241,7 +1253,7 @@ def generalized_nystrom(A, rank, /, *, oversample=None, rng=None) -> SVDResult:
 
     Parameters
     ----------
-    A : array_like, scipy.sparse matrix or LinearOperator, shape (m, n)
+    A : array_like, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
         Any (not necessarily symmetric) matrix.
     rank : int
         Rank ``r`` of the approximation, ``1 <= r <= min(m, n)``.

@@ -103,7 +103,7 @@ def nystrom(A, rank, /, *, oversample=10, shift="auto", rng=None) -> EighResult:
 
     Parameters
     ----------
-    A : ndarray, scipy.sparse matrix, LinearOperator or EntryMatrix, shape (n, n)
+    A : ndarray, scipy.sparse matrix, LinearOperator, EntryMatrix or dask array, shape (n, n)
         Symmetric positive-semidefinite matrix. Only products :math:`A X` are used
         (an EntryMatrix is converted with its ``as_linear_operator()``).
     rank : int

@@ -233,7 +233,7 @@ def lstsq(
 
     Parameters
     ----------
-    A : ndarray, scipy.sparse matrix or LinearOperator, shape (m, n)
+    A : ndarray, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
         Tall matrix, ``m >= n``. A ``LinearOperator`` is sketched through ``rmatmat``
         (:math:`(A^T S^T)^T`, in blocks of 64 sketch rows).
     b : array_like, shape (m,) or (m, k)

@@ -13,9 +13,11 @@ r"""Stochastic trace and log-determinant estimation from matrix-vector products.
   Hutch++-style deflation.
 
 Every estimator returns a :class:`TraceEstimate` ``(value, stderr, n_matvecs)``.
-Products go through :func:`scipy.sparse.linalg.aslinearoperator`, so ``A`` may be an
-ndarray, a sparse matrix, a :class:`~scipy.sparse.linalg.LinearOperator` or an object
-with ``as_linear_operator()``. Probes are drawn from the ``rng`` in one block.
+Products go through the package's operator wrapper, so ``A`` may be an ndarray, a
+sparse matrix, a :class:`~scipy.sparse.linalg.LinearOperator`, an object with
+``as_linear_operator()`` or a ``dask.array.Array`` (each block product is one pass over
+the chunks, computed to NumPy: ``n x m`` probes fit on the client). Probes are drawn from
+the ``rng`` in one block.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceE
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Square operator (need not be symmetric).
     n_probes : int
         Number of probe vectors :math:`m \ge 1`.
@@ -148,7 +150,7 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Square operator; the :math:`O(1/m)` guarantee needs ``A`` PSD.
     n_matvecs : int
         Budget :math:`m \ge 3`: :math:`s = \lfloor m/3\rfloor` for the sketch, ``s`` for
@@ -214,7 +216,7 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Square operator (need not be symmetric).
     n_matvecs : int
         Budget :math:`m \ge 4`; :math:`s = \min(\lfloor m/2\rfloor, n)` probes are used,
@@ -310,7 +312,7 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric positive semidefinite operator.
     n_matvecs : int
         Number of probes :math:`2 \le s \le n` (one matvec each).
@@ -419,7 +421,7 @@ def slq(
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric operator.
     f : callable or {"log", "inv", "sqrt", "exp"}
         Function applied to eigenvalues; the named ``"log"``, ``"inv"``, ``"sqrt"``
@@ -543,7 +545,7 @@ def logdet(
 
     Parameters
     ----------
-    A : array_like, sparse matrix or LinearOperator of shape (n, n)
+    A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric positive definite operator.
     method : {"auto", "exact", "slq", "hutchpp"}, default="auto"
         ``"exact"``: Cholesky of a dense array; ``"slq"``: :func:`slq` with ``f = log``;
