@@ -28,25 +28,19 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from rnla._validation import as_float_array, check_int
+from rnla._validation import as_float_array, check_int, check_real
 
 __all__ = ["CURBound", "cur_bound", "id_bound", "rrqr_growth", "strong_rrqr_bound"]
 
 
 def _nonneg(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}={value} must be a finite number >= 0")
-    return value
+    return check_real(value, name, lower=0, open_left=False)
 
 
 def _rank_in(rank, n) -> tuple[int, int]:

@@ -7,22 +7,12 @@ Re-exported from :mod:`rnla.bounds`. Notation: :math:`A` symmetric with spectrum
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from rnla._validation import check_int, check_option
+from rnla._validation import check_int, check_option, check_real
 
 __all__ = ["cg_error_bound", "lanczos_quadrature_bound"]
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value} must be finite")
-    return value
 
 
 def cg_error_bound(kappa, k, /) -> float:
@@ -73,7 +63,7 @@ def cg_error_bound(kappa, k, /) -> float:
     >>> round(cg_error_bound(4.0, 3), 6)
     0.074074
     """
-    kappa = _real(kappa, "kappa")
+    kappa = check_real(kappa, "kappa")
     if kappa < 1:
         raise ValueError(f"kappa={kappa} must be >= 1")
     k = check_int(k, "k", minimum=0)
@@ -158,9 +148,9 @@ def lanczos_quadrature_bound(k, spectrum, /, *, f="log", shift=0.0) -> float:
     """
     k = check_int(k, "k", minimum=1)
     f = check_option(f, ("log", "inv", "sqrt", "exp"), "f")
-    shift = _real(shift, "shift")
+    shift = check_real(shift, "shift")
     try:
-        a, b = (_real(x, "spectrum") for x in spectrum)
+        a, b = (check_real(x, "spectrum") for x in spectrum)
     except TypeError as exc:
         raise TypeError(f"spectrum must be a pair (a, b), got {spectrum!r}") from exc
     if a > b:

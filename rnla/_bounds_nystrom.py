@@ -11,11 +11,10 @@ approximation, so :math:`\operatorname{tr}(A - [\![A]\!]_r) = \sum_{j>r}\lambda_
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from rnla._validation import as_float_array, check_int, check_option
+from rnla._validation import as_float_array, check_int, check_option, check_real
 
 __all__ = [
     "nystrom_expected_trace_bound",
@@ -35,15 +34,6 @@ def _check_spectrum(eigenvalues, name: str = "eigenvalues") -> np.ndarray:
             f"{name} must be those of a PSD matrix (>= 0), got the value {lam.min():.6g}"
         )
     return np.sort(np.maximum(lam, 0.0))[::-1]
-
-
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value} must be a finite number > 0")
-    return value
 
 
 def nystrom_expected_trace_bound(eigenvalues, rank, oversample) -> float:
@@ -283,7 +273,7 @@ def rpcholesky_rank_bound(eigenvalues, r, eps) -> int:
     if n < 2:
         raise ValueError(f"need n >= 2 eigenvalues to have 1 <= r < n, got n={n}")
     r = check_int(r, "r", minimum=1, maximum=n - 1)
-    eps = _check_positive(eps, "eps")
+    eps = check_real(eps, "eps", lower=0)
     total = float(lam.sum())
     tail = float(lam[r:].sum())
     if tail <= 0.0 or total <= 0.0:

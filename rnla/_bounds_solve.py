@@ -7,11 +7,10 @@ raises :class:`ValueError` outside its assumptions.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from rnla._validation import as_float_array, check_option
+from rnla._validation import as_float_array, check_option, check_real
 
 __all__ = [
     "effective_dimension",
@@ -20,22 +19,6 @@ __all__ = [
     "nystrom_pcg_rank",
     "preconditioned_condition_bound",
 ]
-
-
-def _real(value, name: str, *, lo=None, hi=None, lo_open=True, hi_open=True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    ok = math.isfinite(value)
-    if lo is not None:
-        ok &= value > lo if lo_open else value >= lo
-    if hi is not None:
-        ok &= value < hi if hi_open else value <= hi
-    if not ok:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{name}={value} must lie in {lb}{lo}, {hi}{rb}")
-    return value
 
 
 def preconditioned_condition_bound(distortion, /, *, definition="squared") -> float:
@@ -90,7 +73,7 @@ def preconditioned_condition_bound(distortion, /, *, definition="squared") -> fl
     >>> round(preconditioned_condition_bound(0.5, definition="norm"), 6)
     3.0
     """
-    eps = _real(distortion, "distortion", lo=0.0, hi=1.0, lo_open=False)
+    eps = check_real(distortion, "distortion", lower=0.0, upper=1.0, open_left=False)
     definition = check_option(definition, ("squared", "norm"), "definition")
     ratio = (1.0 + eps) / (1.0 - eps)
     return math.sqrt(ratio) if definition == "squared" else ratio
@@ -136,8 +119,8 @@ def iteration_bound(condition, tol, /) -> int:
     >>> iteration_bound(3.0, 1e-12)  # distortion 1/2
     41
     """
-    kappa = _real(condition, "condition", lo=1.0, lo_open=False)
-    tol = _real(tol, "tol", lo=0.0, hi=1.0)
+    kappa = check_real(condition, "condition", lower=1.0, open_left=False)
+    tol = check_real(tol, "tol", lower=0.0, upper=1.0)
     if kappa == 1.0:
         return 0
     # log(rho) = log1p(-2 / (kappa + 1)): (kappa - 1) / (kappa + 1) rounds to 1 (and
@@ -167,7 +150,7 @@ def effective_dimension(eigenvalues, mu, /) -> float:
     1.0
     """
     lam = as_float_array(eigenvalues, name="eigenvalues", ndim=1, dtype=np.float64)
-    mu = _real(mu, "mu", lo=0.0)
+    mu = check_real(mu, "mu", lower=0.0)
     scale = float(np.max(np.abs(lam)))
     if lam.min() < -lam.size * np.finfo(np.float64).eps * scale:
         raise ValueError(f"eigenvalues must be those of a PSD matrix (>= 0), got {lam.min():.6g}")
@@ -199,7 +182,7 @@ def nystrom_pcg_rank(d_eff, /) -> int:
     >>> nystrom_pcg_rank(10.0)
     31
     """
-    d = _real(d_eff, "d_eff", lo=0.0)
+    d = check_real(d_eff, "d_eff", lower=0.0)
     return 2 * math.ceil(1.5 * d) + 1
 
 
@@ -246,7 +229,7 @@ def nystrom_pcg_condition_bound(lambda_min, mu, error_norm, /) -> float:
     >>> nystrom_pcg_condition_bound(0.5, 1.0, 0.5)
     2.0
     """
-    lam = _real(lambda_min, "lambda_min", lo=0.0, lo_open=False)
-    mu = _real(mu, "mu", lo=0.0)
-    err = _real(error_norm, "error_norm", lo=0.0, lo_open=False)
+    lam = check_real(lambda_min, "lambda_min", lower=0.0, open_left=False)
+    mu = check_real(mu, "mu", lower=0.0)
+    err = check_real(error_norm, "error_norm", lower=0.0, open_left=False)
     return (lam + mu + err) / mu

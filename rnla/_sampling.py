@@ -25,7 +25,6 @@ These names are re-exported by :mod:`rnla.sketch`.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import NamedTuple
 
@@ -42,6 +41,7 @@ from rnla._validation import (
     check_option,
     check_probability,
     check_rank,
+    check_real,
     check_rng,
 )
 from rnla.bounds import (
@@ -99,12 +99,7 @@ def _check_replace(replace) -> bool:
 def _check_tol(tol) -> float | None:
     if tol is None:
         return None
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be None or a real number, got {tol!r}")
-    tol = float(tol)
-    if not (0.0 <= tol < 1.0):
-        raise ValueError(f"tol={tol} must satisfy 0 <= tol < 1")
-    return tol
+    return check_real(tol, "tol", lower=0, upper=1, open_left=False)
 
 
 def _as_matrix(A, name: str, *, allow_sparse: bool):

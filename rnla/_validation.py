@@ -36,6 +36,7 @@ __all__ = [
     "check_option",
     "check_probability",
     "check_rank",
+    "check_real",
     "check_rng",
     "float_dtype",
     "result_dtype",
@@ -318,6 +319,48 @@ def check_option(value, options, name: str):
         listed = ", ".join(repr(o) for o in allowed)
         raise ValueError(f"{name}={value!r} is not one of {listed}")
     return options[value] if isinstance(options, dict) else value
+
+
+def check_real(
+    value,
+    name: str,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    open_left: bool = True,
+    open_right: bool = True,
+) -> float:
+    """Validate a finite real number, optionally in an interval (ends open unless told).
+
+    Raises
+    ------
+    TypeError
+        Not a real number (bools are rejected).
+    ValueError
+        Not finite, or outside the interval; the message states the range and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    above = lower is None or (value > lower if open_left else value >= lower)
+    below = upper is None or (value < upper if open_right else value <= upper)
+    if np.isfinite(value) and above and below:
+        return value
+    if lower is None and upper is None:
+        raise ValueError(f"{name}={value} must be finite")
+    if upper is None:
+        raise ValueError(
+            f"{name}={value} must be a finite number {'>' if open_left else '>='} {lower:g}"
+        )
+    if lower is None:
+        raise ValueError(
+            f"{name}={value} must be a finite number {'<' if open_right else '<='} {upper:g}"
+        )
+    if open_left and open_right:
+        raise ValueError(f"{name}={value} must lie in the open interval ({lower:g}, {upper:g})")
+    lb = "(" if open_left else "["
+    rb = ")" if open_right else "]"
+    raise ValueError(f"{name}={value} must lie in {lb}{lower:g}, {upper:g}{rb}")
 
 
 def check_probability(

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
-from rnla._validation import as_float_array, as_sparse, check_int, check_option
+from rnla._validation import as_float_array, as_sparse, check_int, check_option, check_real
 
 __all__ = [
     "CURBound",
@@ -136,12 +135,7 @@ def _representable_size(func):
 
 def _check_open_unit(value, name: str) -> float:
     """Return ``value`` as a float strictly inside (0, 1), or raise with the range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not (0.0 < value < 1.0):
-        raise ValueError(f"{name}={value} must lie in the open interval (0, 1)")
-    return value
+    return check_real(value, name, lower=0, upper=1)
 
 
 def _check_dims(d, n=None) -> tuple[int, int | None]:
@@ -226,11 +220,7 @@ def distortion_to_effective(eps) -> float:
     >>> 0.0 < distortion_to_effective(0.5) < 0.5
     True
     """
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {eps!r}")
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"eps={eps} must be a finite number >= 0")
+    eps = check_real(eps, "eps", lower=0, open_left=False)
     if eps >= 1.0:
         return 1.0
     return eps / (1.0 + math.sqrt(1.0 - eps * eps))

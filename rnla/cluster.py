@@ -16,13 +16,12 @@ mini-batch and spherical k-means with k-means++ seeding) complete the module.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from rnla._kernels.cluster import _assign_from_gram, _center_sums
-from rnla._validation import as_float_array, check_int, check_option, check_rng
+from rnla._validation import as_float_array, check_int, check_option, check_real, check_rng
 
 __all__ = [
     "KMeansResult",
@@ -227,11 +226,7 @@ def e2lsh(X, width, /, *, n_rounds=1, rng=None) -> np.ndarray:
     (3, 100)
     """
     X = _check_points(X)
-    if isinstance(width, bool) or not isinstance(width, numbers.Real):
-        raise TypeError(f"width must be a real number, got {width!r}")
-    width = float(width)
-    if not (math.isfinite(width) and width > 0):
-        raise ValueError(f"width={width} must be finite and > 0")
+    width = check_real(width, "width", lower=0)
     n_rounds = check_int(n_rounds, "n_rounds", minimum=1)
     rng = check_rng(rng)
     W = rng.standard_normal((n_rounds, X.shape[1]))
@@ -477,11 +472,7 @@ def kmeans(
     N, d = X.shape
     k = check_int(n_clusters, "n_clusters", minimum=1, maximum=N)
     n_iter = check_int(n_iter, "n_iter", minimum=1)
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a real number, got {tol!r}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol={tol} must be finite and >= 0")
+    tol = check_real(tol, "tol", lower=0, open_left=False)
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
     if not isinstance(spherical, bool | np.bool_):

@@ -35,6 +35,7 @@ from rnla._validation import (
     as_operator,
     as_sparse,
     check_int,
+    check_real,
     check_rng,
     result_dtype,
 )
@@ -132,12 +133,7 @@ def _power_eps(delta: float, q: int, dim: int, r: int) -> float:
 def _check_delta(value) -> float:
     if value is None:
         return _DEFAULT_FAILURE_PROBABILITY
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"delta must be a real number, got {value!r}")
-    value = float(value)
-    if not (0.0 < value < 1.0):
-        raise ValueError(f"delta={value} must lie in the open interval (0, 1)")
-    return value
+    return check_real(value, "delta", lower=0, upper=1)
 
 
 def _orth(X: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from rnla._validation import (
     as_float_array,
     check_int,
     check_option,
+    check_real,
     check_rng,
     float_dtype,
 )
@@ -682,12 +683,7 @@ class _NystromPreconditioner:
 
 
 def _check_mu(mu) -> float:
-    if isinstance(mu, bool) or not isinstance(mu, numbers.Real):
-        raise TypeError(f"mu must be a real number > 0, got {mu!r}")
-    mu = float(mu)
-    if not (math.isfinite(mu) and mu > 0):
-        raise ValueError(f"mu={mu} must be a finite number > 0")
-    return mu
+    return check_real(mu, "mu", lower=0)
 
 
 def _ritz_condition(alphas, betas) -> float:

@@ -79,6 +79,7 @@ from rnla._validation import (
     ConvergenceWarning,
     as_float_array,
     check_int,
+    check_real,
     check_rng,
     float_dtype,
     result_dtype,
@@ -216,12 +217,7 @@ def _as_tensor(X, name: str = "X") -> np.ndarray:
 
 
 def _check_tol(tol, name: str = "tol") -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {tol!r}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"{name}={tol} must be a finite number >= 0")
-    return tol
+    return check_real(tol, name, lower=0, open_left=False)
 
 
 def _unfolding_limits(shape: Sequence[int]) -> list[int]:
