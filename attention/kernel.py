@@ -1100,23 +1100,11 @@ def _polysketch(problem: Problem, *, rng, degree=4, sketch_size=32, nonnegative=
 def _tensorsketch(problem: Problem, *, rng, degree=4, sketch_size=32, nonnegative=True):
     r"""TensorSketch features of polynomial attention (registered as ``"tensorsketch"``).
 
-    Parameters
-    ----------
-    problem : Problem
-        Prepared inputs.
-    rng : numpy.random.Generator
-        Draws the hashes.
-    degree : int, default=4
-        Even degree ``p``.
-    sketch_size : int, default=32
-        Sketch size ``r`` (``r^2`` features with ``nonnegative=True``).
-    nonnegative : bool, default=True
-        Sketch degree ``p/2`` and self-tensor (non-negative weights).
-
-    Returns
-    -------
-    MethodResult
-        No bound against softmax: see :func:`polynomial_sketch_error`.
+    The parameters and the result are those of ``"polysketch"``, with the Gaussian
+    sketches replaced by TensorSketch (:func:`rnla.sketch.tensor_sketch`, hashes drawn
+    from ``rng``): ``r`` features per degree-``p/2`` sketch, ``r^2`` after the
+    self-tensor when ``nonnegative=True``. No bound against softmax: see
+    :func:`polynomial_sketch_error`.
     """
     return _poly_method(problem, rng, degree, sketch_size, nonnegative, "tensorsketch")
 

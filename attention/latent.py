@@ -880,6 +880,58 @@ def gqa_to_mla(
     >>> conv.cache_size, conv.weights.W_QR.shape, conv.weights.W_KR.shape
     (12, (4, 32, 4), (32, 4))
     """
+    W_Q, W_K, W_V, n_heads, n_kv, d_h, rope_dims, split = _check_gqa(
+        W_Q, W_K, W_V, rank, n_heads, n_kv_heads, rope_dims, rope_base, freqfold, split
+    )
+    d = W_Q.shape[0]
+    method, solver, X = _check_common(method, calibration, d, damping, solver)
+    rng = check_rng(rng)
+    dt = result_dtype(W_Q.dtype, W_K.dtype, W_V.dtype, *(() if X is None else (X.dtype,)))
+    W_Q, W_K, W_V = (w.astype(dt, copy=False) for w in (W_Q, W_K, W_V))
+    X = None if X is None else X.astype(dt, copy=False)
+    P = d_h // 2
+    d_v = W_V.shape[1] // n_kv
+    group = np.arange(n_heads) // (n_heads // n_kv)
+    freqs_all = float(rope_base) ** (-2.0 * np.arange(P) / d_h)
+
+    Wkf, Wqf = _virtual_heads(W_K, W_Q, X, group, n_kv, P, freqfold, dt)
+    (kj, ki), (nj, ni), rope_kept = _select_rope_pairs(Wkf, Wqf, X, rope_dims)
+    W_KR = Wkf[:, kj, ki, :].reshape(d, rope_dims)
+    W_QR = Wqf[:, :, kj, ki, :].reshape(n_heads, d, rope_dims)
+    W_Kn = Wkf[:, nj, ni, :].reshape(d, -1)
+    W_Qn = Wqf[:, :, nj, ni, :].reshape(n_heads, d, -1)
+
+    opts = {"method": method, "split": split, "X": X, "damping": damping, "solver": solver}
+    D, U_K, U_V, w_err, a_err = _compress_kv(W_Kn, W_V, rank, dt, rng=rng, **opts)
+    W_UV = U_V.reshape(rank, n_kv, d_v).transpose(1, 0, 2)[group]
+    weights = MLAWeights(
+        W_DKV=D,
+        W_UK=np.ascontiguousarray(np.broadcast_to(U_K, (n_heads, *U_K.shape))),
+        W_UV=np.ascontiguousarray(W_UV),
+        W_Q=np.ascontiguousarray(W_Qn),
+        W_QR=np.ascontiguousarray(W_QR),
+        W_KR=np.ascontiguousarray(W_KR),
+        rope_freqs=freqs_all[ki],
+        W_O=_out_proj(W_O, n_heads, d_v, dt),
+        scale=_scale(scale, d_h),
+    )
+    cache = rank + rope_dims
+    return MLAConversion(
+        weights=weights,
+        rank=rank,
+        cache_size=cache,
+        compression=n_kv * (d_h + d_v) / cache,
+        weight_error=w_err,
+        activation_error=a_err,
+        rope_kept=rope_kept,
+    )
+
+
+def _check_gqa(W_Q, W_K, W_V, rank, n_heads, n_kv_heads, rope_dims, rope_base, freqfold, split):
+    """Validate :func:`gqa_to_mla`'s layer shapes and RoPE options.
+
+    Returns ``(W_Q, W_K, W_V, n_heads, n_kv, d_h, rope_dims, split)`` (arrays as floats).
+    """
     W_Q = as_float_array(W_Q, name="W_Q", ndim=2)
     W_K = as_float_array(W_K, name="W_K", ndim=2)
     W_V = as_float_array(W_V, name="W_V", ndim=2)
@@ -916,18 +968,19 @@ def gqa_to_mla(
         raise TypeError(f"freqfold must be a bool, got {freqfold!r}")
     if not (isinstance(rope_base, int | float) and rope_base > 1):
         raise ValueError(f"rope_base={rope_base!r} must be a float > 1")
-    method, solver, X = _check_common(method, calibration, d, damping, solver)
-    rng = check_rng(rng)
-    dt = result_dtype(W_Q.dtype, W_K.dtype, W_V.dtype, *(() if X is None else (X.dtype,)))
-    W_Q, W_K, W_V = (w.astype(dt, copy=False) for w in (W_Q, W_K, W_V))
-    X = None if X is None else X.astype(dt, copy=False)
-    P = d_h // 2
-    d_v = W_V.shape[1] // n_kv
-    group = np.arange(n_heads) // (n_heads // n_kv)
-    freqs_all = float(rope_base) ** (-2.0 * np.arange(P) / d_h)
+    return W_Q, W_K, W_V, n_heads, n_kv, d_h, rope_dims, split
 
+
+def _virtual_heads(W_K, W_Q, X, group, n_kv, P, freqfold, dt):
+    """Key and query weights of the "virtual" kv heads, split in RoPE pairs.
+
+    Returns ``Wkf`` (d, n_kv, P, 2) and ``Wqf`` (n_heads, d, n_kv, P, 2). With
+    ``freqfold`` (RoRoPE), frequency ``i`` mixes the kv heads by the eigenvectors
+    :math:`U_i` of their covariance (decreasing energy); otherwise :math:`U_i = I`.
+    """
+    d = W_K.shape[0]
     Wk = W_K.reshape(d, n_kv, P, 2)
-    Wq = W_Q.reshape(d, n_heads, P, 2)
+    Wq = W_Q.reshape(d, len(group), P, 2)
     if freqfold:
         # per-frequency covariance across kv heads of the (cos, sin) components
         if X is None:
@@ -942,69 +995,40 @@ def gqa_to_mla(
     Wkf = np.einsum("dgic,igj->djic", Wk, U)  # keys of the virtual heads
     # query head h sees virtual head j through U_i[g(h), j] (commutes with RoPE)
     Wqf = np.einsum("dhic,ihj->hdjic", Wq, U[:, group, :])
+    return Wkf, Wqf
 
+
+def _select_rope_pairs(Wkf, Wqf, X, rope_dims):
+    """Select the ``rope_dims / 2`` (virtual head, pair) indices of largest 2-norm score.
+
+    Returns ``((kj, ki), (nj, ni), rope_kept)``: kept and dropped head and pair indices
+    (kept sorted), and the kept share of the scores.
+    """
+    n_kv, P = Wkf.shape[1], Wkf.shape[2]
     scores = _pair_scores(Wkf, Wqf, X)  # (n_kv, P)
     order = np.argsort(-scores.reshape(-1), kind="stable")
     kept = np.sort(order[: rope_dims // 2])
     total = float(scores.sum())
     rope_kept = float(scores.reshape(-1)[kept].sum()) / total if total > 0 else 1.0
-    if rope_dims == n_kv * d_h:
+    if rope_dims == n_kv * 2 * P:
         rope_kept = 1.0
     is_kept = np.zeros(n_kv * P, dtype=bool)
     is_kept[kept] = True
-    kj, ki = np.unravel_index(kept, (n_kv, P))
-    W_KR = Wkf[:, kj, ki, :].reshape(d, rope_dims)
-    W_QR = Wqf[:, :, kj, ki, :].reshape(n_heads, d, rope_dims)
     nope = np.flatnonzero(~is_kept)
-    nj, ni = np.unravel_index(nope, (n_kv, P))
-    W_Kn = Wkf[:, nj, ni, :].reshape(d, -1)
-    W_Qn = Wqf[:, :, nj, ni, :].reshape(n_heads, d, -1)
+    return np.unravel_index(kept, (n_kv, P)), np.unravel_index(nope, (n_kv, P)), rope_kept
 
+
+def _compress_kv(W_Kn, W_V, rank, dt, **opts):
+    """Joint low-rank factors of ``[W_K^nope, W_V]`` (``W_V`` alone if every pair rotates).
+
+    Returns ``(D, U_K, U_V, weight_error, activation_error)``.
+    """
     if W_Kn.shape[1]:
-        D, (U_K, U_V), w_err, a_err = _compress(
-            [W_Kn, W_V],
-            rank,
-            method=method,
-            split=split,
-            X=X,
-            damping=damping,
-            solver=solver,
-            rng=rng,
-        )
+        D, (U_K, U_V), w_err, a_err = _compress([W_Kn, W_V], rank, **opts)
     else:
-        D, (U_V,), w_err, a_err = _compress(
-            [W_V],
-            rank,
-            method=method,
-            split=split,
-            X=X,
-            damping=damping,
-            solver=solver,
-            rng=rng,
-        )
+        D, (U_V,), w_err, a_err = _compress([W_V], rank, **opts)
         U_K = np.zeros((rank, 0), dt)
-    W_UV = U_V.reshape(rank, n_kv, d_v).transpose(1, 0, 2)[group]
-    weights = MLAWeights(
-        W_DKV=D,
-        W_UK=np.ascontiguousarray(np.broadcast_to(U_K, (n_heads, *U_K.shape))),
-        W_UV=np.ascontiguousarray(W_UV),
-        W_Q=np.ascontiguousarray(W_Qn),
-        W_QR=np.ascontiguousarray(W_QR),
-        W_KR=np.ascontiguousarray(W_KR),
-        rope_freqs=freqs_all[ki],
-        W_O=_out_proj(W_O, n_heads, d_v, dt),
-        scale=_scale(scale, d_h),
-    )
-    cache = rank + rope_dims
-    return MLAConversion(
-        weights=weights,
-        rank=rank,
-        cache_size=cache,
-        compression=n_kv * (d_h + d_v) / cache,
-        weight_error=w_err,
-        activation_error=a_err,
-        rope_kept=rope_kept,
-    )
+    return D, U_K, U_V, w_err, a_err
 
 
 # ---------------------------------------------------------------------------------------

@@ -517,24 +517,10 @@ class SoftmaxMatrix(EntryMatrixBase):
         return out.reshape(-1) if vec else out
 
     def rmatmat(self, X) -> np.ndarray:
-        r"""Return :math:`M^TX` without forming :math:`M`.
+        r"""Return :math:`M^TX` without forming :math:`M`: :meth:`matmat` of the transpose.
 
-        Parameters
-        ----------
-        X : array_like, shape (n,) or (n, k)
-            Operand.
-
-        Returns
-        -------
-        ndarray, shape (m,) or (m, k)
-            In the promoted dtype of the matrix and ``X``.
-
-        Raises
-        ------
-        ValueError
-            ``X`` with the wrong number of rows, non-finite or empty.
-        OverflowError
-            Raw form whose entries overflow.
+        ``X`` has shape ``(n,)`` or ``(n, k)``, the result ``(m,)`` or ``(m, k)``;
+        dtype and errors as for :meth:`matmat`.
         """
         X2, vec = self._operand(X, self.shape[0], "X")
         out = self._product(X2, True, self._block_rows())

@@ -84,6 +84,14 @@ def select_spread(entropy: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[ranks])
 
 
+def choose_heads(heads, layers, n_layers: int, n_heads: int) -> np.ndarray:
+    """Heads to extract: the explicit ``heads`` or every head of ``layers`` (default all)."""
+    if heads is not None:
+        return parse_heads(heads, n_layers, n_heads)
+    layer_list = range(n_layers) if layers is None else sorted({int(i) for i in layers})
+    return parse_heads([(i, h) for i in layer_list for h in range(n_heads)], n_layers, n_heads)
+
+
 def assemble(
     q: dict,
     k: dict,

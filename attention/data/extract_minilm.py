@@ -105,12 +105,7 @@ def similarity_check(paraphrases=PARAPHRASES, unrelated=UNRELATED) -> Similarity
 
 
 def extract(
-    text: str | None = None,
-    *,
-    n_tokens: int = 512,
-    layers=None,
-    heads=None,
-    select: int | None = None,
+    text: str | None = None, *, n_tokens: int = 512, layers=None, heads=None, select=None
 ) -> AttentionSample:
     """Compute queries, keys and values of all-MiniLM-L6-v2 heads on a text.
 
@@ -144,12 +139,7 @@ def extract(
     body, label = _extract.read_text(text)
     model = _minilm.load()
     ids = model.tokenize(body, n_tokens)
-    L, H = _minilm.N_LAYERS, _minilm.N_HEADS
-    if heads is not None:
-        chosen = _extract.parse_heads(heads, L, H)
-    else:
-        layer_list = range(L) if layers is None else sorted({int(i) for i in layers})
-        chosen = _extract.parse_heads([(i, h) for i in layer_list for h in range(H)], L, H)
+    chosen = _extract.choose_heads(heads, layers, _minilm.N_LAYERS, _minilm.N_HEADS)
     fwd = model.forward(ids, layers=np.unique(chosen[:, 0]))
     scale = 1.0 / np.sqrt(_minilm.HEAD_DIM)
     rule = "explicit heads" if heads is not None else "all heads of the layers"
@@ -163,18 +153,8 @@ def extract(
         f"pass in {model.dtype}); text {label}, first {n_tokens - 2} WordPiece tokens "
         f"between [CLS] and [SEP]; {rule}."
     )
-    return _extract.assemble(
-        fwd.q,
-        fwd.k,
-        fwd.v,
-        ids,
-        chosen,
-        group=1,
-        causal=False,
-        scale=scale,
-        model=_minilm.MODEL_NAME,
-        description=description,
-    )
+    meta = {"group": 1, "causal": False, "scale": scale, "model": _minilm.MODEL_NAME}
+    return _extract.assemble(fwd.q, fwd.k, fwd.v, ids, chosen, description=description, **meta)
 
 
 def main(argv=None) -> int:

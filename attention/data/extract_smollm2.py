@@ -97,12 +97,7 @@ def perplexity_check(
 
 
 def extract(
-    text: str | None = None,
-    *,
-    n_tokens: int = 512,
-    layers=None,
-    heads=None,
-    select: int | None = None,
+    text: str | None = None, *, n_tokens: int = 512, layers=None, heads=None, select=None
 ) -> AttentionSample:
     """Compute queries, keys and values of SmolLM2-135M-Instruct heads on a text.
 
@@ -136,12 +131,7 @@ def extract(
     body, label = _extract.read_text(text)
     model = _smollm2.load()
     ids = model.tokenize(body, n_tokens)
-    L, H = model.n_layers, model.n_heads
-    if heads is not None:
-        chosen = _extract.parse_heads(heads, L, H)
-    else:
-        layer_list = range(L) if layers is None else sorted({int(i) for i in layers})
-        chosen = _extract.parse_heads([(i, h) for i in layer_list for h in range(H)], L, H)
+    chosen = _extract.choose_heads(heads, layers, model.n_layers, model.n_heads)
     fwd = model.forward(ids, layers=np.unique(chosen[:, 0]))
     return from_forward(
         fwd, ids, chosen, select=select if heads is None else None, text_label=label
@@ -167,18 +157,8 @@ def from_forward(fwd, ids, heads, *, select=None, text_label="") -> AttentionSam
         f"{len(ids)} tokens; {rule}; K/V are the kv head (query head // {group}) of each "
         "query head."
     )
-    return _extract.assemble(
-        fwd.q,
-        fwd.k,
-        fwd.v,
-        ids,
-        chosen,
-        group=group,
-        causal=True,
-        scale=scale,
-        model=_smollm2.MODEL_NAME,
-        description=description,
-    )
+    meta = {"group": group, "causal": True, "scale": scale, "model": _smollm2.MODEL_NAME}
+    return _extract.assemble(fwd.q, fwd.k, fwd.v, ids, chosen, description=description, **meta)
 
 
 def main(argv=None) -> int:
