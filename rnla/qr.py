@@ -61,7 +61,8 @@ class QRCPResult(NamedTuple):
         Rank-revealing quality :math:`\max_{ij}|(R_{11}^{-1}R_{12})_{ij}|` of the leading
         ``k x k`` block (``f`` of strong RRQR; Gu-Eisenstat guarantee ``f <= 2`` for
         their algorithm, random pivots typically give a small value). NaN when
-        ``k = n`` (no trailing block).
+        ``k = n`` (no trailing block), inf when :math:`R_{11}` is exactly singular
+        (``k`` above the rank of ``A``).
     """
 
     Q: np.ndarray
@@ -307,6 +308,9 @@ def qrcp(A, /, *, rank=None, block_size=64, oversample=8, rng=None) -> QRCPResul
     Q = orgqr(W[:, :rank], tau, lwork=max(1, rank * 64))[0]
     growth = math.nan
     if rank < n:
-        T = sla.solve_triangular(R[:, :rank], R[:, rank:], lower=False, check_finite=False)
-        growth = float(np.max(np.abs(T))) if T.size else math.nan
+        try:
+            T = sla.solve_triangular(R[:, :rank], R[:, rank:], lower=False, check_finite=False)
+            growth = float(np.max(np.abs(T))) if T.size else math.nan
+        except np.linalg.LinAlgError:  # exactly singular R11 (rank above the matrix rank)
+            growth = math.inf
     return QRCPResult(np.ascontiguousarray(Q), R, perm.astype(np.int64), growth)
