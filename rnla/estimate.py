@@ -479,15 +479,21 @@ def _svd_factors(src: _Operator, factors: SVDResult):
     return (U * s).astype(dtype, copy=False), Vt.astype(dtype, copy=False), dtype
 
 
-def _qb_factors(src: _Operator, factors: QBResult):
+def _thin_pair(src: _Operator, factors, left: str, right: str, *, transposed: bool):
+    """``factors.<left>`` (m, r) and ``factors.<right>`` (r, n), or (n, r) if ``transposed``."""
     m, n = src.shape
-    Q = _factor(factors.Q, "factors.Q", 2)
-    B = _factor(factors.B, "factors.B", 2)
-    r = Q.shape[1]
-    _check_shape("factors.Q", Q.shape, (m, r), src.shape)
-    _check_shape("factors.B", B.shape, (r, n), src.shape)
-    dtype = result_dtype(src.dtype, Q.dtype, B.dtype)
-    return Q.astype(dtype, copy=False), B.astype(dtype, copy=False), dtype
+    L = _factor(getattr(factors, left), f"factors.{left}", 2)
+    R = _factor(getattr(factors, right), f"factors.{right}", 2)
+    r = L.shape[1]
+    _check_shape(f"factors.{left}", L.shape, (m, r), src.shape)
+    _check_shape(f"factors.{right}", R.shape, (n, r) if transposed else (r, n), src.shape)
+    dtype = result_dtype(src.dtype, L.dtype, R.dtype)
+    R = R.T if transposed else R
+    return L.astype(dtype, copy=False), R.astype(dtype, copy=False), dtype
+
+
+def _qb_factors(src: _Operator, factors: QBResult):
+    return _thin_pair(src, factors, "Q", "B", transposed=False)
 
 
 def _eigh_factors(src: _Operator, factors: EighResult):
@@ -544,14 +550,7 @@ def _cur_factors(src: _Operator, factors: CURResult):
 
 
 def _cross_factors(src: _Operator, factors: CrossResult):
-    m, n = src.shape
-    U = _factor(factors.U, "factors.U", 2)
-    V = _factor(factors.V, "factors.V", 2)
-    r = U.shape[1]
-    _check_shape("factors.U", U.shape, (m, r), src.shape)
-    _check_shape("factors.V", V.shape, (n, r), src.shape)
-    dtype = result_dtype(src.dtype, U.dtype, V.dtype)
-    return U.astype(dtype, copy=False), V.T.astype(dtype, copy=False), dtype
+    return _thin_pair(src, factors, "U", "V", transposed=True)
 
 
 def _pair_factors(src: _Operator, factors):

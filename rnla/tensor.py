@@ -351,6 +351,28 @@ def _truncate(C: np.ndarray, cap: int | None, delta2: float | None):
     return np.ascontiguousarray(U[:, :r]), s[:r, None] * Vt[:r], float(np.sum(sq[r:]))
 
 
+def _randomized_step(C: np.ndarray, rank: int, p: int, q: int, sketch, rng):
+    """``C ~ U R`` at rank ``min(rank, *C.shape)``: ``(U, R, ||C - U R||_F^2)``.
+
+    ``U`` has orthonormal columns. A range finder with ``rank + p`` columns and ``q``
+    power iterations, then the truncated SVD of ``Q^T C``; an exact truncation when it
+    is cheaper (:func:`_exact_step_cheaper`). The squared error is
+    ``||C||_F^2 - ||Q^T C||_F^2`` (what the range misses, Pythagoras) plus the tail
+    truncated from ``Q^T C``.
+    """
+    m, M = C.shape
+    r = min(rank, m, M)
+    ell = min(r + p, m, M)
+    if _exact_step_cheaper(m, M, ell, q):
+        return _truncate(C, r, None)
+    Q = range_finder(C, ell, n_iter=q, sketch=sketch, rng=rng)
+    B = Q.T @ C
+    W, R, tail2 = _truncate(B, r, None)
+    C64, B64 = C.astype(np.float64, copy=False), B.astype(np.float64, copy=False)
+    missed2 = max(float(np.vdot(C64, C64)) - float(np.vdot(B64, B64)), 0.0)
+    return Q @ W, R, missed2 + tail2
+
+
 def _exact_step_cheaper(m: int, M: int, ell: int, q: int) -> bool:
     """Whether an exact step beats a range finder with ``ell`` columns in flops.
 
@@ -593,19 +615,8 @@ def randomized_tt_svd(
     C, r_prev = X, 1
     for k in range(d - 1):
         C = C.reshape(r_prev * shape[k], -1)
-        m, M = C.shape
-        r = min(caps[k], m, M)
-        ell = min(r + p, m, M)
-        if _exact_step_cheaper(m, M, ell, q):
-            U, C, tail2 = _truncate(C, r, None)
-            err2 += tail2
-        else:
-            Q = range_finder(C, ell, n_iter=q, sketch=sketch, rng=rng)
-            B = Q.T @ C
-            W, C_next, tail2 = _truncate(B, r, None)
-            C64, B64 = C.astype(np.float64, copy=False), B.astype(np.float64, copy=False)
-            err2 += max(float(np.vdot(C64, C64)) - float(np.vdot(B64, B64)), 0.0) + tail2
-            U, C = Q @ W, C_next
+        U, C, step_err2 = _randomized_step(C, caps[k], p, q, sketch, rng)
+        err2 += step_err2
         r = U.shape[1]
         cores.append(np.ascontiguousarray(U).reshape(r_prev, shape[k], r))
         r_prev = r
@@ -1305,19 +1316,8 @@ def randomized_tucker(X, rank, /, *, oversample=10, n_iter=1, rng=None) -> Tucke
     for mode in range(d):
         core_shape = list(G.shape)
         C = np.moveaxis(G, mode, 0).reshape(core_shape[mode], -1)
-        m, M = C.shape
-        r = min(ranks[mode], m, M)
-        ell = min(r + p, m, M)
-        if _exact_step_cheaper(m, M, ell, q):
-            U, R, tail2 = _truncate(C, r, None)
-            err2 += tail2
-        else:
-            Q = range_finder(C, ell, n_iter=q, rng=rng)
-            B = Q.T @ C
-            W, R, tail2 = _truncate(B, r, None)
-            C64, B64 = C.astype(np.float64, copy=False), B.astype(np.float64, copy=False)
-            err2 += max(float(np.vdot(C64, C64)) - float(np.vdot(B64, B64)), 0.0) + tail2
-            U = Q @ W
+        U, R, step_err2 = _randomized_step(C, ranks[mode], p, q, "gaussian", rng)
+        err2 += step_err2
         factors.append(np.ascontiguousarray(U))
         core_shape[mode] = U.shape[1]
         rest = core_shape[:mode] + core_shape[mode + 1 :]
