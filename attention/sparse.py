@@ -54,6 +54,7 @@ from attention._core import (
     method_result,
     problem_cost_exact,
 )
+from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound
 from attention.exact import _attend
@@ -89,6 +90,32 @@ def _partial(qb, kb, vb, scale, keep=None, logw=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(finite[:, None], (e @ vb) / np.where(finite, z, 1.0)[:, None], 0.0)
         lse = np.where(finite, shift + np.log(np.where(finite, z, 1.0)), _NEG)
+    return out, lse
+
+
+def _block_partials(q, k, v, scale, rows, J, keep):
+    """Exact attention of query blocks over gathered key sets, as batched GEMMs.
+
+    ``rows`` (nb, B) query indices (``-1``: padding), ``J`` (nb, L) key indices
+    (clipped into range) and ``keep`` (nb, B, L) the visible pairs. Returns
+    ``(out (nb, B, dv), lse (nb, B))`` in the dtype of ``q`` (lse in float64); rows that
+    see no key get zero output and ``lse = -inf``.
+    """
+    qb = q[np.maximum(rows, 0)]
+    s = np.matmul(qb, k[J].transpose(0, 2, 1))
+    s *= s.dtype.type(scale)
+    s = np.where(keep, s, _NEG)
+    mx = s.max(axis=2)
+    finite = np.isfinite(mx)
+    shift = np.where(finite, mx, 0.0).astype(s.dtype)
+    s -= shift[..., None]
+    np.exp(s, out=s)
+    z = s.sum(axis=2)
+    out = np.matmul(s, v[J])
+    zs = np.where(finite, z, 1.0)
+    out = np.where(finite[..., None], out / zs[..., None], 0.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(finite, shift + np.log(zs.astype(np.float64)), _NEG)
     return out, lse
 
 
@@ -262,26 +289,35 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
     window = check_int(window, "window", minimum=0)
     error_bound = check_error_bound(error_bound, ("exact",))
     n, m, G = problem.n, problem.m, problem.n_slices
-    pos = _positions(problem)
-    outs = np.zeros((G, n, problem.dv))
-    lse = np.full((G, n), _NEG)
-    pairs = 0
-    for g in range(G):
-        q, k, v = _slices64(problem, g)
-        for r0 in range(0, n, _WINDOW_BLOCK):
-            r1 = min(n, r0 + _WINDOW_BLOCK)
-            p = pos[r0:r1]
-            lo = max(0, int(p[0]) - window)
-            hi = min(m, int(p[-1]) + (1 if problem.causal else window + 1))
-            if hi <= lo:
-                continue
-            j = np.arange(lo, hi)
-            keep = np.abs(j[None, :] - p[:, None]) <= window
-            if problem.causal:
-                keep &= j[None, :] <= p[:, None]
-            o, ls = _partial(q[r0:r1], k[lo:hi], v[lo:hi], problem.scale, keep)
-            outs[g, r0:r1], lse[g, r0:r1] = o, ls
-            pairs += (r1 - r0) * (hi - lo)
+    B = _WINDOW_BLOCK
+    nb = -(-n // B)
+    rows = np.arange(nb * B).reshape(nb, B)
+    rows = np.where(rows < n, rows, -1)
+    prow = np.where(rows >= 0, rows + problem.offset, 0)  # key position of each query
+    # Keys of block b: the band from its first query's position - window to its last
+    # query's position (+ window when not causal).
+    width = B + window + (0 if problem.causal else window)
+    J = (prow[:, 0] - window)[:, None] + np.arange(width)[None, :]
+    keep = (J[:, None, :] >= 0) & (J[:, None, :] < m) & (rows[:, :, None] >= 0)
+    keep &= np.abs(J[:, None, :] - prow[:, :, None]) <= window
+    if problem.causal:
+        keep &= J[:, None, :] <= prow[:, :, None]
+    Jc = np.clip(J, 0, max(m - 1, 0))
+    # float64 when the exact dropped mass is wanted (kept lse must not be swamped by
+    # float32 rounding), the input dtype otherwise.
+    wdt = np.float64 if error_bound == "exact" else problem.dtype
+
+    def attend(g):
+        q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
+        if m == 0:
+            return np.zeros((n, problem.dv)), np.full(n, _NEG)
+        o, ls = _block_partials(q, k, v, problem.scale, rows, Jc, keep)
+        return o.reshape(nb * B, -1)[:n], ls.reshape(-1)[:n]
+
+    res = map_slices(attend, range(G))
+    outs = np.stack([o for o, _ in res]).astype(np.float64)
+    lse = np.stack([ls for _, ls in res])
+    pairs = G * int(np.sum((rows >= 0).sum(axis=1) * ((J >= 0) & (J < m)).sum(axis=1)))
     bound = None
     extra = 0.0
     if error_bound == "exact":
@@ -346,12 +382,16 @@ def _bigbird(
     # 2 nkb + 1 blocks around any position already cover every key block.
     n_window = min(n_window, 2 * nkb + 1)
     pos = _positions(problem)
-    outs = np.zeros((G, n, problem.dv))
-    lse = np.full((G, n), _NEG)
     pairs = 0
     n_global_pos = n_global * bs
-    for g in range(G):
-        q, k, v = _slices64(problem, g)
+    nqb = -(-n // bs)
+    rows = np.arange(nqb * bs).reshape(nqb, bs)
+    rows = np.where(rows < n, rows, -1)
+    # The pattern: key blocks of every query block of every slice, drawn in a fixed
+    # order from positions and rng only (never from the data).
+    plans = []
+    for _ in range(G):
+        plan = []
         for r0 in range(0, n, bs):
             r1 = min(n, r0 + bs)
             p = pos[r0:r1]
@@ -372,20 +412,41 @@ def _bigbird(
             # positions only), so the pattern never depends on the data.
             if n_draw:
                 blocks |= set(rng.choice(pool, size=n_draw, replace=False).tolist())
-            if not blocks:
-                continue
-            j = np.concatenate([np.arange(b * bs, min(m, (b + 1) * bs)) for b in sorted(blocks)])
-            keep = (j[None, :] <= p[:, None]) if problem.causal else None
-            o, ls = _partial(q[r0:r1], k[j], v[j], problem.scale, keep)
-            outs[g, r0:r1], lse[g, r0:r1] = o, ls
-            pairs += (r1 - r0) * j.size
+            plan.append(sorted(blocks))
+        plans.append(plan)
+    width = max((len(b) for plan in plans for b in plan), default=0) * bs
+    gq = np.flatnonzero((pos >= 0) & (pos < n_global_pos))
+    wdt = np.float64 if error_bound == "exact" else problem.dtype
+
+    def attend(g):
+        q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
+        out = np.zeros((n, problem.dv), dtype=wdt)
+        lse_g = np.full(n, _NEG)
+        if width == 0 or m == 0:
+            return out, lse_g, 0
+        J = np.full((nqb, width), -1, dtype=np.int64)
+        for b, blocks in enumerate(plans[g]):
+            if blocks:
+                j = np.concatenate([np.arange(c * bs, min(m, (c + 1) * bs)) for c in blocks])
+                J[b, : j.size] = j
+        keep = (J[:, None, :] >= 0) & (rows[:, :, None] >= 0)
+        if problem.causal:
+            keep &= J[:, None, :] <= np.where(rows >= 0, rows + problem.offset, -1)[:, :, None]
+        o, ls = _block_partials(q, k, v, problem.scale, rows, np.maximum(J, 0), keep)
+        out[:] = o.reshape(nqb * bs, -1)[:n]
+        lse_g[:] = ls.reshape(-1)[:n]
+        npairs = int(np.sum((rows >= 0).sum(axis=1) * (J >= 0).sum(axis=1)))
         # Global queries (positions < n_global * block_size) see every visible key.
-        gq = np.flatnonzero((pos >= 0) & (pos < n_global_pos))
         if gq.size:
-            keep = (np.arange(m)[None, :] <= pos[gq, None]) if problem.causal else None
-            o, ls = _partial(q[gq], k, v, problem.scale, keep)
-            outs[g, gq], lse[g, gq] = o, ls
-            pairs += gq.size * m
+            keep_g = (np.arange(m)[None, :] <= pos[gq, None]) if problem.causal else None
+            out[gq], lse_g[gq] = _partial(q[gq], k, v, problem.scale, keep_g)
+            npairs += gq.size * m
+        return out, lse_g, npairs
+
+    res = map_slices(attend, range(G))
+    outs = np.stack([o for o, _, _ in res]).astype(np.float64)
+    lse = np.stack([ls for _, ls, _ in res])
+    pairs = sum(c for _, _, c in res)
     bound = None
     extra = 0.0
     if error_bound == "exact":

@@ -28,6 +28,9 @@ def _per_frequency_estimates(x, y, W, features):
     R = W.shape[0]
     lq, sq = K._rf_logs(x[None, :], W, features, True)
     lk, sk = K._rf_logs(y[None, :], W, features, False)
+    # Positive/hyperbolic features have multipliers 1 (returned as None).
+    sq = 1.0 if sq is None else sq
+    sk = 1.0 if sk is None else sk
     prod = (np.exp(lq + lk) * sq * sk)[0]
     if features == "positive":
         return R * prod
