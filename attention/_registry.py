@@ -50,6 +50,9 @@ class MethodInfo(NamedTuple):
         Parameter names and default values.
     func : callable
         The implementation.
+    noncausal_reason : str
+        For a method without ``causal=True``: why (which paper, what would leak);
+        empty for causal methods.
     """
 
     name: str
@@ -61,6 +64,7 @@ class MethodInfo(NamedTuple):
     summary: str
     defaults: dict
     func: Callable
+    noncausal_reason: str = ""
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -86,11 +90,14 @@ def register(
     bound: str | None,
     summary: str,
     masks: bool = False,
+    noncausal_reason: str | None = None,
 ):
     """Register a method implementation under ``name`` (decorator).
 
     The function must take ``(problem, *, rng, **params)`` with every parameter
-    keyword-only and defaulted, and return a :class:`MethodResult`.
+    keyword-only and defaulted, and return a :class:`MethodResult`. A method registered
+    with ``causal=False`` should say why in ``noncausal_reason`` (which paper, what
+    would leak); the text is shown when ``causal=True`` is refused.
     """
     if bound is not None and bound not in BOUND_KINDS:
         raise ValueError(f"bound={bound!r} must be None or one of {BOUND_KINDS}")
@@ -108,7 +115,16 @@ def register(
                 )
             defaults[pname] = p.default
         _REGISTRY[name] = MethodInfo(
-            name, section, family, causal, masks, bound, summary, defaults, func
+            name,
+            section,
+            family,
+            causal,
+            masks,
+            bound,
+            summary,
+            defaults,
+            func,
+            "" if causal else (noncausal_reason or ""),
         )
         return func
 
@@ -215,8 +231,9 @@ def approximate(
         Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=method != "exact"
     )
     if problem.causal and not info.causal:
+        why = info.noncausal_reason or "it would leak future keys"
         raise ValueError(
-            f"method {method!r} does not support causal=True (it would leak future keys); "
+            f"method {method!r} does not support causal=True ({why}); "
             "causal methods: " + ", ".join(m.name for m in methods() if m.causal)
         )
     if problem.mask is not None and not info.masks:

@@ -21,8 +21,12 @@ its helpers.
 **Bounds.** These methods return no bound: their theory gives none that can be checked
 on the data (:func:`attention.certify` still applies).
 
-**Causality.** They choose key sets from all keys (bucket boundaries, centroids), so
-future keys would change past outputs: they are registered with ``causal=False``.
+**Causality.** ``reformer`` and ``routing`` have causal forms, as in their papers (causal
+language models): per-bucket (per-cluster) chunks in position order, so a query's key set
+depends on earlier keys only, and online centroids for routing (see their notes). SMYRF
+and Multipole choose key sets from all keys (balanced bucket boundaries, k-means
+centroids): future keys would change past outputs, so they are registered with
+``causal=False`` (the registry's ``noncausal_reason`` says why).
 
 References
 ----------
@@ -38,9 +42,11 @@ from __future__ import annotations
 import numpy as np
 
 from attention._core import Problem, method_result
+from attention._parallel import map_slices
 from attention._registry import register
 from attention.sparse import (
     _NEG,
+    _block_partials,
     _cost,
     _merge_into,
     _partial,
@@ -53,6 +59,9 @@ from rnla.cluster import angular_lsh, balanced_buckets, kmeans
 
 __all__: list[str] = []
 
+_ROUTING_MAX_CLUSTER = 256  # default cap of the keys a routing cluster attends
+_ROUTING_PERIOD = 256  # positions between online centroid updates (causal routing)
+
 
 # ---------------------------------------------------------------------------------------
 # Reformer (angular LSH, sorted chunks, multi-round with duplicate correction)
@@ -63,11 +72,13 @@ __all__: list[str] = []
     "reformer",
     section="§3.2",
     family="clustering",
-    causal=False,
+    causal=True,
     bound=None,
     summary="Reformer: angular LSH of normalised q/k, sorted chunks + previous chunk, rounds.",
 )
-def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
+def _reformer(
+    problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2, exclude_self=False
+):
     r"""Reformer LSH attention (registered as ``"reformer"``).
 
     Parameters
@@ -79,6 +90,11 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
         Items (queries and keys together) per chunk of the sorted sequence.
     n_rounds : int, default=2
         Independent hash rounds.
+    exclude_self : bool, default=False
+        ``causal=True`` only: a query does not attend the key at its own position
+        unless nothing else is visible to it (the rule of the paper's shared-QK
+        language model, where that key is the query itself; off by default because with
+        separate keys it only adds error).
 
     Notes
     -----
@@ -92,17 +108,31 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
     :math:`\cup_r S_{r,i}` (Kitaev et al., 2020, §3). A query that sees no key in any
     round (its chunk and the previous one hold only queries, e.g. when ``m`` is much
     smaller than ``n``) attends exactly to all keys instead (counted in the cost). Cost
-    about :math:`4\,n\,c\,r(d + d_v)` flops plus hashing :math:`(n + m)\,d\,b\,r`. Not
-    causal: bucket and chunk boundaries depend on all keys.
+    about :math:`4\,n\,c\,r(d + d_v)` flops plus hashing :math:`(n + m)\,d\,b\,r`.
+
+    ``causal=True`` (the causal language model of Kitaev et al., 2020): the same hashes,
+    but chunks are cut inside each bucket in position order - the ``t``-th key of a
+    bucket lies in that bucket's chunk ``t // chunk_size`` - so a key's chunk depends on
+    earlier keys only. Query ``i`` attends, in each round, the keys of its bucket at
+    positions ``<= i + m - n`` that lie in the chunk of the last of them or in the
+    previous chunk (between 1 and ``2 chunk_size`` keys), never a future position; the
+    rounds are merged with the same duplicate correction. Changing future queries, keys
+    or values leaves every earlier output bit-for-bit unchanged (blocks of a fixed
+    shape). A query whose union of sets is empty attends its own position. Cost about
+    :math:`4\,n\,c\,r(d + d_v)` flops.
     """
     n_buckets = check_int(n_buckets, "n_buckets", minimum=2)
     if n_buckets % 2:
         raise ValueError(f"n_buckets={n_buckets} must be even (angular LSH)")
     cs = check_int(chunk_size, "chunk_size", minimum=1)
     n_rounds = check_int(n_rounds, "n_rounds", minimum=1)
+    if not isinstance(exclude_self, bool | np.bool_):
+        raise TypeError(f"exclude_self must be a bool, got {exclude_self!r}")
     n, m, G = problem.n, problem.m, problem.n_slices
     N = n + m
     n_buckets = min(n_buckets, 2 * ((N + 1) // 2))
+    if problem.causal:
+        return _reformer_causal(problem, rng, n_buckets, cs, n_rounds, bool(exclude_self))
     n_chunks = -(-N // cs)
     outs = np.zeros((G, n, problem.dv))
     lses = np.full((G, n), _NEG)
@@ -150,7 +180,7 @@ def _reformer(problem: Problem, *, rng, n_buckets=8, chunk_size=32, n_rounds=2):
     "routing",
     section="§3.2",
     family="clustering",
-    causal=False,
+    causal=True,
     bound=None,
     summary="Routing Transformer: spherical k-means on q/k, each centroid attends its top keys.",
 )
@@ -164,9 +194,10 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
         to ``n + m`` (one per point).
     cluster_size : int, optional
         Keys attended per centroid (its ``cluster_size`` nearest keys by cosine); default
-        ``ceil(m / n_clusters)``, the balanced cluster size.
+        ``min(ceil(m / n_clusters), 256)``, the balanced cluster size up to 256 keys (the
+        cap keeps the cost linear in ``n`` at long context; it was uncapped).
     n_iter : int, default=10
-        k-means iterations.
+        k-means iterations (non-causal).
 
     Notes
     -----
@@ -174,15 +205,31 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
     queries and keys; each centroid attends its ``cluster_size`` nearest keys (top-k
     balancing as in Roy et al., 2021) and each query is routed to its nearest centroid,
     so every query has exactly one key set of size ``cluster_size``. Cost
-    :math:`2(n + m)\,d\,C\,t` for k-means plus :math:`2n\,w(d + d_v)`. Not causal:
-    the centroids depend on all keys and queries.
+    :math:`2(n + m)\,d\,C\,t` for k-means plus :math:`2n\,w(d + d_v)`.
+
+    ``causal=True`` (Roy et al., 2021, use routing attention in causal language models
+    with centroids learned online, never from the current sequence's future): the
+    centroids start as ``n_clusters`` random directions drawn from ``rng`` and are
+    updated online as positions advance - every 256 positions each centroid becomes the
+    normalised sum of its start and the unit queries and keys assigned to it so far
+    (sequential spherical k-means); the queries and keys of a period are routed with the
+    centroids of the positions before it. Query ``i`` attends the most recent keys
+    (positions ``<= i + m - n``) of its cluster: the window of the last
+    ``cluster_size / 2`` to ``cluster_size`` of them (per-cluster chunks, as the causal
+    ``reformer``). No future query, key or value changes a past output. Cost
+    :math:`2(n + m)\,d\,C + 2n\,w(d + d_v)` flops.
     """
     C = check_int(n_clusters, "n_clusters", minimum=1)
     n, m, G = problem.n, problem.m, problem.n_slices
     C = min(C, n + m)  # more centroids than points is one cluster per point
-    w = -(-m // C) if cluster_size is None else check_int(cluster_size, "cluster_size", minimum=1)
-    w = min(w, m)
+    if cluster_size is None:
+        w = min(-(-m // C), _ROUTING_MAX_CLUSTER)
+    else:
+        w = check_int(cluster_size, "cluster_size", minimum=1)
+    w = max(1, min(w, m))
     n_iter = check_int(n_iter, "n_iter", minimum=1)
+    if problem.causal:
+        return _routing_causal(problem, rng, C, w)
     outs = np.zeros((G, n, problem.dv))
     lses = np.full((G, n), _NEG)
     pairs = 0
@@ -214,6 +261,11 @@ def _routing(problem: Problem, *, rng, n_clusters=8, cluster_size=None, n_iter=1
     section="§3.2",
     family="clustering",
     causal=False,
+    noncausal_reason=(
+        "SMYRF (Daras et al., 2020) cuts the projections of all queries and keys into "
+        "equal-size (balanced) buckets: a future key moves the bucket boundaries of past "
+        "ones; the paper applies it to non-causal models (BigGAN, BERT, RoBERTa)"
+    ),
     bound=None,
     summary="SMYRF: asymmetric transforms, balanced projection buckets, mass-weighted rounds.",
 )
@@ -285,6 +337,11 @@ def _smyrf(problem: Problem, *, rng, bucket_size=32, n_rounds=2):
     section="§3.2",
     family="clustering",
     causal=False,
+    noncausal_reason=(
+        "Multipole attention (Hooper et al., 2025) clusters all keys by k-means and "
+        "summarises the far clusters by centroids and mean values: future keys move the "
+        "centroids and enter every query's far-field term"
+    ),
     bound=None,
     summary="Multipole: k-means keys, exact top clusters up to a budget, centroids for the rest.",
 )
@@ -354,3 +411,205 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         pairs += n * C
     km_flops = 2.0 * G * m * problem.d * C * (n_iter + 2)
     return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))
+
+
+# ---------------------------------------------------------------------------------------
+# Causal bucketed attention (shared by causal Reformer and causal Routing)
+# ---------------------------------------------------------------------------------------
+
+
+def _bucket_sets(bq, bk, kpos, qpos, cs):
+    """Per-bucket chunk windows of the visible keys (causal).
+
+    Keys of bucket ``b`` are taken in position order; the ``t``-th of them lies in
+    chunk ``t // cs`` of its bucket. Query ``i`` (bucket ``bq[i]``, key position
+    ``qpos[i]``) sees ``r_i`` keys of its bucket at positions ``<= qpos[i]``; it attends
+    the chunk of the last of them and the previous chunk of the same bucket: ranks
+    ``lo_i <= t < r_i`` with ``lo_i = cs * max(0, (r_i - 1) // cs - 1)``. All of this
+    depends on the keys at positions ``<= qpos[i]`` only.
+
+    Returns ``order`` (keys sorted by (bucket, position)), ``start`` (first index of
+    each bucket in ``order``), ``rank`` (m,) rank of each key in its bucket, ``r`` (n,)
+    and ``lo`` (n,).
+    """
+    nb = int(max(bq.max(initial=0), bk.max(initial=0))) + 1
+    m = bk.shape[0]
+    order = np.lexsort((kpos, bk))
+    counts = np.bincount(bk, minlength=nb)
+    start = np.concatenate([[0], np.cumsum(counts)])
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m) - start[bk[order]]
+    # r_i: keys of bucket bq_i at positions <= qpos_i (composite key bucket * (m + 1) + pos).
+    comp = bk[order] * (m + 1) + kpos[order]
+    r = np.searchsorted(comp, bq * (m + 1) + np.minimum(qpos, m), side="right") - start[bq]
+    lo = cs * np.maximum(0, (r - 1) // cs - 1)
+    return order, start, rank, r, lo
+
+
+def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, exclude_self):
+    """Causal attention within per-bucket chunk windows, merged over rounds.
+
+    ``bq_rounds`` (R, n) and ``bk_rounds`` (R, m) are bucket labels of queries and keys
+    per round. Round ``r`` gives query ``i`` the key set ``S_r(i)`` of
+    :func:`_bucket_sets`; the rounds are merged through log-sum-exp with each score
+    lowered by ``log N_ij`` (``N_ij`` the rounds whose set holds ``j``), which is exact
+    softmax attention over the union of the sets. With ``exclude_self`` the key at the
+    query's own position is left out; a query whose union is empty attends its own
+    position (the paper's "unless it is the only option"). Every block has the same
+    shape ``(cs, 2 cs)``, so a row's arithmetic never depends on other rows' data.
+
+    Returns ``(out (n, dv), lse (n,), pairs)`` in the dtype of ``q`` (lse float64).
+    """
+    n, m = q.shape[0], k.shape[0]
+    R = bq_rounds.shape[0]
+    cs = max(1, min(cs, m))  # wider chunks than all keys only add padding
+    qpos = np.arange(n) + offset
+    kpos = np.arange(m)
+    sets = [_bucket_sets(bq_rounds[t], bk_rounds[t], kpos, qpos, cs) for t in range(R)]
+    acc = np.zeros((n, v.shape[1]), dtype=np.float64)
+    L = np.full(n, _NEG)
+    pairs = 0
+    L_key = 2 * cs
+    for t in range(R):
+        order, start, _, r, lo = sets[t]
+        has = (r > 0) & (qpos >= 0)
+        qi = np.flatnonzero(has)
+        if qi.size == 0:
+            continue
+        b = bq_rounds[t, qi]
+        # Queries sharing (bucket, window start) share a key block: group and cut into
+        # blocks of at most cs queries.
+        keyid = b * (m + 1) + lo[qi]
+        srt = np.lexsort((qi, keyid))
+        qi, keyid = qi[srt], keyid[srt]
+        newgrp = np.concatenate([[True], keyid[1:] != keyid[:-1]])
+        grp = np.cumsum(newgrp) - 1
+        first = np.flatnonzero(newgrp)
+        within = np.arange(qi.size) - first[grp]
+        blk_of = np.cumsum(newgrp | (within % cs == 0)) - 1
+        nblk = int(blk_of[-1]) + 1
+        rows = np.full((nblk, cs), -1, dtype=np.int64)
+        rows[blk_of, within % cs] = qi
+        lead = rows[:, 0]
+        j0 = start[bq_rounds[t, lead]] + lo[lead]  # first sorted index of each block's keys
+        span = j0[:, None] + np.arange(L_key)[None, :]
+        end = start[bq_rounds[t, lead] + 1]
+        inb = span < end[:, None]
+        J = order[np.minimum(span, m - 1)]
+        rr = np.maximum(rows, 0)
+        keep = inb[:, None, :] & (rows[:, :, None] >= 0)
+        keep &= kpos[J][:, None, :] <= qpos[rr][:, :, None]
+        if exclude_self:
+            keep &= kpos[J][:, None, :] != qpos[rr][:, :, None]
+        # N_ij: rounds whose set of query i holds key j (>= 1 where kept).
+        count = np.zeros(keep.shape, dtype=np.int64)
+        for u in range(R):
+            _, _, rank_u, _, lo_u = sets[u]
+            count += (bk_rounds[u][J][:, None, :] == bq_rounds[u][rr][:, :, None]) & (
+                rank_u[J][:, None, :] >= lo_u[rr][:, :, None]
+            )
+        logw = np.where(keep, -np.log(np.maximum(count, 1)), 0.0)
+        o, ls = _block_partials(q, k, v, scale, rows, J, keep, logw=logw)
+        flat = rows.ravel()
+        ok = flat >= 0
+        _merge_into(acc, L, flat[ok], o.reshape(-1, o.shape[-1])[ok], ls.ravel()[ok])
+        pairs += int(ok.sum()) * L_key
+    # Rows with an empty union: their own position (if visible) is the only option.
+    lonely = np.flatnonzero(~np.isfinite(L) & (qpos >= 0) & (qpos < m))
+    if lonely.size:
+        jj = qpos[lonely]
+        s = np.einsum("id,id->i", q[lonely].astype(np.float64), k[jj].astype(np.float64))
+        acc[lonely] = v[jj]
+        L[lonely] = s * scale
+        pairs += lonely.size
+    return acc.astype(q.dtype), L, pairs
+
+
+def _reformer_causal(problem, rng, n_buckets, cs, n_rounds, exclude_self):
+    """Causal Reformer (see :func:`_reformer`): per-bucket chunks, on all cores."""
+    n, m, G = problem.n, problem.m, problem.n_slices
+    seeds = rng.integers(0, 2**63 - 1, size=G)
+
+    def attend(g):
+        q, k, v = problem.slice(g)
+        codes = angular_lsh(
+            np.vstack([_unit_rows(q.astype(np.float64)), _unit_rows(k.astype(np.float64))]),
+            n_buckets,
+            n_rounds=n_rounds,
+            rng=int(seeds[g]),
+        )
+        return _causal_bucket_attend(
+            q, k, v, problem.scale, problem.offset, codes[:, :n], codes[:, n:], cs, exclude_self
+        )
+
+    res = map_slices(attend, range(G))
+    pairs = sum(p for _, _, p in res)
+    hash_flops = 2.0 * G * (n + m) * problem.d * (n_buckets // 2) * n_rounds
+    return method_result(
+        problem,
+        [o for o, _, _ in res],
+        [ls for _, ls, _ in res],
+        None,
+        _cost(problem, pairs, hash_flops),
+    )
+
+
+def _online_labels(qn, kn, offset, init, period):
+    """Causal routing labels: sequential spherical k-means over position periods.
+
+    The queries and keys of positions ``[p0, p0 + period)`` are routed with the
+    centroids of the positions before ``p0``, then added to their centroids' sums.
+    """
+    n, m = qn.shape[0], kn.shape[0]
+    S = init / np.linalg.norm(init, axis=1, keepdims=True)
+    C = S.shape[0]
+    lq = np.zeros(n, dtype=np.int64)
+    lk = np.zeros(m, dtype=np.int64)
+    top = max(m, n + offset)
+    for p0 in range(0, top, period):
+        p1 = p0 + period
+        norms = np.linalg.norm(S, axis=1, keepdims=True)
+        cent = S / np.where(norms > 0, norms, 1.0)
+        k0, k1 = min(p0, m), min(p1, m)
+        q0, q1 = min(max(p0 - offset, 0), n), min(max(p1 - offset, 0), n)
+        X = np.vstack([kn[k0:k1], qn[q0:q1]])
+        if X.shape[0] == 0:
+            continue
+        lab = np.argmax(X @ cent.T, axis=1)
+        lk[k0:k1] = lab[: k1 - k0]
+        lq[q0:q1] = lab[k1 - k0 :]
+        onehot = np.zeros((C, X.shape[0]))
+        onehot[lab, np.arange(X.shape[0])] = 1.0
+        S = S + onehot @ X
+    return lq, lk
+
+
+def _routing_causal(problem, rng, C, w):
+    """Causal routing (see :func:`_routing`): online centroids, recent keys per cluster."""
+    n, m, G = problem.n, problem.m, problem.n_slices
+    init = rng.standard_normal((C, problem.d))
+    cs = max(1, -(-w // 2))
+
+    def attend(g):
+        q, k, v = problem.slice(g)
+        lq, lk = _online_labels(
+            _unit_rows(q.astype(np.float64)),
+            _unit_rows(k.astype(np.float64)),
+            problem.offset,
+            init,
+            _ROUTING_PERIOD,
+        )
+        return _causal_bucket_attend(
+            q, k, v, problem.scale, problem.offset, lq[None], lk[None], cs, False
+        )
+
+    res = map_slices(attend, range(G))
+    pairs = sum(p for _, _, p in res)
+    km_flops = 2.0 * G * (n + m) * problem.d * C * 2
+    return method_result(
+        problem,
+        [o for o, _, _ in res],
+        [ls for _, ls, _ in res],
+        None,
+        _cost(problem, pairs, km_flops),
+    )

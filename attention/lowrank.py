@@ -380,6 +380,12 @@ _LIFT_TEXT = (
     section="§4.1",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "Skyformer (Chen et al., 2021) factors the Gaussian-kernel PSD lift of [Q; K] by "
+        "Nyström with landmarks drawn from all queries and keys; a causal mask destroys "
+        "the PSD structure and every output row would mix future keys through the "
+        "landmarks"
+    ),
     bound="deterministic",
     summary="Skyformer: regularised Nyström of the Gaussian-kernel PSD lift, uniform landmarks.",
 )
@@ -443,6 +449,11 @@ class _KeyExpKernel(EntryMatrixBase):
     section="§4.1",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "WildCat picks its RPCholesky coreset (pivots) from all keys of the PSD lift and "
+        "fits Nyström weights on them; future keys would decide which past keys represent "
+        "the rest, and a causally masked matrix is not PSD"
+    ),
     bound="deterministic",
     summary="WildCat: RPCholesky coreset of the tau-balanced PSD lift, Nyström weights.",
 )
@@ -504,6 +515,10 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     section="§4",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "a randomized SVD of the whole n x m matrix A: the causal mask (a triangle) is "
+        "not low-rank and the factors mix every key into every row"
+    ),
     bound="probabilistic",
     summary="Yardstick: randomized SVD of the implicit A, output diag(A~1)^-1 A~V.",
 )
@@ -589,6 +604,11 @@ def _rsvd_oracle(
     section="§4.2",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "Linformer (Wang et al., 2020) projects the sequence axis of K and V (E K, F V), "
+        "so every projected key mixes all positions including future ones; the paper "
+        "notes that causal masking is not possible with these projections"
+    ),
     bound=None,
     summary="Linformer, training-free: random JL projections E = F of keys and values.",
 )
@@ -675,6 +695,11 @@ def _check_landmarks(n_landmarks, problem: Problem) -> int:
     section="§4.2",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "Nystromformer (Xiong et al., 2021) takes landmarks as segment means over the "
+        "whole sequence, so every landmark (and every output row) mixes future queries "
+        "and keys; the paper targets bidirectional encoders"
+    ),
     bound=None,
     summary="Nyströmformer: segment-means landmarks, iterative/exact/truncated pinv.",
 )
@@ -724,6 +749,10 @@ def _nystromformer(
     section="§4.2",
     family="low-rank",
     causal=False,
+    noncausal_reason=(
+        "the CSALR form uses segment-mean landmarks of the whole sequence (as "
+        "Nystromformer), mixing future queries and keys into every row"
+    ),
     bound=None,
     summary="CSALR (survey form): Nyströmformer form with the core C' = C + ones.",
 )

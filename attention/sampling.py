@@ -568,6 +568,12 @@ def _check_mix(uniform_mix) -> float:
     section="§3.3",
     family="sampling",
     causal=False,
+    noncausal_reason=(
+        "KDEformer (Zandieh et al., 2023) sorts all queries and keys by LSH code into "
+        "blocks and samples residual columns with probabilities ||v_j||^2 / ||V||_F^2 "
+        "over all keys: block boundaries and sampling weights depend on future keys; the "
+        "paper gives no causal form"
+    ),
     bound="probabilistic",
     summary="KDEformer: LSH diagonal blocks + ||v_j||^2/uniform importance-sampled columns.",
 )
@@ -802,6 +808,11 @@ def _top(scores, count):
     section="§3.3",
     family="sampling",
     causal=False,
+    noncausal_reason=(
+        "Prescoring (Li et al., 2025) preselects keys by k-means residuals or leverage "
+        "scores computed over all keys, so future keys decide which past keys survive; "
+        "only the HyperAttention stage has a causal split"
+    ),
     bound="probabilistic",
     summary="Prescoring: k-means or leverage preselection of keys, then HyperAttention.",
 )

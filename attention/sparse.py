@@ -93,17 +93,20 @@ def _partial(qb, kb, vb, scale, keep=None, logw=None):
     return out, lse
 
 
-def _block_partials(q, k, v, scale, rows, J, keep):
+def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
     """Exact attention of query blocks over gathered key sets, as batched GEMMs.
 
     ``rows`` (nb, B) query indices (``-1``: padding), ``J`` (nb, L) key indices
-    (clipped into range) and ``keep`` (nb, B, L) the visible pairs. Returns
+    (clipped into range), ``keep`` (nb, B, L) the visible pairs and ``logw`` (nb, B, L)
+    optional log-weights added to the scores. Returns
     ``(out (nb, B, dv), lse (nb, B))`` in the dtype of ``q`` (lse in float64); rows that
     see no key get zero output and ``lse = -inf``.
     """
     qb = q[np.maximum(rows, 0)]
     s = np.matmul(qb, k[J].transpose(0, 2, 1))
     s *= s.dtype.type(scale)
+    if logw is not None:
+        s += logw.astype(s.dtype, copy=False)
     s = np.where(keep, s, _NEG)
     mx = s.max(axis=2)
     finite = np.isfinite(mx)

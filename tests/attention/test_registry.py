@@ -109,3 +109,21 @@ def test_register_validates_signature(monkeypatch):
         )
     with pytest.raises(ValueError, match="bound='sure' must be None or one of"):
         reg.register("x", section="§0", family="t", causal=False, bound="sure", summary="")
+
+
+def test_every_noncausal_method_says_why():
+    from attention import methods
+
+    for info in methods():
+        if info.causal:
+            assert info.noncausal_reason == ""
+        else:
+            # Which paper (a year in parentheses or an "et al.") and what would leak.
+            assert len(info.noncausal_reason) > 60, info.name
+            assert any(w in info.noncausal_reason for w in ("future", "mask")), info.name
+
+
+def test_refusal_states_the_reason():
+    Q = np.ones((8, 4))
+    with pytest.raises(ValueError, match="Linformer"):
+        approximate(Q, Q, Q, "linformer", causal=True)

@@ -12,7 +12,9 @@ from attention.exact import reference_attention
 from tests.conftest import tol
 
 ALL = ("topk", "window", "bigbird", "reformer", "routing", "smyrf", "multipole")
-CAUSAL = ("topk", "window", "bigbird")
+CAUSAL = ("topk", "window", "bigbird", "reformer", "routing")
+# Causal methods whose key sets can cover every visible key (exact limit).
+CAUSAL_EXACT = ("topk", "window", "bigbird", "routing")
 
 # Parameters under which each method's key sets cover every key: the result is exact.
 EXACT_PARAMS = {
@@ -62,7 +64,7 @@ def test_grouped_query_heads(rng, method):
     np.testing.assert_allclose(r.output, Y, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", CAUSAL)
+@pytest.mark.parametrize("method", CAUSAL_EXACT)
 @pytest.mark.parametrize(("n", "m"), [(30, 30), (20, 33)], ids=str)
 def test_causal_exact_limit(rng, method, n, m):
     Q, K, V = _qkv(rng, np.float64, n=n, m=m)
@@ -75,14 +77,21 @@ def test_causal_exact_limit(rng, method, n, m):
 def test_causal_no_future_leakage(rng, method):
     n, m, t = 48, 64, 40
     Q, K, V = _qkv(rng, np.float64, n=n, m=m)
-    params = {"topk": {"top_k": 5}, "window": {"window": 6}, "bigbird": {"block_size": 4}}[method]
+    params = {
+        "topk": {"top_k": 5},
+        "window": {"window": 6},
+        "bigbird": {"block_size": 4},
+        "reformer": {"n_buckets": 4, "chunk_size": 4, "n_rounds": 3},
+        "routing": {"n_clusters": 3, "cluster_size": 6},
+    }[method]
     a = approximate(Q, K, V, method, rng=3, causal=True, **params)
-    K2, V2 = K.copy(), V.copy()
+    K2, V2, Q2 = K.copy(), V.copy(), Q.copy()
     K2[..., t:, :] = 10 * rng.standard_normal(K2[..., t:, :].shape)
     V2[..., t:, :] = rng.standard_normal(V2[..., t:, :].shape)
-    b = approximate(Q, K2, V2, method, rng=3, causal=True, **params)
     # Query i sees key positions <= i + m - n: rows i < t - (m - n) see no changed key.
     rows = t - (m - n)
+    Q2[..., rows:, :] = 10 * rng.standard_normal(Q2[..., rows:, :].shape)
+    b = approximate(Q2, K2, V2, method, rng=3, causal=True, **params)
     np.testing.assert_array_equal(a.output[..., :rows, :], b.output[..., :rows, :])
     assert not np.allclose(a.output[..., rows:, :], b.output[..., rows:, :])
 
@@ -141,7 +150,7 @@ def test_bad_parameters_rejected(method, params, exc, match):
     np.testing.assert_array_equal(Q, Q0)
 
 
-@pytest.mark.parametrize("method", ["reformer", "routing", "smyrf", "multipole"])
+@pytest.mark.parametrize("method", ["smyrf", "multipole"])
 def test_noncausal_methods_reject_causal(method):
     Q = np.ones((8, 4))
     with pytest.raises(ValueError, match="causal"):
@@ -202,3 +211,69 @@ def test_error_synthetic_clustered(rng, method):
     err = relative_error(approximate(Q, K, V, method, rng=rng, **params).output, Y)
     trivial = relative_error(np.broadcast_to(V.mean(0), Y.shape), Y)
     assert err < 0.5 * trivial
+
+
+# ---------------------------------------------------------------------------------------
+# Causal Reformer / Routing: the bucketed kernel against a plain-NumPy reference
+# ---------------------------------------------------------------------------------------
+
+
+def _bucket_reference(q, k, v, scale, offset, bq, bk, cs, exclude_self):
+    """Dense reference of the causal per-bucket chunk windows (union over rounds)."""
+    n, m = q.shape[0], k.shape[0]
+    keep = np.zeros((n, m), dtype=bool)
+    for r in range(bq.shape[0]):
+        for i in range(n):
+            p = i + offset
+            mine = [j for j in range(m) if j <= p and bk[r, j] == bq[r, i]]
+            if not mine:
+                continue
+            lo = cs * max(0, (len(mine) - 1) // cs - 1)
+            keep[i, mine[lo:]] = True
+    if exclude_self:
+        for i in range(n):
+            if 0 <= i + offset < m:
+                keep[i, i + offset] = False
+    out = np.zeros((n, v.shape[1]))
+    for i in range(n):
+        if keep[i].any():
+            s = q[i] @ k[keep[i]].T * scale
+            w = np.exp(s - s.max())
+            out[i] = w @ v[keep[i]] / w.sum()
+        elif 0 <= i + offset < m:
+            out[i] = v[i + offset]  # the own position is the only option
+    return out
+
+
+@pytest.mark.parametrize(("n", "m"), [(37, 37), (25, 40), (40, 25)], ids=str)
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("cs", [1, 3, 8])
+def test_causal_bucket_kernel_matches_reference(rng, dtype, n, m, exclude_self, cs):
+    from attention.clustering import _causal_bucket_attend
+
+    q = rng.standard_normal((n, 6)).astype(dtype)
+    k = rng.standard_normal((m, 6)).astype(dtype)
+    v = rng.standard_normal((m, 4)).astype(dtype)
+    R = 3
+    bq = rng.integers(0, 4, (R, n))
+    bk = rng.integers(0, 4, (R, m))
+    out, lse, pairs = _causal_bucket_attend(q, k, v, 0.4, m - n, bq, bk, cs, exclude_self)
+    assert out.dtype == dtype and pairs > 0
+    ref = _bucket_reference(
+        q.astype(float), k.astype(float), v.astype(float), 0.4, m - n, bq, bk, cs, exclude_self
+    )
+    np.testing.assert_allclose(out, ref, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    seen = np.arange(n) + m - n >= 0
+    assert np.all(np.isfinite(lse[seen])) and np.all(np.isneginf(lse[~seen]))
+
+
+@pytest.mark.parametrize("method", ["reformer", "routing"])
+def test_causal_lsh_cluster_methods_float32_gqa(rng, method):
+    Q = rng.standard_normal((1, 4, 50, 8)).astype(np.float32)
+    K = rng.standard_normal((1, 2, 50, 8)).astype(np.float32)
+    V = rng.standard_normal((1, 2, 50, 3)).astype(np.float32)
+    r = approximate(Q, K, V, method, rng=0, causal=True)
+    assert r.output.dtype == np.float32 and r.output.shape == (1, 4, 50, 3)
+    assert np.all(np.isfinite(r.output)) and r.cost.kernel_evals > 0
+    # Position 0 sees only key 0: exact there.
+    np.testing.assert_allclose(r.output[..., 0, :], np.repeat(V[..., 0, :], 2, axis=1), rtol=1e-6)
