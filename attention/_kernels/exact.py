@@ -22,11 +22,21 @@ the query rows of all heads that share the slice are stacked into one ``R x d`` 
 the keys are cut into fixed chunks, and every (key/value slice, chunk) pair is one
 parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and writes a
 partial ``(mx, l, acc)``; a second parallel loop merges the partials of each row in
-chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`).
+chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`). With at
+most 8 stacked rows the two products are plain loops that stream each key and value row
+once (BLAS packs its operands on every call: 2.0x slower for ``S``, 1.2x for ``P V``
+at 3 rows x 512 keys, one thread).
+
+Masks: a key block (chunk) that the mask hides from every row of the query block is
+skipped before its GEMM, so key padding of shorter sequences in a batch costs only the
+check of the mask.
 
 Per-tile arithmetic, the measured hot spots (one thread, ``d = 64``, float32, tiles of
-128 x 512): the two GEMMs take ~75% of the time, the row maximum and the exponential
-the rest. Both are written as single vectorisable passes over a score row:
+128 x 512, before the rewrite): the two GEMMs 1.15 ms, the row maximum 0.10 ms, the
+exponential with its row sum 0.24 ms (three passes), the rescaling 0.01 ms per 128
+query rows against 4096 keys. After it: maximum 0.03 ms, exponential 0.14 ms; the GEMMs,
+at ~82% of the rate of a large GEMM on these tile shapes, are what is left. Both
+row passes are single vectorisable loops over a score row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
