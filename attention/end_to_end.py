@@ -136,6 +136,7 @@ def perplexity(
     compare: bool = True,
     cache_dir=None,
     callback: Callable[[int], None] | None = None,
+    layer_params: dict | None = None,
     **params,
 ) -> PerplexityResult:
     """Next-token perplexity of SmolLM2-135M with its attention computed by ``method``.
@@ -161,6 +162,9 @@ def perplexity(
         Cache of the exact reference pass (see :func:`attention.data.cache_directory`).
     callback : callable, optional
         Called with the layer index after each layer's attention (progress bars).
+    layer_params : dict of int -> dict, optional
+        Extra parameters of single layers, e.g. Loki's ``calibration`` keys
+        ``(3, N, 64)`` of each layer, computed on other text.
     **params
         The method's parameters.
 
@@ -195,7 +199,10 @@ def perplexity(
 
     if tol is not None:
         params["tol"] = tol
-    _check_method(method, params, causal=True)
+    layer_params = {int(k): dict(v) for k, v in (layer_params or {}).items()}
+    _check_method(
+        method, {**params, **{k: 0 for v in layer_params.values() for k in v}}, causal=True
+    )
     chosen = _long._check_layers(layers)
     ref, _ = _long.reference_pass(text, n_tokens, cache_dir=cache_dir)
     ids = ref.tokens
@@ -214,10 +221,13 @@ def perplexity(
             out = softmax_attention(q, k, v, scale=scale, causal=True)
         else:
             t0 = time.perf_counter()
-            approx = approximate(q, k, v, method, rng=gen, causal=True, scale=scale, **params)
+            extra = {**params, **layer_params.get(layer, {})}
+            approx = approximate(q, k, v, method, rng=gen, causal=True, scale=scale, **extra)
             sec[layer] = time.perf_counter() - t0
             out = approx.output
-            used_params.update(approx.params)
+            used_params.update(
+                {k: v for k, v in approx.params.items() if not isinstance(v, np.ndarray)}
+            )
             if compare and method != "exact":
                 t0 = time.perf_counter()
                 exact = softmax_attention(q, k, v, scale=scale, causal=True)

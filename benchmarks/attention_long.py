@@ -91,6 +91,18 @@ def _heads(n: int, cache_dir=None):
     return h.sample([(int(layer), int(layer) % 9) for layer in h.layers])
 
 
+def _calibration_keys(cache_dir=None):
+    """Keys of the same heads on another text (the CC0 legal code, 512 tokens).
+
+    Loki's causal form projects on principal directions computed offline from other text
+    (PCA of the keys themselves would let future keys steer past rows).
+    """
+    from attention.data import load_smollm2_heads
+
+    h = load_smollm2_heads(512, text="cc0-1.0", cache_dir=cache_dir)
+    return h.sample([(int(layer), int(layer) % 9) for layer in h.layers]).K
+
+
 def _job(n, name, params, budget, seed, cache_dir):
     """One (method, params) on the 30-head stack at n, exact side by side."""
     from attention import approximate, softmax_attention
@@ -99,6 +111,8 @@ def _job(n, name, params, budget, seed, cache_dir):
     s = _heads(n, cache_dir)
     Q, K, V = s.Q, s.K, s.V
     kw = {"scale": s.scale, "causal": True}
+    if name == "loki" and params.get("calibration") is None:
+        params = {**params, "calibration": _calibration_keys(cache_dir)}
     # warm-up (Numba compilation) on a short prefix
     softmax_attention(Q[:1, :256], K[:1, :256], V[:1, :256], **kw)
     with warnings.catch_warnings():
@@ -134,7 +148,10 @@ def _job(n, name, params, budget, seed, cache_dir):
         "repeats": len(t_method),
         "flops": float(approx.cost.flops),
         "kernel_evals": int(approx.cost.kernel_evals),
-        "params": {k: _jsonable(v) for k, v in approx.params.items()},
+        "params": {
+            k: ("cc0-1.0 keys" if k == "calibration" else _jsonable(v))
+            for k, v in approx.params.items()
+        },
     }
     b = approx.bound
     if b is not None:
@@ -152,11 +169,18 @@ def _exact_flops(n: int, heads: int = 30) -> float:
 
 
 def _ppl_job(n, name, params, seed, cache_dir):
+    from attention.data import load_smollm2_heads
     from attention.end_to_end import perplexity
 
+    per_layer = None
+    if name == "loki":  # calibration keys of every layer from other text
+        h = load_smollm2_heads(512, text="cc0-1.0", cache_dir=cache_dir)
+        per_layer = {int(layer): {"calibration": h.K[i]} for i, layer in enumerate(h.layers)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = perplexity(name, n_tokens=n, rng=seed, cache_dir=cache_dir, **params)
+        r = perplexity(
+            name, n_tokens=n, rng=seed, cache_dir=cache_dir, layer_params=per_layer, **params
+        )
     out = r.to_json()
     for key in ("layer_seconds", "layer_seconds_exact"):
         out.pop(key)

@@ -354,3 +354,24 @@ def test_report_on_long_context_heads(e2e, tmp_path, monkeypatch):
     assert data["meta"]["datasets"][0]["shape"] == [2, N, 64]
     assert data["meta"]["datasets"][0]["causal"] is True
     assert {r["method"] for r in data["rows"]} == {"exact", "window", "topk"}
+
+
+def test_perplexity_layer_params(e2e):
+    """Per-layer parameters: Loki's causal form with calibration keys from other text."""
+    from attention.data import load_smollm2_heads
+    from attention.end_to_end import perplexity
+
+    calib = load_smollm2_heads(64, [0], text="cc0-1.0", cache_dir=e2e)
+    r = perplexity(
+        "loki",
+        n_tokens=N,
+        cache_dir=e2e,
+        layers=[0],
+        rank=16,
+        top_k=32,
+        layer_params={0: {"calibration": calib.K[0]}},
+    )
+    assert 0 < r.layer_error[0] < 1 and np.isnan(r.layer_error[1])
+    assert r.params["rank"] == 16 and "calibration" not in r.params
+    with pytest.raises(ValueError, match="needs calibration keys"):
+        perplexity("loki", n_tokens=N, cache_dir=e2e, layers=[0])
