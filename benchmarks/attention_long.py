@@ -387,6 +387,76 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def to_rst(results: dict) -> str:
+    """Return the tables of :func:`to_markdown` as reStructuredText (for the docs)."""
+    out = []
+    for key in sorted(results, key=int):
+        res = results[key]
+        n = res["n"]
+        rows = res["rows"]
+        exact_s = np.median([r["exact_s"] for r in rows if "exact_s" in r] or [math.nan])
+        out += [
+            f".. rubric:: n = {n}",
+            "",
+            f"Exact attention (our kernel) {1e3 * exact_s:.0f} ms for the 30 heads, "
+            f"{_exact_flops(n) / exact_s / res['gemm_flops_per_s']:.2f} of the measured "
+            f"float32 GEMM rate ({res['gemm_flops_per_s'] / 1e9:.0f} Gflop/s). Load average "
+            f"before/after: {_load(res['uptime_before'])} / {_load(res['uptime_after'])}.",
+            "",
+            ".. csv-table::",
+            "   :header: method, family, rel. error, row max, bound/actual, time [ms], "
+            "speed-up, GEMM fraction",
+            "   :widths: 30, 10, 9, 9, 16, 9, 9, 9",
+            "",
+        ]
+        for r in rows:
+            if r.get("skipped") == "not causal":
+                continue
+            if "rel_fro" not in r:
+                out.append(
+                    f'   "{r["config"]}", {r["family"]}, "{r.get("skipped", "?")}", , , , , '
+                )
+                continue
+            ba = "none"
+            if "bound_over_actual" in r:
+                ba = f"{_f(r['bound_over_actual'], '.3g')} ({r['bound_kind'][:4]}.)"
+            out.append(
+                f'   "{r["config"]}", {r["family"]}, {_f(r["rel_fro"], ".3f")}, '
+                f'{_f(r["rel_row_max"], ".3f")}, "{ba}", {1e3 * r["time_s"]:.0f}, '
+                f"{_f(r['speedup'], '.2f')}, {_f(r.get('gemm_fraction'), '.3f')}"
+            )
+        out.append("")
+        if res.get("perplexity"):
+            out += [
+                f"End to end at n = {n}, every layer approximated:",
+                "",
+                ".. csv-table::",
+                "   :header: family, setting, perplexity, increase, top-1 agreement, "
+                "attention [s], exact attention [s], speed-up",
+                "",
+            ]
+            for p in res["perplexity"]:
+                if "perplexity" not in p:
+                    out.append(
+                        f'   {p.get("family")}, "{p.get("config", "")}", '
+                        f'"{p.get("skipped", "?")}", , , , , '
+                    )
+                    continue
+                sp = p["attention_seconds_exact"] / p["attention_seconds"]
+                out.append(
+                    f'   {p["family"]}, "{p.get("config", "exact")}", {p["perplexity"]:.3f}, '
+                    f"{100 * (p['perplexity'] / p['perplexity_exact'] - 1):+.1f}%, "
+                    f"{p['top1_agreement']:.3f}, {p['attention_seconds']:.2f}, "
+                    f"{p['attention_seconds_exact']:.2f}, {sp:.2f}"
+                )
+            out.append("")
+    return "\n".join(out)
+
+
+def _load(uptime: str) -> str:
+    return uptime.split("load average:")[-1].strip() if "load average" in uptime else uptime
+
+
 def plot(results: dict, path: Path):
     """Pareto plot: relative error against speed-up over exact, one panel per n."""
     import matplotlib
@@ -454,6 +524,7 @@ def main(argv=None):
             a.out_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=1))
     (a.out_dir / f"{NAME}.md").write_text(to_markdown(results))
+    (a.out_dir / f"{NAME}.rst").write_text(to_rst(results))
     try:
         plot(results, a.out_dir / f"{NAME}.png")
     except ImportError:  # pragma: no cover
