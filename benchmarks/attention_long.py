@@ -413,9 +413,8 @@ def to_rst(results: dict) -> str:
             if r.get("skipped") == "not causal":
                 continue
             if "rel_fro" not in r:
-                out.append(
-                    f'   "{r["config"]}", {r["family"]}, "{r.get("skipped", "?")}", , , , , '
-                )
+                reason = r.get("skipped", "?").replace('"', "'")[:90]
+                out.append(f'   "{r["config"]}", {r["family"]}, "{reason}", , , , , ')
                 continue
             ba = "none"
             if "bound_over_actual" in r:
