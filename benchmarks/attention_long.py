@@ -84,6 +84,19 @@ def _gemm_rate() -> float:
     return 2 * 2048**3 / float(np.median(ts))
 
 
+def _prepare(n, cache_dir):
+    """Extract (or read) the heads; the validation perplexity and the GEMM rate."""
+    from attention.data import load_smollm2_heads
+
+    h = load_smollm2_heads(n, cache_dir=cache_dir)
+    return {
+        "shape": [h.Q.shape[0], n, h.Q.shape[-1]],
+        "perplexity": h.perplexity,
+        "accuracy": h.accuracy,
+        "gemm": _gemm_rate(),
+    }
+
+
 def _heads(n: int, cache_dir=None):
     from attention.data import load_smollm2_heads
 
@@ -210,11 +223,7 @@ def run(
     before = _uptime()
     t0 = time.perf_counter()
     # the heads (extracted once and cached) and the machine's GEMM rate, in children
-    prep = in_subprocess(
-        lambda: {"shape": list(_heads(n, cache_dir).Q.shape), "gemm": _gemm_rate()},
-        (),
-        timeout=900,
-    )
+    prep = in_subprocess(_prepare, (n, cache_dir), timeout=900)
     if "skipped" in prep:
         raise RuntimeError(f"could not prepare the heads at n={n}: {prep['skipped']}")
     configs = [(m.name, {}) for m in infos]
@@ -251,6 +260,8 @@ def run(
         "n": n,
         "heads": prep["shape"],
         "gemm_flops_per_s": prep["gemm"],
+        "validation_perplexity": prep["perplexity"],
+        "validation_accuracy": prep["accuracy"],
         "exact_flops": _exact_flops(n, prep["shape"][0]),
         "rows": rows,
         "uptime_before": before,
