@@ -375,3 +375,17 @@ def test_perplexity_layer_params(e2e):
     assert r.params["rank"] == 16 and "calibration" not in r.params
     with pytest.raises(ValueError, match="needs calibration keys"):
         perplexity("loki", n_tokens=N, cache_dir=e2e, layers=[0])
+
+
+def test_perplexity_cli_passes_tol(e2e, tmp_path):
+    from attention import methods
+    from attention.__main__ import main
+
+    if "adaptive" not in [m.name for m in methods()]:
+        pytest.skip("no tolerance-driven method registered")
+    out = tmp_path / "a.json"
+    args = ["perplexity", "--n", "64", "--method", "adaptive", "--tol", "0.05", "--layers", "0"]
+    assert main([*args, "--json", str(out), "--cache-dir", str(e2e), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["params"]["tol"] == 0.05
+    assert data["layer_error"][0] <= 0.05 * 1.5  # certified with probability 1 - delta
