@@ -420,8 +420,49 @@ def to_markdown(results: dict) -> str:
 
 def to_rst(results: dict) -> str:
     """Return the tables of :func:`to_markdown` as reStructuredText (for the docs)."""
-    out = []
-    for key in sorted(results, key=int):
+    keys = sorted(results, key=int)
+    out = [
+        ".. rubric:: Validation of the forward pass",
+        "",
+        "Next-token perplexity and top-1 accuracy of the exact model on the first n tokens.",
+        "",
+        ".. csv-table::",
+        "   :header: n, perplexity, top-1 accuracy",
+        "",
+    ]
+    for key in keys:
+        r = results[key]
+        if "validation_perplexity" in r:
+            out.append(
+                f"   {r['n']}, {r['validation_perplexity']:.3f}, {r['validation_accuracy']:.3f}"
+            )
+    out.append("")
+    split = [
+        (results[k]["n"], results[k]["perplexity"][0])
+        for k in keys
+        if results[k].get("perplexity")
+    ]
+    split = [(n, p["timings"]) for n, p in split if "timings" in p]
+    if split:
+        out += [
+            ".. rubric:: Forward-pass time split",
+            "",
+            "Seconds of one exact forward pass (30 layers, output head and log-likelihoods; "
+            "dequantisation of the weights excluded):",
+            "",
+            ".. csv-table::",
+            "   :header: n, GEMM, attention, other element-wise, total, GEMM + attention share",
+            "",
+        ]
+        for n, t in split:
+            total = t["total"] - t.get("weights", 0.0)
+            share = (t["gemm"] + t["attention"]) / total
+            out.append(
+                f"   {n}, {t['gemm']:.2f}, {t['attention']:.2f}, {t['other']:.2f}, "
+                f"{total:.2f}, {100 * share:.0f}%"
+            )
+        out.append("")
+    for key in keys:
         res = results[key]
         n = res["n"]
         rows = res["rows"]
@@ -518,7 +559,7 @@ def plot(results: dict, path: Path):
             yscale="log",
             xlabel="speed-up over exact attention",
             ylabel="relative Frobenius error",
-            title=f"SmolLM2, 30 heads, n = {k}",
+            title=f"SmolLM2, {results[k]['heads'][0]} heads, n = {k}",
         )
     for f, c in colours.items():
         axes[0][0].scatter([], [], color=c, label=f)
