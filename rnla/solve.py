@@ -49,7 +49,7 @@ from rnla._validation import (
     float_dtype,
 )
 from rnla.operators import _Operator, _wrap
-from rnla.psd import _nystrom_factor
+from rnla.psd import _nystrom_factor, rpcholesky
 
 __all__ = ["LstsqResult", "PCGResult", "lstsq", "nystrom_pcg"]
 
@@ -418,123 +418,27 @@ def lstsq(
         raise ValueError(f"rcond must be a real number in [0, 1), got {rcond!r}")
     rng = check_rng(rng)
 
-    # -- the sketch --------------------------------------------------------------------
-    if isinstance(sketch, _sketch.SketchOperator):
-        S = sketch
-        if S.shape[1] != m or S.shape[0] < n:
-            raise ValueError(
-                f"sketch must have shape (sketch_size, m={m}) with sketch_size >= n={n}, "
-                f"got {S.shape}"
-            )
-    else:
-        dense = isinstance(A, np.ndarray)
-        allowed = ("auto", *_SKETCHES)
-        kind = check_option(sketch, allowed, "sketch")
-        if kind == "auto":
-            kind = "srht" if dense else "sparse_sign"
-        if sketch_size is None:
-            k = _default_sketch_size(m, n, kind)
-        else:
-            k = check_int(sketch_size, "sketch_size", minimum=n, maximum=m)
-        if kind == "sparse_sign":
-            S = _sketch.sparse_sign(k, m, nnz_per_col=min(8, k), rng=rng)
-        else:
-            S = _SKETCHES[kind](k, m, rng=rng)
+    S = _lstsq_sketch(A, sketch, sketch_size, m, n, rng)
     k = S.shape[0]
     SA = np.asarray(_apply_sketch(S, A, op), dtype=np.float64)
     b2 = b if b.ndim == 2 else b[:, None]
     Sb = np.asarray(S @ b2, dtype=np.float64)
-
-    # -- the preconditioner -----------------------------------------------------------
-    if preconditioner == "svd":
-        U, s, Vt = np.linalg.svd(SA, full_matrices=False)
-        if s[0] == 0.0:
-            raise ValueError("A is zero on the sketch: the least-squares problem is trivial")
-        r = int(np.count_nonzero(s > rcond * s[0]))
-        N = Vt[:r].T / s[:r]
-        R = None
-        y0 = U[:, :r].T @ Sb  # sketch-and-solve in the y-coordinates x = N y
-    else:
-        Q, R = np.linalg.qr(SA)
-        d = np.abs(np.diag(R))
-        if d.min() <= rcond * d.max():
-            warnings.warn(
-                "the sketch is numerically rank deficient (min |R_ii| / max |R_ii| = "
-                f"{d.min() / d.max():.3g}); preconditioner='qr' assumes full column rank, "
-                "use preconditioner='svd' for the minimum-norm solution",
-                AccuracyWarning,
-                stacklevel=2,
-            )
-            R = R + np.diag(np.where(d <= rcond * d.max(), rcond * d.max(), 0.0))
-        r = n
-        N = None
-        y0 = Q.T @ Sb
+    N, R, r, y0 = _sketch_preconditioner(SA, Sb, preconditioner, rcond)
     M = _Preconditioned(op, N, R)
-
-    nrhs = b2.shape[1]
-    X = np.empty((n, nrhs), dtype=np.float64)
-    iterations = np.zeros(nrhs, dtype=np.int64)
     if maxiter is None:
         maxiter = max(100, 2 * _lsqr_steps(0.5, tol))
     else:
         maxiter = check_int(maxiter, "maxiter", minimum=1)
+
     B64 = b2.astype(np.float64)
     X0 = M.right(y0)
     if method == "solve":
-        X = X0
+        X, iterations = X0, np.zeros(b2.shape[1], dtype=np.int64)
     elif solver == "momentum":
-        X, iterations, stalled = _momentum(op, M, B64, X0, dtype, min(r, n) / k, tol, maxiter)
-        if stalled.any():
-            warnings.warn(
-                f"iterative sketching stagnated before tol={tol:.3g} (right-hand sides "
-                f"{np.flatnonzero(stalled).tolist()}): the forward error has reached its "
-                "rounding floor (about cond(A) * eps); see error_estimate",
-                AccuracyWarning,
-                stacklevel=2,
-            )
-        if np.any(iterations >= maxiter):
-            warnings.warn(
-                f"iterative sketching reached maxiter={maxiter} before tol={tol:.3g}; the "
-                f"sketch may not embed range(A): increase sketch_size (now {k})",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        X, iterations = _momentum_solve(op, M, B64, X0, dtype, min(r, n) / k, tol, maxiter, k)
     else:
-        krylov = lsqr if solver == "lsqr" else lsmr
-        for j in range(nrhs):
-            # LSQR/LSMR normalise by their running Frobenius estimate of ||AN|| (about
-            # sqrt(2 j) after j steps, while ||AN||_2 ~ 1): tol / 10 makes the reported
-            # ||N^T A^T r|| / ||b|| meet tol.
-            limit = {"iter_lim" if krylov is lsqr else "maxiter": maxiter}
-            out = krylov(
-                M, B64[:, j], atol=tol / 10, btol=tol / 10, conlim=1e16, x0=y0[:, j], **limit
-            )
-            y, istop, itn = out[0], out[1], out[2]
-            iterations[j] = itn
-            if itn >= maxiter and istop == 7:
-                warnings.warn(
-                    f"{solver} reached maxiter={maxiter} before tol={tol:.3g} "
-                    f"(right-hand side {j}); the sketch may not embed range(A): increase "
-                    f"sketch_size (now {k})",
-                    ConvergenceWarning,
-                    stacklevel=2,
-                )
-            X[:, j] = M.right(y)
-
-    # -- a-posteriori quantities (two passes over A) ----------------------------------
-    work = dtype
-    Xw = X.astype(work)
-    Res = b2.astype(np.float64) - np.asarray(op.matmat(Xw), dtype=np.float64)
-    AtR = np.asarray(op.rmatmat(Res.astype(work)), dtype=np.float64)
-    NtAtR = M.right_t(AtR)
-    dX = M.right(NtAtR)
-    res_norm = np.linalg.norm(Res, axis=0)
-    b_norm = np.linalg.norm(b2.astype(np.float64), axis=0)
-    x_norm = np.linalg.norm(X, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        est = np.where(x_norm > 0, np.linalg.norm(dX, axis=0) / x_norm, 0.0)
-        reached = np.where(b_norm > 0, np.linalg.norm(NtAtR, axis=0) / b_norm, 0.0)
-
+        X, iterations = _krylov_solve(solver, M, B64, y0, n, tol, maxiter, k)
+    res_norm, est, reached = _lstsq_diagnostics(op, M, X, b2, dtype)
     x = X.astype(dtype)
     if b.ndim == 1:
         return LstsqResult(
@@ -547,6 +451,120 @@ def lstsq(
             k,
         )
     return LstsqResult(x, iterations, res_norm, est, reached, r, k)
+
+
+def _lstsq_sketch(A, sketch, sketch_size, m: int, n: int, rng):
+    """Return the sketching operator ``S`` (k, m), ``k >= n``: given, or drawn by name."""
+    if isinstance(sketch, _sketch.SketchOperator):
+        if sketch.shape[1] != m or sketch.shape[0] < n:
+            raise ValueError(
+                f"sketch must have shape (sketch_size, m={m}) with sketch_size >= n={n}, "
+                f"got {sketch.shape}"
+            )
+        return sketch
+    allowed = ("auto", *_SKETCHES)
+    kind = check_option(sketch, allowed, "sketch")
+    if kind == "auto":
+        kind = "srht" if isinstance(A, np.ndarray) else "sparse_sign"
+    if sketch_size is None:
+        k = _default_sketch_size(m, n, kind)
+    else:
+        k = check_int(sketch_size, "sketch_size", minimum=n, maximum=m)
+    if kind == "sparse_sign":
+        return _sketch.sparse_sign(k, m, nnz_per_col=min(8, k), rng=rng)
+    return _SKETCHES[kind](k, m, rng=rng)
+
+
+def _sketch_preconditioner(SA, Sb, preconditioner: str, rcond: float):
+    """``N`` (svd) or ``R`` (qr) from ``SA``, its rank ``r`` and the sketch-and-solve ``y0``.
+
+    ``y0`` is the sketch-and-solve solution in the coordinates ``x = N y`` (svd) or
+    ``x = R^{-1} y`` (qr).
+    """
+    if preconditioner == "svd":
+        U, s, Vt = np.linalg.svd(SA, full_matrices=False)
+        if s[0] == 0.0:
+            raise ValueError("A is zero on the sketch: the least-squares problem is trivial")
+        r = int(np.count_nonzero(s > rcond * s[0]))
+        return Vt[:r].T / s[:r], None, r, U[:, :r].T @ Sb
+    Q, R = np.linalg.qr(SA)
+    d = np.abs(np.diag(R))
+    if d.min() <= rcond * d.max():
+        warnings.warn(
+            "the sketch is numerically rank deficient (min |R_ii| / max |R_ii| = "
+            f"{d.min() / d.max():.3g}); preconditioner='qr' assumes full column rank, "
+            "use preconditioner='svd' for the minimum-norm solution",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+        R = R + np.diag(np.where(d <= rcond * d.max(), rcond * d.max(), 0.0))
+    return None, R, SA.shape[1], Q.T @ Sb
+
+
+def _momentum_solve(op, M, B64, X0, dtype, ratio: float, tol: float, maxiter: int, k: int):
+    """Run iterative sketching with momentum from ``X0``; warn on stagnation or maxiter."""
+    X, iterations, stalled = _momentum(op, M, B64, X0, dtype, ratio, tol, maxiter)
+    if stalled.any():
+        warnings.warn(
+            f"iterative sketching stagnated before tol={tol:.3g} (right-hand sides "
+            f"{np.flatnonzero(stalled).tolist()}): the forward error has reached its "
+            "rounding floor (about cond(A) * eps); see error_estimate",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+    if np.any(iterations >= maxiter):
+        warnings.warn(
+            f"iterative sketching reached maxiter={maxiter} before tol={tol:.3g}; the "
+            f"sketch may not embed range(A): increase sketch_size (now {k})",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return X, iterations
+
+
+def _krylov_solve(solver: str, M, B64, y0, n: int, tol: float, maxiter: int, k: int):
+    """Run LSQR or LSMR on ``M = AN`` from ``y0``, one right-hand side at a time."""
+    nrhs = B64.shape[1]
+    X = np.empty((n, nrhs), dtype=np.float64)
+    iterations = np.zeros(nrhs, dtype=np.int64)
+    krylov = lsqr if solver == "lsqr" else lsmr
+    for j in range(nrhs):
+        # LSQR/LSMR normalise by their running Frobenius estimate of ||AN|| (about
+        # sqrt(2 j) after j steps, while ||AN||_2 ~ 1): tol / 10 makes the reported
+        # ||N^T A^T r|| / ||b|| meet tol.
+        limit = {"iter_lim" if krylov is lsqr else "maxiter": maxiter}
+        out = krylov(M, B64[:, j], atol=tol / 10, btol=tol / 10, conlim=1e16, x0=y0[:, j], **limit)
+        y, istop, itn = out[0], out[1], out[2]
+        iterations[j] = itn
+        if itn >= maxiter and istop == 7:
+            warnings.warn(
+                f"{solver} reached maxiter={maxiter} before tol={tol:.3g} "
+                f"(right-hand side {j}); the sketch may not embed range(A): increase "
+                f"sketch_size (now {k})",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        X[:, j] = M.right(y)
+    return X, iterations
+
+
+def _lstsq_diagnostics(op, M, X, b2, dtype):
+    """Return the residual norms, the error estimate ``||N N^T A^T r|| / ||x||``, the tol reached.
+
+    Two passes over ``A`` (``A x`` and ``A^T r``), in ``A``'s dtype.
+    """
+    Xw = X.astype(dtype)
+    Res = b2.astype(np.float64) - np.asarray(op.matmat(Xw), dtype=np.float64)
+    AtR = np.asarray(op.rmatmat(Res.astype(dtype)), dtype=np.float64)
+    NtAtR = M.right_t(AtR)
+    dX = M.right(NtAtR)
+    res_norm = np.linalg.norm(Res, axis=0)
+    b_norm = np.linalg.norm(b2.astype(np.float64), axis=0)
+    x_norm = np.linalg.norm(X, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = np.where(x_norm > 0, np.linalg.norm(dX, axis=0) / x_norm, 0.0)
+        reached = np.where(b_norm > 0, np.linalg.norm(NtAtR, axis=0) / b_norm, 0.0)
+    return res_norm, est, reached
 
 
 def _lsqr_steps(eps: float, tol: float) -> int:
@@ -862,92 +880,118 @@ def nystrom_pcg(
             f"such as KernelMatrix), got {type(A).__name__}; use preconditioner='nystrom'"
         )
 
-    n_matvecs = 0
-
-    def matvec(v):
-        nonlocal n_matvecs
-        n_matvecs += 1
-        return (
-            np.asarray(op.matvec(v.astype(dtype, copy=False)), dtype=np.float64).ravel() + mu * v
-        )
-
-    # -- preconditioner ----------------------------------------------------------------
-    ell = 0
-    precond = None
+    shifted = _ShiftedOperator(op, mu, dtype)
     if preconditioner == "nystrom":
-        ell = rank if rank is not None else min(n, 32, max_rank)
-        Omega = np.empty((n, 0))
-        Y = np.empty((n, 0))
-        new = ell
-        while True:
-            G = rng.standard_normal((n, new))
-            for _ in range(2):  # orthogonalise against the previous columns twice
-                G -= Omega @ (Omega.T @ G)
-            Q, _ = np.linalg.qr(G)
-            Z = np.asarray(op.matmat(Q.astype(dtype)), dtype=np.float64)
-            n_matvecs += new
-            Omega = np.hstack([Omega, Q])
-            Y = np.hstack([Y, Z])
-            U, lam = _stable_nystrom(Omega, Y)
-            ell = Omega.shape[1]
-            if rank is not None or lam[-1] <= 4.0 * mu or ell >= max_rank:
-                break
-            new = min(ell, max_rank - ell)
-        precond = _NystromPreconditioner(U, lam, mu)
+        precond, ell = _nystrom_preconditioner(shifted, rank, max_rank, rng)
     elif preconditioner == "rpcholesky":
-        from rnla.psd import rpcholesky
+        precond, ell = _rpcholesky_preconditioner(A, entry, mu, rank, max_rank, rng)
+    else:
+        precond, ell = None, 0
 
-        if rank is not None:
-            F = rpcholesky(A, rank, rng=rng).F
-        else:
-            # ||A - FF^T|| <= tr(A - FF^T), tracked exactly by RPCholesky: stopping at
-            # tr(A - FF^T) <= 4 mu certifies kappa <= (lambda_l + mu + 4 mu) / mu.
-            trace = float(np.sum(A.diag() if entry else np.diag(A), dtype=np.float64))
-            rel = min(0.5, 4.0 * mu / trace) if trace > 0 else 0.5
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", AccuracyWarning)  # max_rank cap reached
-                F = rpcholesky(A, max_rank, tol=rel, rng=rng).F
-        U, s, _ = np.linalg.svd(F.astype(np.float64), full_matrices=False)
-        ell = F.shape[1]
-        precond = _NystromPreconditioner(U, s**2, mu)
-
-    # -- CG with residual replacement ----------------------------------------------------
-    apply_p = precond if precond is not None else (lambda v: v)
     b64 = b.astype(np.float64)
     b_norm = float(np.linalg.norm(b64))
-    x = np.zeros(n)
     if b_norm == 0.0:
-        return PCGResult(x.astype(dtype), 0, 0.0, 0.0, ell, 1.0, n_matvecs)
+        return PCGResult(np.zeros(n).astype(dtype), 0, 0.0, 0.0, ell, 1.0, shifted.n_matvecs)
+    threshold = tol * b_norm
+    x, alphas, betas, stop = _cg(shifted, b64, precond, threshold, maxiter)
+    res = float(np.linalg.norm(b64 - shifted(x)))
+    if res > threshold and stop != "converged":
+        _warn_cg_stopped(stop, res / b_norm, tol, maxiter)
+    cond = _ritz_condition(alphas, betas)
+    return PCGResult(x.astype(dtype), len(alphas), res, res / b_norm, ell, cond, shifted.n_matvecs)
+
+
+class _ShiftedOperator:
+    """``v -> (A + mu I) v`` in float64 (products with ``A`` in its dtype), counted."""
+
+    def __init__(self, op: _Operator, mu: float, dtype) -> None:
+        self.op = op
+        self.mu = mu
+        self.dtype = dtype
+        self.n_matvecs = 0
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        self.n_matvecs += 1
+        Av = self.op.matvec(v.astype(self.dtype, copy=False))
+        return np.asarray(Av, dtype=np.float64).ravel() + self.mu * v
+
+    def sketch(self, Q: np.ndarray) -> np.ndarray:
+        """Return ``A Q`` in float64 (``Q.shape[1]`` products, no shift)."""
+        self.n_matvecs += Q.shape[1]
+        return np.asarray(self.op.matmat(Q.astype(self.dtype)), dtype=np.float64)
+
+
+def _nystrom_preconditioner(shifted: _ShiftedOperator, rank, max_rank: int, rng):
+    """Nyström preconditioner; without ``rank`` the sketch doubles until ``lambda_l <= 4 mu``."""
+    n, mu = shifted.op.shape[0], shifted.mu
+    ell = rank if rank is not None else min(n, 32, max_rank)
+    Omega = np.empty((n, 0))
+    Y = np.empty((n, 0))
+    new = ell
+    while True:
+        G = rng.standard_normal((n, new))
+        for _ in range(2):  # orthogonalise against the previous columns twice
+            G -= Omega @ (Omega.T @ G)
+        Q, _ = np.linalg.qr(G)
+        Z = shifted.sketch(Q)
+        Omega = np.hstack([Omega, Q])
+        Y = np.hstack([Y, Z])
+        U, lam = _stable_nystrom(Omega, Y)
+        ell = Omega.shape[1]
+        if rank is not None or lam[-1] <= 4.0 * mu or ell >= max_rank:
+            break
+        new = min(ell, max_rank - ell)
+    return _NystromPreconditioner(U, lam, mu), ell
+
+
+def _rpcholesky_preconditioner(A, entry: bool, mu: float, rank, max_rank: int, rng):
+    """Preconditioner from the RPCholesky factor ``F`` (``rank`` pivots, or trace-adaptive)."""
+    if rank is not None:
+        F = rpcholesky(A, rank, rng=rng).F
+    else:
+        # ||A - FF^T|| <= tr(A - FF^T), tracked exactly by RPCholesky: stopping at
+        # tr(A - FF^T) <= 4 mu certifies kappa <= (lambda_l + mu + 4 mu) / mu.
+        trace = float(np.sum(A.diag() if entry else np.diag(A), dtype=np.float64))
+        rel = min(0.5, 4.0 * mu / trace) if trace > 0 else 0.5
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AccuracyWarning)  # max_rank cap reached
+            F = rpcholesky(A, max_rank, tol=rel, rng=rng).F
+    U, s, _ = np.linalg.svd(F.astype(np.float64), full_matrices=False)
+    return _NystromPreconditioner(U, s**2, mu), F.shape[1]
+
+
+def _cg(shifted: _ShiftedOperator, b64, precond, threshold: float, maxiter: int):
+    """Preconditioned CG from 0 with residual replacement.
+
+    Returns ``x``, the CG coefficients ``alphas`` and ``betas`` (one alpha per step) and
+    why it stopped: "converged" (true residual <= threshold), "stalled" (the recursive
+    residual keeps passing, the true one does not decrease), "breakdown" or "maxiter".
+    """
+    apply_p = precond if precond is not None else (lambda v: v)
+    x = np.zeros(b64.size)
     r = b64.copy()
     z = apply_p(r)
     p = z.copy()
     rz = float(r @ z)
     alphas: list[float] = []
     betas: list[float] = []
-    it = 0
-    threshold = tol * b_norm
-    converged = False
-    stalled = False
     last_true = math.inf
-    while it < maxiter:
-        q = matvec(p)
+    while len(alphas) < maxiter:
+        q = shifted(p)
         pq = float(p @ q)
         if pq <= 0:
-            break
+            return x, alphas, betas, "breakdown"
         alpha = rz / pq
         x += alpha * p
         r -= alpha * q
-        it += 1
         alphas.append(alpha)
         if np.linalg.norm(r) <= threshold:
-            r = b64 - matvec(x)  # true residual
+            r = b64 - shifted(x)  # true residual
             true_norm = float(np.linalg.norm(r))
             if true_norm <= threshold:
-                converged = True
-                break
+                return x, alphas, betas, "converged"
             if true_norm > 0.5 * last_true:
-                stalled = True  # the recursive residual keeps passing, the true one not
-                break
+                return x, alphas, betas, "stalled"
             last_true = true_norm
         z = apply_p(r)
         rz_new = float(r @ z)
@@ -955,20 +999,20 @@ def nystrom_pcg(
         betas.append(beta)
         rz = rz_new
         p = z + beta * p
-    res = float(np.linalg.norm(b64 - matvec(x)))
-    if stalled and res > threshold:
+    return x, alphas, betas, "maxiter"
+
+
+def _warn_cg_stopped(stop: str, relative: float, tol: float, maxiter: int) -> None:
+    if stop == "stalled":
         warnings.warn(
-            f"CG stagnated at relative residual {res / b_norm:.3g} > tol={tol:.3g}: the "
+            f"CG stagnated at relative residual {relative:.3g} > tol={tol:.3g}: the "
             "rounding floor of the products (about eps ||A|| ||x|| / ||b||) is reached",
             AccuracyWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    elif not converged and res > threshold:
+    else:
         warnings.warn(
-            f"CG reached maxiter={maxiter} with relative residual {res / b_norm:.3g} > "
-            f"tol={tol:.3g}",
+            f"CG reached maxiter={maxiter} with relative residual {relative:.3g} > tol={tol:.3g}",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    cond = _ritz_condition(alphas, betas)
-    return PCGResult(x.astype(dtype), it, res, res / b_norm, ell, cond, n_matvecs)
