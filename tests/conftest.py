@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy.sparse.linalg import LinearOperator
 
 _DEFAULT_SEED = 42
 
@@ -45,3 +46,26 @@ def dtype(request):
 def tol(dtype, factor=100.0):
     """A relative tolerance scaled from machine epsilon."""
     return factor * np.finfo(dtype).eps
+
+
+class CountingOperator(LinearOperator):
+    """A matrix behind products only; counts the vectors it is applied to (A and A^T)."""
+
+    def __init__(self, A):
+        super().__init__(dtype=A.dtype, shape=A.shape)
+        self.A = A
+        self.count = 0
+
+    def _matmat(self, X):
+        self.count += X.shape[1]
+        return self.A @ X
+
+    def _rmatmat(self, Y):
+        self.count += Y.shape[1]
+        return self.A.T @ Y
+
+    def _matvec(self, x):
+        return self._matmat(x.reshape(-1, 1)).reshape(-1)
+
+    def _rmatvec(self, y):
+        return self._rmatmat(y.reshape(-1, 1)).reshape(-1)

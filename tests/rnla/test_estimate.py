@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, aslinearoperator
+from scipy.sparse.linalg import aslinearoperator
 
 from rnla import estimate
 from rnla.estimate import NormEstimate, effective_distortion, norm_estimate
+from tests.conftest import CountingOperator
 
 
 def _rel(dtype, factor=100.0):
@@ -20,31 +21,6 @@ def _test_matrix(rng, m=60, n=40, decay=0.8, dtype=np.float64):
     V = np.linalg.qr(rng.standard_normal((n, n)))[0]
     s = decay ** np.arange(n)
     return ((U * s) @ V.T).astype(dtype), s
-
-
-class CountingOperator(LinearOperator):
-    """Wraps a matrix and counts the columns it is applied to (A and A^T)."""
-
-    def __init__(self, A):
-        super().__init__(dtype=A.dtype, shape=A.shape)
-        self.A = A
-        self.count = 0
-
-    def _matvec(self, x):
-        self.count += 1
-        return self.A @ x
-
-    def _rmatvec(self, y):
-        self.count += 1
-        return self.A.T @ y
-
-    def _matmat(self, X):
-        self.count += X.shape[1]
-        return self.A @ X
-
-    def _rmatmat(self, Y):
-        self.count += Y.shape[1]
-        return self.A.T @ Y
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ tests/bounds/test_lowrank_error_estimate.py.
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, aslinearoperator
+from scipy.sparse.linalg import aslinearoperator
 
 from rnla._results import (
     CholeskyResult,
@@ -23,6 +23,7 @@ from rnla._results import (
 )
 from rnla.estimate import NormEstimate, _residual_operator, lowrank_error_estimate
 from rnla.operators import DenseEntries, KernelMatrix
+from tests.conftest import CountingOperator
 
 M, N, RANK = 30, 20, 4
 KINDS = ["svd", "qb", "eigh", "cholesky", "id_cols", "id_rows", "cur", "cross", "pair"]
@@ -35,29 +36,6 @@ def _tol(dtype, factor=200.0):
 
 def _orth(rng, m, r):
     return np.linalg.qr(rng.standard_normal((m, r)))[0]
-
-
-class CountingOperator(LinearOperator):
-    """A matrix behind products only; counts the vectors it is applied to."""
-
-    def __init__(self, A):
-        super().__init__(dtype=A.dtype, shape=A.shape)
-        self.A = A
-        self.count = 0
-
-    def _matmat(self, X):
-        self.count += X.shape[1]
-        return self.A @ X
-
-    def _rmatmat(self, Y):
-        self.count += Y.shape[1]
-        return self.A.T @ Y
-
-    def _matvec(self, x):
-        return self._matmat(x.reshape(-1, 1)).reshape(-1)
-
-    def _rmatvec(self, y):
-        return self._rmatmat(y.reshape(-1, 1)).reshape(-1)
 
 
 def _case(kind, rng, dtype=np.float64):

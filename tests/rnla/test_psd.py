@@ -47,8 +47,8 @@ def eps(dtype):
     return float(np.finfo(dtype).eps)
 
 
-class Recorder(DenseEntries):
-    """DenseEntries that logs which rows, entries and diagonals were requested."""
+class _Recording:
+    """Mixin for an EntryMatrix: logs the rows requested and counts the other calls."""
 
     def __init__(self, A):
         super().__init__(A)
@@ -72,6 +72,10 @@ class Recorder(DenseEntries):
     def _cols(self, idx):
         self.n_cols += 1
         return super()._cols(idx)
+
+
+class Recorder(_Recording, DenseEntries):
+    """DenseEntries that logs which rows, entries and diagonals were requested."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -624,21 +628,8 @@ def test_downdate_diagonal_kernel_zeros():
 # ---------------------------------------------------------------------------------------
 
 
-class CountingKernel(KernelMatrix):
+class CountingKernel(_Recording, KernelMatrix):
     """KernelMatrix that records the rows and entries it delivers."""
-
-    def __init__(self, X):
-        super().__init__(X)
-        self.row_requests = []
-        self.n_entries = 0
-
-    def _rows(self, idx):
-        self.row_requests.append(idx.copy())
-        return super()._rows(idx)
-
-    def _entries(self, i, j):
-        self.n_entries += i.size
-        return super()._entries(i, j)
 
 
 def test_rpcholesky_factors_50000_point_kernel_matrix_without_forming_it(rng):
