@@ -307,19 +307,41 @@ def _mask_hides_block(mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w):
     """
     if mask_mode == 1:
         for i in range(nb):
-            row = rows[i0 + i]
+            mr = mask_b[0, gm, rows[i0 + i], j0 : j0 + w]
+            if mr[0]:
+                return False
+            seen = False
             for jj in range(w):
-                if mask_b[0, gm, row, j0 + jj]:
-                    return False
+                seen |= mr[jj]
+            if seen:
+                return False
         return True
     if mask_mode == 2:
         for i in range(nb):
-            row = rows[i0 + i]
+            mr = mask_f[0, gm, rows[i0 + i], j0 : j0 + w]
+            if mr[0] > -np.inf:
+                return False
+            top = mr[0]
             for jj in range(w):
-                if mask_f[0, gm, row, j0 + jj] > -np.inf:
-                    return False
+                top = _max_nonan(top, mr[jj])
+            if top > -np.inf:
+                return False
         return True
     return False
+
+
+@njit(cache=True, nogil=True)
+def _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0):
+    """Hide (boolean mask) or add (additive mask) the mask row to a score row."""
+    w = srow.shape[0]
+    if mask_mode == 1:
+        mr = mask_b[0, gm, row, j0 : j0 + w]
+        for jj in range(w):
+            srow[jj] = srow[jj] if mr[jj] else -np.inf
+    elif mask_mode == 2:
+        mr = mask_f[0, gm, row, j0 : j0 + w]
+        for jj in range(w):
+            srow[jj] += mr[jj]
 
 
 # ------------------------------------------------------------------------- prefill
@@ -401,17 +423,9 @@ def _attend_blocks(
                 continue  # contributes exactly nothing: same result as computing it
             s = sbuf[: nb * w].reshape((nb, w))
             np.dot(qb, k[gk, j0 : j0 + w].T, s)
-            if mask_mode == 1:
+            if mask_mode != 0:
                 for i in range(nb):
-                    row = rows[i0 + i]
-                    for jj in range(w):
-                        if not mask_b[0, gm, row, j0 + jj]:
-                            s[i, jj] = neg_inf
-            elif mask_mode == 2:
-                for i in range(nb):
-                    row = rows[i0 + i]
-                    for jj in range(w):
-                        s[i, jj] += mask_f[0, gm, row, j0 + jj]
+                    _apply_mask_row(s[i], mask_b, mask_f, mask_mode, gm, rows[i0 + i], j0)
             if causal and j0 + w - 1 > lim_lo:
                 for i in range(nb):
                     first = max(rows[i0 + i] + offset + 1 - j0, 0)
@@ -520,13 +534,7 @@ def _split_blocks(
                 for i in range(r):
                     row = rows[i]
                     srow = s[a * r + i]
-                    if mask_mode == 1:
-                        for jj in range(w):
-                            if not mask_b[0, gm, row, j0 + jj]:
-                                srow[jj] = neg_inf
-                    elif mask_mode == 2:
-                        for jj in range(w):
-                            srow[jj] += mask_f[0, gm, row, j0 + jj]
+                    _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0)
                     if causal:
                         for jj in range(max(row + offset + 1 - j0, 0), w):
                             srow[jj] = neg_inf
