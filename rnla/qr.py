@@ -194,6 +194,40 @@ def cholqr_sketch(A, /, *, sketch_size=None, n_steps=1, rng=None) -> QRResult:
 # ---------------------------------------------------------------------------------------
 
 
+def _larft(V: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """Return the upper triangular T with H_1 ... H_b = I - V T V^T (LAPACK larft, forward)."""
+    b = tau.shape[0]
+    T = np.zeros((b, b), dtype=V.dtype)
+    VtV = V.T @ V
+    for i in range(b):
+        T[i, i] = tau[i]
+        if i:
+            T[:i, i] = -tau[i] * (T[:i, :i] @ VtV[:i, i])
+    return T
+
+
+def _move_pivots(sel, j, n, W, Y, perm):
+    """Bring the columns ``sel`` (absolute indices) to positions ``j, j+1, ...``.
+
+    Only the columns that change place are copied (at most twice the block): the
+    displaced columns of the block take the vacated positions.
+    """
+    bb = sel.shape[0]
+    src = np.arange(j, n)
+    chosen = np.zeros(n - j, dtype=bool)
+    chosen[sel - j] = True
+    vacated = sel[sel >= j + bb]
+    displaced = np.flatnonzero(~chosen[:bb]) + j
+    src[vacated - j] = displaced
+    src[:bb] = sel
+    changed = np.flatnonzero(src != np.arange(j, n)) + j
+    if changed.size:
+        from_ = src[changed - j]
+        W[:, changed] = W[:, from_]
+        Y[:, changed] = Y[:, from_]
+        perm[changed] = perm[from_]
+
+
 def qrcp(A, /, *, rank=None, block_size=64, oversample=8, rng=None) -> QRCPResult:
     r"""Column-pivoted QR with pivots chosen from sketches (HQRRP).
 
@@ -233,7 +267,7 @@ def qrcp(A, /, *, rank=None, block_size=64, oversample=8, rng=None) -> QRCPResul
     :math:`b` pivots (columns whose sketches are far from each other's span are far in
     :math:`A` too, by the embedding property); the columns are permuted; the
     :math:`b`-column panel is factored by Householder QR (``geqrf``) and the trailing
-    matrix updated by the blocked reflectors (``ormqr``, BLAS-3). The sketch is
+    matrix updated by the blocked reflectors in compact WY form (two GEMMs). The sketch is
     downdated instead of recomputed: with :math:`GQ = [G_1', G_2']`,
     :math:`G_2'A_{22} = Y_2 - G_1'R_{12}`, and :math:`G_2'` sketches the next
     trailing matrix.
@@ -273,7 +307,7 @@ def qrcp(A, /, *, rank=None, block_size=64, oversample=8, rng=None) -> QRCPResul
     p = check_int(oversample, "oversample", minimum=0)
     rng = check_rng(rng)
     dtype = A.dtype
-    geqp3, geqrf, ormqr, orgqr = get_lapack_funcs(("geqp3", "geqrf", "ormqr", "orgqr"), (A,))
+    geqp3, geqrf, orgqr = get_lapack_funcs(("geqp3", "geqrf", "orgqr"), (A,))
 
     W = np.array(A, order="F", copy=True)
     perm = np.arange(n)
@@ -286,22 +320,23 @@ def qrcp(A, /, *, rank=None, block_size=64, oversample=8, rng=None) -> QRCPResul
         bb = min(b, rank - j)
         # pivots: greedy QRCP on the sketch of the trailing columns
         _, jpvt, _, _, _ = geqp3(Y[:, j:])
-        order = j + (jpvt - 1)
-        if not np.array_equal(order, np.arange(j, n)):
-            W[:, j:] = W[:, order]
-            Y[:, j:] = Y[:, order]
-            perm[j:] = perm[order]
-        # panel QR and trailing update
+        _move_pivots(j + (jpvt[:bb] - 1), j, n, W, Y, perm)
+        # panel QR (geqrf copies only the b-column panel)
         panel, tau_p, _, _ = geqrf(W[j:, j : j + bb])
         W[j:, j : j + bb] = panel
         tau[j : j + bb] = tau_p
         if j + bb < n:
-            lwork = max(1, (n - j - bb) * 64)
-            W[j:, j + bb :] = ormqr("L", "T", panel, tau_p, W[j:, j + bb :], lwork)[0]
-            # sketch downdate: G_2' A22 = Y_2 - G_1' R12
-            GQ = ormqr("R", "N", panel, tau_p, Gc, max(1, ell * 64))[0]
-            Y[:, j + bb :] = Y[:, j + bb :] - GQ[:, :bb] @ W[j : j + bb, j + bb :]
-            Gc = np.asfortranarray(GQ[:, bb:])
+            # trailing update with the compact WY form Q = I - V T V^T, applied by two
+            # GEMMs on views of W (no copy of the trailing matrix)
+            V = np.tril(panel[:, :bb], -1)
+            V[np.arange(bb), np.arange(bb)] = 1.0
+            T = _larft(V, tau_p)
+            W22 = W[j:, j + bb :]
+            W22 -= V @ (T.T @ (V.T @ W22))
+            # sketch downdate: G_2' A22 = Y_2 - G_1' R12 with [G_1', G_2'] = Gc Q
+            GQ = Gc - ((Gc @ V) @ T) @ V.T
+            Y[:, j + bb :] -= GQ[:, :bb] @ W[j : j + bb, j + bb :]
+            Gc = GQ[:, bb:]
         j += bb
 
     R = np.triu(W[:rank, :])
