@@ -53,6 +53,7 @@ from attention._kernels.features import _online_leverage
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
+from attention.sparse import _partial
 from rnla import sketch as _sketch
 from rnla._validation import (
     AccuracyWarning,
@@ -77,6 +78,7 @@ _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
 _MAX_TAYLOR_DEGREE = 64  # 1/64! ~ 1e-89; higher degrees only add features
 _ERROR_BOUNDS = ("norms", "exact")
+_LEV_BLOCK = 64  # query rows per block of LevAttention (one GEMM over their key union)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1419,15 +1421,20 @@ def _prefix_topk(scores: np.ndarray, n_keys: int, ends: np.ndarray):
     valid = np.zeros((n, n_keys), dtype=bool)
     heap: list = []
     j = 0
+    members: list = []
     for i in range(n):
+        changed = False
         while j < ends[i]:
             item = (float(scores[j]), -j)
             if len(heap) < n_keys:
                 heapq.heappush(heap, item)
+                changed = True
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
+                changed = True
             j += 1
-        members = sorted(-t[1] for t in heap)
+        if changed:  # the set changes rarely: sort only then
+            members = sorted(-t[1] for t in heap)
         idx[i, : len(members)] = members
         valid[i, : len(members)] = True
     return idx, valid
@@ -1526,34 +1533,59 @@ def _levattention(
     n, m, d, dv = problem.n, problem.m, problem.d, problem.dv
     # A window of max(n, m) already covers every key: larger ones only cost memory.
     w = min(w, max(n, m))
-    select = _key_cache(problem, lambda g: _select_keys(problem, g, n_keys, threshold))
-    if w > 0:
-        J, jvalid = _window(problem, w)
-    outs, lses = [], []
-    evals = 0
+    # Key selections per key/value slice, computed once (grouped-query heads share them).
+    selections = {}
     for g in range(problem.n_slices):
-        q, k, v = _scaled(problem, g)
-        idx, valid = select(g)
-        sS = np.where(valid, np.einsum("nd,nsd->ns", q, k[idx]), -np.inf)
-        blocks = [sS]
-        if w > 0:
-            # Window keys already kept are dropped here (counted once).
-            dup = (J[:, :, None] == np.where(valid, idx, -1)[:, None, :]).any(axis=2)
-            sW = np.where(jvalid & ~dup, np.einsum("nd,nwd->nw", q, k[J]), -np.inf)
-            blocks.append(sW)
-        allS = np.hstack(blocks)
-        evals += int(np.isfinite(allS).sum())
-        lse = logsumexp(allS, axis=1) if allS.shape[1] else np.full(n, -np.inf)
-        fin = np.isfinite(lse)
-        base = np.where(fin, lse, 0.0)
-        y = np.einsum("ns,nsd->nd", np.exp(sS - base[:, None]), v[idx])
-        if w > 0:
-            y += np.einsum("nw,nwd->nd", np.exp(sW - base[:, None]), v[J])
-        y[~fin] = 0.0
-        outs.append(y)
+        j = int(problem.kv_index[g])
+        if j not in selections:
+            selections[j] = _select_keys(problem, g, n_keys, threshold)
+    # float64 when the dropped mass is measured against the exact lse, else the inputs'
+    # dtype (float32 GEMMs for float32 inputs).
+    wdt = np.float64 if mode == "exact" else problem.dtype
+    pos = np.arange(n) + problem.offset
+
+    def attend(g):
+        q, k, v = _scaled(problem, g, wdt)
+        idx, valid = selections[int(problem.kv_index[g])]
+        y = np.zeros((n, dv), dtype=wdt)
+        lse = np.full(n, -np.inf)
+        kept = computed = 0
+        for i0 in range(0, n, _LEV_BLOCK):
+            i1 = min(n, i0 + _LEV_BLOCK)
+            # The block's keys: the union of its rows' selections and windows, attended
+            # with one GEMM; each row keeps its own keys (each key once).
+            sel = idx[i0:i1][valid[i0:i1]]
+            parts = [sel]
+            if w > 0:
+                lo = max(0, int(pos[i0]) - w + 1)
+                hi = min(m, int(pos[i1 - 1]) + (1 if problem.causal else w))
+                parts.append(np.arange(lo, hi))
+            U = np.unique(np.concatenate(parts))
+            if U.size == 0:
+                continue
+            keep = np.zeros((i1 - i0, U.size), dtype=bool)
+            r = np.nonzero(valid[i0:i1])[0]
+            keep[r, np.searchsorted(U, sel)] = True
+            if w > 0:
+                p = pos[i0:i1, None]
+                near = (U[None, :] <= p) & (U[None, :] > p - w)
+                if not problem.causal:
+                    near = np.abs(U[None, :] - p) < w
+                keep |= near
+            y[i0:i1], lse[i0:i1] = _partial(q[i0:i1], k[U], v[U], 1.0, keep)
+            kept += int(keep.sum())
+            computed += (i1 - i0) * U.size
+        return y, lse, kept, computed
+
+    outs, lses = [], []
+    evals = computed = 0
+    for y, lse, kept, comp in map_slices(attend, range(problem.n_slices)):
+        outs.append(y.astype(np.float64))
         lses.append(lse)
+        evals += kept
+        computed += comp
     bound = None
-    flops = 2.0 * evals * (d + dv)
+    flops = 2.0 * computed * (d + dv)
     if mode == "exact":
         from attention.exact import _attend
 

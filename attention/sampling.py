@@ -65,12 +65,18 @@ from typing import NamedTuple
 import numpy as np
 
 from attention._core import Cost, ErrorBound, Problem, check_error_bound, method_result, prepare
+from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import value_radius
 from attention.exact import merge_partials, softmax_attention
+from attention.sparse import _partial
 from rnla._validation import as_float_array, check_int, check_option, check_probability
 
 __all__ = ["SamplingDiagnostics", "amm_variance", "sampling_diagnostics"]
+
+_SMALL_EXACT = 1 << 16  # pieces up to this many pairs are computed in one NumPy block
+
+_SMALL_EXACT = 1 << 16  # pieces up to this many pairs are computed in one NumPy block
 
 
 # ---------------------------------------------------------------------------------------
@@ -653,7 +659,12 @@ def _exact_piece(q, k, v, scale, causal, r0, k0):
     n, m = q.shape[0], k.shape[0]
     if m == 0:
         return np.zeros((n, v.shape[1])), np.full(n, -np.inf), [], 0, 0.0
-    y, lse = softmax_attention(q, k, v, scale=scale, causal=causal, return_lse=True)
+    if n * m <= _SMALL_EXACT:
+        # Small pieces (the recursion's leaves): one NumPy block, no kernel launch.
+        keep = np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n) if causal else None
+        y, lse = _partial(q, k, v, scale, keep)
+    else:
+        y, lse = softmax_attention(q, k, v, scale=scale, causal=causal, return_lse=True)
     if causal:
         pairs = int(np.clip(np.arange(n) + (m - n) + 1, 0, m).sum())
     else:
@@ -721,19 +732,27 @@ def _hyper_causal(q, k, v, scale, rng, r0, k0, opts):
 def _hyper_slices(problem, rng, opts, select=None):
     outs, lses, plans = [], [], []
     evals, flops = 0, 0.0
-    for g in range(problem.n_slices):
+    # One generator per slice, spawned in order: the slices run on all cores and the
+    # result does not depend on the thread count.
+    rngs = rng.spawn(problem.n_slices)
+
+    def attend(g):
         q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        ev0, fl0 = 0, 0.0
         if select is not None:
             keys, ev0, fl0 = select(q, k, v)
             k, v = k[keys], v[keys]
-            evals, flops = evals + ev0, flops + fl0
-        if problem.causal:
-            y, lse, pieces, ev, fl = _hyper_causal(q, k, v, problem.scale, rng, 0, 0, opts)
-        else:
-            y, lse, pieces, ev, fl = _hyper_noncausal(q, k, v, problem.scale, rng, 0, 0, opts)
+        run = _hyper_causal if problem.causal else _hyper_noncausal
+        y, lse, pieces, ev, fl = run(q, k, v, problem.scale, rngs[g], 0, 0, opts)
+        return y, lse, ((q, k, v), problem.causal, pieces), ev0 + ev, fl0 + fl
+
+    # A key selection draws from the shared rng and records its choice: run in order.
+    slices = range(problem.n_slices)
+    results = map_slices(attend, slices) if select is None else [attend(g) for g in slices]
+    for y, lse, plan, ev, fl in results:
         outs.append(y)
         lses.append(lse)
-        plans.append(((q, k, v), problem.causal, pieces))
+        plans.append(plan)
         evals += ev
         flops += fl
     return outs, lses, plans, evals, flops

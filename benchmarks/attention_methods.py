@@ -775,6 +775,294 @@ def plot(rows, meta, path: Path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------
+# Profiling table: every method's time, speed-up, flops achieved vs the GEMM rate
+# ---------------------------------------------------------------------------------------
+
+PROFILE_LAYERS = (0, 10, 20, 29)
+# Bound switches that would add an exact O(n m) pass: off in the profile (the method's
+# own cost is what is profiled; the bounds' cost is stated in their docstrings).
+PROFILE_NO_EXACT_PASS = {
+    "hyperattention": {"error_bound": False},
+    "kdeformer": {"error_bound": False},
+    "prescoring": {"error_bound": False},
+    "levattention": {"error_bound": None},
+}
+PROFILE_SEC_LIMIT = 60.0  # skip a method at 16384 whose predicted time exceeds this
+
+
+def gemm_rate(size: int = 2048, repeats: int = 3) -> float:
+    """Measured float32 GEMM rate [flop/s] of this process (best of ``repeats``)."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    a @ a
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best
+
+
+def _synthetic_gqa(n, seed=0, d=64, hq=9, hk=3):
+    """Synthetic SmolLM2-shaped heads: 9 query / 3 kv heads, clustered keys, float32."""
+    rng = np.random.default_rng(seed)
+    K = np.empty((hk, n, d))
+    Q = np.empty((hq, n, d))
+    for h in range(hk):
+        c = rng.standard_normal((max(2, n // 32), d))
+        K[h] = c[rng.integers(0, len(c), n)] + 0.5 * rng.standard_normal((n, d))
+        for t in range(hq // hk):
+            g = h * (hq // hk) + t
+            Q[g] = K[h][rng.permutation(n)] + 0.5 * rng.standard_normal((n, d))
+            Q[g] *= 0.5 + g / (hq - 1)
+    V = rng.standard_normal((hk, n, d))
+    return [(Q.astype(np.float32), K.astype(np.float32), V.astype(np.float32))]
+
+
+def _profile_one(name, parts, causal, scale, params, t_limit):
+    """Time ``name`` on every (Q, K, V) part (summed); error against exact; flops."""
+    from attention._core import relative_error
+    from attention._registry import approximate
+    from attention.exact import softmax_attention
+
+    q, k, v = parts[0]
+    kw = {"causal": causal, "scale": scale, "rng": 0, **params}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        approximate(q[:, :256], k[:, :256], v[:, :256], name, **kw)  # compile / warm up
+        total_t, flops, num, den = 0.0, 0.0, 0.0, 0.0
+        t_exact = 0.0
+        for q, k, v in parts:
+            t0 = time.perf_counter()
+            Y = softmax_attention(q, k, v, causal=causal, scale=scale)
+            t_exact += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            a = approximate(q, k, v, name, **kw)
+            t1 = time.perf_counter() - t0
+            if t1 < t_limit / 4:  # a second run for the fast ones (min of two)
+                t0 = time.perf_counter()
+                a = approximate(q, k, v, name, **kw)
+                t1 = min(t1, time.perf_counter() - t0)
+            total_t += t1
+            flops += float(a.cost.flops)
+            num += relative_error(a.output, Y) ** 2 * float(np.sum(Y.astype(np.float64) ** 2))
+            den += float(np.sum(Y.astype(np.float64) ** 2))
+    return {
+        "time_s": total_t,
+        "flops": flops,
+        "rel_fro": math.sqrt(num / den),
+        "exact_inline_s": t_exact,
+    }
+
+
+def profile(out_dir: Path, sizes=(4096, 16384), with_real=True, only=None):
+    """Profile every registered method; write ``attention_methods_profile.{json,md}``."""
+    from attention._core import prepare, problem_cost_exact
+    from attention._registry import methods
+    from attention.exact import softmax_attention
+
+    start = time.perf_counter()
+    infos = [m for m in methods() if only is None or m.name in only or m.name == "exact"]
+    rate = gemm_rate()
+    datasets = []
+    if with_real:
+        from attention.data import load_smollm2_heads
+
+        h = load_smollm2_heads(4096, layers=PROFILE_LAYERS)
+        cal = load_smollm2_heads(512, layers=PROFILE_LAYERS, text="cc0-1.0")
+        parts = [(h.Q[i], h.K[i], h.V[i]) for i in range(len(PROFILE_LAYERS))]
+        calib = [c.reshape(-1, c.shape[-1]) for c in cal.K]
+        datasets.append(
+            (
+                "smollm2-4096",
+                parts,
+                True,
+                h.scale,
+                calib,
+                f"SmolLM2-135M layers {list(PROFILE_LAYERS)} (9 query / 3 kv heads each), "
+                f"n = 4096 tokens of the shipped long text, causal, float32",
+            )
+        )
+    for n in sizes:
+        parts = _synthetic_gqa(n)
+        cal = _synthetic_gqa(512, seed=1)[0][1]
+        calib = [cal.reshape(-1, cal.shape[-1])]
+        datasets.append(
+            (
+                f"synthetic-{n}",
+                parts,
+                True,
+                0.125,
+                calib,
+                f"synthetic clustered heads, 9 query / 3 kv heads, d = 64, n = {n}, "
+                "causal (non-causal methods: non-causal), float32",
+            )
+        )
+    rows, meta_ds = [], []
+    prev_time = {}
+    for dname, parts, _causal, scale, calib, desc in datasets:
+        n = parts[0][0].shape[-2]
+        exact_t = {}
+        for c in (True, False) if not dname.startswith("smollm2") else (True,):
+            ts = []
+            for _ in range(2):
+                tt = 0.0
+                for q, k, v in parts:
+                    t0 = time.perf_counter()
+                    softmax_attention(q, k, v, causal=c, scale=scale)
+                    tt += time.perf_counter() - t0
+                ts.append(tt)
+            fl = sum(
+                problem_cost_exact(prepare(q, k, v, causal=c, scale=scale)).flops
+                for q, k, v in parts
+            )
+            exact_t[c] = (min(ts), fl)
+            rows.append(
+                {
+                    "dataset": dname,
+                    "method": "exact",
+                    "causal": c,
+                    "time_s": min(ts),
+                    "flops": fl,
+                    "speedup": 1.0,
+                    "rel_fro": 0.0,
+                    "achieved": fl / min(ts) / rate,
+                }
+            )
+        meta_ds.append(
+            {
+                "name": dname,
+                "n": n,
+                "description": desc,
+                "exact_s": {str(c): t for c, (t, _) in exact_t.items()},
+            }
+        )
+        print(f"[{time.perf_counter() - start:5.0f} s] {dname}: exact {exact_t}", flush=True)
+        for info in infos:
+            if info.name == "exact":
+                continue
+            c = bool(info.causal)
+            if c is False and dname.startswith("smollm2"):
+                rows.append(
+                    {
+                        "dataset": dname,
+                        "method": info.name,
+                        "causal": False,
+                        "skipped": "not causal: " + info.noncausal_reason[:80],
+                    }
+                )
+                continue
+            params = dict(PROFILE_NO_EXACT_PASS.get(info.name, {}))
+            if info.name == "loki":
+                params["calibration"] = calib[0]
+            key = (info.name, c)
+            if key in prev_time:
+                n0, t0_ = prev_time[key]
+                pred = t0_ * (n / n0) ** 2
+                if pred > PROFILE_SEC_LIMIT:
+                    rows.append(
+                        {
+                            "dataset": dname,
+                            "method": info.name,
+                            "causal": c,
+                            "skipped": f"predicted {pred:.0f} s (quadratic from n={n0})",
+                        }
+                    )
+                    continue
+            try:
+                r = _profile_one(info.name, parts, c, scale, params, PROFILE_SEC_LIMIT)
+            except (ValueError, MemoryError) as exc:
+                rows.append(
+                    {
+                        "dataset": dname,
+                        "method": info.name,
+                        "causal": c,
+                        "skipped": f"{type(exc).__name__}: {str(exc)[:100]}",
+                    }
+                )
+                continue
+            te, fle = exact_t[c]
+            r.update(
+                {
+                    "dataset": dname,
+                    "method": info.name,
+                    "family": info.family,
+                    "causal": c,
+                    "params": params | {},
+                    "speedup": te / r["time_s"],
+                    "achieved": r["flops"] / r["time_s"] / rate,
+                    "flops_vs_exact": r["flops"] / fle,
+                    "min_time_ratio": r["time_s"] * rate / max(r["flops"], 1.0),
+                }
+            )
+            r["params"].pop("calibration", None)
+            rows.append(r)
+            if dname.startswith("synthetic"):
+                prev_time[key] = (n, r["time_s"])
+            print(
+                f"[{time.perf_counter() - start:5.0f} s] {dname} {info.name}: "
+                f"{r['time_s'] * 1e3:.0f} ms x{r['speedup']:.2f} err {r['rel_fro']:.2e} "
+                f"achieved {r['achieved']:.3f}",
+                flush=True,
+            )
+    meta = {
+        "gemm_rate_gflops": rate / 1e9,
+        "datasets": meta_ds,
+        "uptime": _uptime(),
+        "wall_s": time.perf_counter() - start,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{NAME}_profile.json"
+    old = json.loads(path.read_text()) if path.exists() and only else None
+    if old is not None:  # a partial run replaces its rows only
+        keep = [r for r in old["rows"] if r["method"] not in set(only)]
+        rows = keep + [r for r in rows if r["method"] != "exact" or not keep]
+        meta["partial"] = sorted(only)
+        meta = {**old["meta"], "supplement": meta}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out_dir / f"{NAME}_profile.md").write_text(profile_markdown(rows, meta))
+    return rows
+
+
+def profile_markdown(rows, meta) -> str:
+    rate = meta.get("gemm_rate_gflops", math.nan)
+    L = [
+        "# Attention methods: cost profile at long context",
+        "",
+        f"Load: `{meta.get('uptime')}`; measured float32 GEMM rate of the process "
+        f"{rate:.0f} GFLOP/s (2048^3 sgemm; the quiet-machine rate is ~230 GFLOP/s on 2 "
+        "cores). `achieved` = the method's own flop count (`cost.flops`) / time / that "
+        "GEMM rate; `1/achieved` is how far a method is from the time its flop count "
+        "allows. Speed-up: exact `softmax_attention` timed in the same process (causal "
+        "methods against causal exact, non-causal ones against non-causal exact). "
+        "Bound passes that cost an exact O(n m) pass are off "
+        f"({PROFILE_NO_EXACT_PASS}). Real heads: all 9 query heads of each layer "
+        "(grouped-query, 3 kv heads).",
+        "",
+    ]
+    for d in meta["datasets"]:
+        L += [
+            f"## {d['name']}: {d['description']}",
+            "",
+            "| method | causal | time [ms] | speed-up vs exact | flops | flops/exact | "
+            "achieved (of GEMM rate) | rel. error (fro) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if r["dataset"] != d["name"]:
+                continue
+            if "skipped" in r:
+                L.append(f"| {r['method']} | {r['causal']} | skipped: {r['skipped']} | | | | | |")
+                continue
+            L.append(
+                f"| {r['method']} | {r['causal']} | {1e3 * r['time_s']:.1f} | "
+                f"{r['speedup']:.2f} | {r['flops']:.2e} | {r.get('flops_vs_exact', 1.0):.3f} | "
+                f"{r['achieved']:.3f} | {r['rel_fro']:.3g} |"
+            )
+        L.append("")
+    return "\n".join(L) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="n = 1024, a few methods (< 60 s)")
@@ -794,7 +1082,16 @@ def main(argv=None):
     p.add_argument(
         "--render", action="store_true", help="only rewrite the .md/.png from the .json"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cost profile: every method at n = 4096 (real SmolLM2 heads and synthetic) "
+        "and the --sizes (default 4096 16384) -> attention_methods_profile.{md,json}",
+    )
     a = p.parse_args(argv)
+    if a.profile:
+        profile(a.out_dir, tuple(a.sizes or (4096, 16384)), not a.no_real, a.methods)
+        return
     if a.render:
         main = json.loads((a.out_dir / f"{NAME}.json").read_text())
         extra = {"performer": main.get("performer_features")}
