@@ -303,12 +303,17 @@ def best_per_family(rows):
     return best
 
 
+PPL_BUDGET_S = 300.0
+
+
 def _perplexity_runs(n, rows, seed, cache_dir):
     out = [in_subprocess(_ppl_job, (n, "exact", {}, seed, cache_dir), 900)]
     out[0]["family"] = "exact"
     for fam, r in best_per_family(rows).items():
         params = _explicit_params(r)
-        res = in_subprocess(_ppl_job, (n, r["method"], params, seed, cache_dir), 900)
+        res = in_subprocess(_ppl_job, (n, r["method"], params, seed, cache_dir), PPL_BUDGET_S)
+        if "skipped" in res and res["skipped"].startswith("timeout"):
+            res["skipped"] = f"too slow: no result within {PPL_BUDGET_S:.0f} s"
         res.update(family=fam, config=r["config"])
         out.append(res)
     return out
