@@ -446,6 +446,40 @@ def _bucket_sets(bq, bk, kpos, qpos, cs):
     return order, start, rank, r, lo
 
 
+def _bucket_blocks(bq, sets, qpos, kpos, cs):
+    """Blocks of fixed shape ``(cs, 2 cs)`` of the per-bucket chunk windows of one round.
+
+    Queries sharing (bucket, window start) share a key block; groups are cut into blocks
+    of at most ``cs`` queries. Returns ``rows (nblk, cs)`` (``-1`` padding), ``J (nblk,
+    2 cs)`` key indices, ``keep (nblk, cs, 2 cs)`` (same bucket, causal) and the key and
+    query positions ``kp (nblk, 1, 2 cs)``, ``qp (nblk, cs, 1)``; None if no query sees
+    a key.
+    """
+    order, start, _, r, lo = sets
+    m = kpos.shape[0]
+    qi = np.flatnonzero((r > 0) & (qpos >= 0))
+    if qi.size == 0:
+        return None
+    keyid = bq[qi] * (m + 1) + lo[qi]
+    srt = np.lexsort((qi, keyid))
+    qi, keyid = qi[srt], keyid[srt]
+    newgrp = np.concatenate([[True], keyid[1:] != keyid[:-1]])
+    grp = np.cumsum(newgrp) - 1
+    within = np.arange(qi.size) - np.flatnonzero(newgrp)[grp]
+    blk_of = np.cumsum(newgrp | (within % cs == 0)) - 1
+    rows = np.full((int(blk_of[-1]) + 1, cs), -1, dtype=np.int64)
+    rows[blk_of, within % cs] = qi
+    lead = rows[:, 0]
+    span = (start[bq[lead]] + lo[lead])[:, None] + np.arange(2 * cs)[None, :]
+    inb = span < start[bq[lead] + 1][:, None]
+    J = order[np.minimum(span, m - 1)]
+    rr = np.maximum(rows, 0)
+    # Padding rows have position -1 and keys beyond the bucket position m: never kept.
+    qp = np.where(rows >= 0, qpos[rr], -1)[:, :, None]
+    kp = np.where(inb, kpos[J], m)[:, None, :]
+    return rows, J, kp <= qp, kp, qp
+
+
 def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, exclude_self):
     """Causal attention within per-bucket chunk windows, merged over rounds.
 
@@ -471,44 +505,25 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
     pairs = 0
     L_key = 2 * cs
     for t in range(R):
-        order, start, _, r, lo = sets[t]
-        has = (r > 0) & (qpos >= 0)
-        qi = np.flatnonzero(has)
-        if qi.size == 0:
+        blocks = _bucket_blocks(bq_rounds[t], sets[t], qpos, kpos, cs)
+        if blocks is None:
             continue
-        b = bq_rounds[t, qi]
-        # Queries sharing (bucket, window start) share a key block: group and cut into
-        # blocks of at most cs queries.
-        keyid = b * (m + 1) + lo[qi]
-        srt = np.lexsort((qi, keyid))
-        qi, keyid = qi[srt], keyid[srt]
-        newgrp = np.concatenate([[True], keyid[1:] != keyid[:-1]])
-        grp = np.cumsum(newgrp) - 1
-        first = np.flatnonzero(newgrp)
-        within = np.arange(qi.size) - first[grp]
-        blk_of = np.cumsum(newgrp | (within % cs == 0)) - 1
-        nblk = int(blk_of[-1]) + 1
-        rows = np.full((nblk, cs), -1, dtype=np.int64)
-        rows[blk_of, within % cs] = qi
-        lead = rows[:, 0]
-        j0 = start[bq_rounds[t, lead]] + lo[lead]  # first sorted index of each block's keys
-        span = j0[:, None] + np.arange(L_key)[None, :]
-        end = start[bq_rounds[t, lead] + 1]
-        inb = span < end[:, None]
-        J = order[np.minimum(span, m - 1)]
+        rows, J, keep, kp, qp = blocks
         rr = np.maximum(rows, 0)
-        keep = inb[:, None, :] & (rows[:, :, None] >= 0)
-        keep &= kpos[J][:, None, :] <= qpos[rr][:, :, None]
         if exclude_self:
-            keep &= kpos[J][:, None, :] != qpos[rr][:, :, None]
-        # N_ij: rounds whose set of query i holds key j (>= 1 where kept).
-        count = np.zeros(keep.shape, dtype=np.int64)
-        for u in range(R):
-            _, _, rank_u, _, lo_u = sets[u]
-            count += (bk_rounds[u][J][:, None, :] == bq_rounds[u][rr][:, :, None]) & (
-                rank_u[J][:, None, :] >= lo_u[rr][:, :, None]
-            )
-        logw = np.where(keep, -np.log(np.maximum(count, 1)), 0.0)
+            keep &= kp != qp
+        logw = None
+        if R > 1:
+            # N_ij: rounds whose set of query i holds key j (1 + the other rounds).
+            count = np.ones(keep.shape, dtype=np.int8)
+            for u in range(R):
+                if u == t:
+                    continue
+                _, _, rank_u, _, lo_u = sets[u]
+                same = bk_rounds[u][J][:, None, :] == bq_rounds[u][rr][:, :, None]
+                same &= rank_u[J][:, None, :] >= lo_u[rr][:, :, None]
+                count += same
+            logw = -np.log(count, dtype=np.float32 if q.dtype == np.float32 else np.float64)
         o, ls = _block_partials(q, k, v, scale, rows, J, keep, logw=logw)
         flat = rows.ravel()
         ok = flat >= 0

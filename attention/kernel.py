@@ -53,6 +53,7 @@ from attention._kernels.features import _online_leverage
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
+from attention.clustering import _bucket_blocks, _bucket_sets
 from attention.sparse import _partial
 from rnla import sketch as _sketch
 from rnla._validation import (
@@ -688,6 +689,7 @@ def _scatterbrain(
     rng,
     n_features=128,
     n_buckets=8,
+    chunk_size=64,
     features="positive",
     orthogonal=True,
     error_bound="norms",
@@ -705,6 +707,12 @@ def _scatterbrain(
         Gaussian frequencies of the low-rank part.
     n_buckets : int, default=8
         Angular-LSH buckets (even, ``>= 2``); one hash round.
+    chunk_size : int, default=64
+        ``causal=True``: the exact (sparse) part covers, for each query, the keys of its
+        bucket at visible positions among the last ``chunk_size`` to ``2 chunk_size``
+        of them (per-bucket chunks in position order, as the causal Reformer), so it
+        costs :math:`O(n \cdot chunk)` instead of :math:`O(n^2 / b)`; non-causal: every
+        pair in a bucket.
     features : {"positive", "hyperbolic"}, default="positive"
         Positive feature maps only (the sparse correction must keep weights >= 0).
     orthogonal : bool, default=True
@@ -720,6 +728,7 @@ def _scatterbrain(
     """
     M = check_int(n_features, "n_features", minimum=1)
     nb = check_int(n_buckets, "n_buckets", minimum=2)
+    cs = check_int(chunk_size, "chunk_size", minimum=1)
     if nb % 2:
         raise ValueError(f"n_buckets={nb} must be even (angular LSH has 2 buckets per ray)")
     features = check_option(features, ("positive", "hyperbolic"), "features")
@@ -736,7 +745,9 @@ def _scatterbrain(
     _norm_warning(qmax, kmax, M, "scatterbrain")
     outs, lses, parts = [], [], []
     evals = 0
-    for g in range(problem.n_slices):
+    qpos, kpos = np.arange(n) + problem.offset, np.arange(m)
+
+    def attend(g):
         q, k, v = _scaled(problem, g)
         feat = _rf_features(q, k, W, features)
         num, den, logscale = _linear_attend(feat, v, problem.causal, problem.offset)
@@ -746,46 +757,82 @@ def _scatterbrain(
         corr = np.zeros((n, v.shape[1] + 1))
         vv = np.hstack([v, np.ones((m, 1))])
         ck = feat.lk.max(axis=1)
-        for b in range(nb):
-            qi = np.flatnonzero(hq == b)
-            kj = np.flatnonzero(hk == b)
-            if qi.size == 0 or kj.size == 0:
-                continue
-            s = q[qi] @ k[kj].T
-            # Low-rank estimate of the same entries, in log form (it is subtracted).
-            with np.errstate(divide="ignore"):
-                lphi = (
-                    feat.cq[qi, None]
-                    + ck[None, kj]
-                    + np.log(feat.phq[qi] @ np.exp(feat.lk[kj] - ck[kj, None]).T)
-                )
-            if problem.causal:
-                vis = kj[None, :] <= qi[:, None] + problem.offset
-                s = np.where(vis, s, -np.inf)
-                lphi = np.where(vis, lphi, -np.inf)
-                evals += int(vis.sum())
-            else:
-                evals += s.size
-            rb = np.maximum(ref[qi], np.maximum(s.max(axis=1), lphi.max(axis=1)))
-            rb = np.where(np.isfinite(rb), rb, 0.0)
-            w = np.exp(s - rb[:, None]) - np.exp(lphi - rb[:, None])
-            corr[qi] = w @ vv[kj] + 0.0
-            ref[qi] = rb
+        pairs = 0
+        sets = None
+        if problem.causal:
+            # Exact part on the per-bucket chunk windows (as the causal reformer): the
+            # keys of the query's bucket among the last chunk_size..2 chunk_size of them.
+            sets = _bucket_sets(hq, hk, kpos, qpos, cs)
+            blocks = _bucket_blocks(hq, sets, qpos, kpos, cs)
+            if blocks is not None:
+                rows, J, keep, _, _ = blocks
+                rr = np.maximum(rows, 0)
+                sc = np.matmul(q[rr], k[J].transpose(0, 2, 1))
+                fk = np.exp(feat.lk[J] - ck[J][..., None])
+                with np.errstate(divide="ignore"):
+                    lphi = (
+                        feat.cq[rr][:, :, None]
+                        + ck[J][:, None, :]
+                        + np.log(np.matmul(feat.phq[rr], fk.transpose(0, 2, 1)))
+                    )
+                sc = np.where(keep, sc, -np.inf)
+                lphi = np.where(keep, lphi, -np.inf)
+                rb = np.maximum(ref[rr], np.maximum(sc.max(axis=2), lphi.max(axis=2)))
+                rb = np.where(np.isfinite(rb), rb, 0.0)
+                wgt = np.exp(sc - rb[..., None]) - np.exp(lphi - rb[..., None])
+                cb = np.matmul(wgt, vv[J])
+                ok = rows.ravel() >= 0
+                corr[rows.ravel()[ok]] = cb.reshape(-1, cb.shape[-1])[ok] + 0.0
+                ref[rows.ravel()[ok]] = rb.ravel()[ok]
+                pairs = int(keep.sum())
+        else:
+            for b in range(nb):
+                qi = np.flatnonzero(hq == b)
+                kj = np.flatnonzero(hk == b)
+                if qi.size == 0 or kj.size == 0:
+                    continue
+                sc = q[qi] @ k[kj].T
+                # Low-rank estimate of the same entries, in log form (it is subtracted).
+                with np.errstate(divide="ignore"):
+                    lphi = (
+                        feat.cq[qi, None]
+                        + ck[None, kj]
+                        + np.log(feat.phq[qi] @ np.exp(feat.lk[kj] - ck[kj, None]).T)
+                    )
+                pairs += sc.size
+                rb = np.maximum(ref[qi], np.maximum(sc.max(axis=1), lphi.max(axis=1)))
+                rb = np.where(np.isfinite(rb), rb, 0.0)
+                wgt = np.exp(sc - rb[:, None]) - np.exp(lphi - rb[:, None])
+                corr[qi] = wgt @ vv[kj] + 0.0
+                ref[qi] = rb
         with np.errstate(invalid="ignore"):
             fac = np.where(np.isfinite(logscale), np.exp(logscale - ref), 0.0)
         num_t = fac[:, None] * num + corr[:, :-1]
         den_t = fac * den + corr[:, -1]
         den_t = np.where(den_t > 0, den_t, 0.0)
-        y = _ratio(num_t, den_t)
+        return _ratio(num_t, den_t), den_t, ref, hq, hk, sets, pairs
+
+    for g, (y, den_t, ref, hq, hk, sets, pairs) in enumerate(
+        map_slices(attend, range(problem.n_slices))
+    ):
+        evals += pairs
         outs.append(y)
         lses.append(_positive_lse(den_t, ref))
         if mode is not None:
+            q, k, v = _scaled(problem, g)
             exclude = None
             if mode == "exact":
-                hq_, hk_ = hq, hk
+                if sets is None:
 
-                def exclude(j0, j1, hq_=hq_, hk_=hk_):
-                    return hq_[:, None] == hk_[None, j0:j1]
+                    def exclude(j0, j1, hq_=hq, hk_=hk):
+                        return hq_[:, None] == hk_[None, j0:j1]
+
+                else:
+                    rank, lo = sets[2], sets[4]
+
+                    def exclude(j0, j1, hq_=hq, hk_=hk, rank=rank, lo=lo):
+                        same = hq_[:, None] == hk_[None, j0:j1]
+                        return same & (rank[None, j0:j1] >= lo[:, None])
 
                 evals += int(_visible_counts(problem).sum())
             parts.append(

@@ -107,7 +107,7 @@ def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
     s *= s.dtype.type(scale)
     if logw is not None:
         s += logw.astype(s.dtype, copy=False)
-    s = np.where(keep, s, _NEG)
+    np.putmask(s, ~keep, _NEG)
     mx = s.max(axis=2)
     finite = np.isfinite(mx)
     shift = np.where(finite, mx, 0.0).astype(s.dtype)
@@ -116,7 +116,7 @@ def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
     z = s.sum(axis=2)
     out = np.matmul(s, v[J])
     zs = np.where(finite, z, 1.0)
-    out = np.where(finite[..., None], out / zs[..., None], 0.0)
+    out /= zs[..., None]
     with np.errstate(divide="ignore"):
         lse = np.where(finite, shift + np.log(zs.astype(np.float64)), _NEG)
     return out, lse
