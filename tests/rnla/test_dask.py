@@ -289,3 +289,68 @@ def test_lstsq_agrees(client, chunking):
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
     _close(res_d.x, res_m.x, 1e-9)
     _close(res_d.x, x_ref, 1e-9)
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+@pytest.mark.parametrize("kind", ["sparse_sign", "rademacher", "countsketch"])
+def test_rsvd_blockwise_sketches_agree(client, tall, method, kind):
+    res_m = rnla.rsvd(tall, 6, method=method, n_iter=1, sketch=kind, rng=8)
+    res_d = rnla.rsvd(_dask(tall, "both"), 6, method=method, n_iter=1, sketch=kind, rng=8)
+    _check_svd(res_d, res_m)
+
+
+def test_single_pass_wide(client, tall):
+    A = np.ascontiguousarray(tall.T)
+    res_m = rnla.single_pass_svd(A, 5, rng=4)
+    res_d = rnla.single_pass_svd(_dask(A, "both"), 5, rng=4)
+    _close(res_d.s, res_m.s, 1e-7)
+    _close(_np(res_d.U), res_m.U, 1e-6)
+    _close(_np(res_d.Vt), res_m.Vt, 1e-6)
+
+
+def test_rsvd_rank_deficient_dask(client):
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 40))
+    res = rnla.rsvd(da.from_array(A, chunks=(100, 40)), 6, method="subspace", rng=0)
+    assert res.s.shape == (6,) and res.U.shape == (300, 6)
+    assert np.all(np.isfinite(res.s)) and np.all(res.s[3:] <= 1e-10 * res.s[0])
+    U = res.U.compute()
+    _close((U[:, :3] * res.s[:3]) @ res.Vt[:3], A, 1e-8)
+
+
+# ---------------------------------------------------------------------------------------
+# the operator wrapper itself (no dask needed beyond the module import)
+# ---------------------------------------------------------------------------------------
+
+
+def test_wrapper_kinds_and_pass_counting():
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import aslinearoperator
+
+    from rnla.operators import DenseEntries, _wrap
+
+    A = np.arange(12.0).reshape(4, 3)
+    for obj, kind in [
+        (A, "dense"),
+        (sp.csr_array(A), "sparse"),
+        (aslinearoperator(A), "operator"),
+        (DenseEntries(A), "entries"),
+    ]:
+        op = _wrap(obj)
+        assert op.kind == kind and op.shape == (4, 3) and op.dtype == np.float64
+        _close(op.matmat(np.eye(3)), A, 1e-15)
+        _close(op.T.matmat(np.eye(4)), A.T, 1e-15)
+        _close(op.rows([2, 0]), A[[2, 0]], 1e-15)
+        _close(op.columns([1]), A[:, [1]], 1e-15)
+        _close(op.T.rows([1]), A[:, [1]].T, 1e-15)
+        assert op.fro_norm_sq() == pytest.approx(float(np.sum(A * A)))
+        assert op.n_passes >= 2  # shared between op and op.T
+    op32 = _wrap(A.astype(np.float32))
+    assert op32.matmat(np.ones((3, 1))).dtype == np.float32
+    with pytest.raises(ValueError, match="square"):
+        _wrap(A, square=True)
+    with pytest.raises(TypeError):
+        _wrap(np.ones((2, 2), dtype=complex))
+    with pytest.raises(ValueError, match="finite"):
+        _wrap(np.array([[1.0, np.nan]]))
+    assert _wrap(op32) is op32
