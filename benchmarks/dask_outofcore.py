@@ -184,18 +184,27 @@ def projection_error(s, V, Vt_hat) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def outofcore(path: str, method: str, memory_limit: str, n_iter: int) -> dict:
+def outofcore(path: str, method: str, memory_limit: str, n_iter: int, rows_used=None) -> dict:
     import dask.array as da
     import zarr
     from distributed import Client, LocalCluster
 
     import rnla
 
-    meta = np.load(Path(path).with_suffix(".npz"))
-    s, V = meta["s"], meta["V"]
     z = zarr.open_array(path, mode="r")
-    size = z.nbytes
-    out = {"method": method, "shape": list(z.shape), "data_GiB": size / 2**30}
+    meta = Path(path).with_suffix(".npz")
+    if meta.exists():
+        s, V = np.load(meta)["s"], np.load(meta)["V"]
+    else:
+        s, V = known_factors(z.shape[1], 0)
+    m = z.shape[0] if rows_used is None else int(rows_used)
+    if m % CHUNK_ROWS or m > z.shape[0]:
+        raise SystemExit(f"--rows-used must be a multiple of {CHUNK_ROWS} <= {z.shape[0]}")
+    # The first m rows: U's row blocks are orthonormal up to 1/sqrt(#blocks of the whole
+    # store), so the top m rows have singular values s * sqrt(m / M), same V.
+    s = s * np.sqrt(m / z.shape[0])
+    size = m * z.shape[1] * z.dtype.itemsize
+    out = {"method": method, "shape": [m, z.shape[1]], "data_GiB": size / 2**30}
     with TreeMonitor() as mon:
         cluster = LocalCluster(
             n_workers=2,
@@ -205,7 +214,7 @@ def outofcore(path: str, method: str, memory_limit: str, n_iter: int) -> dict:
             dashboard_address=None,
         )
         client = Client(cluster)
-        A = da.from_zarr(z)
+        A = da.from_zarr(z)[:m]
         read0 = mon._read()
         t0 = time.perf_counter()
         if method == "rsvd":
@@ -345,6 +354,7 @@ def main() -> None:
     o.add_argument("--method", choices=["rsvd", "single_pass"], required=True)
     o.add_argument("--memory-limit", default="3GiB")
     o.add_argument("--n-iter", type=int, default=1)
+    o.add_argument("--rows-used", type=int, default=None)
     c = sub.add_parser("compare")
     c.add_argument("--rows", type=int, default=200_000)
     c.add_argument("--cols", type=int, default=2000)
@@ -356,7 +366,7 @@ def main() -> None:
         generate(args.path, args.rows, args.cols)
         return
     if args.cmd == "outofcore":
-        res = outofcore(args.path, args.method, args.memory_limit, args.n_iter)
+        res = outofcore(args.path, args.method, args.memory_limit, args.n_iter, args.rows_used)
         name = f"dask_outofcore_{args.method}.json"
     else:
         res = compare(args.rows, args.cols, args.repeats, args.tol)

@@ -354,3 +354,18 @@ def test_wrapper_kinds_and_pass_counting():
     with pytest.raises(ValueError, match="finite"):
         _wrap(np.array([[1.0, np.nan]]))
     assert _wrap(op32) is op32
+
+
+@pytest.mark.parametrize("width", [1, 7, 100, 3000])
+def test_counter_based_rows_are_independent_of_blocking(width):
+    from rnla import _random
+
+    R = _random.block_rows(width)
+    N = 3 * R + 17
+    full = _random.normal_rows(5, 0, N, width)
+    for a, b in [(0, 1), (3, N // 2), (R - 1, 2 * R + 1), (N - 5, N)]:
+        np.testing.assert_array_equal(full[a:b], _random.normal_rows(5, a, b, width))
+        np.testing.assert_array_equal(
+            _random.bit_rows(2, 0, N, width)[a:b], _random.bit_rows(2, a, b, width)
+        )
+    assert _random.normal_rows(5, 0, N, width, dtype=np.float32).dtype == np.float32
