@@ -4,9 +4,13 @@ Algorithms in :mod:`rnla` touch a matrix in one of two ways.
 
 **Products.** Range finders, Krylov methods and trace estimators need only
 :math:`A x` and :math:`A^T y`. They accept an ndarray, a ``scipy.sparse`` array or
-matrix, or a :class:`scipy.sparse.linalg.LinearOperator`, normalised by
-:func:`as_linear_operator` (a validating wrapper of
-:func:`scipy.sparse.linalg.aslinearoperator`). :func:`dot_test` checks that an operator's
+matrix, a :class:`scipy.sparse.linalg.LinearOperator`, an object with an
+``as_linear_operator()`` method, or a ``dask.array.Array``, all through one private
+wrapper (validation, products in the input's dtype, rows and columns where the input
+allows it, and a count of the passes over the data); dask is imported only when the
+input already is a dask array. :func:`as_linear_operator` (a validating wrapper of
+:func:`scipy.sparse.linalg.aslinearoperator`) gives the same view as a public
+``LinearOperator``. :func:`dot_test` checks that an operator's
 adjoint is consistent with its forward map.
 
 **Entries.** RPCholesky, adaptive cross approximation, CUR and TT-cross read individual
