@@ -1170,6 +1170,8 @@ class _Operator:
 
     def fro_norm_sq(self) -> float:
         """Exact ``||A||_F^2`` accumulated in float64 (operators: ``min(m, n)`` products)."""
+        if self.kind == "dense" or self.kind == "sparse":
+            self._passes.n += 1  # one read of the data
         if self.kind == "dense":
             total = 0.0
             rows = max(1, (1 << 20) // max(1, self.shape[1]))

@@ -147,6 +147,8 @@ def test_randqb_tol(client, tall, chunking):
     assert isinstance(res_d.Q, da.Array)
     assert abs(res_d.error - res_m.error) <= 1e-8
     _close(res_d.B, res_m.B, 1e-7)
+    n_blocks = res_m.Q.shape[1] // 5 + (res_m.Q.shape[1] % 5 > 0)
+    assert res_d.n_passes == res_m.n_passes == 1 + 2 * n_blocks  # ||A||_F, then 2 per block
 
 
 @pytest.mark.parametrize("chunking", list(CHUNKINGS))
