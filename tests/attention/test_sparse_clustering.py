@@ -277,3 +277,22 @@ def test_causal_lsh_cluster_methods_float32_gqa(rng, method):
     assert np.all(np.isfinite(r.output)) and r.cost.kernel_evals > 0
     # Position 0 sees only key 0: exact there.
     np.testing.assert_allclose(r.output[..., 0, :], np.repeat(V[..., 0, :], 2, axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("s", "kk"), [(1000, 5), (997, 3), (100, 40), (40, 1)], ids=str)
+def test_topk_group_preselection_matches_full_sort(rng, s, kk):
+    from attention.sparse import _topk_rows
+
+    S = rng.standard_normal((30, s)) * 3
+    S[0, :] = 1.0  # ties everywhere
+    S[1, 5:] = -np.inf  # few visible keys
+    v = rng.standard_normal((s, 4))
+    out, lse_kept, lse_full = _topk_rows(S.copy(), v, kk)
+    for i in range(30):
+        order = np.argsort(-S[i], kind="stable")[: min(kk, int(np.isfinite(S[i]).sum()))]
+        w = np.exp(S[i, order] - S[i, order].max())
+        np.testing.assert_allclose(out[i], w @ v[order] / w.sum(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(lse_full[i], np.logaddexp.reduce(S[i]), rtol=1e-12)
+        np.testing.assert_allclose(
+            lse_kept[i], np.logaddexp.reduce(np.sort(S[i])[::-1][:kk]), rtol=1e-12
+        )
