@@ -257,7 +257,8 @@ def _scaled(problem: Problem, g: int, dtype=np.float64):
     """Slice ``g`` in ``dtype`` with ``sqrt(scale)`` folded into ``q`` and ``k``."""
     q, k, v = problem.slice(g)
     r = math.sqrt(problem.scale)
-    return q.astype(dtype) * dtype(r), k.astype(dtype) * dtype(r), v.astype(dtype)
+    r = np.dtype(dtype).type(r)
+    return q.astype(dtype) * r, k.astype(dtype) * r, v.astype(dtype)
 
 
 def _work_dtype(problem: Problem, xmax: float, limit: float = 1e3):

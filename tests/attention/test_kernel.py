@@ -376,3 +376,20 @@ def test_result_independent_of_thread_count(rng, method):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, many)
+
+
+def test_levattention_float32_without_bound(rng):
+    Q, Kk, V = _data(rng, n=70, dtype=np.float32)
+    r = _run(Q, Kk, V, "levattention", n_keys=8, window=4, error_bound=None, causal=True)
+    assert r.output.dtype == np.float32 and r.bound is None
+    ref = _run(
+        Q.astype(float),
+        Kk.astype(float),
+        V.astype(float),
+        "levattention",
+        n_keys=8,
+        window=4,
+        error_bound=None,
+        causal=True,
+    )
+    np.testing.assert_allclose(r.output, ref.output, rtol=1e-4, atol=1e-5)
