@@ -393,3 +393,17 @@ def test_levattention_float32_without_bound(rng):
         causal=True,
     )
     np.testing.assert_allclose(r.output, ref.output, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("k", "degree"), [(16, 2), (15, 2), (8, 3)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tensorsketch_gemm_matches_transform(rng, k, degree, dtype):
+    from rnla import sketch
+
+    ts = sketch.tensor_sketch(k, 5, degree, rng=3)
+    x = rng.standard_normal((40, 5))
+    ref = ts.transform(x)
+    got = K._TensorSketchGemm(ts, dtype).transform(x.astype(dtype))
+    assert got.dtype == dtype
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
