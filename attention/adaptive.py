@@ -173,7 +173,13 @@ def _summaries(problem: Problem):
     # ||P^8||_F = (sum lambda^16)^(1/2) for the normalised G (eigenvalues <= 1)
     lam = safe * np.sqrt(np.sum(P * P, axis=(-2, -1))) ** (1.0 / 8.0)
     vsig = np.where(tr > 0, np.sqrt(lam) * (1.0 + 1e-6), 0.0)
-    return vc, vdev, np.ascontiguousarray(vsig)
+    # ||U_R||_2 for any set R of blocks: its Gram matrix sum_{b in R} G_b is dominated by
+    # the sum over all blocks, so one eigenvalue per key/value head bounds them all.
+    total = gram.sum(axis=1)
+    top = np.linalg.eigvalsh(total)[..., -1]
+    big = np.trace(total, axis1=-2, axis2=-1)
+    vsig_all = np.sqrt(np.maximum(top, 0.0) + 1e-12 * big) * (1.0 + 1e-6)
+    return vc, vdev, np.ascontiguousarray(vsig), np.ascontiguousarray(vsig_all)
 
 
 def _run(problem, tasks, tau, summaries, out, lse):

@@ -66,6 +66,7 @@ def _task_loop(
     vc,
     vdev,
     vsig,
+    vsig_all,
     scale,
     causal,
     offset,
@@ -119,6 +120,7 @@ def _task_loop(
             # normalisers and per-block statistics relative to the running maxima --
             bm = np.zeros((nb, nkb))
             cost = np.zeros((nb, nkb))
+            dev2 = np.zeros((nb, nkb))
             mch = np.full((nch, nb), _NEG)
             vsg = vsig[gk]
             vdg = vdev[gk]
@@ -149,6 +151,7 @@ def _task_loop(
                         for b in range(j0 // bk):
                             bm[i, b] *= f
                             cost[i, b] *= f
+                            dev2[i, b] *= f * f
                     mrow[i] = mnew
                     mch[ch, i] = mnew
                     dsum[i] += _exp_sum(srow, mnew)
@@ -157,7 +160,11 @@ def _task_loop(
                         wb = min(bk, w - b0)
                         s1, s2, s3 = _block_stats(srow[b0 : b0 + wb], vdg[j0 + b0 : j0 + b0 + wb])
                         bm[i, b] = s1
-                        cost[i, b] = min(vsg[b] * np.sqrt(s2), s3)
+                        # U_b^T 1 = 0: subtracting the block mean from the weights
+                        # changes nothing, so ||w_b - mean||_2 replaces ||w_b||_2.
+                        dv2 = max(s2 - s1 * s1 / wb, 0.0) + 1e-12 * s2
+                        dev2[i, b] = dv2
+                        cost[i, b] = min(vsg[b] * np.sqrt(dv2), s3)
             # -- choose the dropped blocks --
             # Sink block 0, the last fully visible block and every partly visible block
             # are always exact.
@@ -166,6 +173,9 @@ def _task_loop(
             drop = np.zeros(nkb, dtype=np.bool_)
             ncand = max(first_local - 1, 0)
             e = np.zeros(nb)
+            ea = np.zeros(nb)  # triangle sum over dropped blocks
+            eq = np.zeros(nb)  # sum of ||w_b - mean||^2 over dropped blocks
+            sg_all = vsig_all[gk]
             # Planning target: the all-centroid output (cheap) as a proxy of ||y||.
             yn2 = 0.0
             for i in range(nb):
@@ -191,14 +201,20 @@ def _task_loop(
                     b = order[r] + 1
                     s2 = 0.0
                     for i in range(nb):
-                        x = e[i] + (cost[i, b] / dsum[i] if dsum[i] > 0.0 else 0.0)
-                        s2 += x * x
+                        if dsum[i] > 0.0:
+                            x = min(
+                                ea[i] + cost[i, b] / dsum[i],
+                                sg_all * np.sqrt(eq[i] + dev2[i, b]) / dsum[i],
+                            )
+                            s2 += x * x
                     if s2 > target2:
                         break
                     for i in range(nb):
                         if dsum[i] > 0.0:
                             x = cost[i, b] / dsum[i]
-                            e[i] += x
+                            ea[i] += x
+                            eq[i] += dev2[i, b]
+                            e[i] = min(ea[i], sg_all * np.sqrt(eq[i]) / dsum[i])
                             quad += x * x
                     drop[b] = True
                     ndrop += 1

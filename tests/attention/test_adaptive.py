@@ -153,7 +153,18 @@ def test_value_summaries_match_numpy(rng):
             rtol=1e-8,
         )
     problem = prepare(v, v, v)
-    _, _, vsig = _summaries(problem)
+    _, _, vsig, vsig_all = _summaries(problem)
+    whole = np.concatenate(
+        [
+            v[:, b * _BK : (b + 1) * _BK]
+            - v[:, b * _BK : (b + 1) * _BK].mean(axis=1, keepdims=True)
+            for b in range(nkb)
+        ],
+        axis=1,
+    )
+    ref_all = np.array([np.linalg.norm(x, 2) for x in whole])
+    assert np.all(vsig_all >= ref_all * (1 - 1e-12))
+    np.testing.assert_allclose(vsig_all, ref_all, rtol=1e-5)
     for b in range(nkb):
         blk = v[:, b * _BK : (b + 1) * _BK]
         c = blk - blk.mean(axis=1, keepdims=True)
@@ -181,6 +192,8 @@ def _reference_task(q, k, v, scale, drop, bk=_BK):
     y = np.zeros((q.shape[0], v.shape[1]))
     e = np.zeros(q.shape[0])
     e_quad = np.zeros(q.shape[0])
+    dev2 = np.zeros(q.shape[0])
+    U_all = []
     for b in range(-(-k.shape[0] // bk)):
         sl = slice(b * bk, (b + 1) * bk)
         vb, wb = v[sl], w[:, sl]
@@ -188,12 +201,18 @@ def _reference_task(q, k, v, scale, drop, bk=_BK):
             vc = vb.mean(axis=0)
             U = vb - vc
             sig = np.linalg.norm(U, 2)
-            c = np.minimum(sig * np.linalg.norm(wb, axis=1), wb @ np.linalg.norm(U, axis=1))
+            dev = np.linalg.norm(wb - wb.mean(axis=1, keepdims=True), axis=1)
+            c = np.minimum(sig * dev, wb @ np.linalg.norm(U, axis=1))
             y += np.outer(wb.sum(axis=1), vc)
             e += c / D
             e_quad += (c / D) ** 2
+            dev2 += dev**2
+        if True:
+            U_all.append(vb - vb.mean(axis=0))
         else:
             y += wb @ vb
+    sig_all = np.linalg.norm(np.concatenate(U_all), 2)
+    e = np.minimum(e, sig_all * np.sqrt(dev2) / D)
     return y / D[:, None], e, np.sqrt(e_quad)
 
 
