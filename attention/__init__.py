@@ -16,6 +16,8 @@ Survey  Module                       Methods (registered names, or functions)
 §3      :mod:`attention.sparse`      ``topk``, ``window``, ``bigbird``
 §3.2    :mod:`attention.clustering`  ``reformer``, ``routing``, ``smyrf``, ``multipole``
 §3.3    :mod:`attention.sampling`    ``hyperattention``, ``kdeformer``, ``prescoring``
+§3      :mod:`attention.adaptive`    ``adaptive``: tolerance-driven, certified
+                                     ``||Y - Y~||_F <= tol ||Y||_F``
 §4      :mod:`attention.lowrank`     ``loki``, ``skyformer``, ``wildcat``, ``linformer``,
                                      ``nystromformer``, ``csalr``, ``rsvd_oracle``
 §5      :mod:`attention.kernel`      kernel methods: ``performer``, ``scatterbrain``,

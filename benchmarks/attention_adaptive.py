@@ -260,13 +260,101 @@ def _md(prefill_rows, decode_rows):
     return "\n".join(lines) + "\n"
 
 
+def _summary_rst(pre, dec, oracle):
+    """Aggregate table for the docs: per (n, tol) over the layers."""
+    lines = [
+        ".. list-table:: Prefill, 9 heads x 5 layers per n (medians over layers)",
+        "   :header-rows: 1",
+        "",
+        "   * - n",
+        "     - tol",
+        "     - bound holds",
+        "     - bound <= tol ||Y||",
+        "     - quadrature control holds",
+        "     - median bound/actual",
+        "     - key fraction",
+        "     - oracle top-k fraction",
+        "     - speed-up vs exact (median)",
+        "     - load",
+    ]
+    for n in sorted({r["n"] for r in pre}):
+        for tol in TOLS:
+            rs = [r for r in pre if r["n"] == n and r["tol"] == tol]
+            if not rs:
+                continue
+            orc = [v[str(tol)] for v in oracle.get(str(n), {}).values()]
+            lines += [
+                f"   * - {n}",
+                f"     - {tol:g}",
+                f"     - {sum(r['holds'] for r in rs)}/{len(rs)}",
+                f"     - {sum(r['within_tol'] for r in rs)}/{len(rs)}",
+                f"     - {sum(bool(r['quadrature_holds']) for r in rs)}/{len(rs)}",
+                f"     - {np.median([r['bound_over_actual'] for r in rs]):.2f}",
+                f"     - {np.mean([r['key_fraction'] for r in rs]):.2f}",
+                f"     - {np.mean(orc):.2f}" if orc else "     - n/a",
+                f"     - {np.median([r['speedup'] for r in rs]):.2f}",
+                f"     - {np.mean([r['load'] for r in rs]):.1f}",
+            ]
+    lines += [
+        "",
+        ".. list-table:: Decode (medians over cases)",
+        "   :header-rows: 1",
+        "",
+        "   * - cases",
+        "     - tol",
+        "     - bound holds",
+        "     - bound <= tol ||Y||",
+        "     - key fraction",
+        "     - speed-up vs exact",
+    ]
+    for prefix in ("real m=2048", "real m=8192", "synthetic m=32768"):
+        for tol in TOLS:
+            rs = [r for r in dec if r["case"].startswith(prefix) and r["tol"] == tol]
+            if not rs:
+                continue
+            lines += [
+                f"   * - {prefix}",
+                f"     - {tol:g}",
+                f"     - {sum(r['holds'] for r in rs)}/{len(rs)}",
+                f"     - {sum(r['within_tol'] for r in rs)}/{len(rs)}",
+                f"     - {np.mean([r['key_fraction'] for r in rs]):.2f}",
+                f"     - {np.median([r['speedup'] for r in rs]):.2f}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def render(oracle_paths=()):
+    """Rewrite the markdown and the docs summary from the JSON (and oracle JSON files)."""
+    data = json.loads((RESULTS / "attention_adaptive.json").read_text())
+    oracle = data.get("oracle", {})
+    for path in oracle_paths:
+        n = Path(path).stem.split("_")[-1]
+        oracle[n] = json.loads(Path(path).read_text())
+    data["oracle"] = oracle
+    (RESULTS / "attention_adaptive.json").write_text(json.dumps(data, indent=1))
+    (RESULTS / "attention_adaptive.md").write_text(_md(data["prefill"], data["decode"]))
+    (RESULTS / "attention_adaptive_summary.rst").write_text(
+        _summary_rst(data["prefill"], data["decode"], oracle)
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 4096 only, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--oracle", action="store_true", help="oracle top-k fractions (slow)")
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument(
+        "--render",
+        nargs="*",
+        metavar="ORACLE_JSON",
+        default=None,
+        help="only rewrite the tables from the JSON (plus oracle_<n>.json files)",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        render(args.render)
+        return
     repeats = 1 if args.quick else args.repeats
     ns = (4096,) if args.quick else (4096, 8192)
     pre = [r for n in ns for r in prefill(n, repeats, args.oracle)]
@@ -275,7 +363,7 @@ def main(argv=None):
     (RESULTS / "attention_adaptive.json").write_text(
         json.dumps({"prefill": pre, "decode": dec}, indent=1)
     )
-    (RESULTS / "attention_adaptive.md").write_text(_md(pre, dec))
+    render()
 
 
 if __name__ == "__main__":

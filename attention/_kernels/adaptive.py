@@ -178,14 +178,12 @@ def _task_loop(
             sg_all = vsig_all[gk]
             # Planning target: the all-centroid output (cheap) as a proxy of ||y||.
             yn2 = 0.0
+            ycent = bm @ np.ascontiguousarray(vc[gk, :nkb])  # (nb, dv): one GEMM
             for i in range(nb):
                 if dsum[i] > 0.0:
                     inv = 1.0 / dsum[i]
                     for c in range(dv):
-                        a = 0.0
-                        for b in range(nkb):
-                            a += bm[i, b] * vc[gk, b, c]
-                        yn2 += (a * inv) ** 2
+                        yn2 += (ycent[i, c] * inv) ** 2
             if ncand > 0:
                 tot = np.zeros(ncand)
                 for p in range(ncand):
@@ -315,12 +313,12 @@ def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first, mch, mrow):
                 acc[i, c] += f * pv[i, c]
     nkb = (vis + bk - 1) // bk
     sign = 1.0 if first else -1.0
+    bmd = np.zeros((nb, nkb))
     for b in range(nkb):
         if drop[b]:
             for i in range(nb):
-                x = sign * bm[i, b]
-                for c in range(dv):
-                    acc[i, c] += x * vc[gk, b, c]
+                bmd[i, b] = sign * bm[i, b]
+    acc += bmd @ np.ascontiguousarray(vc[gk, :nkb])
 
 
 _task_kernel = njit(cache=True, nogil=True, parallel=True)(_task_loop)
