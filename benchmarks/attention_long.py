@@ -327,6 +327,85 @@ def _explicit_params(row):
     return {}
 
 
+# End-to-end accuracy runs (``--accuracy N``): the best setting of each family by the
+# tables (defaults), every layer approximated, single-threaded; no times are reported, so
+# they need not hold the machine lock.
+ACCURACY_RUNS = [
+    ("sparse", "topk", {}),
+    ("sparse", "bigbird", {}),
+    ("low-rank", "loki", {}),
+    ("sampling", "hyperattention", {}),
+    ("kernel", "polysketch", {}),
+    ("kernel", "performer", {}),
+    ("adaptive", "adaptive", {"tol": 0.05}),
+]
+
+
+def accuracy_runs(n: int, cache_dir=None) -> list[dict]:
+    """Perplexity, top-1 agreement and per-layer errors of each family's best setting."""
+    from threadpoolctl import threadpool_limits
+
+    from attention.data import load_smollm2_heads
+    from attention.end_to_end import perplexity
+
+    calib = load_smollm2_heads(512, text="cc0-1.0", cache_dir=cache_dir)
+    loki = {int(layer): {"calibration": calib.K[i]} for i, layer in enumerate(calib.layers)}
+    out = []
+    with threadpool_limits(1):
+        for fam, name, params in ACCURACY_RUNS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    r = perplexity(
+                        name,
+                        n_tokens=n,
+                        cache_dir=cache_dir,
+                        layer_params=loki if name == "loki" else None,
+                        **params,
+                    )
+                except Exception as exc:  # reported, the runs go on
+                    out.append({"family": fam, "method": name, "error": str(exc)[:200]})
+                    continue
+            d = r.to_json()
+            keep = ("n", "method", "params", "perplexity_exact", "perplexity")
+            keep += ("perplexity_ratio", "top1_exact", "top1", "top1_agreement")
+            d = {k: d[k] for k in keep}
+            d["family"] = fam
+            d["median_layer_error"] = float(np.nanmedian(r.layer_error))
+            d["max_layer_error"] = float(np.nanmax(r.layer_error))
+            out.append(d)
+    return out
+
+
+def accuracy_rst(acc: dict) -> str:
+    """Return the accuracy runs (keyed by n) as a reStructuredText table."""
+    lines = [
+        ".. csv-table::",
+        "   :header: n, family, method (parameters), perplexity (exact), ratio, "
+        "top-1 agreement, median layer error, max layer error",
+        "   :widths: 6, 10, 30, 16, 8, 10, 10, 10",
+        "",
+    ]
+    for key in sorted(acc, key=int):
+        for d in acc[key]:
+            if "perplexity" not in d:
+                lines.append(f'   {key}, {d["family"]}, {d["method"]}, "error", , , , ')
+                continue
+            params = ", ".join(
+                f"{k}={v}" for k, v in d["params"].items() if v is not None and k != "delta"
+            )
+            if d["method"] == "loki":
+                params = (params + ", " if params else "") + "calibration: CC0 text keys"
+            lines.append(
+                f'   {d["n"]}, {d["family"]}, "{d["method"]} ({params or "defaults"})", '
+                f'"{d["perplexity"]:.4g} ({d["perplexity_exact"]:.2f})", '
+                f"{d['perplexity_ratio']:.3g}, {d['top1_agreement']:.3f}, "
+                f"{d['median_layer_error']:.3f}, {d['max_layer_error']:.3f}"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ output
 
 
@@ -591,7 +670,25 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=None, help="head cache (default: user cache)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite .md/.png from .json")
+    p.add_argument(
+        "--accuracy",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="only the end-to-end accuracy runs at these lengths (no timings)",
+    )
     a = p.parse_args(argv)
+    acc_path = a.out_dir / f"{NAME}_e2e.json"
+    if a.accuracy:
+        acc = json.loads(acc_path.read_text()) if acc_path.exists() else {}
+        for n in a.accuracy:
+            acc[str(n)] = accuracy_runs(n, a.cache_dir)
+            acc_path.write_text(json.dumps(acc, indent=1))
+    if acc_path.exists():
+        (a.out_dir / f"{NAME}_e2e.rst").write_text(accuracy_rst(json.loads(acc_path.read_text())))
+    if a.accuracy:
+        print((a.out_dir / f"{NAME}_e2e.rst").read_text())
+        return
     path = a.out_dir / f"{NAME}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if not a.render:
