@@ -359,13 +359,15 @@ def _block_part(q, k, vaug, scale, qblock, kblock, nb):
 
 def _sample_part(q, k, vaug, scale, qblock, kblock, idx, p, s):
     """Return the sampled part: row maxima (n,), numerators (n, dv + 1), weights 1/(s p)."""
-    S = (q @ k[idx].T) * scale - np.log(s * p[idx])[None, :]
+    S = q @ k[idx].T
+    S *= S.dtype.type(scale)
+    S -= np.log(s * p[idx]).astype(S.dtype)[None, :]
     # Samples inside the query's own block are already counted exactly.
-    S = np.where(qblock[:, None] == kblock[idx][None, :], -np.inf, S)
+    np.putmask(S, qblock[:, None] == kblock[idx][None, :], -np.inf)
     mx = S.max(axis=1)
-    safe = np.where(np.isfinite(mx), mx, 0.0)
-    E = np.exp(S - safe[:, None])
-    return mx, E @ vaug[idx]
+    S -= np.where(np.isfinite(mx), mx, 0.0).astype(S.dtype)[:, None]
+    np.exp(S, out=S)
+    return mx, S @ vaug[idx]
 
 
 def _draw(v, s, sampling, uniform_mix, rng):
@@ -395,7 +397,7 @@ def _block_sample(q, k, v, scale, rng, *, block_size, n_bits, sample_size, sampl
     the piece description for the bound and the kernel evaluations.
     """
     n, m = q.shape[0], k.shape[0]
-    vaug = np.hstack([v, np.ones((m, 1))])
+    vaug = np.hstack([v, np.ones((m, 1), dtype=v.dtype)])
     qblock, kblock, nb = _lsh_blocks(q, k, n_bits, block_size, gray, rng)
     c1, num1, evals = _block_part(q, k, vaug, scale, qblock, kblock, nb)
     p, idx = _draw(v, sample_size, sampling, mix, rng)
@@ -729,7 +731,7 @@ def _hyper_causal(q, k, v, scale, rng, r0, k0, opts):
     )
 
 
-def _hyper_slices(problem, rng, opts, select=None):
+def _hyper_slices(problem, rng, opts, select=None, dtype=np.float64):
     outs, lses, plans = [], [], []
     evals, flops = 0, 0.0
     # One generator per slice, spawned in order: the slices run on all cores and the
@@ -737,7 +739,7 @@ def _hyper_slices(problem, rng, opts, select=None):
     rngs = rng.spawn(problem.n_slices)
 
     def attend(g):
-        q, k, v = (x.astype(np.float64) for x in problem.slice(g))
+        q, k, v = (x.astype(dtype) for x in problem.slice(g))
         ev0, fl0 = 0, 0.0
         if select is not None:
             keys, ev0, fl0 = select(q, k, v)
@@ -806,7 +808,10 @@ def _hyperattention(
         block_size, sample_size, n_bits, delta, error_bound
     )
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
-    outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts)
+    # Without the bound (whose exact moments want float64 inputs) float32 inputs are
+    # processed in float32.
+    dtype = np.float64 if error_bound else problem.dtype
+    outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts, dtype=dtype)
     bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if error_bound else None
     return method_result(problem, outs, lses, bound, Cost(flops, evals))
 

@@ -315,3 +315,14 @@ def test_exact_when_not_cheaper(name, rng):
     assert relative_error(res.output, _exact(Q, K, V)) < 1e-12
     assert res.cost.kernel_evals == 96 * 96
     assert res.bound.value < 1e-10
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_hyperattention_float32_without_bound_matches_float64(causal):
+    rng = np.random.default_rng(0)
+    Q, K, V = (rng.standard_normal((2, 400, 8)) * 0.5 for _ in range(3))
+    kw = dict(rng=1, causal=causal, error_bound=False, min_seq_len=64, sample_size=32)
+    a = approximate(*(x.astype(np.float32) for x in (Q, K, V)), "hyperattention", **kw)
+    b = approximate(Q, K, V, "hyperattention", **kw)
+    assert a.output.dtype == np.float32 and np.all(np.isfinite(a.output))
+    np.testing.assert_allclose(a.output, b.output, rtol=2e-3, atol=2e-4)
