@@ -53,6 +53,7 @@ from attention.sparse import (
     _positions,
     _slices64,
     _unit_rows,
+    _work_dtype,
 )
 from rnla._validation import check_int
 from rnla.cluster import angular_lsh, balanced_buckets, kmeans
@@ -544,9 +545,10 @@ def _reformer_causal(problem, rng, n_buckets, cs, n_rounds, exclude_self):
     """Causal Reformer (see :func:`_reformer`): per-bucket chunks, on all cores."""
     n, m, G = problem.n, problem.m, problem.n_slices
     seeds = rng.integers(0, 2**63 - 1, size=G)
+    wdt = _work_dtype(problem)
 
     def attend(g):
-        q, k, v = problem.slice(g)
+        q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
         codes = angular_lsh(
             np.vstack([_unit_rows(q.astype(np.float64)), _unit_rows(k.astype(np.float64))]),
             n_buckets,
@@ -604,9 +606,10 @@ def _routing_causal(problem, rng, C, w):
     n, m, G = problem.n, problem.m, problem.n_slices
     init = rng.standard_normal((C, problem.d))
     cs = max(1, -(-w // 2))
+    wdt = _work_dtype(problem)
 
     def attend(g):
-        q, k, v = problem.slice(g)
+        q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
         lq, lk = _online_labels(
             _unit_rows(q.astype(np.float64)),
             _unit_rows(k.astype(np.float64)),

@@ -55,6 +55,7 @@ from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
 from attention.clustering import _bucket_blocks, _bucket_sets
 from attention.sparse import _partial
+from attention.sparse import _work_dtype as _sparse_work_dtype
 from rnla import sketch as _sketch
 from rnla._validation import (
     AccuracyWarning,
@@ -1641,7 +1642,7 @@ def _levattention(
             selections[j] = _select_keys(problem, g, n_keys, threshold)
     # float64 when the dropped mass is measured against the exact lse, else the inputs'
     # dtype (float32 GEMMs for float32 inputs).
-    wdt = np.float64 if mode == "exact" else problem.dtype
+    wdt = np.float64 if mode == "exact" else _sparse_work_dtype(problem)
     pos = np.arange(n) + problem.offset
 
     def attend(g):

@@ -69,7 +69,7 @@ from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import value_radius
 from attention.exact import merge_partials, softmax_attention
-from attention.sparse import _partial
+from attention.sparse import _partial, _work_dtype
 from rnla._validation import as_float_array, check_int, check_option, check_probability
 
 __all__ = ["SamplingDiagnostics", "amm_variance", "sampling_diagnostics"]
@@ -810,7 +810,7 @@ def _hyperattention(
     opts = _hyper_opts(block_size, sample_size, n_bits, sampling, min_seq_len)
     # Without the bound (whose exact moments want float64 inputs) float32 inputs are
     # processed in float32.
-    dtype = np.float64 if error_bound else problem.dtype
+    dtype = np.float64 if error_bound else _work_dtype(problem)
     outs, lses, plans, evals, flops = _hyper_slices(problem, rng, opts, dtype=dtype)
     bound = _make_bound(problem, outs, plans, delta, "HyperAttention") if error_bound else None
     return method_result(problem, outs, lses, bound, Cost(flops, evals))

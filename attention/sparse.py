@@ -93,6 +93,21 @@ def _partial(qb, kb, vb, scale, keep=None, logw=None):
     return out, lse
 
 
+def _work_dtype(problem: Problem):
+    """Dtype of the score GEMMs: float32 for float32 inputs whose logits stay moderate.
+
+    Float32 scores are used when ``scale * max ||q|| * max ||k|| <= 1e4`` and the raw
+    products cannot overflow; otherwise (huge ``scale`` or entries) float64, where the
+    scaled scores of float32 inputs are always finite.
+    """
+    if problem.dtype != np.float32:
+        return np.float64
+    qn = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q, dtype=float))))
+    kn = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k, dtype=float))))
+    ok = qn * kn <= 1e30 and problem.scale * qn * kn <= 1e4 and problem.scale <= 1e30
+    return np.float32 if ok else np.float64
+
+
 def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
     """Exact attention of query blocks over gathered key sets, as batched GEMMs.
 
@@ -363,7 +378,7 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
     Jc = np.clip(J, 0, max(m - 1, 0))
     # float64 when the exact dropped mass is wanted (kept lse must not be swamped by
     # float32 rounding), the input dtype otherwise.
-    wdt = np.float64 if error_bound == "exact" else problem.dtype
+    wdt = np.float64 if error_bound == "exact" else _work_dtype(problem)
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
@@ -474,7 +489,7 @@ def _bigbird(
         plans.append(plan)
     width = max((len(b) for plan in plans for b in plan), default=0) * bs
     gq = np.flatnonzero((pos >= 0) & (pos < n_global_pos))
-    wdt = np.float64 if error_bound == "exact" else problem.dtype
+    wdt = np.float64 if error_bound == "exact" else _work_dtype(problem)
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
