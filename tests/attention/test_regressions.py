@@ -120,6 +120,18 @@ def test_csalr_output_stays_finite_at_large_logits():
     assert np.all(res.output >= V.min() - 1e-6) and np.all(res.output <= V.max() + 1e-6)
 
 
+@pytest.mark.parametrize("method", ["window", "bigbird", "topk"])
+def test_sparse_float32_scores_out_of_float32_range(method):
+    # The scale cast to float32 overflowed: NaN (window) or a zero row (bigbird).
+    Q = np.array([[1.2573022e-31], [3e-31]], np.float32)
+    K = np.array([[-1.3210486e-31], [2e-31]], np.float32)
+    V = np.array([[0.64042264], [-1.0]], np.float32)
+    scale = 6.020624242810385e61
+    res = _quiet(Q, K, V, method, scale=scale, rng=0)
+    Y = reference_attention(*(x.astype(np.float64) for x in (Q, K, V)), scale=scale)
+    np.testing.assert_allclose(res.output, Y, rtol=1e-5)
+
+
 # --- defaults on small inputs ----------------------------------------------------------
 
 
