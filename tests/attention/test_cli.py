@@ -121,3 +121,14 @@ def test_synthetic_dataset_spans_sharp_and_diffuse_heads():
     ds = _report.synthetic_dataset(256, heads=3, d=16, seed=1)
     H = attention_entropy(ds.Q, ds.K, scale=ds.scale, causal=False)
     assert H[0] > H[-1] + 1.0 and np.all(H > 0)
+
+
+def test_report_and_verify_run_tolerance_driven_methods(tmp_path):
+    # 'adaptive' has a required tol and no budget: report and verify used to crash on it.
+    common = ["--synthetic", "--n", "96", "--methods", "adaptive", "--no-progress"]
+    out = tmp_path / "r"
+    assert main(["report", *common, "--repeats", "1", "--n-rows", "16", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows["adaptive"]["params"]["tol"] == _report.REPORT_TOL
+    assert rows["adaptive"]["bound_held"]
+    assert main(["verify", *common]) == 0
