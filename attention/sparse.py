@@ -318,6 +318,17 @@ def _topk(problem: Problem, *, rng, top_k=32):
 _WINDOW_BLOCK = 64  # query rows per dense block of the banded computation
 
 
+def _finish_sparse(problem, outs, lse, pairs, error_bound):
+    """Wrap a sparse method's output; the dropped-mass bound costs one exact pass."""
+    bound = None
+    extra = 0.0
+    if error_bound == "exact":
+        lse_full = _exact_lse(problem)
+        bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
+        extra = problem_cost_exact(problem).flops
+    return method_result(problem, outs, lse, bound, _cost(problem, pairs, extra))
+
+
 def _exact_lse(problem: Problem) -> np.ndarray:
     # One exact pass in float64 (the kept log-normalisers are float64 too, so the
     # dropped mass 1 - exp(lse_kept - lse) is not swamped by float32 rounding).
@@ -391,13 +402,7 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
     outs = np.stack([o for o, _ in res]).astype(np.float64)
     lse = np.stack([ls for _, ls in res])
     pairs = G * int(np.sum((rows >= 0).sum(axis=1) * ((J >= 0) & (J < m)).sum(axis=1)))
-    bound = None
-    extra = 0.0
-    if error_bound == "exact":
-        lse_full = _exact_lse(problem)
-        bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
-        extra = problem_cost_exact(problem).flops
-    return method_result(problem, outs, lse, bound, _cost(problem, pairs, extra))
+    return _finish_sparse(problem, outs, lse, pairs, error_bound)
 
 
 @register(
@@ -520,10 +525,4 @@ def _bigbird(
     outs = np.stack([o for o, _, _ in res]).astype(np.float64)
     lse = np.stack([ls for _, ls, _ in res])
     pairs = sum(c for _, _, c in res)
-    bound = None
-    extra = 0.0
-    if error_bound == "exact":
-        lse_full = _exact_lse(problem)
-        bound = _dropped_bound(problem, outs, lse, lse_full, "one exact pass")
-        extra = problem_cost_exact(problem).flops
-    return method_result(problem, outs, lse, bound, _cost(problem, pairs, extra))
+    return _finish_sparse(problem, outs, lse, pairs, error_bound)
