@@ -1001,14 +1001,17 @@ def exact_likelihood(A, y, lam, /, *, method="cholesky") -> LikelihoodValues:
         Complex or non-numeric input.
     ValueError
         Non-square or non-symmetric ``A``, ``y`` of the wrong length, ``lam <= 0``,
-        or :math:`\lambda I + A` not positive definite (Cholesky failure).
+        or ``A`` not positive semidefinite (an eigenvalue below
+        :math:`-100\,N u\,\|A\|_2`).
 
     Notes
     -----
     Cholesky :math:`\lambda I + A = LL^T`: data fit :math:`\|L^{-1}y\|^2`, log-det
     :math:`2\sum\log L_{ii}`. The eigendecomposition path uses
     :math:`\sum_i (u_i^Ty)^2/(\lambda+\mu_i)` and :math:`\sum_i\log(\lambda + \mu_i)`
-    with :math:`\mu_i` clipped at 0.
+    with :math:`\mu_i` clipped at 0. When the Cholesky factorisation of a shift fails
+    (``A`` PSD only to rounding and a tiny :math:`\lambda`), that shift is evaluated by
+    the eigendecomposition path.
 
     Examples
     --------
@@ -1025,10 +1028,21 @@ def exact_likelihood(A, y, lam, /, *, method="cholesky") -> LikelihoodValues:
         raise ValueError(f"y must have {n} entries to match A of shape {M.shape}, got {y.shape}")
     lam, shape = _check_lam(lam)
     method = check_option(method, _EXACT, "method")
-    if method == "eigh":
+    eig = None
+
+    def eig_path():
         mu, U = np.linalg.eigh(M)
-        mu = np.maximum(mu, 0.0)
-        w = (U.T @ y) ** 2
+        # A PSD matrix has eigenvalues >= -O(n u ||A||) in floating point; below that, A
+        # is not PSD (the rounding bound of a backward-stable eigensolver, with margin).
+        floor = -100.0 * n * np.finfo(np.float64).eps * max(float(np.abs(mu).max()), 1e-300)
+        if mu[0] < floor:
+            raise ValueError(
+                f"A must be positive semidefinite, its smallest eigenvalue is {mu[0]:.3g}"
+            )
+        return np.maximum(mu, 0.0), (U.T @ y) ** 2
+
+    if method == "eigh":
+        mu, w = eig_path()
         datafit = _resolvent(mu, w[:, None], lam)[:, 0]
         logdet = np.log(lam[:, None] + mu[None, :]).sum(axis=1)
     else:
@@ -1039,10 +1053,14 @@ def exact_likelihood(A, y, lam, /, *, method="cholesky") -> LikelihoodValues:
             Mi[np.diag_indices(n)] += lam_i
             try:
                 L = sla.cholesky(Mi, lower=True, overwrite_a=True, check_finite=False)
-            except np.linalg.LinAlgError as exc:
-                raise ValueError(
-                    f"lam * I + A is not positive definite for lam={lam_i}: A is not PSD"
-                ) from exc
+            except np.linalg.LinAlgError:
+                # lam I + A is indefinite in floating point: A is PSD only to rounding
+                # (tiny lam) or not PSD at all (refused). Eigenvalues clipped at 0.
+                eig = eig_path() if eig is None else eig
+                mu, w = eig
+                datafit[i] = _resolvent(mu, w[:, None], np.array([lam_i]))[0, 0]
+                logdet[i] = np.log(lam_i + mu).sum()
+                continue
             u = sla.solve_triangular(L, y, lower=True, check_finite=False)
             datafit[i] = u @ u
             logdet[i] = 2.0 * np.log(np.diag(L)).sum()

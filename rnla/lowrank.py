@@ -798,14 +798,15 @@ def randqb(A, /, *, tol, block_size=10, max_rank=None, n_iter=0, rng=None) -> QB
     QBResult
         ``Q`` (m, r) orthonormal columns, ``B`` (r, n) with :math:`B = Q^\top A`, and
         ``error`` (float) :math:`= \|A - QB\|_F / \|A\|_F` from the exact identity below.
-        ``r`` is the smallest rank (within the last block) that meets ``tol``.
+        ``r`` is the smallest rank (within the last block) that meets ``tol``; the
+        zero matrix gives ``r = 0`` and ``error = 0``.
 
     Raises
     ------
     TypeError
         Unsupported or complex ``A``; non-numeric ``tol``; non-integer sizes.
     ValueError
-        Empty, non-finite or all-zero ``A``; ``tol`` outside (0, 1); ``block_size < 1``;
+        Empty or non-finite ``A``; ``tol`` outside (0, 1); ``block_size < 1``;
         ``max_rank`` outside ``[1, min(m, n)]``; ``n_iter < 0``.
 
     Warns
@@ -871,12 +872,13 @@ def randqb(A, /, *, tol, block_size=10, max_rank=None, n_iter=0, rng=None) -> QB
             stacklevel=2,
         )
     norm_sq = op.fro_norm_sq()
-    if norm_sq == 0:
-        raise ValueError("A must not be the zero matrix (the relative error is undefined)")
-    target = tol * tol * norm_sq
-    remaining = norm_sq
     Q = np.zeros((m, 0), dtype=op.dtype)
     B = np.zeros((0, n), dtype=op.dtype)
+    if norm_sq == 0:
+        # The zero matrix is represented exactly at rank 0 (every tol is met).
+        return _with_passes(QBResult(op.as_long(Q), B, 0.0), op.n_passes)
+    target = tol * tol * norm_sq
+    remaining = norm_sq
     stalled = False
     while remaining > target and Q.shape[1] < max_rank:
         b = min(block_size, max_rank - Q.shape[1])

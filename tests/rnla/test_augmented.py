@@ -315,7 +315,7 @@ def test_exact_methods_agree(rng):
     np.testing.assert_allclose(
         chol.neg_log_likelihood, 150 * np.log(chol.datafit) + chol.logdet, rtol=1e-12
     )
-    with pytest.raises(ValueError, match="not positive definite"):
+    with pytest.raises(ValueError, match="positive semidefinite"):
         exact_likelihood(A - 10 * np.eye(150), y, 1.0)
     with pytest.raises(ValueError, match="must be symmetric"):
         exact_likelihood(np.triu(A + 1), y, 1.0)
@@ -393,3 +393,20 @@ def test_defaults_match_logdet_budget(rng):
     assert ours.n_matvecs == 10 * (20 + 3)
     ref = logdet(A + np.eye(300), method="slq", rng=3)
     assert abs(ours.value[0] - ref.value) < 5 * (ours.stderr[0] + ref.stderr)
+
+
+@pytest.mark.parametrize("method", ["cholesky", "eigh"])
+def test_exact_likelihood_psd_to_rounding(method):
+    # A rank-1 PSD matrix whose null space is indefinite in floating point: a tiny shift
+    # must still be evaluated (the Cholesky path falls back to the clipped spectrum).
+    x = np.array([1.0, 1.0 / 3.0, 2.0 / 7.0])
+    A = np.outer(x, x)
+    y = np.array([1.0, -2.0, 0.5])
+    got = exact_likelihood(A, y, [1e-14, 1.0], method=method)
+    mu, U = np.linalg.eigh(A)
+    mu = np.maximum(mu, 0.0)
+    ref_fit = ((U.T @ y) ** 2 / (np.array([1e-14, 1.0])[:, None] + mu)).sum(axis=1)
+    # at lam = 1e-14 the null-space eigenvalues (rounding, ~1e-17) shift the value by ~1e-3
+    np.testing.assert_allclose(got.datafit[0], ref_fit[0], rtol=1e-2)
+    np.testing.assert_allclose(got.datafit[1], ref_fit[1], rtol=1e-10)
+    assert np.all(np.isfinite(got.logdet))

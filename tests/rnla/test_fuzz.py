@@ -417,6 +417,7 @@ def _augmented(draw, name):
     "rnla.augmented.fir_regressor",
     "rnla.augmented.fir_operator",
     "rnla.augmented.fir_likelihood_qr",
+    "rnla.augmented.fir_operator",
 )
 def _fir(draw, name):
     dtype = draw(DTYPES)
@@ -755,10 +756,6 @@ REFUSALS: dict[str, tuple[str, ...]] = {
 KNOWN: dict[str, str] = {
     "rnla.augmented.AugmentedKrylov": "defaults refused on a 1 x 1 matrix "
     "(k * (1 + n_probes) = 2 must be <= n = 1)",
-    "rnla.augmented.exact_likelihood": "float64 likelihood values from float32 input",
-    "rnla.augmented.fir_likelihood_qr": "float64 likelihood values from float32 input",
-    "rnla.augmented.fir_operator": "float64 products from a float32 signal",
-    "rnla.lowrank.randqb": "the zero matrix is refused (any tol is met at rank 0)",
     "rnla.operators.KernelMatrix": "OverflowError (not ValueError) when polynomial "
     "kernel entries overflow float32",
     "rnla.sketch.leverage_score_sampling": "float64 weights from float32 input",
@@ -780,7 +777,17 @@ INF_OK = ("rnla.bounds.", "rnla.tensor.tt_norm", "rnla.trace.", "rnla.qr.qrcp")
 NAN_OK = ("rnla.bounds.sparse_sign_practical_size", "rnla.qr.qrcp")
 # Functions whose floating outputs are not tied to the input dtype (scalars, counts,
 # sampling weights of an index set, float64 bound values).
-NO_DTYPE = ("rnla.bounds.", "rnla.sketch.uniform_sampling", "rnla.operators.check_indices")
+# The exact likelihood references and the FIR operator compute and return float64 by
+# design (documented: a float32 Cholesky log-determinant of a large matrix would not
+# serve as a reference, and u^2-scale products of a float32 signal overflow float32).
+NO_DTYPE = (
+    "rnla.bounds.",
+    "rnla.sketch.uniform_sampling",
+    "rnla.operators.check_indices",
+    "rnla.augmented.exact_likelihood",
+    "rnla.augmented.fir_likelihood_qr",
+    "rnla.augmented.fir_operator",
+)
 
 
 def _leaves(obj, depth=0):

@@ -373,9 +373,12 @@ def test_randqb_tol_below_floor_warns(rng):
     assert AccuracyWarning in kinds
 
 
-def test_randqb_zero_matrix_rejected():
-    with pytest.raises(ValueError, match="zero matrix"):
-        randqb(np.zeros((5, 4)), tol=0.1)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_randqb_zero_matrix_is_rank_zero(dtype):
+    Q, B, err = randqb(np.zeros((5, 4), dtype=dtype), tol=0.1, rng=0)
+    assert Q.shape == (5, 0) and B.shape == (0, 4)
+    assert Q.dtype == dtype and B.dtype == dtype
+    assert err == 0.0
 
 
 # ---------------------------------------------------------------------------------------
