@@ -315,7 +315,9 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
     A : array_like, sparse matrix, LinearOperator or dask array of shape (n, n)
         Symmetric positive semidefinite operator.
     n_matvecs : int
-        Number of probes :math:`2 \le s \le n` (one matvec each).
+        Number of probes :math:`s \ge 2` (one matvec each). With :math:`s \ge n` the
+        trace is computed exactly from the :math:`n` products with the unit vectors
+        (``stderr = 0``, ``n_matvecs = n`` plus the symmetry probe).
     distribution : {"gaussian", "rademacher"}, default="gaussian"
         Law of the probe entries.
     rng : None, int or Generator, optional
@@ -366,10 +368,16 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
     """
     op = _wrap(A, square=True)
     n, dtype = op.shape[0], op.dtype
-    s = check_int(n_matvecs, "n_matvecs", minimum=2, maximum=n)
+    s = check_int(n_matvecs, "n_matvecs", minimum=2)
     distribution = check_option(distribution, _DISTRIBUTIONS, "distribution")
     rng = check_rng(rng)
     extra = _check_symmetric(op, rng, dtype)
+    if s >= n:
+        # The budget covers the whole space: n products with unit vectors give the trace.
+        diag = np.einsum("ii->i", op.matmat(np.eye(n, dtype=dtype), dtype).astype(np.float64))
+        if np.any(diag < -math.sqrt(n) * float(np.finfo(dtype).eps) * np.abs(diag).max()):
+            raise ValueError("A must be positive semidefinite: it has a negative diagonal entry")
+        return TraceEstimate(float(diag.sum()), 0.0, n + extra)
     Om = _probes(rng, n, s, distribution, dtype).astype(np.float64)
     Y = op.matmat(Om.astype(dtype), dtype).astype(np.float64)
     nu = math.sqrt(n) * float(np.finfo(dtype).eps) * float(np.linalg.norm(Y))

@@ -763,7 +763,6 @@ KNOWN: dict[str, str] = {
     "rnla.sketch.tensor_sketch": "NaN/inf from transform when x^(x)p overflows float32 "
     "(entries of 1e30); should raise ValueError",
     "rnla.solve.lstsq": "the zero matrix is refused (x = 0 solves it)",
-    "rnla.trace.xnystrace": "no valid n_matvecs for a 1 x 1 matrix (2 <= n_matvecs <= 1)",
 }
 # Cases that draw arguments beyond the documented domain on purpose (extreme scalars):
 # any ValueError/TypeError with a message is fine there.

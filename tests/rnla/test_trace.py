@@ -224,7 +224,7 @@ def test_logdet_auto_uses_slq_for_operators(rng):
         (lambda A: hutchinson(A + 0j, 3), TypeError, "complex"),
         (lambda A: hutchpp(A, 2), ValueError, "n_matvecs=2 must be >= 3"),
         (lambda A: xtrace(A, 3), ValueError, "n_matvecs=3 must be >= 4"),
-        (lambda A: xnystrace(A, 11), ValueError, r"2 <= n_matvecs <= 10"),
+        (lambda A: xnystrace(A, 1), ValueError, r"n_matvecs=1 must be >= 2"),
         (lambda A: slq(A, "log", k=11), ValueError, r"1 <= k <= 10"),
         (lambda A: slq(A, "cosh"), ValueError, "f='cosh' is not one of"),
         (lambda A: logdet(A, method="lu"), ValueError, "method='lu' is not one of"),
@@ -294,3 +294,14 @@ def test_logdet_default_steps_clamped_to_size(rng, n):
         # Only the default is clamped: an explicit k beyond n is still an error.
         with pytest.raises(ValueError, match=f"k=20 must satisfy 1 <= k <= {n}"):
             logdet(A, method="slq", k=20, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_xnystrace_budget_covering_the_space_is_exact(n, dtype):
+    A = np.diag(np.linspace(1.0, 2.0, n)).astype(dtype)
+    est = xnystrace(A, max(n, 2), rng=0)
+    np.testing.assert_allclose(est.value, np.trace(A.astype(np.float64)), rtol=1e-6)
+    assert est.stderr == 0.0 and est.n_matvecs >= n
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        xnystrace(-A, max(n, 2), rng=0)
