@@ -144,12 +144,12 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
             # Waking the thread pool costs more than the work (milliseconds on a loaded
             # machine); the thread count is thread-local and does not change the result.
             numba.set_num_threads(1)
-        with _single_threaded_blas(), numba.parallel_chunksize(1):
+        with _single_threaded_blas():
             if plan is None:
                 order = np.arange(G * nqb, dtype=np.int64)
                 if problem.causal and nqb > 1:
-                    # Longest tasks (last query blocks) first: with dynamic scheduling
-                    # the threads then finish together.
+                    # Longest tasks (last query blocks) first: the threads take tasks
+                    # from a shared counter, so they then finish together.
                     order = (order.reshape(G, nqb)[:, ::-1]).T.reshape(-1).copy()
                 _attend_kernel(
                     problem.q,
@@ -169,6 +169,8 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
                     _BK,
                     out,
                     lse,
+                    np.zeros(1, dtype=np.int64),
+                    numba.get_num_threads(),
                 )
             else:
                 members, chunk = plan

@@ -145,6 +145,26 @@ def _add_reassoc(typingctx, a, b):
 
 
 @intrinsic
+def _fetch_add(typingctx, counter):
+    """Atomically add 1 to ``counter[0]`` (int64 array) and return the old value.
+
+    The work queue of the parallel kernels: Numba's ``prange`` hands each thread one
+    contiguous, equal-count range of iterations (with the OpenMP layer even under
+    ``parallel_chunksize``), which leaves threads idle when tasks differ in cost
+    (causal query blocks) or a core is busy with another process.
+    """
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", ary.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@intrinsic
 def _max_nonan(typingctx, a, b):
     """Return ``a if a > b else b`` flagged ``nnan`` (LLVM vectorises the reduction)."""
 
@@ -347,6 +367,97 @@ def _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0):
 # ------------------------------------------------------------------------- prefill
 
 
+@njit(cache=True, nogil=True)
+def _prefill_task(
+    q,
+    k,
+    v,
+    kv_index,
+    rows,
+    t,
+    mask_b,
+    mask_f,
+    mask_index,
+    mask_mode,
+    scale,
+    causal,
+    offset,
+    bq,
+    bk,
+    out,
+    lse,
+):
+    """Task ``t`` of :func:`_attend_blocks`: query block ``t % nqb`` of slice ``t // nqb``."""
+    d = q.shape[2]
+    m = k.shape[1]
+    dv = v.shape[2]
+    r = rows.shape[0]
+    nqb = (r + bq - 1) // bq
+    neg_inf = -np.inf
+    g = t // nqb
+    i0 = (t - g * nqb) * bq
+    nb = min(bq, r - i0)
+    gk = kv_index[g]
+    gm = mask_index[g]
+    # Pre-scaled query block (a contiguous GEMM operand) and the causal key limits.
+    qb = np.empty((nb, d), dtype=q.dtype)
+    lim_lo = m
+    lim_hi = -1
+    for i in range(nb):
+        row = rows[i0 + i]
+        for c in range(d):
+            qb[i, c] = q[g, row, c] * scale
+        lim = row + offset
+        lim_lo = min(lim_lo, lim)
+        lim_hi = max(lim_hi, lim)
+    jend = m
+    if causal:
+        # Key blocks entirely above the diagonal of every row are skipped.
+        jend = min(m, lim_hi + 1)
+    sbuf = np.empty(nb * bk, dtype=q.dtype)
+    pv = np.empty((nb, dv), dtype=q.dtype)
+    acc = np.zeros((nb, dv))
+    mrow = np.full(nb, neg_inf)
+    lrow = np.zeros(nb)
+    alpha = np.ones(nb)
+    for j0 in range(0, max(jend, 0), bk):
+        w = min(bk, jend - j0)
+        if mask_mode != 0 and _mask_hides_block(
+            mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w
+        ):
+            continue  # contributes exactly nothing: same result as computing it
+        s = sbuf[: nb * w].reshape((nb, w))
+        np.dot(qb, k[gk, j0 : j0 + w].T, s)
+        if mask_mode != 0:
+            for i in range(nb):
+                _apply_mask_row(s[i], mask_b, mask_f, mask_mode, gm, rows[i0 + i], j0)
+        if causal and j0 + w - 1 > lim_lo:
+            for i in range(nb):
+                first = max(rows[i0 + i] + offset + 1 - j0, 0)
+                for jj in range(first, w):
+                    s[i, jj] = neg_inf
+        _softmax_tile(s, mrow, lrow, alpha)
+        np.dot(s, v[gk, j0 : j0 + w], pv)
+        for i in range(nb):
+            a = alpha[i]
+            if a == 1.0:
+                for c in range(dv):
+                    acc[i, c] += pv[i, c]
+            else:
+                for c in range(dv):
+                    acc[i, c] = a * acc[i, c] + pv[i, c]
+    for i in range(nb):
+        if lrow[i] > 0.0:
+            inv = 1.0 / lrow[i]
+            for c in range(dv):
+                out[g, i0 + i, c] = acc[i, c] * inv
+            lse[g, i0 + i] = mrow[i] + np.log(lrow[i])
+        else:
+            for c in range(dv):
+                out[g, i0 + i, c] = 0.0
+            lse[g, i0 + i] = neg_inf
+
+
 def _attend_blocks(
     q,
     k,
@@ -365,6 +476,8 @@ def _attend_blocks(
     bk,
     out,
     lse,
+    counter,
+    n_workers,
 ):
     """Online-softmax attention of the query rows ``rows`` of every slice.
 
@@ -381,76 +494,30 @@ def _attend_blocks(
     ``j <= i + offset``); block sizes ``bq``, ``bk``. Writes ``out (G, r, dv)`` (dtype of
     ``q``) and ``lse (G, r)`` (float64).
     """
-    d = q.shape[2]
-    m = k.shape[1]
-    dv = v.shape[2]
-    r = rows.shape[0]
-    nqb = (r + bq - 1) // bq
-    neg_inf = -np.inf
-    for tt in prange(order.shape[0]):
-        t = order[tt]
-        g = t // nqb
-        i0 = (t - g * nqb) * bq
-        nb = min(bq, r - i0)
-        gk = kv_index[g]
-        gm = mask_index[g]
-        # Pre-scaled query block (a contiguous GEMM operand) and the causal key limits.
-        qb = np.empty((nb, d), dtype=q.dtype)
-        lim_lo = m
-        lim_hi = -1
-        for i in range(nb):
-            row = rows[i0 + i]
-            for c in range(d):
-                qb[i, c] = q[g, row, c] * scale
-            lim = row + offset
-            lim_lo = min(lim_lo, lim)
-            lim_hi = max(lim_hi, lim)
-        jend = m
-        if causal:
-            # Key blocks entirely above the diagonal of every row are skipped.
-            jend = min(m, lim_hi + 1)
-        sbuf = np.empty(nb * bk, dtype=q.dtype)
-        pv = np.empty((nb, dv), dtype=q.dtype)
-        acc = np.zeros((nb, dv))
-        mrow = np.full(nb, neg_inf)
-        lrow = np.zeros(nb)
-        alpha = np.ones(nb)
-        for j0 in range(0, max(jend, 0), bk):
-            w = min(bk, jend - j0)
-            if mask_mode != 0 and _mask_hides_block(
-                mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w
-            ):
-                continue  # contributes exactly nothing: same result as computing it
-            s = sbuf[: nb * w].reshape((nb, w))
-            np.dot(qb, k[gk, j0 : j0 + w].T, s)
-            if mask_mode != 0:
-                for i in range(nb):
-                    _apply_mask_row(s[i], mask_b, mask_f, mask_mode, gm, rows[i0 + i], j0)
-            if causal and j0 + w - 1 > lim_lo:
-                for i in range(nb):
-                    first = max(rows[i0 + i] + offset + 1 - j0, 0)
-                    for jj in range(first, w):
-                        s[i, jj] = neg_inf
-            _softmax_tile(s, mrow, lrow, alpha)
-            np.dot(s, v[gk, j0 : j0 + w], pv)
-            for i in range(nb):
-                a = alpha[i]
-                if a == 1.0:
-                    for c in range(dv):
-                        acc[i, c] += pv[i, c]
-                else:
-                    for c in range(dv):
-                        acc[i, c] = a * acc[i, c] + pv[i, c]
-        for i in range(nb):
-            if lrow[i] > 0.0:
-                inv = 1.0 / lrow[i]
-                for c in range(dv):
-                    out[g, i0 + i, c] = acc[i, c] * inv
-                lse[g, i0 + i] = mrow[i] + np.log(lrow[i])
-            else:
-                for c in range(dv):
-                    out[g, i0 + i, c] = 0.0
-                lse[g, i0 + i] = neg_inf
+    for _ in prange(n_workers):
+        while True:
+            tt = _fetch_add(counter)
+            if tt >= order.shape[0]:
+                break
+            _prefill_task(
+                q,
+                k,
+                v,
+                kv_index,
+                rows,
+                order[tt],
+                mask_b,
+                mask_f,
+                mask_index,
+                mask_mode,
+                scale,
+                causal,
+                offset,
+                bq,
+                bk,
+                out,
+                lse,
+            )
 
 
 _attend_kernel = njit(cache=True, nogil=True, parallel=True)(_attend_blocks)
