@@ -340,7 +340,9 @@ def _check_mask(mask, lead: tuple, n: int, m: int, dtype) -> tuple[np.ndarray, n
     return stack, _slice_index(mlead, lead)
 
 
-def prepare(Q, K, V, *, scale=None, causal=False, mask=None, positive_scale=True) -> Problem:
+def prepare(
+    Q, K, V, *, scale=None, causal=False, mask=None, positive_scale=True, check_finite=True
+) -> Problem:
     """Validate attention inputs and flatten them into a :class:`Problem`.
 
     Parameters
@@ -362,6 +364,10 @@ def prepare(Q, K, V, *, scale=None, causal=False, mask=None, positive_scale=True
     positive_scale : bool, default=True
         Require ``scale > 0`` (approximation methods); ``False`` accepts any finite
         scale (exact attention), see :func:`_check_scale`.
+    check_finite : bool, default=True
+        Reject NaN or inf in ``Q``, ``K``, ``V``. ``False`` skips that pass over the
+        inputs; the caller must then detect them itself (exact attention's decode
+        kernel does, while it reads ``K`` and ``V`` anyway).
 
     Returns
     -------
@@ -375,9 +381,9 @@ def prepare(Q, K, V, *, scale=None, causal=False, mask=None, positive_scale=True
         Mismatched ``d``, ``m`` or leading shapes, head counts that do not divide
         (grouped-query attention), NaN or inf, a mask of the wrong shape.
     """
-    Q = as_float_array(Q, name="Q")
-    K = as_float_array(K, name="K")
-    V = as_float_array(V, name="V")
+    Q = as_float_array(Q, name="Q", allow_nonfinite=not check_finite)
+    K = as_float_array(K, name="K", allow_nonfinite=not check_finite)
+    V = as_float_array(V, name="V", allow_nonfinite=not check_finite)
     for name, X in (("Q", Q), ("K", K), ("V", V)):
         if X.ndim < 2:
             raise ValueError(f"{name} must have shape (..., rows, features), got {X.shape}")

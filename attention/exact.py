@@ -99,7 +99,20 @@ def _split_plan(problem: Problem, r: int, m_eff: int):
     return members, chunk
 
 
-def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
+def _raise_nonfinite(inputs) -> None:
+    """Raise the validation error for the first of ``Q, K, V`` holding NaN or inf.
+
+    Returns quietly if all three are finite (then a score or product overflowed).
+    """
+    for name, X in zip(("Q", "K", "V"), inputs, strict=True):
+        as_float_array(X, name=name)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    return bool(np.isfinite(x).all())
+
+
+def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact attention of a prepared problem (private kernel entry).
 
     Parameters
@@ -109,6 +122,12 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
     rows : array_like of int, optional
         Query rows (indices into ``0..n-1``, not validated) to compute; all rows by
         default. Costs ``O(len(rows) * m * (d + dv))`` per slice (used by certificates).
+    inputs : tuple, optional
+        The caller's ``(Q, K, V)`` when ``problem`` was prepared with
+        ``check_finite=False``: NaN and inf are then detected here (prefill: one pass
+        before the kernel, negligible next to its ``O(n m d)`` work; decode: by the
+        kernel while it reads ``K`` and ``V``) and reported with the message of
+        :func:`attention._core.prepare`.
 
     Returns
     -------
@@ -132,6 +151,9 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
         mask_mode = 1 if problem.mask.dtype == np.bool_ else 2
         mask_index = np.ascontiguousarray(problem.mask_index, dtype=np.int64)
     mask_b, mask_f = _mask_views(problem, mask_mode)
+    verify = inputs is not None
+    if verify and not _all_finite(problem.q):
+        _raise_nonfinite(inputs)
     # Keys any selected row can see (causal: the rest is never read).
     m_eff = min(m, int(rows.max()) + problem.offset + 1) if problem.causal else m
     plan = _split_plan(problem, r, m_eff) if m_eff > 0 else None
@@ -146,6 +168,8 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
             numba.set_num_threads(1)
         with _single_threaded_blas():
             if plan is None:
+                if verify and not (_all_finite(problem.k) and _all_finite(problem.v)):
+                    _raise_nonfinite(inputs)
                 order = np.arange(G * nqb, dtype=np.int64)
                 if problem.causal and nqb > 1:
                     # Longest tasks (last query blocks) first: the threads take tasks
@@ -176,6 +200,11 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
                 members, chunk = plan
                 Gk, gs = members.shape
                 C = -(-m_eff // chunk)
+                if verify and m_eff < m:  # keys no selected row sees: not read below
+                    tail = (problem.k[:, m_eff:], problem.v[:, m_eff:])
+                    if not (_all_finite(tail[0]) and _all_finite(tail[1])):
+                        _raise_nonfinite(inputs)
+                probe = np.zeros(Gk * C)
                 _split_kernel(
                     problem.q,
                     problem.k,
@@ -195,7 +224,12 @@ def _attend(problem: Problem, rows=None) -> tuple[np.ndarray, np.ndarray]:
                     np.empty((Gk, C, gs * r, dv)),
                     np.empty((Gk, C, gs * r)),
                     np.empty((Gk, C, gs * r)),
+                    probe,
+                    np.zeros(1, dtype=np.int64),
+                    numba.get_num_threads(),
                 )
+                if verify and not _all_finite(probe):
+                    _raise_nonfinite(inputs)
     finally:
         numba.set_num_threads(threads)
     return out, lse
@@ -330,8 +364,10 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
     >>> lse.shape
     (2, 4, 16)
     """
-    problem = prepare(Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=False)
-    out3, lse3 = _attend(problem)
+    problem = prepare(
+        Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=False, check_finite=False
+    )
+    out3, lse3 = _attend(problem, inputs=(Q, K, V))
     Y = finish(problem, out3)
     if return_lse:
         return Y, finish_lse(problem, lse3)

@@ -23,9 +23,12 @@ the keys are cut into fixed chunks, and every (key/value slice, chunk) pair is o
 parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and writes a
 partial ``(mx, l, acc)``; a second parallel loop merges the partials of each row in
 chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`). With at
-most 8 stacked rows the two products are plain loops that stream each key and value row
-once (BLAS packs its operands on every call: 2.0x slower for ``S``, 1.2x for ``P V``
-at 3 rows x 512 keys, one thread).
+most 8 stacked rows ``S`` is a plain loop that streams each key row once (BLAS packs
+its operands on every call: 2.2x slower at 3 rows x 512 keys, one thread); ``P V`` is
+a BLAS call. Each task also reports whether its chunk held a NaN or inf (from its
+scores and ``P V``, which a non-finite key or value entry always makes non-finite), so
+decoding reads ``K`` and ``V`` once: a separate validation pass read them a second time
+and took as long as the kernel.
 
 Masks: a key block (chunk) that the mask hides from every row of the query block is
 skipped before its GEMM, so key padding of shorter sequences in a batch costs only the
@@ -281,40 +284,45 @@ def _softmax_tile(s, mrow, lrow, alpha):
         lrow[i] = a * lrow[i] + _exp_sum(srow, mnew)
 
 
-# Stacked rows up to which the split-key kernel forms its two products with the loops
-# below instead of BLAS (measured, one thread, 3 rows x 512 keys, d = 64, float32:
-# 2.0x BLAS for S = Q K^T, 1.2x for P V; BLAS packs its operands for every call).
+# Stacked rows up to which the split-key kernel forms ``S = Q K^T`` with the loop below
+# instead of BLAS (measured, one thread, 512 keys in L2, d = 64: 3 rows 7.1 us against
+# 15.4 us for sgemm, 8 rows 15.3 against 17.7; BLAS packs both operands on every call).
+# ``P V`` always goes to BLAS (3 rows: 3.5 us, against 5.5 us for a loop that streams
+# the value rows, which keeps the accumulators in memory).
 _SMALL_ROWS = 8
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _qk_small(qb, kc, s):
-    """``s = qb @ kc.T`` for a few rows: one pass over ``kc``, every key row read once."""
+    """``s = qb @ kc.T`` for a few rows: one pass over ``kc``, every key row read once.
+
+    Each dot product is one vectorised reduction over the full ``d`` (a reduction that
+    starts at ``e = 1`` leaves a 15-element scalar remainder at ``d = 64``: 1.6x slower).
+    """
     _wide_vectors()
     R, d = qb.shape
+    zero = np.zeros(1, dtype=s.dtype)[0]
     for j in range(kc.shape[0]):
         kj = kc[j]
         for r in range(R):
             q = qb[r]
-            acc = q[0] * kj[0]
-            for e in range(1, d):
+            acc = zero
+            for e in range(d):
                 acc = _add_reassoc(acc, q[e] * kj[e])
             s[r, j] = acc
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _pv_small(s, vc, pv):
-    """``pv = s @ vc`` for a few rows: one pass over ``vc``, every value row read once."""
+@njit(cache=True, nogil=True)
+def _nonfinite_probe(x):
+    """Return 0.0 if every entry of the 2-D array ``x`` is finite, NaN otherwise."""
     _wide_vectors()
-    R = s.shape[0]
-    pv[:] = 0
-    for j in range(vc.shape[0]):
-        vj = vc[j]
-        for r in range(R):
-            p = s[r, j]
-            a = pv[r]
-            for e in range(vj.shape[0]):
-                a[e] += p * vj[e]
+    big = np.finfo(x.dtype).max
+    ok = True
+    for i in range(x.shape[0]):
+        xi = x[i]
+        for j in range(xi.shape[0]):
+            ok &= np.abs(xi[j]) <= big
+    return 0.0 if ok else np.nan
 
 
 @njit(cache=True, nogil=True)
@@ -526,6 +534,99 @@ _attend_kernel = njit(cache=True, nogil=True, parallel=True)(_attend_blocks)
 # ------------------------------------------------------------- decode / split keys
 
 
+@njit(cache=True, nogil=True)
+def _split_task(
+    q,
+    k,
+    v,
+    members,
+    rows,
+    t,
+    mask_b,
+    mask_f,
+    mask_index,
+    mask_mode,
+    scale,
+    causal,
+    offset,
+    chunk,
+    part_acc,
+    part_m,
+    part_l,
+    probe,
+):
+    """Task ``t = gk * C + c`` of :func:`_split_blocks`: key chunk ``c`` of slice ``gk``."""
+    d = q.shape[2]
+    m = k.shape[1]
+    dv = v.shape[2]
+    r = rows.shape[0]
+    gs = members.shape[1]
+    R = gs * r
+    C = part_m.shape[1]
+    neg_inf = -np.inf
+    gk = t // C
+    c = t - gk * C
+    j0 = c * chunk
+    w = min(chunk, m - j0)
+    kc = k[gk, j0 : j0 + w]
+    vc = v[gk, j0 : j0 + w]
+    if mask_mode != 0:
+        hidden = True
+        for a in range(gs):
+            gm = mask_index[members[gk, a]]
+            if not _mask_hides_block(mask_b, mask_f, mask_mode, gm, rows, 0, r, j0, w):
+                hidden = False
+                break
+        if hidden:
+            for i in range(R):
+                part_m[gk, c, i] = neg_inf
+                part_l[gk, c, i] = 0.0
+                for e in range(dv):
+                    part_acc[gk, c, i, e] = 0.0
+            # Not read otherwise: the finiteness probe reads the chunk here.
+            probe[t] = _nonfinite_probe(kc) + _nonfinite_probe(vc)
+            return
+    qb = np.empty((R, d), dtype=q.dtype)
+    for a in range(gs):
+        g = members[gk, a]
+        for i in range(r):
+            for e in range(d):
+                qb[a * r + i, e] = q[g, rows[i], e] * scale
+    s = np.empty((R, w), dtype=q.dtype)
+    if R <= _SMALL_ROWS:
+        _qk_small(qb, kc, s)
+    else:
+        np.dot(qb, kc.T, s)
+    # A NaN or inf in a key row makes its score non-finite for every (finite) query row;
+    # probed before masking, so hidden keys are covered too.
+    bad = _nonfinite_probe(s)
+    if mask_mode != 0 or causal:
+        for a in range(gs):
+            gm = mask_index[members[gk, a]]
+            for i in range(r):
+                row = rows[i]
+                srow = s[a * r + i]
+                _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0)
+                if causal:
+                    for jj in range(max(row + offset + 1 - j0, 0), w):
+                        srow[jj] = neg_inf
+    mrow = np.full(R, neg_inf)
+    lrow = np.zeros(R)
+    alpha = np.ones(R)
+    _softmax_tile(s, mrow, lrow, alpha)
+    pv = np.empty((R, dv), dtype=q.dtype)
+    np.dot(s, vc, pv)
+    # A NaN or inf in a value row gives NaN or inf in P V (its weight is finite, 0 for
+    # hidden keys: 0 * inf = NaN).
+    bad += _nonfinite_probe(pv)
+    probe[t] = bad
+    for i in range(R):
+        part_m[gk, c, i] = mrow[i]
+        part_l[gk, c, i] = lrow[i]
+        for e in range(dv):
+            part_acc[gk, c, i, e] = pv[i, e]
+
+
 def _split_blocks(
     q,
     k,
@@ -545,6 +646,9 @@ def _split_blocks(
     part_acc,
     part_m,
     part_l,
+    probe,
+    counter,
+    n_workers,
 ):
     """Split-key attention with the query heads of a key/value slice stacked as rows.
 
@@ -555,70 +659,43 @@ def _split_blocks(
     c)`` writes the partial maximum, normaliser and unnormalised output of every stacked
     row over chunk ``c`` into ``part_m / part_l (Gk, C, R)`` and ``part_acc (Gk, C, R,
     dv)`` (float64); then each (slice, stacked row) merges its ``C`` partials in chunk
-    order. Other parameters as :func:`_attend_blocks`.
+    order. ``probe (Gk * C,)`` receives, per task, 0 if every key and value entry of the
+    chunk is finite and NaN (or inf) otherwise (or if a score or ``P V`` overflowed), so
+    that the inputs need no separate validation pass. The tasks are taken from the
+    shared ``counter`` by ``n_workers`` threads. Other parameters as
+    :func:`_attend_blocks`.
     """
-    d = q.shape[2]
-    m = k.shape[1]
     dv = v.shape[2]
     r = rows.shape[0]
     Gk, gs = members.shape
     R = gs * r
     C = part_m.shape[1]
     neg_inf = -np.inf
-    for t in prange(Gk * C):
-        gk = t // C
-        c = t - gk * C
-        j0 = c * chunk
-        w = min(chunk, m - j0)
-        if mask_mode != 0:
-            hidden = True
-            for a in range(gs):
-                gm = mask_index[members[gk, a]]
-                if not _mask_hides_block(mask_b, mask_f, mask_mode, gm, rows, 0, r, j0, w):
-                    hidden = False
-                    break
-            if hidden:
-                for i in range(R):
-                    part_m[gk, c, i] = neg_inf
-                    part_l[gk, c, i] = 0.0
-                    for e in range(dv):
-                        part_acc[gk, c, i, e] = 0.0
-                continue
-        qb = np.empty((R, d), dtype=q.dtype)
-        for a in range(gs):
-            g = members[gk, a]
-            for i in range(r):
-                for e in range(d):
-                    qb[a * r + i, e] = q[g, rows[i], e] * scale
-        s = np.empty((R, w), dtype=q.dtype)
-        if R <= _SMALL_ROWS:
-            _qk_small(qb, k[gk, j0 : j0 + w], s)
-        else:
-            np.dot(qb, k[gk, j0 : j0 + w].T, s)
-        if mask_mode != 0 or causal:
-            for a in range(gs):
-                gm = mask_index[members[gk, a]]
-                for i in range(r):
-                    row = rows[i]
-                    srow = s[a * r + i]
-                    _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0)
-                    if causal:
-                        for jj in range(max(row + offset + 1 - j0, 0), w):
-                            srow[jj] = neg_inf
-        mrow = np.full(R, neg_inf)
-        lrow = np.zeros(R)
-        alpha = np.ones(R)
-        _softmax_tile(s, mrow, lrow, alpha)
-        pv = np.empty((R, dv), dtype=q.dtype)
-        if R <= _SMALL_ROWS:
-            _pv_small(s, v[gk, j0 : j0 + w], pv)
-        else:
-            np.dot(s, v[gk, j0 : j0 + w], pv)
-        for i in range(R):
-            part_m[gk, c, i] = mrow[i]
-            part_l[gk, c, i] = lrow[i]
-            for e in range(dv):
-                part_acc[gk, c, i, e] = pv[i, e]
+    for _ in prange(n_workers):
+        while True:
+            t = _fetch_add(counter)
+            if t >= Gk * C:
+                break
+            _split_task(
+                q,
+                k,
+                v,
+                members,
+                rows,
+                t,
+                mask_b,
+                mask_f,
+                mask_index,
+                mask_mode,
+                scale,
+                causal,
+                offset,
+                chunk,
+                part_acc,
+                part_m,
+                part_l,
+                probe,
+            )
     for t in prange(Gk * R):
         gk = t // R
         i = t - gk * R

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import attention.exact as exact_module
 from attention._core import prepare
-from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64, _pv_small, _qk_small
+from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64, _nonfinite_probe, _qk_small
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
 
 # Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
@@ -604,20 +604,70 @@ def test_exp_kernel_against_numpy(kernel, dt, lo, cut):
     np.testing.assert_allclose(s, np.exp(np.array([0.0, -1.0, -np.inf])), rtol=4e-7)
 
 
-@pytest.mark.parametrize(("R", "w", "d"), [(1, 1, 1), (3, 700, 64), (8, 33, 5)])
+@pytest.mark.parametrize(("R", "w", "d"), [(1, 1, 1), (3, 700, 64), (8, 33, 5), (2, 9, 63)])
 def test_small_row_products_against_numpy(rng, dtype, R, w, d):
     qb = rng.standard_normal((R, d)).astype(dtype)
     kc = rng.standard_normal((w, d)).astype(dtype)
-    vc = rng.standard_normal((w, d + 1)).astype(dtype)
-    s = np.empty((R, w), dtype=dtype)
+    s = np.full((R, w), np.nan, dtype=dtype)
     _qk_small(qb, kc, s)
     ref = qb.astype(np.float64) @ kc.astype(np.float64).T
-    assert np.max(np.abs(s - ref)) <= 4 * d * np.finfo(dtype).eps * np.max(np.abs(ref))
-    pv = np.full((R, d + 1), np.nan, dtype=dtype)
-    _pv_small(s, vc, pv)
-    ref = s.astype(np.float64) @ vc.astype(np.float64)
-    scale = np.abs(s).astype(np.float64) @ np.abs(vc).astype(np.float64)
-    assert np.all(np.abs(pv - ref) <= 2 * w * np.finfo(dtype).eps * scale + 1e-300)
+    scale = np.abs(qb).astype(np.float64) @ np.abs(kc).astype(np.float64).T
+    assert np.all(np.abs(s - ref) <= 2 * d * np.finfo(dtype).eps * scale + 1e-300)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, None])
+def test_nonfinite_probe_against_numpy(rng, dtype, value):
+    x = rng.standard_normal((7, 33)).astype(dtype)
+    if value is not None:
+        x[5, 31] = value
+    got = _nonfinite_probe(x)
+    assert (got == 0.0) == bool(np.isfinite(x).all())
+    assert np.isnan(got) != bool(np.isfinite(x).all())
+    assert _nonfinite_probe(x[:, :0]) == 0.0
+
+
+@pytest.mark.parametrize("which", ["K", "V"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["visible", "masked", "hidden-chunk", "causal-hidden"])
+def test_split_keys_detect_nonfinite(rng, dtype, small_chunks, which, value, where):
+    # The decode path does not validate K and V in a separate pass: the kernel detects a
+    # NaN / inf wherever it sits (a visible key, a masked key inside a read chunk, a
+    # chunk the mask hides, the last key, which causal masking hides from row 0) and the
+    # usual error is raised; the inputs are not modified.
+    Q, K, V = qkv(rng, (6, 2, 8), (2, 700, 8), dtype=dtype)
+    mask = np.ones((2, 700), dtype=bool)
+    mask[:, 300:320] = False  # masked keys inside a read chunk
+    mask[:, 500:] = False  # whole chunks hidden (chunk size 64)
+    pos = {"visible": 100, "masked": 310, "hidden-chunk": 650, "causal-hidden": 699}[where]
+    causal = where == "causal-hidden"
+    mask = None if causal else mask
+    assert split_taken(Q, K, V, causal=causal)
+    X = K if which == "K" else V
+    X[1, pos, 3] = value
+    before = (Q.copy(), K.copy(), V.copy())
+    with pytest.raises(ValueError, match=f"{which} must contain only finite values"):
+        softmax_attention(Q, K, V, mask=mask, causal=causal)
+    for a, b in zip(before, (Q, K, V), strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["prefill", "split"])
+def test_nonfinite_query_rejected_without_prepare_check(rng, dtype, small_chunks, split):
+    Q, K, V = qkv(rng, (3, 2 if split else 300, 8), (3, 700, 8), dtype=dtype)
+    assert split_taken(Q, K, V) == split
+    Q[2, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="Q must contain only finite values"):
+        softmax_attention(Q, K, V)
+
+
+def test_split_keys_overflowing_scores_are_not_an_input_error(small_chunks):
+    # Finite inputs whose float32 scores overflow: the probe fires, the inputs are found
+    # finite, and the result is that of the kernel (no spurious error).
+    Q = np.full((3, 1, 4), 1e20, dtype=np.float32)
+    K = np.full((1, 700, 4), 1e20, dtype=np.float32)
+    V = np.ones((1, 700, 4), dtype=np.float32)
+    assert split_taken(Q, K, V)
+    softmax_attention(Q, K, V)  # must not raise
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])
