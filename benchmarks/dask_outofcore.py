@@ -79,6 +79,24 @@ def u_block(seed: int, b: int, rows: int, n: int, n_blocks: int) -> np.ndarray:
     return Q[g.permutation(rows)] / np.sqrt(n_blocks)
 
 
+def a_block(seed: int, b: int, rows: int, SVt: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Row block ``b`` of ``A = U diag(s) V^T`` in O(rows n): ``u_block(...) @ SVt``, no GEMM.
+
+    ``H[:, :n] SVt = E SVt - 2 w (w[:n]^T SVt)`` with ``E`` the first ``n`` rows of the
+    identity; the same draws in the same order as :func:`u_block`.
+    """
+    n = SVt.shape[0]
+    g = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(b,)))
+    w = g.standard_normal(rows)
+    w /= np.linalg.norm(w)
+    out = np.multiply.outer(-2.0 * w, w[:n] @ SVt)
+    out[:n] += SVt
+    out *= g.choice([-1.0, 1.0], size=rows)[:, None]
+    out = out[g.permutation(rows)]
+    out /= np.sqrt(n_blocks)
+    return out
+
+
 def known_factors(n: int, seed: int):
     g = np.random.default_rng(seed + 1)
     V, R = np.linalg.qr(g.standard_normal((n, n)))
@@ -104,7 +122,7 @@ def generate(path: str, m: int, n: int, seed: int = 0) -> None:
     )
     t0 = time.perf_counter()
     for b in range(n_blocks):
-        z[b * CHUNK_ROWS : (b + 1) * CHUNK_ROWS] = u_block(seed, b, CHUNK_ROWS, n, n_blocks) @ SVt
+        z[b * CHUNK_ROWS : (b + 1) * CHUNK_ROWS] = a_block(seed, b, CHUNK_ROWS, SVt, n_blocks)
     np.savez(Path(path).with_suffix(".npz"), s=s, V=V, seed=seed)
     print(
         f"wrote {m}x{n} float64 ({m * n * 8 / 2**30:.1f} GiB) in {time.perf_counter() - t0:.0f} s"
@@ -262,7 +280,7 @@ def exact_spectral_error(A, s, V, U_hat, s_hat, Vt_hat) -> float:
     return float(np.linalg.norm(M, 2))
 
 
-def compare(m: int, n: int, repeats: int, tol: float) -> dict:
+def compare(m: int, n: int, repeats: int, tol: float, n_seeds: int = 3) -> dict:
     import dask
     import dask.array as da
     from threadpoolctl import threadpool_limits
@@ -277,37 +295,40 @@ def compare(m: int, n: int, repeats: int, tol: float) -> dict:
     SVt = s[:, None] * V.T
     A = np.empty((m, n))
     for b in range(n_blocks):
-        A[b * 10_000 : (b + 1) * 10_000] = u_block(rng_seed, b, 10_000, n, n_blocks) @ SVt
+        A[b * 10_000 : (b + 1) * 10_000] = a_block(rng_seed, b, 10_000, SVt, n_blocks)
     a = da.from_array(A, chunks=(10_000, n))
     sigma_next = s[RANK]
 
-    def ours(method, n_iter):
-        res = rnla.rsvd(a, RANK, method=method, n_iter=n_iter, oversample=10, rng=0)
+    def ours(method, n_iter, oversample=10, seed=0):
+        res = rnla.rsvd(a, RANK, method=method, n_iter=n_iter, oversample=oversample, rng=seed)
         U = res.U.compute()
         return U, res.s, res.Vt, res.n_passes
 
-    def theirs(q):
+    def theirs(q, seed=0):
         u, sv, v = da.linalg.svd_compressed(
-            a, RANK, n_power_iter=q, n_oversamples=10, seed=0, compute=False
+            a, RANK, n_power_iter=q, n_oversamples=10, seed=seed, compute=False
         )
         u, sv, v = dask.compute(u, sv, v)
         return u, sv, v, 2 * q + 2
 
     configs = {
-        "svd_compressed q=0": lambda: theirs(0),
-        "svd_compressed q=1": lambda: theirs(1),
-        "svd_compressed q=3": lambda: theirs(3),
-        "rnla subspace n_iter=1": lambda: ours("subspace", 1),
-        "rnla subspace n_iter=3": lambda: ours("subspace", 3),
-        "rnla krylov n_iter=2": lambda: ours("krylov", 2),
+        "svd_compressed q=0": lambda seed=0: theirs(0, seed),
+        "svd_compressed q=1": lambda seed=0: theirs(1, seed),
+        "svd_compressed q=3": lambda seed=0: theirs(3, seed),
+        "rnla subspace n_iter=1": lambda seed=0: ours("subspace", 1, seed=seed),
+        "rnla subspace n_iter=3": lambda seed=0: ours("subspace", 3, seed=seed),
+        "rnla krylov n_iter=1": lambda seed=0: ours("krylov", 1, seed=seed),
+        "rnla krylov n_iter=2": lambda seed=0: ours("krylov", 2, seed=seed),
+        "rnla krylov n_iter=2 oversample=0": lambda seed=0: ours("krylov", 2, 0, seed),
     }
     times = {k: [] for k in configs}
-    errors, passes = {}, {}
+    errors, passes = {k: [] for k in configs}, {}
     with dask.config.set(scheduler="threads", num_workers=2), threadpool_limits(1, "blas"):
-        for name, fn in configs.items():  # warm-up + accuracy
-            U, sv, Vt, p = fn()
-            errors[name] = exact_spectral_error(A, s, V, U, sv, Vt) / sigma_next
-            passes[name] = p
+        for seed in range(n_seeds):  # warm-up + accuracy over seeds
+            for name, fn in configs.items():
+                U, sv, Vt, p = fn(seed)
+                errors[name].append(exact_spectral_error(A, s, V, U, sv, Vt) / sigma_next)
+                passes[name] = p
         for _ in range(repeats):
             for name, fn in configs.items():
                 t0 = time.perf_counter()
@@ -327,7 +348,16 @@ def compare(m: int, n: int, repeats: int, tol: float) -> dict:
         "rank": RANK,
         "spectrum": "j^-1/2",
         "median_seconds": {k: float(np.median(v)) for k, v in times.items()},
-        "spectral_error_over_sigma51": errors,
+        "median_time_ratio_to_svd_compressed": {
+            ref: {
+                k: float(np.median(np.asarray(v) / np.asarray(times[ref])))
+                for k, v in times.items()
+            }
+            for ref in ("svd_compressed q=0", "svd_compressed q=1")
+        },
+        "spectral_error_over_sigma51": {k: float(np.median(v)) for k, v in errors.items()},
+        "spectral_error_over_sigma51_per_seed": errors,
+        "n_seeds": n_seeds,
         "passes": passes,
         "randqb": {
             "tol": tol,
@@ -360,6 +390,7 @@ def main() -> None:
     c.add_argument("--cols", type=int, default=2000)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--tol", type=float, default=0.5)
+    c.add_argument("--seeds", type=int, default=3)
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.cmd == "generate":
@@ -369,7 +400,7 @@ def main() -> None:
         res = outofcore(args.path, args.method, args.memory_limit, args.n_iter, args.rows_used)
         name = f"dask_outofcore_{args.method}.json"
     else:
-        res = compare(args.rows, args.cols, args.repeats, args.tol)
+        res = compare(args.rows, args.cols, args.repeats, args.tol, args.seeds)
         name = "dask_compare.json"
     (RESULTS / name).write_text(json.dumps(res, indent=2, default=float))
     print(json.dumps(res, indent=2, default=float))

@@ -150,38 +150,71 @@ def run_pass(A, func, *args, long_width=None, long_dtype=None, counter=None):
 # ---------------------------------------------------------------------------------------
 
 
+def _mul(block, X):
+    """``block @ X`` for a row block and a narrow ``X``, as ``(X^T block^T)^T``.
+
+    OpenBLAS runs the short-and-wide shape ``(l x n) @ (n x rows)`` about 1.5x faster
+    than the tall-and-narrow ``(rows x n) @ (n x l)`` it is the transpose of (measured
+    on 10000 x 2000 blocks, ``l = 60``, one thread: 0.042 s against 0.068 s). The
+    result is F-ordered; a block stored F-ordered is multiplied as it is.
+    """
+    if block.flags.f_contiguous and not block.flags.c_contiguous:
+        return block @ X
+    return (X.T @ block.T).T
+
+
+def _tmul(block, Y):
+    """``block^T @ Y`` as ``(Y^T block)^T`` (the fast shape, see :func:`_mul`)."""
+    if block.flags.f_contiguous and not block.flags.c_contiguous:
+        return block.T @ Y
+    return (Y.T @ block).T
+
+
 def _normal_block(block, start, stop, X):
     """``A_i^T A_i X`` and ``(A_i X)^T (A_i X)`` (float64 accumulation)."""
-    Y = block @ X.astype(block.dtype, copy=False)
+    Y = _mul(block, X.astype(block.dtype, copy=False))
     Y64 = Y.astype(np.float64, copy=False)
-    return None, (np.asarray(block.T @ Y, dtype=np.float64), Y64.T @ Y64)
+    return None, (np.asarray(_tmul(block, Y), dtype=np.float64), Y64.T @ Y64)
 
 
 def _normal_long_block(block, start, stop, X):
     """As :func:`_normal_block`, keeping ``A_i X`` as a long output."""
-    Y = block @ X.astype(block.dtype, copy=False)
+    Y = _mul(block, X.astype(block.dtype, copy=False))
     Y64 = Y.astype(np.float64, copy=False)
-    return Y, (np.asarray(block.T @ Y, dtype=np.float64), Y64.T @ Y64)
+    return Y, (np.asarray(_tmul(block, Y), dtype=np.float64), Y64.T @ Y64)
+
+
+def _normal_long_only_block(block, start, stop, X):
+    """``A_i X`` (long output) and ``A_i^T A_i X``, without the Gram matrix."""
+    Y = _mul(block, X.astype(block.dtype, copy=False))
+    return Y, (np.asarray(_tmul(block, Y), dtype=np.float64),)
+
+
+def _long_gram_block(block, start, stop, X):
+    """``A_i X`` (long output) and ``(A_i X)^T (A_i X)``: one product."""
+    Y = _mul(block, X.astype(block.dtype, copy=False))
+    Y64 = Y.astype(np.float64, copy=False)
+    return Y, (Y64.T @ Y64,)
 
 
 def _gram_block(block, start, stop, X):
     """``(A_i X)^T (A_i X)`` only."""
-    Y = np.asarray(block @ X.astype(block.dtype, copy=False), dtype=np.float64)
+    Y = np.asarray(_mul(block, X.astype(block.dtype, copy=False)), dtype=np.float64)
     return None, (Y.T @ Y,)
 
 
 def _left_normal_block(block, start, stop, key, width):
     """``A_i^T Psi_i`` with ``Psi`` the counter-based Gaussian (m, width)."""
     Psi = _random.normal_rows(key, start, stop, width, dtype=block.dtype)
-    return None, (np.asarray(block.T @ Psi, dtype=np.float64),)
+    return None, (np.asarray(_tmul(block, Psi), dtype=np.float64),)
 
 
 def _single_pass_block(block, start, stop, Omega, key, ell):
     """Single-pass sketches of one row block: ``Y_i``; ``Psi_i^T A_i``, Gram, ``Psi_i^T Y_i``."""
-    Y = block @ Omega.astype(block.dtype, copy=False)
+    Y = _mul(block, Omega.astype(block.dtype, copy=False))
     Psi = _random.normal_rows(key, start, stop, ell, dtype=np.float64)
     Y64 = np.asarray(Y, dtype=np.float64)
-    W = np.asarray(block.T @ Psi.astype(block.dtype, copy=False), dtype=np.float64).T
+    W = np.asarray(Psi.astype(block.dtype, copy=False).T @ block, dtype=np.float64)
     return Y, (W, Y64.T @ Y64, Psi.T @ Y64)
 
 
@@ -239,19 +272,39 @@ class Tall:
         check_finite(P)
         return P
 
-    def normal_long(self, X: np.ndarray):
-        """Return ``(A X, A^T A X, X^T A^T A X)``: one pass; ``A X`` stays in the cluster."""
+    def normal_long(self, X: np.ndarray, gram: bool = True):
+        """Return ``(A X, A^T A X, X^T A^T A X)``: one pass; ``A X`` stays in the cluster.
+
+        ``gram=False`` skips the Gram matrix (returned as ``None``).
+        """
         X = np.asarray(X)
-        Y, (P, G) = run_pass(
+        Y, sums = run_pass(
             self.A,
-            _normal_long_block,
+            _normal_long_block if gram else _normal_long_only_block,
             X,
             long_width=X.shape[1],
             long_dtype=self.dtype,
             counter=self.counter,
         )
-        check_finite(P, G)
+        check_finite(*sums)
+        if not gram:
+            return Y, sums[0], None
+        P, G = sums
         return Y, P, (G + G.T) / 2
+
+    def long_gram(self, X: np.ndarray):
+        """Return ``(A X, X^T A^T A X)``: one pass, one product; ``A X`` stays in the cluster."""
+        X = np.asarray(X)
+        Y, (G,) = run_pass(
+            self.A,
+            _long_gram_block,
+            X,
+            long_width=X.shape[1],
+            long_dtype=self.dtype,
+            counter=self.counter,
+        )
+        check_finite(G)
+        return Y, (G + G.T) / 2
 
     def sum_squares(self) -> float:
         """``||A||_F^2`` (float64 accumulation): one pass."""
@@ -307,6 +360,9 @@ def sign_fix_long(U, Vt: np.ndarray):
 
     if U.shape[1] == 0:
         return U, Vt
+    # U is a small product of a kept sketch: keep it too, so that neither the column
+    # extremes below nor the caller's U.compute() recompute the product.
+    (U,) = dask.persist(U)
     hi, lo = dask.compute(U.max(axis=0), U.min(axis=0))
     signs = np.where(np.asarray(hi) >= -np.asarray(lo), 1.0, -1.0)
     return U * signs.astype(U.dtype), Vt * signs[:, None].astype(Vt.dtype)
@@ -363,9 +419,11 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     """Block Krylov SVD (Musco-Musco) of the tall ``A``, basis on the short side.
 
     ``Q0`` is the first orthonormal block ``orth(A^T Psi)`` (one pass by the caller).
-    Then ``n_iter + 1`` fused passes give ``A Q_j`` (kept) and ``A^T A Q_j``, hence the
-    whole Gram matrix ``Q^T A^T A Q`` without another pass. Returns ``(U, s, Vt)`` for
-    ``A`` with ``U`` long (lazy on the kept blocks).
+    Then ``n_iter`` fused passes give ``A Q_j`` (kept) and ``A^T A Q_j``, and a last
+    pass gives ``A Q_q`` (kept) and its Gram matrix (one product: the other blocks of
+    column ``q`` of ``Q^T A^T A Q`` are ``(A^T A Q_j)^T Q_q``), hence the whole Gram
+    matrix without another pass. Returns ``(U, s, Vt)`` for ``A`` with ``U`` long (lazy
+    on the kept blocks).
     """
     import dask.array as da
     import scipy.linalg as sla
@@ -381,19 +439,21 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     for _ in range(n_iter):
         if dim >= cap:
             break
-        Y, Z, _ = T.normal_long(basis[:, last])
+        Y, Z, _ = T.normal_long(basis[:, last], gram=False)
         gens.append((last, Y, Z))
         take = min(Z.shape[1], cap - dim)
         Zc = Z[:, :take].astype(dtype, copy=False)
         basis[:, dim : dim + take] = _orth_against(Zc, basis[:, :dim], normalizer)
         last, dim = slice(dim, dim + take), dim + take
     basis = basis[:, :dim]
-    Y, Z, _ = T.normal_long(basis[:, last])
-    gens.append((last, Y, Z))
+    Y, G_last = T.long_gram(basis[:, last])
     b64 = basis.astype(np.float64)
     G = np.empty((dim, dim))
     for cols, _, Z in gens:
         G[:, cols] = b64.T @ Z
+        G[cols, last] = G[last, cols].T
+    G[last, last] = G_last
+    gens.append((last, Y, None))
     G = (G + G.T) / 2
     lam, Wg = sla.eigh(G, check_finite=False)
     order = np.argsort(-lam, kind="stable")[:rank]
@@ -403,7 +463,9 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     # X = B^T W_k = A Q W_k, from the kept blocks A Q_cols.
     X = da.concatenate([Yc for _, Yc, _ in gens], axis=1)
     X = long_times(X, Wk)
-    Tx = long_orth(X)  # X Tx orthonormal, X = (X Tx) Tx^{-1}
+    # X^T X = W_k^T G W_k (= I up to rounding): no read of X for the first whitening;
+    # the Cholesky-QR step inside long_orth reads it once.
+    Tx = long_orth(X, Wk.T @ G @ Wk)  # X Tx orthonormal, X = (X Tx) Tx^{-1}
     if Tx.shape[1] < Wk.shape[1]:
         Tx = np.hstack([Tx, np.zeros((Tx.shape[0], Wk.shape[1] - Tx.shape[1]))])
     R = np.linalg.pinv(Tx) / scale  # W_k^T B = D R^T Vq^T with D = diag(1 / scale)
