@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 
 from rnla import sketch as _sketch
+from rnla._results import _with_passes
 from rnla._validation import (
     AccuracyWarning,
     ConvergenceWarning,
@@ -94,7 +95,19 @@ def _apply_sketch(S, A, op: _Operator):
 # ---------------------------------------------------------------------------------------
 
 
-class LstsqResult(NamedTuple):
+class _LstsqResultFields(NamedTuple):
+    """Fields of :class:`LstsqResult`."""
+
+    x: np.ndarray
+    iterations: int | np.ndarray
+    residual_norm: float | np.ndarray
+    error_estimate: float | np.ndarray
+    tol: float | np.ndarray
+    rank: int
+    sketch_size: int
+
+
+class LstsqResult(_LstsqResultFields):
     r"""Result of :func:`lstsq`.
 
     Shapes follow ``b``: scalars for ``b`` of shape (m,), arrays of shape (k,) for ``b``
@@ -128,15 +141,13 @@ class LstsqResult(NamedTuple):
         Numerical rank kept by the preconditioner (``n`` when full rank).
     sketch_size : int
         Rows of the sketch used.
+    n_passes : int
+        Attribute, not a field (unpacking is unchanged): passes over ``A`` (the sketch
+        ``SA`` and every product with ``A`` or ``A^T``; each one graph over the chunks
+        for a dask array).
     """
 
-    x: np.ndarray
-    iterations: int | np.ndarray
-    residual_norm: float | np.ndarray
-    error_estimate: float | np.ndarray
-    tol: float | np.ndarray
-    rank: int
-    sketch_size: int
+    n_passes: int | None = None
 
 
 _SKETCHES = {
@@ -440,8 +451,10 @@ def lstsq(
         X, iterations = _krylov_solve(solver, M, B64, y0, n, tol, maxiter, k)
     res_norm, est, reached = _lstsq_diagnostics(op, M, X, b2, dtype)
     x = X.astype(dtype)
+    # S @ A taken directly for arrays is a pass the operator did not count
+    n_passes = op.n_passes + int(isinstance(A, np.ndarray) or sp.issparse(A))
     if b.ndim == 1:
-        return LstsqResult(
+        res = LstsqResult(
             x[:, 0],
             int(iterations[0]),
             float(res_norm[0]),
@@ -450,7 +463,9 @@ def lstsq(
             r,
             k,
         )
-    return LstsqResult(x, iterations, res_norm, est, reached, r, k)
+    else:
+        res = LstsqResult(x, iterations, res_norm, est, reached, r, k)
+    return _with_passes(res, n_passes)
 
 
 def _lstsq_sketch(A, sketch, sketch_size, m: int, n: int, rng):

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from rnla._results import _with_passes
 from rnla._validation import check_int, check_option, check_rng
 from rnla.krylov import (
     _apply_f,
@@ -45,7 +46,15 @@ __all__ = ["TraceEstimate", "hutchinson", "hutchpp", "logdet", "slq", "xnystrace
 _DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-class TraceEstimate(NamedTuple):
+class _TraceEstimateFields(NamedTuple):
+    """Fields of :class:`TraceEstimate`."""
+
+    value: float | np.ndarray
+    stderr: float | np.ndarray
+    n_matvecs: int
+
+
+class TraceEstimate(_TraceEstimateFields):
     """A stochastic trace (or log-determinant) estimate.
 
     Returned by every estimator of :mod:`rnla.trace` (Python floats) and by
@@ -64,11 +73,19 @@ class TraceEstimate(NamedTuple):
         accuracy claimed); ``0.0`` for exact results.
     n_matvecs : int
         Products with ``A`` (columns) spent, including symmetry probes.
+    n_passes : int or None
+        Attribute, not a field (unpacking is unchanged): passes over ``A`` (block
+        products, each one graph over the chunks for a dask array), including symmetry
+        probes; ``None`` where not counted (``logdet(method="exact")``,
+        :func:`rnla.augmented.slq_logdet`).
     """
 
-    value: float | np.ndarray
-    stderr: float | np.ndarray
-    n_matvecs: int
+    n_passes: int | None = None
+
+
+def _estimate(op, value, stderr, n_matvecs) -> TraceEstimate:
+    """Return a :class:`TraceEstimate` carrying the passes made through ``op``."""
+    return _with_passes(TraceEstimate(value, stderr, n_matvecs), op.n_passes)
 
 
 def _probes(rng, n, m, distribution, dtype) -> np.ndarray:
@@ -104,7 +121,8 @@ def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceE
     Returns
     -------
     TraceEstimate
-        ``value``, ``stderr`` (``inf`` for one probe), ``n_matvecs = n_probes``.
+        ``value``, ``stderr`` (``inf`` for one probe), ``n_matvecs = n_probes``;
+        ``n_passes = 1`` (one block product).
 
     Raises
     ------
@@ -142,7 +160,7 @@ def hutchinson(A, n_probes, /, *, distribution="rademacher", rng=None) -> TraceE
     Z = _probes(check_rng(rng), n, m, distribution, dtype)
     AZ = op.matmat(Z, dtype)
     samples = np.einsum("ij,ij->j", Z.astype(np.float64), AZ.astype(np.float64))
-    return TraceEstimate(*_mean_stderr(samples), m)
+    return _estimate(op, *_mean_stderr(samples), m)
 
 
 def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEstimate:
@@ -164,7 +182,7 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
     -------
     TraceEstimate
         ``stderr`` is the standard error of the Hutchinson part (``inf`` with a single
-        probe).
+        probe); ``n_passes = 3`` (block products with ``S``, ``Q`` and the probes).
 
     Raises
     ------
@@ -208,7 +226,7 @@ def hutchpp(A, n_matvecs, /, *, distribution="rademacher", rng=None) -> TraceEst
     PG = G - Q @ (Q.T @ G)
     tail = np.einsum("ij,ij->j", PG.astype(np.float64), op.matmat(PG, dtype))
     mean, stderr = _mean_stderr(tail)
-    return TraceEstimate(head + mean, stderr, 2 * s + g)
+    return _estimate(op, head + mean, stderr, 2 * s + g)
 
 
 def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstimate:
@@ -230,7 +248,8 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
     -------
     TraceEstimate
         ``value`` is the mean of the ``s`` leave-one-out estimates and ``stderr`` their
-        standard deviation over :math:`\sqrt s` (the estimator's own error estimate).
+        standard deviation over :math:`\sqrt s` (the estimator's own error estimate);
+        ``n_passes = 2`` (block products with ``Omega`` and ``Q``).
 
     Raises
     ------
@@ -282,14 +301,14 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
     if rank < s:
         Qr = Q @ Ur[:, :rank]
         Z = op.matmat(Qr.astype(dtype), dtype).astype(np.float64)
-        return TraceEstimate(float(np.trace(Qr.T @ Z)), 0.0, s + rank)
+        return _estimate(op, float(np.trace(Qr.T @ Z)), 0.0, s + rank)
     Z = op.matmat(Q.astype(dtype), dtype).astype(np.float64)
     Om64 = Om.astype(np.float64)
     H = Q.T @ Z
     if s == n:
         # Q is a basis of the whole space (n <= m/2, e.g. tiny problems): tr(Q^T A Q) is
         # the exact trace, better than any leave-one-out estimate.
-        return TraceEstimate(float(np.trace(H)), 0.0, 2 * s)
+        return _estimate(op, float(np.trace(H)), 0.0, 2 * s)
     W = Q.T @ Om64
     Sv = sla.solve_triangular(R, np.eye(s), trans="T")  # R^{-T}; column i is s_i
     Sv /= np.linalg.norm(Sv, axis=0)
@@ -304,7 +323,7 @@ def xtrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstima
         - np.einsum("ji,ji->i", Gm, R)
         + np.einsum("ji,jk,ki->i", Gm, H, Gm)
     )
-    return TraceEstimate(*_mean_stderr(est), 2 * s)
+    return _estimate(op, *_mean_stderr(est), 2 * s)
 
 
 def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEstimate:
@@ -397,7 +416,7 @@ def xnystrace(A, n_matvecs, /, *, distribution="gaussian", rng=None) -> TraceEst
     rn2 = np.sum(Rt**2, axis=0)
     BR = B @ Rt
     est = np.sum(B**2) - np.sum(BR**2, axis=0) / rn2 + 1.0 / rn2 - n * nu
-    return TraceEstimate(*_mean_stderr(est), s + extra)
+    return _estimate(op, *_mean_stderr(est), s + extra)
 
 
 def _slq_samples(op, Z, f, k, full, dtype):
@@ -496,7 +515,7 @@ def slq(
     extra = _check_symmetric(op, rng, dtype)
     Z = _probes(rng, n, m, distribution, dtype)
     samples, n_mv = _slq_samples(op, Z, fres, k, full, dtype)
-    return TraceEstimate(*_mean_stderr(samples), n_mv + extra)
+    return _estimate(op, *_mean_stderr(samples), n_mv + extra)
 
 
 def _logdet_exact(A, rng) -> TraceEstimate:
@@ -528,12 +547,12 @@ def _logdet_deflated(op, n, dtype, n_probes, k, rank, distribution, full, rng, e
     if Q.shape[1] >= n:
         # The sketch spans the whole space: the block Gauss rule on it is the exact
         # log-determinant (up to the Krylov depth) and there is no remainder to sample.
-        return TraceEstimate(head, 0.0, rank + st.n_matvecs + extra)
+        return _estimate(op, head, 0.0, rank + st.n_matvecs + extra)
     G = _probes(rng, n, n_probes, distribution, dtype)
     PG = G - Q @ (Q.T @ G)
     samples, n_mv = _slq_samples(op, PG, (np.log, "log", 0.0, None), k, full, dtype)
     mean, stderr = _mean_stderr(samples)
-    return TraceEstimate(head + mean, stderr, rank + st.n_matvecs + n_mv + extra)
+    return _estimate(op, head + mean, stderr, rank + st.n_matvecs + n_mv + extra)
 
 
 _LOGDET = ("auto", "exact", "slq", "hutchpp")
@@ -634,7 +653,7 @@ def logdet(
         extra = _check_symmetric(op, rng, dtype)
         Z = _probes(rng, n, m, distribution, dtype)
         samples, n_mv = _slq_samples(op, Z, (np.log, "log", 0.0, None), k, full, dtype)
-        return TraceEstimate(*_mean_stderr(samples), n_mv + extra)
+        return _estimate(op, *_mean_stderr(samples), n_mv + extra)
     rank = m if rank is None else check_int(rank, "rank", minimum=1, maximum=n)
     extra = _check_symmetric(op, rng, dtype)
     return _logdet_deflated(op, n, dtype, m, k, rank, distribution, full, rng, extra)

@@ -177,6 +177,22 @@ def test_trace_estimators_agree(client, psd, chunking, name):
     res_m = fn(psd, budget, rng=7)
     res_d = fn(da.from_array(psd, chunks=CHUNKINGS[chunking]), budget, rng=7)
     assert abs(res_d.value - res_m.value) <= 1e-9 * abs(res_m.value)
+    # one block product = one pass (one graph over the chunks), as documented
+    passes = {"hutchinson": 1, "hutchpp": 3, "xtrace": 2}[name]
+    assert res_d.n_passes == res_m.n_passes == passes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_trace_estimate_n_passes_keeps_tuple(dtype):
+    import pickle
+
+    A = np.diag(np.arange(1.0, 41.0)).astype(dtype)
+    est = trace.hutchpp(A, 9, rng=0)
+    value, stderr, n_matvecs = est  # unpacking unchanged: n_passes is an attribute
+    assert n_matvecs == 9 and est.n_passes == 3 and len(est) == 3
+    assert np.isfinite(value) and np.isfinite(stderr)
+    assert pickle.loads(pickle.dumps(est)).n_passes == 3
+    assert trace.logdet(A, method="exact").n_passes is None  # not product-based
 
 
 @pytest.mark.parametrize("chunking", list(CHUNKINGS))
@@ -294,6 +310,33 @@ def test_lstsq_agrees(client, chunking):
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
     _close(res_d.x, res_m.x, 1e-9)
     _close(res_d.x, x_ref, 1e-9)
+    # S A, then A^T and A per iteration, then the residual checks: same count for both
+    # (the default sketches differ: SRHT in memory, blockwise on row-chunked dask input)
+    assert res_d.n_passes == 3 + 2 * res_d.iterations
+    assert res_m.n_passes == 3 + 2 * res_m.iterations
+    assert len(res_d) == 7  # an attribute, not a field
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstsq_n_passes_in_memory(dtype):
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import aslinearoperator
+
+    rng = np.random.default_rng(12)
+    A = rng.standard_normal((300, 10)).astype(dtype)
+    b = rng.standard_normal(300).astype(dtype)
+    solve = rnla.solve.lstsq(A, b, method="solve", rng=0)
+    assert solve.n_passes == 3  # S A, then b - A x and A^T r of the diagnostics
+    for kind in (A, sp.csr_array(A), aslinearoperator(A)):
+        res = rnla.solve.lstsq(kind, b, rng=0)
+        # an operator is sketched through A^T S^T in blocks of 64 sketch rows
+        extra = (
+            -(-res.sketch_size // 64) - 1
+            if not isinstance(kind, np.ndarray) and not (sp.issparse(kind))
+            else 0
+        )
+        assert res.n_passes == 3 + 2 * res.iterations + extra
+        assert np.all(np.isfinite(res.x))
 
 
 @pytest.mark.parametrize("method", ["subspace", "krylov"])
@@ -359,6 +402,37 @@ def test_wrapper_kinds_and_pass_counting():
     with pytest.raises(ValueError, match="finite"):
         _wrap(np.array([[1.0, np.nan]]))
     assert _wrap(op32) is op32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+def test_block_products_against_numpy(dtype, order):
+    from rnla import _dask
+
+    rng = np.random.default_rng(4)
+    B = rng.standard_normal((70, 30)).astype(dtype)
+    if order == "F":
+        B = np.asfortranarray(B)
+    elif order == "strided":
+        B = B[::2]
+    X = rng.standard_normal((30, 6)).astype(dtype)
+    Y = rng.standard_normal((B.shape[0], 6)).astype(dtype)
+    B_before = B.copy()
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    _close(_dask._mul(B, X), B @ X, tol)
+    _close(_dask._tmul(B, Y), B.T @ Y, tol)
+    assert _dask._mul(B, X).dtype == dtype
+    _, (P, G) = _dask._normal_block(B, 0, B.shape[0], X)
+    Y64 = (B @ X).astype(np.float64)
+    _close(P, B.T.astype(np.float64) @ Y64, tol)
+    _close(G, Y64.T @ Y64, tol)
+    Yl, (P2,) = _dask._normal_long_only_block(B, 0, B.shape[0], X)
+    _close(Yl, B @ X, tol)
+    _close(P2, P, tol)
+    Yg, (G2,) = _dask._long_gram_block(B, 0, B.shape[0], X)
+    _close(Yg, B @ X, tol)
+    _close(G2, G, tol)
+    np.testing.assert_array_equal(B, B_before)
 
 
 @pytest.mark.parametrize("width", [1, 7, 100, 3000])
