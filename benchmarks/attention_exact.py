@@ -8,11 +8,16 @@ Implementations, on the same inputs (``d = 64`` unless stated):
   ``is_causal`` / ``enable_gqa`` as the row needs (the baseline when torch is installed);
 * ``NumPy exact`` - ``softmax(Q K^T * scale) V`` forming the score matrix head by head
   (non-causal multi-head rows up to ``n = 4096``);
-* a **roofline** call timed in the same interleaved rounds: for prefill rows a
+* **roofline** calls timed in the same interleaved rounds: for prefill rows a square
   ``2048 x 2048`` GEMM through NumPy (all BLAS threads, the row's dtype; ``--quick``:
-  1024), for decode rows a parallel read of a 256 MB array (``--quick``: 32 MB). The
-  fractions below are ratios of medians measured side by side, so that machine load
-  hits both alike.
+  1024) and the **same-shape GEMM pair** of one head, ``S = Q K^T`` (``n x d`` times
+  ``d x m``) then ``S V`` (``n x m`` times ``m x dv``), through the same BLAS: the rate
+  any design that forms attention's two products with these GEMM shapes is bounded by
+  (with ``d = 64`` the inner dimension of the first product and the output width of
+  the second are small, and the square GEMM rate is out of reach); for decode rows a
+  vectorised parallel sum over a 1 GB array (``--quick``: 64 MB), larger than the
+  caches. The fractions below are ratios of medians measured side by side, so that
+  machine load hits both alike.
 
 Rows (full run): prefill with 8 heads at ``n = 1024``, 4 heads at ``n = 4096``
 (causal and not, ``d`` = 64 and 128, float32 and float64), grouped-query 9 query / 3
@@ -33,10 +38,22 @@ float32 (``--quick``: 8192), in a fresh subprocess (``VmHWM`` reset through
 ``/proc/self/clear_refs`` after import and compilation; ``ru_maxrss`` delta where that
 is unavailable).
 
+Interference between interleaved calls: after a multithreaded OpenBLAS call, its worker
+threads spin for about 2^28 cycles (~0.1 s) before sleeping, so a Numba-parallel call
+timed right after a BLAS roofline ran on fewer than two cores (decode at ``m = 8192``
+measured 0.6 ms alone, 2-9 ms right after a 2-thread GEMM). The script therefore sets
+``OPENBLAS_THREAD_TIMEOUT=4`` (spin 2^4 cycles) unless the environment sets it; the
+value in effect is recorded in ``attention_exact_extra.json``.
+
 Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``.
 """
 
 from __future__ import annotations
+
+import os
+
+# Before NumPy loads OpenBLAS (see the module docstring).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import json
 import subprocess
@@ -64,8 +81,9 @@ OURS = "rnla softmax_attention"
 TORCH = "PyTorch SDPA"
 NUMPY = "NumPy exact (forms n x n)"
 GEMM = "roofline: GEMM"
+PAIR = "roofline: same-shape GEMM pair"
 READ = "roofline: memory read"
-ROOFLINES = (GEMM, READ)
+ROOFLINES = (GEMM, PAIR, READ)
 
 
 def numpy_exact(Q, K, V, scale):
@@ -103,9 +121,13 @@ def accuracy_metric(Q, K, V, scale, causal, rng):
     return metric
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _read_all(x):
-    """Sum of a 2-D array, rows over the threads (a memory-read roofline)."""
+    """Sum of a 2-D array, rows over the threads (a memory-read roofline).
+
+    ``fastmath`` lets the row sums vectorise: a sequential float32 sum is bound by the
+    latency of the addition (10.9 GB/s on two threads, a third of the read rate).
+    """
     total = 0.0
     for i in numba.prange(x.shape[0]):
         s = np.float32(0.0)
@@ -120,6 +142,25 @@ def gemm_call(dtype, size):
     rng = np.random.default_rng(0)
     A, B = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
     return (lambda: A @ B), 2.0 * size**3
+
+
+_PAIR_BUFFERS = {}
+
+
+def pair_call(Q, K, V):
+    """Return the two GEMMs of one head at attention's shapes (tile-GEMM roofline)."""
+    q, k, v = Q[0], K[0], V[0]
+    key = (q.shape[0], k.shape[0], q.dtype.str)
+    if key not in _PAIR_BUFFERS:
+        _PAIR_BUFFERS[key] = np.empty((q.shape[0], k.shape[0]), dtype=q.dtype)
+    S = _PAIR_BUFFERS[key]
+    out = np.empty((q.shape[0], v.shape[1]), dtype=q.dtype)
+
+    def run():
+        np.dot(q, k.T, S)
+        np.dot(S, v, out)
+
+    return run, 2.0 * q.shape[0] * k.shape[0] * (q.shape[1] + v.shape[1])
 
 
 def read_call(megabytes):
@@ -141,6 +182,9 @@ def attention_task(kind, hq, hk, n, m, d, dtype, causal, rng, roofline) -> Task:
         impls[NUMPY] = lambda: numpy_exact(Q, K, V, scale)
     roof_name, (roof_fn, roof_amount) = roofline
     impls[roof_name] = roof_fn
+    pair_amount = None
+    if kind == "prefill":
+        impls[PAIR], pair_amount = pair_call(Q, K, V)
     # Visible score entries (bottom-right causal: row i sees min(m, i + m - n + 1) keys).
     visible = n * m
     if causal:
@@ -172,6 +216,7 @@ def attention_task(kind, hq, hk, n, m, d, dtype, causal, rng, roofline) -> Task:
             "kv_bytes": float(K.nbytes + V.nbytes),
             "roofline": roof_name,
             "roofline_amount": roof_amount,
+            "pair_amount": pair_amount,
         },
     )
 
@@ -183,9 +228,10 @@ def build_tasks(quick: bool) -> list[Task]:
     rng = np.random.default_rng(20250601)
     size = 1024 if quick else 2048
     gemm = {dt: (GEMM, gemm_call(dt, size)) for dt in (np.float32, np.float64)}
-    read = (READ, read_call(32 if quick else 256))
-    EXTRA.update(gemm_size=size, read_mb=32 if quick else 256)
+    read = (READ, read_call(64 if quick else 1024))
+    EXTRA.update(gemm_size=size, read_mb=64 if quick else 1024)
     EXTRA["torch"] = None if torch is None else torch.__version__
+    EXTRA["OPENBLAS_THREAD_TIMEOUT"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     if torch is not None:
         EXTRA["torch_threads"] = torch.get_num_threads()
     f32, f64 = np.float32, np.float64
@@ -328,9 +374,11 @@ def roofline_rows(result: dict) -> list[dict]:
         p = params[task]
         ours = times[OURS]
         roof = times[p["roofline"]]
+        pair_rate = None
         if p["kind"] == "prefill":
             rate, unit = p["flops"] / ours / 1e9, "GFLOP/s"
             roof_rate = p["roofline_amount"] / roof / 1e9
+            pair_rate = p["pair_amount"] / times[PAIR] / 1e9
             goal = PREFILL_GOAL if p["n"] >= 4096 else None
         else:
             rate, unit = p["kv_bytes"] / ours / 1e9, "GB/s of K/V"
@@ -347,6 +395,8 @@ def roofline_rows(result: dict) -> list[dict]:
                 "unit": unit,
                 "roofline_rate": roof_rate,
                 "fraction": rate / roof_rate,
+                "pair_rate": pair_rate,
+                "pair_fraction": None if pair_rate is None else rate / pair_rate,
                 "goal": goal,
             }
         )
@@ -356,7 +406,7 @@ def roofline_rows(result: dict) -> list[dict]:
 def roofline_rst(rows: list[dict], machine_line: str) -> str:
     """Return the roofline table as an RST list-table (included by the docs)."""
     header = ["case", "ours [ms]", "PyTorch [ms]", "ours / PyTorch time", "ours", "roofline"]
-    header += ["fraction of roofline"]
+    header += ["fraction of roofline", "same-shape GEMM pair", "fraction of the pair"]
     lines = [".. list-table::", "   :header-rows: 1", ""]
     lines.append("   * - " + "\n     - ".join(header))
     for r in rows:
@@ -369,6 +419,8 @@ def roofline_rst(rows: list[dict], machine_line: str) -> str:
             f"{r['rate']:.1f} {r['unit']}",
             f"{r['roofline_rate']:.1f}",
             f"{r['fraction']:.0%}{goal}",
+            "" if r["pair_rate"] is None else f"{r['pair_rate']:.1f}",
+            "" if r["pair_fraction"] is None else f"{r['pair_fraction']:.0%}",
         ]
         lines.append("   * - " + "\n     - ".join(cells))
     return "\n".join(lines) + "\n\n" + machine_line + "\n"
@@ -380,7 +432,8 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
     lines = [
         "",
         f"Rooflines timed in the same interleaved rounds: GEMM {EXTRA['gemm_size']}^3 "
-        f"(NumPy, all BLAS threads), parallel read of {EXTRA['read_mb']} MB (Numba); "
+        "and the same-shape GEMM pair of one head (NumPy, all BLAS threads), vectorised "
+        f"parallel read of {EXTRA['read_mb']} MB (Numba); "
         f"torch: {EXTRA['torch'] or 'not installed'} ({EXTRA.get('torch_threads')} threads)",
     ]
     for r in rows:
@@ -389,9 +442,12 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
         goal = ""
         if r["goal"] is not None:
             goal = f" [goal {r['goal']:.0%}: {'met' if r['fraction'] >= r['goal'] else 'NOT met'}]"
+        pair = ""
+        if r["pair_rate"] is not None:
+            pair = f"; same-shape pair {r['pair_rate']:.1f} = {r['pair_fraction']:4.0%}"
         lines.append(
             f"  {r['task']:52s} {r['rate']:7.1f} {r['unit']:11s} of {r['roofline_rate']:6.1f}"
-            f" = {r['fraction']:4.0%}{goal}{vs}"
+            f" = {r['fraction']:4.0%}{goal}{pair}{vs}"
         )
     n_cpu = 1024 if quick else 4096
     cpu = single_thread_cpu_times(n_cpu)

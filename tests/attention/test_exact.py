@@ -691,3 +691,31 @@ def test_key_padding_batch(rng, dtype, monkeypatch, kind, split):
         R, rl = reference_attention(Q[b], K[b, :, :length], V[b, :, :length], return_lse=True)
         assert_close(Y[b], R, dtype)
         assert_lse_close(lse[b], rl, dtype)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["prefill", "split"])
+def test_thread_count_determinism_masked_work_queue(rng, dtype, monkeypatch, split):
+    # Many small tasks of unequal cost (hidden key chunks, causal blocks, a padded batch)
+    # taken from the shared counter: bit-identical results for 1 and 2 threads, and
+    # equal to the oracle.
+    monkeypatch.setattr(exact_module, "_CHUNK_MIN", 64)
+    monkeypatch.setattr(exact_module, "_MAX_CHUNKS", 16)
+    monkeypatch.setattr(exact_module, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(exact_module, "_BQ", 32)
+    n = 3 if split else 200
+    Q, K, V = qkv(rng, (2, 6, n, 16), (2, 2, 900, 16), dtype=dtype)
+    keep = np.arange(900)[None, :] < np.array([900, 333])[:, None]
+    mask = keep[:, None, None, :]
+    assert split_taken(Q, K, V) == split
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        Y1, l1 = softmax_attention(Q, K, V, mask=mask, causal=True, return_lse=True)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        Y2, l2 = softmax_attention(Q, K, V, mask=mask, causal=True, return_lse=True)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(Y1, Y2) and np.array_equal(l1, l2)
+    R, rl = reference_attention(Q, K, V, mask=mask, causal=True, return_lse=True)
+    assert_close(Y1, R, dtype)
+    assert_lse_close(l1, rl, dtype)
