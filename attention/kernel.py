@@ -75,7 +75,7 @@ __all__ = [
     "taylor_remainder_bound",
 ]
 
-_CHUNK = 64  # queries per chunk of the causal prefix-sum kernel
+_CHUNK = 32  # keys and queries per chunk of the causal prefix-sum kernel
 _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
 _MAX_TAYLOR_DEGREE = 64  # 1/64! ~ 1e-89; higher degrees only add features
@@ -122,26 +122,178 @@ def _visible_counts(problem: Problem) -> np.ndarray:
     return np.clip(np.arange(problem.n) + problem.offset + 1, 0, problem.m)
 
 
+class _KeyState(NamedTuple):
+    """The key/value side of linear attention, shared by the query slices of one group.
+
+    Non-causal: ``S = Phi_K^T [V, 1]`` (``M x w``) in the key shift ``s`` (a scalar).
+    Causal (see :func:`_key_state`): per chunk ``c`` of ``C`` aligned keys the key
+    features ``F[c]`` (``C x M``), values ``Vc[c]`` (``C x w``), the state ``S[c]`` of
+    every key before the chunk (``M x w``) and the chunk's shift ``s[c]``.
+    """
+
+    causal: bool
+    S: np.ndarray
+    s: np.ndarray  # float64 shifts: () non-causal, (nc,) causal
+    F: np.ndarray | None = None
+    Vc: np.ndarray | None = None
+    n: int = 0  # queries
+    first: int = 0  # first query that sees a key (causal)
+    chunk: int = _CHUNK
+
+
+def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CHUNK):
+    r"""Key side of (causal) linear attention: features, chunk states and shifts.
+
+    Parameters
+    ----------
+    lk, sk : ndarray (m, M) or None
+        Key features in factored form ``exp(lk - s) * sk`` (``lk = None``: plain
+        features ``sk``, shift 0; ``sk = None``: multipliers 1).
+    vaug : ndarray (m, w)
+        Values with a ones column appended (the normaliser comes from the same GEMMs).
+    n : int
+        Number of queries.
+    offset : int
+        ``m - n``: query ``i`` sees the keys ``j <= i + offset`` (causal).
+    causal : bool
+        Causal (bottom-right aligned) masking.
+    chunk : int
+        Keys (and queries) per chunk ``C``.
+
+    Returns
+    -------
+    _KeyState
+
+    Notes
+    -----
+    Causal: query ``i`` sees the keys ``j <= i + offset``. The queries ``i >= first``
+    (``first = max(0, -offset)``) are aligned with the keys ``j = i + offset``; the keys
+    before ``p = max(offset, 0)`` (the prefix) are seen by all of them. The aligned keys
+    are cut into chunks of ``C``; chunk ``c`` gets the shift :math:`s_c`, the running
+    maximum of ``lk`` over the prefix and the chunks ``0..c`` (the keys visible to the
+    chunk's last query, so no future key enters a row), its features
+    :math:`F_c = e^{l_k - s_c} s_k`, and the state of every earlier key
+    :math:`S_c = e^{s_{c-1} - s_c}(S_{c-1} + F_{c-1}^T \tilde V_{c-1})`,
+    :math:`S_0 = e^{s_{pre} - s_0} F_{pre}^T \tilde V_{pre}` (online-softmax rescaling).
+    All chunk products are one batched GEMM: :math:`2 m M w` flops and
+    :math:`O(mM + (m/C) M w)` memory.
+    """
+    m, w = vaug.shape
+    dt = vaug.dtype
+    if not causal:
+        c = float(lk.max()) if lk is not None and lk.size else 0.0
+        phk = _key_block(lk, sk, 0, m, c)
+        return _KeyState(False, phk.T @ vaug, np.float64(c), n=n)
+    first = min(max(-offset, 0), n)
+    p = max(offset, 0)
+    na = n - first  # aligned queries = aligned keys m - p
+    C = max(1, int(chunk))
+    if na <= 0 or m == 0:
+        return _KeyState(True, np.zeros((0, 0, w), dt), np.zeros(0), n=n, first=n, chunk=C)
+    nc = -(-na // C)
+    pad = nc * C - na
+    M = (lk if lk is not None else sk).shape[1]
+    if lk is not None:
+        s_pre = float(lk[:p].max()) if p > 0 else -np.inf
+        lka = lk[p:]
+        if pad:
+            lka = np.concatenate([lka, np.full((pad, M), -np.inf, dtype=lka.dtype)])
+        lka = lka.reshape(nc, C, M)
+        s = np.maximum.accumulate(np.maximum(lka.max(axis=(1, 2)).astype(np.float64), s_pre))
+        F = np.exp(lka - s.astype(lka.dtype)[:, None, None])
+        if sk is not None:
+            ska = sk[p:]
+            if pad:
+                ska = np.concatenate([ska, np.zeros((pad, M), dtype=ska.dtype)])
+            F *= ska.reshape(nc, C, M)
+    else:
+        s_pre = 0.0
+        s = np.zeros(nc)
+        F = sk[p:]
+        if pad:
+            F = np.concatenate([F, np.zeros((pad, M), dtype=F.dtype)])
+        F = F.reshape(nc, C, M)
+    Vc = vaug[p:]
+    if pad:
+        Vc = np.concatenate([Vc, np.zeros((pad, w), dtype=dt)])
+    Vc = Vc.reshape(nc, C, w)
+    Z = np.matmul(F.transpose(0, 2, 1), Vc)  # (nc, M, w): each chunk's own sum
+    S = np.empty_like(Z)
+    if p > 0:
+        S[0] = _key_block(lk, sk, 0, p, s_pre).T @ vaug[:p]
+        if s[0] > s_pre:
+            S[0] *= dt.type(math.exp(s_pre - s[0]))
+    else:
+        S[0] = 0.0
+    for c in range(1, nc):
+        np.add(S[c - 1], Z[c - 1], out=S[c])
+        if s[c] > s[c - 1]:
+            S[c] *= dt.type(math.exp(s[c - 1] - s[c]))
+    return _KeyState(True, S, s, F, Vc, n=n, first=first, chunk=C)
+
+
+def _apply_state(phq: np.ndarray, st: _KeyState):
+    r"""Query side of (causal) linear attention: ``(out, shift)``.
+
+    ``out[i] = sum_{j visible} (phq_i . phk_j) vaug_j`` scaled by ``exp(-shift[i])``;
+    ``shift`` is float64, ``-inf`` for rows that see no key. Causal: per chunk one
+    batched GEMM :math:`\Phi_{Q,c} S_c` (the earlier keys) plus the masked in-chunk
+    product :math:`(\Phi_{Q,c} F_c^T \odot L)\tilde V_c` (``L`` lower triangular with
+    its diagonal): :math:`2nMw + 2nC(M + w)` flops.
+    """
+    n = st.n
+    dt = phq.dtype
+    if not st.causal:
+        return phq @ st.S, np.full(n, float(st.s))
+    w = st.S.shape[2] if st.S.ndim == 3 else 0
+    out = np.zeros((n, w), dtype=dt)
+    shift = np.full(n, -np.inf)
+    if st.first >= n:
+        return out, shift
+    nc, C, M = st.F.shape
+    na = n - st.first
+    pad = nc * C - na
+    P = phq[st.first :]
+    if pad:
+        P = np.concatenate([P, np.zeros((pad, M), dtype=dt)])
+    P = P.reshape(nc, C, M)
+    blk = np.matmul(P, st.S)
+    A = np.matmul(P, st.F.transpose(0, 2, 1))
+    A *= np.tri(C, dtype=dt)
+    blk += np.matmul(A, st.Vc)
+    out[st.first :] = blk.reshape(nc * C, w)[:na]
+    shift[st.first :] = np.repeat(st.s, C)[:na]
+    return out, shift
+
+
 def _linear_attend(feat: _Features, v: np.ndarray, causal: bool, offset: int):
     """Linear attention with features: ``(num, den, logscale)`` (true sums ``e^logscale *``).
 
-    Non-causal: one GEMM with a global key shift. Causal: the chunked prefix-sum
-    :func:`_causal_linear` with a running key shift. Rows that see no key have
-    ``den = 0`` and ``logscale = -inf``. Works in the dtype of ``feat.phq`` (float32
-    features give float32 GEMMs); ``sk = None`` means multipliers 1.
+    Non-causal: one GEMM with a global key shift. Causal: chunked prefix sums
+    (:func:`_key_state`, :func:`_apply_state`) with a running key shift. Rows that see
+    no key have ``den = 0`` and ``logscale = -inf``. Works in the dtype of ``feat.phq``
+    (float32 features give float32 GEMMs); ``sk = None`` means multipliers 1.
     """
+    st = _key_state(
+        feat.lk, feat.sk, _augment(v, feat.phq.dtype), feat.phq.shape[0], offset, causal
+    )
+    return _attend_state(feat.phq, feat.cq, st)
+
+
+def _augment(v: np.ndarray, dt) -> np.ndarray:
+    """``[v, 1]`` in dtype ``dt``."""
     m, dv = v.shape
-    dt = feat.phq.dtype
     vaug = np.empty((m, dv + 1), dtype=dt)
     vaug[:, :dv] = v
     vaug[:, dv] = 1.0
-    if not causal:
-        c = float(feat.lk.max()) if feat.lk is not None and feat.lk.size else 0.0
-        phk = _key_block(feat.lk, feat.sk, 0, m, c)
-        out = feat.phq @ (phk.T @ vaug)
-        return out[:, :dv], out[:, dv], feat.cq + c
-    out, shift = _causal_linear(feat.phq, feat.lk, feat.sk, vaug, offset, _CHUNK)
-    return out[:, :dv], out[:, dv], feat.cq + shift
+    return vaug
+
+
+def _attend_state(phq: np.ndarray, cq: np.ndarray, st: _KeyState):
+    """``(num, den, logscale)`` of query features ``exp(cq) * phq`` against a key state."""
+    out, shift = _apply_state(phq, st)
+    dv = out.shape[1] - 1
+    return out[:, :dv], out[:, dv], cq + shift
 
 
 def _key_block(lk, sk, j0: int, j1: int, c: float) -> np.ndarray:
@@ -155,7 +307,7 @@ def _key_block(lk, sk, j0: int, j1: int, c: float) -> np.ndarray:
 
 
 def _causal_linear(phq, lk, sk, vaug, offset: int, chunk: int):
-    r"""Causal linear attention by chunks of queries (all products are BLAS GEMMs).
+    r"""Causal linear attention by chunks (all products are batched BLAS GEMMs).
 
     Parameters
     ----------
@@ -169,7 +321,7 @@ def _causal_linear(phq, lk, sk, vaug, offset: int, chunk: int):
     offset : int
         ``m - n``: query ``i`` sees the keys ``j <= i + offset``.
     chunk : int
-        Queries per chunk ``C``.
+        Keys per chunk ``C``.
 
     Returns
     -------
@@ -180,61 +332,34 @@ def _causal_linear(phq, lk, sk, vaug, offset: int, chunk: int):
 
     Notes
     -----
-    The running state :math:`S = \sum_{j < e} \phi_k(k_j) 	ilde v_j^	op` (``M x w``)
-    is carried across chunks; a chunk of ``C`` queries reads it with one GEMM
-    :math:`\Phi_Q S` and handles the fewer than ``C`` keys that become visible inside
-    it by the masked GEMM :math:`(\Phi_Q \Phi_{K,c}^	op \odot L)	ilde V_c`, then adds
-    them to the state. Cost :math:`2(n + m)Mw + 2nC(M + w)` flops, memory
-    :math:`O(Mw + C(M + w))`. The shift ``c`` is the running maximum of ``lk`` over the
-    keys visible to the chunk's last query (online-softmax rescaling of the state), so
-    future keys beyond the chunk never enter a row's computation.
+    :func:`_key_state` then :func:`_apply_state`. Cost :math:`2(n + m)Mw + 2nC(M + w)`
+    flops.
     """
-    n, M = phq.shape
-    m, w = vaug.shape
-    dt = phq.dtype
-    out = np.zeros((n, w), dtype=dt)
-    shift = np.full(n, -np.inf)
-    S = np.zeros((M, w), dtype=dt)
-    c = -np.inf if lk is not None else 0.0
-    absorbed = 0
-    for i0 in range(0, n, chunk):
-        i1 = min(n, i0 + chunk)
-        e0 = min(max(i0 + offset + 1, 0), m)  # keys visible to every query of the chunk
-        e1 = min(max(i1 + offset, 0), m)  # keys visible to the chunk's last query
-        if e1 == 0:
-            continue
-        if lk is not None and e1 > absorbed:
-            cnew = max(c, float(lk[absorbed:e1].max()))
-            if cnew > c:
-                if c > -np.inf:
-                    S *= dt.type(math.exp(c - cnew))
-                c = cnew
-        if e0 > absorbed:
-            S += _key_block(lk, sk, absorbed, e0, c).T @ vaug[absorbed:e0]
-            absorbed = e0
-        P = phq[i0:i1]
-        blk = P @ S
-        if e1 > absorbed:
-            F = _key_block(lk, sk, absorbed, e1, c)
-            W = P @ F.T
-            # Query i sees key absorbed + u iff absorbed + u <= i + offset.
-            rows = np.arange(i0, i1)[:, None] + offset
-            W[np.arange(absorbed, e1)[None, :] > rows] = 0.0
-            blk += W @ vaug[absorbed:e1]
-            S += F.T @ vaug[absorbed:e1]
-            absorbed = e1
-        seen = np.arange(i0, i1) + offset >= 0
-        out[i0:i1] = np.where(seen[:, None], blk, 0.0)
-        shift[i0:i1] = np.where(seen, c, -np.inf)
-    return out, shift
+    return _apply_state(phq, _key_state(lk, sk, vaug, phq.shape[0], offset, True, chunk))
 
 
-def _linear_flops(n: int, m: int, M: int, dv: int, causal: bool) -> float:
-    """Flops of :func:`_linear_attend`: the state GEMMs, plus the in-chunk GEMMs."""
-    flops = 2.0 * (n + m) * M * (dv + 1)
-    if causal:
-        flops += 2.0 * n * min(_CHUNK, m) * (M + dv + 1)
-    return flops
+def _n_kv(problem: Problem) -> int:
+    """Count the distinct key/value slices used by the query slices."""
+    return int(np.unique(problem.kv_index).size)
+
+
+def _linear_flops(problem: Problem, M: int) -> float:
+    """Flops of linear attention with ``M`` features, key states shared per kv slice.
+
+    Key side (:func:`_key_state`, once per key/value slice): ``2 m M w``; query side
+    (:func:`_apply_state`, per query slice): ``2 n M w`` plus the in-chunk GEMMs
+    ``2 n C (M + w)`` when causal (``w = dv + 1``).
+    """
+    n, m, w = problem.n, problem.m, problem.dv + 1
+    q = 2.0 * n * M * w
+    if problem.causal:
+        q += 2.0 * n * min(_CHUNK, m) * (M + w)
+    return problem.n_slices * q + _n_kv(problem) * 2.0 * m * M * w
+
+
+def _feature_flops(problem: Problem, per_row: float) -> float:
+    """Flops of a feature map costing ``per_row`` multiply-adds a row, keys shared."""
+    return 2.0 * per_row * (problem.n_slices * problem.n + _n_kv(problem) * problem.m)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -262,6 +387,11 @@ def _scaled(problem: Problem, g: int, dtype=np.float64):
     return q.astype(dtype) * r, k.astype(dtype) * r, v.astype(dtype)
 
 
+def _scaled_q(problem: Problem, g: int, dtype=np.float64) -> np.ndarray:
+    """Return the queries of slice ``g`` in ``dtype``, times ``sqrt(scale)``."""
+    return problem.q[g].astype(dtype) * np.dtype(dtype).type(math.sqrt(problem.scale))
+
+
 def _work_dtype(problem: Problem, xmax: float, limit: float = 1e3):
     """Dtype of the feature GEMMs: float32 for float32 inputs of moderate size.
 
@@ -277,6 +407,23 @@ def _check_bool(value, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+def _grouped_map(problem: Problem, key_side, query_side) -> list:
+    """Key-side work once per key/value slice, then query-side work per query slice.
+
+    ``key_side(g)`` runs once for one slice ``g`` of every key/value group (grouped-query
+    heads share their keys), ``query_side(g, key_result)`` for every query slice; both
+    stages run on all cores (:func:`attention._parallel.map_slices`). Returns the
+    query-side results in slice order.
+    """
+    reps: dict[int, int] = {}
+    for g in range(problem.n_slices):
+        reps.setdefault(int(problem.kv_index[g]), g)
+    keys = dict(zip(reps, map_slices(key_side, list(reps.values())), strict=True))
+    return map_slices(
+        lambda g: query_side(g, keys[int(problem.kv_index[g])]), range(problem.n_slices)
+    )
 
 
 def _key_cache(problem: Problem, build):
@@ -309,7 +456,7 @@ def _frequencies(n_features: int, d: int, orthogonal: bool, rng) -> np.ndarray:
 
 def _rf_logs(x: np.ndarray, W: np.ndarray, features: str, query: bool):
     """Log-magnitudes and multipliers of the random features of the rows of ``x``."""
-    u = x @ W.T.astype(x.dtype)
+    u = x @ W.T.astype(x.dtype, copy=False)
     half = x.dtype.type(0.5) * np.einsum("ij,ij->i", x, x)[:, None]
     M = W.shape[0]
     if features == "positive":
@@ -322,6 +469,25 @@ def _rf_logs(x: np.ndarray, W: np.ndarray, features: str, query: bool):
     # trig: e^{||x||^2/2} [sin, cos] / sqrt(M); the magnitude is shared by all features.
     s = np.hstack([np.sin(u), np.cos(u)])
     return np.broadcast_to(half - x.dtype.type(0.5 * math.log(M)), s.shape).copy(), s
+
+
+def _rf_query_features(q: np.ndarray, W: np.ndarray, features: str):
+    """Query features in the form of :func:`_query_features` (``phq``, ``cq``).
+
+    The per-row terms ``-||q||^2/2 - log(M)/2`` of the positive and hyperbolic maps are
+    constant along a row: they go to ``cq`` without touching the ``n x M`` array.
+    """
+    if features == "trig":
+        return _query_features(*_rf_logs(q, W, features, True))
+    u = q @ W.T.astype(q.dtype, copy=False)
+    if features == "hyperbolic":
+        u = np.hstack([u, -u])
+    M = W.shape[0] * (2 if features == "hyperbolic" else 1)
+    umax = u.max(axis=1)
+    u -= umax[:, None]
+    np.exp(u, out=u)
+    half = 0.5 * np.einsum("ij,ij->i", q, q, dtype=np.float64)
+    return u, umax.astype(np.float64) - half - 0.5 * math.log(M)
 
 
 def _rf_features(q: np.ndarray, k: np.ndarray, W: np.ndarray, features: str) -> _Features:
@@ -438,11 +604,31 @@ def _log_mse_rows(q, k, features, M, causal, offset, exclude=None):
     return acc_mse, acc_z
 
 
-def _log_mse_rows_norms(q, k, features, M, counts):
+def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
+    """Key/value-side ingredients of the norm-based random-feature bound (float64).
+
+    Computed once per key/value slice (grouped-query heads share them): squared key
+    norms, the value centre and radius, and the mean of the keys each query row sees.
+    """
+    nk = np.einsum("ij,ij->i", k, k)
+    counts = _visible_counts(problem)
+    if problem.causal:
+        csum = np.cumsum(k, axis=0)
+        if problem.offset == 0:
+            kbar = csum / counts[:, None]
+        else:
+            kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
+    else:
+        kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
+    c, R = value_radius(v)
+    return {"nk": nk, "k2max": float(nk.max()), "kbar": kbar, "c": c, "R": float(R)}
+
+
+def _log_mse_rows_norms(q, kvd, features, M, counts):
     """Upper bounds on ``log sum_j MSE_ij`` from norms only (Cauchy–Schwarz), O(n + m)."""
     nq = np.einsum("ij,ij->i", q, q)
-    nk = np.einsum("ij,ij->i", k, k)
-    kmax, k2max = math.sqrt(nk.max()), nk.max()
+    k2max = kvd["k2max"]
+    kmax = math.sqrt(k2max)
     with np.errstate(divide="ignore"):
         logc = np.log(counts.astype(np.float64))
     if features == "trig":
@@ -453,16 +639,10 @@ def _log_mse_rows_norms(q, k, features, M, counts):
     return logc + base - math.log(M if features == "positive" else 2 * M)
 
 
-def _jensen_logz(q, k, causal, offset, counts):
+def _jensen_logz(q, kvd, counts):
     """Deterministic lower bound ``log z_i >= log m_i + q_i . mean_j k_j`` (Jensen)."""
-    if causal:
-        csum = np.cumsum(k, axis=0)
-        idx = np.clip(counts - 1, 0, None)
-        kbar = csum[idx] / np.maximum(counts, 1)[:, None]
-    else:
-        kbar = np.broadcast_to(k.mean(axis=0), q.shape)
     with np.errstate(divide="ignore"):
-        return np.log(counts.astype(np.float64)) + np.einsum("ij,ij->i", q, kbar)
+        return np.log(counts.astype(np.float64)) + np.einsum("ij,ij->i", q, kvd["kbar"])
 
 
 def _norm_warning(qmax: float, kmax: float, M: int, method: str) -> None:
@@ -535,17 +715,24 @@ def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=N
     )
 
 
-def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None):
-    """Per-slice ingredients of the random-feature bound (see :func:`_rf_bound`)."""
+def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kvd=None):
+    """Per-slice ingredients of the random-feature bound (see :func:`_rf_bound`).
+
+    ``q, k, v`` are the float64 prescaled slice; ``kvd`` the slice's
+    :func:`_kv_bound_data` (computed here when not given).
+    """
     y, den, logscale = feat_out
     counts = _visible_counts(problem)
     seen = counts > 0
-    R, trivial = _geometry(v, y)
+    if kvd is None:
+        kvd = _kv_bound_data(problem, k, v)
+    R = kvd["R"]
+    trivial = R + np.linalg.norm(y - kvd["c"], axis=1)
     if mode == "exact":
         lmse, logz = _log_mse_rows(q, k, features, M, problem.causal, problem.offset, exclude)
     else:
-        lmse = _log_mse_rows_norms(q, k, features, M, counts)
-        logz = _jensen_logz(q, k, problem.causal, problem.offset, counts)
+        lmse = _log_mse_rows_norms(q, kvd, features, M, counts)
+        logz = _jensen_logz(q, kvd, counts)
     with np.errstate(divide="ignore"):
         logc = np.log(counts.astype(np.float64))
     part = {
@@ -645,27 +832,47 @@ def _performer(
     Mf = M if features == "positive" else 2 * M
     wdt = _work_dtype(problem, max(qmax, kmax))
 
-    def attend(g):
-        q, k, v = _scaled(problem, g, wdt)
-        num, den, logscale = _linear_attend(
-            _rf_features(q, k, W, features), v, problem.causal, problem.offset
-        )
-        return _ratio(num, den).astype(np.float64), den.astype(np.float64), logscale
+    Wt = W.astype(wdt)
 
-    for g, (y, den, logscale) in enumerate(map_slices(attend, range(problem.n_slices))):
+    def key_side(g):
+        _, k, v = _scaled(problem, g, wdt)
+        lk, sk = _rf_logs(k, Wt, features, False)
+        st = _key_state(lk, sk, _augment(v, wdt), problem.n, problem.offset, problem.causal)
+        kvd = None
+        if mode == "norms":
+            _, k64, v64 = _scaled(problem, g)
+            kvd = _kv_bound_data(problem, k64, v64)
+        return st, kvd
+
+    def query_side(g, key):
+        st, kvd = key
+        q = _scaled_q(problem, g, wdt)
+        phq, cq = _rf_query_features(q, Wt, features)
+        num, den, logscale = _attend_state(phq, cq, st)
+        y = _ratio(num, den).astype(np.float64)
+        den = den.astype(np.float64)
+        part = None
+        if mode == "norms":  # O(n d) from the queries and the key-side data
+            q64, v = _scaled_q(problem, g), problem.slice(g)[2]
+            part = _rf_parts(
+                problem, g, (y, den, logscale), q64, None, v, features, M, mode, kvd=kvd
+            )
+        elif mode == "exact":
+            q64, k64, v64 = _scaled(problem, g)
+            part = _rf_parts(problem, g, (y, den, logscale), q64, k64, v64, features, M, mode)
+        return y, den, logscale, part
+
+    for y, den, logscale, part in _grouped_map(problem, key_side, query_side):
         outs.append(y)
         lses.append(_positive_lse(den, logscale))
         if mode is not None:
-            q, k, v = _scaled(problem, g)
-            part = _rf_parts(problem, g, (y, den, logscale), q, k, v, features, M, mode)
             if features == "trig":
                 part["rows"] = _trig_rows(part, delta)
             parts.append(part)
             if mode == "exact":
                 evals += int(_visible_counts(problem).sum())
     bound = None if mode is None else _rf_bound(parts, problem, features, orthogonal, delta, mode)
-    G, n, m = problem.n_slices, problem.n, problem.m
-    flops = G * (2.0 * (n + m) * d * M + _linear_flops(n, m, Mf, problem.dv, problem.causal))
+    flops = _feature_flops(problem, d * M) + _linear_flops(problem, Mf)
     if mode == "exact":
         flops += 2.0 * evals * d
     lse = None if features == "trig" else lses
@@ -749,16 +956,32 @@ def _scatterbrain(
     evals = 0
     qpos, kpos = np.arange(n) + problem.offset, np.arange(m)
 
-    def attend(g):
-        q, k, v = _scaled(problem, g)
-        feat = _rf_features(q, k, W, features)
-        num, den, logscale = _linear_attend(feat, v, problem.causal, problem.offset)
-        codes = angular_lsh(np.vstack([q, k]), nb, rng=lsh_seed)[0]
-        hq, hk = codes[:n], codes[n:]
+    wdt = _work_dtype(problem, max(qmax, kmax))
+    # Exact scores of the bucket part: float32 only where the sparse methods use it.
+    sdt = wdt if _sparse_work_dtype(problem) == np.float32 else np.float64
+    Wt = W.astype(wdt)
+
+    def key_side(g):
+        _, k, v = _scaled(problem, g, wdt)
+        lk, _ = _rf_logs(k, Wt, features, False)
+        st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal)
+        _, k64, v64 = _scaled(problem, g)
+        hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
+        kvd = _kv_bound_data(problem, k64, v64) if mode == "norms" else None
+        ck = lk.max(axis=1)
+        return st, lk, ck, k.astype(sdt, copy=False), _augment(v, sdt), hk, kvd
+
+    def query_side(g, key):
+        st, lk, ck, k, vv, hk, kvd = key
+        q = _scaled_q(problem, g, wdt)
+        phq, cq = _rf_query_features(q, Wt, features)
+        num, den, logscale = _attend_state(phq, cq, st)
+        num, den = num.astype(np.float64), den.astype(np.float64)
+        q64 = _scaled_q(problem, g)
+        hq = angular_lsh(q64, nb, rng=lsh_seed)[0]
+        qs = q.astype(sdt, copy=False)
         ref = logscale.copy()
-        corr = np.zeros((n, v.shape[1] + 1))
-        vv = np.hstack([v, np.ones((m, 1))])
-        ck = feat.lk.max(axis=1)
+        corr = np.zeros((n, vv.shape[1]))
         pairs = 0
         sets = None
         if problem.causal:
@@ -769,20 +992,18 @@ def _scatterbrain(
             if blocks is not None:
                 rows, J, keep, _, _ = blocks
                 rr = np.maximum(rows, 0)
-                sc = np.matmul(q[rr], k[J].transpose(0, 2, 1))
-                fk = np.exp(feat.lk[J] - ck[J][..., None])
+                sc = np.matmul(qs[rr], k[J].transpose(0, 2, 1))
+                ckJ = ck[J]
+                fk = np.exp(lk[J] - ckJ[..., None])
                 with np.errstate(divide="ignore"):
-                    lphi = (
-                        feat.cq[rr][:, :, None]
-                        + ck[J][:, None, :]
-                        + np.log(np.matmul(feat.phq[rr], fk.transpose(0, 2, 1)))
-                    )
+                    lphi = np.log(np.matmul(phq[rr], fk.transpose(0, 2, 1)))
+                lphi = lphi + (cq[rr][:, :, None] + ckJ[:, None, :])
                 sc = np.where(keep, sc, -np.inf)
                 lphi = np.where(keep, lphi, -np.inf)
                 rb = np.maximum(ref[rr], np.maximum(sc.max(axis=2), lphi.max(axis=2)))
                 rb = np.where(np.isfinite(rb), rb, 0.0)
                 wgt = np.exp(sc - rb[..., None]) - np.exp(lphi - rb[..., None])
-                cb = np.matmul(wgt, vv[J])
+                cb = np.matmul(wgt.astype(sdt), vv[J])
                 ok = rows.ravel() >= 0
                 corr[rows.ravel()[ok]] = cb.reshape(-1, cb.shape[-1])[ok] + 0.0
                 ref[rows.ravel()[ok]] = rb.ravel()[ok]
@@ -793,59 +1014,60 @@ def _scatterbrain(
                 kj = np.flatnonzero(hk == b)
                 if qi.size == 0 or kj.size == 0:
                     continue
-                sc = q[qi] @ k[kj].T
+                sc = qs[qi] @ k[kj].T
                 # Low-rank estimate of the same entries, in log form (it is subtracted).
                 with np.errstate(divide="ignore"):
                     lphi = (
-                        feat.cq[qi, None]
+                        cq[qi, None]
                         + ck[None, kj]
-                        + np.log(feat.phq[qi] @ np.exp(feat.lk[kj] - ck[kj, None]).T)
+                        + np.log(phq[qi] @ np.exp(lk[kj] - ck[kj, None]).T)
                     )
                 pairs += sc.size
                 rb = np.maximum(ref[qi], np.maximum(sc.max(axis=1), lphi.max(axis=1)))
                 rb = np.where(np.isfinite(rb), rb, 0.0)
                 wgt = np.exp(sc - rb[:, None]) - np.exp(lphi - rb[:, None])
-                corr[qi] = wgt @ vv[kj] + 0.0
+                corr[qi] = wgt.astype(sdt) @ vv[kj] + 0.0
                 ref[qi] = rb
         with np.errstate(invalid="ignore"):
             fac = np.where(np.isfinite(logscale), np.exp(logscale - ref), 0.0)
         num_t = fac[:, None] * num + corr[:, :-1]
         den_t = fac * den + corr[:, -1]
         den_t = np.where(den_t > 0, den_t, 0.0)
-        return _ratio(num_t, den_t), den_t, ref, hq, hk, sets, pairs
+        y = _ratio(num_t, den_t)
+        part = None
+        if mode == "norms":
+            v = problem.slice(g)[2]
+            part = _rf_parts(problem, g, (y, den_t, ref), q64, None, v, features, M, mode, kvd=kvd)
+        elif mode == "exact":
+            if sets is None:
 
-    for g, (y, den_t, ref, hq, hk, sets, pairs) in enumerate(
-        map_slices(attend, range(problem.n_slices))
-    ):
+                def exclude(j0, j1):
+                    return hq[:, None] == hk[None, j0:j1]
+
+            else:
+                rank, lo = sets[2], sets[4]
+
+                def exclude(j0, j1):
+                    same = hq[:, None] == hk[None, j0:j1]
+                    return same & (rank[None, j0:j1] >= lo[:, None])
+
+            q64, k64, v64 = _scaled(problem, g)
+            part = _rf_parts(
+                problem, g, (y, den_t, ref), q64, k64, v64, features, M, mode, exclude
+            )
+        return y, den_t, ref, pairs, part
+
+    for y, den_t, ref, pairs, part in _grouped_map(problem, key_side, query_side):
         evals += pairs
         outs.append(y)
         lses.append(_positive_lse(den_t, ref))
         if mode is not None:
-            q, k, v = _scaled(problem, g)
-            exclude = None
+            parts.append(part)
             if mode == "exact":
-                if sets is None:
-
-                    def exclude(j0, j1, hq_=hq, hk_=hk):
-                        return hq_[:, None] == hk_[None, j0:j1]
-
-                else:
-                    rank, lo = sets[2], sets[4]
-
-                    def exclude(j0, j1, hq_=hq, hk_=hk, rank=rank, lo=lo):
-                        same = hq_[:, None] == hk_[None, j0:j1]
-                        return same & (rank[None, j0:j1] >= lo[:, None])
-
                 evals += int(_visible_counts(problem).sum())
-            parts.append(
-                _rf_parts(problem, g, (y, den_t, ref), q, k, v, features, M, mode, exclude)
-            )
     bound = None if mode is None else _rf_bound(parts, problem, features, orthogonal, delta, mode)
-    G = problem.n_slices
     Mf = M if features == "positive" else 2 * M
-    flops = G * (
-        2.0 * (n + m) * d * (M + nb // 2) + _linear_flops(n, m, Mf, problem.dv, problem.causal)
-    )
+    flops = _feature_flops(problem, d * (M + nb // 2)) + _linear_flops(problem, Mf)
     flops += 2.0 * evals * (d + Mf + problem.dv)
     return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
@@ -939,6 +1161,14 @@ class _TensorSketchGemm:
         self.nf = nf
         self.k = k
         self.d = d
+        # All forward stages in one GEMM (``x @ [A_1 | ... | A_p]``).
+        self.stacked = np.hstack(self.stages)
+        # Parseval: <irfft(P), irfft(P')> = sum_f (c_f/k)(Re P_f Re P'_f + Im P_f Im P'_f),
+        # and Im P_f = 0 at f = 0 (and f = k/2 for even k): k real features.
+        w = np.sqrt(c / k)
+        im = np.arange(1, nf - 1 if k % 2 == 0 else nf)
+        self.keep_im = im
+        self.weights = np.concatenate([w, w[im]]).astype(dtype)
 
     def transform(self, x):
         nf = self.nf
@@ -950,8 +1180,28 @@ class _TensorSketchGemm:
             pr, pi = pr * zr - pi * zi, pr * zi + pi * zr
         return np.hstack([pr, pi]) @ self.inverse
 
+    def features(self, x):
+        r"""Features with the inner products of :meth:`transform`, in the frequency domain.
+
+        ``features(x) @ features(y).T == transform(x) @ transform(y).T`` up to
+        rounding (Parseval for the real DFT of length ``k``): ``k`` columns, the weighted
+        real and imaginary parts of the product spectrum, without the inverse DFT (one
+        ``d x (k + 2)p`` GEMM instead of ``p`` of them plus a ``(k + 2) x k`` one).
+        """
+        nf = self.nf
+        z = x @ self.stacked
+        w2 = 2 * nf
+        pr, pi = z[:, :nf], z[:, nf:w2]
+        for t in range(1, len(self.stages)):
+            zr, zi = z[:, t * w2 : t * w2 + nf], z[:, t * w2 + nf : (t + 1) * w2]
+            pr, pi = pr * zr - pi * zi, pr * zi + pi * zr
+        out = np.hstack([pr, pi[:, self.keep_im]])
+        out *= self.weights
+        return out
+
     def flops(self, rows: int) -> float:
-        return 2.0 * rows * (2 * self.d * self.nf * len(self.stages) + 2 * self.nf * self.k)
+        """Flops of :meth:`features` on ``rows`` rows (the forward GEMMs)."""
+        return 2.0 * rows * 2 * self.d * self.nf * len(self.stages)
 
 
 def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
@@ -961,9 +1211,9 @@ def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
     power = x
     for j in range(2, p + 1):
         if sketches is not None:
-            blocks.append(
-                sketches[j].transform(x).astype(x.dtype) / dt(math.sqrt(math.factorial(j)))
-            )
+            F = sketches[j].features(x).astype(x.dtype, copy=False)
+            F *= dt(1.0 / math.sqrt(math.factorial(j)))
+            blocks.append(F)
         else:
             power = np.einsum("ni,nj->nij", power, x).reshape(n, -1)
             blocks.append(power / dt(math.sqrt(math.factorial(j))))
@@ -1016,7 +1266,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     budget = check_int(feature_budget, "feature_budget", minimum=1)
     ksz = check_int(sketch_size, "sketch_size", minimum=1)
     delta = check_probability(delta, "delta")
-    d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
+    d, n = problem.d, problem.n
     n_exact, power = 0, 1
     for _ in range(p + 1):  # sum_j d^j, stopping as soon as it exceeds the budget
         n_exact += power
@@ -1047,47 +1297,55 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     if sketches is not None:
         # The same TensorSketch maps, evaluated by GEMMs (no per-row FFTs).
         sketches = {j: _TensorSketchGemm(ts, wdt0) for j, ts in sketches.items()}
-        feat_flops = sum(ts.flops(n + m) for ts in sketches.values())
-    keyfeats = _key_cache(
-        problem, lambda g: _taylor_feats(_scaled(problem, g, wdt0)[1], p, sketches)
-    )
+        feat_flops = sum(ts.flops(1) for ts in sketches.values()) / 2.0
     counts = _visible_counts(problem)
+    seen = counts > 0
     outs, lses = [], []
     rows_bound = []
-    N_rows = max(1, int(problem.n_slices * (counts > 0).sum()))
+    N_rows = max(1, int(problem.n_slices * seen.sum()))
     positive = True
     # float32 GEMMs while the largest feature (<= B^p) stays far from float32's range.
-    wdt = _work_dtype(problem, max(qmax_all, kmax_all), limit=1e6 ** (1.0 / p))
+    wdt = wdt0
 
-    def attend(g):
-        q, _, v = _scaled(problem, g, wdt)
-        num, den, logscale = _linear_attend(
-            _plain(_taylor_feats(q, p, sketches), keyfeats(g)), v, problem.causal, problem.offset
+    def key_side(g):
+        _, k, v = _scaled(problem, g, wdt)
+        st = _key_state(
+            None,
+            _taylor_feats(k, p, sketches),
+            _augment(v, wdt),
+            n,
+            problem.offset,
+            problem.causal,
         )
-        return num.astype(np.float64), den.astype(np.float64), logscale
+        # Key-side parts of the bound (float64).
+        _, k64, v64 = _scaled(problem, g)
+        nk2 = np.einsum("ij,ij->i", k64, k64)
+        ksums = {}
+        if sketched:
+            for t in range(2, p + 1):
+                ksums[t] = (
+                    np.cumsum(nk2**t)[np.clip(counts - 1, 0, None)]
+                    if problem.causal
+                    else np.full(n, np.sum(nk2**t))
+                )
+        c, R = value_radius(v64)
+        return st, float(np.sqrt(np.max(nk2))), ksums, c, float(R)
 
-    slices = map_slices(attend, range(problem.n_slices))
-    for g in range(problem.n_slices):
-        q, k, v = _scaled(problem, g)
-        num, den, logscale = slices[g]
+    def query_side(g, key):
+        st, kmax, ksums, c, R = key
+        q = _scaled_q(problem, g, wdt)
+        num, den, logscale = _attend_state(_taylor_feats(q, p, sketches), np.zeros(n), st)
+        num, den = num.astype(np.float64), den.astype(np.float64)
         if not (np.isfinite(num).all() and np.isfinite(den).all()):
-            raise ValueError(
-                f"taylor: the degree-{p} Taylor features overflow float64 at "
-                f"B = max ||q|| max ||k|| scale = {qmax_all * kmax_all:.3g} (scale="
-                f"{problem.scale:.3g}); the Taylor method needs bounded logits (Alman-Song: "
-                "B = o(log n)): use a smaller scale or another method"
-            )
+            return None
         y = _ratio(num, den)
-        outs.append(y)
-        seen = counts > 0
-        positive &= bool(np.all(den[seen] > 0))
-        lses.append(_positive_lse(den, logscale))
         # Per-row B_i = ||q_i|| max_j ||k_j|| (Cauchy–Schwarz) and eta_i.
-        nq = np.sqrt(np.einsum("ij,ij->i", q, q))
-        kmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", k, k))))
+        nq = np.sqrt(
+            problem.scale * np.einsum("ij,ij->i", problem.q[g], problem.q[g], dtype=float)
+        )
         eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
-        R, radius = _geometry(v, y)
-        slack = rounding_allowance(problem, y, v)
+        radius = R + np.linalg.norm(y - c, axis=1)
+        slack = rounding_allowance(problem, y, problem.slice(g)[2])
         with np.errstate(over="ignore", invalid="ignore"):
             if not sketched:
                 # ~y-form of the lemma: ||y_i - ~y_i|| <= ||a_i - ~a_i||_1 max_j||v_j - ~y_i||
@@ -1095,15 +1353,9 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                 rb = np.where(den != 0, eta * radius, np.inf)
             else:
                 # Sketch error: E||e_i||^2 <= sum_t (3^t - 1)/(k t!^2) ||q||^2t sum_j ||k||^2t.
-                nk2 = np.einsum("ij,ij->i", k, k)
                 var = np.zeros(n)
                 for t in range(2, p + 1):
-                    ksum = (
-                        np.cumsum(nk2**t)[np.clip(counts - 1, 0, None)]
-                        if problem.causal
-                        else np.full(n, np.sum(nk2**t))
-                    )
-                    var += (3.0**t - 1) / (ksz * math.factorial(t) ** 2) * nq ** (2 * t) * ksum
+                    var += (3.0**t - 1) / (ksz * math.factorial(t) ** 2) * nq ** (2 * t) * ksums[t]
                 tl1 = np.sqrt(counts * N_rows * var / delta)
                 zt = den * np.exp(logscale)
                 u = eta * (zt + tl1) / (1.0 - eta) + tl1
@@ -1111,6 +1363,20 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                     (eta < 1) & (zt > 0), u * 2.0 * R / np.where(zt > 0, zt, 1.0), np.inf
                 )
             rb = np.where(seen, rb, 0.0) + slack
+        return y, den, logscale, rb
+
+    for res in _grouped_map(problem, key_side, query_side):
+        if res is None:
+            raise ValueError(
+                f"taylor: the degree-{p} Taylor features overflow float64 at "
+                f"B = max ||q|| max ||k|| scale = {qmax_all * kmax_all:.3g} (scale="
+                f"{problem.scale:.3g}); the Taylor method needs bounded logits (Alman-Song: "
+                "B = o(log n)): use a smaller scale or another method"
+            )
+        y, den, logscale, rb = res
+        outs.append(y)
+        positive &= bool(np.all(den[seen] > 0))
+        lses.append(_positive_lse(den, logscale))
         rows_bound.append(rb)
     with np.errstate(over="ignore"):
         value = float(np.sqrt(np.sum(np.square(np.concatenate(rows_bound)))))
@@ -1138,8 +1404,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
             "(R + ||~y_i - c||) (needs ~z_i != 0, checked; weights positive when "
             "eta_i < 1); Alman & Song 2023; plus a rounding allowance",
         )
-    G = problem.n_slices
-    flops = G * (2.0 * (n + m) * Mf + feat_flops + _linear_flops(n, m, Mf, dv, problem.causal))
+    flops = _feature_flops(problem, Mf + feat_flops) + _linear_flops(problem, Mf)
     return method_result(problem, outs, lses if positive else None, bound, Cost(flops, 0))
 
 
@@ -1216,16 +1481,33 @@ def polynomial_attention(Q, K, V, degree=4, /, *, scale=None, causal=False):
     return np.stack(out).astype(problem.dtype).reshape((*problem.lead, problem.n, problem.dv))
 
 
-def _polysketch_signed(X: np.ndarray, p: int, r: int, rng) -> np.ndarray:
-    """Recursive Gaussian sketch of ``x^{(x)p}`` (Ahle et al.; PolySketchWithNegativity)."""
+def _polysketch_plan(d: int, p: int, r: int, rng):
+    """Draw the Gaussian matrices of the recursive degree-``p`` sketch (Ahle et al.).
+
+    The tree ``(a, b, G1, G2)`` (``None`` for ``p = 1``) of
+    :func:`_polysketch_apply`, drawn in the order of the recursion.
+    """
     if p == 1:
+        return None
+    a = _polysketch_plan(d, (p + 1) // 2, r, rng)
+    b = _polysketch_plan(d, p // 2, r, rng)
+    G1 = _sketch.gaussian(r, d if a is None else r, rng=rng).todense()
+    G2 = _sketch.gaussian(r, d if b is None else r, rng=rng).todense()
+    return a, b, G1, G2
+
+
+def _polysketch_apply(X: np.ndarray, plan) -> np.ndarray:
+    """Recursive Gaussian sketch of ``x^{(x)p}`` (PolySketchWithNegativity) of the rows."""
+    if plan is None:
         return X
-    a = _polysketch_signed(X, (p + 1) // 2, r, rng)
-    b = _polysketch_signed(X, p // 2, r, rng)
-    G1 = _sketch.gaussian(r, a.shape[1], rng=rng).todense()
-    G2 = _sketch.gaussian(r, b.shape[1], rng=rng).todense()
+    a, b, G1, G2 = plan
+    dt = X.dtype
+    A = _polysketch_apply(X, a) @ G1.T.astype(dt)
+    B = _polysketch_apply(X, b) @ G2.T.astype(dt)
     # Each factor carries 1/sqrt(r): their product is the sqrt(1/r) (M1 G1) * (M2 G2) map.
-    return (a @ G1.T) * (b @ G2.T) * math.sqrt(r)
+    A *= B
+    A *= dt.type(math.sqrt(G1.shape[0]))
+    return A
 
 
 def _self_tensor(F: np.ndarray) -> np.ndarray:
@@ -1233,56 +1515,78 @@ def _self_tensor(F: np.ndarray) -> np.ndarray:
     return np.einsum("ni,nj->nij", F, F).reshape(n, -1)
 
 
-def _poly_feature_map(X: np.ndarray, p: int, kind: str, r: int, nonnegative: bool, rng):
-    """Features of the rows of ``X`` (queries and keys stacked: same randomness)."""
+def _poly_plan(d: int, p: int, kind: str, r: int, nonnegative: bool, seed: int, dtype):
+    """Draw the random feature map of the polynomial methods once from ``seed``."""
     half = p // 2 if nonnegative else p
+    rng = np.random.default_rng(seed)
     if kind == "polysketch":
-        F = _polysketch_signed(X, half, r, rng)
-    else:
-        F = _sketch.tensor_sketch(r, X.shape[1], half, rng=rng).transform(X)
+        return _polysketch_plan(d, half, r, rng)
+    # TensorSketch evaluated by GEMMs in the frequency domain (the same inner products).
+    return _TensorSketchGemm(_sketch.tensor_sketch(r, d, half, rng=rng), dtype)
+
+
+def _poly_feature_map(X: np.ndarray, kind: str, plan, nonnegative: bool) -> np.ndarray:
+    """Features of the rows of ``X`` (queries and keys get the same ``plan``)."""
+    F = _polysketch_apply(X, plan) if kind == "polysketch" else plan.features(X)
     return _self_tensor(F) if nonnegative else F
 
 
-def _poly_slice_features(problem, g, p, kind, r, nonnegative, seed):
-    r"""Features ``(F_q, F_k)`` of slice ``g``; the same ``seed`` for every slice.
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    nq = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(nq > 0, nq, 1).astype(x.dtype)
+
+
+def _max_scaled(x: np.ndarray) -> np.ndarray:
+    xmax = float(np.max(np.linalg.norm(x.astype(np.float64), axis=1))) if x.size else 0.0
+    return x / x.dtype.type(xmax if xmax > 0 else 1.0)
+
+
+def _poly_slice_features(problem, g, p, kind, r, nonnegative, seed, dtype=np.float64):
+    r"""Features ``(F_q, F_k, v)`` of slice ``g`` in ``dtype``; the same ``seed`` for all.
 
     The weights :math:`(q_i\cdot k_j)^p` are homogeneous and the feature maps linear in
     :math:`x^{\otimes p}`: a positive factor per query row and one for all keys cancel in
     the normalisation, so unit query rows and keys scaled by their largest norm give the
     same output without overflow or underflow (``scale`` cancels too).
     """
-    q, k, v = (x.astype(np.float64) for x in problem.slice(g))
-    nq = np.linalg.norm(q, axis=1, keepdims=True)
-    q = q / np.where(nq > 0, nq, 1.0)
-    kmax = float(np.max(np.linalg.norm(k, axis=1))) if k.size else 0.0
-    k = k / (kmax if kmax > 0 else 1.0)
-    F = _poly_feature_map(np.vstack([q, k]), p, kind, r, nonnegative, np.random.default_rng(seed))
-    return F[: problem.n], F[problem.n :], v
+    q, k, v = (x.astype(dtype) for x in problem.slice(g))
+    plan = _poly_plan(problem.d, p, kind, r, nonnegative, seed, dtype)
+    fq = _poly_feature_map(_unit_rows(q), kind, plan, nonnegative)
+    fk = _poly_feature_map(_max_scaled(k), kind, plan, nonnegative)
+    return fq, fk, v
 
 
 def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
     p = _check_degree(degree)
     r = check_int(sketch_size, "sketch_size", minimum=1)
     nonnegative = _check_bool(nonnegative, "nonnegative")
-    d, n, m, dv = problem.d, problem.n, problem.m, problem.dv
+    d, n = problem.d, problem.n
     # One draw for the whole call, applied to queries and keys of every slice alike.
     seed = int(rng.integers(0, 2**63 - 1))
     # Unit-norm features: float32 GEMMs for float32 inputs.
     wdt = problem.dtype
+    plan = _poly_plan(d, p, kind, r, nonnegative, seed, wdt)
 
-    def attend(g):
-        fq, fk, v = (
-            x.astype(wdt, copy=False)
-            for x in _poly_slice_features(problem, g, p, kind, r, nonnegative, seed)
-        )
-        num, den, _ = _linear_attend(_plain(fq, fk), v, problem.causal, problem.offset)
+    def key_side(g):
+        _, k, v = problem.slice(g)
+        fk = _poly_feature_map(_max_scaled(k.astype(wdt)), kind, plan, nonnegative)
+        return _key_state(None, fk, _augment(v, wdt), n, problem.offset, problem.causal)
+
+    def query_side(g, st):
+        fq = _poly_feature_map(_unit_rows(problem.q[g].astype(wdt)), kind, plan, nonnegative)
+        num, den, _ = _attend_state(fq, np.zeros(n), st)
         return _ratio(num, den), fq.shape[1]
 
-    slices = map_slices(attend, range(problem.n_slices))
+    slices = _grouped_map(problem, key_side, query_side)
     outs = [y for y, _ in slices]
     Mf = slices[-1][1]
-    feat_flops = (n + m) * (2.0 * d * r * p + Mf)
-    flops = problem.n_slices * (feat_flops + _linear_flops(n, m, Mf, dv, problem.causal))
+    half = p // 2 if nonnegative else p
+    if kind == "polysketch":
+        per_row = d * r + (half - 1) * (d + r) * r  # the recursion's GEMMs (<= this)
+    else:
+        per_row = 2 * d * (r // 2 + 1) * half
+    per_row += Mf if nonnegative else 0
+    flops = _feature_flops(problem, per_row) + _linear_flops(problem, Mf)
     return method_result(problem, outs, None, None, Cost(flops, 0))
 
 
