@@ -1140,7 +1140,7 @@ class _TensorSketchGemm:
     :math:`2N(2 d (k/2 + 1) p + (k + 2) k)` flops for ``N`` rows, at the GEMM rate.
     """
 
-    def __init__(self, ts, dtype):
+    def __init__(self, ts, dtype, factor: float = 1.0):
         k = ts.shape[0]
         d = ts.n_features
         nf = k // 2 + 1
@@ -1161,16 +1161,28 @@ class _TensorSketchGemm:
         self.nf = nf
         self.k = k
         self.d = d
-        # All forward stages in one GEMM (``x @ [A_1 | ... | A_p]``).
-        self.stacked = np.hstack(self.stages)
-        # Parseval: <irfft(P), irfft(P')> = sum_f (c_f/k)(Re P_f Re P'_f + Im P_f Im P'_f),
-        # and Im P_f = 0 at f = 0 (and f = k/2 for even k): k real features.
-        w = np.sqrt(c / k)
-        im = np.arange(1, nf - 1 if k % 2 == 0 else nf)
-        self.keep_im = im
-        self.weights = np.concatenate([w, w[im]]).astype(dtype)
+        # Frequency-domain features (:meth:`features`). Parseval: <irfft(P), irfft(P')> =
+        # sum_f (c_f/k)(Re P_f Re P'_f + Im P_f Im P'_f), and Im P_f = 0 at f = 0 (and
+        # f = k/2 for even k): k real features. Each stage gets the columns
+        # (Re, Im) of every frequency interleaved, so that its block of ``x @ stacked``
+        # is a complex64/128 array without a copy, and the factor (c_f/k)^(1/2p) (the
+        # weights of the p-fold product).
+        p = ts.degree
+        wf = (c / k) ** (0.5 / p)
+        blocks = []
+        for t in range(p):
+            A = self.stages[t]
+            B = np.empty((d, 2 * nf))
+            B[:, 0::2] = A[:, :nf] * wf
+            B[:, 1::2] = A[:, nf:] * wf
+            blocks.append(B * factor if t == 0 else B)
+        self.stacked = np.hstack(blocks).astype(dtype)
+        drop = [1] + ([2 * nf - 1] if k % 2 == 0 else [])
+        self.keep = np.setdiff1d(np.arange(2 * nf), drop)
+        self.cdtype = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
 
     def transform(self, x):
+        """The map of ``TensorSketch.transform`` (forward GEMMs, products, inverse DFT)."""
         nf = self.nf
         z = x @ self.stages[0]
         pr, pi = z[:, :nf], z[:, nf:]
@@ -1180,23 +1192,30 @@ class _TensorSketchGemm:
             pr, pi = pr * zr - pi * zi, pr * zi + pi * zr
         return np.hstack([pr, pi]) @ self.inverse
 
-    def features(self, x):
+    def features(self, x, out=None):
         r"""Features with the inner products of :meth:`transform`, in the frequency domain.
 
-        ``features(x) @ features(y).T == transform(x) @ transform(y).T`` up to
-        rounding (Parseval for the real DFT of length ``k``): ``k`` columns, the weighted
-        real and imaginary parts of the product spectrum, without the inverse DFT (one
-        ``d x (k + 2)p`` GEMM instead of ``p`` of them plus a ``(k + 2) x k`` one).
+        ``features(x)[:, keep] @ features(y)[:, keep].T == transform(x) @
+        transform(y).T`` times ``factor**2`` up to rounding (Parseval for the real DFT of
+        length ``k``): the weighted real and imaginary parts of the product spectrum,
+        ``2 (k // 2 + 1)`` columns interleaved (``keep`` drops the imaginary parts at
+        ``f = 0`` and ``f = k/2``, which are 0 up to rounding), without the inverse DFT:
+        one ``d x (k + 2)p`` GEMM and ``p - 1`` complex products. ``out`` (a float view
+        whose rows are 8-byte aligned) receives the result.
         """
-        nf = self.nf
+        w2 = 2 * self.nf
         z = x @ self.stacked
-        w2 = 2 * nf
-        pr, pi = z[:, :nf], z[:, nf:w2]
-        for t in range(1, len(self.stages)):
-            zr, zi = z[:, t * w2 : t * w2 + nf], z[:, t * w2 + nf : (t + 1) * w2]
-            pr, pi = pr * zr - pi * zi, pr * zi + pi * zr
-        out = np.hstack([pr, pi[:, self.keep_im]])
-        out *= self.weights
+        p = len(self.stages)
+        Z = [z[:, t * w2 : (t + 1) * w2].view(self.cdtype) for t in range(p)]
+        if out is None:
+            out = np.empty((x.shape[0], w2), dtype=z.dtype)
+        P = out.view(self.cdtype)
+        if p == 1:
+            P[...] = Z[0]
+        else:
+            np.multiply(Z[0], Z[1], out=P)
+            for t in range(2, p):
+                P *= Z[t]
         return out
 
     def flops(self, rows: int) -> float:
@@ -1204,19 +1223,33 @@ class _TensorSketchGemm:
         return 2.0 * rows * 2 * self.d * self.nf * len(self.stages)
 
 
+def _taylor_sketched_features(d: int, p: int, k: int) -> int:
+    """Count the sketched Taylor features: ``1 + d`` plus ``k + 2`` per degree, even."""
+    Mf = 1 + d + (p - 1) * 2 * (k // 2 + 1)
+    return Mf + Mf % 2
+
+
 def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
-    n = x.shape[0]
+    n, d = x.shape
     dt = x.dtype.type
+    if sketches is not None:
+        # [sketch_2 | ... | sketch_p | 1 | x | (0)]: the complex products are written
+        # in place (an even number of columns keeps every row 8-byte aligned).
+        w2 = 2 * sketches[2].nf
+        Mf = _taylor_sketched_features(d, p, sketches[2].k)
+        out = np.empty((n, Mf), dtype=x.dtype)
+        for j in range(2, p + 1):
+            sketches[j].features(x, out=out[:, (j - 2) * w2 : (j - 1) * w2])
+        c0 = (p - 1) * w2
+        out[:, c0] = 1.0
+        out[:, c0 + 1 : c0 + 1 + d] = x
+        out[:, c0 + 1 + d :] = 0.0
+        return out
     blocks = [np.ones((n, 1), dtype=x.dtype), x]
     power = x
     for j in range(2, p + 1):
-        if sketches is not None:
-            F = sketches[j].features(x).astype(x.dtype, copy=False)
-            F *= dt(1.0 / math.sqrt(math.factorial(j)))
-            blocks.append(F)
-        else:
-            power = np.einsum("ni,nj->nij", power, x).reshape(n, -1)
-            blocks.append(power / dt(math.sqrt(math.factorial(j))))
+        power = np.einsum("ni,nj->nij", power, x).reshape(n, -1)
+        blocks.append(power / dt(math.sqrt(math.factorial(j))))
     return np.hstack(blocks[: p + 1])
 
 
@@ -1277,7 +1310,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     sketches = None
     if sketched:
         sketches = {j: _sketch.tensor_sketch(ksz, d, j, rng=rng) for j in range(2, p + 1)}
-    Mf = 1 + d + (p - 1) * ksz if sketched else n_exact
+    Mf = _taylor_sketched_features(d, p, ksz) if sketched else n_exact
     r = math.sqrt(problem.scale)
     # Norms in float64: squares of float32 entries of 1e30 overflow float32.
     kmax_all = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k, dtype=float))))
@@ -1296,7 +1329,10 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     feat_flops = 0.0
     if sketches is not None:
         # The same TensorSketch maps, evaluated by GEMMs (no per-row FFTs).
-        sketches = {j: _TensorSketchGemm(ts, wdt0) for j, ts in sketches.items()}
+        sketches = {
+            j: _TensorSketchGemm(ts, wdt0, 1.0 / math.sqrt(math.factorial(j)))
+            for j, ts in sketches.items()
+        }
         feat_flops = sum(ts.flops(1) for ts in sketches.values()) / 2.0
     counts = _visible_counts(problem)
     seen = counts > 0
@@ -1527,7 +1563,10 @@ def _poly_plan(d: int, p: int, kind: str, r: int, nonnegative: bool, seed: int, 
 
 def _poly_feature_map(X: np.ndarray, kind: str, plan, nonnegative: bool) -> np.ndarray:
     """Features of the rows of ``X`` (queries and keys get the same ``plan``)."""
-    F = _polysketch_apply(X, plan) if kind == "polysketch" else plan.features(X)
+    if kind == "polysketch":
+        F = _polysketch_apply(X, plan)
+    else:
+        F = plan.features(X)[:, plan.keep]
     return _self_tensor(F) if nonnegative else F
 
 

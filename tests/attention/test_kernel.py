@@ -407,3 +407,23 @@ def test_tensorsketch_gemm_matches_transform(rng, k, degree, dtype):
     assert got.dtype == dtype
     tol = 1e-10 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize(("k", "degree"), [(16, 2), (15, 2), (8, 3), (6, 1)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tensorsketch_frequency_features_keep_inner_products(rng, k, degree, dtype):
+    # Parseval: the frequency-domain features have the inner products of the sketch.
+    from rnla import sketch
+
+    ts = sketch.tensor_sketch(k, 5, degree, rng=3)
+    x, y = rng.standard_normal((30, 5)), rng.standard_normal((20, 5))
+    ref = ts.transform(x) @ ts.transform(y).T * 0.25
+    g = K._TensorSketchGemm(ts, dtype, factor=0.5)
+    fx, fy = g.features(x.astype(dtype)), g.features(y.astype(dtype))
+    assert fx.dtype == dtype and fx.shape == (30, 2 * (k // 2 + 1))
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(fx @ fy.T, ref, rtol=tol, atol=tol * scale)
+    kept = fx[:, g.keep] @ fy[:, g.keep].T
+    assert g.keep.size == k
+    np.testing.assert_allclose(kept, ref, rtol=tol, atol=tol * scale)
