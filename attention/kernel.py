@@ -969,10 +969,11 @@ def _scatterbrain(
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
         kvd = _kv_bound_data(problem, k64, v64) if mode == "norms" else None
         ck = lk.max(axis=1)
-        return st, lk, ck, k.astype(sdt, copy=False), _augment(v, sdt), hk, kvd
+        fk = np.exp(lk - ck[:, None])  # key features over their row maximum, once
+        return st, fk, ck, k.astype(sdt, copy=False), _augment(v, sdt), hk, kvd
 
     def query_side(g, key):
-        st, lk, ck, k, vv, hk, kvd = key
+        st, fkey, ck, k, vv, hk, kvd = key
         q = _scaled_q(problem, g, wdt)
         phq, cq = _rf_query_features(q, Wt, features)
         num, den, logscale = _attend_state(phq, cq, st)
@@ -992,18 +993,25 @@ def _scatterbrain(
             if blocks is not None:
                 rows, J, keep, _, _ = blocks
                 rr = np.maximum(rows, 0)
+                # In the score dtype (float32 where the scores allow it).
                 sc = np.matmul(qs[rr], k[J].transpose(0, 2, 1))
-                ckJ = ck[J]
-                fk = np.exp(lk[J] - ckJ[..., None])
                 with np.errstate(divide="ignore"):
-                    lphi = np.log(np.matmul(phq[rr], fk.transpose(0, 2, 1)))
-                lphi = lphi + (cq[rr][:, :, None] + ckJ[:, None, :])
-                sc = np.where(keep, sc, -np.inf)
-                lphi = np.where(keep, lphi, -np.inf)
+                    lphi = np.log(np.matmul(phq[rr], fkey[J].transpose(0, 2, 1)))
+                lphi = lphi.astype(sdt, copy=False)
+                lphi += cq.astype(sdt)[rr][:, :, None]
+                lphi += ck.astype(sdt, copy=False)[J][:, None, :]
+                sc[~keep] = -np.inf
+                lphi[~keep] = -np.inf
                 rb = np.maximum(ref[rr], np.maximum(sc.max(axis=2), lphi.max(axis=2)))
-                rb = np.where(np.isfinite(rb), rb, 0.0)
-                wgt = np.exp(sc - rb[..., None]) - np.exp(lphi - rb[..., None])
-                cb = np.matmul(wgt.astype(sdt), vv[J])
+                # The shift as used (rounded to the score dtype) is the one recorded.
+                rb = np.where(np.isfinite(rb), rb, 0.0).astype(sdt)
+                rbs = rb[..., None]
+                rb = rb.astype(np.float64)
+                sc -= rbs
+                lphi -= rbs
+                wgt = np.exp(sc)
+                wgt -= np.exp(lphi)
+                cb = np.matmul(wgt, vv[J])
                 ok = rows.ravel() >= 0
                 corr[rows.ravel()[ok]] = cb.reshape(-1, cb.shape[-1])[ok] + 0.0
                 ref[rows.ravel()[ok]] = rb.ravel()[ok]
@@ -1017,11 +1025,7 @@ def _scatterbrain(
                 sc = qs[qi] @ k[kj].T
                 # Low-rank estimate of the same entries, in log form (it is subtracted).
                 with np.errstate(divide="ignore"):
-                    lphi = (
-                        cq[qi, None]
-                        + ck[None, kj]
-                        + np.log(phq[qi] @ np.exp(lk[kj] - ck[kj, None]).T)
-                    )
+                    lphi = cq[qi, None] + ck[None, kj] + np.log(phq[qi] @ fkey[kj].T)
                 pairs += sc.size
                 rb = np.maximum(ref[qi], np.maximum(sc.max(axis=1), lphi.max(axis=1)))
                 rb = np.where(np.isfinite(rb), rb, 0.0)
@@ -1182,7 +1186,7 @@ class _TensorSketchGemm:
         self.cdtype = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
 
     def transform(self, x):
-        """The map of ``TensorSketch.transform`` (forward GEMMs, products, inverse DFT)."""
+        """Apply the map of ``TensorSketch.transform`` (forward GEMMs, products, inverse DFT)."""
         nf = self.nf
         z = x @ self.stages[0]
         pr, pi = z[:, :nf], z[:, nf:]
