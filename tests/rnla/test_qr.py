@@ -84,11 +84,12 @@ def test_qrcp_factorises(shape, dtype, rng):
     assert np.isnan(growth) == (k == shape[1])
 
 
-def test_qrcp_diagonal_tracks_geqp3(rng):
+@pytest.mark.parametrize("selection", ["lu", "qrcp"])
+def test_qrcp_diagonal_tracks_geqp3(selection, rng):
     """Rank revealing: |R_ii| within a small factor of LAPACK geqp3's on a graded matrix."""
     A = rng.standard_normal((400, 300)) @ np.diag(np.logspace(0, -10, 300))
     A = A @ sla.qr(rng.standard_normal((300, 300)))[0]
-    R = qrcp(A, block_size=32, rng=rng).R
+    R = qrcp(A, block_size=32, selection=selection, rng=rng).R
     R_ref = sla.qr(A, pivoting=True, mode="r")[0]
     ratio = np.abs(np.diag(R)) / np.abs(np.diag(R_ref))
     assert 0.1 <= ratio.min() and ratio.max() <= 10
@@ -129,5 +130,56 @@ def test_qrcp_bad_input(rng):
         qrcp(A + 1j)
     with pytest.raises(ValueError, match="finite"):
         qrcp(np.full((3, 3), np.nan))
+    with pytest.raises(ValueError, match="selection must be one of"):
+        qrcp(A, selection="geqp3")
     qrcp(A, rng=rng)
     np.testing.assert_array_equal(A, A0)
+
+
+def test_qrcp_negative_control_unpivoted_diagonal(rng):
+    """The diagonal test above can fail: unpivoted QR's |R_ii| is far from geqp3's."""
+    A = rng.standard_normal((400, 300)) * np.logspace(0, -10, 300)[rng.permutation(300)]
+    d_ref = np.abs(np.diag(sla.qr(A, pivoting=True, mode="r")[0]))
+    d_qrcp = np.abs(np.diag(qrcp(A, block_size=32, rng=rng).R))
+    d_plain = np.abs(np.diag(np.linalg.qr(A, mode="r")))
+    ratio = d_plain / d_ref
+    assert ratio.min() < 0.1 or ratio.max() > 10
+    ratio = d_qrcp / d_ref
+    assert 0.1 <= ratio.min() and ratio.max() <= 10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lapack_views_reference(dtype, rng):
+    """The in-place LAPACK/BLAS calls on strided views against plain NumPy."""
+    from rnla import _lapack
+
+    eps = np.finfo(dtype).eps
+    W = np.asfortranarray(rng.standard_normal((50, 40)).astype(dtype))
+    W0 = W.copy()
+    panel = W[5:, 3:11]
+    T = _lapack.geqrt3(panel)
+    V = np.tril(panel, -1) + np.eye(45, 8, dtype=dtype)
+    H = np.eye(45, dtype=dtype) - V @ T @ V.T  # H_1 ... H_8
+    R = np.triu(panel[:8])
+    np.testing.assert_allclose(H[:, :8] @ R, W0[5:, 3:11], atol=50 * eps)
+    np.testing.assert_allclose(H.T @ H, np.eye(45), atol=50 * eps)
+    np.testing.assert_allclose(T, _lapack.larft(panel, np.diagonal(T).copy()), atol=50 * eps)
+    C = W[5:, 11:]
+    _lapack.larfb("L", "T", panel, T, C)
+    np.testing.assert_allclose(C, H.T @ W0[5:, 11:], atol=100 * eps)
+    G = np.asfortranarray(rng.standard_normal((7, 45)).astype(dtype))
+    G0 = G.copy()
+    _lapack.larfb("R", "N", panel, T, G)
+    np.testing.assert_allclose(G, G0 @ H, atol=100 * eps)
+    Y = np.asfortranarray(rng.standard_normal((7, 30)).astype(dtype))
+    Y0 = Y.copy()
+    _lapack.gemm(-1.0, G[:, :8], W[5:13, 11:], 1.0, Y[:, 1:30])
+    np.testing.assert_allclose(Y[:, 1:], Y0[:, 1:] - G[:, :8] @ W[5:13, 11:], atol=100 * eps)
+    np.testing.assert_array_equal(Y[:, 0], Y0[:, 0])  # outside the view: untouched
+    np.testing.assert_array_equal(W[:5], W0[:5])
+    tau = np.zeros(8, dtype=dtype)
+    P = np.asfortranarray(W0[5:, 3:11])
+    _lapack.geqrf(P, tau)
+    np.testing.assert_allclose(np.abs(np.diag(P)), np.abs(np.diag(R)), rtol=50 * eps)
+    with pytest.raises(ValueError, match="column-major"):
+        _lapack.larft(np.ascontiguousarray(panel), tau)
