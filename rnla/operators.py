@@ -71,6 +71,7 @@ from rnla._kernels.kernel_matrix import (
     GAUSSIAN,
     LAPLACIAN,
     POLYNOMIAL,
+    _gaussian_matmat,
     _gram_transform,
     _kernel_pairs,
     _laplacian_block,
@@ -928,7 +929,11 @@ class KernelMatrix(EntryMatrixBase):
         -----
         Each product with :math:`k` vectors recomputes all :math:`mn` entries:
         :math:`2mnd` flops (GEMM) plus :math:`mn` kernel transforms, plus :math:`2mnk`
-        flops for the products, with extra memory :math:`O(bn + (m + n)k)`. Every
+        flops for the products, with extra memory :math:`O(bn + (m + n)k)`. Gaussian
+        kernels with :math:`d \le 32` and :math:`k \le 64` take a fused path instead
+        (distance from direct differences, a vectorised exponential within about 1 ulp,
+        and the product, per entry; float64; no block is stored, ``block_size`` is not
+        used): about 1 ns per entry on 2 cores at :math:`d = 3`, :math:`k = 1`. Every
         product adds :math:`mn` to ``n_evaluations``. Blocks are accumulated in a fixed
         order, so results are reproducible.
         """
@@ -938,6 +943,9 @@ class KernelMatrix(EntryMatrixBase):
         else:
             block_size = min(check_int(block_size, "block_size", minimum=1), m)
         return _KernelOperator(self, block_size)
+
+
+_FUSED_MAX_DIM = 32  # above, the Gram GEMM of the blocked path beats per-entry distances
 
 
 class _KernelOperator(LinearOperator):
@@ -954,8 +962,34 @@ class _KernelOperator(LinearOperator):
             stop = min(m, start + self.block_size)
             yield start, stop, self._K._row_block(start, stop)
 
+    def _fused(self, V, transpose: bool):
+        """``K V`` (or ``K^T V``) by the fused Gaussian kernel, or None if it does not apply.
+
+        Low-dimensional Gaussian kernels (``d <= _FUSED_MAX_DIM``) are cheapest with the
+        distance, the exponential and the product fused per entry (about 1 ns per
+        entry on 2 cores, against about 10 ns for the blocked Gram-BLAS path, whose GEMM
+        has inner dimension ``d``); entries are computed in float64.
+        """
+        K = self._K
+        if K._kind != GAUSSIAN or K._Xw.shape[1] > _FUSED_MAX_DIM or V.shape[1] > 64:
+            return None
+        A, B = (K._Yw, K._Xw) if transpose else (K._Xw, K._Yw)
+        out = np.empty((A.shape[0], V.shape[1]))
+        _gaussian_matmat(
+            np.ascontiguousarray(A, dtype=np.float64),
+            np.ascontiguousarray(B.T, dtype=np.float64),
+            K._gamma,
+            np.ascontiguousarray(V.T, dtype=np.float64),
+            out,
+        )
+        K.n_evaluations += self.shape[0] * self.shape[1]
+        return out.astype(np.result_type(self.dtype, V.dtype), copy=False)
+
     def _matmat(self, V):
         V = np.asarray(V)
+        fused = self._fused(V, False)
+        if fused is not None:
+            return fused
         out = np.empty((self.shape[0], V.shape[1]), dtype=np.result_type(self.dtype, V.dtype))
         for start, stop, B in self._blocks():
             out[start:stop] = B @ V
@@ -963,6 +997,9 @@ class _KernelOperator(LinearOperator):
 
     def _rmatmat(self, U):
         U = np.asarray(U)
+        fused = self._fused(U, True)
+        if fused is not None:
+            return fused
         out = np.zeros((self.shape[1], U.shape[1]), dtype=np.result_type(self.dtype, U.dtype))
         for start, stop, B in self._blocks():
             out += B.T @ U[start:stop]

@@ -692,9 +692,11 @@ def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     Notes
     -----
     Rows of each column are sampled without replacement by Floyd's algorithm from
-    pre-drawn uniforms. ``S @ A`` costs ``z nnz(A)`` (sparse) or ``z n p`` (dense)
-    multiply-adds. For ``x, y`` the inner product variance equals CountSketch's for
-    every ``z`` (distinct columns are independent, and :math:`\sum_r S_{rj}^2 = 1`),
+    counter-based draws (SplitMix64 of the column and nonzero index), so any block of
+    columns is drawn on its own and in parallel. ``S @ A`` costs ``z nnz(A)`` (sparse)
+    or ``z n p`` (dense) multiply-adds. For ``x, y`` the inner product variance
+    equals CountSketch's for every ``z`` (distinct columns are independent, and
+    :math:`\sum_r S_{rj}^2 = 1`),
     so the second-moment embedding size of :func:`countsketch` applies; larger ``z``
     improves the higher moments (Cohen 2016: ``k = O(d log d / eps^2)`` with
     ``z = O(log d / eps)``).
@@ -748,16 +750,26 @@ def _column_block(spec, start: int, stop: int) -> SketchOperator:
         M = _random.rademacher_rows(keys[0], start, stop, k).T
         M *= 1.0 / math.sqrt(k)
         return DenseSketch(M, "rademacher")
+    z = 1 if kind == "countsketch" else param
+    codes = _hash_codes(keys[0], start, stop, k, z)
     if kind == "countsketch":
-        idx = _random.integer_rows(keys[0], start, stop, 1, k)
-        negative = _random.bit_rows(keys[1], start, stop, 1).astype(bool)
-        return HashSketch(k, idx, negative, 1.0, "countsketch")
-    z = param
-    uniforms = _random.uniform_rows(keys[0], start, stop, z)
-    bits = _random.bit_rows(keys[1], start, stop, z)
-    codes = np.empty((stop - start, z), dtype=_code_type(k))
-    _k._floyd_codes(uniforms, bits, k, codes)
+        return HashSketch._from_codes(k, codes, 1.0, "countsketch")
     return HashSketch._from_codes(k, codes, 1.0 / math.sqrt(z), "sparse_sign")
+
+
+def _hash_codes(key: int, start: int, stop: int, k: int, z: int) -> np.ndarray:
+    """Packed codes of columns ``start:stop`` of a hash sketch with ``z`` nonzeros each.
+
+    Counter-based: nonzero ``m`` of column ``j`` is drawn from
+    ``splitmix64(key + gamma (j z + m + 1))`` (top 32 bits: the uniform of Floyd's
+    sampling step, so the rows of a column are distinct; ``z = 1`` gives the row
+    ``floor(U k)``; bit 0: the sign). Any column range is produced on its own (a dask
+    chunk draws only its columns), in parallel, without storing draws.
+    """
+    codes = np.empty((max(stop - start, 0), z), dtype=_code_type(k))
+    if stop > start:
+        _k._hash_codes_counter(key, start, k, codes)
+    return codes
 
 
 def _build(spec, start: int, stop: int) -> SketchOperator:

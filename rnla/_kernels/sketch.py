@@ -9,6 +9,7 @@ Every parallel loop owns a disjoint set of output entries, and each output entry
 accumulated in a fixed order, so results do not depend on the number of threads.
 """
 
+import numpy as np
 from numba import njit, prange
 
 # ----------------------------------------------------------------------------------------
@@ -151,6 +152,40 @@ def _floyd_codes(U, negative, k, codes):
                     t = s
                     break
             codes[j, m] = (t << 1) | negative[j, m]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _splitmix64(x):
+    # SplitMix64 output function (Steele, Lea and Flood 2014): a bijective mix of the
+    # 64-bit counter; SplitMix64 (this mix of key + gamma * counter) passes BigCrush.
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _hash_codes_counter(key, start, k, codes):
+    # Codes of columns start, start+1, ... of a hash sketch with z = codes.shape[1]
+    # nonzeros per column. Nonzero m of column j comes from the counter-based draw
+    # u = splitmix64(key + gamma * (j z + m + 1)): a pure function of (key, j, m), so any
+    # column range is produced on its own, in parallel, with no stored draws. The top 32
+    # bits of u give the uniform of Floyd's sampling step m, bit 0 the sign.
+    n, z = codes.shape
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    base = np.uint64(key)
+    for jj in prange(n):
+        counter = np.uint64(start + jj) * np.uint64(z)
+        for m in range(z):
+            u = _splitmix64(base + gamma * (counter + np.uint64(m + 1)))
+            s = k - z + m
+            # t = floor(U (s + 1)) with U the top 32 bits of u over 2^32 (integer
+            # multiply-high; the bias, at most (s + 1) / 2^32, is negligible)
+            t = np.int64(((u >> np.uint64(32)) * np.uint64(s + 1)) >> np.uint64(32))
+            for q in range(m):
+                if (codes[jj, q] >> 1) == t:
+                    t = s
+                    break
+            codes[jj, m] = (t << 1) | np.int64(u & np.uint64(1))
 
 
 # ----------------------------------------------------------------------------------------

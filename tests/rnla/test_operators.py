@@ -301,7 +301,8 @@ def test_kernel_operator_products(kernel, symmetric, block_size, dtype, rng):
 
 
 def test_kernel_operator_streams_blocks(rng, monkeypatch):
-    K = KernelMatrix(rng.standard_normal((10, 2)), rng.standard_normal((4, 2)))
+    # (the low-dimensional Gaussian kernel takes the fused path, which stores no block)
+    K = KernelMatrix(rng.standard_normal((10, 2)), rng.standard_normal((4, 2)), kernel="exp")
     seen = []
     block = K._block
 
@@ -677,3 +678,46 @@ def test_entry_matrix_base_validates_shape_and_dtype():
         EntryMatrixBase((0, 3), np.float64)
     with pytest.raises(TypeError, match="float32 or float64"):
         EntryMatrixBase((2, 3), np.int64)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "rectangular"])
+@pytest.mark.parametrize("shape", [(70, 1500, 3), (33, 5, 1), (1, 1, 32)], ids=str)
+def test_gaussian_fused_product_reference(shape, symmetric, dtype, rng):
+    """The fused Gaussian product (no stored block) against plain NumPy."""
+    m, n, d = shape
+    X, Y = points(rng, m, n, d, dtype, symmetric)
+    X = 3 * X  # distances up to exp(-hundreds): the vectorised exp's range
+    Y = X if symmetric else 3 * Y
+    K = KernelMatrix(X, None if symmetric else Y, bandwidth=0.7)
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    ref = np.exp(-((X64[:, None, :] - Y64[None, :, :]) ** 2).sum(-1) / (2 * 0.7**2))
+    op = K.as_linear_operator()
+    V = rng.standard_normal((ref.shape[1], 3)).astype(dtype)
+    U = rng.standard_normal((ref.shape[0], 2)).astype(dtype)
+    before = K.n_evaluations
+    KV = op @ V
+    assert K.n_evaluations - before == ref.size
+    assert KV.dtype == dtype and np.isfinite(KV).all()
+    r = tol(dtype, 500)  # centring rounds the points: ~u |x| |x - y| gamma per entry
+    scale_v = np.abs(ref) @ np.abs(V.astype(np.float64))
+    tiny = np.finfo(dtype).tiny  # float32 results may underflow
+    assert np.all(np.abs(KV - ref @ V.astype(np.float64)) <= r * scale_v + tiny)
+    KtU = op.rmatmat(U)
+    scale_u = np.abs(ref.T) @ np.abs(U.astype(np.float64))
+    assert np.all(np.abs(KtU - ref.T @ U.astype(np.float64)) <= r * scale_u + tiny)
+    X0 = X.copy()
+    op @ V[:, 0]
+    np.testing.assert_array_equal(X, X0)
+
+
+def test_gaussian_fused_kernel_exp_reference(rng):
+    """The kernel's vectorised exp against np.exp, ulp level, down to the underflow."""
+    from rnla._kernels.kernel_matrix import _exp_nonpositive
+
+    x = -np.concatenate([rng.uniform(0, 1, 5000), rng.uniform(0, 750, 5000), [0.0, 708.5]])
+    s = x.copy()
+    _exp_nonpositive(s, s.shape[0])
+    ref = np.exp(x)
+    ok = x >= -708.0
+    assert np.all(np.abs(s[ok] - ref[ok]) <= 2 * np.spacing(ref[ok]))
+    assert np.all(s[~ok] == 0.0)
