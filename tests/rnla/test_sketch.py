@@ -203,6 +203,51 @@ def test_floyd_codes_kernel_matches_reference(k, z, rng):
     np.testing.assert_array_equal(codes & 1, negative)
 
 
+def ref_splitmix64(x):
+    """SplitMix64 output function on uint64 arrays (plain NumPy, wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@pytest.mark.parametrize(("k", "z", "start"), [(1, 1, 0), (5, 5, 7), (1000, 8, 123456)])
+def test_counter_codes_kernel_matches_reference(k, z, start):
+    """Counter-based hash codes against plain NumPy: SplitMix64 draws + Floyd's sampling."""
+    key = 2**62 + 12345
+    n = 300
+    codes = np.empty((n, z), dtype=np.int32)
+    K._hash_codes_counter(key, start, k, codes)
+    counter = (np.arange(start, start + n, dtype=np.uint64)[:, None] * np.uint64(z)) + (
+        np.arange(1, z + 1, dtype=np.uint64)
+    )
+    with np.errstate(over="ignore"):
+        u = ref_splitmix64(np.uint64(key) + np.uint64(0x9E3779B97F4A7C15) * counter)
+    rows = np.empty((n, z), dtype=np.int64)
+    for j in range(n):
+        for m in range(z):
+            s = k - z + m
+            t = int((int(u[j, m]) >> 32) * (s + 1) >> 32)
+            rows[j, m] = s if t in rows[j, :m] else t
+    np.testing.assert_array_equal(codes >> 1, rows)
+    np.testing.assert_array_equal(codes & 1, (u & np.uint64(1)).astype(np.int64))
+    assert all(len(set(row)) == z for row in rows)
+    # any column range is drawn on its own
+    part = np.empty((100, z), dtype=np.int32)
+    K._hash_codes_counter(key, start + 50, k, part)
+    np.testing.assert_array_equal(part, codes[50:150])
+
+
+def test_counter_codes_rows_and_signs_are_uniform():
+    """Rows hit with probability z/k, signs fair (chi-square / binomial, level 1e-3)."""
+    from scipy.stats import binomtest, chisquare
+
+    k, z, n = 12, 3, 6000
+    codes = np.empty((n, z), dtype=np.int32)
+    K._hash_codes_counter(987654321, 0, k, codes)
+    assert chisquare(np.bincount((codes >> 1).ravel(), minlength=k)).pvalue > 1e-3
+    assert binomtest(int((codes & 1).sum()), codes.size).pvalue > 1e-3
+
+
 def test_floyd_rows_are_uniform(rng):
     """Each row index is chosen with probability z/k (chi-square, level 1e-3)."""
     from scipy.stats import chisquare
