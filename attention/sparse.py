@@ -200,10 +200,11 @@ _TOPK_ROWS = 256  # query rows per block of topk (scores formed block by block)
 _TOPK_GROUP = 16  # keys per group of the group-maximum preselection
 
 
-def _topk_rows(S, v, kk):
+def _topk_rows_numpy(S, v, kk):
     """Top-``kk`` softmax of the score rows ``S`` (b, s): ``(out, lse_kept, lse_full)``.
 
-    Preselection by group maxima: the ``kk`` largest scores of a row lie in the ``kk``
+    Plain-NumPy reference of :func:`attention._kernels.topk._topk_kernel`. Preselection
+    by group maxima: the ``kk`` largest scores of a row lie in the ``kk``
     groups (of 16 consecutive keys) with the largest maxima - each such score's group
     maximum is at least the ``kk``-th largest score - so the exact selection runs on
     ``16 kk`` candidates instead of all ``s`` scores.
@@ -246,7 +247,7 @@ def _topk_rows(S, v, kk):
     causal=True,
     masks=True,
     bound="deterministic",
-    summary="Exact top-k keys per query row (sparse yardstick; forms every score).",
+    summary=("Exact top-k keys per query row (sparse yardstick; quadratic: forms every score)."),
 )
 def _topk(problem: Problem, *, rng, top_k=32):
     r"""Exact per-row top-k attention (registered as ``"topk"``).
@@ -262,24 +263,41 @@ def _topk(problem: Problem, *, rng, top_k=32):
     each row and renormalises. The exact log-normaliser comes from the same scores, so
     the dropped mass :math:`\varepsilon_i` and the deterministic bound
     :math:`\varepsilon_i(R + \|\tilde y_i - c\|)` are free; the bound is attained when
-    the kept keys share one value and the dropped keys its opposite. Cost
-    :math:`2nm\,d + 2nk\,d_v` flops and :math:`nm` kernel evaluations per slice (about
-    half with ``causal=True``): a quality yardstick, not a fast method. Scores are
-    formed in blocks of 256 query rows; the selection runs on the 16-key groups with
-    the largest maxima (exact: they hold the ``k`` largest scores), so it costs about
-    one pass over the scores besides the exponentials of the normaliser.
+    the kept keys share one value and the dropped keys its opposite.
+
+    **Quadratic**: cost :math:`2nm\,d + 2nk\,(d + d_v)` flops and :math:`nm` kernel
+    evaluations per slice (about half with ``causal=True``), the cost class of exact
+    attention - a quality yardstick, not a fast method. Scores are formed in blocks of
+    256 query rows by one GEMM (float32 for float32 inputs with moderate logits, as
+    the other sparse methods); one Numba pass per row selects the ``k`` largest
+    (threshold buffer, :mod:`attention._kernels.topk`) and one vectorised pass sums
+    the exponentials of the normaliser; the kept weights and the output are computed
+    in float64 from the float64 rows. With float32 scores the normaliser of a row that
+    drops keys is raised by the rounding of its scores (:math:`\gamma_d\,s\,\|q_i\|
+    \max_j\|k_j\|` plus :math:`4\cdot 10^{-6}` for the float32 exponential sums), so
+    the dropped mass, and the bound, stay upper bounds.
     """
+    from attention._kernels.topk import _topk_kernel
+
     k = check_int(top_k, "top_k", minimum=1)
     n, m = problem.n, problem.m
     kk = min(k, m)
     G = problem.n_slices
+    work = _work_dtype(problem)
+    no_bias = np.zeros((1, 1))
+    # float32 scores: |fl(q.k) - q.k| <= gamma_d |q| |k| (Higham), times the scale.
+    u = float(np.finfo(work).eps) / 2
+    gamma = problem.d * u / (1 - problem.d * u) if work == np.float32 else 0.0
 
     def attend(g):
         q, kx, v = _slices64(problem, g)
+        qw, kw = problem.q[g].astype(work), problem.k[problem.kv_index[g]].astype(work)
         out = np.zeros((n, problem.dv))
         lk, lf = np.full(n, _NEG), np.full(n, _NEG)
+        n_kept = np.zeros(n, dtype=np.int64)
+        n_seen = np.zeros(n, dtype=np.int64)
         bias = problem.bias(g)
-        # The (n, m) pattern is formed only for a user mask; causality block by block.
+        # The (n, m) pattern is formed only for a user mask; causality by row limits.
         keep = problem.keep(g) if problem.mask is not None else None
         pairs = 0
         for r0 in range(0, n, _TOPK_ROWS):
@@ -288,16 +306,42 @@ def _topk(problem: Problem, *, rng, top_k=32):
             hi = min(max(r1 + problem.offset if problem.causal else m, 0), m)
             if hi == 0:
                 continue
-            S = q[r0:r1] @ kx[:hi].T
-            S *= problem.scale
+            S = qw[r0:r1] @ kw[:hi].T
+            S *= S.dtype.type(problem.scale)
+            b64 = no_bias
             if bias is not None:
-                S += bias[r0:r1, :hi]
+                b64 = bias[r0:r1, :hi].astype(np.float64)
+                S += b64.astype(S.dtype)
             if keep is not None:
                 np.putmask(S, ~keep[r0:r1, :hi], _NEG)
-            elif problem.causal:
-                np.putmask(S, ~problem.causal_keep(np.arange(r0, r1))[:, :hi], _NEG)
-            out[r0:r1], lk[r0:r1], lf[r0:r1] = _topk_rows(S, v[:hi], kk)
+            lims = np.full(r1 - r0, hi, dtype=np.int64)
+            if problem.causal and keep is None:
+                lims = np.clip(np.arange(r0, r1) + problem.offset + 1, 0, hi)
+            _topk_kernel(
+                S,
+                lims,
+                kk,
+                q[r0:r1],
+                kx[:hi],
+                v[:hi],
+                float(problem.scale),
+                b64,
+                bias is not None,
+                problem.mask is not None,
+                out[r0:r1],
+                lk[r0:r1],
+                lf[r0:r1],
+                n_kept[r0:r1],
+                n_seen[r0:r1],
+            )
             pairs += (r1 - r0) * hi
+        # Nothing dropped: exactly zero dropped mass. Otherwise, float32 scores: raise
+        # the normaliser by the rounding of the scores and of the float32 sums.
+        if gamma > 0:
+            slack = gamma * problem.scale * np.linalg.norm(q, axis=1)
+            slack *= float(np.max(np.linalg.norm(kx, axis=1), initial=0.0))
+            lf = lf + slack + 4e-6
+        lf = np.where(n_kept == n_seen, lk, lf)
         return out, lk, lf, pairs
 
     res = map_slices(attend, range(G))
@@ -307,7 +351,10 @@ def _topk(problem: Problem, *, rng, top_k=32):
     pairs = sum(r[3] for r in res)
 
     bound = _dropped_bound(problem, outs, lse_kept, lse_full, "from the scores formed by topk")
-    cost = Cost(flops=2.0 * (pairs * problem.d + G * n * kk * problem.dv), kernel_evals=pairs)
+    cost = Cost(
+        flops=2.0 * (pairs * problem.d + G * n * kk * (problem.d + problem.dv)),
+        kernel_evals=pairs,
+    )
     return method_result(problem, outs, lse_kept, bound, cost)
 
 

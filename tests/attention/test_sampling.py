@@ -326,3 +326,41 @@ def test_hyperattention_float32_without_bound_matches_float64(causal):
     b = approximate(Q, K, V, "hyperattention", **kw)
     assert a.output.dtype == np.float32 and np.all(np.isfinite(a.output))
     np.testing.assert_allclose(a.output, b.output, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "causal"), [("hyperattention", False), ("hyperattention", True), ("kdeformer", False)]
+)
+def test_block_sample_kernel_matches_numpy_reference(name, causal, dtype, monkeypatch):
+    # The Numba block + sample kernel against its plain-NumPy twin, same draws.
+    rng = np.random.default_rng(5)
+    Q = rng.standard_normal((2, 3, 300, 8)).astype(dtype)
+    K = rng.standard_normal((2, 1, 300, 8)).astype(dtype)
+    V = rng.standard_normal((2, 1, 300, 5)).astype(dtype)
+    kw = dict(rng=2, causal=causal, block_size=16, sample_size=24, error_bound=False)
+    if name == "hyperattention":
+        kw["min_seq_len"] = 32
+    a = approximate(Q, K, V, name, **kw)
+    monkeypatch.setattr(smp, "_USE_KERNEL", False)
+    b = approximate(Q, K, V, name, **kw)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(a.output, b.output, rtol=tol, atol=tol)
+    np.testing.assert_allclose(a.lse, b.lse, rtol=tol, atol=tol)
+    assert a.cost == b.cost
+
+
+def test_causal_plan_pieces_cover_the_triangle():
+    # Every visible (row, key) pair lies in exactly one piece of the causal plan.
+    opts = {"block_size": 4, "sample_size": 4, "min_seq_len": 8, "n_bits": 3}
+    for n, m in [(100, 100), (64, 90), (90, 64), (37, 37)]:
+        plan = []
+        smp._plan_causal(n, m, 0, 0, opts, plan)
+        cover = np.zeros((n, m), dtype=int)
+        for kind, r0, nr, k0, mk in plan:
+            rows, keys = np.arange(r0, r0 + nr)[:, None], np.arange(k0, k0 + mk)[None, :]
+            vis = keys <= rows + (m - n)
+            if kind != "causal":
+                assert vis.all()
+            cover[r0 : r0 + nr, k0 : k0 + mk] += vis
+        want = np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n)
+        np.testing.assert_array_equal(cover, want.astype(int))

@@ -281,7 +281,7 @@ def test_causal_lsh_cluster_methods_float32_gqa(rng, method):
 
 @pytest.mark.parametrize(("s", "kk"), [(1000, 5), (997, 3), (100, 40), (40, 1)], ids=str)
 def test_topk_group_preselection_matches_full_sort(rng, s, kk):
-    from attention.sparse import _topk_rows
+    from attention.sparse import _topk_rows_numpy as _topk_rows
 
     S = rng.standard_normal((30, s)) * 3
     S[0, :] = 1.0  # ties everywhere
@@ -296,3 +296,39 @@ def test_topk_group_preselection_matches_full_sort(rng, s, kk):
         np.testing.assert_allclose(
             lse_kept[i], np.logaddexp.reduce(np.sort(S[i])[::-1][:kk]), rtol=1e-12
         )
+
+
+@pytest.mark.parametrize(
+    ("s", "kk"), [(1000, 5), (997, 3), (100, 40), (40, 1), (300, 300)], ids=str
+)
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
+    from attention._kernels.topk import _topk_kernel
+    from attention.sparse import _topk_rows_numpy
+
+    b, d = 30, 6
+    q, k, v = rng.standard_normal((b, d)), rng.standard_normal((s, d)), rng.standard_normal((s, 4))
+    S = q @ k.T * 0.7
+    S[0] = 1.0  # ties everywhere (scores not from q, k: no float64 recomputation check)
+    S[1, 5:] = -np.inf  # few visible keys
+    lims = np.full(b, s, dtype=np.int64)
+    lims[2] = 17  # a short (causal) row
+    ref = [_topk_rows_numpy(S[i : i + 1, : lims[i]].copy(), v[: lims[i]], kk) for i in range(b)]
+    out, lk, lf = np.zeros((b, 4)), np.zeros(b), np.zeros(b)
+    nk, ns = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64)
+    bias = np.where(np.isfinite(S), 0.0, -np.inf) + np.where(np.arange(b) == 0, 1.0, 0.0)[:, None]
+    # the kernel recomputes kept scores from q, k (and the bias): make them agree with S
+    Sk = q @ k.T * 0.7 + bias
+    Sk[0] = 1.0 + 0.0 * Sk[0]
+    bias[0] = 1.0 - q[0] @ k.T * 0.7
+    _topk_kernel(Sk.astype(dt), lims, kk, q, k, v, 0.7, bias, True, True, out, lk, lf, nk, ns)
+    tol = 1e-10 if dt == np.float64 else 1e-5
+    for i in range(b):
+        o, lki, lfi = ref[i]
+        if i == 0:  # ties: any kk of the equal scores give the same output
+            np.testing.assert_allclose(lk[i], lki[0], rtol=1e-12)
+            continue
+        np.testing.assert_allclose(out[i], o[0], rtol=tol, atol=tol)
+        np.testing.assert_allclose(lk[i], lki[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(lf[i], lfi[0], rtol=tol, atol=tol)
+    assert nk[1] == min(kk, 5) and ns[1] == 5 and ns[2] == 17
