@@ -31,16 +31,20 @@ Three sub-commands (each a separate process, so that peak memory is measured per
     ``dask.array.linalg.svd_compressed(a, 50, n_power_iter=q)`` (``2q + 2`` passes)
     against ``rnla.rsvd`` (subspace, fused passes: ``n_iter + 1`` passes; krylov:
     ``n_iter + 2``), all on dask's threaded scheduler (2 threads, BLAS pinned to one
-    thread), interleaved repeats, median time. Spectral error
-    :math:`\|A - U\Sigma V^\top\|_2 / \sigma_{51}` computed exactly (``U`` lies in the
-    range of ``A``). Then ``rnla.randqb(tol=...)`` on the same array.
+    thread), interleaved repeats, median time and median of the per-round time ratios.
+    Spectral error :math:`\|A - U\Sigma V^\top\|_2 / \sigma_{51}` computed exactly
+    (``U`` lies in the range of ``A``), median over ``--seeds`` seeds. Then
+    ``rnla.randqb(tol=...)`` on the same array.
 
-Run under ``flock /tmp/bench.lock``; ``python -m benchmarks.dask_outofcore --help``.
+Run ``generate`` and ``outofcore`` under ``flock /tmp/bench.lock``; ``compare --lock
+/tmp/bench.lock`` takes the lock for its timed rounds only. ``python -m
+benchmarks.dask_outofcore --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -280,7 +284,23 @@ def exact_spectral_error(A, s, V, U_hat, s_hat, Vt_hat) -> float:
     return float(np.linalg.norm(M, 2))
 
 
-def compare(m: int, n: int, repeats: int, tol: float, n_seeds: int = 3) -> dict:
+@contextlib.contextmanager
+def _timing_lock(path):
+    """Hold an exclusive ``flock`` on ``path`` (if given) around the timed runs only."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def compare(m: int, n: int, repeats: int, tol: float, n_seeds: int = 3, lock=None) -> dict:
     import dask
     import dask.array as da
     from threadpoolctl import threadpool_limits
@@ -329,11 +349,14 @@ def compare(m: int, n: int, repeats: int, tol: float, n_seeds: int = 3) -> dict:
                 U, sv, Vt, p = fn(seed)
                 errors[name].append(exact_spectral_error(A, s, V, U, sv, Vt) / sigma_next)
                 passes[name] = p
-        for _ in range(repeats):
-            for name, fn in configs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        with _timing_lock(lock):  # the accuracy runs above need no lock
+            load_before = os.getloadavg()
+            for _ in range(repeats):
+                for name, fn in configs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+            load_after = os.getloadavg()
         t0 = time.perf_counter()
         qb = rnla.randqb(a, tol=tol, block_size=25, rng=0)
         t_qb = time.perf_counter() - t0
@@ -368,6 +391,7 @@ def compare(m: int, n: int, repeats: int, tol: float, n_seeds: int = 3) -> dict:
             "passes": int(qb.n_passes),
         },
         "load_average": os.getloadavg(),
+        "load_average_timed_runs": [load_before, load_after],
         "repeats": repeats,
     }
 
@@ -391,6 +415,11 @@ def main() -> None:
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--tol", type=float, default=0.5)
     c.add_argument("--seeds", type=int, default=3)
+    c.add_argument(
+        "--lock",
+        default=None,
+        help="flock this file around the timed runs only (do not also run under flock)",
+    )
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.cmd == "generate":
@@ -400,7 +429,7 @@ def main() -> None:
         res = outofcore(args.path, args.method, args.memory_limit, args.n_iter, args.rows_used)
         name = f"dask_outofcore_{args.method}.json"
     else:
-        res = compare(args.rows, args.cols, args.repeats, args.tol, args.seeds)
+        res = compare(args.rows, args.cols, args.repeats, args.tol, args.seeds, args.lock)
         name = "dask_compare.json"
     (RESULTS / name).write_text(json.dumps(res, indent=2, default=float))
     print(json.dumps(res, indent=2, default=float))

@@ -425,6 +425,7 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     matrix without another pass. Returns ``(U, s, Vt)`` for ``A`` with ``U`` long (lazy
     on the kept blocks).
     """
+    import dask
     import dask.array as da
     import scipy.linalg as sla
 
@@ -462,7 +463,9 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     Wk = Wg[:, order] * scale
     # X = B^T W_k = A Q W_k, from the kept blocks A Q_cols.
     X = da.concatenate([Yc for _, Yc, _ in gens], axis=1)
-    X = long_times(X, Wk)
+    # X (m x k) is kept: the kept blocks (m x (q + 1) l) are read once, not once for the
+    # Cholesky-QR below and once more for U.
+    (X,) = dask.persist(long_times(X, Wk))
     # X^T X = W_k^T G W_k (= I up to rounding): no read of X for the first whitening;
     # the Cholesky-QR step inside long_orth reads it once.
     Tx = long_orth(X, Wk.T @ G @ Wk)  # X Tx orthonormal, X = (X Tx) Tx^{-1}
