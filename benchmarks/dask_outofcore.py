@@ -428,6 +428,8 @@ def main() -> None:
     if args.cmd == "outofcore":
         res = outofcore(args.path, args.method, args.memory_limit, args.n_iter, args.rows_used)
         name = f"dask_outofcore_{args.method}.json"
+        if args.method == "rsvd" and args.n_iter != 1:
+            name = f"dask_outofcore_rsvd_n_iter{args.n_iter}.json"
     else:
         res = compare(args.rows, args.cols, args.repeats, args.tol, args.seeds, args.lock)
         name = "dask_compare.json"
