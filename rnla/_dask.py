@@ -158,14 +158,18 @@ def _mul(block, X):
     on 10000 x 2000 blocks, ``l = 60``, one thread: 0.042 s against 0.068 s). The
     result is F-ordered; a block stored F-ordered is multiplied as it is.
     """
-    if block.flags.f_contiguous and not block.flags.c_contiguous:
-        return block @ X
+    if not isinstance(block, np.ndarray) or (
+        block.flags.f_contiguous and not block.flags.c_contiguous
+    ):
+        return block @ X  # F-ordered, or another chunk type (e.g. scipy.sparse)
     return (X.T @ block.T).T
 
 
 def _tmul(block, Y):
     """``block^T @ Y`` as ``(Y^T block)^T`` (the fast shape, see :func:`_mul`)."""
-    if block.flags.f_contiguous and not block.flags.c_contiguous:
+    if not isinstance(block, np.ndarray) or (
+        block.flags.f_contiguous and not block.flags.c_contiguous
+    ):
         return block.T @ Y
     return (Y.T @ block).T
 

@@ -448,3 +448,16 @@ def test_counter_based_rows_are_independent_of_blocking(width):
             _random.bit_rows(2, 0, N, width)[a:b], _random.bit_rows(2, a, b, width)
         )
     assert _random.normal_rows(5, 0, N, width, dtype=np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_rsvd_sparse_chunks(client, method):
+    # chunks that are scipy.sparse matrices go through the plain products
+    import scipy.sparse as sp
+
+    A = sp.random(300, 50, density=0.2, format="csr", random_state=0)
+    Ad = da.from_array(A, chunks=(100, 50), asarray=False)
+    res_d = rnla.rsvd(Ad, 5, method=method, n_iter=1, rng=0)
+    res_m = rnla.rsvd(A.toarray(), 5, method=method, n_iter=1, rng=0)
+    _close(res_d.s, res_m.s, 1e-10)
+    assert res_d.n_passes == (2 if method == "subspace" else 3)
