@@ -22,13 +22,10 @@ import numpy as np
 
 __all__ = [
     "BLOCK_ENTRIES",
-    "bit_rows",
     "block_rows",
     "draw_key",
-    "integer_rows",
     "normal_rows",
     "rademacher_rows",
-    "uniform_rows",
 ]
 
 #: Entries per canonical block: small enough that a chunk boundary wastes little (at
@@ -100,33 +97,4 @@ def rademacher_rows(key: int, start: int, stop: int, width: int, dtype=np.float6
         width,
         lambda g, r, w: 2 * g.integers(0, 2, size=(r, w), dtype=np.int8) - 1,
         np.dtype(dtype),
-    )
-
-
-def uniform_rows(key: int, start: int, stop: int, width: int) -> np.ndarray:
-    """Rows ``start:stop`` of the uniform ``[0, 1)`` matrix ``G(key)`` (float64)."""
-    return _rows(key, start, stop, width, lambda g, r, w: g.random((r, w)), np.dtype(np.float64))
-
-
-def integer_rows(key: int, start: int, stop: int, width: int, high: int) -> np.ndarray:
-    """Rows ``start:stop`` of a matrix of uniform integers in ``[0, high)`` (int64)."""
-    return _rows(
-        key,
-        start,
-        stop,
-        width,
-        lambda g, r, w: g.integers(0, high, size=(r, w), dtype=np.int64),
-        np.dtype(np.int64),
-    )
-
-
-def bit_rows(key: int, start: int, stop: int, width: int) -> np.ndarray:
-    """Rows ``start:stop`` of a matrix of fair random bits (uint8 0/1)."""
-    return _rows(
-        key,
-        start,
-        stop,
-        width,
-        lambda g, r, w: g.integers(0, 2, size=(r, w), dtype=np.uint8),
-        np.dtype(np.uint8),
     )

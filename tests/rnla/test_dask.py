@@ -445,7 +445,7 @@ def test_counter_based_rows_are_independent_of_blocking(width):
     for a, b in [(0, 1), (3, N // 2), (R - 1, 2 * R + 1), (N - 5, N)]:
         np.testing.assert_array_equal(full[a:b], _random.normal_rows(5, a, b, width))
         np.testing.assert_array_equal(
-            _random.bit_rows(2, 0, N, width)[a:b], _random.bit_rows(2, a, b, width)
+            _random.rademacher_rows(2, 0, N, width)[a:b], _random.rademacher_rows(2, a, b, width)
         )
     assert _random.normal_rows(5, 0, N, width, dtype=np.float32).dtype == np.float32
 
