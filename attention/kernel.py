@@ -29,7 +29,6 @@ replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
 
 from __future__ import annotations
 
-import heapq
 import math
 import warnings
 from typing import NamedTuple
@@ -49,12 +48,12 @@ from attention._core import (
     problem_cost_exact,
     rounding_allowance,
 )
-from attention._kernels.features import _online_leverage
+from attention._kernels.features import _block_unions, _online_leverage, _prefix_topk
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
 from attention.clustering import _bucket_blocks, _bucket_sets
-from attention.sparse import _partial
+from attention.sparse import _block_partials, _partial
 from attention.sparse import _work_dtype as _sparse_work_dtype
 from rnla import sketch as _sketch
 from rnla._validation import (
@@ -1858,36 +1857,6 @@ def polynomial_sketch_error(
 # ---------------------------------------------------------------------------------------
 
 
-def _prefix_topk(scores: np.ndarray, n_keys: int, ends: np.ndarray):
-    """Per row ``i``: the ``n_keys`` best-scored keys among ``j < ends[i]`` (ends sorted).
-
-    Returns ``idx (n, n_keys)`` int64 and ``valid (n, n_keys)`` bool. Ties keep the
-    earlier key. Row ``i`` depends on ``scores[:ends[i]]`` only (causal).
-    """
-    n = ends.shape[0]
-    idx = np.zeros((n, n_keys), dtype=np.int64)
-    valid = np.zeros((n, n_keys), dtype=bool)
-    heap: list = []
-    j = 0
-    members: list = []
-    for i in range(n):
-        changed = False
-        while j < ends[i]:
-            item = (float(scores[j]), -j)
-            if len(heap) < n_keys:
-                heapq.heappush(heap, item)
-                changed = True
-            elif item > heap[0]:
-                heapq.heapreplace(heap, item)
-                changed = True
-            j += 1
-        if changed:  # the set changes rarely: sort only then
-            members = sorted(-t[1] for t in heap)
-        idx[i, : len(members)] = members
-        valid[i, : len(members)] = True
-    return idx, valid
-
-
 def _select_keys(problem: Problem, g: int, n_keys: int, threshold):
     """Kept keys of every query row of slice ``g``: ``idx (n, s)`` and ``valid (n, s)``.
 
@@ -1913,7 +1882,10 @@ def _select_keys(problem: Problem, g: int, n_keys: int, threshold):
             valid = S[None, :] <= np.arange(n)[:, None] + problem.offset
         return idx, valid
     if problem.causal:
-        return _prefix_topk(scores, n_keys, _visible_counts(problem))
+        idx = np.empty((n, n_keys), dtype=np.int64)
+        valid = np.empty((n, n_keys), dtype=bool)
+        _prefix_topk(scores, n_keys, _visible_counts(problem).astype(np.int64), idx, valid)
+        return idx, valid
     # Stable sort: ties broken by position.
     S = np.sort(np.argsort(-scores, kind="stable")[: min(n_keys, m)])
     return np.broadcast_to(S, (n, S.size)), np.ones((n, S.size), dtype=bool)
@@ -1981,12 +1953,23 @@ def _levattention(
     n, m, d, dv = problem.n, problem.m, problem.d, problem.dv
     # A window of max(n, m) already covers every key: larger ones only cost memory.
     w = min(w, max(n, m))
+
     # Key selections per key/value slice, computed once (grouped-query heads share them).
-    selections = {}
+    # Without a window, each block of rows attends the union of its rows' keys through
+    # one batched GEMM over all blocks (:func:`_block_unions`).
+    def select(g):
+        idx, valid = _select_keys(problem, g, n_keys, threshold)
+        blocks = (
+            _block_unions(np.ascontiguousarray(idx), np.ascontiguousarray(valid), _LEV_BLOCK)
+            if w == 0
+            else None
+        )
+        return idx, valid, blocks
+
+    reps: dict[int, int] = {}
     for g in range(problem.n_slices):
-        j = int(problem.kv_index[g])
-        if j not in selections:
-            selections[j] = _select_keys(problem, g, n_keys, threshold)
+        reps.setdefault(int(problem.kv_index[g]), g)
+    selections = dict(zip(reps, map_slices(select, list(reps.values())), strict=True))
     # float64 when the dropped mass is measured against the exact lse, else the inputs'
     # dtype (float32 GEMMs for float32 inputs).
     wdt = np.float64 if mode == "exact" else _sparse_work_dtype(problem)
@@ -1994,7 +1977,14 @@ def _levattention(
 
     def attend(g):
         q, k, v = _scaled(problem, g, wdt)
-        idx, valid = selections[int(problem.kv_index[g])]
+        idx, valid, blocks = selections[int(problem.kv_index[g])]
+        if blocks is not None:
+            U, keep = blocks
+            nb, B, L = keep.shape
+            rows = np.arange(nb * B).reshape(nb, B)
+            rows[rows >= n] = -1
+            yb, lb = _block_partials(q, k, v, 1.0, rows, U, keep)
+            return yb.reshape(nb * B, dv)[:n], lb.reshape(nb * B)[:n], int(keep.sum()), nb * B * L
         y = np.zeros((n, dv), dtype=wdt)
         lse = np.full(n, -np.inf)
         kept = computed = 0

@@ -3,13 +3,16 @@
 (Causal linear attention itself runs as chunked BLAS GEMMs in
 :func:`attention.kernel._causal_linear`.)
 
+``_prefix_topk`` keeps, for every causal prefix, the best-scored keys, and
+``_block_unions`` gathers the kept keys of blocks of rows (LevAttention).
+
 ``_online_leverage`` computes ridge online leverage scores
 ``tau_j = k_j^T (lam I + sum_{l <= j} k_l k_l^T)^{-1} k_j`` by Sherman–Morrison updates
 of the inverse, ``O(m d^2)``; score ``j`` depends on keys ``0..j`` only (causal).
 
 All kernels are serial and deterministic (no Numba threads; the GEMMs go to BLAS, whose
-result does not depend on the partition of the output), take float64 arrays and
-scalars only and do not validate.
+result does not depend on the partition of the output), take float64, int64 and bool
+arrays and scalars only and do not validate.
 """
 
 import numpy as np
@@ -48,3 +51,123 @@ def _online_leverage(k, lam, out):
         for a in range(d):
             for b in range(d):
                 P[a, b] -= inv * u[a] * u[b]
+
+
+@njit(cache=True, nogil=True)
+def _prefix_topk(scores, n_keys, ends, idx, valid):
+    """Per row ``i``: the ``n_keys`` best-scored keys among ``j < ends[i]`` (ends sorted).
+
+    Parameters
+    ----------
+    scores : float64 (m,)
+        Key scores.
+    n_keys : int
+        Keys kept per row.
+    ends : int64 (n,)
+        Non-decreasing visible-key counts.
+    idx : int64 (n, n_keys)
+        Kept keys of each row in increasing order (overwritten; 0 where not valid).
+    valid : bool (n, n_keys)
+        Which entries of ``idx`` are set (overwritten).
+
+    Notes
+    -----
+    A new key replaces the worst kept one only if its score is strictly larger (ties
+    keep the earlier key); the worst is the smallest score, the latest key among equal
+    scores. Row ``i`` depends on ``scores[:ends[i]]`` only (causal).
+    """
+    n = ends.shape[0]
+    cur = np.empty(n_keys, dtype=np.int64)
+    srt = np.empty(n_keys, dtype=np.int64)
+    cnt = 0
+    j = 0
+    for i in range(n):
+        changed = False
+        while j < ends[i]:
+            s = scores[j]
+            if cnt < n_keys:
+                cur[cnt] = j
+                cnt += 1
+                changed = True
+            else:
+                w = 0
+                for t in range(1, cnt):
+                    st, sw = scores[cur[t]], scores[cur[w]]
+                    if st < sw or (st == sw and cur[t] > cur[w]):
+                        w = t
+                if s > scores[cur[w]]:
+                    cur[w] = j
+                    changed = True
+            j += 1
+        if changed:
+            srt[:cnt] = np.sort(cur[:cnt])
+        for t in range(n_keys):
+            if t < cnt:
+                idx[i, t] = srt[t]
+                valid[i, t] = True
+            else:
+                idx[i, t] = 0
+                valid[i, t] = False
+
+
+@njit(cache=True, nogil=True)
+def _block_unions(idx, valid, block):
+    """Union of the kept keys of each block of ``block`` rows, and each row's mask on it.
+
+    Parameters
+    ----------
+    idx : int64 (n, s)
+        Kept keys of each row.
+    valid : bool (n, s)
+        Which entries of ``idx`` are kept.
+    block : int
+        Rows per block ``B``.
+
+    Returns
+    -------
+    U : int64 (nb, L)
+        Sorted union of each block (``L`` the largest union; padded with 0).
+    keep : bool (nb, B, L)
+        ``keep[b, r, u]``: row ``b B + r`` keeps key ``U[b, u]`` (False on padding).
+    """
+    n, s = idx.shape
+    nb = (n + block - 1) // block
+    m = 1
+    for i in range(n):
+        for t in range(s):
+            if valid[i, t] and idx[i, t] >= m:
+                m = idx[i, t] + 1
+    # stamp[j] = 1 + the last block that listed key j; pos[j] = its column there.
+    stamp = np.zeros(m, dtype=np.int64)
+    pos = np.zeros(m, dtype=np.int64)
+    tmp = np.empty(block * s, dtype=np.int64)
+    start = np.zeros(nb + 1, dtype=np.int64)
+    allkeys = np.empty(nb * min(block * s, m), dtype=np.int64)
+    for b in range(nb):
+        c = 0
+        for i in range(b * block, min(n, (b + 1) * block)):
+            for t in range(s):
+                j = idx[i, t]
+                if valid[i, t] and stamp[j] != b + 1:
+                    stamp[j] = b + 1
+                    tmp[c] = j
+                    c += 1
+        u = np.sort(tmp[:c])
+        allkeys[start[b] : start[b] + c] = u
+        start[b + 1] = start[b] + c
+    L = 1
+    for b in range(nb):
+        L = max(L, start[b + 1] - start[b])
+    U = np.zeros((nb, L), dtype=np.int64)
+    keep = np.zeros((nb, block, L), dtype=np.bool_)
+    for b in range(nb):
+        c = start[b + 1] - start[b]
+        for u in range(c):
+            j = allkeys[start[b] + u]
+            U[b, u] = j
+            pos[j] = u
+        for i in range(b * block, min(n, (b + 1) * block)):
+            for t in range(s):
+                if valid[i, t]:
+                    keep[b, i - b * block, pos[idx[i, t]]] = True
+    return U, keep

@@ -1,5 +1,6 @@
 """Tests of attention.kernel (§5): kernels vs references, methods vs exact, causality."""
 
+import heapq
 import warnings
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import attention.kernel as K
 from attention import approximate, methods
-from attention._kernels.features import _online_leverage
+from attention._kernels.features import _block_unions, _online_leverage, _prefix_topk
 from attention.exact import reference_attention
 from rnla._validation import AccuracyWarning
 
@@ -427,3 +428,65 @@ def test_tensorsketch_frequency_features_keep_inner_products(rng, k, degree, dty
     kept = fx[:, g.keep] @ fy[:, g.keep].T
     assert g.keep.size == k
     np.testing.assert_allclose(kept, ref, rtol=tol, atol=tol * scale)
+
+
+def _prefix_topk_reference(scores: np.ndarray, n_keys: int, ends: np.ndarray):
+    """Per row ``i``: the ``n_keys`` best-scored keys among ``j < ends[i]`` (ends sorted).
+
+    Returns ``idx (n, n_keys)`` int64 and ``valid (n, n_keys)`` bool. Ties keep the
+    earlier key. Row ``i`` depends on ``scores[:ends[i]]`` only (causal).
+    """
+    n = ends.shape[0]
+    idx = np.zeros((n, n_keys), dtype=np.int64)
+    valid = np.zeros((n, n_keys), dtype=bool)
+    heap: list = []
+    j = 0
+    members: list = []
+    for i in range(n):
+        changed = False
+        while j < ends[i]:
+            item = (float(scores[j]), -j)
+            if len(heap) < n_keys:
+                heapq.heappush(heap, item)
+                changed = True
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+                changed = True
+            j += 1
+        if changed:  # the set changes rarely: sort only then
+            members = sorted(-t[1] for t in heap)
+        idx[i, : len(members)] = members
+        valid[i, : len(members)] = True
+    return idx, valid
+
+
+@pytest.mark.parametrize(("m", "n_keys"), [(1, 1), (10, 3), (50, 8), (40, 64)], ids=str)
+def test_prefix_topk_matches_reference(rng, m, n_keys):
+    scores = rng.random(m)
+    scores[m // 2 :: 3] = scores[0]  # ties keep the earlier key
+    n = m + 3
+    ends = np.clip(np.arange(n) - 2, 0, m).astype(np.int64)
+    idx = np.empty((n, n_keys), dtype=np.int64)
+    valid = np.empty((n, n_keys), dtype=bool)
+    _prefix_topk(scores, n_keys, ends, idx, valid)
+    ridx, rvalid = _prefix_topk_reference(scores, n_keys, ends)
+    np.testing.assert_array_equal(valid, rvalid)
+    np.testing.assert_array_equal(np.where(valid, idx, 0), ridx)
+
+
+@pytest.mark.parametrize(("n", "s", "block"), [(1, 1, 4), (10, 3, 4), (33, 5, 8)], ids=str)
+def test_block_unions_matches_reference(rng, n, s, block):
+    idx = rng.integers(0, 20, (n, s)).astype(np.int64)
+    valid = rng.random((n, s)) < 0.7
+    U, keep = _block_unions(idx, valid, block)
+    nb = -(-n // block)
+    assert U.shape[0] == nb and keep.shape[:2] == (nb, block)
+    for b in range(nb):
+        rows = range(b * block, min(n, (b + 1) * block))
+        ref = np.unique(np.concatenate([idx[i][valid[i]] for i in rows]))
+        L = ref.size
+        np.testing.assert_array_equal(U[b, :L], ref)
+        assert not keep[b, :, L:].any()
+        for r, i in enumerate(rows):
+            assert set(U[b][keep[b, r]]) == set(idx[i][valid[i]])
+        assert not keep[b, len(rows) :].any()
