@@ -76,6 +76,7 @@ from rnla._kernels.kernel_matrix import (
     _kernel_pairs,
     _laplacian_block,
 )
+from rnla._kernels.sparse import sparse_matmat
 from rnla._validation import (
     as_float_array,
     as_operator,
@@ -1101,7 +1102,10 @@ class _Operator:
         In ``dtype`` (default: the operator's dtype, so float32 stays float32).
         """
         self._passes.n += 1
-        if self.kind == "dense" or self.kind == "sparse":
+        if self.kind == "sparse":
+            out = sparse_matmat(self.A, X)  # all cores; None: SciPy's one-thread kernel
+            return self._cast(self.A @ X if out is None else out, dtype)
+        if self.kind == "dense":
             return self._cast(self.A @ X, dtype)
         if self.kind == "dask":
             return _dask_product(self.A, X, self.dtype if dtype is None else dtype)
@@ -1116,7 +1120,10 @@ class _Operator:
     def rmatmat(self, Y, dtype=None) -> np.ndarray:
         """Return ``A^T @ Y`` for a NumPy ``Y`` (m, p), as an (n, p) array (in ``dtype``)."""
         self._passes.n += 1
-        if self.kind == "dense" or self.kind == "sparse":
+        if self.kind == "sparse":
+            out = sparse_matmat(self.A.T, Y)
+            return self._cast(self.A.T @ Y if out is None else out, dtype)
+        if self.kind == "dense":
             return self._cast(self.A.T @ Y, dtype)
         if self.kind == "dask":
             return _dask_product(self.A.T, Y, self.dtype if dtype is None else dtype)

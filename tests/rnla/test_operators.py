@@ -721,3 +721,26 @@ def test_gaussian_fused_kernel_exp_reference(rng):
     ok = x >= -708.0
     assert np.all(np.abs(s[ok] - ref[ok]) <= 2 * np.spacing(ref[ok]))
     assert np.all(s[~ok] == 0.0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_sparse_matmat_kernels_reference(fmt, dtype, rng):
+    """The parallel sparse-times-dense kernels against SciPy's product."""
+    import scipy.sparse as sps
+
+    from rnla._kernels.sparse import sparse_matmat
+
+    A = sps.random(3000, 2000, density=0.05, format=fmt, rng=rng, dtype=dtype)
+    X = rng.standard_normal((2000, 12)).astype(dtype)
+    X0 = X.copy()
+    out = sparse_matmat(A, X)
+    assert out is not None and out.dtype == dtype and out.shape == (3000, 12)
+    ref = A.astype(np.float64) @ X.astype(np.float64)
+    r = tol(dtype, 100)
+    scale = abs(A).astype(np.float64) @ np.abs(X.astype(np.float64))
+    assert np.all(np.abs(out - ref) <= r * scale)
+    np.testing.assert_array_equal(X, X0)
+    # small products, one column, mixed dtypes: left to SciPy
+    assert sparse_matmat(A, X[:, :1]) is None
+    assert sparse_matmat(A[:10], X) is None
+    assert sparse_matmat(A, X.astype(np.float16)) is None
