@@ -50,6 +50,7 @@ from attention._core import (
     method_result,
     project_to_value_ball,
 )
+from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, row_lemma, value_radius
 from attention.softmax_matrix import SoftmaxMatrix
@@ -209,46 +210,98 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
             "would let future keys decide which past keys a query attends to; pass "
             "calibration= an (N, d) array of keys from other text (as Loki does)"
         )
+    from attention._kernels.topk import _topk_kernel
+    from attention.sparse import _TOPK_ROWS, _work_dtype
+
     scale = problem.scale
     bases: dict[int, np.ndarray] = {}
-    outs, lses, rows = [], [], []
-    flops, evals = 0.0, 0
-    keep = problem.causal_keep()
+    flops = 0.0
+    for j in dict.fromkeys(int(x) for x in problem.kv_index):
+        src = problem.k[j].astype(np.float64) if calib is None else calib[j]
+        bases[j] = _loki_basis(src, rank, rng)
+        flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
     kk = min(top_k, m)
-    for g in range(problem.n_slices):
+    work = _work_dtype(problem)
+    # float32 approximate scores: |fl(s~) - s~| <= gamma_r s |q_i P| |k_j P| <= gamma_r s
+    # |q_i| |k_j| (Higham), added to the residual term of the bound.
+    u = float(np.finfo(work).eps) / 2
+    gamma = rank * u / (1 - rank * u)
+    no_bias = np.zeros((1, 1))
+
+    def attend(g):
         q, k, v = _slice64(problem, g)
-        j = int(problem.kv_index[g])
-        if j not in bases:
-            src = k if calib is None else calib[j]
-            bases[j] = _loki_basis(src, rank, rng)
-            flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
-        P = bases[j]
+        P = bases[int(problem.kv_index[g])]
         qP, kP = q @ P, k @ P
-        s_apx = scale * (qP @ kP.T)
-        q_perp = np.sqrt(np.maximum(np.sum(q * q, 1) - np.sum(qP * qP, 1), 0.0))
-        k_perp = np.sqrt(np.maximum(np.sum(k * k, 1) - np.sum(kP * kP, 1), 0.0))
-        if keep is not None:
-            s_apx = np.where(keep, s_apx, -np.inf)
-        idx = np.argpartition(-s_apx, kk - 1, axis=1)[:, :kk]
-        visible = np.take_along_axis(np.isfinite(s_apx), idx, axis=1)
-        s_sel = np.where(visible, scale * np.einsum("nd,nkd->nk", q, k[idx]), -np.inf)
-        p, lse = _softmax_rows(s_sel)
-        y = np.einsum("nk,nkv->nv", p, v[idx])
-        # Upper bound on the exact scores of the dropped keys (PCA residual), summed
-        # relative to exp(lse) = z~_i, which is exact over the selection.
-        upper = s_apx + scale * np.outer(q_perp, k_perp)
-        np.put_along_axis(upper, idx, -np.inf, axis=1)
-        shift = np.where(np.isfinite(lse), lse, 0.0)[:, None]
-        with np.errstate(over="ignore"):
-            D = np.exp(upper - shift).sum(axis=1)
-        eps = np.where(np.isfinite(lse), D / (1.0 + D), 0.0)
-        eps = np.where(np.isfinite(D), eps, 1.0)
+        qPw, kPw = qP.astype(work), kP.astype(work)
+        qn, kn = np.linalg.norm(q, axis=1), np.linalg.norm(k, axis=1)
+        q_perp = np.sqrt(np.maximum(qn**2 - np.sum(qP * qP, 1), 0.0))
+        k_perp = np.sqrt(np.maximum(kn**2 - np.sum(kP * kP, 1), 0.0))
+        y = np.zeros((n, problem.dv))
+        lse, lf = np.full(n, -np.inf), np.zeros(n)
+        n_kept, n_seen = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        eps = np.zeros(n)
+        sel = np.empty((_TOPK_ROWS, kk), dtype=np.int64)
+        evals = 0
+        for r0 in range(0, n, _TOPK_ROWS):
+            r1 = min(n, r0 + _TOPK_ROWS)
+            hi = min(max(r1 + problem.offset if problem.causal else m, 0), m)
+            if hi == 0:
+                continue
+            S = qPw[r0:r1] @ kPw[:hi].T
+            S *= S.dtype.type(scale)
+            lims = np.full(r1 - r0, hi, dtype=np.int64)
+            if problem.causal:
+                lims = np.clip(np.arange(r0, r1) + problem.offset + 1, 0, hi)
+            sl = slice(r0, r1)
+            # Selection by the approximate scores, exact attention on the kept keys.
+            _topk_kernel(
+                S,
+                lims,
+                kk,
+                q[sl],
+                k[:hi],
+                v[:hi],
+                float(scale),
+                no_bias,
+                False,
+                False,
+                False,
+                y[sl],
+                lse[sl],
+                lf[sl],
+                n_kept[sl],
+                n_seen[sl],
+                sel[: r1 - r0],
+            )
+            evals += int(n_kept[sl].sum())
+            # Upper bound on the exact scores of the dropped keys (PCA residual and the
+            # rounding of s~), relative to exp(lse) = z~_i (exact over the selection).
+            U = S.astype(np.float64)
+            U += scale * np.outer(q_perp[sl] + gamma * qn[sl], k_perp[:hi] + gamma * kn[:hi])
+            U[np.arange(hi)[None, :] >= lims[:, None]] = -np.inf
+            kept = sel[: r1 - r0]
+            np.put_along_axis(U, np.maximum(kept, 0), np.where(kept >= 0, -np.inf, 0.0), 1)
+            ok = np.isfinite(lse[sl])
+            U -= np.where(ok, lse[sl], 0.0)[:, None]
+            mx = U.max(axis=1)
+            fin = np.isfinite(mx)
+            with np.errstate(over="ignore", divide="ignore"):
+                logD = np.where(fin, mx, 0.0) + np.log(
+                    np.exp(U - np.where(fin, mx, 0.0)[:, None]).sum(axis=1)
+                )
+            # eps = D / (1 + D), D = exp(logD); nothing dropped: 0.
+            e = np.where(fin, 1.0 / (1.0 + np.exp(np.minimum(-logD, 700.0))), 0.0)
+            eps[sl] = np.where(ok, e, 0.0)
         rb = dropped_mass_bound(eps, v, Y_tilde=y)
-        rows.append(finish_row_bounds(problem, rb.rows, y, v))
-        outs.append(y)
-        lses.append(lse)
-        flops += 2.0 * (n + m) * d * rank + 2.0 * n * m * rank + 2.0 * n * kk * (d + problem.dv)
-        evals += int(visible.sum())
+        return y, lse, finish_row_bounds(problem, rb.rows, y, v), evals
+
+    res = map_slices(attend, range(problem.n_slices))
+    outs = [r[0] for r in res]
+    lses = [r[1] for r in res]
+    rows = [r[2] for r in res]
+    evals = sum(r[3] for r in res)
+    G = problem.n_slices
+    flops += G * (2.0 * (n + m) * d * rank + 2.0 * n * m * rank + 2.0 * n * kk * (d + problem.dv))
     bound = _fro_bound(
         rows,
         "deterministic",
@@ -402,17 +455,23 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
     landmarks = min(64, n + m) if n_landmarks is None else n_landmarks
     landmarks = check_int(landmarks, "n_landmarks", minimum=1, maximum=n + m)
     gamma = _check_nonneg_real(gamma, "gamma")
-    outs, lses, rows = [], [], []
-    flops, evals = 0.0, 0
-    for g in range(problem.n_slices):
+    G = problem.n_slices
+    # Landmarks drawn in slice order; the slices then run on all cores (one-thread BLAS:
+    # a threaded BLAS on these thin products is 2-4x slower under load).
+    picks = [
+        np.sort(_sketch.uniform_sampling(n + m, landmarks, replace=False, rng=rng).indices)
+        for _ in range(G)
+    ]
+
+    def work(g):
         q, k, v = _slice64(problem, g)
-        S = np.sort(_sketch.uniform_sampling(n + m, landmarks, replace=False, rng=rng).indices)
-        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, S, gamma)
-        rows.append(finish_row_bounds(problem, lemma, y, v))
-        outs.append(y)
-        lses.append(lse)
-        evals += ev
-        flops += 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
+        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, picks[g], gamma)
+        return y, lse, finish_row_bounds(problem, lemma, y, v), ev
+
+    res = map_slices(work, range(G))
+    outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+    evals = sum(r[3] for r in res)
+    flops = G * 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
     bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; tau = 1" + CAP_TEXT)
     return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
@@ -475,27 +534,40 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     rank = check_int(rank, "rank", minimum=1, maximum=top)
     tau = _check_tau(tau)
     rs = math.sqrt(problem.scale)
-    outs, lses, rows, taus = [], [], [], []
+    from attention.exact import _single_threaded_blas
+
+    G = problem.n_slices
+    taus, picks = [], []
     flops, evals = 0.0, 0
-    for g in range(problem.n_slices):
+    # Pivots in slice order (the shared rng); one-thread BLAS (a threaded BLAS on these
+    # thin products is 2-4x slower under load); then the slices run on all cores.
+    with _single_threaded_blas():
+        for g in range(G):
+            q, k, _ = problem.slice(g)
+            q, k = q.astype(np.float64), k.astype(np.float64)
+            t = _balanced_tau(q, k) if tau == "balance" else tau
+            taus.append(t)
+            if pivots == "keys":
+                E = _KeyExpKernel((rs / t) * k)
+                S = n + rpcholesky(E, rank, rng=rng).pivots
+                evals += E.n_evaluations
+            else:
+                sm = SoftmaxMatrix(q, k, scale=problem.scale, stabilized=False)
+                lift = sm.psd_lift(tau=t)
+                S = rpcholesky(lift.matrix, rank, rng=rng).pivots
+                evals += lift.matrix.n_evaluations
+            picks.append(S)
+            r = S.size
+            flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
+
+    def work(g):
         q, k, v = _slice64(problem, g)
-        t = _balanced_tau(q, k) if tau == "balance" else tau
-        taus.append(t)
-        if pivots == "keys":
-            E = _KeyExpKernel((rs / t) * k)
-            S = n + rpcholesky(E, rank, rng=rng).pivots
-            evals += E.n_evaluations
-        else:
-            lift = SoftmaxMatrix(q, k, scale=problem.scale, stabilized=False).psd_lift(tau=t)
-            S = rpcholesky(lift.matrix, rank, rng=rng).pivots
-            evals += lift.matrix.n_evaluations
-        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, t, S, 0.0)
-        rows.append(finish_row_bounds(problem, lemma, y, v))
-        outs.append(y)
-        lses.append(lse)
-        evals += ev
-        r = S.size
-        flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
+        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, taus[g], picks[g], 0.0)
+        return y, lse, finish_row_bounds(problem, lemma, y, v), ev
+
+    res = map_slices(work, range(G))
+    outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+    evals += sum(r[3] for r in res)
     how = (
         f"tau = sqrt(max||k|| / max||q||) per slice ({min(taus):.3g} to {max(taus):.3g})"
         if tau == "balance"

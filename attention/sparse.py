@@ -296,6 +296,7 @@ def _topk(problem: Problem, *, rng, top_k=32):
         lk, lf = np.full(n, _NEG), np.full(n, _NEG)
         n_kept = np.zeros(n, dtype=np.int64)
         n_seen = np.zeros(n, dtype=np.int64)
+        sel = np.empty((_TOPK_ROWS, kk), dtype=np.int64)
         bias = problem.bias(g)
         # The (n, m) pattern is formed only for a user mask; causality by row limits.
         keep = problem.keep(g) if problem.mask is not None else None
@@ -328,11 +329,13 @@ def _topk(problem: Problem, *, rng, top_k=32):
                 b64,
                 bias is not None,
                 problem.mask is not None,
+                True,
                 out[r0:r1],
                 lk[r0:r1],
                 lf[r0:r1],
                 n_kept[r0:r1],
                 n_seen[r0:r1],
+                sel[: r1 - r0],
             )
             pairs += (r1 - r0) * hi
         # Nothing dropped: exactly zero dropped mass. Otherwise, float32 scores: raise

@@ -106,16 +106,33 @@ def _group_max(row, j0, j1):
 
 @njit(cache=True, nogil=True)
 def _topk_kernel(
-    S, lims, kk, q, k, v, scale, bias, has_bias, masked, out, lse_kept, lse_full, n_kept, n_seen
+    S,
+    lims,
+    kk,
+    q,
+    k,
+    v,
+    scale,
+    bias,
+    has_bias,
+    masked,
+    full,
+    out,
+    lse_kept,
+    lse_full,
+    n_kept,
+    n_seen,
+    sel,
 ):  # pragma: no cover - compiled; checked against _topk_rows_numpy
     """Top-``kk`` softmax of the rows of ``S (b, s)`` (overwritten), no validation.
 
     ``lims (b,)``: row ``i`` sees ``S[i, :lims[i]]`` (masked entries ``-inf``);
     ``q (b, d)``, ``k (s, d)``, ``v (s, dv)`` float64, ``scale``, ``bias (b, s)``
-    float64 (read if ``has_bias``); ``masked``: rows may hold ``-inf`` scores. Writes
+    float64 (read if ``has_bias``); ``masked``: rows may hold ``-inf`` scores; ``full``:
+    compute ``lse_full`` (else ``S`` is left unchanged and ``lse_full`` unset). Writes
     ``out (b, dv)``, ``lse_kept``, ``lse_full`` (float64; ``-inf`` for rows without a
     finite score), ``n_kept (b,)`` and ``n_seen (b,)`` (kept keys and keys with a
-    finite score).
+    finite score) and ``sel (b, kk)``, the kept keys (``-1`` padded).
     """
     b = S.shape[0]
     dv = v.shape[1]
@@ -158,6 +175,8 @@ def _topk_kernel(
                     seen += 1
         n_kept[i] = c
         n_seen[i] = seen
+        for t in range(kk):
+            sel[i, t] = bi[t] if t < c else -1
         for cc in range(dv):
             out[i, cc] = 0.0
         if c == 0:
@@ -167,10 +186,11 @@ def _topk_kernel(
         mx = np.float64(bv[0])
         for t in range(1, c):
             mx = max(mx, np.float64(bv[t]))
-        z = 0.0
-        for j0 in range(0, lim, _CHUNK):
-            z += _exp_sum(row[j0 : min(lim, j0 + _CHUNK)], mx)
-        lse_full[i] = mx + np.log(z)
+        if full:
+            z = 0.0
+            for j0 in range(0, lim, _CHUNK):
+                z += _exp_sum(row[j0 : min(lim, j0 + _CHUNK)], mx)
+            lse_full[i] = mx + np.log(z)
         # Kept part in float64 from the float64 rows.
         smax = -np.inf
         for t in range(c):

@@ -321,7 +321,9 @@ def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
     Sk = q @ k.T * 0.7 + bias
     Sk[0] = 1.0 + 0.0 * Sk[0]
     bias[0] = 1.0 - q[0] @ k.T * 0.7
-    _topk_kernel(Sk.astype(dt), lims, kk, q, k, v, 0.7, bias, True, True, out, lk, lf, nk, ns)
+    sel = np.empty((b, kk), dtype=np.int64)
+    args = (0.7, bias, True, True, True, out, lk, lf, nk, ns, sel)
+    _topk_kernel(Sk.astype(dt), lims, kk, q, k, v, *args)
     tol = 1e-10 if dt == np.float64 else 1e-5
     for i in range(b):
         o, lki, lfi = ref[i]
@@ -332,3 +334,4 @@ def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
         np.testing.assert_allclose(lk[i], lki[0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(lf[i], lfi[0], rtol=tol, atol=tol)
     assert nk[1] == min(kk, 5) and ns[1] == 5 and ns[2] == 17
+    assert set(sel[1, : nk[1]]) <= set(range(5)) and np.all(sel[1, nk[1] :] == -1)
