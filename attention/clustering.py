@@ -44,6 +44,7 @@ import numpy as np
 from attention._core import Problem, method_result
 from attention._parallel import map_slices
 from attention._registry import register
+from attention.exact import _single_threaded_blas, softmax_attention
 from attention.sparse import (
     _NEG,
     _block_partials,
@@ -299,26 +300,36 @@ def _smyrf(problem: Problem, *, rng, bucket_size=32, n_rounds=2):
     n_rounds = check_int(n_rounds, "n_rounds", minimum=1)
     n, m, G = problem.n, problem.m, problem.n_slices
     L = max(1, min(n, m) // bsz)
-    outs = np.zeros((G, n, problem.dv))
-    lses = np.full((G, n), _NEG)
-    pairs = 0
-    for g in range(G):
-        q, k, v = _slices64(problem, g)
+    work = _work_dtype(problem)
+    # Projections drawn in slice order; the slices then run on all cores.
+    Ws = [rng.standard_normal((n_rounds, problem.d + 2)) for _ in range(G)]
+
+    def attend(g):
+        q, k, _ = _slices64(problem, g)
+        qw, kw, vw = (x.astype(work) for x in problem.slice(g))
         nq, nk = np.einsum("ij,ij->i", q, q), np.einsum("ij,ij->i", k, k)
         M2 = nq.max() + nk.max()
         zq, zk = np.zeros((n, 1)), np.zeros((m, 1))
         phi = np.hstack([q, zq, np.sqrt(np.maximum(M2 - nq, 0.0))[:, None]])
         psi = np.hstack([k, np.sqrt(np.maximum(M2 - nk, 0.0))[:, None], zk])
-        W = rng.standard_normal((n_rounds, problem.d + 2))
-        acc, Lse = outs[g], lses[g]
+        acc, Lse = np.zeros((n, problem.dv)), np.full(n, _NEG)
+        pairs = 0
         for r in range(n_rounds):
-            bq = balanced_buckets(phi @ W[r], L)
-            bk = balanced_buckets(psi @ W[r], L)
-            for b in range(L):
-                qi, kj = np.flatnonzero(bq == b), np.flatnonzero(bk == b)
-                o, ls = _partial(q[qi], k[kj], v[kj], problem.scale)
-                _merge_into(acc, Lse, qi, o, ls)
-                pairs += qi.size * kj.size
+            bq = balanced_buckets(phi @ Ws[g][r], L)
+            bk = balanced_buckets(psi @ Ws[g][r], L)
+            # All L buckets of the round as one batched GEMM (padded to the largest).
+            rows, qvalid = _bucket_members(bq, L)
+            J, kvalid = _bucket_members(bk, L)
+            keep = np.broadcast_to(kvalid[:, None, :], (L, rows.shape[1], J.shape[1]))
+            o, ls = _block_partials(qw, kw, vw, problem.scale, rows, np.maximum(J, 0), keep)
+            _merge_into(acc, Lse, rows[qvalid], o[qvalid], ls[qvalid])
+            pairs += int(np.bincount(bq, minlength=L) @ np.bincount(bk, minlength=L))
+        return acc, Lse, pairs
+
+    res = map_slices(attend, range(G))
+    outs = np.stack([r[0] for r in res])
+    lses = np.stack([r[1] for r in res])
+    pairs = sum(r[2] for r in res)
     return method_result(
         problem,
         outs,
@@ -326,6 +337,17 @@ def _smyrf(problem: Problem, *, rng, bucket_size=32, n_rounds=2):
         None,
         _cost(problem, pairs, 2.0 * G * (n + m) * (problem.d + 2) * n_rounds),
     )
+
+
+def _bucket_members(b, L):
+    """Members of each of ``L`` buckets as rows of ``(L, W)`` indices (``-1`` padded)."""
+    order = np.argsort(b, kind="stable")
+    counts = np.bincount(b, minlength=L)
+    start = np.concatenate([[0], np.cumsum(counts)])
+    width = max(int(counts.max(initial=0)), 1)
+    valid = np.arange(width)[None, :] < counts[:, None]
+    pos = np.minimum(start[:-1, None] + np.arange(width)[None, :], b.size - 1)
+    return np.where(valid, order[pos], -1), valid
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,8 +389,11 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
     the budget are attended exactly and every other cluster contributes the single term
     :math:`N_c e^{\langle q, \mu_c\rangle s}\bar v_c` (Hooper et al., 2025; survey
     §3.2). The two parts are merged through log-sum-exp. Cost
-    :math:`2m\,d\,C\,t` (k-means) :math:`+ 2nC(d + d_v) + 2n\,B(d + d_v)` flops per
-    slice. Not causal: the clusters depend on all keys.
+    :math:`2m\,d\,C\,t` (k-means, once per key/value slice) :math:`+ 2nC(d + d_v) +
+    2n\,B(d + d_v)` flops per slice (``B``: keys attended exactly; the top cluster is
+    always attended, whatever its size). The exact part runs in the exact kernel
+    (float32 for float32 inputs with moderate logits). Not causal: the clusters
+    depend on all keys.
     """
     C = check_int(n_clusters, "n_clusters", minimum=1)
     budget = check_int(n_keys, "n_keys", minimum=1)
@@ -378,39 +403,53 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
     outs = np.zeros((G, n, problem.dv))
     lses = np.full((G, n), _NEG)
     pairs = 0
-    for g in range(G):
-        q, k, v = _slices64(problem, g)
-        km = kmeans(k, C, n_iter=n_iter, rng=rng)
-        labels = km.labels
-        sizes = np.bincount(labels, minlength=C).astype(np.float64)
-        mu = km.centers.astype(np.float64)
-        vbar = np.zeros((C, problem.dv))
-        np.add.at(vbar, labels, v)
-        vbar /= np.maximum(sizes, 1.0)[:, None]
-        with np.errstate(divide="ignore"):
-            logN = np.log(sizes)
-        est = (q @ mu.T) * problem.scale + logN  # (n, C) log estimated cluster mass
-        order = np.argsort(-est, axis=1, kind="stable")
-        csum = np.cumsum(sizes[order], axis=1)
-        take = csum <= budget
-        take[:, 0] = True
-        near = np.zeros((n, C), dtype=bool)
-        np.put_along_axis(near, order, take, axis=1)
-        near &= sizes[None, :] > 0
-        acc, Lse = outs[g], lses[g]
-        for c in range(C):
-            qi = np.flatnonzero(near[:, c])
-            if qi.size == 0:
-                continue
-            kj = np.flatnonzero(labels == c)
-            o, ls = _partial(q[qi], k[kj], v[kj], problem.scale)
-            _merge_into(acc, Lse, qi, o, ls)
-            pairs += qi.size * kj.size
-        far = ~near & (sizes[None, :] > 0)
-        o, ls = _partial(q, mu, vbar, problem.scale, keep=far, logw=logN)
-        _merge_into(acc, Lse, np.arange(n), o, ls)
-        pairs += n * C
-    km_flops = 2.0 * G * m * problem.d * C * (n_iter + 2)
+    work = _work_dtype(problem)
+    clusters = {}
+    # One-thread BLAS: a threaded BLAS on these thin products is slow under load.
+    with _single_threaded_blas():
+        for g in range(G):
+            q, k, v = _slices64(problem, g)
+            j = int(problem.kv_index[g])
+            if j not in clusters:
+                # The clustering depends on the keys only: once per key/value slice
+                # (shared by the query heads of a group).
+                km = kmeans(k, C, n_iter=n_iter, rng=rng)
+                labels = km.labels
+                sizes = np.bincount(labels, minlength=C).astype(np.float64)
+                vbar = np.zeros((C, problem.dv))
+                np.add.at(vbar, labels, v)
+                vbar /= np.maximum(sizes, 1.0)[:, None]
+                members = [np.flatnonzero(labels == c) for c in range(C)]
+                clusters[j] = (labels, sizes, km.centers.astype(np.float64), vbar, members)
+            labels, sizes, mu, vbar, members = clusters[j]
+            with np.errstate(divide="ignore"):
+                logN = np.log(sizes)
+            est = (q @ mu.T) * problem.scale + logN  # (n, C) log estimated cluster mass
+            order = np.argsort(-est, axis=1, kind="stable")
+            csum = np.cumsum(sizes[order], axis=1)
+            take = csum <= budget
+            take[:, 0] = True
+            near = np.zeros((n, C), dtype=bool)
+            np.put_along_axis(near, order, take, axis=1)
+            near &= sizes[None, :] > 0
+            acc, Lse = outs[g], lses[g]
+            qw, kw, vw = (x.astype(work) for x in problem.slice(g))
+            for c in range(C):
+                qi = np.flatnonzero(near[:, c])
+                if qi.size == 0:
+                    continue
+                kj = members[c]
+                # Exact attention of the cluster's queries on its keys: the exact kernel.
+                o, ls = softmax_attention(
+                    qw[qi], kw[kj], vw[kj], scale=problem.scale, return_lse=True
+                )
+                _merge_into(acc, Lse, qi, o, ls)
+                pairs += qi.size * kj.size
+            far = ~near & (sizes[None, :] > 0)
+            o, ls = _partial(q, mu, vbar, problem.scale, keep=far, logw=logN)
+            _merge_into(acc, Lse, np.arange(n), o, ls)
+            pairs += n * C
+    km_flops = 2.0 * len(clusters) * m * problem.d * C * (n_iter + 2)
     return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))
 
 
