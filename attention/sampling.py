@@ -921,6 +921,8 @@ def _prescoring(
 
     # The scores are query independent: one selection per key/value slice, shared by
     # the query slices that read it (grouped-query heads).
+    from attention.exact import _single_threaded_blas
+
     flops = 0.0
     picks = []
     for j in range(problem.k.shape[0]):
@@ -933,7 +935,8 @@ def _prescoring(
         else:
             from rnla.cluster import kmeans
 
-            res = kmeans(k, n_clusters, rng=rng)
+            with _single_threaded_blas():  # thin products: one thread is faster
+                res = kmeans(k, n_clusters, rng=rng)
             sc = np.sum((k - res.centers[res.labels]) ** 2, axis=1)
             flops += 2.0 * m * k.shape[1] * n_clusters * max(int(res.n_iter), 1)
         picks.append(_top(np.asarray(sc, dtype=np.float64), n_sel))
