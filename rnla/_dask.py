@@ -322,12 +322,14 @@ class Tall:
 # ---------------------------------------------------------------------------------------
 
 
-def long_orth(Y, G: np.ndarray | None = None) -> np.ndarray:
+def long_orth(Y, G: np.ndarray | None = None, keep: bool = False):
     """``T`` such that ``Y T`` has orthonormal columns, ``Y`` a persisted long dask array.
 
     Gram whitening (from ``G = Y^T Y`` if the caller has it), then one Cholesky-QR step
     on the Gram matrix of the whitened block, re-read from the persisted ``Y`` (no pass
-    over ``A``): orthonormal to working precision like Cholesky-QR2.
+    over ``A``): orthonormal to working precision like Cholesky-QR2. ``keep=True`` (``Y``
+    lazy, ``G`` given) persists ``Y`` in the same graph that computes that Gram matrix
+    and returns ``(Y persisted, T)``.
     """
     import dask
 
@@ -336,15 +338,23 @@ def long_orth(Y, G: np.ndarray | None = None) -> np.ndarray:
         G = np.asarray(G, dtype=np.float64)
     T = gram_whitener(G)
     if T.shape[1] == 0:
+        if keep:
+            (Y,) = dask.persist(Y)
+            return Y, T
         return T
     Z = Y @ T.astype(Y.dtype, copy=False)
-    (G2,) = dask.compute(Z.T @ Z)
+    if keep:
+        Y, G2 = dask.persist(Y, Z.T @ Z)
+        (G2,) = dask.compute(G2)
+    else:
+        (G2,) = dask.compute(Z.T @ Z)
     G2 = (np.asarray(G2, dtype=np.float64) + np.asarray(G2, dtype=np.float64).T) / 2
     try:
         R = np.linalg.cholesky(G2).T
     except np.linalg.LinAlgError:
-        return T
-    return T @ np.linalg.inv(R)
+        return (Y, T) if keep else T
+    T = T @ np.linalg.inv(R)
+    return (Y, T) if keep else T
 
 
 def long_times(Y, M: np.ndarray):
@@ -366,8 +376,8 @@ def sign_fix_long(U, Vt: np.ndarray):
         return U, Vt
     # U is a small product of a kept sketch: keep it too, so that neither the column
     # extremes below nor the caller's U.compute() recompute the product.
-    (U,) = dask.persist(U)
-    hi, lo = dask.compute(U.max(axis=0), U.min(axis=0))
+    U, hi, lo = dask.persist(U, U.max(axis=0), U.min(axis=0))
+    hi, lo = dask.compute(hi, lo)
     signs = np.where(np.asarray(hi) >= -np.asarray(lo), 1.0, -1.0)
     return U * signs.astype(U.dtype), Vt * signs[:, None].astype(Vt.dtype)
 
@@ -429,7 +439,6 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     matrix without another pass. Returns ``(U, s, Vt)`` for ``A`` with ``U`` long (lazy
     on the kept blocks).
     """
-    import dask
     import dask.array as da
     import scipy.linalg as sla
 
@@ -467,12 +476,10 @@ def krylov_svd(T: Tall, rank: int, block: int, n_iter: int, Q0, normalizer: str,
     Wk = Wg[:, order] * scale
     # X = B^T W_k = A Q W_k, from the kept blocks A Q_cols.
     X = da.concatenate([Yc for _, Yc, _ in gens], axis=1)
-    # X (m x k) is kept: the kept blocks (m x (q + 1) l) are read once, not once for the
-    # Cholesky-QR below and once more for U.
-    (X,) = dask.persist(long_times(X, Wk))
-    # X^T X = W_k^T G W_k (= I up to rounding): no read of X for the first whitening;
-    # the Cholesky-QR step inside long_orth reads it once.
-    Tx = long_orth(X, Wk.T @ G @ Wk)  # X Tx orthonormal, X = (X Tx) Tx^{-1}
+    # X^T X = W_k^T G W_k (= I up to rounding): no read of X for the first whitening.
+    # X (m x k) is kept in the graph of the Cholesky-QR step, so the kept blocks
+    # (m x (q + 1) l) are read once, not once for that step and once more for U.
+    X, Tx = long_orth(long_times(X, Wk), Wk.T @ G @ Wk, keep=True)  # X Tx orthonormal
     if Tx.shape[1] < Wk.shape[1]:
         Tx = np.hstack([Tx, np.zeros((Tx.shape[0], Wk.shape[1] - Tx.shape[1]))])
     R = np.linalg.pinv(Tx) / scale  # W_k^T B = D R^T Vq^T with D = diag(1 / scale)
