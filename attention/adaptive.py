@@ -78,10 +78,16 @@ import math
 import numbers
 import warnings
 
+import numba
 import numpy as np
 
 from attention._core import Cost, ErrorBound, Problem
-from attention._kernels.adaptive import _task_kernel, _value_summaries
+from attention._kernels.adaptive import (
+    _decode_kernel,
+    _prefill_kernel,
+    _row_norms2,
+    _value_summaries,
+)
 from attention._registry import MethodResult, register
 from attention.exact import _single_threaded_blas
 from rnla._validation import AccuracyWarning
@@ -89,8 +95,11 @@ from rnla._validation import AccuracyWarning
 __all__: list[str] = []
 
 _BK = 64  # keys per block
-_BQ = 64  # query rows per prefill task
-_DECODE_ROWS = 16  # n <= this: decode path (query heads of a kv group in one task)
+_BQ = 128  # query rows per prefill task
+_DECODE_ROWS = 16  # n <= this (and equal grouped-query groups): decode path
+_DECODE_CHUNK_MIN = 1024  # decode: keys per parallel chunk (a multiple of _BK) ...
+_DECODE_MAX_CHUNKS = 32  # ... and at most this many chunks per key/value slice
+_SPECTRAL_ROWS = 1024  # n >= this: spectral norms of the centred value blocks
 
 
 def _check_tol(tol) -> float:
@@ -113,102 +122,149 @@ def _check_delta(delta) -> float:
     return delta
 
 
-def _tasks(problem: Problem) -> tuple[np.ndarray, ...]:
-    """Group query rows into tasks that read one key/value slice.
+def _decode_members(problem: Problem):
+    """Query slices of each key/value slice ``(Gk, gs)``, or None (prefill layout).
 
-    Prefill: 64 consecutive rows of one query slice. Decode (``n <= 16``): the rows of
-    all query slices that share a key/value slice, up to 64 rows per task.
+    Decode is taken for ``n <= 16`` when every key/value slice has the same number of
+    query slices (their rows are stacked into one block).
     """
-    G, n = problem.n_slices, problem.n
-    kv = np.asarray(problem.kv_index, dtype=np.int64)
-    if n <= _DECODE_ROWS:
-        groups: dict[int, list[int]] = {}
-        for g in range(G):
-            groups.setdefault(int(kv[g]), []).append(g)
-        per = max(1, _BQ // n)
-        task_kv, members = [], []
-        for gk, gs in groups.items():
-            for s in range(0, len(gs), per):
-                task_kv.append(gk)
-                members.append(gs[s : s + per])
-        T, bmax = len(task_kv), max(len(mm) for mm in members) * n
-        tg = np.zeros((T, bmax), dtype=np.int64)
-        tr = np.zeros((T, bmax), dtype=np.int64)
-        tl = np.zeros(T, dtype=np.int64)
-        for t, gs in enumerate(members):
-            gg = np.repeat(np.asarray(gs, dtype=np.int64), n)
-            rr = np.tile(np.arange(n, dtype=np.int64), len(gs))
-            tg[t, : gg.size], tr[t, : gg.size], tl[t] = gg, rr, gg.size
-        return np.asarray(task_kv, dtype=np.int64), tg, tr, tl
-    nqb = -(-n // _BQ)
-    T = G * nqb
-    tg = np.repeat(np.arange(G, dtype=np.int64), nqb)[:, None] * np.ones(_BQ, dtype=np.int64)
-    starts = np.tile(np.arange(nqb, dtype=np.int64) * _BQ, G)
-    tr = np.minimum(starts[:, None] + np.arange(_BQ, dtype=np.int64), n - 1)
-    tl = np.minimum(_BQ, n - starts).astype(np.int64)
-    return kv[tg[:, 0]], np.ascontiguousarray(tg), np.ascontiguousarray(tr), tl
+    if problem.n > _DECODE_ROWS:
+        return None
+    Gk = problem.k.shape[0]
+    counts = np.bincount(problem.kv_index, minlength=Gk)
+    gs = int(counts[0])
+    if gs == 0 or np.any(counts != gs):
+        return None
+    return np.argsort(problem.kv_index, kind="stable").astype(np.int64).reshape(Gk, gs)
 
 
-def _summaries(problem: Problem):
-    """Value-block centroids, per-key deviations and spectral norms of centred blocks."""
+def _summaries(problem: Problem, spectral: bool | None = None):
+    """Value-block centroids, per-key deviations and norms of the centred blocks.
+
+    Returns ``(vc, vdev, vsig, vsig_all)``: ``vsig[g, b] >= ||U_b||_2`` for the centred
+    block ``U_b`` and ``vsig_all[g] >= ||U||_2`` for all centred blocks stacked. With
+    ``spectral`` (default: ``n >= 1024``, where the ``O(m dv^2)`` cost is small against
+    the attention) they are within 1.14x of the spectral norms; otherwise they are the
+    Frobenius norms (``O(m dv)``, read from the per-key deviations).
+    """
     Gk, m, dv = problem.v.shape
     nkb = -(-m // _BK)
+    if spectral is None:
+        spectral = problem.n >= _SPECTRAL_ROWS
     vc = np.empty((Gk, nkb, dv))
     vdev = np.empty((Gk, m))
-    _value_summaries(problem.v, _BK, vc, vdev)
-    # sigma_b = ||V_b - 1 vc_b^T||_2 <= (tr G^16)^(1/32) with G = U^T U the block's
-    # Gram matrix (an upper bound; at most 64^(1/32) = 1.14 times sigma_b): three
-    # squarings of G / tr(G), batched, instead of an eigensolver.
-    pad = (-m) % _BK
-    vv = np.concatenate([problem.v.astype(np.float64), np.zeros((Gk, pad, dv))], axis=1)
-    U = vv.reshape(Gk, nkb, _BK, dv) - vc[:, :, None, :]
-    if pad:
-        U[:, -1, _BK - pad :, :] = 0.0
-    gram = np.matmul(U.transpose(0, 1, 3, 2), U)
-    tr = np.trace(gram, axis1=-2, axis2=-1)
-    safe = np.where(tr > 0, tr, 1.0)
-    P = gram / safe[..., None, None]
-    for _ in range(3):
-        P = np.matmul(P, P)
-    # ||P^8||_F = (sum lambda^16)^(1/2) for the normalised G (eigenvalues <= 1)
-    lam = safe * np.sqrt(np.sum(P * P, axis=(-2, -1))) ** (1.0 / 8.0)
-    vsig = np.where(tr > 0, np.sqrt(lam) * (1.0 + 1e-6), 0.0)
+    vsig = np.empty((Gk, nkb))
+    gram = np.empty((Gk, nkb, dv, dv) if spectral else (1, 1, 1, 1))
+    with _single_threaded_blas():
+        _value_summaries(problem.v, _BK, bool(spectral), vc, vdev, vsig, gram)
+    if not spectral:
+        vsig_all = np.sqrt(np.einsum("gm,gm->g", vdev, vdev)) * (1.0 + 1e-9)
+        return vc, vdev, vsig, vsig_all
     # ||U_R||_2 for any set R of blocks: its Gram matrix sum_{b in R} G_b is dominated by
     # the sum over all blocks, so one eigenvalue per key/value head bounds them all.
     total = gram.sum(axis=1)
     top = np.linalg.eigvalsh(total)[..., -1]
     big = np.trace(total, axis1=-2, axis2=-1)
     vsig_all = np.sqrt(np.maximum(top, 0.0) + 1e-12 * big) * (1.0 + 1e-6)
-    return vc, vdev, np.ascontiguousarray(vsig), np.ascontiguousarray(vsig_all)
+    return vc, vdev, vsig, vsig_all
 
 
-def _run(problem, tasks, tau, summaries, out, lse):
-    task_kv, tg, tr, tl = tasks
-    stats = np.zeros((task_kv.shape[0], 6))
-    with _single_threaded_blas():
-        _task_kernel(
-            problem.q,
-            problem.k,
-            problem.v,
-            task_kv,
-            tg,
-            tr,
-            tl,
-            *summaries,
-            float(problem.scale),
-            bool(problem.causal),
-            int(problem.offset),
-            _BK,
-            1,
-            float(tau),
-            out,
-            lse,
-            stats,
-        )
-    return stats
+def _upad(dtype) -> float:
+    """Relative allowance for the block sums of 64 weights formed in ``dtype``."""
+    return 4.0 * _BK * float(np.finfo(dtype).eps)
 
 
-def _rounding_pad(problem: Problem, out: np.ndarray) -> float:
+def _run(problem, tau, summaries, out, lse, members=None):
+    """Run the prefill or decode kernel; returns ``(stats, task_slices)``.
+
+    ``stats[t] = (kept keys, visible keys, squared bound, rows, dropped blocks,
+    squared quadrature sum)``; ``task_slices[t]`` lists the query slices of task ``t``.
+    """
+    vc, vdev, vsig, vsig_all = summaries
+    G, n, m = problem.n_slices, problem.n, problem.m
+    causal, offset = bool(problem.causal), int(problem.offset)
+    upad = _upad(problem.dtype)
+    threads = numba.get_num_threads()
+    with _single_threaded_blas(), numba.parallel_chunksize(1):
+        if members is None:
+            nqb = -(-n // _BQ)
+            order = np.arange(G * nqb, dtype=np.int64)
+            if causal and nqb > 1:
+                order = (order.reshape(G, nqb)[:, ::-1]).T.reshape(-1).copy()
+            nthreads = numba.config.NUMBA_NUM_THREADS
+            work = np.empty((nthreads, _BQ * m), dtype=problem.dtype)
+            stats = np.zeros((G * nqb, 6))
+            _prefill_kernel(
+                problem.q,
+                problem.k,
+                problem.v,
+                np.ascontiguousarray(problem.kv_index, dtype=np.int64),
+                order,
+                vc,
+                vdev,
+                vsig,
+                vsig_all,
+                float(problem.scale),
+                causal,
+                offset,
+                _BQ,
+                _BK,
+                1,
+                float(tau),
+                upad,
+                work,
+                out,
+                lse,
+                stats,
+            )
+            slices = np.repeat(np.arange(G), nqb).reshape(-1, 1)
+            return stats, slices
+        Gk, gs = members.shape
+        R = gs * n
+        vis = min(m, n - 1 + offset + 1) if causal else m
+        vis = max(vis, 0)
+        chunk = -(-vis // _DECODE_MAX_CHUNKS) if vis else _DECODE_CHUNK_MIN
+        chunk = max(_DECODE_CHUNK_MIN, -(-chunk // _BK) * _BK)
+        C = max(1, -(-vis // chunk))
+        nkb = -(-vis // _BK)
+        stats = np.zeros((Gk, 6))
+        try:
+            if Gk * C < 2:
+                numba.set_num_threads(1)
+            _decode_kernel(
+                problem.q,
+                problem.k,
+                problem.v,
+                members,
+                n,
+                vc,
+                vdev,
+                vsig,
+                vsig_all,
+                float(problem.scale),
+                causal,
+                offset,
+                chunk,
+                _BK,
+                1,
+                float(tau),
+                upad,
+                np.empty((Gk, vis, R), dtype=problem.dtype),
+                np.empty((Gk, C, R)),
+                np.empty((Gk, nkb, R)),
+                np.empty((Gk, nkb, R)),
+                np.empty((Gk, nkb, R)),
+                np.empty((Gk, C, R, problem.dv)),
+                out,
+                lse,
+                stats,
+            )
+        finally:
+            numba.set_num_threads(threads)
+        return stats, members
+
+
+def _rounding_pad(problem: Problem, out: np.ndarray) -> tuple[float, float]:
     """Frobenius allowance for floating-point rounding (scores and output).
 
     Per row ``4 u (2||y~_i|| + R) + (exp(2 eps_i) - 1) (R + ||y~_i||)`` with
@@ -216,20 +272,21 @@ def _rounding_pad(problem: Problem, out: np.ndarray) -> float:
     ``eps_i = (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` the score rounding under the
     probabilistic rounding model of Higham and Mary (2019) (the worst case has ``d``
     instead of ``sqrt(d)``); a score perturbation of at most ``eps`` changes a row of
-    weights by at most ``exp(2 eps) - 1`` in l1.
+    weights by at most ``exp(2 eps) - 1`` in l1. Returns ``(allowance, ||out||_F)``.
     """
     u = float(np.finfo(problem.dtype).eps)
-    vmax = np.sqrt(np.max(np.einsum("gmd,gmd->gm", problem.v, problem.v, dtype=np.float64), 1))
-    kmax = np.sqrt(np.max(np.einsum("gmd,gmd->gm", problem.k, problem.k, dtype=np.float64), 1))
-    qn = np.sqrt(np.einsum("gnd,gnd->gn", problem.q, problem.q, dtype=np.float64))
-    yn = np.sqrt(np.einsum("gnd,gnd->gn", out, out, dtype=np.float64))
+    vmax = np.sqrt(_row_norms2(problem.v).max(axis=1))
+    kmax = np.sqrt(_row_norms2(problem.k).max(axis=1))
+    qn = np.sqrt(_row_norms2(problem.q))
+    yn2 = _row_norms2(out)
+    yn = np.sqrt(yn2)
     kv = problem.kv_index
     vm = vmax[kv][:, None]
     # score rounding |fl(s) - s| <= eps_i (probabilistic model, sqrt(d) u ||q|| ||k||)
     # perturbs the weights by at most exp(2 eps_i) - 1 in l1 (row lemma).
     eps_s = (math.sqrt(problem.d) + 2.0) * u * problem.scale * qn * kmax[kv][:, None]
     pad = 4.0 * u * (2.0 * yn + vm) + np.expm1(2.0 * eps_s) * (vm + yn)
-    return float(np.sqrt(np.sum(pad * pad)))
+    return float(np.sqrt(np.sum(pad * pad))), float(np.sqrt(yn2.sum()))
 
 
 @register(
@@ -250,26 +307,24 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     delta = _check_delta(delta)
     del rng  # the current estimator draws no random numbers
     G, n, d, dv = problem.n_slices, problem.n, problem.d, problem.dv
-    out = np.zeros((G, n, dv), dtype=problem.dtype)
+    out = np.empty((G, n, dv), dtype=problem.dtype)
     lse = np.full((G, n), -np.inf)
-    tasks = _tasks(problem)
-    T = tasks[0].shape[0]
+    members = _decode_members(problem)
     summaries = _summaries(problem)
     # Per-task target; 5% of tol is left for the rounding allowance.
     tau = 0.95 * tol / (1.0 + tol)
-    stats = _run(problem, tasks, tau, summaries, out, lse)
-    pad = _rounding_pad(problem, out)
+    stats, task_slices = _run(problem, tau, summaries, out, lse, members)
+    pad, y_norm = _rounding_pad(problem, out)
     dropped2 = float(stats[:, 2].sum())
-    y_norm = float(np.linalg.norm(out.astype(np.float64).ravel()))
     value = math.sqrt(dropped2 + pad * pad)
     limit = tol / (1.0 + tol) * y_norm
     if value > limit and dropped2 > 0:
         # Rare (the rounding allowance tipped the total): recompute every task exactly.
-        stats = _run(problem, tasks, 0.0, summaries, out, lse)
-        pad = _rounding_pad(problem, out)
+        stats, task_slices = _run(problem, 0.0, summaries, out, lse, members)
+        pad, y_norm = _rounding_pad(problem, out)
         dropped2 = 0.0
         value = pad
-    if value > tol / (1.0 + tol) * float(np.linalg.norm(out.astype(np.float64).ravel())):
+    if value > tol / (1.0 + tol) * y_norm:
         warnings.warn(
             f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
             f"to certify here (bound {value:.3g}); the bound still holds but exceeds "
@@ -283,16 +338,13 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     # Scores and exponentials over every visible key; products with V over kept keys.
     evals = int((rows * visible).sum())
     flops = float((rows * (visible * 2 * d + kept * 2 * dv)).sum())
-    key_fraction = np.zeros(G)
-    if T:
-        task_g = tasks[1]
-        tot_kept = np.zeros(G)
-        tot_vis = np.zeros(G)
-        for t in range(T):
-            gs = task_g[t, : int(rows[t])]
-            np.add.at(tot_kept, gs, kept[t])
-            np.add.at(tot_vis, gs, visible[t])
-        key_fraction = np.divide(tot_kept, tot_vis, out=np.ones(G), where=tot_vis > 0)
+    tot_kept = np.zeros(G)
+    tot_vis = np.zeros(G)
+    per_slice = rows / task_slices.shape[1]
+    for a in range(task_slices.shape[1]):
+        np.add.at(tot_kept, task_slices[:, a], kept * per_slice)
+        np.add.at(tot_vis, task_slices[:, a], visible * per_slice)
+    key_fraction = np.divide(tot_kept, tot_vis, out=np.ones(G), where=tot_vis > 0)
     assumptions = (
         "Deterministic: exact scores and normaliser; each dropped key block b of row i "
         "contributes at most min(sigma_b ||w_ib||_2, sum_j w_ij ||v_j - vc_b||) / D_i to "

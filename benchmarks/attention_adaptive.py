@@ -73,7 +73,8 @@ def _quadrature(Q, K, V, scale, tol):
     out = np.zeros((problem.n_slices, problem.n, problem.dv), dtype=problem.dtype)
     lse = np.empty((problem.n_slices, problem.n))
     tau = 0.95 * tol / (1 + tol)
-    stats = ad._run(problem, ad._tasks(problem), tau, ad._summaries(problem), out, lse)
+    members = ad._decode_members(problem)
+    stats, _ = ad._run(problem, tau, ad._summaries(problem), out, lse, members)
     return math.sqrt(stats[:, 5].sum())
 
 

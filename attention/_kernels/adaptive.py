@@ -1,68 +1,400 @@
-"""Numba kernel of tolerance-driven certified attention (method ``"adaptive"``).
+"""Numba kernels of tolerance-driven certified attention (method ``"adaptive"``).
 
-One *task* is a set of at most ``bmax`` query rows that read the same key/value slice
-(64 consecutive rows of one query head in prefill; the rows of all query heads of a
-grouped-query group in decode). For each task the kernel
+Both kernels keep the scores of a set of query rows *key-major*: ``ST[j, i] = s_ij``
+for key ``j`` and stacked query row ``i``. A run of consecutive keys is then a
+C-contiguous slice ``ST[j0:j1]`` whose transpose is a BLAS operand, so the product with
+``V`` over any run of kept key blocks is one GEMM without copying, and every per-key
+pass (maximum, exponential, block statistics) is a vectorised loop over the query rows.
 
-1. forms every visible score ``s_ij`` (one GEMM per 512 keys), the exact row maximum
-   ``M_i`` and the exact normaliser ``D_i = sum_j exp(s_ij - M_i)``; per key block
-   ``b`` (64 keys) and row it keeps the block mass ``B_ib``, the block ``l2`` norm of the
-   weights and ``sum_j w_ij ||v_j - vc_b||`` (``vc_b`` the block's value centroid);
-2. bounds what replacing block ``b``'s values by ``vc_b`` costs row ``i``:
-   ``c_ib = min(sigma_b ||w_i,b||_2, sum_j w_ij ||v_j - vc_b||) / D_i`` with ``sigma_b``
-   the spectral norm of the block's centred values (both are exact inequalities);
-3. drops the blocks of smallest total cost while the Frobenius norm of the row bounds
-   ``e_i = sum_{b dropped} c_ib`` stays within the task's target, never dropping the
-   sink block or the local blocks (partially visible or adjacent to the diagonal);
-4. computes ``acc_i = sum_{j kept} w_ij v_j + sum_{b dropped} B_ib vc_b`` (the product
-   with ``V`` only over kept keys) and ``y_i = acc_i / D_i``; if the final bound misses
-   the target relative to the computed output, the dropped blocks are computed exactly.
+**Prefill** (:data:`_prefill_kernel`), one task per (query slice, block of ``bq``
+rows):
 
-Memory per task: the ``bmax x m`` weights (the scores are kept to avoid a second GEMM).
+1. ``ST = K_vis (scale Q_b)^T`` in GEMMs of 512 keys, each followed (while the chunk
+   is in cache) by the causal masking and the running row maxima ``M_i``;
+2. one pass that overwrites ``ST`` by ``w_ij = exp(s_ij - M_i)`` and accumulates, per
+   key block ``b`` of ``bk`` keys and row, ``B_ib = sum w``, ``sum w^2`` and
+   ``sum_j w_ij ||v_j - vc_b||`` (``vc_b`` the block's value centroid), hence the exact
+   normaliser ``D_i`` and the block cost
+   ``c_ib = min(sigma_b ||w_ib - mean||_2, sum_j w_ij ||v_j - vc_b||)``;
+3. :func:`_select`: drops the blocks of smallest total ``sum_i c_ib / D_i`` while the
+   Frobenius norm of the row bounds stays within the target;
+4. ``acc = sum_{kept runs} ST[run]^T V[run] + sum_{b dropped} B_b vc_b^T`` and
+   ``y = acc / D``; if the bound misses the target relative to the computed output, the
+   task recomputes ``acc`` with every block exact.
+
+**Decode** (:data:`_decode_kernel`, flash-decoding layout): the query rows of all heads
+that share a key/value slice are stacked (``R`` rows) and the keys are cut into chunks
+processed in parallel: (1) scores, chunk maxima, weights relative to the chunk maximum
+and block statistics; (2) per key/value slice, the global maxima, normalisers and the
+selection over all blocks; (3) per chunk, the products with ``V`` over kept runs only;
+(4) per key/value slice, the merge, the centroid terms and the check. ``K`` is read once
+per group; ``V`` only over kept blocks.
+
+Determinism: every quantity is computed by one task with a fixed operation order and a
+chunking that depends on the problem size only.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
+from numba.extending import overload
 
-from attention._kernels.exact import _exp_sum, _row_max
+from attention._kernels.exact import (
+    _C_F,
+    _EXP_MIN,
+    _EXP_MIN_F,
+    _LN2_HI,
+    _LN2_HI_F,
+    _LN2_LO,
+    _LN2_LO_F,
+    _LOG2E,
+    _LOG2E_F,
+    _MAGIC,
+    _MAGIC_F,
+    _ZERO_F,
+    _max_nonan,
+    _pow2_bits,
+    _wide_vectors,
+)
 
-_CH = 512  # keys per score GEMM
+_CH = 512  # keys per score GEMM (prefill)
 _NEG = -np.inf
+_SMALL_ROWS = 8  # decode: stacked rows up to which the products are plain loops
 
 
-@njit(cache=True, nogil=True)
-def _value_summaries(v, bk, vc, vdev):
-    """Per key block the value centroid ``vc (Gk, nkb, dv)``; per key ``||v_j - vc_b||``.
+@njit(cache=True, nogil=True, parallel=True)
+def _value_summaries(v, bk, spectral, vc, vdev, vsig, gram):
+    """Per key block: value centroid, per-key deviations and a norm of the centred block.
 
-    ``vdev (Gk, m)`` float64, padded by a relative ``1e-9`` against rounding.
+    Writes ``vc (Gk, nkb, dv)``; ``vdev (Gk, m)`` = ``||v_j - vc_b||`` (padded by a
+    relative ``1e-9``); ``vsig (Gk, nkb)`` >= ``||U_b||_2`` of the centred block
+    ``U_b``: its Frobenius norm, or with ``spectral`` the smaller of that and
+    ``(tr G^4)^(1/8) = ||G^2||_F^(1/4)``, ``G = U_b^T U_b`` (at most ``64^(1/8) = 1.68``
+    times ``||U_b||_2``); with ``spectral`` the Gram matrices go to ``gram (Gk, nkb, dv,
+    dv)`` (float64).
     """
     Gk, m, dv = v.shape
     nkb = (m + bk - 1) // bk
-    for g in range(Gk):
-        for b in range(nkb):
-            j0 = b * bk
-            j1 = min(m, j0 + bk)
+    for t in prange(Gk * nkb):
+        g = t // nkb
+        b = t - g * nkb
+        j0 = b * bk
+        j1 = min(m, j0 + bk)
+        w = j1 - j0
+        U = np.empty((w, dv))
+        cen = np.zeros(dv)
+        for j in range(j0, j1):
             for c in range(dv):
-                s = 0.0
-                for j in range(j0, j1):
-                    s += np.float64(v[g, j, c])
-                vc[g, b, c] = s / (j1 - j0)
+                x = np.float64(v[g, j, c])
+                U[j - j0, c] = x
+                cen[c] += x
+        for c in range(dv):
+            cen[c] /= w
+            vc[g, b, c] = cen[c]
+        fro2 = 0.0
+        for jj in range(w):
+            a = 0.0
+            for c in range(dv):
+                x = U[jj, c] - cen[c]
+                U[jj, c] = x
+                a += x * x
+            vdev[g, j0 + jj] = np.sqrt(a) * (1.0 + 1e-9)
+            fro2 += a
+        fro = np.sqrt(fro2) * (1.0 + 1e-9)
+        vsig[g, b] = fro
+        if spectral:
+            G = np.dot(U.T, U)
+            gram[g, b] = G
+            G2 = np.dot(G, G)
+            f2 = 0.0
+            for c in range(dv):
+                for e in range(dv):
+                    f2 += G2[c, e] * G2[c, e]
+            # relative allowance for the rounding of G and G^2
+            est = np.sqrt(np.sqrt(np.sqrt(f2))) * (1.0 + 1e-6) + 1e-7 * fro
+            vsig[g, b] = min(fro, est)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _row_norms2(x):
+    """Squared Euclidean norms of the rows of ``x (G, r, c)`` in float64, ``(G, r)``."""
+    G, r, c = x.shape
+    res = np.empty((G, r))
+    for t in prange(G * r):
+        g = t // r
+        i = t - g * r
+        a = 0.0
+        for e in range(c):
+            y = np.float64(x[g, i, e])
+            a += y * y
+        res[g, i] = a
+    return res
+
+
+# ------------------------------------------------------------ per-key row passes
+
+
+@njit(cache=True, nogil=True)
+def _mask_and_max(ST, j0, j1, lims, lim_lo, mx):
+    """Hide ``ST[j, i]`` for ``j > lims[i]`` and update the row maxima ``mx`` (dtype)."""
+    _wide_vectors()
+    nb = mx.shape[0]
+    for j in range(max(j0, lim_lo + 1), j1):
+        row = ST[j]
+        for i in range(nb):
+            if j > lims[i]:
+                row[i] = _NEG
+    j = j0
+    while j + 4 <= j1:
+        r0 = ST[j]
+        r1 = ST[j + 1]
+        r2 = ST[j + 2]
+        r3 = ST[j + 3]
+        for i in range(nb):
+            a = _max_nonan(r0[i], r1[i])
+            b = _max_nonan(r2[i], r3[i])
+            mx[i] = _max_nonan(mx[i], _max_nonan(a, b))
+        j += 4
+    while j < j1:
+        row = ST[j]
+        for i in range(nb):
+            mx[i] = _max_nonan(mx[i], row[i])
+        j += 1
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_stats_f32(ST, j0, j1, mx, vd, s1, s2, s3):
+    """``ST[j, i] <- exp(ST[j, i] - mx[i])`` for ``j0 <= j < j1``; block sums.
+
+    ``s1[i] = sum_j w_ij``, ``s2[i] = sum_j w_ij^2``, ``s3[i] = sum_j w_ij vd[j]`` (in
+    the input dtype; vectorised over the rows ``i``). ``mx`` must be finite (rows that
+    see no key use 0: their entries are ``-inf`` and become 0). The exponential is the
+    polynomial of :func:`attention._kernels.exact._exp_sum_f32`.
+    """
+    _wide_vectors()
+    c1, c2, c3, c4, c5, c6, c7 = _C_F
+    nb = mx.shape[0]
+    for i in range(nb):
+        s1[i] = _ZERO_F
+        s2[i] = _ZERO_F
+        s3[i] = _ZERO_F
+    for j in range(j0, j1):
+        row = ST[j]
+        dj = np.float32(vd[j])
+        for i in range(nb):
+            x = row[i] - mx[i]
+            xc = max(x, _EXP_MIN_F)
+            t = xc * _LOG2E_F + _MAGIC_F
+            fk = t - _MAGIC_F
+            r = (xc - fk * _LN2_HI_F) - fk * _LN2_LO_F
+            tail = c7 * r + c6
+            tail = tail * r + c5
+            tail = tail * r + c4
+            tail = tail * r + c3
+            tail = tail * r + c2
+            p = (c1 + (r + (r * r) * tail)) * _pow2_bits(t)
+            p = p if x >= _EXP_MIN_F else _ZERO_F
+            row[i] = p
+            s1[i] += p
+            s2[i] += p * p
+            s3[i] += p * dj
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_stats_f64(ST, j0, j1, mx, vd, s1, s2, s3):
+    """Float64 twin of :func:`_exp_stats_f32` (the degree-13 polynomial of the exact kernel)."""
+    _wide_vectors()
+    nb = mx.shape[0]
+    for i in range(nb):
+        s1[i] = 0.0
+        s2[i] = 0.0
+        s3[i] = 0.0
+    for j in range(j0, j1):
+        row = ST[j]
+        dj = vd[j]
+        for i in range(nb):
+            x = row[i] - mx[i]
+            xc = max(x, _EXP_MIN)
+            t = xc * _LOG2E + _MAGIC
+            fk = t - _MAGIC
+            r = (xc - fk * _LN2_HI) - fk * _LN2_LO
+            r2 = r * r
+            r4 = r2 * r2
+            a1 = 0.5 + r * (1.0 / 6.0)
+            a2 = 1.0 / 24.0 + r * (1.0 / 120.0)
+            a3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
+            a4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
+            a5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
+            a6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
+            tail = (a1 + r2 * a2) + r4 * ((a3 + r2 * a4) + r4 * (a5 + r2 * a6))
+            p = (1.0 + (r + r2 * tail)) * _pow2_bits(t)
+            p = p if x >= _EXP_MIN else 0.0
+            row[i] = p
+            s1[i] += p
+            s2[i] += p * p
+            s3[i] += p * dj
+
+
+def _exp_stats(ST, j0, j1, mx, vd, s1, s2, s3):  # pragma: no cover - Numba overload
+    raise NotImplementedError
+
+
+@overload(_exp_stats)
+def _exp_stats_overload(ST, j0, j1, mx, vd, s1, s2, s3):
+    if ST.dtype.bitwidth == 32:
+        return lambda ST, j0, j1, mx, vd, s1, s2, s3: _exp_stats_f32(
+            ST, j0, j1, mx, vd, s1, s2, s3
+        )
+    return lambda ST, j0, j1, mx, vd, s1, s2, s3: _exp_stats_f64(ST, j0, j1, mx, vd, s1, s2, s3)
+
+
+@njit(cache=True, nogil=True)
+def _weights_and_stats(ST, vis, bk, mxs, vd, vsg, upad, s1b, dev2b, costb, sv1, sv2, sv3):
+    """Exponentials and per-block statistics of the visible keys ``0 .. vis - 1``.
+
+    Writes ``s1b / dev2b / costb (nkb, R)`` (float64): block mass, ``||w_b - mean||^2``
+    (padded by ``upad * sum w^2`` against the rounding of the dtype sums) and the block
+    cost ``min(sigma_b ||w_b - mean||, sum_j w_j ||v_j - vc_b||)`` (times ``1 + upad``).
+    Returns nothing; the normaliser is ``s1b.sum(0)``.
+    """
+    R = mxs.shape[0]
+    nkb = (vis + bk - 1) // bk
+    for b in range(nkb):
+        j0 = b * bk
+        j1 = min(vis, j0 + bk)
+        wb = j1 - j0
+        _exp_stats(ST, j0, j1, mxs, vd, sv1, sv2, sv3)
+        sg = vsg[b]
+        for i in range(R):
+            a1 = np.float64(sv1[i])
+            a2 = np.float64(sv2[i])
+            d2 = max(a2 - a1 * a1 / wb, 0.0) + upad * a2
+            s1b[b, i] = a1
+            dev2b[b, i] = d2
+            costb[b, i] = min(sg * np.sqrt(d2), np.float64(sv3[i]) * (1.0 + upad))
+
+
+@njit(cache=True, nogil=True)
+def _select(s1b, dev2b, costb, D, ncand, vc_g, sg_all, tau, acc_fixed, drop, e):
+    """Choose the dropped blocks among ``1 .. ncand`` (greedy, cheapest first).
+
+    Row bound ``e_i = min(sum_b c_ib, sigma_all sqrt(sum_b dev2_ib)) / D_i`` over the
+    dropped blocks (triangle inequality, or one Cauchy-Schwarz over all of them). A
+    block is dropped while ``||e||_2 <= 0.9 tau ||y_plan||_F``, ``y_plan`` the output
+    with the blocks that are never dropped exact (``acc_fixed``, unnormalised) and every
+    candidate block replaced by its centroid: a proxy known before the other products
+    with ``V``. Writes ``drop`` and ``e``; returns ``(n dropped, squared quadrature sum)``.
+    """
+    R = s1b.shape[1]
+    dv = vc_g.shape[1]
+    for i in range(R):
+        e[i] = 0.0
+    if ncand <= 0:
+        return 0, 0.0
+    inv = np.zeros(R)
+    for i in range(R):
+        if D[i] > 0.0:
+            inv[i] = 1.0 / D[i]
+    # planning target: fixed blocks exact, candidates by their centroids
+    yc = np.dot(s1b[1 : ncand + 1].T, vc_g[1 : ncand + 1]) + acc_fixed
+    yn2 = 0.0
+    for i in range(R):
+        for c in range(dv):
+            yn2 += (yc[i, c] * inv[i]) ** 2
+    tot = np.zeros(ncand)
+    for p in range(ncand):
+        a = 0.0
+        for i in range(R):
+            a += costb[p + 1, i] * inv[i]
+        tot[p] = a
+    order = np.argsort(tot)
+    target2 = (0.9 * tau) ** 2 * yn2
+    ea = np.zeros(R)
+    eq = np.zeros(R)
+    ndrop = 0
+    quad = 0.0
+    for r in range(ncand):
+        b = order[r] + 1
+        s2 = 0.0
+        for i in range(R):
+            x = min(ea[i] + costb[b, i], sg_all * np.sqrt(eq[i] + dev2b[b, i])) * inv[i]
+            s2 += x * x
+        if s2 > target2:
+            break
+        for i in range(R):
+            x = costb[b, i] * inv[i]
+            ea[i] += costb[b, i]
+            eq[i] += dev2b[b, i]
+            e[i] = min(ea[i], sg_all * np.sqrt(eq[i])) * inv[i]
+            quad += x * x
+        drop[b] = True
+        ndrop += 1
+    return ndrop, quad
+
+
+@njit(cache=True, nogil=True)
+def _kept_products(ST, v_g, j_lo, j_hi, bk, drop, acc, pv, fac):
+    """``acc[i] += fac[i] * sum over kept keys in [j_lo, j_hi) of ST[j, i] v_j``.
+
+    Runs of consecutive kept blocks are one GEMM each (``ST[run]^T V[run]``); returns the
+    number of kept keys.
+    """
+    R = acc.shape[0]
+    dv = acc.shape[1]
+    kept = 0
+    b = j_lo // bk
+    bend = (j_hi + bk - 1) // bk
+    while b < bend:
+        if drop[b]:
+            b += 1
+            continue
+        b1 = b
+        while b1 < bend and not drop[b1]:
+            b1 += 1
+        j0 = b * bk
+        j1 = min(j_hi, b1 * bk)
+        kept += j1 - j0
+        if R <= _SMALL_ROWS:
+            pv[:] = 0
             for j in range(j0, j1):
-                a = 0.0
-                for c in range(dv):
-                    x = np.float64(v[g, j, c]) - vc[g, b, c]
-                    a += x * x
-                vdev[g, j] = np.sqrt(a) * (1.0 + 1e-9)
+                vj = v_g[j]
+                sj = ST[j]
+                for i in range(R):
+                    p = sj[i]
+                    if p != 0:
+                        a = pv[i]
+                        for c in range(dv):
+                            a[c] += p * vj[c]
+        else:
+            np.dot(ST[j0:j1].T, v_g[j0:j1], pv)
+        for i in range(R):
+            f = fac[i]
+            for c in range(dv):
+                acc[i, c] += f * pv[i, c]
+        b = b1
+    return kept
 
 
-def _task_loop(
+@njit(cache=True, nogil=True)
+def _centroid_terms(s1b, vc_g, drop, acc, sign):
+    """``acc += sign * sum_{b dropped} B_b vc_b^T`` (one small GEMM)."""
+    nkb, R = s1b.shape
+    bd = np.zeros((nkb, R))
+    for b in range(nkb):
+        if drop[b]:
+            for i in range(R):
+                bd[b, i] = sign * s1b[b, i]
+    acc += np.dot(bd.T, vc_g[:nkb])
+
+
+# ------------------------------------------------------------------------ prefill
+
+
+def _prefill_loop(
     q,
     k,
     v,
-    task_kv,
-    task_g,
-    task_row,
-    task_len,
+    kv_index,
+    order,
     vc,
     vdev,
     vsig,
@@ -70,184 +402,165 @@ def _task_loop(
     scale,
     causal,
     offset,
+    bq,
     bk,
     n_local,
     tau,
+    upad,
+    work,
     out,
     lse,
     stats,
 ):
-    """Run every task (see the module docstring); writes ``out``, ``lse`` and ``stats``.
+    """Run every prefill task (see the module docstring).
 
-    ``stats[t] = (kept keys, visible keys, squared bound, rows, dropped blocks,
-    squared quadrature sum sum_i sum_b c_ib^2)`` (the last one is *not* a bound: a
-    diagnostic for the benchmarks' negative control).
-    ``tau``: a task accepts dropped blocks only if ``||e||_2 <= tau ||y~_task||_F``.
+    ``order``: task ids ``t = g * nqb + block`` in the order they are handed out;
+    ``work (threads, bq * m)``: per-thread score buffers. ``stats[t] = (kept keys,
+    visible keys, squared bound, rows, dropped blocks, squared quadrature sum)`` (the
+    last one is *not* a bound: the benchmarks' negative control).
     """
-    T = task_kv.shape[0]
+    n = q.shape[1]
     m = k.shape[1]
     d = q.shape[2]
     dv = v.shape[2]
-    bmax = task_g.shape[1]
-    for t in prange(T):
-        nb = task_len[t]
-        gk = task_kv[t]
-        qb = np.empty((bmax, d), dtype=q.dtype)
-        lims = np.empty(bmax, dtype=np.int64)
-        lim_lo = m
-        lim_hi = -1
+    nqb = (n + bq - 1) // bq
+    for tt in prange(order.shape[0]):
+        t = order[tt]
+        g = t // nqb
+        i0 = (t - g * nqb) * bq
+        nb = min(bq, n - i0)
+        gk = kv_index[g]
+        qbT = np.empty((d, nb), dtype=q.dtype)
+        lims = np.empty(nb, dtype=np.int64)
         for i in range(nb):
-            g = task_g[t, i]
-            row = task_row[t, i]
             for c in range(d):
-                qb[i, c] = q[g, row, c] * scale
-            lims[i] = min(row + offset, m - 1) if causal else m - 1
-            lim_lo = min(lim_lo, lims[i])
-            lim_hi = max(lim_hi, lims[i])
-        vis = lim_hi + 1
+                qbT[c, i] = q[g, i0 + i, c] * scale
+            lims[i] = min(i0 + i + offset, m - 1) if causal else m - 1
+        lim_lo = lims[0] if causal else m - 1
+        vis = lims[nb - 1] + 1 if causal else m
         acc = np.zeros((nb, dv))
-        dsum = np.zeros(nb)
-        mrow = np.full(nb, _NEG)
+        D = np.zeros(nb)
+        mx = np.full(nb, _NEG)
         kept = 0
         ndrop = 0
         bound2 = 0.0
         quad = 0.0
         if vis > 0:
-            nch = (vis + _CH - 1) // _CH
+            ST = work[get_thread_id(), : vis * nb].reshape((vis, nb))
             nkb = (vis + bk - 1) // bk
-            S = np.empty((nch, nb, _CH), dtype=q.dtype)
-            # -- one pass: scores (kept for the products with V), running row maxima,
-            # normalisers and per-block statistics relative to the running maxima --
-            bm = np.zeros((nb, nkb))
-            cost = np.zeros((nb, nkb))
-            dev2 = np.zeros((nb, nkb))
-            mch = np.full((nch, nb), _NEG)
-            vsg = vsig[gk]
+            nch = (vis + _CH - 1) // _CH
+            s1b = np.empty((nkb, nb))
+            dev2b = np.empty((nkb, nb))
+            costb = np.empty((nkb, nb))
+            sv1 = np.empty(nb, dtype=q.dtype)
+            sv2 = np.empty(nb, dtype=q.dtype)
+            sv3 = np.empty(nb, dtype=q.dtype)
+            mch = np.empty((nch, nb))
+            mxd = np.empty(nb, dtype=q.dtype)
             vdg = vdev[gk]
+            vsg = vsig[gk]
+            for ch in range(nch):
+                # scores, maxima, weights and block statistics of one chunk while it is
+                # in cache; weights relative to the chunk maximum
+                j0 = ch * _CH
+                j1 = min(vis, j0 + _CH)
+                np.dot(k[gk, j0:j1], qbT, ST[j0:j1])
+                mxd[:] = _NEG
+                _mask_and_max(ST, j0, j1, lims, lim_lo, mxd)
+                for i in range(nb):
+                    mch[ch, i] = mxd[i]
+                    if mxd[i] == _NEG:
+                        mxd[i] = 0  # nothing visible in the chunk: exp(-inf - 0) = 0
+                b0 = j0 // bk
+                b1 = (j1 + bk - 1) // bk
+                _weights_and_stats(
+                    ST[j0:j1],
+                    j1 - j0,
+                    bk,
+                    mxd,
+                    vdg[j0:j1],
+                    vsg[b0:b1],
+                    upad,
+                    s1b[b0:b1],
+                    dev2b[b0:b1],
+                    costb[b0:b1],
+                    sv1,
+                    sv2,
+                    sv3,
+                )
+            fac = np.zeros((nch, nb))
+            for i in range(nb):
+                top = _NEG
+                for ch in range(nch):
+                    top = max(top, mch[ch, i])
+                mx[i] = top
+                for ch in range(nch):
+                    if mch[ch, i] > _NEG:
+                        fac[ch, i] = np.exp(mch[ch, i] - top)
+            for b in range(nkb):
+                ch = (b * bk) // _CH
+                for i in range(nb):
+                    f = fac[ch, i]
+                    s1b[b, i] *= f
+                    dev2b[b, i] *= f * f
+                    costb[b, i] *= f
+                    D[i] += s1b[b, i]
+            # the sink block, the last fully visible block and the blocks crossing the
+            # diagonal are never dropped
+            nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
+            ncand = max(nfull - n_local, 1) - 1
+            pv = np.empty((nb, dv), dtype=q.dtype)
+            skip = np.zeros(nkb, dtype=np.bool_)
+            skip[1 : ncand + 1] = True
             for ch in range(nch):
                 j0 = ch * _CH
-                w = min(_CH, vis - j0)
-                if w == _CH:
-                    np.dot(qb[:nb], k[gk, j0 : j0 + w].T, S[ch])
-                else:
-                    sc = np.empty((nb, w), dtype=q.dtype)
-                    np.dot(qb[:nb], k[gk, j0 : j0 + w].T, sc)
-                    for i in range(nb):
-                        S[ch, i, :w] = sc[i]
-                masked = j0 + w - 1 > lim_lo
-                for i in range(nb):
-                    srow = S[ch, i, :w]
-                    if masked:
-                        for jj in range(max(lims[i] + 1 - j0, 0), w):
-                            srow[jj] = _NEG
-                    mnew = max(mrow[i], np.float64(_row_max(srow)))
-                    if mnew == _NEG:
-                        srow[:] = 0
-                        continue
-                    if mnew > mrow[i] and mrow[i] > _NEG:
-                        # rescale what was accumulated relative to the old maximum
-                        f = np.exp(mrow[i] - mnew)
-                        dsum[i] *= f
-                        for b in range(j0 // bk):
-                            bm[i, b] *= f
-                            cost[i, b] *= f
-                            dev2[i, b] *= f * f
-                    mrow[i] = mnew
-                    mch[ch, i] = mnew
-                    dsum[i] += _exp_sum(srow, mnew)
-                    for b0 in range(0, w, bk):
-                        b = (j0 + b0) // bk
-                        wb = min(bk, w - b0)
-                        s1, s2, s3 = _block_stats(srow[b0 : b0 + wb], vdg[j0 + b0 : j0 + b0 + wb])
-                        bm[i, b] = s1
-                        # U_b^T 1 = 0: subtracting the block mean from the weights
-                        # changes nothing, so ||w_b - mean||_2 replaces ||w_b||_2.
-                        dv2 = max(s2 - s1 * s1 / wb, 0.0) + 1e-12 * s2
-                        dev2[i, b] = dv2
-                        cost[i, b] = min(vsg[b] * np.sqrt(dv2), s3)
-            # -- choose the dropped blocks --
-            # Sink block 0, the last fully visible block and every partly visible block
-            # are always exact.
-            nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
-            first_local = max(nfull - n_local, 1)
+                kept += _kept_products(
+                    ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                )
             drop = np.zeros(nkb, dtype=np.bool_)
-            ncand = max(first_local - 1, 0)
             e = np.zeros(nb)
-            ea = np.zeros(nb)  # triangle sum over dropped blocks
-            eq = np.zeros(nb)  # sum of ||w_b - mean||^2 over dropped blocks
-            sg_all = vsig_all[gk]
-            # Planning target: the all-centroid output (cheap) as a proxy of ||y||.
-            yn2 = 0.0
-            ycent = bm @ np.ascontiguousarray(vc[gk, :nkb])  # (nb, dv): one GEMM
-            for i in range(nb):
-                if dsum[i] > 0.0:
-                    inv = 1.0 / dsum[i]
-                    for c in range(dv):
-                        yn2 += (ycent[i, c] * inv) ** 2
-            if ncand > 0:
-                tot = np.zeros(ncand)
-                for p in range(ncand):
-                    b = p + 1
-                    a = 0.0
-                    for i in range(nb):
-                        if dsum[i] > 0.0:
-                            a += cost[i, b] / dsum[i]
-                    tot[p] = a
-                order = np.argsort(tot)
-                target2 = (0.9 * tau) ** 2 * yn2
-                for r in range(ncand):
-                    b = order[r] + 1
-                    s2 = 0.0
-                    for i in range(nb):
-                        if dsum[i] > 0.0:
-                            x = min(
-                                ea[i] + cost[i, b] / dsum[i],
-                                sg_all * np.sqrt(eq[i] + dev2[i, b]) / dsum[i],
-                            )
-                            s2 += x * x
-                    if s2 > target2:
-                        break
-                    for i in range(nb):
-                        if dsum[i] > 0.0:
-                            x = cost[i, b] / dsum[i]
-                            ea[i] += x
-                            eq[i] += dev2[i, b]
-                            e[i] = min(ea[i], sg_all * np.sqrt(eq[i]) / dsum[i])
-                            quad += x * x
-                    drop[b] = True
-                    ndrop += 1
-            # -- pass 3: products with V over kept keys, centroids for dropped blocks --
-            _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, True, mch, mrow)
-            for b in range(nkb):
-                if not drop[b]:
-                    kept += min(bk, vis - b * bk)
+            ndrop, quad = _select(
+                s1b, dev2b, costb, D, ncand, vc[gk], vsig_all[gk], tau, acc, drop, e
+            )
+            for bb in range(nkb):
+                skip[bb] = not (1 <= bb <= ncand) or drop[bb]
+            for ch in range(nch):
+                j0 = ch * _CH
+                kept += _kept_products(
+                    ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                )
             if ndrop > 0:
+                _centroid_terms(s1b, vc[gk], drop, acc, 1.0)
                 yn2 = 0.0
-                bound2 = 0.0
                 for i in range(nb):
                     bound2 += e[i] * e[i]
-                    if dsum[i] > 0.0:
+                    if D[i] > 0.0:
                         for c in range(dv):
-                            yn2 += (acc[i, c] / dsum[i]) ** 2
+                            yn2 += (acc[i, c] / D[i]) ** 2
                 if bound2 > tau * tau * yn2:
-                    # Missed the target: replace the centroids by the exact products.
-                    _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, False, mch, mrow)
-                    kept = vis
+                    # missed the target: swap the dropped blocks' centroid terms for
+                    # their exact products
+                    _centroid_terms(s1b, vc[gk], drop, acc, -1.0)
+                    for bb in range(nkb):
+                        skip[bb] = not drop[bb]
+                    for ch in range(nch):
+                        j0 = ch * _CH
+                        kept += _kept_products(
+                            ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                        )
                     ndrop = 0
                     bound2 = 0.0
                     quad = 0.0
         for i in range(nb):
-            g = task_g[t, i]
-            row = task_row[t, i]
-            if dsum[i] > 0.0:
-                inv = 1.0 / dsum[i]
+            if D[i] > 0.0:
+                inv = 1.0 / D[i]
                 for c in range(dv):
-                    out[g, row, c] = acc[i, c] * inv
-                lse[g, row] = mrow[i] + np.log(dsum[i])
+                    out[g, i0 + i, c] = acc[i, c] * inv
+                lse[g, i0 + i] = mx[i] + np.log(D[i])
             else:
                 for c in range(dv):
-                    out[g, row, c] = 0.0
-                lse[g, row] = _NEG
+                    out[g, i0 + i, c] = 0.0
+                lse[g, i0 + i] = _NEG
         stats[t, 0] = kept
         stats[t, 1] = max(vis, 0)
         stats[t, 2] = bound2
@@ -256,69 +569,254 @@ def _task_loop(
         stats[t, 5] = quad
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _block_stats(p, vd):
-    """Return ``(sum p, sum p^2, sum p vd)`` of a block's weights (float64 sums)."""
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    for j in range(p.shape[0]):
-        x = np.float64(p[j])
-        s1 += x
-        s2 += x * x
-        s3 += x * vd[j]
-    return s1, s2, s3
+_prefill_kernel = njit(cache=True, nogil=True, parallel=True)(_prefill_loop)
 
 
-@njit(cache=True, nogil=True)
-def _accumulate(S, nb, v, gk, vis, bk, drop, vc, bm, acc, first, mch, mrow):
-    """Add the products with ``V`` to ``acc``.
+# ------------------------------------------------------------------------- decode
 
-    ``first=True``: ``acc += P_kept V_kept + B_dropped vc_dropped``; ``first=False``:
-    swap every dropped block's centroid term for its exact product.
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _qk_small_t(kc, qbT, ST):
+    """``ST = kc @ qbT`` for a few columns (stacked rows): every key row read once."""
+    _wide_vectors()
+    d, R = qbT.shape
+    for j in range(kc.shape[0]):
+        kj = kc[j]
+        sj = ST[j]
+        for i in range(R):
+            sj[i] = 0
+        for c in range(d):
+            x = kj[c]
+            qc = qbT[c]
+            for i in range(R):
+                sj[i] += x * qc[i]
+
+
+def _decode_loop(
+    q,
+    k,
+    v,
+    members,
+    n_rows,
+    vc,
+    vdev,
+    vsig,
+    vsig_all,
+    scale,
+    causal,
+    offset,
+    chunk,
+    bk,
+    n_local,
+    tau,
+    upad,
+    ST_all,
+    cmax,
+    s1b,
+    dev2b,
+    costb,
+    part,
+    out,
+    lse,
+    stats,
+):
+    """Decode with stacked query heads and split keys (see the module docstring).
+
+    ``members (Gk, gs)``: query slices of each key/value slice; stacked row ``a * n + i``
+    is row ``i`` of slice ``members[gk, a]``. Work arrays: ``ST_all (Gk, vis, R)``,
+    ``cmax (Gk, C, R)``, ``s1b / dev2b / costb (Gk, nkb, R)``, ``part (Gk, C, R, dv)``.
+    ``stats[gk]`` as in :func:`_prefill_loop`.
     """
+    n = n_rows
+    m = k.shape[1]
+    d = q.shape[2]
     dv = v.shape[2]
-    nch = S.shape[0]
-    pflat = np.empty(nb * _CH, dtype=S.dtype)
-    vbuf = np.empty((_CH, dv), dtype=S.dtype)
-    pv = np.empty((nb, dv), dtype=S.dtype)
-    for ch in range(nch):
-        j0 = ch * _CH
-        w = min(_CH, vis - j0)
-        # the kept (first) or dropped (not first) key blocks of the chunk
-        cnt = 0
-        for b0 in range(0, w, bk):
-            if drop[(j0 + b0) // bk] != first:
-                cnt += min(bk, w - b0)
-        if cnt == 0:
-            continue
-        if cnt == _CH and first:
-            # a full chunk with nothing dropped: multiply in place
-            np.dot(S[ch], v[gk, j0 : j0 + _CH], pv)
-        else:
-            pbuf = pflat[: nb * cnt].reshape((nb, cnt))
-            c0 = 0
-            for b0 in range(0, w, bk):
-                if drop[(j0 + b0) // bk] != first:
-                    wb = min(bk, w - b0)
-                    for i in range(nb):
-                        pbuf[i, c0 : c0 + wb] = S[ch, i, b0 : b0 + wb]
-                    vbuf[c0 : c0 + wb] = v[gk, j0 + b0 : j0 + b0 + wb]
-                    c0 += wb
-            np.dot(pbuf, vbuf[:cnt], pv)
-        for i in range(nb):
-            # weights of this chunk are relative to the running maximum mch[ch, i]
-            f = np.exp(mch[ch, i] - mrow[i]) if mch[ch, i] > _NEG else 0.0
-            for c in range(dv):
-                acc[i, c] += f * pv[i, c]
+    Gk, gs = members.shape
+    R = gs * n
+    C = cmax.shape[1]
+    vis = ST_all.shape[1]
     nkb = (vis + bk - 1) // bk
-    sign = 1.0 if first else -1.0
-    bmd = np.zeros((nb, nkb))
-    for b in range(nkb):
-        if drop[b]:
-            for i in range(nb):
-                bmd[i, b] = sign * bm[i, b]
-    acc += bmd @ np.ascontiguousarray(vc[gk, :nkb])
+    lims = np.empty(R, dtype=np.int64)
+    for a in range(gs):
+        for i in range(n):
+            lims[a * n + i] = min(i + offset, m - 1) if causal else m - 1
+    lim_lo = lims.min()
+    # (1) scores, chunk maxima, weights relative to them, block statistics
+    for t in prange(Gk * C):
+        gk = t // C
+        c = t - gk * C
+        j0 = c * chunk
+        j1 = min(vis, j0 + chunk)
+        qbT = np.empty((d, R), dtype=q.dtype)
+        for a in range(gs):
+            g = members[gk, a]
+            for i in range(n):
+                for e in range(d):
+                    qbT[e, a * n + i] = q[g, i, e] * scale
+        ST = ST_all[gk]
+        if R <= _SMALL_ROWS:
+            _qk_small_t(k[gk, j0:j1], qbT, ST[j0:j1])
+        else:
+            np.dot(k[gk, j0:j1], qbT, ST[j0:j1])
+        mxd = np.full(R, _NEG, dtype=q.dtype)
+        _mask_and_max(ST, j0, j1, lims, lim_lo, mxd)
+        for i in range(R):
+            cmax[gk, c, i] = mxd[i]
+            if mxd[i] == _NEG:
+                mxd[i] = 0
+        sv1 = np.empty(R, dtype=q.dtype)
+        sv2 = np.empty(R, dtype=q.dtype)
+        sv3 = np.empty(R, dtype=q.dtype)
+        b0 = j0 // bk
+        b1 = (j1 + bk - 1) // bk
+        # block statistics of this chunk's blocks, written in place
+        _weights_and_stats(
+            ST[j0:j1],
+            j1 - j0,
+            bk,
+            mxd,
+            vdev[gk, j0:j1],
+            vsig[gk, b0:b1],
+            upad,
+            s1b[gk, b0:b1],
+            dev2b[gk, b0:b1],
+            costb[gk, b0:b1],
+            sv1,
+            sv2,
+            sv3,
+        )
+    # (2) per key/value slice: global maxima, rescaling, normalisers, selection
+    fac_all = np.zeros((Gk, C, R))
+    drop_all = np.zeros((Gk, nkb), dtype=np.bool_)
+    e_all = np.zeros((Gk, R))
+    D_all = np.zeros((Gk, R))
+    mx_all = np.full((Gk, R), _NEG)
+    acc_fix = np.zeros((Gk, R, dv))
+    kept_fix = np.zeros(Gk)
+    nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
+    ncand = max(nfull - n_local, 1) - 1
+    for gk in prange(Gk):
+        for i in range(R):
+            top = _NEG
+            for c in range(C):
+                top = max(top, cmax[gk, c, i])
+            mx_all[gk, i] = top
+            for c in range(C):
+                if cmax[gk, c, i] > _NEG:
+                    fac_all[gk, c, i] = np.exp(cmax[gk, c, i] - top)
+        for b in range(nkb):
+            c = (b * bk) // chunk
+            for i in range(R):
+                f = fac_all[gk, c, i]
+                s1b[gk, b, i] *= f
+                dev2b[gk, b, i] *= f * f
+                costb[gk, b, i] *= f
+                D_all[gk, i] += s1b[gk, b, i]
+        # the never-dropped blocks exact first (planning proxy), then the selection
+        skip = np.zeros(nkb, dtype=np.bool_)
+        skip[1 : ncand + 1] = True
+        pv = np.empty((R, dv), dtype=q.dtype)
+        for c in range(C):
+            j0 = c * chunk
+            kept_fix[gk] += _kept_products(
+                ST_all[gk],
+                v[gk],
+                j0,
+                min(vis, j0 + chunk),
+                bk,
+                skip,
+                acc_fix[gk],
+                pv,
+                fac_all[gk, c],
+            )
+        nd, qd = _select(
+            s1b[gk],
+            dev2b[gk],
+            costb[gk],
+            D_all[gk],
+            ncand,
+            vc[gk],
+            vsig_all[gk],
+            tau,
+            acc_fix[gk],
+            drop_all[gk],
+            e_all[gk],
+        )
+        stats[gk, 4] = nd
+        stats[gk, 5] = qd
+        for b in range(nkb):
+            drop_all[gk, b] = drop_all[gk, b] or not (1 <= b <= ncand)
+    # (3) products with V over the kept candidate blocks, per chunk (drop_all now marks
+    # every block not to multiply here)
+    kept_c = np.zeros((Gk, C))
+    for t in prange(Gk * C):
+        gk = t // C
+        c = t - gk * C
+        j0 = c * chunk
+        j1 = min(vis, j0 + chunk)
+        accp = np.zeros((R, dv))
+        pv = np.empty((R, dv), dtype=q.dtype)
+        kept_c[gk, c] = _kept_products(
+            ST_all[gk], v[gk], j0, j1, bk, drop_all[gk], accp, pv, fac_all[gk, c]
+        )
+        for i in range(R):
+            for e in range(dv):
+                part[gk, c, i, e] = accp[i, e]
+    # (4) merge, centroid terms, check (dropped blocks exact if it fails)
+    for gk in prange(Gk):
+        acc = acc_fix[gk].copy()
+        for c in range(C):
+            for i in range(R):
+                for e in range(dv):
+                    acc[i, e] += part[gk, c, i, e]
+        D = D_all[gk]
+        kept = kept_fix[gk]
+        for c in range(C):
+            kept += kept_c[gk, c]
+        bound2 = 0.0
+        if stats[gk, 4] > 0:
+            dropped = np.zeros(nkb, dtype=np.bool_)
+            for b in range(nkb):
+                dropped[b] = drop_all[gk, b] and 1 <= b <= ncand
+            _centroid_terms(s1b[gk], vc[gk], dropped, acc, 1.0)
+            yn2 = 0.0
+            for i in range(R):
+                bound2 += e_all[gk, i] ** 2
+                if D[i] > 0.0:
+                    for e in range(dv):
+                        yn2 += (acc[i, e] / D[i]) ** 2
+            if bound2 > tau * tau * yn2:
+                # missed the target: swap the centroid terms for the exact products
+                _centroid_terms(s1b[gk], vc[gk], dropped, acc, -1.0)
+                pv = np.empty((R, dv), dtype=q.dtype)
+                for b in range(nkb):
+                    dropped[b] = not dropped[b]
+                for c in range(C):
+                    j0 = c * chunk
+                    j1 = min(vis, j0 + chunk)
+                    kept += _kept_products(
+                        ST_all[gk], v[gk], j0, j1, bk, dropped, acc, pv, fac_all[gk, c]
+                    )
+                bound2 = 0.0
+                stats[gk, 4] = 0
+                stats[gk, 5] = 0.0
+        for a in range(gs):
+            g = members[gk, a]
+            for i in range(n):
+                r = a * n + i
+                if D[r] > 0.0:
+                    inv = 1.0 / D[r]
+                    for e in range(dv):
+                        out[g, i, e] = acc[r, e] * inv
+                    lse[g, i] = mx_all[gk, r] + np.log(D[r])
+                else:
+                    for e in range(dv):
+                        out[g, i, e] = 0.0
+                    lse[g, i] = _NEG
+        stats[gk, 0] = kept
+        stats[gk, 1] = vis
+        stats[gk, 2] = bound2
+        stats[gk, 3] = R
 
 
-_task_kernel = njit(cache=True, nogil=True, parallel=True)(_task_loop)
+_decode_kernel = njit(cache=True, nogil=True, parallel=True)(_decode_loop)

@@ -82,7 +82,7 @@ def test_negative_control_centroid_without_bound_violates_tol():
 
 def test_causal_no_leakage(rng):
     """Future keys never enter a row's weights; the choice of approximated blocks is
-    shared by a query block of 64 rows, so rows of earlier query blocks are unaffected."""
+    shared by a query block of 128 rows, so rows of earlier query blocks are unaffected."""
     Q, K, V = _heads("sharp", rng, n=320)
     res1 = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
     K2, V2 = K.copy(), V.copy()
@@ -143,7 +143,8 @@ def test_value_summaries_match_numpy(rng):
     nkb = -(-150 // _BK)
     vc = np.empty((2, nkb, 8))
     vdev = np.empty((2, 150))
-    _value_summaries(v, _BK, vc, vdev)
+    vsig = np.empty((2, nkb))
+    _value_summaries(v, _BK, False, vc, vdev, vsig, np.empty((1, 1, 1, 1)))
     for b in range(nkb):
         blk = v[:, b * _BK : (b + 1) * _BK]
         np.testing.assert_allclose(vc[:, b], blk.mean(axis=1), rtol=1e-12)
@@ -153,7 +154,8 @@ def test_value_summaries_match_numpy(rng):
             rtol=1e-8,
         )
     problem = prepare(v, v, v)
-    _, _, vsig, vsig_all = _summaries(problem)
+    _, _, vsig, vsig_all = _summaries(problem, spectral=True)
+    _, _, fsig, fsig_all = _summaries(problem, spectral=False)
     whole = np.concatenate(
         [
             v[:, b * _BK : (b + 1) * _BK]
@@ -170,7 +172,11 @@ def test_value_summaries_match_numpy(rng):
         c = blk - blk.mean(axis=1, keepdims=True)
         ref = np.array([np.linalg.norm(x, 2) for x in c])
         assert np.all(vsig[:, b] >= ref * (1 - 1e-12))
-        assert np.all(vsig[:, b] <= ref * 64 ** (1 / 32) * (1 + 1e-6))
+        assert np.all(vsig[:, b] <= ref * 64 ** (1 / 8) * (1 + 1e-6))
+        fro = np.linalg.norm(c, axis=(1, 2))
+        np.testing.assert_allclose(fsig[:, b], fro, rtol=1e-8)
+        assert np.all(fsig[:, b] >= fro)
+    assert np.all(fsig_all >= ref_all)
 
 
 def test_fully_masked_rows_and_empty_keys(rng):
