@@ -85,6 +85,7 @@ rounding error analysis", SIAM J. Sci. Comput. 41 (2019).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -100,7 +101,7 @@ from attention._kernels.adaptive import (
     _value_summaries,
 )
 from attention._registry import MethodResult, register
-from attention.exact import _single_threaded_blas
+from attention.exact import _attend, _single_threaded_blas
 from rnla._validation import AccuracyWarning
 
 __all__: list[str] = []
@@ -110,6 +111,8 @@ _BQ = 128  # query rows per prefill task
 _DECODE_ROWS = 16  # n <= this (and equal grouped-query groups): decode path
 _DECODE_CHUNK_MIN = 1024  # decode: keys per parallel chunk (a multiple of _BK) ...
 _DECODE_MAX_CHUNKS = 32  # ... and at most this many chunks per key/value slice
+_PILOT_BLOCKS = 4  # prefill with at least this many query blocks per slice: pilot
+_EXACT_FRACTION = 0.8  # pilot keeps more than this fraction of keys: exact kernel
 _SPECTRAL_ROWS = 1024  # n >= this: spectral norms of the centred value blocks
 
 
@@ -185,7 +188,58 @@ def _upad(dtype) -> float:
     return 4.0 * _BK * float(np.finfo(dtype).eps)
 
 
-def _run(problem, tau, summaries, out, lse, members=None):
+def _launch(problem, order, summaries, tau, upad, work, out, lse, stats):
+    """Run the prefill kernel on the tasks ``order`` (ids ``slice * nqb + block``)."""
+    vc, vdev, vsig, vsig_all = summaries
+    _prefill_kernel(
+        problem.q,
+        problem.k,
+        problem.v,
+        np.ascontiguousarray(problem.kv_index, dtype=np.int64),
+        order,
+        vc,
+        vdev,
+        vsig,
+        vsig_all,
+        float(problem.scale),
+        bool(problem.causal),
+        int(problem.offset),
+        _BQ,
+        _BK,
+        1,
+        float(tau),
+        upad,
+        work,
+        out,
+        lse,
+        stats,
+    )
+
+
+def _exact_rows(problem, slices, nqb, out, lse, stats):
+    """Exact attention for every query block but the pilot of the given slices."""
+    n, m = problem.n, problem.m
+    rows = np.arange((nqb - 1) * _BQ, dtype=np.int64)  # the pilot is the last block
+    sub = dataclasses.replace(
+        problem,
+        q=np.ascontiguousarray(problem.q[slices]),
+        kv_index=np.ascontiguousarray(problem.kv_index[slices]),
+    )
+    o, lo = _attend(sub, rows)
+    out[slices[:, None], rows[None, :]] = o
+    lse[slices[:, None], rows[None, :]] = lo
+    for b in range(nqb - 1):
+        i0 = b * _BQ
+        nb = min(_BQ, n - i0)
+        vis = min(m, max(i0 + nb + problem.offset, 0)) if problem.causal else m
+        t = slices * nqb + b
+        stats[t, 0] = vis
+        stats[t, 1] = vis
+        stats[t, 2] = 0.0
+        stats[t, 3] = nb
+
+
+def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
     """Run the prefill or decode kernel; returns ``(stats, task_slices)``.
 
     ``stats[t] = (kept keys, visible keys, squared bound, rows, dropped blocks,
@@ -199,35 +253,29 @@ def _run(problem, tau, summaries, out, lse, members=None):
     with _single_threaded_blas(), numba.parallel_chunksize(1):
         if members is None:
             nqb = -(-n // _BQ)
-            order = np.arange(G * nqb, dtype=np.int64)
-            if causal and nqb > 1:
-                order = (order.reshape(G, nqb)[:, ::-1]).T.reshape(-1).copy()
             nthreads = numba.config.NUMBA_NUM_THREADS
             work = np.empty((nthreads, _BQ * m), dtype=problem.dtype)
             stats = np.zeros((G * nqb, 6))
-            _prefill_kernel(
-                problem.q,
-                problem.k,
-                problem.v,
-                np.ascontiguousarray(problem.kv_index, dtype=np.int64),
-                order,
-                vc,
-                vdev,
-                vsig,
-                vsig_all,
-                float(problem.scale),
-                causal,
-                offset,
-                _BQ,
-                _BK,
-                1,
-                float(tau),
-                upad,
-                work,
-                out,
-                lse,
-                stats,
-            )
+            tasks = np.arange(G * nqb, dtype=np.int64).reshape(G, nqb)
+            if causal:
+                tasks = tasks[:, ::-1]  # longest first
+            exact_slices = np.zeros(G, dtype=bool)
+            if pilot and nqb >= _PILOT_BLOCKS:
+                # Pilot: the last (longest) query block of every slice. A slice whose
+                # pilot keeps more than _EXACT_FRACTION of its keys cannot gain from
+                # dropping (the block sums cost more than the products saved): its
+                # other rows go through the exact kernel.
+                order = np.ascontiguousarray(tasks[:, 0] if causal else tasks[:, -1])
+                _launch(problem, order, summaries, tau, upad, work, out, lse, stats)
+                frac = stats[order, 0] / np.maximum(stats[order, 1], 1.0)
+                exact_slices = frac > _EXACT_FRACTION
+                rest = tasks[:, 1:] if causal else tasks[:, :-1]
+            else:
+                rest = tasks
+            order = np.ascontiguousarray(rest[~exact_slices].T.reshape(-1))
+            _launch(problem, order, summaries, tau, upad, work, out, lse, stats)
+            if exact_slices.any():
+                _exact_rows(problem, np.flatnonzero(exact_slices), nqb, out, lse, stats)
             slices = np.repeat(np.arange(G), nqb).reshape(-1, 1)
             return stats, slices
         Gk, gs = members.shape
@@ -331,7 +379,7 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     limit = tol / (1.0 + tol) * y_norm
     if value > limit and dropped2 > 0:
         # Rare (the rounding allowance tipped the total): recompute every task exactly.
-        stats, task_slices = _run(problem, 0.0, summaries, out, lse, members)
+        stats, task_slices = _run(problem, 0.0, summaries, out, lse, members, pilot=False)
         pad, y_norm = _rounding_pad(problem, out)
         dropped2 = 0.0
         value = pad

@@ -286,3 +286,23 @@ def test_decode_split_keys_matches_reference(n, rng, dtype):
         assert res.cost.key_fraction.shape == (6,)
     # the loosest tolerance drops blocks (the test exercises the centroid path)
     assert res.cost.key_fraction.max() < 1.0
+
+
+def test_pilot_routes_slices_to_exact_kernel(rng, dtype):
+    """Prefill with >= 4 query blocks per slice: a slice whose pilot block (the last one)
+    keeps most keys is finished by the exact kernel; the others by the method."""
+    n, d = 640, 32
+    Q = rng.standard_normal((2, n, d))
+    Q[1] *= 0.05  # near-uniform weights: blocks are cheap to drop
+    K = rng.standard_normal((2, n, d))
+    V = rng.standard_normal((2, n, d)) * 0.01 + 1.0
+    V[0] = rng.standard_normal((n, d)) * 3.0  # far from the centroids: nothing dropped
+    Q, K, V = (x.astype(dtype) for x in (Q, K, V))
+    Y = reference_attention(Q.astype(np.float64), K.astype(np.float64), V, causal=True)
+    res = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    assert _err(res, Y) <= res.bound.value <= 0.05 * np.linalg.norm(Y)
+    assert res.cost.key_fraction[0] == 1.0
+    assert res.cost.key_fraction[1] < 0.8
+    np.testing.assert_allclose(
+        res.output[0], Y[0], atol=1e-4 if dtype == np.float32 else 1e-12, rtol=0
+    )
