@@ -114,22 +114,6 @@ def _value_summaries(v, bk, spectral, vc, vdev, vsig, gram):
             vsig[g, b] = min(fro, est)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _row_norms2(x):
-    """Squared Euclidean norms of the rows of ``x (G, r, c)`` in float64, ``(G, r)``."""
-    G, r, c = x.shape
-    res = np.empty((G, r))
-    for t in prange(G * r):
-        g = t // r
-        i = t - g * r
-        a = 0.0
-        for e in range(c):
-            y = np.float64(x[g, i, e])
-            a += y * y
-        res[g, i] = a
-    return res
-
-
 # ------------------------------------------------------------ per-key row passes
 
 
