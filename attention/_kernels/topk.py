@@ -94,6 +94,13 @@ def _dot(a, b):
     return acc
 
 
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _axpy(a, x, y):
+    """``y += a x`` for float64 rows."""
+    for e in range(y.shape[0]):
+        y[e] += a * x[e]
+
+
 @njit(cache=True, nogil=True)
 def _group_max(row, j0, j1):
     """Maximum of ``row[j0:j1]`` (non-empty, no NaN; vectorised)."""
@@ -141,6 +148,7 @@ def _topk_kernel(
     bv = np.empty(max(S.shape[1], 1), dtype=S.dtype)
     bi = np.empty(max(S.shape[1], 1), dtype=np.int64)
     sk = np.empty(kk)
+    yacc = np.empty(dv)
     tmp = np.empty(max(S.shape[1], 1), dtype=S.dtype)
     for i in range(b):
         row = S[i]
@@ -200,13 +208,11 @@ def _topk_kernel(
                 acc += bias[i, j]
             sk[t] = acc
             smax = max(smax, acc)
-        zk = 0.0
+        # Weights by the vectorised exponential (float64, <= 2 ulp), then the sum.
+        zk = _exp_sum(sk[:c], smax)
+        yacc[:] = 0.0
         for t in range(c):
-            w = np.exp(sk[t] - smax)
-            zk += w
-            vj = v[bi[t]]
-            for cc in range(dv):
-                out[i, cc] += w * vj[cc]
+            _axpy(sk[t], v[bi[t]], yacc)
         for cc in range(dv):
-            out[i, cc] /= zk
+            out[i, cc] = yacc[cc] / zk
         lse_kept[i] = smax + np.log(zk)
