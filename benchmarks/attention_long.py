@@ -26,7 +26,8 @@ lowest error) is also run end to end: :func:`attention.end_to_end.perplexity` on
 text, every layer approximated, against the exact model.
 
 Run one length at a time under the machine lock, e.g.
-``flock /tmp/bench.lock python -m benchmarks.attention_long --n 4096 --perplexity``;
+``flock /tmp/bench.lock python -m benchmarks.attention_long --n 4096 --perplexity``
+(``--methods A B --merge`` measures a subset and keeps the other rows of that n);
 results accumulate (by n) in ``benchmarks/results/attention_long.{json,md}`` and the Pareto
 plot ``attention_long.png``; ``--render`` rewrites them from the JSON. Times are
 wall-clock on a shared 2-core machine: the load average is recorded per run.
@@ -671,6 +672,11 @@ def main(argv=None):
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite .md/.png from .json")
     p.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --methods: keep the other configurations already measured at this n",
+    )
+    p.add_argument(
         "--accuracy",
         type=int,
         nargs="+",
@@ -693,6 +699,7 @@ def main(argv=None):
     results = json.loads(path.read_text()) if path.exists() else {}
     if not a.render:
         for n in a.n:
+            old = results.get(str(n))
             results[str(n)] = run(
                 n,
                 methods=a.methods,
@@ -703,6 +710,14 @@ def main(argv=None):
                 sweep=not a.no_sweep,
                 step=a.layer_step,
             )
+            if a.merge and old is not None:
+                # A run restricted to --methods replaces only its own configurations.
+                new = results[str(n)]
+                done = {r["config"] for r in new["rows"]}
+                kept = [r for r in old["rows"] if r["config"] not in done]
+                new["rows"] = kept + new["rows"]
+                new["uptime_before"] = old.get("uptime_before", "") + " | " + new["uptime_before"]
+                new["wall_s"] = old.get("wall_s", 0.0) + new["wall_s"]
             a.out_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=1))
     (a.out_dir / f"{NAME}.md").write_text(to_markdown(results))
