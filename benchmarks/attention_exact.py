@@ -32,9 +32,10 @@ against a float64 NumPy computation of those rows. Goals: prefill >= 80% of the 
 rate at ``n >= 4096``; decode >= 70% of the read bandwidth at ``m >= 8192``; every row at
 most PyTorch's time (speed-up >= 1).
 
-Also: the single-thread CPU time of one head at ``n = 4096`` against a one-thread GEMM
-(load-independent), and the peak extra memory of ``softmax_attention`` at ``n = 65536``,
-float32 (``--quick``: 8192), in a fresh subprocess (``VmHWM`` reset through
+Also: the single-thread CPU time of one head at ``n = 4096`` (non-causal and causal)
+against a one-thread square GEMM and same-shape GEMM pair (load-independent), and the
+peak extra memory of ``softmax_attention`` at ``n = 65536``, float32 (``--quick``:
+8192), in a fresh subprocess (``VmHWM`` reset through
 ``/proc/self/clear_refs`` after import and compilation; ``ru_maxrss`` delta where that
 is unavailable).
 
@@ -337,6 +338,9 @@ def single_thread_cpu_times(n, repeats=3) -> dict:
         for dtype in ("float32", "float64"):
             Q, K, V = (rng.standard_normal((1, n, 64)).astype(dtype) for _ in range(3))
             impls = {OURS: lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V)}
+            impls[f"{OURS} (causal)"] = lambda Q=Q, K=K, V=V: softmax_attention(
+                Q, K, V, causal=True
+            )
             if torch is not None:
                 tq, tk, tv = (torch.from_numpy(x) for x in (Q, K, V))
                 impls[TORCH] = lambda tq=tq, tk=tk, tv=tv: (
@@ -344,6 +348,7 @@ def single_thread_cpu_times(n, repeats=3) -> dict:
                 )
             A, B = (rng.standard_normal((2048, 2048)).astype(dtype) for _ in range(2))
             impls["GEMM 2048^3"] = lambda A=A, B=B: A @ B
+            impls["GEMM pair"] = pair_call(Q, K, V)[0]
             for fn in impls.values():
                 fn()
             best = dict.fromkeys(impls, np.inf)
@@ -459,12 +464,15 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
         if name.startswith("GEMM"):
             continue
         gemm1 = 2.0 * 2048**3 / cpu[f"GEMM 2048^3, {dtype}"] / 1e9
-        rate = flops / sec / 1e9
-        ref = cpu.get(f"{TORCH}, {dtype}")
+        pair1 = flops / cpu[f"GEMM pair, {dtype}"] / 1e9
+        causal = name.endswith("(causal)")
+        rate = (flops * (n_cpu + 1) / (2 * n_cpu) if causal else flops) / sec / 1e9
+        ref = None if causal else cpu.get(f"{TORCH}, {dtype}")
         vs = f", {ref / sec:.2f}x PyTorch's speed" if ref else ""
         lines.append(
             f"  {key:36s} {sec * 1e3:8.1f} ms  {rate:6.1f} GFLOP/s "
-            f"({rate / gemm1:4.0%} of the 1-thread GEMM rate {gemm1:.1f}){vs}"
+            f"({rate / gemm1:4.0%} of the 1-thread GEMM rate {gemm1:.1f}, {rate / pair1:4.0%} "
+            f"of the same-shape pair {pair1:.1f}){vs}"
         )
     n_mem = 8192 if quick else 65536
     mem = peak_memory(n_mem)
