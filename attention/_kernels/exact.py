@@ -21,7 +21,7 @@ slice has few query rows (``R`` = query heads of a grouped-query group x query r
 the query rows of all heads that share the slice are stacked into one ``R x d`` block,
 the keys are cut into fixed chunks, and every (key/value slice, chunk) pair is one
 parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and writes a
-partial ``(mx, l, acc)``; a second parallel loop merges the partials of each row in
+partial ``(mx, l, acc)``; a serial loop then merges the partials of each row in
 chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`). With at
 most 8 stacked rows ``S`` is a plain loop that streams each key row once (BLAS packs
 its operands on every call: 2.2x slower at 3 rows x 512 keys, one thread); ``P V`` is
@@ -679,7 +679,7 @@ def _split_blocks(
     c)`` writes the partial maximum, normaliser and unnormalised output of every stacked
     row over chunk ``c`` into ``part_m / part_l (Gk, C, R)`` and ``part_acc (Gk, C, R,
     dv)`` (float64); then each (slice, stacked row) merges its ``C`` partials in chunk
-    order. ``probe (Gk * C,)`` receives, per task, 0 if every key and value entry of the
+    order (serially). ``probe (Gk * C,)`` receives, per task, 0 if every key and value entry of the
     chunk is finite and NaN (or inf) otherwise (or if a score or ``P V`` overflowed), so
     that the inputs need no separate validation pass. The tasks are taken from the
     shared ``counter`` by ``n_workers`` threads. Other parameters as
@@ -716,7 +716,10 @@ def _split_blocks(
                 part_l,
                 probe,
             )
-    for t in prange(Gk * R):
+    # The merge is O(Gk R C dv), tiny next to the chunks: one thread, so that the call has
+    # a single parallel region (each region ends in a barrier, which costs milliseconds
+    # when another process holds a core).
+    for t in range(Gk * R):
         gk = t // R
         i = t - gk * R
         a = i // r
@@ -744,4 +747,6 @@ def _split_blocks(
         lse[g, ii] = top + np.log(z)
 
 
-_split_kernel = njit(cache=True, nogil=True, parallel=True)(_split_blocks)
+# error_model="numpy": a row whose partials hold NaN / inf (non-finite K or V, reported
+# through ``probe``) divides by zero in the merge instead of raising ZeroDivisionError.
+_split_kernel = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(_split_blocks)
