@@ -31,6 +31,7 @@ replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import NamedTuple
@@ -402,6 +403,23 @@ def _work_dtype(problem: Problem, xmax: float, limit: float = 1e3):
     if problem.dtype == np.float32 and xmax <= limit:
         return np.float32
     return np.float64
+
+
+def _one_blas_thread(fn):
+    """Run a method with BLAS on one thread (its slices run on all cores instead).
+
+    The set-up products in the calling thread (frequencies, sketch matrices) are small:
+    a multithreaded BLAS on a loaded machine can take tens of milliseconds for each.
+    """
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from attention.exact import _single_threaded_blas
+
+        with _single_threaded_blas():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _check_bool(value, name: str) -> bool:
@@ -780,6 +798,7 @@ def _trig_rows(part, delta):
     bound="probabilistic",
     summary="FAVOR+ random features (positive/trig/hyperbolic, orthogonal), linear time.",
 )
+@_one_blas_thread
 def _performer(
     problem: Problem,
     *,
@@ -893,6 +912,7 @@ def _performer(
     bound="probabilistic",
     summary="Scatterbrain: exact scores on angular-LSH buckets + Performer features elsewhere.",
 )
+@_one_blas_thread
 def _scatterbrain(
     problem: Problem,
     *,
@@ -1266,6 +1286,7 @@ def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
     bound="deterministic",
     summary="Degree-p Taylor features of exp (Alman-Song polynomial method), remainder bound.",
 )
+@_one_blas_thread
 def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=256, delta=0.1):
     r"""Taylor-feature attention (registered as ``"taylor"``).
 
@@ -1661,6 +1682,7 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
     bound=None,
     summary="PolySketchFormer: sketched polynomial attention <q,k>^p (a different mechanism).",
 )
+@_one_blas_thread
 def _polysketch(problem: Problem, *, rng, degree=4, sketch_size=16, nonnegative=True):
     r"""PolySketchFormer features of polynomial attention (registered as ``"polysketch"``).
 
@@ -1696,6 +1718,7 @@ def _polysketch(problem: Problem, *, rng, degree=4, sketch_size=16, nonnegative=
     bound=None,
     summary="TensorSketch features of polynomial attention <q,k>^p (a different mechanism).",
 )
+@_one_blas_thread
 def _tensorsketch(problem: Problem, *, rng, degree=4, sketch_size=16, nonnegative=True):
     r"""TensorSketch features of polynomial attention (registered as ``"tensorsketch"``).
 
@@ -1932,6 +1955,7 @@ def _window(problem: Problem, w: int) -> tuple[np.ndarray, np.ndarray]:
     bound="deterministic",
     summary="LevAttention: exact softmax on the keys of large leverage score (+ local window).",
 )
+@_one_blas_thread
 def _levattention(
     problem: Problem, *, rng, n_keys=64, threshold=None, window=0, error_bound="exact"
 ):
