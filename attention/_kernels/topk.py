@@ -2,7 +2,8 @@
 
 For each score row (the visible prefix ``S[i, :lim_i]`` of a block formed by one GEMM):
 
-* **selection**: the maxima of groups of 16 consecutive scores (a vectorised pass);
+* **selection**: the maxima of groups of 16 consecutive scores (fewer when ``k`` is
+  large: at least ``8 k`` groups; a vectorised pass);
   the ``k``-th largest group maximum ``t`` (``np.partition``) is a lower bound of the
   ``k``-th largest score (the ``k`` groups with the largest maxima hold ``k`` scores
   ``>= t``; quickselect), so only the groups with maximum ``>= t`` are scanned for scores ``>= t``
@@ -143,8 +144,7 @@ def _topk_kernel(
     """
     b = S.shape[0]
     dv = v.shape[1]
-    ng_max = (S.shape[1] + _GROUP - 1) // _GROUP
-    gmax = np.empty(ng_max, dtype=S.dtype)
+    gmax = np.empty(max(S.shape[1], 1), dtype=S.dtype)
     bv = np.empty(max(S.shape[1], 1), dtype=S.dtype)
     bi = np.empty(max(S.shape[1], 1), dtype=np.int64)
     sk = np.empty(kk)
@@ -153,12 +153,14 @@ def _topk_kernel(
     for i in range(b):
         row = S[i]
         lim = lims[i]
-        ng = (lim + _GROUP - 1) // _GROUP
-        full = lim // _GROUP
+        # Groups of up to 16 scores, at least 8 kk groups (large kk: smaller groups).
+        gs = max(1, min(_GROUP, lim // (8 * kk)))
+        ng = (lim + gs - 1) // gs
+        full = lim // gs
         for g in range(full):
-            gmax[g] = _group_max(row, g * _GROUP, g * _GROUP + _GROUP)
+            gmax[g] = _group_max(row, g * gs, g * gs + gs)
         if ng > full:
-            gmax[full] = _group_max(row, full * _GROUP, lim)
+            gmax[full] = _group_max(row, full * gs, lim)
         # The kk-th largest group maximum is a lower bound of the kk-th largest score:
         # the kk groups with the largest maxima hold kk scores at least that large.
         thr = -np.inf
@@ -167,7 +169,7 @@ def _topk_kernel(
         c = 0
         for g in range(ng):
             if gmax[g] >= thr and gmax[g] > -np.inf:
-                for j in range(g * _GROUP, min(lim, (g + 1) * _GROUP)):
+                for j in range(g * gs, min(lim, (g + 1) * gs)):
                     x = row[j]
                     if x >= thr and x > -np.inf:
                         bv[c] = x
