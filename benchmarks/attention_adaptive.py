@@ -58,6 +58,8 @@ def _load():
 
 
 def _time_pair(f_exact, f_method, repeats):
+    if repeats == 0:  # --no-timing
+        return math.nan, math.nan
     te, tm = [], []
     f_exact()
     f_method()
@@ -356,6 +358,10 @@ def main(argv=None):
     parser.add_argument("--oracle", action="store_true", help="oracle top-k fractions (slow)")
     parser.add_argument("--no-decode", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="decode cases only")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="errors, bounds and key fractions only"
+    )
+    parser.add_argument("--results", default=None, help="output directory")
     parser.add_argument("--ns", type=int, nargs="*", default=None, help="prefill lengths")
     parser.add_argument(
         "--merge",
@@ -373,7 +379,12 @@ def main(argv=None):
     if args.render is not None:
         render(args.render)
         return
+    global RESULTS
+    if args.results is not None:
+        RESULTS = Path(args.results)
     repeats = 1 if args.quick else args.repeats
+    if args.no_timing:
+        repeats = 0
     ns = (4096,) if args.quick else (4096, 8192)
     if args.ns is not None:
         ns = tuple(args.ns)
