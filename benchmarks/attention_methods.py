@@ -1057,6 +1057,15 @@ def profile_markdown(rows, meta) -> str:
         "(grouped-query, 3 kv heads).",
         "",
     ]
+    sup = meta.get("supplement")
+    if sup:
+        L += [
+            f"Rows of {', '.join(sup.get('partial', []))} re-measured later (load "
+            f"`{sup.get('uptime')}`, GEMM rate {sup.get('gemm_rate_gflops', math.nan):.0f} "
+            "GFLOP/s); their speed-ups are against exact timed in that run, the exact rows "
+            "shown are from the first run.",
+            "",
+        ]
     for d in meta["datasets"]:
         L += [
             f"## {d['name']}: {d['description']}",
