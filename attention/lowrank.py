@@ -222,10 +222,10 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
         flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
     kk = min(top_k, m)
     work = _work_dtype(problem)
-    # float32 approximate scores: |fl(s~) - s~| <= gamma_r s |q_i P| |k_j P| <= gamma_r s
-    # |q_i| |k_j| (Higham), added to the residual term of the bound.
-    u = float(np.finfo(work).eps) / 2
-    gamma = rank * u / (1 - rank * u)
+    # Rounding of the float64 approximate scores of the bound: gamma_(r+2) s |q_i| |k_j|
+    # (Higham), added to the residual term.
+    u = float(np.finfo(np.float64).eps) / 2
+    gamma = (rank + 2) * u / (1 - (rank + 2) * u)
     no_bias = np.zeros((1, 1))
 
     def attend(g):
@@ -276,11 +276,13 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
             evals += int(n_kept[sl].sum())
             # Upper bound on the exact scores of the dropped keys (PCA residual and the
             # rounding of s~), relative to exp(lse) = z~_i (exact over the selection).
-            U = S.astype(np.float64)
+            # (float64 approximate scores, as the selection's are rounded to float32)
+            U = scale * (qP[sl] @ kP[:hi].T)
             U += scale * np.outer(q_perp[sl] + gamma * qn[sl], k_perp[:hi] + gamma * kn[:hi])
             U[np.arange(hi)[None, :] >= lims[:, None]] = -np.inf
             kept = sel[: r1 - r0]
-            np.put_along_axis(U, np.maximum(kept, 0), np.where(kept >= 0, -np.inf, 0.0), 1)
+            ri, ti = np.nonzero(kept >= 0)
+            U[ri, kept[ri, ti]] = -np.inf
             ok = np.isfinite(lse[sl])
             U -= np.where(ok, lse[sl], 0.0)[:, None]
             mx = U.max(axis=1)

@@ -273,7 +273,7 @@ def _topk(problem: Problem, *, rng, top_k=32):
     (threshold buffer, :mod:`attention._kernels.topk`) and one vectorised pass sums
     the exponentials of the normaliser; the kept weights and the output are computed
     in float64 from the float64 rows. With float32 scores the normaliser of a row that
-    drops keys is raised by the rounding of its scores (:math:`\gamma_d\,s\,\|q_i\|
+    drops keys is raised by the rounding of its scores (:math:`\gamma_{d+2}\,s\,\|q_i\|
     \max_j\|k_j\|` plus :math:`4\cdot 10^{-6}` for the float32 exponential sums), so
     the dropped mass, and the bound, stay upper bounds.
     """
@@ -285,9 +285,10 @@ def _topk(problem: Problem, *, rng, top_k=32):
     G = problem.n_slices
     work = _work_dtype(problem)
     no_bias = np.zeros((1, 1))
-    # float32 scores: |fl(q.k) - q.k| <= gamma_d |q| |k| (Higham), times the scale.
+    # float32 scores: |fl(s q.k) - s q.k| <= gamma_(d+2) s |q| |k| (Higham: the d-term
+    # products, the cast of the scale and the scaling).
     u = float(np.finfo(work).eps) / 2
-    gamma = problem.d * u / (1 - problem.d * u) if work == np.float32 else 0.0
+    gamma = (problem.d + 2) * u / (1 - (problem.d + 2) * u) if work == np.float32 else 0.0
 
     def attend(g):
         q, kx, v = _slices64(problem, g)
