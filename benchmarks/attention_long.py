@@ -243,7 +243,12 @@ def run(
     prep = in_subprocess(_prepare, (n, step, cache_dir), timeout=900)
     if "skipped" in prep:
         raise RuntimeError(f"could not prepare the heads at n={n}: {prep['skipped']}")
-    configs = [(m.name, {}) for m in infos]
+    # Tolerance-driven methods (a required ``tol``) run at the report's tolerance.
+    from attention._report import REPORT_TOL
+
+    configs = [
+        (m.name, {"tol": REPORT_TOL} if m.defaults.get("tol", 0) is None else {}) for m in infos
+    ]
     if sweep:
         configs += [(m, p) for m, p in SWEEP if any(i.name == m for i in infos)]
     info_of = {m.name: m for m in infos}
@@ -327,6 +332,12 @@ def _explicit_params(row):
     for m, p in SWEEP:
         if _key(m, p) == row["config"]:
             return p
+    from attention import methods as registry
+    from attention._report import REPORT_TOL
+
+    info = {m.name: m for m in registry()}.get(row["method"])
+    if info is not None and info.defaults.get("tol", 0) is None:
+        return {"tol": REPORT_TOL}  # a tolerance-driven method at the report's tolerance
     return {}
 
 
