@@ -342,11 +342,18 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
 def _norms2(x: np.ndarray) -> np.ndarray:
     """Squared row norms ``(G, r)`` of ``x (G, r, c)``, float64, rounded up.
 
-    Summed in the dtype of ``x`` (a vectorised einsum); the relative rounding of a sum
-    of ``c`` squares is at most ``c u``, covered by the factor ``1 + 2 c u``.
+    Summed in the dtype of ``x`` (a vectorised einsum; in float64 when float32 squares
+    overflow or underflow); the relative rounding of a sum of ``c`` squares is at most ``c u``,
+    covered by the factor ``1 + 2 c u``.
     """
     u = float(np.finfo(x.dtype).eps)
-    return np.einsum("gnd,gnd->gn", x, x).astype(np.float64) * (1.0 + 2.0 * x.shape[2] * u)
+    r = np.einsum("gnd,gnd->gn", x, x).astype(np.float64)
+    if x.dtype != np.float64 and not (np.isfinite(r).all() and r.min() >= 1e-30):
+        # float32 squares overflow beyond |x| ~ 1e19 and lose their value to underflow
+        # below ~1e-15 (or the row is 0): sum in float64 instead (exact squares).
+        r = np.einsum("gnd,gnd->gn", x, x, dtype=np.float64)
+        u = float(np.finfo(np.float64).eps)
+    return r * (1.0 + 2.0 * x.shape[2] * u)
 
 
 def _rounding_pad(problem: Problem, out: np.ndarray) -> tuple[float, float]:
