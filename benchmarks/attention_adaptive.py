@@ -175,6 +175,10 @@ def prefill(n, repeats, oracle):
 
 
 def decode(repeats):
+    import attention.adaptive as ad
+
+    # Time the split-key decode path itself (by default decode runs the exact kernel).
+    ad._DECODE_SPLIT = True
     rows = []
     heads = load_smollm2_heads(8192, layers=list(LAYERS))
     cases = []

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+import attention.adaptive as adaptive_module
 from attention import approximate, reference_attention
 from attention._core import prepare
 from attention._kernels.adaptive import _value_summaries
@@ -268,10 +269,11 @@ def test_negative_control_quadrature_bound_fails():
 
 
 @pytest.mark.parametrize("n", [1, 3, 16])
-def test_decode_split_keys_matches_reference(n, rng, dtype):
+def test_decode_split_keys_matches_reference(n, rng, dtype, monkeypatch):
     """Decode path (stacked grouped-query heads, keys split into chunks): output and
     bound against the reference, with and without dropped blocks, both product paths
     (loops for at most 8 stacked rows, GEMMs above)."""
+    monkeypatch.setattr(adaptive_module, "_DECODE_SPLIT", True)
     m, d = 2600, 32
     Q = (rng.standard_normal((6, n, d)) * 2.5).astype(dtype)
     K = rng.standard_normal((2, m, d)).astype(dtype)
@@ -306,3 +308,18 @@ def test_pilot_routes_slices_to_exact_kernel(rng, dtype):
     np.testing.assert_allclose(
         res.output[0], Y[0], atol=1e-4 if dtype == np.float32 else 1e-12, rtol=0
     )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_decode_runs_exact_kernel_by_default(causal, rng, dtype):
+    """Decode-shaped calls go to the exact kernel (the split path is slower): every key
+    kept, the bound is the rounding allowance and covers the error."""
+    Q = rng.standard_normal((6, 3, 32)).astype(dtype)
+    K = rng.standard_normal((2, 900, 32)).astype(dtype)
+    V = rng.standard_normal((2, 900, 32)).astype(dtype)
+    Y = reference_attention(Q.astype(np.float64), K, V, causal=causal)
+    res = approximate(Q, K, V, "adaptive", tol=0.05, causal=causal)
+    assert res.output.dtype == dtype
+    np.testing.assert_array_equal(res.cost.key_fraction, np.ones(6))
+    assert _err(res, Y) <= res.bound.value <= 0.05 * np.linalg.norm(Y)
+    assert res.cost.kernel_evals == 6 * (3 * 900 - (3 if causal else 0))
