@@ -38,23 +38,8 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from attention._kernels.exact import (
-    _C_F,
-    _EXP_MIN,
-    _EXP_MIN_F,
-    _LN2_HI,
-    _LN2_HI_F,
-    _LN2_LO,
-    _LN2_LO_F,
-    _LOG2E,
-    _LOG2E_F,
-    _MAGIC,
-    _MAGIC_F,
-    _ZERO_F,
-    _max_nonan,
-    _pow2_bits,
-    _wide_vectors,
-)
+from attention._kernels.exact import _max_nonan, _wide_vectors
+from rnla._kernels.fastexp import _ZERO_F, _exp_f32, _exp_f64
 
 _CH = 512  # keys per score GEMM (prefill)
 _NEG = -np.inf
@@ -155,7 +140,6 @@ def _exp_stats_f32(ST, j0, j1, mx, vd, s1, s2, s3):
     polynomial of :func:`attention._kernels.exact._exp_sum_f32`.
     """
     _wide_vectors()
-    c1, c2, c3, c4, c5, c6, c7 = _C_F
     nb = mx.shape[0]
     for i in range(nb):
         s1[i] = _ZERO_F
@@ -165,18 +149,7 @@ def _exp_stats_f32(ST, j0, j1, mx, vd, s1, s2, s3):
         row = ST[j]
         dj = np.float32(vd[j])
         for i in range(nb):
-            x = row[i] - mx[i]
-            xc = max(x, _EXP_MIN_F)
-            t = xc * _LOG2E_F + _MAGIC_F
-            fk = t - _MAGIC_F
-            r = (xc - fk * _LN2_HI_F) - fk * _LN2_LO_F
-            tail = c7 * r + c6
-            tail = tail * r + c5
-            tail = tail * r + c4
-            tail = tail * r + c3
-            tail = tail * r + c2
-            p = (c1 + (r + (r * r) * tail)) * _pow2_bits(t)
-            p = p if x >= _EXP_MIN_F else _ZERO_F
+            p = _exp_f32(row[i] - mx[i])
             row[i] = p
             s1[i] += p
             s2[i] += p * p
@@ -196,22 +169,7 @@ def _exp_stats_f64(ST, j0, j1, mx, vd, s1, s2, s3):
         row = ST[j]
         dj = vd[j]
         for i in range(nb):
-            x = row[i] - mx[i]
-            xc = max(x, _EXP_MIN)
-            t = xc * _LOG2E + _MAGIC
-            fk = t - _MAGIC
-            r = (xc - fk * _LN2_HI) - fk * _LN2_LO
-            r2 = r * r
-            r4 = r2 * r2
-            a1 = 0.5 + r * (1.0 / 6.0)
-            a2 = 1.0 / 24.0 + r * (1.0 / 120.0)
-            a3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
-            a4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
-            a5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
-            a6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
-            tail = (a1 + r2 * a2) + r4 * ((a3 + r2 * a4) + r4 * (a5 + r2 * a6))
-            p = (1.0 + (r + r2 * tail)) * _pow2_bits(t)
-            p = p if x >= _EXP_MIN else 0.0
+            p = _exp_f64(row[i] - mx[i])
             row[i] = p
             s1[i] += p
             s2[i] += p * p

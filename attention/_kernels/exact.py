@@ -43,7 +43,8 @@ row passes are single vectorisable loops over a score row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
-* the exponential is hand-written (Cody-Waite range reduction, a Taylor polynomial, and
+* the exponential is hand-written (:mod:`rnla._kernels.fastexp`, shared with the adaptive
+  and kernel-matrix kernels: Cody-Waite range reduction, a Taylor polynomial, and
   ``2^k`` obtained by shifting the bit pattern of the rounded ``x log2(e) + bias``),
   fused with the row sum into one pass; the sum is a reassociable ``fadd`` (vectorised,
   in the input dtype inside one tile, then added to the float64 running normaliser).
@@ -94,31 +95,24 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-# Cody-Waite split of ln 2 (the high part has trailing zero bits, so k * LN2_HI is exact).
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_LOG2E = 1.4426950408889634
-# Adding 1.5 * 2^52 + 1023 rounds x log2(e) (|x| < 2^51) to an integer k held in the
-# low mantissa bits as k + 1023: shifting the bit pattern left by 52 gives 2^k.
-_MAGIC = 6755399441055744.0 + 1023.0
-_EXP_MIN = -708.0  # exp(-708) ~ 3e-308 is still normal; below, the result is set to 0
-
-_LN2_HI_F = np.float32(0.693145751953125)
-_LN2_LO_F = np.float32(1.428606765330187045e-06)
-_LOG2E_F = np.float32(1.4426950408889634)
-_MAGIC_F = np.float32(12582912.0 + 127.0)  # 1.5 * 2^23 + 127, shift by 23
-_EXP_MIN_F = np.float32(-87.0)
-_ZERO_F = np.float32(0.0)
-_C_F = (
-    np.float32(1.0),
-    np.float32(1.0 / 2.0),
-    np.float32(1.0 / 6.0),
-    np.float32(1.0 / 24.0),
-    np.float32(1.0 / 120.0),
-    np.float32(1.0 / 720.0),
-    np.float32(1.0 / 5040.0),
+from rnla._kernels.fastexp import (  # noqa: F401 - re-exported to the other kernels
+    _C_F,
+    _EXP_MIN,
+    _EXP_MIN_F,
+    _LN2_HI,
+    _LN2_HI_F,
+    _LN2_LO,
+    _LN2_LO_F,
+    _LOG2E,
+    _LOG2E_F,
+    _MAGIC,
+    _MAGIC_F,
+    _ZERO_F,
+    _add_reassoc,
+    _exp_f32,
+    _exp_f64,
+    _pow2_bits,
 )
-
 
 # --------------------------------------------------------------------- LLVM helpers
 
@@ -139,32 +133,6 @@ def _wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
-
-
-@intrinsic
-def _pow2_bits(typingctx, t):
-    """``2^k`` from ``t = k + bias + 1.5 * 2^p`` (float32: p = 23, float64: p = 52)."""
-    if t == types.float32:
-        ity, shift, fty = ir.IntType(32), 23, ir.FloatType()
-    else:
-        ity, shift, fty = ir.IntType(64), 52, ir.DoubleType()
-
-    def codegen(context, builder, sig, args):
-        i = builder.bitcast(args[0], ity)
-        i = builder.shl(i, ir.Constant(ity, shift))
-        return builder.bitcast(i, fty)
-
-    return t(t), codegen
-
-
-@intrinsic
-def _add_reassoc(typingctx, a, b):
-    """Add with the ``reassoc`` flag, which lets LLVM vectorise a running sum."""
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
-
-    return a(a, b), codegen
 
 
 @intrinsic
@@ -222,25 +190,7 @@ def _exp_sum_f64(s, mx):
     _wide_vectors()
     acc = 0.0
     for j in range(s.shape[0]):
-        x = s[j] - mx
-        xc = max(x, _EXP_MIN)
-        t = xc * _LOG2E + _MAGIC
-        fk = t - _MAGIC
-        r = (xc - fk * _LN2_HI) - fk * _LN2_LO
-        # Taylor polynomial of degree 13 on |r| <= ln(2)/2 (truncation < 2e-16): the
-        # tail 1/2 + r/6 + ... + r^11/13! by Estrin, then 1 + (r + r^2 tail) so that
-        # the only large rounding is the final addition.
-        r2 = r * r
-        r4 = r2 * r2
-        a1 = 0.5 + r * (1.0 / 6.0)
-        a2 = 1.0 / 24.0 + r * (1.0 / 120.0)
-        a3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
-        a4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
-        a5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
-        a6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
-        tail = (a1 + r2 * a2) + r4 * ((a3 + r2 * a4) + r4 * (a5 + r2 * a6))
-        p = (1.0 + (r + r2 * tail)) * _pow2_bits(t)
-        p = p if x >= _EXP_MIN else 0.0
+        p = _exp_f64(s[j] - mx)
         s[j] = p
         acc = _add_reassoc(acc, p)
     return acc
@@ -250,22 +200,10 @@ def _exp_sum_f64(s, mx):
 def _exp_sum_f32(s, mx):
     """Float32 twin of :func:`_exp_sum_f64` (degree-7 Horner polynomial, float32 sum)."""
     _wide_vectors()
-    c1, c2, c3, c4, c5, c6, c7 = _C_F
     mxf = np.float32(mx)
     acc = _ZERO_F
     for j in range(s.shape[0]):
-        x = s[j] - mxf
-        xc = max(x, _EXP_MIN_F)
-        t = xc * _LOG2E_F + _MAGIC_F
-        fk = t - _MAGIC_F
-        r = (xc - fk * _LN2_HI_F) - fk * _LN2_LO_F
-        tail = c7 * r + c6
-        tail = tail * r + c5
-        tail = tail * r + c4
-        tail = tail * r + c3
-        tail = tail * r + c2
-        p = (c1 + (r + (r * r) * tail)) * _pow2_bits(t)
-        p = p if x >= _EXP_MIN_F else _ZERO_F
+        p = _exp_f32(s[j] - mxf)
         s[j] = p
         acc = _add_reassoc(acc, p)
     return np.float64(acc)

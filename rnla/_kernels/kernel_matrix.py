@@ -18,9 +18,9 @@ Kernel codes (``kind``) shared with :mod:`rnla.operators`:
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from rnla._kernels.fastexp import _add_reassoc, _exp_f64
 
 GAUSSIAN = 0
 EXP = 1
@@ -113,39 +113,8 @@ def _kernel_pairs(X, Y, ii, jj, kind, gamma, scale, coef0, degree, out):
 # fused Gaussian kernel-matrix product (K V without storing K)
 # ---------------------------------------------------------------------------------------
 
-# Cody-Waite split of ln 2 (the high part has trailing zero bits, so k * LN2_HI is exact).
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_LOG2E = 1.4426950408889634
-# Adding 1.5 * 2^52 + 1023 rounds x log2(e) (|x| < 2^51) to an integer k held in the
-# low mantissa bits as k + 1023; shifting the bit pattern left by 52 gives 2^k.
-_MAGIC = 6755399441055744.0 + 1023.0
-_EXP_MIN = -708.0  # exp(-708) ~ 3e-308 is still normal; below, the entry is set to 0
-
 _FUSED_ROWS = 32  # rows per parallel task: the column chunk of Y^T and V^T is reused
 _FUSED_COLS = 1024  # columns per chunk: d + k + 1 rows of 8 KiB stay in L1/L2
-
-
-@intrinsic
-def _pow2_bits(typingctx, t):
-    """``2^k`` from the float64 ``t = k + 1023 + 1.5 * 2^52`` (bit shift of its pattern)."""
-
-    def codegen(context, builder, sig, args):
-        i = builder.bitcast(args[0], ir.IntType(64))
-        i = builder.shl(i, ir.Constant(ir.IntType(64), 52))
-        return builder.bitcast(i, ir.DoubleType())
-
-    return types.float64(types.float64), codegen
-
-
-@intrinsic
-def _add_reassoc(typingctx, a, b):
-    """Add with the ``reassoc`` flag, which lets LLVM vectorise a running sum."""
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
-
-    return a(a, b), codegen
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
@@ -157,22 +126,7 @@ def _exp_nonpositive(s, w):
     about 1 ulp of ``np.exp``; entries below ``-708`` become 0.
     """
     for j in range(w):
-        x = s[j]
-        xc = max(x, _EXP_MIN)
-        t = xc * _LOG2E + _MAGIC
-        fk = t - _MAGIC
-        r = (xc - fk * _LN2_HI) - fk * _LN2_LO
-        r2 = r * r
-        r4 = r2 * r2
-        a1 = 0.5 + r * (1.0 / 6.0)
-        a2 = 1.0 / 24.0 + r * (1.0 / 120.0)
-        a3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
-        a4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
-        a5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
-        a6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
-        tail = (a1 + r2 * a2) + r4 * ((a3 + r2 * a4) + r4 * (a5 + r2 * a6))
-        p = (1.0 + (r + r2 * tail)) * _pow2_bits(t)
-        s[j] = p if x >= _EXP_MIN else 0.0
+        s[j] = _exp_f64(s[j])
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
