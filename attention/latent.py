@@ -387,7 +387,13 @@ def mla_attention(
     if absorb:
         # q_h k_h^T = (X W_Q^h W_UK^hT) c^T: attention runs over the latent cache, with
         # all heads sharing one "key/value head" (multi-query attention).
-        W_abs = np.einsum("hde,hce->hdc", W_Q, W_UK)
+        # Written out for an empty contraction (every key pair rotary, W_Q of width 0):
+        # einsum over an empty axis was seen to return uninitialised memory (NaN) on one
+        # machine, where the product is exactly zero.
+        if W_Q.shape[2]:
+            W_abs = np.einsum("hde,hce->hdc", W_Q, W_UK)
+        else:
+            W_abs = np.zeros((h, W_Q.shape[1], W_UK.shape[1]), dtype=dt)
         q = np.concatenate([np.einsum("nd,hdc->hnc", X, W_abs), q_r], axis=-1)
         kv = np.concatenate([c, k_r], axis=-1)[None]
         o = softmax_attention(q, kv, c[None], scale=weights.scale, causal=causal)
