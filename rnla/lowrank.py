@@ -341,34 +341,53 @@ def _subspace_range(op: _Operator, size: int, n_iter: int, sketch, normalizer: s
     return _normalize(Y, normalizer, final=True)
 
 
+def _signs(Ut: np.ndarray) -> np.ndarray:
+    """Signs making the largest-magnitude entry of every row of ``Ut`` positive.
+
+    ``Ut`` holds the columns of ``U`` as rows: the search runs along contiguous rows
+    (an ``argmax`` down the columns of a C-ordered ``U`` is several times slower). Ties
+    go to the first index, as ``argmax`` over the columns of ``U`` would.
+    """
+    mag = np.ascontiguousarray(np.abs(Ut))
+    idx = np.argmax(mag, axis=1)
+    signs = np.sign(Ut[np.arange(Ut.shape[0]), idx])
+    signs[signs == 0] = 1
+    return signs
+
+
 def _sign_fix(U: np.ndarray, Vt: np.ndarray):
     """Deterministic signs: the largest-magnitude entry of every column of U is positive."""
     if U.shape[1] == 0:
         return U, Vt
-    idx = np.argmax(np.abs(U), axis=0)
-    signs = np.sign(U[idx, np.arange(U.shape[1])])
-    signs[signs == 0] = 1
+    signs = _signs(U.T)
     return U * signs, Vt * signs[:, None]
 
 
-def _svd_of_qb(Q: np.ndarray, Bt: np.ndarray, rank: int) -> SVDResult:
+def _svd_of_qb(Q: np.ndarray, Bt: np.ndarray, rank: int, *, signs: bool = True) -> SVDResult:
     """SVD of ``Q B`` truncated at ``rank`` from ``Bt = B^T`` (n, d), Q orthonormal.
 
     HMT Alg. 5.1 with the SVD of the wide ``B`` taken through a QR of ``B^T``:
     ``B^T = Q_B R`` (Cholesky-QR, GEMM-based, Householder fallback), ``R^T = U_R S W^T``
     (``d x d``), hence ``B = U_R S (Q_B W)^T``. Singular values carry the same
     ``O(u ||B||)`` absolute error as a direct SVD; the LAPACK work shrinks from
-    ``O(n d^2)`` to ``O(d^3)``.
+    ``O(n d^2)`` to ``O(d^3)``. ``signs=False`` leaves the signs to the caller (a result
+    about to be transposed is sign-fixed once, on its final orientation).
     """
     Ur, s, Vt = _wide_svd(Bt)
-    U, Vt = _sign_fix(Q @ Ur[:, :rank], Vt[:rank])
+    U, Vt = Q @ Ur[:, :rank], Vt[:rank]
+    U, Vt = _sign_fix(U, Vt) if signs else (U, Vt)
     return SVDResult(U, s[:rank], Vt)
 
 
-def _rayleigh_ritz_gram(Q: np.ndarray, blocks, rank: int, G: np.ndarray) -> SVDResult:
+def _rayleigh_ritz_gram(
+    Q: np.ndarray, blocks, rank: int, G: np.ndarray, *, op=None, signs: bool = True
+) -> SVDResult:
     """Rank-``rank`` SVD of ``Q B``, Q (s, d) orthonormal, ``B^T`` (l, d) given by blocks.
 
     ``blocks`` lists ``(cols, W)`` with ``B^T[:, cols] = W``; ``G = B B^T`` (float64).
+    With ``blocks=None``, ``B^T = A^T Q`` is not stored and products with it are
+    products with ``op`` (``A``), one pass: the route for sparse ``A``, whose pass costs
+    less than a dense product with the stored ``B^T``.
     A tall ``B^T`` would cost ``O(l d^2)`` twice over through Cholesky-QR2; here the
     eigendecomposition ``G = W Lambda W^T`` gives the leading left singular subspace
     ``W_k`` of ``B``, and the exact SVD of the projected ``W_k^T B`` (``l x k``:
@@ -377,34 +396,40 @@ def _rayleigh_ritz_gram(Q: np.ndarray, blocks, rank: int, G: np.ndarray) -> SVDR
     Rounding in ``G`` perturbs ``W_k`` by ``O(u sigma_1^2 / gap)``, which changes the
     captured energy ``||W_k^T B||_F^2`` only to second order (the top-``k`` subspace
     maximises it); the returned factors are an exact SVD of the resulting rank-``k``
-    approximation.
+    approximation. ``signs=False`` leaves the signs to the caller.
     """
     lam, Wg = sla.eigh(G, check_finite=False)
     order = np.argsort(-lam, kind="stable")[:rank]
     if not lam[order[0]] > np.finfo(np.float64).tiny / np.finfo(np.float64).eps:
         # B = 0 (or below the normalisation's range): the Gram shortcut has nothing to
         # normalise by; the direct SVD of the assembled B^T is exact and cheap here.
-        Bt = np.empty((blocks[-1][1].shape[0], G.shape[0]), dtype=Q.dtype)
-        for cols, W in blocks:
-            Bt[:, cols] = W
-        return _svd_of_qb(Q, Bt, rank)
+        if blocks is None:
+            Bt = op.rmatmat(Q)
+        else:
+            Bt = np.empty((blocks[-1][1].shape[0], G.shape[0]), dtype=Q.dtype)
+            for cols, W in blocks:
+                Bt[:, cols] = W
+        return _svd_of_qb(Q, Bt, rank, signs=signs)
     # Columns of X = B^T W_k have norms sqrt(lambda_k): dividing by them makes X nearly
     # orthonormal, so that Cholesky-QR needs one pass instead of two.
     floor = np.finfo(np.float64).eps * max(float(lam[order[0]]), np.finfo(np.float64).tiny)
     scale = 1.0 / np.sqrt(np.maximum(lam[order], floor))
     Wk = (Wg[:, order] * scale).astype(Q.dtype, copy=False)
-    (cols0, W0), rest = blocks[0], blocks[1:]
-    X = W0 @ Wk[cols0]
-    part = np.empty_like(X)
-    for cols, W in rest:
-        X += np.matmul(W, Wk[cols], out=part)
+    if blocks is None:
+        X = op.rmatmat(Q @ Wk)  # B^T W_k = A^T (Q W_k)
+    else:
+        (cols0, W0), rest = blocks[0], blocks[1:]
+        X = W0 @ Wk[cols0]
+        part = np.empty_like(X)
+        for cols, W in rest:
+            X += np.matmul(W, Wk[cols], out=part)
     Vq, R = _cholqr(X, final=True, with_r=True)
     # X = B^T W_k D^{-1} = Vq R, so W_k^T B = D R^T Vq^T with D = diag(1 / scale).
     R = R.astype(np.float64) / scale
     Z, s, Vrt = sla.svd(R.T, check_finite=False)  # R^T = Z S Vr^T
     U = Q @ ((Wg[:, order] @ Z).astype(Q.dtype, copy=False))
     Vt = (Vrt.astype(Q.dtype, copy=False) @ Vq.T).astype(Q.dtype, copy=False)
-    U, Vt = _sign_fix(U, Vt)
+    U, Vt = _sign_fix(U, Vt) if signs else (U, Vt)
     return SVDResult(U, s.astype(Q.dtype, copy=False), Vt)
 
 
@@ -416,7 +441,14 @@ def _wide_svd(Bt: np.ndarray):
 
 
 def _transpose_svd(res: SVDResult) -> SVDResult:
-    U, Vt = _sign_fix(np.ascontiguousarray(res.Vt.T), np.ascontiguousarray(res.U.T))
+    """SVD of ``A^T`` from that of ``A``: swapped factors, contiguous, signs fixed."""
+    if res.s.shape[0] == 0:
+        return SVDResult(np.ascontiguousarray(res.Vt.T), res.s, np.ascontiguousarray(res.U.T))
+    signs = _signs(res.Vt)  # the rows of Vt are the columns of the new U
+    U = np.array(res.Vt.T, order="C")
+    U *= signs
+    Vt = np.array(res.U.T, order="C")
+    Vt *= signs[:, None]
     return SVDResult(U, res.s, Vt)
 
 
@@ -526,13 +558,16 @@ def _range_finder_dask(op: _Operator, size, n_iter, sketch, normalizer, rng):
 
 def _pow2_scale(X: np.ndarray) -> float:
     """Power of two near ``max |X|`` (1.0 for a zero or non-finite X): exact rescaling."""
-    top = float(np.max(np.abs(X))) if X.size else 0.0
+    # max |X| = max(max X, -min X) without an |X| temporary; NaN gives NaN (then 1.0).
+    top = max(float(np.max(X)), -float(np.min(X))) if X.size else 0.0
     if not (0.0 < top < np.inf):
         return 1.0
     return math.ldexp(1.0, math.frexp(top)[1])
 
 
-def _krylov_basis(op: _Operator, block: int, n_iter: int, sketch, normalizer: str, rng):
+def _krylov_basis(
+    op: _Operator, block: int, n_iter: int, sketch, normalizer: str, rng, *, store=True
+):
     """Block Krylov basis ``Q``, ``B^T = A^T Q`` (column blocks) and ``B B^T`` (float64).
 
     ``K = [A W_0, (AA^T) A W_0, ..., (AA^T)^q A W_0]`` is built block by block with full
@@ -544,6 +579,10 @@ def _krylov_basis(op: _Operator, block: int, n_iter: int, sketch, normalizer: st
     are ``Q^T Z_j`` with ``Z_j = A A^T Q_j`` the product that generated block ``j + 1``
     (``O(m d l)`` on the side of ``Q``); only the last block's columns are formed from
     ``B^T`` itself (``O(n d l)``), instead of ``O(n d^2)`` for the whole Gram matrix.
+
+    ``store=False`` (sparse ``A``, whose passes are cheaper than dense products with
+    the long ``B^T``): ``B^T`` is not kept (``None`` is returned for the blocks) and the
+    last block's Gram columns are ``Q^T (A A^T Q_q)``, one more pass.
     """
     m, n = op.shape
     dim_max = min(m, n)
@@ -556,30 +595,52 @@ def _krylov_basis(op: _Operator, block: int, n_iter: int, sketch, normalizer: st
         if dim >= basis.shape[1]:
             break
         W = op.rmatmat(basis[:, last])
-        rows.append(W)
+        rows.append(W if store else None)
         # Z = A A^T Q_j scales like ||A||^2, which overflows float32 for entries near
         # 1e19 (and float64 near 1e154): multiply A by W / c instead, with c a power of two
         # (exact scaling), and carry c into the Gram matrix below.
         c = _pow2_scale(W)
         Z = op.matmat(W / c if c != 1.0 else W)
+        del W
         gens.append((last, Z, c))
         take = min(Z.shape[1], basis.shape[1] - dim)
         basis[:, dim : dim + take] = _orth_against(Z[:, :take], basis[:, :dim], normalizer)
         last, dim = slice(dim, dim + take), dim + take
     basis = basis[:, :dim]
-    rows.append(op.rmatmat(basis[:, last]))
-    # B^T stays a list of column blocks: concatenating them would copy the largest
-    # array of the method for nothing (the Rayleigh-Ritz step works block-wise).
-    blocks = [(cols, W) for (cols, _, _), W in zip(gens, rows, strict=False)]
-    blocks.append((last, rows[-1]))
+    W_last = op.rmatmat(basis[:, last])
     basis64 = np.asarray(basis, dtype=np.float64)
     G = np.empty((dim, dim))
     for cols, Z, c in gens:
         G[:, cols] = (basis64.T @ np.asarray(Z, dtype=np.float64)) * c
+    if not store:
+        c = _pow2_scale(W_last)
+        Z = op.matmat(W_last / c if c != 1.0 else W_last)
+        G[:, last] = (basis64.T @ np.asarray(Z, dtype=np.float64)) * c
+        return basis, None, (G + G.T) / 2
+    rows.append(W_last)
+    # B^T stays a list of column blocks: concatenating them would copy the largest
+    # array of the method for nothing (the Rayleigh-Ritz step works block-wise).
+    blocks = [(cols, W) for (cols, _, _), W in zip(gens, rows, strict=False)]
+    blocks.append((last, rows[-1]))
     W_last = np.asarray(rows[-1], dtype=np.float64)
     for cols, W in blocks:
         G[cols, last] = np.asarray(W, dtype=np.float64).T @ W_last
     return basis, blocks, (G + G.T) / 2
+
+
+def _store_krylov_products(op: _Operator, block: int, n_iter: int) -> bool:
+    """Whether Rayleigh-Ritz should reuse the stored ``B^T`` blocks (else: two passes).
+
+    Reusing them costs dense products with the long ``B^T`` (``n x d``, ``d = (q + 1)
+    l``) for the last Gram block (``l`` columns) and for the projection onto the leading
+    ``k <= l`` directions; two extra sparse passes (``l`` columns, then ``k``) cost
+    ``O(nnz (l + k))`` plus ``O(m d (l + k))`` on the short side. A sparse product runs
+    far below GEMM speed per flop (about 8x here): passes win when ``8 nnz < n d``.
+    """
+    if op.kind != "sparse":
+        return True
+    dim = min(min(op.shape), block * (n_iter + 1))
+    return 8 * op.A.nnz >= max(op.shape) * dim
 
 
 def rsvd(
@@ -650,6 +711,9 @@ def rsvd(
     the Rayleigh-Ritz step needs no extra pass; it goes through the small Gram matrix
     :math:`BB^\top` (float64) and a Cholesky-QR2 of the ``k`` projected columns, which
     return exactly orthonormal factors. Memory: :math:`(q + 1)\,l\,(m + n)` numbers.
+    For a very sparse ``A`` (``8 nnz(A) < max(m, n) (q + 1) l``) the long products are
+    not kept: two more passes (``2q + 4`` in all) replace the dense products with
+    :math:`B^\top` (same result to rounding, memory :math:`(q + 1)\,l \min(m, n)`).
     At equal passes the Krylov space contains the subspace-iteration space, so its
     projection error obeys every bound below; its gap-free guarantee needs
     :math:`q = O(\log n/\sqrt\varepsilon)` instead of :math:`O(\log n/\varepsilon)` for
@@ -709,15 +773,16 @@ def rsvd(
         transpose = op.shape[0] > op.shape[1]
         work = op.T if transpose else op
         block_norm = normalizer if normalizer in ("cholqr", "qr") else "qr"
-        Q, blocks, G = _krylov_basis(work, size, n_iter, sketch, block_norm, rng)
-        res = _rayleigh_ritz_gram(Q, blocks, rank, G)
+        store = _store_krylov_products(work, size, n_iter)
+        Q, blocks, G = _krylov_basis(work, size, n_iter, sketch, block_norm, rng, store=store)
+        res = _rayleigh_ritz_gram(Q, blocks, rank, G, op=work, signs=not transpose)
     else:
         # Subspace iteration on the tall orientation: the test matrix and the SVD of B
         # live on the short side.
         transpose = op.shape[0] < op.shape[1]
         work = op.T if transpose else op
         Q = _subspace_range(work, size, n_iter, sketch, normalizer, rng)
-        res = _svd_of_qb(Q, work.rmatmat(Q), rank)
+        res = _svd_of_qb(Q, work.rmatmat(Q), rank, signs=not transpose)
     res = _transpose_svd(res) if transpose else res
     return _with_passes(res, op.n_passes)
 

@@ -14,6 +14,7 @@ from rnla.lowrank import (
     _as_op,
     _cholqr,
     _krylov_basis,
+    _store_krylov_products,
     generalized_nystrom,
     randqb,
     range_finder,
@@ -121,6 +122,45 @@ def test_rsvd_input_kinds_agree(method, rng):
 
 
 KINDS = ["dense", "sparse", "operator"]
+
+
+@pytest.mark.parametrize("shape", [(3000, 300), (300, 3000)])
+def test_rsvd_krylov_sparse_pass_route_matches_stored_route(shape, dtype, rng):
+    """Very sparse A: Rayleigh-Ritz by two extra passes instead of the stored A^T Q.
+
+    The LinearOperator of the same matrix takes the stored-products route; both give the
+    same factorisation to rounding, and the pass route makes ``2q + 4`` products.
+    """
+    A = sp.random(*shape, density=3e-3, format="csr", rng=rng, dtype=dtype)
+    op = _as_op(A.T if shape[0] > shape[1] else A)
+    assert not _store_krylov_products(op, 15, 3)  # 8 nnz < n d: the pass route
+    res = rsvd(A, 10, oversample=5, n_iter=3, rng=3)
+    ref = rsvd(aslinearoperator(A), 10, oversample=5, n_iter=3, rng=3)
+    assert res.n_passes == 2 * 3 + 4 and ref.n_passes == 2 * 3 + 2
+    assert res.U.dtype == res.s.dtype == res.Vt.dtype == dtype
+    np.testing.assert_allclose(res.s, ref.s, rtol=tol(dtype, 1e3))
+    scale = res.s[0]
+    np.testing.assert_allclose(
+        reconstruct(res).astype(np.float64),
+        reconstruct(ref).astype(np.float64),
+        atol=tol(dtype, 1e4) * scale,
+    )
+    assert_orthonormal_columns(res.U, dtype)
+    assert_orthonormal_columns(res.Vt.T, dtype)
+    # Signs: the largest-magnitude entry of every column of U is positive.
+    idx = np.argmax(np.abs(res.U), axis=0)
+    assert np.all(res.U[idx, np.arange(res.U.shape[1])] > 0)
+    # Against the plain-NumPy SVD of the dense matrix: leading singular values.
+    s_ref = np.linalg.svd(A.toarray().astype(np.float64), compute_uv=False)
+    assert np.all(res.s <= s_ref[:10] * (1 + tol(dtype, 100)))
+    assert res.s[0] >= 0.99 * s_ref[0]  # flat spectrum: converged to 1%, not to rounding
+
+
+def test_rsvd_krylov_sparse_pass_route_zero_matrix(dtype):
+    A = sp.csr_matrix((4000, 400), dtype=dtype)
+    res = rsvd(A, 5, rng=0)
+    assert np.all(res.s == 0) and np.all(np.isfinite(res.U)) and np.all(np.isfinite(res.Vt))
+    assert_orthonormal_columns(res.U, dtype)
 
 
 @pytest.mark.parametrize("method", ["subspace", "krylov"])
