@@ -74,7 +74,8 @@ class SampleResult(NamedTuple):
         Sampled rows, each in ``[0, n)``. With replacement they are i.i.d. draws in
         draw order (repeats possible); without replacement they are distinct and
         sorted ascending.
-    weights : ndarray of float64, shape (s,)
+    weights : ndarray of shape (s,)
+        float64 (float32 from :func:`leverage_score_sampling` of float32 input).
         Positive weights such that ``S X = X[indices] * weights[:, None]`` satisfies
         :math:`\mathbb E[(SX)^\top SX] = X^\top X` for every ``X`` whose nonzero rows all
         have positive sampling probability: :math:`1/\sqrt{s p_i}` with replacement,
@@ -522,8 +523,9 @@ def leverage_score_sampling(
     Returns
     -------
     SampleResult
-        ``indices`` (s,) int64 and ``weights`` (s,) float64 with
-        :math:`\mathbb E[(SA)^\top SA] = A^\top A`.
+        ``indices`` (s,) int64 and ``weights`` (s,) with
+        :math:`\mathbb E[(SA)^\top SA] = A^\top A`; the weights are float32 for
+        float32 ``A`` (computed in float64, then rounded), float64 otherwise.
 
     Raises
     ------
@@ -596,7 +598,10 @@ def leverage_score_sampling(
     rng = check_rng(rng)
     scores = leverage_scores(A, method=method, eps=eps, delta=delta, rng=rng)
     p = _probabilities_from(scores, "leverage score (A is zero)")
-    return _sample(p, s, replace, rng)
+    res = _sample(p, s, replace, rng)
+    # dtype contract: float32 scores (float32 A) give float32 weights. They fit: a
+    # positive float32 score is >= 2**-149, so a weight is at most sqrt(r / s) 2**74.5.
+    return SampleResult(res.indices, res.weights.astype(scores.dtype, copy=False))
 
 
 def _row_sq_norms_any(X) -> np.ndarray:

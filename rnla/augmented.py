@@ -320,7 +320,10 @@ class AugmentedKrylov:
     n_probes : int, optional
         Number of random probe columns :math:`s \ge 1` (they drive the log-det
         estimate and deflate the top of the spectrum for the data fit). Default
-        ``min(10, N - 1)`` (the 10 probes of :func:`rnla.trace.logdet`; at least 1).
+        ``min(10, N - 1)`` (the 10 probes of :func:`rnla.trace.logdet`, clamped to the
+        size): 0 only for :math:`N = 1`, where the space spanned by ``y`` is all of
+        :math:`\mathbb R^1` and every result is exact (standard error 0). An explicit
+        value must satisfy ``1 <= n_probes`` and ``k * (1 + n_probes) <= N``.
     probes : {"rademacher", "gaussian"}, default="rademacher"
         Distribution of the probe entries.
     spectrum_lower : float, default=0.0
@@ -491,8 +494,11 @@ class AugmentedKrylov:
         if ynorm == 0.0:
             raise ValueError("y must be nonzero (the data fit of y = 0 is 0)")
         if n_probes is None:
-            n_probes = max(1, min(_DEFAULT_N_PROBES, n - 1))
-        s = check_int(n_probes, "n_probes", minimum=1, maximum=max(n - 1, 1))
+            # Clamped to the size: N = 1 leaves no room for a probe next to y, and the
+            # space spanned by y is then all of R^1 (the log-det is exact, no probe).
+            s = min(_DEFAULT_N_PROBES, n - 1)
+        else:
+            s = check_int(n_probes, "n_probes", minimum=1, maximum=max(n - 1, 1))
         p = 1 + s
         if k is None:
             k = max(1, min(_DEFAULT_K, n // p))
@@ -539,6 +545,8 @@ class AugmentedKrylov:
         self._t_quantile = (
             float(scipy.stats.t.ppf(0.5 + _CONFIDENCE / 2, s - 1)) if s > 1 else np.inf
         )
+        if s == 0:
+            self._t_quantile = 0.0  # no probe: the log-det is exact (N = 1)
         self.n_converged = int(np.count_nonzero(conv))
         self._rules = rules
         self._Q = res.Q
@@ -566,6 +574,9 @@ class AugmentedKrylov:
         """Per-probe log-det estimates, shape (m, n_probes)."""
         r = self._rules
         base = self.n * np.log(lam) + np.log1p(self._theta_conv[None, :] / lam[:, None]).sum(1)
+        if self.n_probes == 0:
+            # Only at N = 1 (default n_probes): the space is R^1, its Ritz pair is exact.
+            return base[:, None]
         if rule == "gauss":
             rest = _log1p_rule(r.theta, self._W_gauss, lam)
         else:
@@ -573,9 +584,11 @@ class AugmentedKrylov:
         return base[:, None] + rest
 
     @staticmethod
-    def _mean_stderr(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mean_stderr(L: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         s = L.shape[1]
         mean = L.mean(axis=1)
+        if exact:
+            return mean, np.zeros(mean.shape)  # no probe part (N = 1)
         if s < 2:
             return mean, np.full(mean.shape, np.inf)
         return mean, L.std(axis=1, ddof=1) / math.sqrt(s)
@@ -645,7 +658,7 @@ class AugmentedKrylov:
         """
         lam, shape = _check_lam(lam)
         rule = check_option(rule, _RULES, "rule")
-        mean, _ = self._mean_stderr(self._logdet_probes(lam, rule))
+        mean, _ = self._mean_stderr(self._logdet_probes(lam, rule), self.n_probes == 0)
         return _shape_out(mean, shape, self.dtype)
 
     def neg_log_likelihood(self, lam, /, *, rule="radau"):
@@ -674,7 +687,7 @@ class AugmentedKrylov:
         """
         lam, shape = _check_lam(lam)
         rule = check_option(rule, _RULES, "rule")
-        mean, _ = self._mean_stderr(self._logdet_probes(lam, rule))
+        mean, _ = self._mean_stderr(self._logdet_probes(lam, rule), self.n_probes == 0)
         nll = self.n * np.log(self._datafit(lam, rule)) + mean
         return _shape_out(nll, shape, self.dtype)
 
@@ -712,8 +725,8 @@ class AugmentedKrylov:
         hi = self._datafit(lam, "radau")
         r = self._rules
         interlacing = self.n * np.log(lam) + np.log1p(r.theta[None, :] / lam[:, None]).sum(1)
-        mean_r, se_r = self._mean_stderr(self._logdet_probes(lam, "radau"))
-        mean_g, se_g = self._mean_stderr(self._logdet_probes(lam, "gauss"))
+        mean_r, se_r = self._mean_stderr(self._logdet_probes(lam, "radau"), self.n_probes == 0)
+        mean_g, se_g = self._mean_stderr(self._logdet_probes(lam, "gauss"), self.n_probes == 0)
         t = self._t_quantile
         with np.errstate(invalid="ignore"):
             ld_lo = np.maximum(interlacing, mean_r - t * se_r)

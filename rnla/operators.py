@@ -93,6 +93,7 @@ __all__ = [
     "EntryMatrix",
     "EntryMatrixBase",
     "KernelMatrix",
+    "KernelOverflowError",
     "as_linear_operator",
     "check_indices",
     "dot_test",
@@ -576,6 +577,17 @@ def _readonly_view(a: np.ndarray) -> np.ndarray:
     return out
 
 
+class KernelOverflowError(ValueError, OverflowError):
+    """An entry of an unbounded kernel (exp, polynomial) overflows the result dtype.
+
+    A ``ValueError`` (the project's error for input outside what can be computed) and,
+    for code written against earlier versions, an ``OverflowError``. Raised by every
+    :class:`KernelMatrix` evaluation that would otherwise return ``inf``; the message
+    names the kernel, the dtype, its largest finite value and the remedies (rescale the
+    points, lower ``scale``, or use float64).
+    """
+
+
 class KernelMatrix(EntryMatrixBase):
     r"""Kernel matrix :math:`K_{ij} = k(x_i, y_j)`, evaluated block by block.
 
@@ -646,7 +658,8 @@ class KernelMatrix(EntryMatrixBase):
         Points not 2-D, empty or non-finite; ``X`` and ``Y`` with different numbers of
         features; unknown kernel name (the message lists the allowed names);
         non-positive bandwidth; ``bandwidth`` given for a kernel without one;
-        ``degree < 1``.
+        ``degree < 1``. At evaluation: :class:`KernelOverflowError` (a ``ValueError``)
+        when an entry of the exp or polynomial kernel overflows ``dtype``.
 
     Notes
     -----
@@ -674,7 +687,9 @@ class KernelMatrix(EntryMatrixBase):
     **Overflow.** The exp and polynomial kernels are unbounded: :math:`e^{s\langle x,
     y\rangle}` exceeds the largest float32 (float64) once :math:`s\langle x, y\rangle >
     88.7` (709.8). Rather than return ``inf``, every evaluation that overflows raises
-    :class:`OverflowError`; rescale the points, lower ``scale`` or use float64. For
+    :class:`KernelOverflowError`, a ``ValueError`` (and, for code written against
+    earlier versions, an ``OverflowError``) naming the kernel, the dtype and its
+    largest finite value; rescale the points, lower ``scale`` or use float64. For
     softmax attention, ``attention.SoftmaxMatrix`` stabilises each row by its maximum
     and factors the symmetric lift as :math:`D\,G\,D` with a bounded Gaussian
     :math:`G`, which avoids the problem.
@@ -811,9 +826,9 @@ class KernelMatrix(EntryMatrixBase):
 
     # -- evaluation ---------------------------------------------------------------------
 
-    def _overflow(self) -> OverflowError:
+    def _overflow(self) -> KernelOverflowError:
         name = _KERNEL_NAMES[self._kind]
-        return OverflowError(
+        return KernelOverflowError(
             f"{name!r} kernel entries overflow {self.dtype} (largest finite value "
             f"{np.finfo(self.dtype).max:.3g}) with scale={self._scale}; rescale the points, "
             "lower scale, or use float64"

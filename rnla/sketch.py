@@ -660,19 +660,24 @@ def countsketch(sketch_size, n, /, *, rng=None) -> HashSketch:
     return _build(("countsketch", k, keys, None), 0, n)
 
 
-def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
+_DEFAULT_NNZ_PER_COL = 8  # Martinsson and Tropp (2020, §9.2)
+
+
+def sparse_sign(sketch_size, n, /, *, nnz_per_col=None, rng=None) -> HashSketch:
     r"""Sparse sign sketch (SJLT/OSNAP): ``z`` distinct rows per column, values ±1/√z.
 
     Parameters
     ----------
     sketch_size : int
-        Sketch size ``k``, ``k >= nnz_per_col``.
+        Sketch size ``k >= 1`` (``k >= nnz_per_col`` when ``nnz_per_col`` is given).
     n : int
         Input dimension, ``n >= 1``.
-    nnz_per_col : int, default=8
+    nnz_per_col : int, optional
         Nonzeros ``z`` in each column; ``z = 1`` is CountSketch with distinct-row
-        sampling. ``z = 8`` with ``k >= 2d`` is the practical recommendation of
-        Martinsson and Tropp (2020, §9.2).
+        sampling. Default ``min(8, k)``: ``z = 8`` with ``k >= 2d`` is the practical
+        recommendation of Martinsson and Tropp (2020, §9.2), clamped to ``k`` because
+        the nonzeros of a column occupy distinct rows (``k < 8`` gives ``z = k``: every
+        entry of ``S`` is a random sign times :math:`1/\sqrt k`).
     rng : None, int, SeedSequence, BitGenerator or Generator, optional
         Source of randomness.
 
@@ -687,7 +692,8 @@ def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     TypeError
         If a size is not an integer.
     ValueError
-        If ``nnz_per_col > sketch_size`` (rows in a column must be distinct) or a size is < 1.
+        If an explicit ``nnz_per_col > sketch_size`` (rows in a column must be distinct)
+        or a size is < 1.
 
     Notes
     -----
@@ -717,6 +723,8 @@ def sparse_sign(sketch_size, n, /, *, nnz_per_col=8, rng=None) -> HashSketch:
     True
     """
     k, n = _check_sizes(sketch_size, n)
+    if nnz_per_col is None:
+        nnz_per_col = min(_DEFAULT_NNZ_PER_COL, k)
     z = check_int(nnz_per_col, "nnz_per_col", minimum=1)
     if z > k:
         raise ValueError(
@@ -1048,13 +1056,18 @@ class TensorSketch(SketchOperator):
         Raises
         ------
         ValueError
-            If ``X`` does not have ``n`` columns or holds NaN/inf.
+            If ``X`` does not have ``n`` columns or holds NaN/inf, or if a feature
+            overflows the dtype (it scales as :math:`\|x\|^p`: entries of ``1e30``
+            overflow float32 at ``p = 2``).
 
         Notes
         -----
         :math:`\phi(x) = \mathcal F^{-1}(\prod_t \mathcal F(C_t x))`: ``p``
         CountSketches (Numba) and real FFTs of length ``k`` (NumPy's pocketfft), in all
-        :math:`O(N p (n + k \log k))` flops.
+        :math:`O(N p (n + k \log k))` flops. If an intermediate overflows, the rows are
+        scaled by powers of two to :math:`\max_i|x_i| < 1` (exact), transformed again
+        and scaled back by :math:`2^{pe}` in float64; features that do not fit the dtype
+        raise ``ValueError`` rather than return ``inf`` or NaN.
         """
         X = as_float_array(X, name="X", ndim=(1, 2))
         vector = X.ndim == 1
@@ -1063,6 +1076,13 @@ class TensorSketch(SketchOperator):
             raise ValueError(
                 f"X must have n={self.n_features} columns (features), got {X2.shape[1]}"
             )
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._transform_rows(X2)
+            if not np.isfinite(out).all():
+                out = self._transform_rescaled(X2)
+        return out[0] if vector else out
+
+    def _transform_rows(self, X2):
         k = self.shape[0]
         spectrum = None
         for stage in self._stages:
@@ -1070,8 +1090,30 @@ class TensorSketch(SketchOperator):
             cs = stage._apply_dense(X2.T).T
             f = np.fft.rfft(cs, axis=1)
             spectrum = f if spectrum is None else spectrum * f
-        out = np.fft.irfft(spectrum, n=k, axis=1).astype(X2.dtype, copy=False)
-        return out[0] if vector else out
+        return np.fft.irfft(spectrum, n=k, axis=1).astype(X2.dtype, copy=False)
+
+    def _transform_rescaled(self, X2):
+        r"""Rows scaled by powers of two (exact) to ``max|x| < 1``, rescaled at the end.
+
+        The fallback when an intermediate of :meth:`_transform_rows` overflowed
+        (:math:`x^{\otimes p}` beyond the dtype's range): it recovers every feature
+        that is representable and refuses the call when a feature itself is not.
+        """
+        _, e = np.frexp(np.max(np.abs(X2), axis=1))
+        e = e.astype(np.int64)
+        out = self._transform_rows(np.ldexp(X2, -e[:, None].astype(np.int32)))
+        # Rescale in float64 by 2**(p e): the feature is finite iff this fits the dtype.
+        big = np.ldexp(out.astype(np.float64), (self.degree * e)[:, None])
+        limit = np.finfo(X2.dtype).max
+        fits = np.isfinite(out).all() and bool(np.all(np.abs(big) <= limit))
+        if not fits:
+            raise ValueError(
+                f"the TensorSketch features of x^(tensor power {self.degree}) overflow "
+                f"{X2.dtype} (largest finite value {limit:.3g}): rescale X "
+                "(the features scale as the degree-th power of X)"
+                + (" or use float64" if X2.dtype == np.float32 else "")
+            )
+        return big.astype(X2.dtype)
 
     def _describe(self):
         return f"degree={self.degree}, n_features={self.n_features}"

@@ -304,7 +304,9 @@ def lstsq(
     -------
     LstsqResult
         ``x`` (n,) or (n, k) in the data dtype, ``iterations``, ``residual_norm``,
-        ``error_estimate``, ``tol`` (reached), ``rank``, ``sketch_size``.
+        ``error_estimate``, ``tol`` (reached), ``rank``, ``sketch_size``. For
+        ``A = 0`` the minimum-norm solution ``x = 0``: rank 0, no iterations,
+        ``residual_norm`` :math:`\|b\|`, ``tol`` and ``error_estimate`` 0.
 
     Raises
     ------
@@ -312,7 +314,8 @@ def lstsq(
         Unsupported or complex input, non-integer sizes, a non-numeric ``tol``.
     ValueError
         ``A`` wide (``m < n``), empty or non-finite; ``b`` of the wrong length or
-        non-finite; unknown option names; ``sketch_size`` outside ``[n, m]``.
+        non-finite; unknown option names; ``sketch_size`` outside ``[n, m]``; a sketch
+        with :math:`SA = 0` for a nonzero ``A`` (a hash sketch can cancel a tiny ``A``).
 
     Warns
     -----
@@ -435,6 +438,8 @@ def lstsq(
     SA = np.asarray(_apply_sketch(S, A, op), dtype=np.float64)
     b2 = b if b.ndim == 2 else b[:, None]
     Sb = np.asarray(S @ b2, dtype=np.float64)
+    if not SA.any():  # A = 0: x = 0 is the minimum-norm solution
+        return _zero_matrix_solution(A, op, b, dtype, k, rng)
     N, R, r, y0 = _sketch_preconditioner(SA, Sb, preconditioner, rcond)
     M = _Preconditioned(op, N, R)
     if maxiter is None:
@@ -489,6 +494,45 @@ def _lstsq_sketch(A, sketch, sketch_size, m: int, n: int, rng):
     if kind == "sparse_sign":
         return _sketch.sparse_sign(k, m, nnz_per_col=min(8, k), rng=rng)
     return _SKETCHES[kind](k, m, rng=rng)
+
+
+def _zero_matrix_solution(A, op, b, dtype, k: int, rng) -> LstsqResult:
+    """Return the result for ``A = 0`` (``x = 0``), or refuse a sketch with ``SA = 0``.
+
+    Dense and sparse ``A`` are checked exactly; an operator by one product with a
+    Gaussian vector (nonzero with probability 1 unless ``A = 0``). ``A^T r = 0``, so the
+    reached ``tol`` and the error estimate are 0; the rank is 0.
+    """
+    n = op.shape[1]
+    if isinstance(A, np.ndarray):
+        nonzero = bool(A.any())
+    elif sp.issparse(A):
+        nonzero = bool(A.count_nonzero())
+    else:
+        probe = rng.standard_normal((n, 1)).astype(dtype)
+        nonzero = bool(np.asarray(op.matmat(probe)).any())
+    if nonzero:
+        raise ValueError(
+            "the sketch annihilates A (S @ A = 0 although A is nonzero): draw another "
+            "sketch (rng) or increase sketch_size"
+        )
+    # S @ A taken directly for arrays is a pass the operator did not count
+    n_passes = op.n_passes + int(isinstance(A, np.ndarray) or sp.issparse(A))
+    residual = np.linalg.norm(b.astype(np.float64), axis=0)
+    if b.ndim == 1:
+        res = LstsqResult(np.zeros(n, dtype=dtype), 0, float(residual), 0.0, 0.0, 0, k)
+    else:
+        nrhs = b.shape[1]
+        res = LstsqResult(
+            np.zeros((n, nrhs), dtype=dtype),
+            np.zeros(nrhs, dtype=np.int64),
+            residual,
+            np.zeros(nrhs),
+            np.zeros(nrhs),
+            0,
+            k,
+        )
+    return _with_passes(res, n_passes)
 
 
 def _sketch_preconditioner(SA, Sb, preconditioner: str, rcond: float):

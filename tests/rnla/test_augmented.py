@@ -410,3 +410,41 @@ def test_exact_likelihood_psd_to_rounding(method):
     np.testing.assert_allclose(got.datafit[0], ref_fit[0], rtol=1e-2)
     np.testing.assert_allclose(got.datafit[1], ref_fit[1], rtol=1e-10)
     assert np.all(np.isfinite(got.logdet))
+
+
+@pytest.mark.parametrize("a", [0.0, 0.5, 1e15])
+def test_one_by_one_defaults_are_clamped_and_exact(dtype, a):
+    # N = 1 leaves no room for a probe next to y: the defaults clamp to n_probes = 0 and
+    # the space spanned by y is R^1, so every result is exact.
+    A = np.array([[a]], dtype=dtype)
+    y = np.array([2.0], dtype=dtype)
+    A0, y0 = A.copy(), y.copy()
+    lam = np.array([1e-8, 1e-2, 1.0, 1e4])
+    aug = AugmentedKrylov(A, y, rng=0)
+    assert (aug.n_probes, aug.k, aug.dim, aug.breakdown) == (0, 1, 1, True)
+    a64 = np.float64(np.dtype(dtype).type(a))
+    ref_fit, ref_ld = 4.0 / (lam + a64), np.log(lam + a64)
+    rt = tol(dtype)
+    np.testing.assert_allclose(aug.datafit(lam), ref_fit, rtol=rt)
+    np.testing.assert_allclose(aug.datafit(lam, rule="radau"), ref_fit, rtol=rt)
+    np.testing.assert_allclose(aug.logdet(lam), ref_ld, rtol=rt, atol=rt)
+    np.testing.assert_allclose(
+        aug.neg_log_likelihood(lam), np.log(ref_fit) + ref_ld, rtol=rt, atol=rt
+    )
+    b = aug.bounds(lam)
+    for field in b:
+        assert field.dtype == np.dtype(dtype) and np.isfinite(field).all()
+    np.testing.assert_array_equal(b.logdet_stderr, 0.0)
+    np.testing.assert_allclose(aug.solve(1.0), [2.0 / (1.0 + a64)], rtol=rt)
+    np.testing.assert_array_equal(A, A0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_one_by_one_explicit_bad_sizes_still_refused():
+    A, y = np.array([[1.0]]), np.array([1.0])
+    with pytest.raises(ValueError, match=r"k \* \(1 \+ n_probes\) = 1 \* 2 = 2 must be <= n=1"):
+        AugmentedKrylov(A, y, n_probes=1)
+    with pytest.raises(ValueError, match=r"= 2 \* 1 = 2 must be <= n=1"):
+        AugmentedKrylov(A, y, k=2)
+    # Negative control: N = 2 keeps one probe by default.
+    assert AugmentedKrylov(np.eye(2), np.ones(2), rng=0).n_probes == 1

@@ -749,21 +749,14 @@ REFUSALS: dict[str, tuple[str, ...]] = {
     "rnla.sketch.sampling_sketch": ("is zero",),
     "rnla.tensor.maxvol": ("full column rank",),  # documented requirements
     "rnla.qr.cholqr_sketch": ("full column rank",),
+    # entries (features) beyond the dtype's range are refused rather than returned as inf
+    "rnla.operators.KernelMatrix": ("overflow",),
+    "rnla.sketch.tensor_sketch": ("overflow",),
 }
 
 # Defects these fuzz tests found that are not fixed yet: public name -> what fails.
 # Marked xfail (not strict), so the entry can go as soon as the defect is fixed.
-KNOWN: dict[str, str] = {
-    "rnla.augmented.AugmentedKrylov": "defaults refused on a 1 x 1 matrix "
-    "(k * (1 + n_probes) = 2 must be <= n = 1)",
-    "rnla.operators.KernelMatrix": "OverflowError (not ValueError) when polynomial "
-    "kernel entries overflow float32",
-    "rnla.sketch.leverage_score_sampling": "float64 weights from float32 input",
-    "rnla.sketch.sparse_sign": "the default nnz_per_col=8 is refused for sketch_size < 8",
-    "rnla.sketch.tensor_sketch": "NaN/inf from transform when x^(x)p overflows float32 "
-    "(entries of 1e30); should raise ValueError",
-    "rnla.solve.lstsq": "the zero matrix is refused (x = 0 solves it)",
-}
+KNOWN: dict[str, str] = {}
 # Cases that draw arguments beyond the documented domain on purpose (extreme scalars):
 # any ValueError/TypeError with a message is fine there.
 LENIENT = ("rnla.bounds.",)
@@ -940,3 +933,47 @@ def test_qrcp_rank_above_the_matrix_rank():
     res = rnla.qr.qrcp(A, rank=2, rng=0)
     assert res.growth == math.inf
     np.testing.assert_allclose(res.Q @ res.R, A[:, res.pivots], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# former KNOWN findings without a module test file of their own here
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "operator"])
+@pytest.mark.parametrize("method", ["precondition", "solve"])
+def test_lstsq_zero_matrix_gives_minimum_norm_zero(dtype, kind, method):
+    # Was refused ("A is zero on the sketch"); x = 0 is the minimum-norm solution.
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import aslinearoperator
+
+    A = np.zeros((6, 3), dtype=dtype)
+    b = np.arange(6, dtype=dtype)
+    B = np.stack([b, -2 * b], axis=1)
+    A0, b0 = A.copy(), b.copy()
+    AA = {"dense": A, "sparse": sp.csr_matrix(A), "operator": aslinearoperator(A)}[kind]
+    res = rnla.solve.lstsq(AA, b, method=method, rng=0)
+    assert res.x.dtype == dtype and res.x.shape == (3,)
+    np.testing.assert_array_equal(res.x, 0.0)
+    # Plain NumPy reference: the minimum-norm least-squares solution and its residual.
+    ref = np.linalg.lstsq(A.astype(np.float64), b.astype(np.float64), rcond=None)[0]
+    np.testing.assert_array_equal(ref, 0.0)
+    assert res.residual_norm == pytest.approx(np.linalg.norm(b.astype(np.float64)))
+    assert (res.iterations, res.rank, res.tol, res.error_estimate) == (0, 0, 0.0, 0.0)
+    assert res.sketch_size >= 3 and res.n_passes >= 1
+    many = rnla.solve.lstsq(AA, B, method=method, rng=0)
+    assert many.x.shape == (3, 2) and many.x.dtype == dtype and not many.x.any()
+    np.testing.assert_allclose(many.residual_norm, np.linalg.norm(B, axis=0), rtol=1e-6)
+    assert many.iterations.tolist() == [0, 0]
+    np.testing.assert_array_equal(A, A0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_lstsq_sketch_that_annihilates_nonzero_a_is_refused():
+    # Negative control: a CountSketch that cancels A = [1, 1]^T (both rows in the same
+    # bucket with opposite signs) is not mistaken for A = 0.
+    S = rnla.sketch.HashSketch(1, np.zeros((2, 1), int), np.array([[False], [True]]), 1.0, "cs")
+    A = np.array([[1.0], [1.0]])
+    with pytest.raises(ValueError, match="the sketch annihilates A"):
+        rnla.solve.lstsq(A, np.ones(2), sketch=S)

@@ -13,6 +13,7 @@ from rnla.operators import (
     EntryMatrix,
     EntryMatrixBase,
     KernelMatrix,
+    KernelOverflowError,
     as_linear_operator,
     check_indices,
     dot_test,
@@ -219,12 +220,30 @@ def test_overflow_raises_in_float32_only(kernel, params):
         K32.diag,
         lambda: K32.as_linear_operator() @ np.ones(3),
     ):
-        with pytest.raises(OverflowError, match="overflow float32"):
+        # The project's ValueError, still an OverflowError for older callers.
+        with pytest.raises(ValueError, match="overflow float32") as info:
             call()
+        assert isinstance(info.value, KernelOverflowError | OverflowError)
     assert K32.n_evaluations == 0
     # Negative control: the same entries are finite in float64.
     K64 = KernelMatrix(X, kernel=kernel, **params)
     assert np.isfinite(full_matrix(K64)).all()
+
+
+def test_polynomial_overflow_is_value_error_and_input_kept(dtype):
+    # Fuzz finding: entries of 1e29 overflowed the polynomial kernel in float32 with an
+    # OverflowError only; the refusal is now the project's ValueError with the remedy.
+    X = np.array([[1.2573022e29], [1.0]], dtype=dtype)
+    X0 = X.copy()
+    K = KernelMatrix(X, kernel="polynomial")
+    if dtype == np.float32:
+        with pytest.raises(ValueError, match=r"'polynomial' kernel entries overflow float32"):
+            K.diag()
+    else:  # negative control: 2.5e116 is finite in float64, against NumPy
+        d = K.diag()
+        assert d.dtype == np.float64 and np.isfinite(d).all()
+        np.testing.assert_allclose(d, (X[:, 0] ** 2 + 1.0) ** 2, rtol=1e-14)
+    np.testing.assert_array_equal(X, X0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from rnla.sketch import (
     sampling_sketch,
     uniform_sampling,
 )
+from tests.conftest import tol
 
 # ----------------------------------------------------------------------------------------
 # references and test matrices
@@ -404,7 +405,7 @@ def test_sample_result_types_and_shapes(dtype, rng):
     ):
         assert isinstance(res, SampleResult)
         assert res.indices.dtype == np.int64 and res.indices.shape == (7,)
-        assert res.weights.dtype == np.float64 and res.weights.shape == (7,)
+        assert res.weights.dtype in (np.float64, np.dtype(dtype)) and res.weights.shape == (7,)
         assert np.all((res.indices >= 0) & (res.indices < 50))
     np.testing.assert_array_equal(X, X_before)
 
@@ -599,3 +600,27 @@ def test_inputs_not_mutated(rng):
     row_norm_sampling(A_sp, 5, rng=rng)
     SamplingSketch([0, 1], [1.0, 1.0], 400) @ A
     np.testing.assert_array_equal(A_sp.data, data_before)
+
+
+@pytest.mark.parametrize("method", ["exact", "sketched"])
+@pytest.mark.parametrize("replace", [True, False])
+def test_leverage_score_sampling_weights_follow_dtype(dtype, rng, method, replace):
+    # Fuzz finding: float32 A gave float64 weights. They are now float32 for float32 A,
+    # equal to the float64 computation rounded once (same indices, same draws).
+    A = rng.standard_normal((60, 4)).astype(dtype)
+    A[::7] *= 1e-30  # tiny rows: tiny scores, the largest weights
+    A0 = A.copy()
+    res = leverage_score_sampling(A, 9, method=method, replace=replace, rng=5)
+    assert res.weights.dtype == np.dtype(dtype)
+    assert np.isfinite(res.weights).all() and (res.weights > 0).all()
+    np.testing.assert_array_equal(A, A0)
+    # Reference: the same probabilities in plain NumPy (float64), exact scores only.
+    if method == "exact":
+        scores = leverage_scores(A.astype(np.float64))
+        p = scores / scores.sum()
+        if replace:
+            ref = 1.0 / np.sqrt(9 * p[res.indices])
+            np.testing.assert_allclose(res.weights, ref, rtol=tol(dtype, 1e4))
+    # Negative control: row_norm_sampling keeps float64 weights (they can exceed the
+    # float32 range for rows of very different norms).
+    assert row_norm_sampling(A, 3, rng=0).weights.dtype == np.float64

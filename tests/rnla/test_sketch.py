@@ -10,6 +10,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from rnla import sketch as sk
 from rnla._kernels import sketch as K
 from rnla.operators import dot_test
+from tests.conftest import tol
 
 # --------------------------------------------------------------------------------------
 # plain-NumPy references (independent of the operators' own todense)
@@ -515,3 +516,66 @@ def test_operator_arrays_are_read_only():
     M = G.todense()
     M[0, 0] = 99.0  # a copy: the operator is unaffected
     assert G.todense()[0, 0] != 99.0
+
+
+# --------------------------------------------------------------------------------------
+# former fuzz findings
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 8, 9])
+def test_sparse_sign_default_nnz_per_col_is_clamped(k, dtype, rng):
+    # Default z = min(8, k): the old default 8 was refused for k < 8.
+    n = 50
+    S = sk.sparse_sign(k, n, rng=3)
+    z = min(8, k)
+    assert S.nnz_per_col == z
+    M = S.todense()
+    assert np.all((M != 0).sum(axis=0) == z)
+    np.testing.assert_allclose(np.abs(M[M != 0]), 1 / np.sqrt(z))
+    # Same sketch as with the explicit value, against the dense reference.
+    np.testing.assert_array_equal(M, sk.sparse_sign(k, n, nnz_per_col=z, rng=3).todense())
+    A = rng.standard_normal((n, 4)).astype(dtype)
+    A0 = A.copy()
+    out = S @ A
+    assert out.dtype == dtype and np.isfinite(out).all()
+    np.testing.assert_allclose(out, M @ A.astype(np.float64), rtol=tol(dtype), atol=tol(dtype))
+    np.testing.assert_array_equal(A, A0)
+
+
+def test_sparse_sign_explicit_nnz_per_col_above_k_still_refused():
+    with pytest.raises(ValueError, match=r"nnz_per_col=8 must be <= sketch_size=7"):
+        sk.sparse_sign(7, 10, nnz_per_col=8)
+
+
+def test_tensor_sketch_overflow_refused_not_nan(dtype):
+    # Fuzz finding: entries of 1e30 gave NaN/inf features in float32 (x (x) x ~ 1e60).
+    ts = sk.tensor_sketch(16, 3, 2, rng=0)
+    big = 1e30 if dtype == np.float32 else 1e160
+    X = np.array([[big, -big, 1.0], [1.0, 2.0, 3.0]], dtype=dtype)
+    X0 = X.copy()
+    with pytest.raises(ValueError, match=f"overflow {np.dtype(dtype).name}"):
+        ts.transform(X)
+    np.testing.assert_array_equal(X, X0)
+    # Negative control: the well-scaled row alone is fine.
+    assert np.isfinite(ts.transform(X[1])).all()
+
+
+def test_tensor_sketch_recovers_intermediate_overflow(dtype, rng):
+    # Features that fit the dtype although the FFT intermediates of the direct path
+    # overflow: the power-of-two rescaled path returns them, against the dense reference.
+    n, k, p = 40, 256, 2
+    ts = sk.tensor_sketch(k, n, p, rng=rng)
+    mag = 2.0**60 if dtype == np.float32 else 2.0**508
+    X = (rng.standard_normal((3, n)) * mag).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        direct = ts._transform_rows(X)
+    assert not np.isfinite(direct).all()  # the case the fallback exists for
+    feats = ts.transform(X)
+    assert feats.dtype == dtype and np.isfinite(feats).all()
+    M = ref_tensor_sketch_matrix(ts)
+    for i in range(3):
+        x = X[i].astype(np.float64) / mag
+        ref = (M @ np.kron(x, x)) * mag**2
+        t = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(feats[i], ref, rtol=t, atol=t * np.abs(ref).max())
