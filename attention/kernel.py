@@ -32,7 +32,9 @@ replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -44,6 +46,7 @@ from attention._core import (
     Cost,
     ErrorBound,
     Problem,
+    center_radius,
     check_error_bound,
     finish_row_bounds,
     method_result,
@@ -51,7 +54,14 @@ from attention._core import (
     problem_cost_exact,
     rounding_allowance,
 )
-from attention._kernels.features import _block_unions, _online_leverage, _prefix_topk
+from attention._kernels.features import (
+    _block_unions,
+    _bucket_weights,
+    _cumsum_rows,
+    _online_leverage,
+    _prefix_topk,
+    _scatter_rows,
+)
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, value_radius
@@ -432,17 +442,35 @@ def _grouped_map(problem: Problem, key_side, query_side) -> list:
     """Key-side work once per key/value slice, then query-side work per query slice.
 
     ``key_side(g)`` runs once for one slice ``g`` of every key/value group (grouped-query
-    heads share their keys), ``query_side(g, key_result)`` for every query slice; both
-    stages run on all cores (:func:`attention._parallel.map_slices`). Returns the
-    query-side results in slice order.
+    heads share their keys), ``query_side(g, key_result)`` for every query slice. The
+    query slices run on all cores (:func:`attention._parallel.map_slices`) in an order
+    interleaved over the groups; each computes its group's key side on first use (the
+    other slices of that group wait for it), so no thread idles between the two stages
+    (3 key/value and 9 query slices on 2 threads: 6 units of time instead of 2 + 5).
+    The key side of a group is computed from the same slice whichever thread runs it.
+    Returns the query-side results in slice order.
     """
     reps: dict[int, int] = {}
+    members: dict[int, list[int]] = {}
     for g in range(problem.n_slices):
-        reps.setdefault(int(problem.kv_index[g]), g)
-    keys = dict(zip(reps, map_slices(key_side, list(reps.values())), strict=True))
-    return map_slices(
-        lambda g: query_side(g, keys[int(problem.kv_index[g])]), range(problem.n_slices)
-    )
+        j = int(problem.kv_index[g])
+        reps.setdefault(j, g)
+        members.setdefault(j, []).append(g)
+    locks = {j: threading.Lock() for j in reps}
+    keys: dict[int, object] = {}
+
+    def key(j: int):
+        with locks[j]:
+            if j not in keys:
+                keys[j] = key_side(reps[j])
+        return keys[j]
+
+    order = [g for grp in itertools.zip_longest(*members.values()) for g in grp if g is not None]
+    res = map_slices(lambda g: query_side(g, key(int(problem.kv_index[g]))), order)
+    out: list = [None] * problem.n_slices
+    for g, r in zip(order, res, strict=True):
+        out[g] = r
+    return out
 
 
 def _key_cache(problem: Problem, build):
@@ -627,12 +655,15 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
     """Key/value-side ingredients of the norm-based random-feature bound (float64).
 
     Computed once per key/value slice (grouped-query heads share them): squared key
-    norms, the value centre and radius, and the mean of the keys each query row sees.
+    norms, the value centre and radius, the mean of the keys each query row sees, and
+    the value terms of the rounding allowance (:func:`_slack`).
     """
+    k = np.ascontiguousarray(k, dtype=np.float64)
     nk = np.einsum("ij,ij->i", k, k)
     counts = _visible_counts(problem)
     if problem.causal:
-        csum = np.cumsum(k, axis=0)
+        csum = np.empty_like(k)
+        _cumsum_rows(k, csum)
         if problem.offset == 0:
             kbar = csum / counts[:, None]
         else:
@@ -640,7 +671,27 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
     else:
         kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
     c, R = value_radius(v)
-    return {"nk": nk, "k2max": float(nk.max()), "kbar": kbar, "c": c, "R": float(R)}
+    v64 = np.asarray(v, dtype=np.float64)
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v64, v64)))) if v64.size else 0.0
+    return {
+        "nk": nk,
+        "k2max": float(nk.max()) if nk.size else 0.0,
+        "kbar": kbar,
+        "c": c,
+        "R": float(R),
+        "slack_R": center_radius(v64)[1],
+        "vmax": vmax,
+        "m": v64.shape[0],
+    }
+
+
+def _slack(problem: Problem, y: np.ndarray, kvd: dict) -> np.ndarray:
+    """:func:`attention._core.rounding_allowance` from the precomputed value terms."""
+    eps = float(np.finfo(problem.dtype).eps)
+    ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
+    return 4.0 * eps * (ynorm + kvd["slack_R"]) + 64.0 * (problem.d + kvd["m"]) * (
+        _EPS64 * kvd["vmax"]
+    )
 
 
 def _log_mse_rows_norms(q, kvd, features, M, counts):
@@ -746,7 +797,8 @@ def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kv
     if kvd is None:
         kvd = _kv_bound_data(problem, k, v)
     R = kvd["R"]
-    trivial = R + np.linalg.norm(y - kvd["c"], axis=1)
+    yc = y - kvd["c"]
+    trivial = R + np.sqrt(np.einsum("ij,ij->i", yc, yc))
     if mode == "exact":
         lmse, logz = _log_mse_rows(q, k, features, M, problem.causal, problem.offset, exclude)
     else:
@@ -756,7 +808,7 @@ def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kv
         logc = np.log(counts.astype(np.float64))
     part = {
         "nrows": int(seen.sum()),
-        "slack": rounding_allowance(problem, y, v),
+        "slack": _slack(problem, y, kvd),
         "trivial": np.where(seen, trivial, 0.0),
     }
     if seen.any():
@@ -847,7 +899,8 @@ def _performer(
     qmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
     kmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
     _norm_warning(qmax, kmax, M, "performer")
-    outs, lses, parts = [], [], []
+    lses, parts = [], []
+    outs = np.empty((problem.n_slices, problem.n, problem.dv), dtype=problem.dtype)
     evals = 0
     Mf = M if features == "positive" else 2 * M
     wdt = _work_dtype(problem, max(qmax, kmax))
@@ -880,10 +933,10 @@ def _performer(
         elif mode == "exact":
             q64, k64, v64 = _scaled(problem, g)
             part = _rf_parts(problem, g, (y, den, logscale), q64, k64, v64, features, M, mode)
-        return y, den, logscale, part
+        outs[g] = y  # cast in the worker thread (no stacked float64 copy)
+        return den, logscale, part
 
-    for y, den, logscale, part in _grouped_map(problem, key_side, query_side):
-        outs.append(y)
+    for den, logscale, part in _grouped_map(problem, key_side, query_side):
         lses.append(_positive_lse(den, logscale))
         if mode is not None:
             if features == "trig":
@@ -902,6 +955,27 @@ def _performer(
 # ---------------------------------------------------------------------------------------
 # Scatterbrain: LSH-sparse + Performer low-rank
 # ---------------------------------------------------------------------------------------
+
+
+def _bucket_windows(hk: np.ndarray, nb: int, cs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Key windows of the causal per-bucket chunks (:func:`attention.clustering._bucket_sets`).
+
+    Window ``wstart[b] + t`` of bucket ``b`` holds the keys of ranks ``t cs`` to
+    ``t cs + 2 cs - 1`` in the bucket (keys sorted by position; past the bucket's end the
+    indices are clamped as in :func:`attention.clustering._bucket_blocks`, whose blocks
+    with window start ``lo`` use exactly the keys ``Jw[wstart[b] + lo // cs]``).
+    Returns ``wstart`` (nb + 1,) and ``Jw`` (n_windows, 2 cs).
+    """
+    m = hk.shape[0]
+    order = np.lexsort((np.arange(m), hk))
+    counts = np.bincount(hk, minlength=nb)
+    start = np.concatenate([[0], np.cumsum(counts)])
+    nwin = np.maximum(1, -(-counts // cs))
+    wstart = np.concatenate([[0], np.cumsum(nwin)])
+    b_of = np.repeat(np.arange(nb), nwin)
+    t_of = np.arange(int(wstart[-1])) - wstart[b_of]
+    span = (start[b_of] + t_of * cs)[:, None] + np.arange(2 * cs)[None, :]
+    return wstart, order[np.minimum(span, m - 1)]
 
 
 @register(
@@ -973,7 +1047,8 @@ def _scatterbrain(
     qmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.q, problem.q)))) * r
     kmax = float(np.sqrt(np.max(np.einsum("gij,gij->gi", problem.k, problem.k)))) * r
     _norm_warning(qmax, kmax, M, "scatterbrain")
-    outs, lses, parts = [], [], []
+    lses, parts = [], []
+    outs = np.empty((problem.n_slices, problem.n, problem.dv), dtype=problem.dtype)
     evals = 0
     qpos, kpos = np.arange(n) + problem.offset, np.arange(m)
 
@@ -991,10 +1066,22 @@ def _scatterbrain(
         kvd = _kv_bound_data(problem, k64, v64) if mode == "norms" else None
         ck = lk.max(axis=1)
         fk = np.exp(lk - ck[:, None])  # key features over their row maximum, once
-        return st, fk, ck, k.astype(sdt, copy=False), _augment(v, sdt), hk, kvd
+        ks, vv = k.astype(sdt, copy=False), _augment(v, sdt)
+        win = None
+        if problem.causal and m > 0:
+            # Every causal key window of every bucket, once per key/value slice, laid
+            # out for plain (non-transposed) batched GEMMs: keys and features transposed.
+            wstart, Jw = _bucket_windows(hk, nb, cs)
+            win = (
+                wstart,
+                np.ascontiguousarray(ks[Jw].transpose(0, 2, 1)),
+                np.ascontiguousarray(fk[Jw].transpose(0, 2, 1)),
+                vv[Jw],
+            )
+        return st, fk, ck, ks, vv, hk, kvd, win
 
     def query_side(g, key):
-        st, fkey, ck, k, vv, hk, kvd = key
+        st, fkey, ck, k, vv, hk, kvd, win = key
         q = _scaled_q(problem, g, wdt)
         phq, cq = _rf_query_features(q, Wt, features)
         num, den, logscale = _attend_state(phq, cq, st)
@@ -1014,28 +1101,18 @@ def _scatterbrain(
             if blocks is not None:
                 rows, J, keep, _, _ = blocks
                 rr = np.maximum(rows, 0)
-                # In the score dtype (float32 where the scores allow it).
-                sc = np.matmul(qs[rr], k[J].transpose(0, 2, 1))
-                with np.errstate(divide="ignore"):
-                    lphi = np.log(np.matmul(phq[rr], fkey[J].transpose(0, 2, 1)))
-                lphi = lphi.astype(sdt, copy=False)
-                lphi += cq.astype(sdt)[rr][:, :, None]
-                lphi += ck.astype(sdt, copy=False)[J][:, None, :]
-                sc[~keep] = -np.inf
-                lphi[~keep] = -np.inf
-                rb = np.maximum(ref[rr], np.maximum(sc.max(axis=2), lphi.max(axis=2)))
-                # The shift as used (rounded to the score dtype) is the one recorded.
-                rb = np.where(np.isfinite(rb), rb, 0.0).astype(sdt)
-                rbs = rb[..., None]
-                rb = rb.astype(np.float64)
-                sc -= rbs
-                lphi -= rbs
-                wgt = np.exp(sc)
-                wgt -= np.exp(lphi)
-                cb = np.matmul(wgt, vv[J])
-                ok = rows.ravel() >= 0
-                corr[rows.ravel()[ok]] = cb.reshape(-1, cb.shape[-1])[ok] + 0.0
-                ref[rows.ravel()[ok]] = rb.ravel()[ok]
+                wstart, kwt, fwt, vw = win
+                lead = rows[:, 0]
+                wid = wstart[hq[lead]] + sets[4][lead] // cs  # the window of each block
+                # Scores in the score dtype (float32 where the scores allow it); the
+                # weights exp(s - rb) - exp(log(phq . fk) + cq + ck - rb) in one pass.
+                sc = np.matmul(qs[rr], kwt[wid])
+                lp = np.matmul(phq[rr], fwt[wid])
+                rb = np.empty(rows.shape)
+                _bucket_weights(
+                    sc, lp, keep, rows, J, cq.astype(sdt), ck.astype(sdt, copy=False), ref, rb
+                )
+                _scatter_rows(rows, np.matmul(sc, vw[wid]), rb, corr, ref)
                 pairs = int(keep.sum())
         else:
             for b in range(nb):
@@ -1080,11 +1157,11 @@ def _scatterbrain(
             part = _rf_parts(
                 problem, g, (y, den_t, ref), q64, k64, v64, features, M, mode, exclude
             )
-        return y, den_t, ref, pairs, part
+        outs[g] = y  # cast in the worker thread (no stacked float64 copy)
+        return den_t, ref, pairs, part
 
-    for y, den_t, ref, pairs, part in _grouped_map(problem, key_side, query_side):
+    for den_t, ref, pairs, part in _grouped_map(problem, key_side, query_side):
         evals += pairs
-        outs.append(y)
         lses.append(_positive_lse(den_t, ref))
         if mode is not None:
             parts.append(part)

@@ -6,13 +6,17 @@
 ``_prefix_topk`` keeps, for every causal prefix, the best-scored keys, and
 ``_block_unions`` gathers the kept keys of blocks of rows (LevAttention).
 
+``_bucket_weights`` and ``_scatter_rows`` are Scatterbrain's sparse part: exact scores
+minus the low-rank estimate on blocks of causal per-bucket key windows (the products are
+BLAS GEMMs; the kernels fuse the masking, logarithms, row shifts and exponentials).
+
 ``_online_leverage`` computes ridge online leverage scores
 ``tau_j = k_j^T (lam I + sum_{l <= j} k_l k_l^T)^{-1} k_j`` by Sherman–Morrison updates
 of the inverse, ``O(m d^2)``; score ``j`` depends on keys ``0..j`` only (causal).
 
 All kernels are serial and deterministic (no Numba threads; the GEMMs go to BLAS, whose
 result does not depend on the partition of the output), take float64, int64 and bool
-arrays and scalars only and do not validate.
+arrays and scalars only (``_bucket_weights`` also float32) and do not validate.
 """
 
 import numpy as np
@@ -171,3 +175,88 @@ def _block_unions(idx, valid, block):
                 if valid[i, t]:
                     keep[b, i - b * block, pos[idx[i, t]]] = True
     return U, keep
+
+
+@njit(cache=True, nogil=True)
+def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
+    """Scatterbrain's sparse-part weights on blocks of per-bucket key windows, in place.
+
+    For block ``b``, row ``i`` (query ``rows[b, i]``, ``-1`` for padding) and key column
+    ``j`` (key ``J[b, j]``) with ``keep[b, i, j]``: the exact score ``s = sc[b, i, j]``
+    and the low-rank estimate ``l = log(lp[b, i, j]) + cq[row] + ck[J[b, j]]`` (the dtype
+    of ``sc``); the row shift ``rb = max(ref[row], max_j s, max_j l)`` (0 if not finite,
+    rounded to the dtype of ``sc``); then ``sc[b, i, j] = exp(s - rb) - exp(l - rb)`` on
+    kept entries and 0 elsewhere (padding rows: 0). ``rb[b, i]`` receives the shift.
+
+    Parameters
+    ----------
+    sc : float32 or float64 (nb, cs, L)
+        Exact scores; overwritten by the weights.
+    lp : (nb, cs, L)
+        Low-rank products ``phq . fk`` (any float dtype); overwritten.
+    keep : bool (nb, cs, L)
+        Visible pairs of the same bucket.
+    rows, J : int64 (nb, cs), (nb, L)
+        Query rows and key columns of each block.
+    cq, ck : (n,), (m,) in the dtype of ``sc``
+        Log shifts of the query and key features.
+    ref : float64 (n,)
+        Shift of the low-rank part of each row.
+    rb : float64 (nb, cs)
+        Output shifts (0 on padding rows).
+    """
+    nb, cs, L = sc.shape
+    one = np.empty(1, dtype=sc.dtype)
+    lb = np.empty(L, dtype=sc.dtype)
+    for b in range(nb):
+        for i in range(cs):
+            row = rows[b, i]
+            if row < 0:
+                for j in range(L):
+                    sc[b, i, j] = 0.0
+                rb[b, i] = 0.0
+                continue
+            mx = ref[row]
+            for j in range(L):
+                if keep[b, i, j]:
+                    lb[j] = np.log(lp[b, i, j])
+                    lb[j] += cq[row]
+                    lb[j] += ck[J[b, j]]
+                    mx = max(mx, sc[b, i, j], lb[j])
+            if not np.isfinite(mx):
+                mx = 0.0
+            one[0] = mx
+            rbs = one[0]
+            for j in range(L):
+                if keep[b, i, j]:
+                    sc[b, i, j] = np.exp(sc[b, i, j] - rbs) - np.exp(lb[j] - rbs)
+                else:
+                    sc[b, i, j] = 0.0
+            rb[b, i] = rbs
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rows(rows, blk, rb, corr, ref):
+    """``corr[rows[b, i]] = blk[b, i]`` and ``ref[rows[b, i]] = rb[b, i]`` (rows ``>= 0``)."""
+    nb, cs = rows.shape
+    w = blk.shape[2]
+    for b in range(nb):
+        for i in range(cs):
+            row = rows[b, i]
+            if row >= 0:
+                for c in range(w):
+                    corr[row, c] = blk[b, i, c]
+                ref[row] = rb[b, i]
+
+
+@njit(cache=True, nogil=True)
+def _cumsum_rows(x, out):
+    """``out[j] = x[0] + ... + x[j]`` (float64, rows added in order; ``np.cumsum(x, 0)``)."""
+    m, d = x.shape
+    if m == 0:
+        return
+    for c in range(d):
+        out[0, c] = x[0, c]
+    for j in range(1, m):
+        for c in range(d):
+            out[j, c] = out[j - 1, c] + x[j, c]

@@ -8,7 +8,16 @@ import pytest
 
 import attention.kernel as K
 from attention import approximate, methods
-from attention._kernels.features import _block_unions, _online_leverage, _prefix_topk
+from attention._core import prepare, rounding_allowance
+from attention._kernels.features import (
+    _block_unions,
+    _bucket_weights,
+    _cumsum_rows,
+    _online_leverage,
+    _prefix_topk,
+    _scatter_rows,
+)
+from attention.clustering import _bucket_blocks, _bucket_sets
 from attention.exact import reference_attention
 from rnla._validation import AccuracyWarning
 
@@ -490,3 +499,105 @@ def test_block_unions_matches_reference(rng, n, s, block):
         for r, i in enumerate(rows):
             assert set(U[b][keep[b, r]]) == set(idx[i][valid[i]])
         assert not keep[b, len(rows) :].any()
+
+
+def _bucket_weights_reference(sc, lp, keep, rows, J, cq, ck, ref):
+    """Plain-NumPy Scatterbrain block weights (the array form the kernel replaces)."""
+    sdt = sc.dtype
+    rr = np.maximum(rows, 0)
+    with np.errstate(divide="ignore"):
+        lphi = np.log(lp).astype(sdt)
+    lphi += cq.astype(sdt)[rr][:, :, None]
+    lphi += ck.astype(sdt)[J][:, None, :]
+    sc, lphi = sc.copy(), lphi.copy()
+    sc[~keep] = -np.inf
+    lphi[~keep] = -np.inf
+    rb = np.maximum(ref[rr], np.maximum(sc.max(axis=2), lphi.max(axis=2)))
+    rb = np.where(np.isfinite(rb), rb, 0.0).astype(sdt)
+    w = np.exp(sc - rb[..., None]) - np.exp(lphi - rb[..., None])
+    w[rows < 0] = 0.0
+    rb = np.where(rows < 0, 0.0, rb.astype(np.float64))
+    return w, rb
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "nb", "cs"), [(2, 2, 1), (40, 4, 4), (130, 8, 8)], ids=str)
+def test_bucket_weights_match_reference(rng, dtype, n, nb, cs):
+    hq = rng.integers(0, nb, n)
+    hk = rng.integers(0, nb, n)
+    hq[0] = hk[0] = 0  # the first query sees a key
+    pos = np.arange(n)
+    sets = _bucket_sets(hq, hk, pos, pos, cs)
+    rows, J, keep, _, _ = _bucket_blocks(hq, sets, pos, pos, cs)
+    sc = rng.standard_normal(keep.shape).astype(dtype) * 3
+    lp = rng.random(keep.shape).astype(dtype)
+    lp[..., 0] = 0.0  # log(0) = -inf: a zero low-rank estimate
+    cq, ck = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    ref = rng.standard_normal(n)
+    ref[::5] = -np.inf
+    w_ref, rb_ref = _bucket_weights_reference(sc, lp, keep, rows, J, cq, ck, ref)
+    rb = np.full(rows.shape, np.nan)
+    sc_in, lp_in = sc.copy(), lp.copy()
+    _bucket_weights(sc_in, lp_in, keep, rows, J, cq, ck, ref, rb)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(sc_in, w_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(rb, rb_ref, rtol=tol, atol=tol)  # logs may differ by an ulp
+    assert np.all(np.isfinite(sc_in))
+    # Scatter: each query row receives its block row, padding rows are skipped.
+    blk = rng.standard_normal((*rows.shape, 3))
+    corr, refo = np.zeros((n, 3)), np.full(n, -1.0)
+    _scatter_rows(rows, blk, rb, corr, refo)
+    ok = rows >= 0
+    np.testing.assert_array_equal(corr[rows[ok]], blk[ok])
+    np.testing.assert_array_equal(refo[rows[ok]], rb[ok])
+
+
+@pytest.mark.parametrize(("m", "nb", "cs"), [(1, 2, 1), (37, 4, 4), (200, 8, 16)], ids=str)
+def test_bucket_windows_are_the_block_windows(rng, m, nb, cs):
+    hq, hk = rng.integers(0, nb, m), rng.integers(0, nb, m)
+    hk[: m // 2] = 0  # one large bucket, some empty ones
+    pos = np.arange(m)
+    sets = _bucket_sets(hq, hk, pos, pos, cs)
+    blocks = _bucket_blocks(hq, sets, pos, pos, cs)
+    wstart, Jw = K._bucket_windows(hk, nb, cs)
+    if blocks is None:
+        return
+    rows, J = blocks[0], blocks[1]
+    wid = wstart[hq[rows[:, 0]]] + sets[4][rows[:, 0]] // cs
+    np.testing.assert_array_equal(Jw[wid], J)
+
+
+@pytest.mark.parametrize("m", [0, 1, 7, 300])
+def test_cumsum_rows_matches_numpy(rng, m):
+    x = rng.standard_normal((m, 5))
+    out = np.full((m, 5), np.nan)
+    _cumsum_rows(x, out)
+    np.testing.assert_array_equal(out, np.cumsum(x, axis=0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slack_is_the_rounding_allowance(rng, dtype):
+    Q, Kk, V = _data(rng, n=20, m=30, dtype=dtype)
+    problem = prepare(Q, Kk, V, causal=True)
+    v = problem.slice(1)[2]
+    kvd = K._kv_bound_data(problem, Kk[1].astype(float), v.astype(float))
+    y = rng.standard_normal((20, V.shape[2]))
+    np.testing.assert_allclose(K._slack(problem, y, kvd), rounding_allowance(problem, y, v))
+    np.testing.assert_allclose(
+        kvd["kbar"] * np.arange(11, 31)[:, None], np.cumsum(Kk[1].astype(float), 0)[10:]
+    )
+
+
+def test_grouped_map_computes_each_key_side_once(rng):
+    Q = rng.standard_normal((6, 9, 4))
+    Kk, V = rng.standard_normal((2, 12, 4)), rng.standard_normal((2, 12, 3))
+    problem = prepare(Q, Kk, V)
+    calls = []
+
+    def key_side(g):
+        calls.append(g)
+        return int(problem.kv_index[g])
+
+    out = K._grouped_map(problem, key_side, lambda g, key: (g, key))
+    assert out == [(g, int(problem.kv_index[g])) for g in range(6)]
+    assert sorted(calls) == [0, 3]
