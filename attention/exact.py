@@ -23,7 +23,7 @@ from attention._core import (
     prepare,
     problem_cost_exact,
 )
-from attention._kernels.exact import _attend_kernel, _split_kernel
+from attention._kernels.exact import _PAD, _attend_kernel, _split_kernel
 from attention._registry import register
 from rnla._validation import as_float_array, result_dtype
 
@@ -31,9 +31,25 @@ __all__ = ["merge_partials", "reference_attention", "softmax_attention"]
 
 # Prefill: query rows per block (the unit of parallel work) and keys per block (the GEMM
 # width). Chosen on a 2-core AVX-512 machine (benchmarks/attention_exact.py): the score
-# block (BQ x BK) stays in L2 and both GEMMs are large enough to run near the BLAS rate.
-_BQ = 256
+# block (BQ x BK) stays in L2; 252 = 42 register tiles of 6 rows (no single-row tiles).
+_BQ = 252
 _BK = 512
+
+
+def _has_avx512() -> bool:
+    try:
+        import llvmlite.binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # pragma: no cover - other llvmlite versions: use BLAS
+        return False
+
+
+# Prefill GEMMs on 512-bit register tiles (attention._kernels.exact._gemm_tiles) when the
+# CPU has AVX-512 and the value width is a multiple of the vector length (16 float32, 8
+# float64); otherwise BLAS for both products (with 256-bit registers the 24 accumulator
+# vectors of a tile would spill). Both paths are tested.
+_USE_TILES = _has_avx512()
 # Decode: a key/value slice whose stacked query rows (query heads of the group x query
 # rows) number at most this is handled by the split-key kernel.
 _SPLIT_ROWS = 64
@@ -170,6 +186,13 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
             if plan is None:
                 if verify and not (_all_finite(problem.k) and _all_finite(problem.v)):
                     _raise_nonfinite(inputs)
+                # K^T packed for the register-tile GEMMs (columns padded to _PAD).
+                vl = 64 // problem.q.itemsize
+                if _USE_TILES and dv % vl == 0 and problem.d > 0:
+                    mp = -(-m // _PAD) * _PAD
+                    kt = np.empty((problem.k.shape[0], mp * problem.d), dtype=problem.dtype)
+                else:
+                    kt = np.empty((1, 0), dtype=problem.dtype)
                 order = np.arange(G * nqb, dtype=np.int64)
                 if problem.causal and nqb > 1:
                     # Longest tasks (last query blocks) first: the threads take tasks
@@ -178,6 +201,7 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
                 _attend_kernel(
                     problem.q,
                     problem.k,
+                    kt,
                     problem.v,
                     np.ascontiguousarray(problem.kv_index, dtype=np.int64),
                     rows,
@@ -296,7 +320,7 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
 
     Notes
     -----
-    The FlashAttention recurrence [1]_ [2]_: for each block of 256 query rows, loop over
+    The FlashAttention recurrence [1]_ [2]_: for each block of 252 query rows, loop over
     blocks of 512 keys, form the score block with one GEMM, update the running row
     maximum ``mx``, normaliser ``l`` and unnormalised output ``acc`` by
 
@@ -312,17 +336,19 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
     (the sum of one block's weights is formed in the input dtype); the exponential is a
     vectorised polynomial with error <= 1.1 ulp.
 
-    Blocking (profiled per phase on one thread, AVX-512, ``d = 64``, float32): the two
-    GEMMs of a 256 x 512 tile take ~85% of the time; the row maximum and the fused
-    exponential-and-sum, each one vectorised pass over a score row with 512-bit vectors,
-    take the rest. Other block sizes (128-512 query rows, 256-1024 keys) measured the
-    same within noise. The bound is the rate of BLAS on these thin tiles (one thread,
-    float32: 114-141 GFLOP/s for the two tile GEMMs alone against 164 for a square
-    GEMM; float64 50-58 against 80), of which the kernel reaches 85-90%; it is faster
-    than the same two products formed at full size. Causal: key blocks above the
-    diagonal are skipped, only blocks crossing it are masked entry by entry, and the
-    threads take the longest query blocks first from a shared counter, so that they
-    finish together.
+    Blocking and microkernel (profiled per phase on one thread, AVX-512, ``d = 64``):
+    both products run on register tiles of 6 rows x 4 vectors of 512 bits (24
+    accumulators held in registers over the inner dimension), ``K^T`` packed once per
+    call into panels of 64 keys, ``V`` read in place. On a 252 x 512 tile ``Q K^T`` and
+    ``P V`` each run at the rate of a square BLAS GEMM on the same core (float32
+    154-177 against 164-192 GFLOP/s in the same runs), where BLAS on these thin shapes
+    reaches 135 (it repacks both operands on every call); the row maximum and the fused
+    exponential-and-sum, one vectorised pass each, take the remaining 14-18%. Without
+    AVX-512 (or with a value width that is not a multiple of 16 float32 / 8 float64
+    entries) both products go to BLAS. Causal: key blocks above the diagonal are
+    skipped, blocks crossing it are cut into strips of 48 query rows that each read
+    only the keys they see, and the threads take the longest query blocks first from
+    a shared counter, so that they finish together.
 
     Decode (split keys, flash-decoding [3]_): when the query rows of all heads sharing
     a key/value head number at most 64 (e.g. a few new tokens with grouped-query
@@ -335,9 +361,10 @@ def softmax_attention(Q, K, V, *, scale=None, causal=False, mask=None, return_ls
 
     Cost: ``2 n m (d + dv)`` flops per slice (``4 n m d`` for ``dv = d``) and ``n m``
     exponentials; with ``causal=True`` key blocks entirely above the diagonal are
-    skipped, about half of that for ``n = m``. Extra memory: ``O(T * 256 * (d + 512 +
-    dv))`` for ``T`` threads plus the output, never ``O(n m)`` (decode: ``O(m / 512 *
-    R * dv)`` for the partials of ``R`` stacked rows).
+    skipped, about half of that for ``n = m``. Extra memory: ``O(T * 252 * (d + 576 +
+    dv))`` for ``T`` threads, the output and a packed copy of ``K`` (``m d`` entries
+    per key/value head), never ``O(n m)`` (decode: ``O(m / 512 * R * dv)`` for the
+    partials of ``R`` stacked rows).
 
     Every output row is computed by one task with a fixed operation order (decode: its
     partials are merged in a fixed order, and the chunk size depends on ``m`` only), so

@@ -34,12 +34,21 @@ Masks: a key block (chunk) that the mask hides from every row of the query block
 skipped before its GEMM, so key padding of shorter sequences in a batch costs only the
 check of the mask.
 
-Per-tile arithmetic, the measured hot spots (one thread, ``d = 64``, float32, tiles of
-128 x 512, before the rewrite): the two GEMMs 1.15 ms, the row maximum 0.10 ms, the
-exponential with its row sum 0.24 ms (three passes), the rescaling 0.01 ms per 128
-query rows against 4096 keys. After it: maximum 0.03 ms, exponential 0.14 ms; the GEMMs,
-at ~82% of the rate of a large GEMM on these tile shapes, are what is left. Both
-row passes are single vectorisable loops over a score row:
+Per-tile arithmetic. The two products run on register tiles written for this kernel
+(:func:`_gemm_tiles`, an LLVM-level microkernel: 6 rows x 4 vectors of 512 bits, i.e.
+24 accumulators held in registers across the inner loop) instead of BLAS. Measured on
+one thread (CPU time, AVX-512, ``d = 64``, ``n = m = 4096``, 256 query rows x 512 keys
+per tile, float32): ``Q K^T`` from packed ``K^T`` panels 0.76 ns per score entry
+(169 GFLOP/s), ``P V`` 0.72-0.83 ns (154-177 GFLOP/s), i.e. both at the rate of a
+square 2048^3 BLAS GEMM on the same core (164-192 GFLOP/s in the same runs), against
+135 GFLOP/s for BLAS on the same tile shapes (it repacks both thin operands on every
+call, and its 16-wide kernel fills few rows of a ``d = 64`` update). ``K^T`` is packed
+once per call into ``d x 64``-key panels (:func:`_pack_kt`): rows of a plain ``d x m``
+transpose lie ``4 m`` bytes apart, fall into the same cache sets, and the same product
+ran at 125 GFLOP/s. ``P V`` reads ``V`` in place. What is left is the softmax: the row
+maximum and the fused exponential-and-sum, 0.27 ns per entry (float32) and 0.67 ns
+(float64), 14-18% of the time. Both row passes are single vectorisable loops over a
+score row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
@@ -52,22 +61,17 @@ row passes are single vectorisable loops over a score row:
 
 Both passes ask LLVM for 512-bit vectors (the function attribute
 ``prefer-vector-width=512``; without it LLVM uses 256-bit vectors on AVX-512 CPUs); on
-CPUs without AVX-512 the attribute has no effect. Measured on a grid of 2e6 points of
-``[-745, 0]`` (float64) and ``[-87, 0]`` (float32): relative error <= 2.0 ulp (float64)
-and 0.9 ulp (float32); results below ``exp(-708)`` (float64) / ``exp(-87)`` (float32)
-are 0.
+CPUs without AVX-512 the attribute has no effect, and the products go to BLAS (the
+caller decides; 24 accumulators of 512 bits would spill from 16 AVX2 registers).
+Measured on a grid of 2e6 points of ``[-745, 0]`` (float64) and ``[-87, 0]`` (float32):
+relative error <= 2.0 ulp (float64) and 0.9 ulp (float32); results below
+``exp(-708)`` (float64) / ``exp(-87)`` (float32) are 0.
 
-Blocking (prefill): 256 query rows x 512 keys. Measured on one thread (CPU time, AVX-512,
-``d = 64``, ``n = m = 4096``), every choice of ``bq`` in {128, 256, 384, 512} and
-``bk`` in {256, 512, 1024} gave 59-70% (float32) and 57-62% (float64) of the square
-GEMM rate, within the noise of a shared machine; the two BLAS calls of the tiles
-alone, without any softmax work, run at 114-141 and 50-58 GFLOP/s against 164 and 80
-for the square GEMM. The kernel reaches 85-90% of that tile-GEMM rate, and beats the
-same two products formed at full size (``4096 x 64`` by ``64 x 4096``, then ``4096 x
-4096`` by ``4096 x 64``: 104 and 41 GFLOP/s), whose ``n x m`` intermediate leaves the
-cache. What is left is BLAS on thin operands (inner dimension ``d`` of ``Q K^T``,
-output width ``dv`` of ``P V``; both operands are packed on every call), not the
-softmax.
+Blocking (prefill): 252 query rows (42 register tiles) x 512 keys; 128-512 query rows
+measured the same within 3%. Key blocks that cross the causal diagonal are processed
+in strips of 48 query rows, each with the keys its rows see (the work above the
+diagonal drops from ``bq^2 / 2`` to ``bq * 48 / 2`` entries per query block; causal
+went from 87% to 95% of the non-causal rate on one thread).
 
 Scheduling: the tasks (a query block of one slice; a key chunk of one key/value slice)
 are taken by the threads from a shared atomic counter (:func:`_fetch_add`), in the order
@@ -227,8 +231,14 @@ def _softmax_tile(s, mrow, lrow, alpha):
     Updates the running maxima ``mrow`` and normalisers ``lrow`` (float64) and writes
     the accumulator rescaling factors ``alpha``.
     """
+    _softmax_cols(s, s.shape[1], mrow, lrow, alpha)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_cols(s, w, mrow, lrow, alpha):
+    """:func:`_softmax_tile` on the first ``w`` columns of ``s`` (the rest is padding)."""
     for i in range(s.shape[0]):
-        srow = s[i]
+        srow = s[i, :w]
         mnew = max(mrow[i], np.float64(_row_max(srow)))
         if mnew == -np.inf:
             # Nothing visible so far: zero weights, nothing to rescale.
@@ -330,6 +340,189 @@ def _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0):
             srow[jj] += mr[jj]
 
 
+# ------------------------------------------------------------- register-tile GEMM
+
+# Output width of one register tile: 4 vectors of 512 bits (64 float32 / 32 float64
+# columns); packed K^T is padded to a multiple of _PAD columns.
+_TILE_VECS = 4
+_TILE_ROWS = 6
+_PAD = 64
+# Query rows per strip of a key block that crosses the causal diagonal (a multiple of
+# the register tile's 6 rows).
+_DIAG_ROWS = 48
+
+
+def _make_tile(n_rows, n_vecs):
+    """Build an intrinsic ``tile(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo)``.
+
+    Computes, for ``r < n_rows`` and the ``n_vecs`` 512-bit vectors ``c`` of the tile,
+
+        out[ooff + r * ldo + c] = sum_{e < kdim} a[aoff + r * lda + e] * b[boff + e * ldb + c]
+
+    on flat (C-contiguous) float arrays of one dtype, keeping the ``n_rows x n_vecs``
+    accumulator vectors in registers over the whole ``e`` loop: per step, ``n_vecs``
+    vector loads of ``b``, ``n_rows`` broadcasts of ``a`` and ``n_rows * n_vecs``
+    fused multiply-adds (``llvm.fma``, one rounding each, in the order ``e = 0, 1,
+    ...``: the result does not depend on anything but the operands). The output is
+    overwritten. No bounds checks (the callers size the buffers).
+    """
+
+    @intrinsic
+    def tile(typingctx, a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo):
+        if not all(isinstance(x, types.Array) for x in (a, b, out)):
+            return None
+        if not (a.dtype == b.dtype == out.dtype and a.dtype in (types.float32, types.float64)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
+            fty = ir.FloatType() if sig.args[0].dtype == types.float32 else ir.DoubleType()
+            vl = 16 if sig.args[0].dtype == types.float32 else 8
+            vty = ir.VectorType(fty, vl)
+            data = [
+                context.make_array(sig.args[x])(context, builder, args[x]).data for x in range(3)
+            ]
+            aoffv, boffv, ooffv, kv, ldav, ldbv, ldov = args[3:]
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * vl)
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+            fma = builder.module.declare_intrinsic(
+                f"llvm.fma.v{vl}f{32 if vl == 16 else 64}",
+                fnty=ir.FunctionType(vty, [vty, vty, vty]),
+            )
+            arow = [
+                builder.gep(data[0], [builder.add(aoffv, builder.mul(ldav, ir.Constant(i64, r)))])
+                for r in range(n_rows)
+            ]
+            orow = [
+                builder.gep(data[2], [builder.add(ooffv, builder.mul(ldov, ir.Constant(i64, r)))])
+                for r in range(n_rows)
+            ]
+            bbase = builder.gep(data[1], [boffv])
+            optr = [
+                [
+                    builder.bitcast(
+                        builder.gep(orow[r], [ir.Constant(i64, c * vl)]), vty.as_pointer()
+                    )
+                    for c in range(n_vecs)
+                ]
+                for r in range(n_rows)
+            ]
+            init = [[zero] * n_vecs for _ in range(n_rows)]
+            entry = builder.block
+            loop = builder.append_basic_block("tile_loop")
+            done = builder.append_basic_block("tile_done")
+            builder.cbranch(builder.icmp_signed(">", kv, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            e = builder.phi(i64)
+            e.add_incoming(ir.Constant(i64, 0), entry)
+            acc = [[builder.phi(vty) for _ in range(n_vecs)] for _ in range(n_rows)]
+            for r in range(n_rows):
+                for c in range(n_vecs):
+                    acc[r][c].add_incoming(init[r][c], entry)
+            brow = builder.gep(bbase, [builder.mul(e, ldbv)])
+            bvec = []
+            for c in range(n_vecs):
+                ptr = builder.gep(brow, [ir.Constant(i64, c * vl)])
+                bvec.append(builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4))
+            new = []
+            for r in range(n_rows):
+                x = builder.load(builder.gep(arow[r], [e]))
+                x = builder.insert_element(undef, x, ir.Constant(i32, 0))
+                x = builder.shuffle_vector(x, undef, splat)
+                new.append([builder.call(fma, [x, bvec[c], acc[r][c]]) for c in range(n_vecs)])
+            e1 = builder.add(e, ir.Constant(i64, 1))
+            end = builder.block
+            e.add_incoming(e1, end)
+            for r in range(n_rows):
+                for c in range(n_vecs):
+                    acc[r][c].add_incoming(new[r][c], end)
+            builder.cbranch(builder.icmp_signed("<", e1, kv), loop, done)
+            builder.position_at_end(done)
+            res = []
+            for r in range(n_rows):
+                for c in range(n_vecs):
+                    x = builder.phi(vty)
+                    x.add_incoming(init[r][c], entry)
+                    x.add_incoming(new[r][c], end)
+                    res.append(x)
+            for r in range(n_rows):
+                for c in range(n_vecs):
+                    builder.store(res[r * n_vecs + c], optr[r][c], align=4)
+            return context.get_dummy_value()
+
+        return types.none(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo), codegen
+
+    return tile
+
+
+_tile_6x4 = _make_tile(_TILE_ROWS, _TILE_VECS)
+_tile_1x4 = _make_tile(1, _TILE_VECS)
+_tile_6x1 = _make_tile(_TILE_ROWS, 1)
+_tile_1x1 = _make_tile(1, 1)
+
+
+@njit(cache=True, nogil=True)
+def _gemm_tiles(a, b, out, aoff, boff, ooff, n_rows, kdim, n_cols, lda, ldb, ldo, panels):
+    """``out[r, c] = sum_e a[r, e] b[e, c]`` for ``r < n_rows``, ``c < n_cols`` (flat arrays).
+
+    ``n_cols`` must be a multiple of the vector length (16 float32, 8 float64); the
+    offsets and leading dimensions are in elements (see :func:`_make_tile`); with
+    ``panels``, ``b`` is packed as consecutive ``kdim x wide`` slabs (``ldb = wide``,
+    one register tile wide, see :func:`_pack_kt`). Tiles of 6 rows x 4 vectors, column
+    slabs outermost (a slab of ``b`` stays in cache while the row tiles pass over it),
+    then single rows and single vectors for the remainders. Every output entry is one
+    chain of fused multiply-adds in the order ``e = 0, 1, ...``, whatever tile computes
+    it.
+    """
+    vl = 64 // out.itemsize
+    wide = _TILE_VECS * vl
+    c0 = 0
+    while c0 < n_cols:
+        step = wide if c0 + wide <= n_cols else vl
+        # Panels: b holds consecutive kdim x wide slabs (row stride wide).
+        bo = boff + c0 * kdim if panels else boff + c0
+        r0 = 0
+        while r0 < n_rows:
+            rows = _TILE_ROWS if r0 + _TILE_ROWS <= n_rows else 1
+            ao = aoff + r0 * lda
+            oo = ooff + r0 * ldo + c0
+            if rows == _TILE_ROWS:
+                if step == wide:
+                    _tile_6x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+                else:
+                    _tile_6x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            elif step == wide:
+                _tile_1x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            else:
+                _tile_1x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            r0 += rows
+        c0 += step
+
+
+@njit(cache=True, nogil=True)
+def _pack_kt(k, kt, g0, g1):
+    """Pack ``K^T`` of slices ``g0 <= g < g1`` into panels, zero in the padding columns.
+
+    ``kt (Gk, mp * d)``: the keys ``c * wide .. (c + 1) * wide - 1`` (``wide`` = one
+    register tile, 64 float32 / 32 float64 keys) form the contiguous ``d x wide`` panel
+    ``kt[g, c * d * wide + e * wide + jj] = k[g, c * wide + jj, e]``, so that a tile
+    streams it with unit stride (rows of a plain ``d x m`` transpose, ``4 m`` bytes
+    apart, fall into the same cache sets: 125 against 163 GFLOP/s for ``Q K^T``).
+    """
+    m, d = k.shape[1], k.shape[2]
+    wide = _TILE_VECS * (64 // k.itemsize)
+    n_chunks = kt.shape[1] // (d * wide)
+    for g in range(g0, g1):
+        for c in range(n_chunks):
+            base = c * d * wide
+            for e in range(d):
+                for jj in range(wide):
+                    j = c * wide + jj
+                    kt[g, base + e * wide + jj] = k[g, j, e] if j < m else 0.0
+
+
 # ------------------------------------------------------------------------- prefill
 
 
@@ -337,6 +530,7 @@ def _apply_mask_row(srow, mask_b, mask_f, mask_mode, gm, row, j0):
 def _prefill_task(
     q,
     k,
+    kt,
     v,
     kv_index,
     rows,
@@ -380,7 +574,12 @@ def _prefill_task(
     if causal:
         # Key blocks entirely above the diagonal of every row are skipped.
         jend = min(m, lim_hi + 1)
-    sbuf = np.empty(nb * bk, dtype=q.dtype)
+    # Register-tile GEMMs (see _gemm_tiles) when the caller packed K^T (it does when
+    # dv is a multiple of the vector length).
+    tiles = kt.shape[1] > 0
+    mp = kt.shape[1] // max(d, 1)
+    wide = _TILE_VECS * (64 // q.itemsize)
+    sbuf = np.empty(nb * (bk + _PAD), dtype=q.dtype)
     pv = np.empty((nb, dv), dtype=q.dtype)
     acc = np.zeros((nb, dv))
     mrow = np.full(nb, neg_inf)
@@ -392,26 +591,57 @@ def _prefill_task(
             mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w
         ):
             continue  # contributes exactly nothing: same result as computing it
-        s = sbuf[: nb * w].reshape((nb, w))
-        np.dot(qb, k[gk, j0 : j0 + w].T, s)
-        if mask_mode != 0:
-            for i in range(nb):
-                _apply_mask_row(s[i], mask_b, mask_f, mask_mode, gm, rows[i0 + i], j0)
-        if causal and j0 + w - 1 > lim_lo:
-            for i in range(nb):
-                first = max(rows[i0 + i] + offset + 1 - j0, 0)
-                for jj in range(first, w):
-                    s[i, jj] = neg_inf
-        _softmax_tile(s, mrow, lrow, alpha)
-        np.dot(s, v[gk, j0 : j0 + w], pv)
-        for i in range(nb):
-            a = alpha[i]
-            if a == 1.0:
-                for c in range(dv):
-                    acc[i, c] += pv[i, c]
+        # Blocks that cross the causal diagonal are cut into strips of _DIAG_ROWS rows,
+        # each with the keys its rows see: the work above the diagonal shrinks from
+        # nb^2 / 2 to nb * _DIAG_ROWS / 2 score entries per query block.
+        cross = causal and j0 + w - 1 > lim_lo
+        step = _DIAG_ROWS if cross else nb
+        for r0 in range(0, nb, step):
+            nr = min(step, nb - r0)
+            wr = w
+            if cross:
+                hi = -1
+                for i in range(r0, r0 + nr):
+                    hi = max(hi, rows[i0 + i] + offset)
+                wr = min(w, hi + 1 - j0)
+                if wr <= 0:
+                    continue  # no row of the strip sees a key of this block
+            if tiles:
+                # Scores of the padded width (a multiple of _PAD; the padding columns of
+                # the packed K^T are 0 and are never read back).
+                ws = min(-(-wr // _PAD) * _PAD, mp - j0)
+                _gemm_tiles(
+                    qb.reshape(-1), kt[gk], sbuf, r0 * d, j0 * d, 0, nr, d, ws, d, wide, ws, True
+                )
             else:
-                for c in range(dv):
-                    acc[i, c] = a * acc[i, c] + pv[i, c]
+                ws = wr
+                np.dot(qb[r0 : r0 + nr], k[gk, j0 : j0 + wr].T, sbuf[: nr * wr].reshape((nr, wr)))
+            s = sbuf[: nr * ws].reshape((nr, ws))
+            if mask_mode != 0:
+                for i in range(nr):
+                    row = rows[i0 + r0 + i]
+                    _apply_mask_row(s[i, :wr], mask_b, mask_f, mask_mode, gm, row, j0)
+            if cross:
+                for i in range(nr):
+                    first = max(rows[i0 + r0 + i] + offset + 1 - j0, 0)
+                    for jj in range(first, wr):
+                        s[i, jj] = neg_inf
+            ma = mrow[r0 : r0 + nr]
+            _softmax_cols(s, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
+            if tiles:
+                vf = v[gk].reshape(-1)
+                _gemm_tiles(sbuf, vf, pv.reshape(-1), 0, j0 * dv, 0, nr, wr, dv, ws, dv, dv, False)
+            else:
+                np.dot(s, v[gk, j0 : j0 + wr], pv[:nr])
+            for i in range(nr):
+                a = alpha[r0 + i]
+                ai = acc[r0 + i]
+                if a == 1.0:
+                    for c in range(dv):
+                        ai[c] += pv[i, c]
+                else:
+                    for c in range(dv):
+                        ai[c] = a * ai[c] + pv[i, c]
     for i in range(nb):
         if lrow[i] > 0.0:
             inv = 1.0 / lrow[i]
@@ -427,6 +657,7 @@ def _prefill_task(
 def _attend_blocks(
     q,
     k,
+    kt,
     v,
     kv_index,
     rows,
@@ -460,6 +691,11 @@ def _attend_blocks(
     ``j <= i + offset``); block sizes ``bq``, ``bk``. Writes ``out (G, r, dv)`` (dtype of
     ``q``) and ``lse (G, r)`` (float64).
     """
+    if kt.shape[1] > 0:
+        # Pack K^T once per call (O(m d) per key/value slice, against O(n m d) work).
+        Gk = k.shape[0]
+        for t in prange(n_workers):
+            _pack_kt(k, kt, t * Gk // n_workers, (t + 1) * Gk // n_workers)
     for _ in prange(n_workers):
         while True:
             tt = _fetch_add(counter)
@@ -468,6 +704,7 @@ def _attend_blocks(
             _prefill_task(
                 q,
                 k,
+                kt,
                 v,
                 kv_index,
                 rows,

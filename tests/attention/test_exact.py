@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 import attention.exact as exact_module
 from attention._core import prepare
-from attention._kernels.exact import _exp_sum_f32, _exp_sum_f64, _nonfinite_probe, _qk_small
+from attention._kernels.exact import (
+    _DIAG_ROWS,
+    _TILE_VECS,
+    _exp_sum_f32,
+    _exp_sum_f64,
+    _gemm_tiles,
+    _nonfinite_probe,
+    _pack_kt,
+    _qk_small,
+)
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
 
 # Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
@@ -719,3 +728,101 @@ def test_thread_count_determinism_masked_work_queue(rng, dtype, monkeypatch, spl
     R, rl = reference_attention(Q, K, V, mask=mask, causal=True, return_lse=True)
     assert_close(Y1, R, dtype)
     assert_lse_close(l1, rl, dtype)
+
+
+# ------------------------------------------------------------- register-tile GEMMs
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "kdim", "n_cols"),
+    [(1, 1, 1), (6, 64, 4), (13, 7, 5), (37, 64, 9), (12, 0, 4), (5, 300, 2)],
+    ids=["1x1x1", "one-tile", "remainders", "mixed", "kdim0", "rows-only-remainder"],
+)
+def test_gemm_tiles_against_numpy(rng, dtype, n_rows, kdim, n_cols):
+    # n_cols counts vectors (16 float32 / 8 float64 columns); operands at offsets inside
+    # larger flat buffers with leading dimensions larger than the tile.
+    vl = 64 // np.dtype(dtype).itemsize
+    cols = n_cols * vl
+    lda, ldb, ldo = kdim + 3, cols + vl, cols + 2 * vl
+    a = rng.standard_normal(5 + n_rows * lda).astype(dtype)
+    b = rng.standard_normal(7 + max(kdim, 1) * ldb).astype(dtype)
+    out = np.full(11 + n_rows * ldo, np.nan, dtype=dtype)
+    _gemm_tiles(a, b, out, 5, 7, 11, n_rows, kdim, cols, lda, ldb, ldo, False)
+    A = a[5 : 5 + n_rows * lda].reshape(n_rows, lda)[:, :kdim].astype(np.float64)
+    B = b[7 : 7 + kdim * ldb].reshape(kdim, ldb)[:, :cols].astype(np.float64)
+    got = out[11:].reshape(n_rows, ldo)
+    ref = A @ B
+    bound = 2 * max(kdim, 1) * np.finfo(dtype).eps * (np.abs(A) @ np.abs(B)) + 1e-300
+    assert np.all(np.abs(got[:, :cols] - ref) <= bound)
+    assert np.isnan(got[:, cols:]).all() and np.isnan(out[:11]).all()  # nothing else written
+
+
+@pytest.mark.parametrize(("m", "d"), [(1, 1), (64, 64), (130, 24), (200, 128)])
+def test_packed_keys_and_panel_product_against_numpy(rng, dtype, m, d):
+    # K^T packed into panels (zero padding) and S = Q K^T computed from the panels.
+    wide = _TILE_VECS * (64 // np.dtype(dtype).itemsize)
+    mp = -(-m // 64) * 64
+    K = rng.standard_normal((2, m, d)).astype(dtype)
+    kt = np.full((2, mp * d), np.nan, dtype=dtype)
+    _pack_kt(K, kt, 0, 2)
+    ref_kt = np.zeros((2, mp, d), dtype=dtype)
+    ref_kt[:, :m] = K
+    panels = ref_kt.reshape(2, mp // wide, wide, d).transpose(0, 1, 3, 2).reshape(2, -1)
+    assert np.array_equal(kt, panels)
+    q = rng.standard_normal((7, d)).astype(dtype)
+    s = np.full(7 * mp, np.nan, dtype=dtype)
+    _gemm_tiles(q.reshape(-1), kt[1], s, 0, 0, 0, 7, d, mp, d, wide, mp, True)
+    S = s.reshape(7, mp)
+    ref = q.astype(np.float64) @ K[1].astype(np.float64).T
+    bound = 2 * d * np.finfo(dtype).eps * (np.abs(q) @ np.abs(K[1]).T).astype(np.float64)
+    assert np.all(np.abs(S[:, :m] - ref) <= bound + 1e-300)
+    assert np.all(S[:, m:] == 0)
+
+
+@pytest.fixture(params=[True, False], ids=["tiles", "blas"])
+def gemm_path(request, monkeypatch):
+    """Run the prefill kernel with the register-tile GEMMs and with BLAS."""
+    monkeypatch.setattr(exact_module, "_USE_TILES", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "causal"),
+    [(600, 600, True), (300, 1100, True), (700, 400, True), (257, 700, False)],
+    ids=["square-causal", "more-keys", "more-queries", "full"],
+)
+def test_prefill_gemm_paths_match_reference(rng, dtype, gemm_path, n, m, causal):
+    # d = dv = 64 (both products on tiles), several query blocks, diagonal strips.
+    Q, K, V = qkv(rng, (2, n, 64), (2, m, 64), dtype=dtype)
+    mask = rng.random((n, m)) > 0.1
+    for kw in ({}, {"mask": mask}):
+        Y, lse = softmax_attention(Q, K, V, causal=causal, return_lse=True, **kw)
+        R, rl = reference_attention(Q, K, V, causal=causal, return_lse=True, **kw)
+        assert_close(Y, R, dtype)
+        assert_lse_close(lse, rl, dtype)
+
+
+def test_prefill_gemm_paths_rows_any_order(rng, dtype, gemm_path):
+    # Rows in any order (certificates): the diagonal strips use each strip's own limit.
+    Q, K, V = qkv(rng, (1, 700, 32), (1, 700, 32), dtype=dtype)
+    problem = prepare(Q, K, V, causal=True)
+    rows = rng.permutation(700)[: 3 * _DIAG_ROWS + 5]
+    out_r, lse_r = _attend(problem, rows=rows)
+    R, rl = reference_attention(Q, K, V, causal=True, return_lse=True)
+    assert_close(out_r, R[:, rows], dtype)
+    assert_lse_close(lse_r, rl[:, rows], dtype)
+
+
+def test_prefill_tiles_thread_count_determinism(rng, dtype, monkeypatch):
+    monkeypatch.setattr(exact_module, "_USE_TILES", True)
+    monkeypatch.setattr(exact_module, "_SERIAL_WORK", 0)
+    Q, K, V = qkv(rng, (6, 600, 64), (2, 600, 64), dtype=dtype)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        Y1, l1 = softmax_attention(Q, K, V, causal=True, return_lse=True)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        Y2, l2 = softmax_attention(Q, K, V, causal=True, return_lse=True)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(Y1, Y2) and np.array_equal(l1, l2)
