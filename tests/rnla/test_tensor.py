@@ -124,11 +124,68 @@ def test_tt_svd_too_small_rank_misses_tol_and_warns():
 def test_tt_svd_gram_path_agrees_with_gesdd(rng, monkeypatch):
     X = noisy_smooth((6, 8, 10, 12, 5), rng, noise=1e-3)
     fast = tt_svd(X, rank=4)
-    monkeypatch.setattr(rt, "_GRAM_MIN_SIZE", 1 << 62)  # force LAPACK gesdd everywhere
+    # No Gram path: TSQR + small SVD on wide unfoldings, gesdd on the others.
+    monkeypatch.setattr(rt, "_GRAM_MIN_SIZE", 1 << 62)
     slow = tt_svd(X, rank=4)
     assert fast.ranks == slow.ranks
     assert fast.error_bound == pytest.approx(slow.error_bound, rel=1e-6)
     assert rel(tl.tt_to_tensor(fast.tt), tl.tt_to_tensor(slow.tt)) < 1e-8
+
+
+@pytest.mark.parametrize("leaf", [1 << 17, 64])
+def test_tsqr_r_matches_numpy_qr(rng, dtype, leaf, monkeypatch):
+    """TSQR's R equals Householder's up to row signs; a small leaf forces a 3-level tree."""
+    monkeypatch.setattr(rt, "_TSQR_LEAF", leaf)
+    T = (rng.standard_normal((2000, 7)) * np.logspace(0, -6, 7)).astype(dtype)
+    T_before = T.copy()
+    R = rt._tsqr_r(T)
+    R_ref = np.linalg.qr(T.astype(np.float64), mode="r")
+    assert R.shape == (7, 7) and R.dtype == dtype
+    assert np.array_equal(T, T_before)
+    assert np.all(np.tril(R, -1) == 0)
+    np.testing.assert_allclose(
+        np.abs(R), np.abs(R_ref), rtol=0, atol=tol(dtype, 1e3) * abs(R_ref[0, 0])
+    )
+    # Fewer rows than columns in the last leaf, and a matrix shorter than one leaf.
+    short = T[:5]  # fewer rows than columns: R is padded with zero rows
+    np.testing.assert_allclose(
+        np.abs(rt._tsqr_r(short)),
+        np.abs(_padded_r(short)),
+        rtol=0,
+        atol=tol(dtype, 1e3) * abs(R_ref[0, 0]),
+    )
+
+
+def _padded_r(T):
+    R = np.linalg.qr(T.astype(np.float64), mode="r")
+    return np.vstack([R, np.zeros((T.shape[1] - R.shape[0], T.shape[1]))])
+
+
+def _numpy_tt_svd_error(X, rank):
+    """Plain NumPy TT-SVD (gesdd per unfolding): relative Frobenius error."""
+    C, r_prev, cores = X, 1, []
+    for k in range(X.ndim - 1):
+        C = C.reshape(r_prev * X.shape[k], -1)
+        U, s, Vt = np.linalg.svd(C, full_matrices=False)
+        r = min(rank, s.size)
+        cores.append(U[:, :r].reshape(r_prev, X.shape[k], r))
+        C, r_prev = s[:r, None] * Vt[:r], r
+    cores.append(C.reshape(r_prev, X.shape[-1], 1))
+    return np.linalg.norm(tl.tt_to_tensor(cores) - X) / np.linalg.norm(X)
+
+
+def test_tt_svd_smooth_tensor_tsqr_path_matches_svd_error():
+    """A smooth tensor: tails below the Gram rounding level, so every wide unfolding
+    takes the TSQR path; the error equals the gesdd TT-SVD's (the Gram path would not)."""
+    x = np.linspace(0.0, 1.0, 9)
+    grids = np.meshgrid(*([x] * 6), indexing="ij")
+    X = 1.0 / (1.0 + sum(g**2 for g in grids))
+    res = tt_svd(X, rank=4)
+    err = rel(tl.tt_to_tensor(res.tt), X)
+    ref = _numpy_tt_svd_error(X, 4)
+    assert 1e-12 < ref < 1e-5  # the regime where the Gram tails are rejected
+    assert err == pytest.approx(ref, rel=1e-3)
+    assert res.error_bound == pytest.approx(err * np.linalg.norm(X), rel=1e-3)
 
 
 def test_tt_svd_agrees_with_tensorly(rng):
