@@ -353,3 +353,17 @@ def test_real_smollm2_loki_causal():
     )
     Y = _exact(Q, K, V, scale=s.scale, causal=True)
     assert relative_error(res.output, Y) < 0.5
+
+
+@pytest.mark.parametrize("N", [0, 1, 50])
+def test_trsm_right_matches_solve_triangular(rng, N):
+    import scipy.linalg as sla
+
+    from attention.lowrank import _trsm_right_lt
+
+    L = np.tril(rng.standard_normal((6, 6))) + 6 * np.eye(6)
+    R = rng.standard_normal((6, N))
+    ref = sla.solve_triangular(L, R, lower=True).T
+    np.testing.assert_allclose(_trsm_right_lt(L, R.copy()), ref, rtol=1e-13, atol=1e-14)
+    Rf = np.asfortranarray(R)  # not C-ordered: the copying fallback
+    np.testing.assert_allclose(_trsm_right_lt(L, Rf), ref, rtol=1e-13, atol=1e-14)
