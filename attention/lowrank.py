@@ -200,6 +200,19 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     the dropped mass is at most :math:`D_i = \sum_{j\notin S_i} e^{\tilde s_{ij} +
     \delta_{ij}}` while :math:`\tilde z_i = \sum_{j\in S_i} e^{s_{ij}}` is exact: the
     dropped probability is at most :math:`D_i/(\tilde z_i + D_i)`.
+
+    **Cost: quadratic at the default budget.** Only the approximate scores scale with
+    the rank: :math:`2nmr` flops (``r/d`` of exact attention's score GEMM, 2% of
+    Loki's time at ``n = 4096``). Every row still selects among all its visible keys
+    (:math:`O(m)` per row), attends :math:`k = \lceil m/8\rceil` keys exactly in
+    float64 (:math:`2nk(d + d_v)` flops, gathered rows, no BLAS) and the dropped-mass
+    bound needs :math:`\tilde s_{ij} + \delta_{ij}` and its exponential for every
+    dropped visible pair (an :math:`O(nm)` float64 pass). Measured on one real SmolLM2
+    layer (9 causal heads, ``n = 4096``, one thread): about 50% of the time in the
+    selection and the float64 kept part, 35% in the bound pass, 2% in the rank-``r``
+    scores; 0.06x the speed of exact attention over 36 heads (the most accurate of
+    the selection methods: median error 0.07 at ``n = 8192``). A fixed ``top_k``
+    makes the kept part linear; the selection and the bound pass stay :math:`O(nm)`.
     """
     n, m, d = problem.n, problem.m, problem.d
     rank = max(1, d // 4) if rank is None else rank
