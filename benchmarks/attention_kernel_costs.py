@@ -10,9 +10,19 @@ Frobenius error against exact. Datasets: real SmolLM2-135M causal heads at ``n =
 (layers 0/10/20/29, 9 query / 3 kv heads each) and synthetic causal SmolLM2-shaped heads
 at ``n = 16384``.
 
+Any registered method can be listed with ``--methods``: methods without a causal form run
+non-causally against non-causal exact attention (column ``causal``); the bound passes that
+cost an exact ``O(nm)`` pass are off as in the ``--profile`` run
+(:data:`benchmarks.attention_methods.PROFILE_NO_EXACT_PASS`); Loki gets calibration keys
+from other text (the shipped CC0 legal code, 512 tokens, same layers) on real heads and
+from an independent synthetic draw otherwise.
+
 Run ``python -m benchmarks.attention_kernel_costs [--repeats R] [--methods ...]
-[--no-real] [--sizes N ...]``; wrap it in ``flock /tmp/bench.lock`` on a shared machine.
-Writes ``benchmarks/results/attention_kernel_costs.{md,json}`` unless ``--no-write``.
+[--no-real] [--sizes N ...] [--merge] [--out NAME]``; wrap it in ``flock
+/tmp/bench.lock`` on a shared machine. Writes ``benchmarks/results/NAME.{md,json}``
+(default ``attention_kernel_costs``) unless ``--no-write``; ``--merge`` replaces only the
+measured (dataset, method) rows of an existing table (runs split into chunks of a few
+minutes), keeping the load of every chunk.
 """
 
 from __future__ import annotations
@@ -27,49 +37,66 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.attention_methods import PROFILE_LAYERS, _synthetic_gqa, gemm_rate
+from benchmarks.attention_methods import (
+    PROFILE_LAYERS,
+    PROFILE_NO_EXACT_PASS,
+    _synthetic_gqa,
+    gemm_rate,
+)
 
 METHODS = ("performer", "scatterbrain", "taylor", "polysketch", "tensorsketch", "levattention")
-PARAMS = {"levattention": {"error_bound": None}}
+PARAMS = dict(PROFILE_NO_EXACT_PASS)
 OUT = Path(__file__).parent / "results"
 
 
 def _datasets(with_real: bool, sizes):
+    """``(name, parts, scale, calibration keys per part)``."""
     if with_real:
         from attention.data import load_smollm2_heads
 
         h = load_smollm2_heads(4096, layers=PROFILE_LAYERS)
+        cal = load_smollm2_heads(512, layers=PROFILE_LAYERS, text="cc0-1.0")
         parts = [(h.Q[i], h.K[i], h.V[i]) for i in range(len(PROFILE_LAYERS))]
-        yield "smollm2-4096", parts, h.scale
+        yield "smollm2-4096", parts, h.scale, [cal.K[i] for i in range(len(PROFILE_LAYERS))]
     for n in sizes:
-        yield f"synthetic-{n}", _synthetic_gqa(n), 0.125
+        yield f"synthetic-{n}", _synthetic_gqa(n), 0.125, [_synthetic_gqa(512, seed=1)[0][1]]
 
 
 def run(methods, with_real=True, sizes=(16384,), repeats=3):
     from attention._core import relative_error
     from attention._registry import approximate
+    from attention._registry import methods as registered
     from attention.exact import softmax_attention
 
+    causal_ok = {m.name: m.causal for m in registered()}
     rate = gemm_rate()
     rows = []
-    for dname, parts, scale in _datasets(with_real, sizes):
-        refs = [softmax_attention(q, k, v, causal=True, scale=scale) for q, k, v in parts]
+    for dname, parts, scale, calib in _datasets(with_real, sizes):
+        refs = {}
         for name in methods:
-            kw = {"causal": True, "scale": scale, "rng": 0, **PARAMS.get(name, {})}
+            causal = causal_ok[name]
+            if causal not in refs:
+                refs[causal] = [
+                    softmax_attention(q, k, v, causal=causal, scale=scale) for q, k, v in parts
+                ]
+            kw = {"causal": causal, "scale": scale, "rng": 0, **PARAMS.get(name, {})}
+            extra = [{} for _ in parts]
+            if name == "loki":
+                extra = [{"calibration": calib[i % len(calib)]} for i in range(len(parts))]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 q, k, v = parts[0]
-                approximate(q[:, :256], k[:, :256], v[:, :256], name, **kw)  # warm up
+                approximate(q[:, :256], k[:, :256], v[:, :256], name, **kw, **extra[0])
                 te, tm = [], []
                 for _ in range(repeats):
                     a = b = 0.0
                     flops, num, den = 0.0, 0.0, 0.0
-                    for (q, k, v), Y in zip(parts, refs, strict=True):
+                    for (q, k, v), Y, ex in zip(parts, refs[causal], extra, strict=True):
                         t0 = time.perf_counter()
-                        softmax_attention(q, k, v, causal=True, scale=scale)
+                        softmax_attention(q, k, v, causal=causal, scale=scale)
                         a += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        res = approximate(q, k, v, name, **kw)
+                        res = approximate(q, k, v, name, **kw, **ex)
                         b += time.perf_counter() - t0
                         flops += float(res.cost.flops)
                         y2 = float(np.sum(Y.astype(np.float64) ** 2))
@@ -82,6 +109,7 @@ def run(methods, with_real=True, sizes=(16384,), repeats=3):
             row = {
                 "dataset": dname,
                 "method": name,
+                "causal": causal,
                 "time_s": t,
                 "exact_s": statistics.median(te),
                 "speedup": ratio,
@@ -99,21 +127,29 @@ def run(methods, with_real=True, sizes=(16384,), repeats=3):
     return rows, rate
 
 
-def markdown(rows, rate, load) -> str:
+def markdown(rows, chunks) -> str:
+    loads = "; ".join(
+        f"`{c['uptime']}` (GEMM rate {c['gemm_rate'] / 1e9:.0f} GFLOP/s)" for c in chunks
+    )
     L = [
-        "# Kernel-family attention methods: cost against exact attention",
+        "# Attention methods: cost against exact attention, side by side",
         "",
-        f"Load: `{load}`; float32 GEMM rate of the process {rate / 1e9:.0f} GFLOP/s. "
+        f"Load and float32 GEMM rate of each run: {loads}. "
         "Speed-up: median over repeats of (exact time / method time), both timed "
-        "interleaved in one process; `achieved` = `cost.flops` / time / GEMM rate. "
-        "Causal, default parameters (LevAttention without its exact-pass bound).",
+        "interleaved in one process (causal methods against causal exact, the others "
+        "against non-causal exact); `achieved` = `cost.flops` / time / the GEMM rate of "
+        "the row's run (1/achieved: how far a method is from the time its own flop count "
+        "allows). Default parameters; bound passes that cost an exact O(nm) pass are off "
+        f"({PARAMS}).",
         "",
-        "| dataset | method | time [ms] | exact [ms] | speed-up | achieved | rel. error |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | method | causal | time [ms] | exact [ms] | speed-up | achieved | "
+        "rel. error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         L.append(
-            f"| {r['dataset']} | {r['method']} | {1e3 * r['time_s']:.1f} | "
+            f"| {r['dataset']} | {r['method']} | {r.get('causal', True)} | "
+            f"{1e3 * r['time_s']:.1f} | "
             f"{1e3 * r['exact_s']:.1f} | {r['speedup']:.2f} | {r['achieved']:.3f} | "
             f"{r['rel_fro']:.3g} |"
         )
@@ -127,16 +163,28 @@ def main(argv=None):
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--merge", action="store_true", help="replace only the measured rows")
+    p.add_argument("--out", default="attention_kernel_costs", help="result file stem")
     a = p.parse_args(argv)
+    load0 = os.popen("uptime").read().strip()
     rows, rate = run(a.methods, not a.no_real, tuple(a.sizes), a.repeats)
-    load = os.popen("uptime").read().strip()
+    load = load0 + " / " + os.popen("uptime").read().strip()
     print(load)
+    chunk = {"uptime": load, "gemm_rate": rate, "methods": list(a.methods)}
+    for r in rows:
+        r["gemm_rate"] = rate
     if not a.no_write:
         OUT.mkdir(exist_ok=True)
-        (OUT / "attention_kernel_costs.json").write_text(
-            json.dumps({"gemm_rate": rate, "uptime": load, "rows": rows}, indent=1)
-        )
-        (OUT / "attention_kernel_costs.md").write_text(markdown(rows, rate, load))
+        path = OUT / f"{a.out}.json"
+        chunks = [chunk]
+        if a.merge and path.exists():
+            old = json.loads(path.read_text())
+            done = {(r["dataset"], r["method"]) for r in rows}
+            kept = [r for r in old["rows"] if (r["dataset"], r["method"]) not in done]
+            rows = kept + rows
+            chunks = old.get("chunks", []) + chunks
+        path.write_text(json.dumps({"chunks": chunks, "rows": rows}, indent=1))
+        (OUT / f"{a.out}.md").write_text(markdown(rows, chunks))
 
 
 if __name__ == "__main__":
