@@ -59,6 +59,7 @@ from attention._kernels.features import (
     _bucket_weights,
     _cumsum_rows,
     _online_leverage,
+    _prefix_states,
     _prefix_topk,
     _scatter_rows,
 )
@@ -237,10 +238,13 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
             S[0] *= dt.type(math.exp(s_pre - s[0]))
     else:
         S[0] = 0.0
-    for c in range(1, nc):
-        np.add(S[c - 1], Z[c - 1], out=S[c])
-        if s[c] > s[c - 1]:
-            S[c] *= dt.type(math.exp(s[c - 1] - s[c]))
+    if nc > 1:
+        rescale = np.zeros(nc, dtype=bool)
+        rescale[1:] = s[1:] > s[:-1]
+        fac = np.ones(nc, dtype=dt)
+        for c in np.flatnonzero(rescale):
+            fac[c] = math.exp(s[c - 1] - s[c])
+        _prefix_states(Z, fac, rescale, S)  # S[c] = (S[c-1] + Z[c-1]) * fac[c]
     return _KeyState(True, S, s, F, Vc, n=n, first=first, chunk=C)
 
 

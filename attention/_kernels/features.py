@@ -260,3 +260,34 @@ def _cumsum_rows(x, out):
     for j in range(1, m):
         for c in range(d):
             out[j, c] = out[j - 1, c] + x[j, c]
+
+
+@njit(cache=True, nogil=True)
+def _prefix_states(Z, fac, rescale, S):
+    """Causal linear-attention states ``S[c] = (S[c-1] + Z[c-1]) * fac[c]`` for ``c >= 1``.
+
+    The factor is applied only where ``rescale[c]`` (otherwise ``S[c] = S[c-1] +
+    Z[c-1]``); ``S[0]`` is given. Same operations, order and dtype as the NumPy loop
+    ``np.add(S[c-1], Z[c-1], out=S[c]); S[c] *= fac[c]``.
+
+    Parameters
+    ----------
+    Z : float32 or float64 (nc, M, w)
+        Each chunk's own sum.
+    fac : (nc,) in the dtype of ``Z``
+        Rescaling factors.
+    rescale : bool (nc,)
+        Where to rescale.
+    S : (nc, M, w) in the dtype of ``Z``
+        States (``S[0]`` read, ``S[1:]`` overwritten).
+    """
+    nc, M, w = Z.shape
+    for c in range(1, nc):
+        f = fac[c]
+        r = rescale[c]
+        for a in range(M):
+            for b in range(w):
+                x = S[c - 1, a, b] + Z[c - 1, a, b]
+                if r:
+                    x = x * f
+                S[c, a, b] = x

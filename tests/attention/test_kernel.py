@@ -14,6 +14,7 @@ from attention._kernels.features import (
     _bucket_weights,
     _cumsum_rows,
     _online_leverage,
+    _prefix_states,
     _prefix_topk,
     _scatter_rows,
 )
@@ -601,3 +602,27 @@ def test_grouped_map_computes_each_key_side_once(rng):
     out = K._grouped_map(problem, key_side, lambda g, key: (g, key))
     assert out == [(g, int(problem.kv_index[g])) for g in range(6)]
     assert sorted(calls) == [0, 3]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nc", [1, 2, 40])
+def test_prefix_states_match_numpy_loop(rng, dtype, nc):
+    import math
+
+    Z = rng.standard_normal((nc, 6, 5)).astype(dtype)
+    s = np.maximum.accumulate(rng.standard_normal(nc))
+    ref = np.zeros_like(Z)
+    ref[0] = rng.standard_normal((6, 5))
+    out = np.full_like(Z, np.nan)
+    out[0] = ref[0]
+    for c in range(1, nc):
+        np.add(ref[c - 1], Z[c - 1], out=ref[c])
+        if s[c] > s[c - 1]:
+            ref[c] *= np.dtype(dtype).type(math.exp(s[c - 1] - s[c]))
+    rescale = np.zeros(nc, dtype=bool)
+    rescale[1:] = s[1:] > s[:-1]
+    fac = np.ones(nc, dtype=dtype)
+    for c in np.flatnonzero(rescale):
+        fac[c] = math.exp(s[c - 1] - s[c])
+    _prefix_states(Z, fac, rescale, out)
+    np.testing.assert_array_equal(out, ref)
