@@ -53,6 +53,10 @@ class MethodInfo(NamedTuple):
     noncausal_reason : str
         For a method without ``causal=True``: why (which paper, what would leak);
         empty for causal methods.
+    checks_finite : bool
+        Whether the method detects NaN and inf in ``Q``, ``K``, ``V`` itself (while
+        its kernels read them); :func:`approximate` then skips its own validation
+        pass over the inputs.
     """
 
     name: str
@@ -65,6 +69,7 @@ class MethodInfo(NamedTuple):
     defaults: dict
     func: Callable
     noncausal_reason: str = ""
+    checks_finite: bool = False
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -91,13 +96,16 @@ def register(
     summary: str,
     masks: bool = False,
     noncausal_reason: str | None = None,
+    checks_finite: bool = False,
 ):
     """Register a method implementation under ``name`` (decorator).
 
     The function must take ``(problem, *, rng, **params)`` with every parameter
     keyword-only and defaulted, and return a :class:`MethodResult`. A method registered
     with ``causal=False`` should say why in ``noncausal_reason`` (which paper, what
-    would leak); the text is shown when ``causal=True`` is refused.
+    would leak); the text is shown when ``causal=True`` is refused. A method registered
+    with ``checks_finite=True`` receives inputs not yet checked for NaN and inf and must
+    reject them itself (with the message of :func:`attention._core.prepare`).
     """
     if bound is not None and bound not in BOUND_KINDS:
         raise ValueError(f"bound={bound!r} must be None or one of {BOUND_KINDS}")
@@ -125,6 +133,7 @@ def register(
             defaults,
             func,
             "" if causal else (noncausal_reason or ""),
+            checks_finite,
         )
         return func
 
@@ -228,7 +237,14 @@ def approximate(
         )
     # Exact attention accepts any finite scale; approximation methods need scale > 0.
     problem = prepare(
-        Q, K, V, scale=scale, causal=causal, mask=mask, positive_scale=method != "exact"
+        Q,
+        K,
+        V,
+        scale=scale,
+        causal=causal,
+        mask=mask,
+        positive_scale=method != "exact",
+        check_finite=not info.checks_finite,
     )
     if problem.causal and not info.causal:
         why = info.noncausal_reason or "it would leak future keys"

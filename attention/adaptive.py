@@ -97,12 +97,18 @@ import numpy as np
 from attention._core import Cost, ErrorBound, Problem
 from attention._kernels.adaptive import (
     _decode_kernel,
+    _exact_decode_kernel,
     _prefill_kernel,
     _value_summaries,
 )
 from attention._registry import MethodResult, register
-from attention.exact import _attend, _single_threaded_blas
-from rnla._validation import AccuracyWarning
+from attention.exact import (
+    _SERIAL_WORK,
+    _attend,
+    _single_threaded_blas,
+    _split_plan,
+)
+from rnla._validation import AccuracyWarning, as_float_array
 
 __all__: list[str] = []
 
@@ -370,10 +376,13 @@ def _rounding_pad(problem: Problem, out: np.ndarray) -> tuple[float, float]:
     probabilistic rounding model of Higham and Mary (2019) (the worst case has ``d``
     instead of ``sqrt(d)``); a score perturbation of at most ``eps`` changes a row of
     weights by at most ``exp(2 eps) - 1`` in l1. Returns ``(allowance, ||out||_F)``.
+    (Decode computes the same allowance inside its kernel, with ``||q_i|| ||k_j||``
+    sharpened to ``|q_i|^T |k_j|``: :func:`attention._kernels.adaptive._decode_allowance`.)
     """
     u = float(np.finfo(problem.dtype).eps)
-    vmax = np.sqrt(_norms2(problem.v).max(axis=1))
-    kmax = np.sqrt(_norms2(problem.k).max(axis=1))
+    k2, v2 = _norms2(problem.k).max(axis=1), _norms2(problem.v).max(axis=1)
+    vmax = np.sqrt(v2)
+    kmax = np.sqrt(k2)
     qn = np.sqrt(_norms2(problem.q))
     yn2 = _norms2(out)
     yn = np.sqrt(yn2)
@@ -386,10 +395,90 @@ def _rounding_pad(problem: Problem, out: np.ndarray) -> tuple[float, float]:
     return float(np.sqrt(np.sum(pad * pad))), float(np.sqrt(yn2.sum()))
 
 
+def _check_finite(problem: Problem) -> None:
+    """Reject NaN or inf in the inputs (``approximate`` leaves this check to the method).
+
+    Decode through the exact kernel needs no pass of its own: that kernel detects them
+    while it reads ``K`` and ``V``.
+    """
+    for name, x in (("Q", problem.q), ("K", problem.k), ("V", problem.v)):
+        if not np.isfinite(x).all():
+            as_float_array(x, name=name)
+
+
+def _decode_exact_pass(problem: Problem):
+    """Exact attention of a decode-shaped problem with its rounding allowance, one pass.
+
+    Returns ``(out, lse, allowance, ||out||_F)``. With the split-key layout of the exact
+    kernel (at least two chunks, at most 64 stacked rows) everything comes from one pass
+    over ``K`` and ``V`` (:func:`attention._kernels.adaptive._exact_decode_kernel`),
+    which also detects NaN and inf: the allowance of :func:`_rounding_pad` with
+    ``max_j |q_i|^T |k_j|`` and ``max_j ||v_j||`` bounded through the column maxima of
+    ``|K|`` and ``|V|`` per chunk, taken while the chunk is in the core's cache (on
+    SmolLM2 decode heads 2.5-3.3x the allowance from the row norms themselves, below
+    3e-3 ||Y||_F; a row-norm pass cost a third of the kernel). Otherwise (short caches,
+    many stacked rows) the exact kernel runs and one more pass forms the norms.
+    """
+    G, n, m, dv = problem.n_slices, problem.n, problem.m, problem.dv
+    Gk = problem.k.shape[0]
+    m_eff = min(m, n + problem.offset) if problem.causal else m
+    plan = _split_plan(problem, n, m_eff) if m_eff > 0 else None
+    if plan is None:
+        _check_finite(problem)
+        out, lse = _attend(problem)
+        pad, y_norm = _rounding_pad(problem, out)
+        return out, lse, pad, y_norm
+    if not np.isfinite(problem.q).all():
+        as_float_array(problem.q, name="Q")
+    members, chunk = plan
+    gs = members.shape[1]
+    C = -(-m_eff // chunk)
+    R = gs * n
+    out = np.empty((G, n, dv), dtype=problem.dtype)
+    lse = np.empty((G, n))
+    probe = np.zeros(Gk * C)
+    allow = np.zeros(2)
+    threads = numba.get_num_threads()
+    try:
+        if Gk * C < 2 or G * n * m * (problem.d + dv) < _SERIAL_WORK:
+            numba.set_num_threads(1)
+        with _single_threaded_blas():
+            _exact_decode_kernel(
+                problem.q,
+                problem.k,
+                problem.v,
+                members,
+                n,
+                float(problem.scale),
+                bool(problem.causal),
+                int(problem.offset),
+                chunk,
+                out,
+                lse,
+                np.empty((Gk, C, R, dv)),
+                np.empty((Gk, C, R)),
+                np.empty((Gk, C, R)),
+                probe,
+                np.empty((Gk * C, problem.d), dtype=problem.dtype),
+                np.empty((Gk * C, dv), dtype=problem.dtype),
+                float(np.finfo(problem.dtype).eps),
+                allow,
+                np.zeros(1, dtype=np.int64),
+                numba.get_num_threads(),
+            )
+    finally:
+        numba.set_num_threads(threads)
+    if not np.isfinite(probe).all():
+        _check_finite(problem)  # raises for non-finite inputs (else a score overflowed)
+    return out, lse, float(allow[0]), float(allow[1])
+
+
 def _exact_decode(problem: Problem, tol: float) -> MethodResult:
-    """Decode-shaped call through the exact kernel: the bound is the rounding allowance."""
-    out, lse = _attend(problem)
-    pad, y_norm = _rounding_pad(problem, out)
+    """Decode-shaped call through the exact kernel: the bound is the rounding allowance.
+
+    One pass over ``K`` and ``V`` (:func:`_decode_exact_pass`).
+    """
+    out, lse, pad, y_norm = _decode_exact_pass(problem)
     if pad > tol / (1.0 + tol) * y_norm:
         warnings.warn(
             f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
@@ -421,6 +510,7 @@ def _exact_decode(problem: Problem, tol: float) -> MethodResult:
     causal=True,
     masks=False,
     bound="deterministic",
+    checks_finite=True,
     summary=(
         "Tolerance-driven certified attention: exact scores and normaliser, products with "
         "V only over the key blocks the certified bound needs (the others replaced by "
@@ -432,11 +522,12 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     delta = _check_delta(delta)
     del rng  # the current estimator draws no random numbers
     G, n, d, dv = problem.n_slices, problem.n, problem.d, problem.dv
+    if problem.n <= _DECODE_ROWS and not _DECODE_SPLIT:
+        return _exact_decode(problem, tol)
+    _check_finite(problem)
     out = np.empty((G, n, dv), dtype=problem.dtype)
     lse = np.full((G, n), -np.inf)
     members = _decode_members(problem)
-    if problem.n <= _DECODE_ROWS and not _DECODE_SPLIT:
-        return _exact_decode(problem, tol)
     summaries = _summaries(problem)
     # Per-task target; 5% of tol is left for the rounding allowance.
     tau = 0.95 * tol / (1.0 + tol)

@@ -19,7 +19,11 @@ Per (n, layer, tol), one :func:`attention.approximate` call on the 9 heads of th
   renormalised, one fraction of the visible keys for all rows of a head) for query
   heads 0 and 4 of each layer at ``n = 4096`` (``--oracle``).
 
-Decode: the last ``n_q`` queries (1 and 16) of each layer's heads against the first
+Decode, default route (``--decode-default``): the exact kernel in one pass over ``K`` and
+``V`` against :func:`attention.softmax_attention`, median of per-pair time ratios
+(real ``m = 8192``, synthetic ``m = 32768`` and ``131072``).
+
+Decode, split-key path: the last ``n_q`` queries (1 and 16) of each layer's heads against the first
 ``m`` keys (``m = 2048`` and ``8192``, real), and a synthetic head at ``m = 32768``
 (Gaussian keys with 4 planted sinks and a local bump), against ``softmax_attention``.
 
@@ -239,7 +243,71 @@ def decode(repeats):
     return rows
 
 
-def _md(prefill_rows, decode_rows):
+def decode_default(pairs):
+    """Default decode route (the exact kernel in one pass) against ``softmax_attention``.
+
+    The rounding allowance's norms and the NaN/inf check come from the same pass.
+
+    9 query / 3 key-value heads, float32, causal; real SmolLM2 layer 14 at ``m = 8192``
+    (its last 1 and 16 queries), synthetic Gaussian heads at ``m = 32768`` and
+    ``131072``. ``pairs`` interleaved (exact, adaptive) calls; reported: the median of
+    the per-pair time ratios (robust to other jobs on the machine) and the medians.
+    """
+    rows = []
+    heads = load_smollm2_heads(8192, layers=[14])
+    rng = np.random.default_rng(0)
+    cases = []
+    for nq in (1, 16):
+        cases.append(
+            (f"real m=8192 L14 nq={nq}", heads.Q[0][:, -nq:], heads.K[0], heads.V[0], heads.scale)
+        )
+    for m in (32768, 131072):
+        K = rng.standard_normal((3, m, 64)).astype(np.float32)
+        V = rng.standard_normal((3, m, 64)).astype(np.float32)
+        for nq in (1, 16):
+            Q = rng.standard_normal((9, nq, 64)).astype(np.float32)
+            cases.append((f"synthetic m={m} nq={nq}", Q, K, V, 0.125))
+    for name, Q, K, V, scale in cases:
+        Y = softmax_attention(
+            Q.astype(np.float64), K, V.astype(np.float64), causal=True, scale=scale
+        )
+        ynorm = float(np.linalg.norm(Y))
+        res = approximate(Q, K, V, "adaptive", tol=1e-2, causal=True, scale=scale)
+        err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+        te, ta = [], []
+
+        def fe(Q=Q, K=K, V=V, scale=scale):
+            return softmax_attention(Q, K, V, causal=True, scale=scale)
+
+        def fa(Q=Q, K=K, V=V, scale=scale):
+            return approximate(Q, K, V, "adaptive", tol=1e-2, causal=True, scale=scale)
+
+        fe()
+        fa()
+        for _ in range(pairs if K.shape[1] < 100000 else max(5, pairs // 3)):
+            t = time.perf_counter()
+            fe()
+            te.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fa()
+            ta.append(time.perf_counter() - t)
+        te, ta = np.array(te), np.array(ta)
+        row = {
+            "case": name,
+            "rel_error": err / ynorm,
+            "rel_bound": res.bound.value / ynorm,
+            "holds": bool(err <= res.bound.value),
+            "exact_ms": 1e3 * float(np.median(te)),
+            "adaptive_ms": 1e3 * float(np.median(ta)),
+            "time_ratio": float(np.median(ta / te)),
+            "load": _load(),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _md(prefill_rows, decode_rows, default_rows=()):
     lines = [
         "## Prefill (9 heads per layer, causal, float32)",
         "",
@@ -268,6 +336,25 @@ def _md(prefill_rows, decode_rows):
             f"{r['holds']} | {r['within_tol']} | {r['key_fraction']:.2f} | "
             f"{r['speedup']:.2f} | {r['load']:.1f} |"
         )
+    if default_rows:
+        lines += [
+            "",
+            "## Decode, default route (exact kernel, one pass over K/V), against "
+            "softmax_attention",
+            "",
+            "Median of per-pair time ratios over interleaved calls (adaptive / exact; "
+            "1.00 = same time).",
+            "",
+            "| case | rel. error | bound/‖Y‖ | holds | exact ms | adaptive ms | "
+            "time ratio | load |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in default_rows:
+            lines.append(
+                f"| {r['case']} | {r['rel_error']:.2e} | {r['rel_bound']:.2e} | {r['holds']} | "
+                f"{r['exact_ms']:.3f} | {r['adaptive_ms']:.3f} | {r['time_ratio']:.3f} | "
+                f"{r['load']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -349,7 +436,9 @@ def render(oracle_paths=()):
         oracle[n] = json.loads(Path(path).read_text())
     data["oracle"] = oracle
     (RESULTS / "attention_adaptive.json").write_text(json.dumps(data, indent=1))
-    (RESULTS / "attention_adaptive.md").write_text(_md(data["prefill"], data["decode"]))
+    (RESULTS / "attention_adaptive.md").write_text(
+        _md(data["prefill"], data["decode"], data.get("decode_default", []))
+    )
     (RESULTS / "attention_adaptive_summary.rst").write_text(
         _summary_rst(data["prefill"], data["decode"], oracle)
     )
@@ -362,6 +451,12 @@ def main(argv=None):
     parser.add_argument("--oracle", action="store_true", help="oracle top-k fractions (slow)")
     parser.add_argument("--no-decode", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="decode cases only")
+    parser.add_argument(
+        "--decode-default",
+        action="store_true",
+        help="only the default decode route against softmax_attention (keeps the other rows)",
+    )
+    parser.add_argument("--pairs", type=int, default=40, help="interleaved pairs (default route)")
     parser.add_argument(
         "--no-timing", action="store_true", help="errors, bounds and key fractions only"
     )
@@ -386,6 +481,14 @@ def main(argv=None):
     global RESULTS
     if args.results is not None:
         RESULTS = Path(args.results)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "attention_adaptive.json"
+    if args.decode_default:
+        data = json.loads(path.read_text()) if path.exists() else {"prefill": [], "decode": []}
+        data["decode_default"] = decode_default(args.pairs)
+        path.write_text(json.dumps(data, indent=1))
+        render()
+        return
     repeats = 1 if args.quick else args.repeats
     if args.no_timing:
         repeats = 0
@@ -396,13 +499,13 @@ def main(argv=None):
         ns = ()
     pre = [r for n in ns for r in prefill(n, repeats, args.oracle)]
     dec = [] if args.no_decode else decode(repeats)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "attention_adaptive.json"
-    data = {"prefill": pre, "decode": dec}
+    default = [] if args.no_decode or repeats == 0 else decode_default(args.pairs)
+    data = {"prefill": pre, "decode": dec, "decode_default": default}
     if args.merge and path.exists():
         old = json.loads(path.read_text())
         data["prefill"] = [r for r in old.get("prefill", []) if r["n"] not in ns] + pre
         data["decode"] = dec if dec else old.get("decode", [])
+        data["decode_default"] = default if default else old.get("decode_default", [])
         data["oracle"] = old.get("oracle", {})
     elif path.exists():
         data["oracle"] = json.loads(path.read_text()).get("oracle", {})

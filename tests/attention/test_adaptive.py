@@ -323,3 +323,91 @@ def test_decode_runs_exact_kernel_by_default(causal, rng, dtype):
     np.testing.assert_array_equal(res.cost.key_fraction, np.ones(6))
     assert _err(res, Y) <= res.bound.value <= 0.05 * np.linalg.norm(Y)
     assert res.cost.kernel_evals == 6 * (3 * 900 - (3 if causal else 0))
+
+
+@pytest.mark.parametrize("n", [1, 3, 16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_decode_kernel_matches_numpy(n, causal, rng, dtype):
+    """The one-pass decode kernel (split keys, stacked heads): output and lse against the
+    NumPy reference, and the per-chunk column maxima of |K| and |V| exactly."""
+    from attention._kernels.adaptive import _exact_decode_kernel
+    from attention.exact import _single_threaded_blas, _split_plan
+
+    m, d, dv = 2500, 32, 24  # 3 stacked rows (loops) and 48 (BLAS); a ragged last chunk
+    Q = (rng.standard_normal((6, n, d)) * 2).astype(dtype)
+    K = rng.standard_normal((2, m, d)).astype(dtype)
+    V = rng.standard_normal((2, m, dv)).astype(dtype)
+    K[1, 7] *= 30.0
+    V[0, -1] *= 50.0
+    problem = prepare(Q, K, V, causal=causal)
+    members, chunk = _split_plan(problem, n, m)
+    Gk, gs = members.shape
+    C = -(-m // chunk)
+    out = np.full((6, n, dv), np.nan, dtype=dtype)
+    lse = np.full((6, n), np.nan)
+    cmk = np.full((Gk * C, d), np.nan, dtype=dtype)
+    cmv = np.full((Gk * C, dv), np.nan, dtype=dtype)
+    probe = np.full(Gk * C, np.nan)
+    allow = np.full(2, np.nan)
+    R = gs * n
+    u = float(np.finfo(dtype).eps)
+    with _single_threaded_blas():  # as the caller (BLAS rounds by its thread count)
+        _exact_decode_kernel(
+            problem.q, problem.k, problem.v, members, n, float(problem.scale), causal,
+            int(problem.offset), chunk, out, lse, np.empty((Gk, C, R, dv)),
+            np.empty((Gk, C, R)), np.empty((Gk, C, R)), probe, cmk, cmv, u, allow,
+            np.zeros(1, dtype=np.int64), 2,
+        )  # fmt: skip
+    Y, L = reference_attention(
+        Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), causal=causal,
+        return_lse=True,
+    )  # fmt: skip
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, Y, atol=tol, rtol=tol)
+    np.testing.assert_allclose(lse, L, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(probe, 0.0)
+    for t in range(Gk * C):
+        gk, c = divmod(t, C)
+        np.testing.assert_array_equal(cmk[t], np.abs(K[gk, c * chunk : (c + 1) * chunk]).max(0))
+        np.testing.assert_array_equal(cmv[t], np.abs(V[gk, c * chunk : (c + 1) * chunk]).max(0))
+    # the allowance against the same formula with the exact maxima over the keys
+    # (max_j |q_i|^T |k_j| and max_j ||v_j||): at least it, and within a small factor
+    q64, k64, v64 = (x.astype(np.float64) for x in (Q, K, V))
+    qk = np.einsum("gnd,gmd->gnm", np.abs(q64), np.abs(k64[[0, 0, 0, 1, 1, 1]])).max(-1)
+    vmax = np.sqrt((v64**2).sum(-1).max(-1))[[0, 0, 0, 1, 1, 1]][:, None]
+    yn = np.linalg.norm(out.astype(np.float64), axis=-1)
+    eps = (np.sqrt(d) + 2) * u * problem.scale * qk
+    pad = 4 * u * (2 * yn + vmax) + np.expm1(2 * eps) * (vmax + yn)
+    ref = np.sqrt((pad**2).sum())
+    assert ref <= allow[0] <= 10 * ref
+    assert allow[1] == pytest.approx(np.linalg.norm(out.astype(np.float64)), rel=1e-12)
+    out2, _, pad2, ynorm2 = adaptive_module._decode_exact_pass(problem)
+    np.testing.assert_array_equal(out2, out)
+    assert (pad2, ynorm2) == (allow[0], allow[1])
+
+
+@pytest.mark.parametrize("n", [1, 16, 300])
+@pytest.mark.parametrize("where", ["Q", "K", "V"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_inputs_rejected(n, where, bad, rng):
+    """approximate() leaves the NaN/inf check to the method (the decode kernel finds them
+    while it reads K and V): the message names the input, the input is not mutated."""
+    m = 2100 if n < 300 else 300
+    arrs = {
+        "Q": rng.standard_normal((6, n, 16)).astype(np.float32),
+        "K": rng.standard_normal((2, m, 16)).astype(np.float32),
+        "V": rng.standard_normal((2, m, 16)).astype(np.float32),
+    }
+    arrs[where][1, -1, 3] = bad
+    copy = arrs[where].copy()
+    with pytest.raises(ValueError, match=f"{where} must contain only finite values"):
+        approximate(arrs["Q"], arrs["K"], arrs["V"], "adaptive", tol=0.1, causal=True)
+    np.testing.assert_array_equal(arrs[where], copy)
+
+
+def test_registry_marks_own_finite_check():
+    from attention import methods
+
+    flags = {m.name: m.checks_finite for m in methods()}
+    assert flags["adaptive"] is True
+    assert flags["exact"] is False
