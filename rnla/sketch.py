@@ -13,12 +13,15 @@ constructor                  storage                   cost of ``S @ A``, ``A`` 
 :func:`rademacher`           dense ``k x n``           ``2knp`` (BLAS GEMM)
 :func:`orthogonal_gaussian`  dense ``k x n``           ``2knp`` (BLAS GEMM)
 :func:`srht`                 ``n`` signs, ``k`` rows   ``~ N p log2(n2) + k p N/n2``
-:func:`countsketch`          ``n`` hashes, signs       ``p n`` dense, ``nnz(A)`` sparse
-:func:`sparse_sign`          ``z n`` hashes, signs     ``z p n`` dense, ``z nnz(A)`` sparse
+:func:`countsketch`          a hash key (lazy)         ``p n`` dense, ``nnz(A)`` sparse
+:func:`sparse_sign`          a hash key (lazy)         ``z p n`` dense, ``z nnz(A)`` sparse
 :func:`tensor_sketch`        ``degree`` CountSketches  ``degree (n + k log k)`` per row
 ===========================  ========================  ====================================
 
 Here ``N`` is ``n`` rounded up to a power of two and ``n2 <= N`` a cache-sized block.
+The hash sketches draw their ``(n, z)`` table of rows and signs from a counter-based hash
+only when a dense product needs it; a sparse product draws the codes of the rows it
+meets, so constructing and applying them to sparse input is one pass over ``nnz(A)``.
 Randomness is drawn once, at construction, from ``rng``; applying an operator is
 deterministic and independent of the number of Numba threads.
 
@@ -476,6 +479,9 @@ class HashSketch(SketchOperator):
     A nonzero is stored as one integer ``(row << 1) | sign_bit`` (int32 when ``k`` allows),
     so a column of a ``z = 8`` sketch occupies 32 bytes: random access to the hash table
     is what the sparse kernels pay for. The scale is applied once to the output.
+    :func:`countsketch` and :func:`sparse_sign` keep only their counter-based hash key:
+    the table is drawn the first time a dense product or ``idx``/``val`` needs it, and
+    sparse products draw the codes of the rows they meet on the fly.
     """
 
     def __init__(
@@ -491,18 +497,41 @@ class HashSketch(SketchOperator):
         self._init(k, codes, scale, kind)
         return self
 
+    @classmethod
+    def _from_key(
+        cls, k: int, key: int, start: int, stop: int, z: int, scale: float, kind: str
+    ) -> HashSketch:
+        """Columns ``start:stop`` of the counter-based hash sketch of ``key``, drawn lazily."""
+        self = cls.__new__(cls)
+        SketchOperator.__init__(self, k, max(stop - start, 0))
+        self._table = None
+        self._hash = (int(key), int(start), int(z))
+        self.scale = float(scale)
+        self.kind = kind
+        return self
+
     def _init(self, k, codes, scale, kind):
         super().__init__(k, codes.shape[0])
-        self._codes = np.ascontiguousarray(codes)
-        self._codes.setflags(write=False)
+        self._table = np.ascontiguousarray(codes)
+        self._table.setflags(write=False)
+        self._hash = None
         self.scale = float(scale)
-        self._codes16 = None
         self.kind = kind
+
+    @property
+    def _codes(self) -> np.ndarray:
+        """Packed codes, shape (n, z); drawn on first use for a counter-based sketch."""
+        if self._table is None:
+            key, start, z = self._hash
+            table = _hash_codes(key, start, start + self.shape[1], self.shape[0], z)
+            table.setflags(write=False)
+            self._table = table
+        return self._table
 
     @property
     def nnz_per_col(self) -> int:
         """Number of nonzeros in each column of ``S``."""
-        return self._codes.shape[1]
+        return self._hash[2] if self._table is None else self._table.shape[1]
 
     @property
     def idx(self) -> np.ndarray:
@@ -536,35 +565,33 @@ class HashSketch(SketchOperator):
 
     def _apply_sparse(self, A):
         k, p = self.shape[0], A.shape[1]
-        if A.format == "csr" and self.nnz_per_col == 1:
-            # One nonzero per column: stream A once, scattering into one buffer per fixed
-            # row chunk (the first buffer is the output).
-            bufs = np.zeros((_k._CSR_CHUNKS, k, p), dtype=A.dtype)
-            with _threads_for(A.nnz):
-                _k._hash_scatter_csr(self._codes, A.indptr, A.indices, A.data, bufs)
-            out = bufs[0]
-            for b in range(1, bufs.shape[0]):
-                out += bufs[b]
-            return self._scaled(out)
-        if A.format != "csc":
-            # With z > 1 scattering into the whole output is cache-hostile; SciPy's
-            # O(nnz) conversion plus the column kernel (k-vector in L1) is faster.
-            A = A.tocsc()
-        out_t = np.zeros((p, k), dtype=A.dtype)
-        with _threads_for(A.nnz * self.nnz_per_col):
-            _k._hash_apply_csc(A.indptr, A.indices, A.data, self._compact_codes(), out_t)
-        return self._scaled(np.ascontiguousarray(out_t.T))
-
-    def _compact_codes(self):
-        """Return the codes as int16 when ``k`` allows it.
-
-        The random reads of the CSC kernel then hit a hash table half the size (16 bytes
-        per column at ``z = 8``).
-        """
-        if self._codes16 is None:
-            small = 2 * self.shape[0] < 2**15
-            self._codes16 = self._codes.astype(np.int16) if small else self._codes
-        return self._codes16
+        z = self.nnz_per_col
+        if A.nnz == 0:
+            return np.zeros((k, p), dtype=A.dtype)
+        out = np.empty((k, p), dtype=A.dtype)  # every entry written by its block's task
+        # One task per block of cb = 2**shift columns of A: its k x cb slab of the output
+        # stays in L2 cache while the block's nonzeros are added (any cb gives the same
+        # result); at least 4 tasks per thread when p allows, to balance the threads.
+        cb = min(_SPARSE_MAX_BLOCK, _SPARSE_SLAB_BYTES // (k * A.dtype.itemsize))
+        cb = max(1, min(cb, -(-p // (4 * numba.get_num_threads()))))
+        shift = max(0, int(cb).bit_length() - 1)  # cb rounded down to a power of two
+        cb = 1 << shift
+        n_blocks = -(-p // cb)
+        with _threads_for(A.nnz * z):
+            if A.format == "csc":  # already grouped by column: the blocks are slices
+                starts = np.append(A.indptr[:-1:cb], A.indptr[-1]).astype(np.int64)
+                cols = np.repeat(np.arange(p, dtype=np.int64) & (cb - 1), np.diff(A.indptr))
+                cols = cols.astype(np.int16 if shift < 15 else np.int64)
+                rows, vals = A.indices, A.data
+            else:
+                starts, rows, cols, vals = _bucket_csr(A, shift, n_blocks)
+            scale = A.dtype.type(self.scale)
+            if self._table is None:
+                key, start, _ = self._hash
+                _k._bucket_apply_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out)
+            else:
+                _k._bucket_apply_codes(self._table, starts, cb, rows, cols, vals, scale, out)
+        return out
 
     def _adjoint_dense(self, Y):
         out = np.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype)
@@ -582,6 +609,32 @@ class HashSketch(SketchOperator):
 
     def _describe(self):
         return f"kind={self.kind!r}, nnz_per_col={self.nnz_per_col}"
+
+
+_SPARSE_SLAB_BYTES = 1 << 20  # k x cb output slab of one sparse task: in L2 cache
+_SPARSE_MAX_BLOCK = 128  # at most this many columns of A per sparse task
+_SPARSE_ROW_CHUNKS = 16  # fixed row chunks of the bucketing pass
+
+
+def _bucket_csr(A, shift: int, n_blocks: int):
+    """Group the nonzeros of CSR ``A`` by column block (``2**shift`` columns), in row order.
+
+    Returns ``starts`` (n_blocks + 1,), and per nonzero its row, its column within the
+    block and its value: a stable counting sort over fixed row chunks (two passes over
+    the indices, sequential writes into ``n_blocks`` streams).
+    """
+    n_chunks = max(1, min(_SPARSE_ROW_CHUNKS, A.shape[0]))
+    counts = np.zeros((n_chunks, n_blocks), dtype=np.int64)
+    _k._bucket_count(A.indptr, A.indices, shift, counts)
+    # block-major offsets: block blk holds chunk 0's nonzeros, then chunk 1's, ...
+    flat = counts.T.ravel()
+    offsets = np.ascontiguousarray((np.cumsum(flat) - flat).reshape(n_blocks, n_chunks).T)
+    starts = np.append(offsets[0], A.nnz).astype(np.int64)
+    rows = np.empty(A.nnz, dtype=np.int32 if A.shape[0] < 2**31 else np.int64)
+    cols = np.empty(A.nnz, dtype=np.int16 if shift < 15 else np.int64)
+    vals = np.empty(A.nnz, dtype=A.dtype)
+    _k._bucket_fill(A.indptr, A.indices, A.data, shift, offsets, rows, cols, vals)
+    return starts, rows, cols, vals
 
 
 def _code_type(k: int):
@@ -626,8 +679,9 @@ def countsketch(sketch_size, n, /, *, rng=None) -> HashSketch:
 
     Notes
     -----
-    ``S @ A`` costs ``nnz(A)`` multiply-adds. Inner products are unbiased with the
-    exact variance
+    ``S @ A`` costs ``nnz(A)`` additions for sparse ``A`` (the rows drawn on the fly,
+    as for :func:`sparse_sign`), ``n p`` for dense ``A``. Inner products are unbiased
+    with the exact variance
 
     .. math::
 
@@ -699,8 +753,11 @@ def sparse_sign(sketch_size, n, /, *, nnz_per_col=None, rng=None) -> HashSketch:
     -----
     Rows of each column are sampled without replacement by Floyd's algorithm from
     counter-based draws (SplitMix64 of the column and nonzero index), so any block of
-    columns is drawn on its own and in parallel. ``S @ A`` costs ``z nnz(A)`` (sparse)
-    or ``z n p`` (dense) multiply-adds. For ``x, y`` the inner product variance
+    columns is drawn on its own and in parallel. Construction stores the key only.
+    ``S @ A`` costs ``z nnz(A)`` additions and ``z`` draws per nonzero for sparse ``A``
+    (the nonzeros are grouped by blocks of columns whose ``k x cb`` output slab stays
+    in cache; no table of ``S`` is formed), ``z n p`` additions plus the ``(n, z)``
+    table, drawn once, for dense ``A``. For ``x, y`` the inner product variance
     equals CountSketch's for every ``z`` (distinct columns are independent, and
     :math:`\sum_r S_{rj}^2 = 1`),
     so the second-moment embedding size of :func:`countsketch` applies; larger ``z``
@@ -758,11 +815,9 @@ def _column_block(spec, start: int, stop: int) -> SketchOperator:
         M = _random.rademacher_rows(keys[0], start, stop, k).T
         M *= 1.0 / math.sqrt(k)
         return DenseSketch(M, "rademacher")
-    z = 1 if kind == "countsketch" else param
-    codes = _hash_codes(keys[0], start, stop, k, z)
     if kind == "countsketch":
-        return HashSketch._from_codes(k, codes, 1.0, "countsketch")
-    return HashSketch._from_codes(k, codes, 1.0 / math.sqrt(z), "sparse_sign")
+        return HashSketch._from_key(k, keys[0], start, stop, 1, 1.0, "countsketch")
+    return HashSketch._from_key(k, keys[0], start, stop, param, 1.0 / math.sqrt(param), kind)
 
 
 def _hash_codes(key: int, start: int, stop: int, k: int, z: int) -> np.ndarray:

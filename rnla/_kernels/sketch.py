@@ -1,8 +1,10 @@
 """Numba kernels of the sketching operators (no validation; see :mod:`rnla.sketch`).
 
 Hash sketches (CountSketch, sparse sign, TensorSketch as an operator) are described by
-two ``(n, z)`` arrays: ``idx[j, t]`` is the output row that input row ``j`` is sent to by
-its ``t``-th nonzero, ``val[j, t]`` the value there. The SRHT kernels use the
+an ``(n, z)`` table of packed codes ``(row << 1) | sign_bit`` (the output row that input
+row ``j`` is sent to by its ``t``-th nonzero, and the sign there) or, for the
+counter-based sketches, by their key: the sparse kernels draw the codes they need on
+the fly (:func:`_draw_rows`). The SRHT kernels use the
 unnormalised Walsh–Hadamard matrix ``H[a, b] = (-1)**popcount(a & b)``.
 
 Every parallel loop owns a disjoint set of output entries, and each output entry is
@@ -11,6 +13,8 @@ accumulated in a fixed order, so results do not depend on the number of threads.
 
 import numpy as np
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 # ----------------------------------------------------------------------------------------
 # hash sketches: out = S @ A / scale with S[code[j, t] >> 1, j] = scale * (+1 or -1)
@@ -56,45 +60,6 @@ def _hash_apply_dense_t(codes, At, out_t):
             for t in range(z):
                 code = codes[j, t]
                 # branchless sign: random signs would defeat the branch predictor
-                o[code >> 1] += a - 2 * a * (code & 1)
-
-
-_CSR_CHUNKS = 2  # fixed row chunks for CSR scatter: results independent of thread count
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _hash_scatter_csr(codes, indptr, indices, data, bufs):
-    # Streams the rows of A in order and scatters each nonzero into row code >> 1 of the
-    # buffer of its (fixed) row chunk; the caller adds the buffers in chunk order.
-    # Sequential reads of A and of the hash table beat gathering rows of A at random.
-    n, z = codes.shape
-    n_chunks = bufs.shape[0]
-    for b in prange(n_chunks):
-        o = bufs[b]
-        for j in range((b * n) // n_chunks, ((b + 1) * n) // n_chunks):
-            q0 = indptr[j]
-            q1 = indptr[j + 1]
-            for t in range(z):
-                code = codes[j, t]
-                sign = 1 - 2 * (code & 1)
-                row = o[code >> 1]
-                for q in range(q0, q1):
-                    row[indices[q]] += sign * data[q]
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _hash_apply_csc(indptr, indices, data, codes, out_t):
-    # Column c of A maps to column c of S @ A, accumulated in row c of out_t = (S @ A).T
-    # so that the k-vector being updated stays in L1; columns are independent tasks.
-    p = out_t.shape[0]
-    z = codes.shape[1]
-    for c in prange(p):
-        o = out_t[c]
-        for q in range(indptr[c], indptr[c + 1]):
-            j = indices[q]
-            a = data[q]
-            for t in range(z):
-                code = codes[j, t]
                 o[code >> 1] += a - 2 * a * (code & 1)
 
 
@@ -186,6 +151,159 @@ def _hash_codes_counter(key, start, k, codes):
                     t = s
                     break
             codes[jj, m] = (t << 1) | np.int64(u & np.uint64(1))
+
+
+# ----------------------------------------------------------------------------------------
+# sparse input: column-blocked accumulation, hash codes drawn on the fly
+# ----------------------------------------------------------------------------------------
+# S @ A for CSR A in three steps: the nonzeros are bucketed by column block of A (a
+# stable counting sort into a few buckets, so each write stream is sequential), then each
+# block is one task that adds every nonzero into the k x cb slab out[:, c0:c1] of the
+# output (in L2 cache), then scales the slab. The codes of a nonzero's row are computed
+# on the fly from the counter-based hash (no (n, z) table is written or read at random),
+# in batches laid out so that the SplitMix64 arithmetic vectorises. Every output entry
+# receives its terms in the order of the rows of A (then of the z nonzeros of S), as the
+# column kernel does, whatever the block size, the chunks or the number of threads.
+
+_HASH_BATCH = 256  # nonzeros whose codes are drawn together (z x 256 int64 in L1)
+
+
+@intrinsic
+def _wide_vectors(typingctx):
+    """Ask LLVM to vectorise the calling function with 512-bit vectors where legal.
+
+    Sets the function attribute ``"prefer-vector-width"="512"`` (LLVM's default for
+    these CPUs is 256 bits); the 64-bit multiplies of the hash then run 8 lanes wide.
+    """
+
+    def codegen(context, builder, sig, args):
+        try:
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        except Exception:  # pragma: no cover - other llvmlite versions: no hint
+            pass
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bucket_count(indptr, indices, shift, counts):
+    # counts[b, blk] = nonzeros of row chunk b in column block blk = column >> shift
+    n = indptr.shape[0] - 1
+    n_chunks = counts.shape[0]
+    for b in prange(n_chunks):
+        c = counts[b]
+        for q in range(indptr[(b * n) // n_chunks], indptr[((b + 1) * n) // n_chunks]):
+            c[indices[q] >> shift] += 1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bucket_fill(indptr, indices, data, shift, offsets, rows, cols, vals):
+    # Stable scatter of the nonzeros into their column block's bucket: row chunk b writes
+    # its nonzeros of block blk from offsets[b, blk] on, in row order.
+    n = indptr.shape[0] - 1
+    n_chunks = offsets.shape[0]
+    mask = (1 << shift) - 1
+    for b in prange(n_chunks):
+        pos = offsets[b].copy()
+        j = (b * n) // n_chunks
+        # one loop over the nonzeros, the row advanced alongside (faster than a loop
+        # over rows when most rows hold one nonzero or none)
+        for q in range(indptr[j], indptr[((b + 1) * n) // n_chunks]):
+            while indptr[j + 1] <= q:
+                j += 1
+            c = indices[q]
+            blk = c >> shift
+            w = pos[blk]
+            rows[w] = j
+            cols[w] = c & mask
+            vals[w] = data[q]
+            pos[blk] = w + 1
+
+
+@njit(cache=True, nogil=True)
+def _draw_rows(base, start, rows, w0, nw, k, z, T, U):
+    # T[m, i], U[m, i]: output row and sign bit of nonzero m of the sketch column
+    # start + rows[w0 + i]; the same draw as _hash_codes_counter (Floyd's step m from
+    # splitmix64(key + gamma ((start + j) z + m + 1))), written as straight-line loops
+    # over the batch so that they vectorise, with Floyd's duplicate test as a select
+    # (the earlier rows of a column are distinct and all below s, so at most one
+    # matches and s itself never does).
+    _wide_vectors()
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    g = gamma * np.uint64(z)
+    for m in range(z):
+        s = np.uint64(k - z + m)
+        s1 = s + np.uint64(1)
+        cm = base + g * np.uint64(start) + gamma * np.uint64(m + 1)
+        Tm = T[m]
+        Um = U[m]
+        for i in range(nw):
+            x = cm + g * np.uint64(rows[w0 + i])
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            u = x ^ (x >> np.uint64(31))
+            Tm[i] = ((u >> np.uint64(32)) * s1) >> np.uint64(32)
+            Um[i] = u & np.uint64(1)
+        for q in range(m):
+            Tq = T[q]
+            for i in range(nw):
+                Tm[i] = s if Tq[i] == Tm[i] else Tm[i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bucket_apply_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out):
+    # out[:, blk*cb : (blk+1)*cb] = scale * (the sum of block blk's nonzeros sketched),
+    # codes drawn on the fly; every entry of out is written.
+    n_blocks = starts.shape[0] - 1
+    base = np.uint64(key)
+    sign = np.ones(2, dtype=out.dtype)
+    sign[1] = -1.0  # a * sign[bit]: exact, and no branch on a random bit
+    for blk in prange(n_blocks):
+        T = np.empty((z, _HASH_BATCH), dtype=np.uint64)
+        U = np.empty((z, _HASH_BATCH), dtype=np.uint64)
+        # contiguous k x cb accumulator: the rows of the slab out[:, c0:c1] are p apart,
+        # one page each, and random rows would miss the TLB
+        acc = np.zeros((k, cb), dtype=out.dtype)
+        for w0 in range(starts[blk], starts[blk + 1], _HASH_BATCH):
+            nw = min(_HASH_BATCH, starts[blk + 1] - w0)
+            _draw_rows(base, start, rows, w0, nw, k, z, T, U)
+            for i in range(nw):
+                a = vals[w0 + i]
+                c = cols[w0 + i]
+                for m in range(z):
+                    acc[T[m, i], c] += a * sign[U[m, i]]
+        _store_slab(acc, scale, out, blk * cb)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bucket_apply_codes(codes, starts, cb, rows, cols, vals, scale, out):
+    # As _bucket_apply_hashed, for a sketch given by its (n, z) code table.
+    n_blocks = starts.shape[0] - 1
+    k = out.shape[0]
+    z = codes.shape[1]
+    sign = np.ones(2, dtype=out.dtype)
+    sign[1] = -1.0
+    for blk in prange(n_blocks):
+        acc = np.zeros((k, cb), dtype=out.dtype)
+        for w in range(starts[blk], starts[blk + 1]):
+            a = vals[w]
+            c = cols[w]
+            cj = codes[rows[w]]
+            for m in range(z):
+                code = cj[m]
+                acc[code >> 1, c] += a * sign[code & 1]
+        _store_slab(acc, scale, out, blk * cb)
+
+
+@njit(cache=True, nogil=True)
+def _store_slab(acc, scale, out, c0):
+    # out[:, c0:c0+cb] = scale * acc (columns beyond p dropped)
+    k, cb = acc.shape
+    c1 = min(out.shape[1], c0 + cb)
+    for r in range(k):
+        for c in range(c0, c1):
+            out[r, c] = acc[r, c - c0] * scale
 
 
 # ----------------------------------------------------------------------------------------

@@ -579,3 +579,105 @@ def test_tensor_sketch_recovers_intermediate_overflow(dtype, rng):
         ref = (M @ np.kron(x, x)) * mag**2
         t = 1e-4 if dtype == np.float32 else 1e-11
         np.testing.assert_allclose(feats[i], ref, rtol=t, atol=t * np.abs(ref).max())
+
+
+# --------------------------------------------------------------------------------------
+# sparse input: column-blocked kernels with codes drawn on the fly
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [0, 2, 6])
+def test_bucket_kernels_match_numpy(rng, shift):
+    """Bucketing = stable sort of the CSR nonzeros by column block (plain NumPy)."""
+    A = sp.random(500, 70, density=0.05, format="csr", rng=rng)
+    n_blocks = -(-70 // (1 << shift))
+    starts, rows, cols, vals = sk._bucket_csr(A, shift, n_blocks)
+    row_of = np.repeat(np.arange(500), np.diff(A.indptr))
+    block = A.indices >> shift
+    order = np.argsort(block, kind="stable")
+    np.testing.assert_array_equal(rows, row_of[order])
+    np.testing.assert_array_equal(cols, (A.indices & ((1 << shift) - 1))[order])
+    np.testing.assert_array_equal(vals, A.data[order])
+    np.testing.assert_array_equal(starts, np.searchsorted(block[order], np.arange(n_blocks + 1)))
+
+
+@pytest.mark.parametrize(("k", "z", "start"), [(1, 1, 0), (5, 5, 7), (1000, 8, 123456)])
+def test_draw_rows_matches_counter_codes(rng, k, z, start):
+    """The batched on-the-fly draw equals the (reference-tested) code table."""
+    key = 2**62 + 12345
+    n = 700
+    table = np.empty((n, z), dtype=np.int64)
+    K._hash_codes_counter(key, start, k, table)
+    rows = rng.integers(0, n, 300).astype(np.int32)
+    T = np.empty((z, K._HASH_BATCH), dtype=np.uint64)
+    U = np.empty((z, K._HASH_BATCH), dtype=np.uint64)
+    for w0 in (0, 256):
+        nw = min(K._HASH_BATCH, rows.size - w0)
+        K._draw_rows(np.uint64(key), start, rows, w0, nw, k, z, T, U)
+        sel = table[rows[w0 : w0 + nw]]
+        np.testing.assert_array_equal(T[:, :nw].T, sel >> 1)
+        np.testing.assert_array_equal(U[:, :nw].T, sel & 1)
+
+
+@pytest.mark.parametrize("make", ["sparse_sign", "countsketch", "sparse_sign_z3"])
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_sparse_apply_lazy_and_table_paths_identical(rng, dtype, make, fmt):
+    """Codes drawn on the fly == codes from the table, bitwise; dense reference."""
+    n, p, k = 900, 45, 64
+    build = {
+        "sparse_sign": lambda: sk.sparse_sign(k, n, rng=4),
+        "countsketch": lambda: sk.countsketch(k, n, rng=4),
+        "sparse_sign_z3": lambda: sk.sparse_sign(k, n, nnz_per_col=3, rng=4),
+    }[make]
+    A = sp.random(n, p, density=0.04, format=fmt, rng=rng, dtype=dtype)
+    A0 = A.copy()
+    S = build()
+    assert S._table is None  # construction draws nothing
+    lazy = S @ A
+    assert S._table is None  # nor does a sparse product
+    M = S.todense()  # draws the table
+    assert S._table is not None
+    table = S @ A
+    assert lazy.dtype == dtype and table.dtype == dtype
+    np.testing.assert_array_equal(lazy, table)
+    ref = M @ A.toarray().astype(np.float64)
+    np.testing.assert_allclose(lazy, ref, rtol=tol(dtype), atol=tol(dtype) * np.abs(ref).max())
+    # the other format, one thread: the same bits
+    other = A.tocsc() if fmt == "csr" else A.tocsr()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = build() @ other
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(one, lazy)
+    assert (A != A0).nnz == 0
+
+
+def test_sparse_apply_non_canonical_csr(rng):
+    """Unsorted indices and duplicate entries: the sum of the entries is sketched."""
+    n, p, k = 200, 30, 16
+    A = sp.random(n, p, density=0.1, format="csr", rng=rng)
+    # every row twice, in reversed column order: duplicates and unsorted indices
+    counts = np.diff(A.indptr)
+    indptr = np.r_[0, np.cumsum(2 * counts)]
+    spans = list(zip(A.indptr[:-1], A.indptr[1:], strict=True))
+    indices = np.concatenate([np.r_[A.indices[a:b][::-1], A.indices[a:b]] for a, b in spans])
+    data = np.concatenate([np.r_[A.data[a:b][::-1], A.data[a:b]] for a, b in spans])
+    B = sp.csr_matrix((data, indices, indptr), shape=(n, p))
+    assert not B.has_sorted_indices and B.nnz == 2 * A.nnz
+    S = sk.sparse_sign(k, n, rng=0)
+    ref = S.todense() @ (2 * A.toarray())
+    np.testing.assert_allclose(S @ B, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_sparse_apply_large_sketch_and_wide_matrix(rng):
+    """k so large that one column per task fills the slab; p not a multiple of it."""
+    n, p, k = 300, 7, 40000
+    A = sp.random(n, p, density=0.2, format="csr", rng=rng)
+    S = sk.sparse_sign(k, n, nnz_per_col=2, rng=1)
+    ref = S.todense() @ A.toarray()
+    np.testing.assert_allclose(S @ A, ref, rtol=1e-12, atol=1e-12)
+    empty = sp.csr_matrix((n, p))
+    out = S @ empty
+    assert out.shape == (k, p) and not out.any()
