@@ -154,7 +154,7 @@ def _column_id(
 ):
     """Column ID of ``M``: (indices (k,), X (k, n))."""
     if tol is None:
-        B, _ = _skeleton_matrix(M, cap + oversample, method, n_iter, sketch, rng)
+        B, exact = _skeleton_matrix(M, cap + oversample, method, n_iter, sketch, rng)
         R, P = _qrcp(B)
         k = cap
     else:
@@ -170,7 +170,29 @@ def _column_id(
             guess = min(cap, 2 * guess)
     k = min(k, R.shape[0])
     X = _interpolation_matrix(R, P, k, M.dtype)
-    return P[:k].copy(), X
+    return P[:k].copy(), X, exact
+
+
+def _lstsq_coefficients(M: _Operator, J: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients ``A[:, J]^+ A`` (k, n), with ``X[:, J] = I`` exactly.
+
+    ``A[:, J] = Q_J R_J`` (Householder), ``X = R_J^{-1} (Q_J^T A)``: one more pass over
+    ``A`` and :math:`2mk^2 + k^2 n` flops. ``A - A[:, J] X = (I - Q_J Q_J^T) A`` is the
+    smallest error any coefficients give for these columns. The coefficients read off
+    the sketch (``X``, returned unchanged if ``A[:, J]`` is numerically rank-deficient)
+    are the least-squares solution for the sketch only: on slowly decaying spectra they
+    leave up to 1.6x this error.
+    """
+    dtype = M.dtype
+    C = M.columns(J)
+    Qc, Rc = sla.qr(C, mode="economic", check_finite=False)
+    d = np.abs(np.diagonal(Rc))
+    if d.size == 0 or not d.min() > max(C.shape) * np.finfo(dtype).eps * d.max():
+        return X
+    W = np.ascontiguousarray(M.rmatmat(Qc).T)  # Q_J^T A, (k, n)
+    out = sla.solve_triangular(Rc, W, check_finite=False).astype(dtype, copy=False)
+    out[:, J] = np.eye(J.size, dtype=dtype)
+    return out if np.isfinite(out).all() else X
 
 
 def interpolative(
@@ -212,15 +234,16 @@ def interpolative(
     method : {"qb", "one_pass"}, default="qb"
         ``"qb"``: QRCP on :math:`B = Q^T A` with ``Q`` an orthonormal basis of
         :math:`A\Omega` (:func:`rnla.lowrank.range_finder`, ``n_iter`` power
-        iterations), 2 + 2 ``n_iter`` passes over ``A``. ``"one_pass"``: QRCP on the
-        sketch :math:`B = S A` (one pass); cheaper, but the error is typically 1.5-4
-        times larger for the same ``oversample``.
+        iterations), then least-squares coefficients :math:`X = A[:, J]^+ A`:
+        3 + 2 ``n_iter`` passes over ``A`` plus the ``k`` selected columns.
+        ``"one_pass"``: QRCP on the sketch :math:`B = S A` and coefficients from it (one
+        pass); cheaper, but the error is typically 1.5-4 times larger.
     oversample : int, default=10
         Extra sketch rows ``p >= 0``: ``B`` has :math:`\ell = k + p` rows. The columns
         are chosen from the geometry of ``B``, so a larger ``p`` brings the selection
-        closer to that of a deterministic QRCP of ``A``: on slowly decaying spectra
-        ``oversample=rank`` (or ``n_iter=1``) roughly halves the excess error for about
-        30% more time (see ``benchmarks/interpolative.py``).
+        closer to that of a deterministic QRCP of ``A`` (with ``"qb"`` the default is
+        already within 1-2% of SciPy's error on slowly decaying spectra, see
+        ``benchmarks/interpolative.py``; ``oversample=rank`` closes most of the rest).
     n_iter : int, default=0
         Power iterations of the range finder (``method="qb"`` only), ``>= 0``.
     sketch : str, default="auto"
@@ -253,10 +276,16 @@ def interpolative(
     **Algorithm** (column ID; the row ID is the column ID of :math:`A^T`). Build an
     :math:`\ell \times n` matrix ``B`` whose columns have (approximately) the geometry of
     the columns of ``A``; compute the column-pivoted QR :math:`B P = Q [R_{11}\ R_{12}]`
-    (LAPACK ``geqp3``) truncated at ``k``; take :math:`J = P[:k]` and
-    :math:`X = [I_k\ \ R_{11}^{-1} R_{12}] P^T` (one triangular solve). If the requested
-    rank exceeds the numerical rank of ``B``, the coefficients are the minimum-norm
-    least-squares solution instead. When :math:`\ell \ge m` (or :math:`\ell \ge n` for
+    (LAPACK ``geqp3``) truncated at ``k``; take :math:`J = P[:k]`. ``"qb"`` then
+    computes the least-squares coefficients :math:`X = A[:, J]^+ A` (Householder QR
+    :math:`A[:, J] = Q_JR_J`, one pass :math:`Q_J^\top A`, a triangular solve;
+    ``X[:, J] = I`` exactly), the smallest error :math:`\|(I - Q_JQ_J^\top)A\|` any
+    coefficients give for these columns. ``"one_pass"`` (and ``"qb"`` when
+    :math:`A[:, J]` is numerically rank-deficient) uses
+    :math:`X = [I_k\ \ R_{11}^{-1} R_{12}] P^T`, the least-squares solution for ``B``
+    only (on slowly decaying spectra it left up to 1.6x the error of SciPy's ID); if
+    the requested rank exceeds the numerical rank of ``B``, the minimum-norm
+    least-squares solution. When :math:`\ell \ge m` (or :math:`\ell \ge n` for
     ``"qb"``) no sketch is drawn: QRCP runs on ``A`` (on its ``R`` factor), which is
     deterministic.
     This is the randomized ID of Halko-Martinsson-Tropp [1]_ (§5.2) and
@@ -264,8 +293,9 @@ def interpolative(
 
     **Cost.** ``"qb"``: one sketch :math:`A\Omega` (:math:`2mn\ell` flops Gaussian,
     :math:`O(\mathrm{nnz})` sparse sign), :math:`2 m \ell^2` for the QR,
-    :math:`2mn\ell` for :math:`Q^T A`, :math:`4mn\ell` per power iteration;
-    ``"one_pass"``: one sketch :math:`SA`. Both: :math:`O(\ell k n)` for QRCP of ``B``
+    :math:`2mn\ell` for :math:`Q^T A`, :math:`4mn\ell` per power iteration,
+    :math:`2mnk + 2mk^2 + k^2n` for the coefficients; ``"one_pass"``: one sketch
+    :math:`SA`. Both: :math:`O(\ell k n)` for QRCP of ``B``
     and :math:`k^2 (n - k)` for the solve. Memory :math:`O((m + n)\ell)`.
 
     **Accuracy.** For ``X`` with the identity in the columns ``J`` and :math:`P_X` the
@@ -322,7 +352,9 @@ def interpolative(
         raise ValueError(f"n_iter={n_iter} needs method='qb'; method='one_pass' reads A once")
     sketch = _sketch_name(sketch, M.kind)
     rng = check_rng(rng)
-    indices, X = _column_id(M, cap, tol, method, oversample, n_iter, sketch, rng)
+    indices, X, exact = _column_id(M, cap, tol, method, oversample, n_iter, sketch, rng)
+    if method == "qb" and not exact:
+        X = _lstsq_coefficients(M, indices, X)
     if axis == 0:
         X = np.ascontiguousarray(X.T)
     return IDResult(indices, X)
@@ -482,7 +514,7 @@ def cur(
     rng = check_rng(rng)
     sketch = _sketch_name("auto", M.kind)
     if method == "qrcp":
-        cols, _ = _column_id(M, k, None, "qb", oversample, n_iter, sketch, rng)
+        cols = _column_id(M, k, None, "qb", oversample, n_iter, sketch, rng)[0]
         _, P = _qrcp(M.columns(cols).T)
         rows = P[:k].copy()
     else:

@@ -12,7 +12,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from rnla._validation import ConvergenceWarning
 from rnla.estimate import norm_estimate
 from rnla.operators import DenseEntries, EntryMatrixBase, KernelMatrix
-from rnla.skeleton import _deim, aca, cur, interpolative
+from rnla.skeleton import _as_mat, _column_id, _deim, aca, cur, interpolative
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -120,6 +120,42 @@ def test_id_error_close_to_scipy_at_equal_rank(rng):
     theirs = np.linalg.norm(A - ref)
     best = np.sqrt(np.sum(s[k:] ** 2))
     assert best <= ours <= 2.0 * theirs
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "operator"])
+def test_id_default_matches_scipy_error_on_slow_decay(kind, rng):
+    """Slow decay 1/(1 + j): the default ("qb", least-squares coefficients) is within 5%
+    of SciPy's deterministic QRCP ID. Negative control: the coefficients read off the
+    sketch (R11^-1 R12 of B, what "qb" returned before) leave > 20% more error."""
+    s = 1.0 / (1.0 + np.arange(300))
+    A = with_spectrum(500, 300, s, rng)
+    k = 30
+    A_in = {"dense": A, "sparse": sp.csr_matrix(A), "operator": aslinearoperator(A)}[kind]
+    res = interpolative(A_in, k, rng=1)
+    idx, proj = sli.interp_decomp(A, k, rand=True, rng=np.random.default_rng(0))
+    theirs = np.linalg.norm(A - sli.reconstruct_matrix_from_id(A[:, idx[:k]], idx, proj))
+    ours = np.linalg.norm(A - A[:, res.indices] @ res.X)
+    assert ours <= 1.05 * theirs
+    # The coefficients are those of plain NumPy least squares on the selected columns.
+    X_ref = np.linalg.lstsq(A[:, res.indices], A, rcond=None)[0]
+    np.testing.assert_allclose(res.X, X_ref, atol=1e-10 * np.abs(X_ref).max())
+    np.testing.assert_array_equal(res.X[:, res.indices], np.eye(k))
+    sketched = interpolative(A, k, method="one_pass", oversample=10, rng=1)
+    assert np.linalg.norm(A - A[:, sketched.indices] @ sketched.X) > 1.2 * theirs
+    J, X_sketch, _ = _column_id(
+        _as_mat(A), k, None, "qb", 10, 0, "gaussian", np.random.default_rng(1)
+    )
+    assert np.linalg.norm(A - A[:, J] @ X_sketch) > 1.2 * theirs
+
+
+def test_id_least_squares_coefficients_float32(rng):
+    s = 1.0 / (1.0 + np.arange(120))
+    A = with_spectrum(200, 120, s, rng).astype(np.float32)
+    res = interpolative(A, 12, rng=0)
+    assert res.X.dtype == np.float32 and np.isfinite(res.X).all()
+    A64 = A.astype(np.float64)
+    X_ref = np.linalg.lstsq(A64[:, res.indices], A64, rcond=None)[0]
+    np.testing.assert_allclose(res.X, X_ref, atol=1e-4 * np.abs(X_ref).max())
 
 
 def test_id_one_pass_less_accurate_than_qb(rng):
