@@ -243,6 +243,7 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
                     bool(problem.causal),
                     int(problem.offset),
                     chunk,
+                    bool(_USE_TILES),
                     out,
                     lse,
                     np.empty((Gk, C, gs * r, dv)),

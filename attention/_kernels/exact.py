@@ -24,8 +24,11 @@ parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and write
 partial ``(mx, l, acc)``; a serial loop then merges the partials of each row in
 chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`). With at
 most 8 stacked rows ``S`` is a plain loop that streams each key row once (BLAS packs
-its operands on every call: 2.2x slower at 3 rows x 512 keys, one thread); ``P V`` is
-a BLAS call. Each task also reports whether its chunk held a NaN or inf (from its
+its operands on every call: 2.2x slower at 3 rows x 512 keys, one thread); ``P V``
+runs on the register tiles of the prefill kernel (3-, 2- and 1-row tiles read each
+value row once for all stacked rows; BLAS first packs the whole chunk: one thread, 9
+query / 3 key-value heads, CPU time 8-15% less at ``m`` = 8192-131072), or on BLAS
+without AVX-512. Each task also reports whether its chunk held a NaN or inf (from its
 scores and ``P V``, which a non-finite key or value entry always makes non-finite), so
 decoding reads ``K`` and ``V`` once: a separate validation pass read them a second time
 and took as long as the kernel.
@@ -255,8 +258,8 @@ def _softmax_cols(s, w, mrow, lrow, alpha):
 # Stacked rows up to which the split-key kernel forms ``S = Q K^T`` with the loop below
 # instead of BLAS (measured, one thread, 512 keys in L2, d = 64: 3 rows 7.1 us against
 # 15.4 us for sgemm, 8 rows 15.3 against 17.7; BLAS packs both operands on every call).
-# ``P V`` always goes to BLAS (3 rows: 3.5 us, against 5.5 us for a loop that streams
-# the value rows, which keeps the accumulators in memory).
+# ``P V`` goes to the register tiles (or BLAS; 3 rows: 3.5 us, against 5.5 us for a
+# plain loop that streams the value rows, which keeps the accumulators in memory).
 _SMALL_ROWS = 8
 
 
@@ -458,8 +461,12 @@ def _make_tile(n_rows, n_vecs):
 
 
 _tile_6x4 = _make_tile(_TILE_ROWS, _TILE_VECS)
+_tile_3x4 = _make_tile(3, _TILE_VECS)
+_tile_2x4 = _make_tile(2, _TILE_VECS)
 _tile_1x4 = _make_tile(1, _TILE_VECS)
 _tile_6x1 = _make_tile(_TILE_ROWS, 1)
+_tile_3x1 = _make_tile(3, 1)
+_tile_2x1 = _make_tile(2, 1)
 _tile_1x1 = _make_tile(1, 1)
 
 
@@ -472,7 +479,8 @@ def _gemm_tiles(a, b, out, aoff, boff, ooff, n_rows, kdim, n_cols, lda, ldb, ldo
     ``panels``, ``b`` is packed as consecutive ``kdim x wide`` slabs (``ldb = wide``,
     one register tile wide, see :func:`_pack_kt`). Tiles of 6 rows x 4 vectors, column
     slabs outermost (a slab of ``b`` stays in cache while the row tiles pass over it),
-    then single rows and single vectors for the remainders. Every output entry is one
+    then tiles of 3, 2 or 1 rows and single vectors for the remainders (so that a
+    decode block of 3 stacked rows reads each value row once). Every output entry is one
     chain of fused multiply-adds in the order ``e = 0, 1, ...``, whatever tile computes
     it.
     """
@@ -485,16 +493,25 @@ def _gemm_tiles(a, b, out, aoff, boff, ooff, n_rows, kdim, n_cols, lda, ldb, ldo
         bo = boff + c0 * kdim if panels else boff + c0
         r0 = 0
         while r0 < n_rows:
-            rows = _TILE_ROWS if r0 + _TILE_ROWS <= n_rows else 1
+            left = n_rows - r0
+            rows = _TILE_ROWS if left >= _TILE_ROWS else (3 if left >= 3 else left)
             ao = aoff + r0 * lda
             oo = ooff + r0 * ldo + c0
-            if rows == _TILE_ROWS:
-                if step == wide:
+            if step == wide:
+                if rows == _TILE_ROWS:
                     _tile_6x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+                elif rows == 3:
+                    _tile_3x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+                elif rows == 2:
+                    _tile_2x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
                 else:
-                    _tile_6x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
-            elif step == wide:
-                _tile_1x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+                    _tile_1x4(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            elif rows == _TILE_ROWS:
+                _tile_6x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            elif rows == 3:
+                _tile_3x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
+            elif rows == 2:
+                _tile_2x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
             else:
                 _tile_1x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
             r0 += rows
@@ -745,6 +762,7 @@ def _split_task(
     causal,
     offset,
     chunk,
+    tiles,
     part_acc,
     part_m,
     part_l,
@@ -810,7 +828,25 @@ def _split_task(
     alpha = np.ones(R)
     _softmax_tile(s, mrow, lrow, alpha)
     pv = np.empty((R, dv), dtype=q.dtype)
-    np.dot(s, vc, pv)
+    if tiles and dv % (64 // q.itemsize) == 0:
+        # One pass over the value rows for all R rows (BLAS packs the chunk first).
+        _gemm_tiles(
+            s.reshape(-1),
+            v[gk].reshape(-1),
+            pv.reshape(-1),
+            0,
+            j0 * dv,
+            0,
+            R,
+            w,
+            dv,
+            w,
+            dv,
+            dv,
+            False,
+        )
+    else:
+        np.dot(s, vc, pv)
     # A NaN or inf in a value row gives NaN or inf in P V (its weight is finite, 0 for
     # hidden keys: 0 * inf = NaN).
     bad += _nonfinite_probe(pv)
@@ -836,6 +872,7 @@ def _split_blocks(
     causal,
     offset,
     chunk,
+    tiles,
     out,
     lse,
     part_acc,
@@ -886,6 +923,7 @@ def _split_blocks(
                 causal,
                 offset,
                 chunk,
+                tiles,
                 part_acc,
                 part_m,
                 part_l,

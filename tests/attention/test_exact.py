@@ -813,6 +813,18 @@ def test_prefill_gemm_paths_rows_any_order(rng, dtype, gemm_path):
     assert_lse_close(lse_r, rl[:, rows], dtype)
 
 
+@pytest.mark.parametrize("heads", [(9, 3), (8, 2), (5, 1), (14, 2)], ids=["R3", "R4", "R5", "R7"])
+def test_split_keys_gemm_paths_match_reference(rng, dtype, gemm_path, small_chunks, heads):
+    # Decode with R stacked rows per key/value head: P V on 3-, 2- and 1-row tiles.
+    hq, hk = heads
+    Q, K, V = qkv(rng, (hq, 1, 64), (hk, 900, 64), dtype=dtype)
+    assert split_taken(Q, K, V)
+    Y, lse = softmax_attention(Q, K, V, return_lse=True)
+    R, rl = reference_attention(Q, K, V, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
+
+
 def test_prefill_tiles_thread_count_determinism(rng, dtype, monkeypatch):
     monkeypatch.setattr(exact_module, "_USE_TILES", True)
     monkeypatch.setattr(exact_module, "_SERIAL_WORK", 0)
