@@ -193,6 +193,9 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
                     kt = np.empty((problem.k.shape[0], mp * problem.d), dtype=problem.dtype)
                 else:
                     kt = np.empty((1, 0), dtype=problem.dtype)
+                # Key span the mask shows each selected row (filled by the kernel).
+                gm_count = problem.mask.shape[0] if mask_mode else 1
+                lims = np.zeros((gm_count, r if mask_mode else 1, 3), dtype=np.int64)
                 order = np.arange(G * nqb, dtype=np.int64)
                 if problem.causal and nqb > 1:
                     # Longest tasks (last query blocks) first: the threads take tasks
@@ -210,6 +213,7 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
                     mask_f,
                     mask_index,
                     mask_mode,
+                    lims,
                     float(problem.scale),
                     bool(problem.causal),
                     int(problem.offset),

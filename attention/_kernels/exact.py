@@ -34,8 +34,17 @@ decoding reads ``K`` and ``V`` once: a separate validation pass read them a seco
 and took as long as the kernel.
 
 Masks: a key block (chunk) that the mask hides from every row of the query block is
-skipped before its GEMM, so key padding of shorter sequences in a batch costs only the
-check of the mask.
+skipped before its GEMM. A mask broadcast along the query axis (key padding of shorter
+sequences in a batch, left or right) is scanned once per call and mask slice for the
+key span it shows (:func:`_mask_limits`); key blocks outside the span are then never
+visited, and when the mask is exactly that span (boolean, or additive with 0 inside)
+it is applied from the span's ends like the causal limit, without reading the mask per
+entry. Measured (one thread, 4 sequences of 4096/3072/2048/1024 tokens padded to
+4096, 4 heads, ``d = 64``, float32): a key-padding mask costs 1.32-1.44x the four
+unpadded calls, which is the work of the padded query rows it does not hide (1.33x;
+causal 1.51-1.70x against 1.67x), no padding work; a query-and-key padding mask of
+shape ``(B, 1, n, n)`` 1.23-1.33x (causal 1.31-1.56x), from the per-entry mask reads
+of the blocks its rows share.
 
 Per-tile arithmetic. The two products run on register tiles written for this kernel
 (:func:`_gemm_tiles`, an LLVM-level microkernel: 6 rows x 4 vectors of 512 bits, i.e.
@@ -540,6 +549,94 @@ def _pack_kt(k, kt, g0, g1):
                     kt[g, base + e * wide + jj] = k[g, j, e] if j < m else 0.0
 
 
+def _visible(x):  # pragma: no cover - replaced by the overload inside Numba
+    raise NotImplementedError
+
+
+@overload(_visible)
+def _visible_overload(x):
+    if isinstance(x, types.Boolean):
+        return lambda x: x
+    return lambda x: x > -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _row_span(mr):
+    """``(lo, hi, interval)`` of one mask row (see :func:`_mask_row_limits`).
+
+    Scans inwards from both ends, then checks the inside.
+    """
+    m = mr.shape[0]
+    lo = 0
+    while lo < m and not _visible(mr[lo]):
+        lo += 1
+    if lo == m:
+        return m, 0, 1
+    hi = m
+    while not _visible(mr[hi - 1]):
+        hi -= 1
+    for j in range(lo, hi):
+        if not _visible(mr[j]):
+            return lo, hi, 0
+    return lo, hi, 1
+
+
+@njit(cache=True, nogil=True)
+def _mask_row_limits(mask_b, mask_f, mask_mode, gm, row):
+    """Return ``(lo, hi, interval)`` for row ``row`` of mask slice ``gm``.
+
+    The mask hides every key outside ``lo <= j < hi`` (``(m, 0)`` if it hides them
+    all); ``interval`` is 1 if it shows every key inside (and, for an additive mask,
+    adds 0 to each), so that it can be applied from ``lo`` and ``hi`` alone, as key
+    padding and fully masked rows are.
+    """
+    if mask_mode == 1:
+        return _row_span(mask_b[0, gm, row])
+    mr = mask_f[0, gm, row]
+    lo, hi, interval = _row_span(mr)
+    if interval == 1:
+        for j in range(lo, hi):
+            if mr[j] != 0.0:
+                return lo, hi, 0
+    return lo, hi, interval
+
+
+@njit(cache=True, nogil=True)
+def _mask_limits(mask_b, mask_f, mask_mode, rows, lims, t0, t1):
+    """Fill ``lims[gm, i] = (lo, hi, interval)`` of query row ``rows[i]``.
+
+    For the flat indices ``t0 <= gm * r + i < t1`` (see :func:`_mask_row_limits`). Only
+    a mask broadcast along the query axis (a key-padding mask, zero row stride) is
+    scanned, once per slice: its rows are all equal. A mask with its own rows gets the
+    neutral ``(0, m, 0)``: scanning it (about 2 GB/s) took 28-43 ms for a 4 x 4096 x
+    4096 query-and-key padding mask, more than it saved; its fully hidden blocks are
+    still skipped by the per-block check of :func:`_mask_hides_block`.
+    """
+    r = rows.shape[0]
+    if mask_mode == 1:
+        bcast = mask_b.strides[2] == 0
+        m = mask_b.shape[3]
+    else:
+        bcast = mask_f.strides[2] == 0
+        m = mask_f.shape[3]
+    for t in range(t0, t1):
+        gm = t // r
+        i = t - gm * r
+        if not bcast:
+            lims[gm, i, 0] = 0
+            lims[gm, i, 1] = m
+            lims[gm, i, 2] = 0
+            continue
+        if i > 0 and t > t0:
+            for c in range(3):
+                lims[gm, i, c] = lims[gm, i - 1, c]
+            continue
+        lo, hi, interval = _mask_row_limits(mask_b, mask_f, mask_mode, gm, rows[i])
+        lims[gm, i, 0] = lo
+        lims[gm, i, 1] = hi
+        lims[gm, i, 2] = interval
+
+
 # ------------------------------------------------------------------------- prefill
 
 
@@ -556,6 +653,7 @@ def _prefill_task(
     mask_f,
     mask_index,
     mask_mode,
+    lims,
     scale,
     causal,
     offset,
@@ -591,6 +689,25 @@ def _prefill_task(
     if causal:
         # Key blocks entirely above the diagonal of every row are skipped.
         jend = min(m, lim_hi + 1)
+    jbeg = 0
+    interval = False
+    if mask_mode != 0:
+        # Key blocks outside the span the mask shows to any row of the block (padding of
+        # a shorter sequence in a batch, fully masked rows) are skipped without reading
+        # the mask: they contribute exactly nothing.
+        span_lo = m
+        span_hi = 0
+        interval = True
+        for i in range(nb):
+            span_lo = min(span_lo, lims[gm, i0 + i, 0])
+            span_hi = max(span_hi, lims[gm, i0 + i, 1])
+            interval &= lims[gm, i0 + i, 2] == 1
+        jend = min(jend, span_hi)
+        jbeg = (span_lo // bk) * bk
+        if interval:
+            # Every row's mask is its key span: applied from (lo, hi) below, like the
+            # causal limit, without reading the mask.
+            mask_mode = 0
     # Register-tile GEMMs (see _gemm_tiles) when the caller packed K^T (it does when
     # dv is a multiple of the vector length).
     tiles = kt.shape[1] > 0
@@ -602,7 +719,7 @@ def _prefill_task(
     mrow = np.full(nb, neg_inf)
     lrow = np.zeros(nb)
     alpha = np.ones(nb)
-    for j0 in range(0, max(jend, 0), bk):
+    for j0 in range(jbeg, max(jend, 0), bk):
         w = min(bk, jend - j0)
         if mask_mode != 0 and _mask_hides_block(
             mask_b, mask_f, mask_mode, gm, rows, i0, nb, j0, w
@@ -642,6 +759,14 @@ def _prefill_task(
                 for i in range(nr):
                     first = max(rows[i0 + r0 + i] + offset + 1 - j0, 0)
                     for jj in range(first, wr):
+                        s[i, jj] = neg_inf
+            if interval:
+                for i in range(nr):
+                    lo = lims[gm, i0 + r0 + i, 0] - j0
+                    hi = lims[gm, i0 + r0 + i, 1] - j0
+                    for jj in range(0, min(max(lo, 0), wr)):
+                        s[i, jj] = neg_inf
+                    for jj in range(max(hi, 0), wr):
                         s[i, jj] = neg_inf
             ma = mrow[r0 : r0 + nr]
             _softmax_cols(s, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
@@ -683,6 +808,7 @@ def _attend_blocks(
     mask_f,
     mask_index,
     mask_mode,
+    lims,
     scale,
     causal,
     offset,
@@ -703,7 +829,9 @@ def _attend_blocks(
     (additive, dtype of ``q``, read if ``mask_mode == 2``) of shape ``(2, Gm, n, m)``
     with any strides, of which only ``[0]`` is read (the unused one is a dummy, and the
     zero-stride leading axis makes every mask non-contiguous, so that one compilation
-    per dtype serves all masks); ``mask_index (G,)``; ``scale``;
+    per dtype serves all masks); ``mask_index (G,)``; ``lims (Gm, r, 3)`` int64 scratch
+    for the key span the mask shows each selected row (filled here; read if
+    ``mask_mode != 0``); ``scale``;
     ``causal`` with ``offset = m - n`` (key ``j`` visible from row ``i`` iff
     ``j <= i + offset``); block sizes ``bq``, ``bk``. Writes ``out (G, r, dv)`` (dtype of
     ``q``) and ``lse (G, r)`` (float64).
@@ -713,6 +841,11 @@ def _attend_blocks(
         Gk = k.shape[0]
         for t in prange(n_workers):
             _pack_kt(k, kt, t * Gk // n_workers, (t + 1) * Gk // n_workers)
+    if mask_mode != 0:
+        n_lims = lims.shape[0] * lims.shape[1]
+        for t in prange(n_workers):
+            t0 = t * n_lims // n_workers
+            _mask_limits(mask_b, mask_f, mask_mode, rows, lims, t0, (t + 1) * n_lims // n_workers)
     for _ in prange(n_workers):
         while True:
             tt = _fetch_add(counter)
@@ -730,6 +863,7 @@ def _attend_blocks(
                 mask_f,
                 mask_index,
                 mask_mode,
+                lims,
                 scale,
                 causal,
                 offset,

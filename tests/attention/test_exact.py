@@ -16,6 +16,7 @@ from attention._kernels.exact import (
     _exp_sum_f32,
     _exp_sum_f64,
     _gemm_tiles,
+    _mask_row_limits,
     _nonfinite_probe,
     _pack_kt,
     _qk_small,
@@ -838,3 +839,61 @@ def test_prefill_tiles_thread_count_determinism(rng, dtype, monkeypatch):
     finally:
         numba.set_num_threads(before)
     assert np.array_equal(Y1, Y2) and np.array_equal(l1, l2)
+
+
+# ----------------------------------------------------------- key spans of the mask
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        [1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1],
+        [0, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+        [0, 0, 1, 0, 0],
+    ],
+    ids=["right-pad", "left-pad", "holes", "hidden", "full", "single"],
+)
+@pytest.mark.parametrize("kind", ["bool", "float", "float-bias"])
+def test_mask_row_limits_against_numpy(row, kind):
+    keep = np.array(row, dtype=bool)
+    m = keep.size
+    if kind == "bool":
+        mask_b = np.broadcast_to(keep[None, None, None], (2, 1, 1, m))
+        mask_f = np.zeros((2, 1, 1, 1))
+        mode = 1
+    else:
+        vals = np.where(keep, 0.5 if kind == "float-bias" else 0.0, -np.inf)
+        mask_f = np.broadcast_to(vals[None, None, None], (2, 1, 1, m))
+        mask_b = np.ones((2, 1, 1, 1), dtype=bool)
+        mode = 2
+    lo, hi, interval = _mask_row_limits(mask_b, mask_f, mode, 0, 0)
+    vis = np.flatnonzero(keep)
+    if vis.size == 0:
+        assert (lo, hi, interval) == (m, 0, 1)
+        return
+    assert (lo, hi) == (vis[0], vis[-1] + 1)
+    expect = vis.size == hi - lo and kind != "float-bias"
+    assert interval == int(expect)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float", "float-bias"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_key_padding_left_and_right(rng, dtype, gemm_path, kind, causal):
+    # Left- and right-padded sequences (key spans not aligned to the key blocks), causal
+    # or not, masks that are and are not plain spans: equal to the oracle.
+    n = m = 1300
+    spans = [(0, 1300), (700, 1300), (0, 530), (100, 1250)]
+    Q, K, V = qkv(rng, (4, 2, n, 64), (4, 2, m, 64), dtype=dtype)
+    j = np.arange(m)
+    keep = np.stack([(j >= a) & (j < b) for a, b in spans])[:, None, None, :]
+    mask = keep
+    if kind != "bool":
+        bias = 0.25 * rng.standard_normal(m) if kind == "float-bias" else 0.0
+        mask = np.where(keep, bias, -np.inf)
+    Y, lse = softmax_attention(Q, K, V, mask=mask, causal=causal, return_lse=True)
+    R, rl = reference_attention(Q, K, V, mask=mask, causal=causal, return_lse=True)
+    assert_close(Y, R, dtype)
+    assert_lse_close(lse, rl, dtype)
