@@ -105,6 +105,38 @@ def _value_summaries(v, bk, spectral, vc, vdev, vsig, gram):
             vsig[g, b] = min(fro, est)
 
 
+_NORM_ROWS = 2048  # rows per task of :func:`_sq_norms3`
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sq_norms3(a, b, c, ra, rb, rc):
+    """Squared row norms of three 2-D arrays in one parallel region (float64).
+
+    ``ra[i] = sum_e a[i, e]^2`` (likewise ``b``, ``c``): squares and sums in float64
+    (exact squares for float32 inputs; relative rounding of the sum at most ``cols u``),
+    so NaN or inf in a row gives a non-finite norm: one pass serves as the finiteness
+    check and gives the norms of the rounding allowance. Tasks of 2048 rows of any of
+    the three arrays (equal cost: one parallel region, no per-array barrier).
+    """
+    ta = (a.shape[0] + _NORM_ROWS - 1) // _NORM_ROWS
+    tb = (b.shape[0] + _NORM_ROWS - 1) // _NORM_ROWS
+    tc = (c.shape[0] + _NORM_ROWS - 1) // _NORM_ROWS
+    for t in prange(ta + tb + tc):
+        if t < ta:
+            x, r, i0 = a, ra, t * _NORM_ROWS
+        elif t < ta + tb:
+            x, r, i0 = b, rb, (t - ta) * _NORM_ROWS
+        else:
+            x, r, i0 = c, rc, (t - ta - tb) * _NORM_ROWS
+        for i in range(i0, min(x.shape[0], i0 + _NORM_ROWS)):
+            xi = x[i]
+            acc = 0.0
+            for e in range(xi.shape[0]):
+                y = np.float64(xi[e])
+                acc += y * y
+            r[i] = acc
+
+
 # ------------------------------------------------------------ per-key row passes
 
 
@@ -359,10 +391,14 @@ def _prefill_loop(
     out,
     lse,
     stats,
+    counter,
+    n_workers,
 ):
     """Run every prefill task (see the module docstring).
 
-    ``order``: task ids ``t = g * nqb + block`` in the order they are handed out;
+    ``order``: task ids ``t = g * nqb + block`` in the order they are handed out (taken
+    by ``n_workers`` threads from the atomic ``counter``: Numba's ``prange`` would give
+    each thread one contiguous, equal-count range, whatever ``parallel_chunksize``);
     ``work (threads, bq * m)``: per-thread score buffers. ``stats[t] = (kept keys,
     visible keys, squared bound, rows, dropped blocks, squared quadrature sum)`` (the
     last one is *not* a bound: the benchmarks' negative control).
@@ -372,149 +408,153 @@ def _prefill_loop(
     d = q.shape[2]
     dv = v.shape[2]
     nqb = (n + bq - 1) // bq
-    for tt in prange(order.shape[0]):
-        t = order[tt]
-        g = t // nqb
-        i0 = (t - g * nqb) * bq
-        nb = min(bq, n - i0)
-        gk = kv_index[g]
-        qbT = np.empty((d, nb), dtype=q.dtype)
-        lims = np.empty(nb, dtype=np.int64)
-        for i in range(nb):
-            for c in range(d):
-                qbT[c, i] = q[g, i0 + i, c] * scale
-            lims[i] = min(i0 + i + offset, m - 1) if causal else m - 1
-        lim_lo = lims[0] if causal else m - 1
-        vis = lims[nb - 1] + 1 if causal else m
-        acc = np.zeros((nb, dv))
-        D = np.zeros(nb)
-        mx = np.full(nb, _NEG)
-        kept = 0
-        ndrop = 0
-        bound2 = 0.0
-        quad = 0.0
-        if vis > 0:
-            ST = work[get_thread_id(), : vis * nb].reshape((vis, nb))
-            nkb = (vis + bk - 1) // bk
-            nch = (vis + _CH - 1) // _CH
-            s1b = np.empty((nkb, nb))
-            dev2b = np.empty((nkb, nb))
-            costb = np.empty((nkb, nb))
-            sv1 = np.empty(nb, dtype=q.dtype)
-            sv2 = np.empty(nb, dtype=q.dtype)
-            sv3 = np.empty(nb, dtype=q.dtype)
-            mch = np.empty((nch, nb))
-            mxd = np.empty(nb, dtype=q.dtype)
-            vdg = vdev[gk]
-            vsg = vsig[gk]
-            for ch in range(nch):
-                # scores, maxima, weights and block statistics of one chunk while it is
-                # in cache; weights relative to the chunk maximum
-                j0 = ch * _CH
-                j1 = min(vis, j0 + _CH)
-                np.dot(k[gk, j0:j1], qbT, ST[j0:j1])
-                mxd[:] = _NEG
-                _mask_and_max(ST, j0, j1, lims, lim_lo, mxd)
-                for i in range(nb):
-                    mch[ch, i] = mxd[i]
-                    if mxd[i] == _NEG:
-                        mxd[i] = 0  # nothing visible in the chunk: exp(-inf - 0) = 0
-                b0 = j0 // bk
-                b1 = (j1 + bk - 1) // bk
-                _weights_and_stats(
-                    ST[j0:j1],
-                    j1 - j0,
-                    bk,
-                    mxd,
-                    vdg[j0:j1],
-                    vsg[b0:b1],
-                    upad,
-                    s1b[b0:b1],
-                    dev2b[b0:b1],
-                    costb[b0:b1],
-                    sv1,
-                    sv2,
-                    sv3,
-                )
-            fac = np.zeros((nch, nb))
+    for _ in prange(n_workers):
+        while True:
+            tt = _fetch_add(counter)
+            if tt >= order.shape[0]:
+                break
+            t = order[tt]
+            g = t // nqb
+            i0 = (t - g * nqb) * bq
+            nb = min(bq, n - i0)
+            gk = kv_index[g]
+            qbT = np.empty((d, nb), dtype=q.dtype)
+            lims = np.empty(nb, dtype=np.int64)
             for i in range(nb):
-                top = _NEG
+                for c in range(d):
+                    qbT[c, i] = q[g, i0 + i, c] * scale
+                lims[i] = min(i0 + i + offset, m - 1) if causal else m - 1
+            lim_lo = lims[0] if causal else m - 1
+            vis = lims[nb - 1] + 1 if causal else m
+            acc = np.zeros((nb, dv))
+            D = np.zeros(nb)
+            mx = np.full(nb, _NEG)
+            kept = 0
+            ndrop = 0
+            bound2 = 0.0
+            quad = 0.0
+            if vis > 0:
+                ST = work[get_thread_id(), : vis * nb].reshape((vis, nb))
+                nkb = (vis + bk - 1) // bk
+                nch = (vis + _CH - 1) // _CH
+                s1b = np.empty((nkb, nb))
+                dev2b = np.empty((nkb, nb))
+                costb = np.empty((nkb, nb))
+                sv1 = np.empty(nb, dtype=q.dtype)
+                sv2 = np.empty(nb, dtype=q.dtype)
+                sv3 = np.empty(nb, dtype=q.dtype)
+                mch = np.empty((nch, nb))
+                mxd = np.empty(nb, dtype=q.dtype)
+                vdg = vdev[gk]
+                vsg = vsig[gk]
                 for ch in range(nch):
-                    top = max(top, mch[ch, i])
-                mx[i] = top
-                for ch in range(nch):
-                    if mch[ch, i] > _NEG:
-                        fac[ch, i] = np.exp(mch[ch, i] - top)
-            for b in range(nkb):
-                ch = (b * bk) // _CH
+                    # scores, maxima, weights and block statistics of one chunk while it is
+                    # in cache; weights relative to the chunk maximum
+                    j0 = ch * _CH
+                    j1 = min(vis, j0 + _CH)
+                    np.dot(k[gk, j0:j1], qbT, ST[j0:j1])
+                    mxd[:] = _NEG
+                    _mask_and_max(ST, j0, j1, lims, lim_lo, mxd)
+                    for i in range(nb):
+                        mch[ch, i] = mxd[i]
+                        if mxd[i] == _NEG:
+                            mxd[i] = 0  # nothing visible in the chunk: exp(-inf - 0) = 0
+                    b0 = j0 // bk
+                    b1 = (j1 + bk - 1) // bk
+                    _weights_and_stats(
+                        ST[j0:j1],
+                        j1 - j0,
+                        bk,
+                        mxd,
+                        vdg[j0:j1],
+                        vsg[b0:b1],
+                        upad,
+                        s1b[b0:b1],
+                        dev2b[b0:b1],
+                        costb[b0:b1],
+                        sv1,
+                        sv2,
+                        sv3,
+                    )
+                fac = np.zeros((nch, nb))
                 for i in range(nb):
-                    f = fac[ch, i]
-                    s1b[b, i] *= f
-                    dev2b[b, i] *= f * f
-                    costb[b, i] *= f
-                    D[i] += s1b[b, i]
-            # the sink block, the last fully visible block and the blocks crossing the
-            # diagonal are never dropped
-            nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
-            ncand = max(nfull - n_local, 1) - 1
-            pv = np.empty((nb, dv), dtype=q.dtype)
-            skip = np.zeros(nkb, dtype=np.bool_)
-            skip[1 : ncand + 1] = True
-            for ch in range(nch):
-                j0 = ch * _CH
-                kept += _kept_products(
-                    ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                )
-            drop = np.zeros(nkb, dtype=np.bool_)
-            e = np.zeros(nb)
-            ndrop, quad = _select(
-                s1b, dev2b, costb, D, ncand, vc[gk], vsig_all[gk], tau, acc, drop, e
-            )
-            for bb in range(nkb):
-                skip[bb] = not (1 <= bb <= ncand) or drop[bb]
-            for ch in range(nch):
-                j0 = ch * _CH
-                kept += _kept_products(
-                    ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                )
-            if ndrop > 0:
-                _centroid_terms(s1b, vc[gk], drop, acc, 1.0)
-                yn2 = 0.0
-                for i in range(nb):
-                    bound2 += e[i] * e[i]
-                    if D[i] > 0.0:
-                        for c in range(dv):
-                            yn2 += (acc[i, c] / D[i]) ** 2
-                if bound2 > tau * tau * yn2:
-                    # missed the target: swap the dropped blocks' centroid terms for
-                    # their exact products
-                    _centroid_terms(s1b, vc[gk], drop, acc, -1.0)
-                    for bb in range(nkb):
-                        skip[bb] = not drop[bb]
+                    top = _NEG
                     for ch in range(nch):
-                        j0 = ch * _CH
-                        kept += _kept_products(
-                            ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                        )
-                    ndrop = 0
-                    bound2 = 0.0
-                    quad = 0.0
-        for i in range(nb):
-            if D[i] > 0.0:
-                inv = 1.0 / D[i]
-                for c in range(dv):
-                    out[g, i0 + i, c] = acc[i, c] * inv
-                lse[g, i0 + i] = mx[i] + np.log(D[i])
-            else:
-                for c in range(dv):
-                    out[g, i0 + i, c] = 0.0
-                lse[g, i0 + i] = _NEG
-        stats[t, 0] = kept
-        stats[t, 1] = max(vis, 0)
-        stats[t, 2] = bound2
-        stats[t, 3] = nb
-        stats[t, 4] = ndrop
-        stats[t, 5] = quad
+                        top = max(top, mch[ch, i])
+                    mx[i] = top
+                    for ch in range(nch):
+                        if mch[ch, i] > _NEG:
+                            fac[ch, i] = np.exp(mch[ch, i] - top)
+                for b in range(nkb):
+                    ch = (b * bk) // _CH
+                    for i in range(nb):
+                        f = fac[ch, i]
+                        s1b[b, i] *= f
+                        dev2b[b, i] *= f * f
+                        costb[b, i] *= f
+                        D[i] += s1b[b, i]
+                # the sink block, the last fully visible block and the blocks crossing the
+                # diagonal are never dropped
+                nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
+                ncand = max(nfull - n_local, 1) - 1
+                pv = np.empty((nb, dv), dtype=q.dtype)
+                skip = np.zeros(nkb, dtype=np.bool_)
+                skip[1 : ncand + 1] = True
+                for ch in range(nch):
+                    j0 = ch * _CH
+                    kept += _kept_products(
+                        ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                    )
+                drop = np.zeros(nkb, dtype=np.bool_)
+                e = np.zeros(nb)
+                ndrop, quad = _select(
+                    s1b, dev2b, costb, D, ncand, vc[gk], vsig_all[gk], tau, acc, drop, e
+                )
+                for bb in range(nkb):
+                    skip[bb] = not (1 <= bb <= ncand) or drop[bb]
+                for ch in range(nch):
+                    j0 = ch * _CH
+                    kept += _kept_products(
+                        ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                    )
+                if ndrop > 0:
+                    _centroid_terms(s1b, vc[gk], drop, acc, 1.0)
+                    yn2 = 0.0
+                    for i in range(nb):
+                        bound2 += e[i] * e[i]
+                        if D[i] > 0.0:
+                            for c in range(dv):
+                                yn2 += (acc[i, c] / D[i]) ** 2
+                    if bound2 > tau * tau * yn2:
+                        # missed the target: swap the dropped blocks' centroid terms for
+                        # their exact products
+                        _centroid_terms(s1b, vc[gk], drop, acc, -1.0)
+                        for bb in range(nkb):
+                            skip[bb] = not drop[bb]
+                        for ch in range(nch):
+                            j0 = ch * _CH
+                            kept += _kept_products(
+                                ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
+                            )
+                        ndrop = 0
+                        bound2 = 0.0
+                        quad = 0.0
+            for i in range(nb):
+                if D[i] > 0.0:
+                    inv = 1.0 / D[i]
+                    for c in range(dv):
+                        out[g, i0 + i, c] = acc[i, c] * inv
+                    lse[g, i0 + i] = mx[i] + np.log(D[i])
+                else:
+                    for c in range(dv):
+                        out[g, i0 + i, c] = 0.0
+                    lse[g, i0 + i] = _NEG
+            stats[t, 0] = kept
+            stats[t, 1] = max(vis, 0)
+            stats[t, 2] = bound2
+            stats[t, 3] = nb
+            stats[t, 4] = ndrop
+            stats[t, 5] = quad
 
 
 _prefill_kernel = njit(cache=True, nogil=True, parallel=True)(_prefill_loop)
