@@ -740,6 +740,21 @@ def _bounds_from_state(st, fun, name, lo, shift, node, s_even, spectrum) -> Quad
     return QuadratureBounds(g, r, lower, upper, len(alpha))
 
 
+def _rows_times(op, Qt: np.ndarray, dtype) -> np.ndarray:
+    """``Qt A`` (c, n) for a symmetric ``A``: the rows of ``(A Qt^T)^T``, one pass.
+
+    A dense ``A`` is multiplied from the left, ``Qt @ A``: OpenBLAS runs this short-and-
+    wide GEMM near the read bandwidth of ``A``, 1.5-1.7x faster than the tall-and-skinny
+    ``A @ Qt^T`` for c = 10-24 probes (n = 6000), and no transposed copies are made.
+    Equal to ``(A Qt^T)^T`` to rounding because ``A`` is symmetric (the callers check).
+    """
+    if op.kind == "dense":
+        op._passes.add()
+        out = np.matmul(Qt, op.A)
+        return out if out.dtype == dtype else out.astype(dtype)
+    return op.matmat(np.ascontiguousarray(Qt.T), dtype).T.copy()
+
+
 def _lanczos_batch(op, Z, k, full, dtype):
     """Independent Lanczos runs on the columns of ``Z`` in lockstep (one matmat per step).
 
@@ -773,19 +788,21 @@ def _lanczos_batch(op, Z, k, full, dtype):
     for j in range(k):
         if active.size == 0:
             break
-        Wt = op.matmat(np.ascontiguousarray(Qs[active, j].T), dtype).T.copy()
+        # While every probe is active, views (no fancy-index copies of the basis).
+        sel = slice(None) if active.size == m else active
+        qj = Qs[sel, j]
+        Wt = _rows_times(op, qj, dtype)
         n_matvecs += active.size
         anorm[active] = np.maximum(anorm[active], np.linalg.norm(Wt, axis=1))
-        qj = Qs[active, j]
         a = np.einsum("cn,cn->c", qj, Wt)
         Wt -= a[:, None] * qj
         if j > 0:
-            Wt -= beta[active, j - 1, None].astype(dtype) * Qs[active, j - 1]
+            Wt -= beta[active, j - 1, None].astype(dtype) * Qs[sel, j - 1]
         if full:
-            Qa = Qs[active, : j + 1]
+            Qa = Qs[sel, : j + 1]
             for _ in range(2):
-                coef = np.matmul(Qa, Wt[:, :, None])
-                Wt -= np.matmul(Qa.transpose(0, 2, 1), coef)[:, :, 0]
+                coef = np.matmul(Qa, Wt[:, :, None])  # (c, j + 1, 1)
+                Wt -= np.matmul(coef.transpose(0, 2, 1), Qa)[:, 0, :]
         alpha[active, j] = a
         steps[active] = j + 1
         b = np.linalg.norm(Wt.astype(np.float64), axis=1)
