@@ -13,6 +13,11 @@ Float32 variants of 1 and 3 are included. The accuracy column is
 (``E[S^T S] = I``), or the relative difference from the reference GEMM output.
 
 Run ``python -m benchmarks.sketch_apply [--quick] [--plot]``.
+
+``python -m benchmarks.sketch_apply --sparse-goal [ROUNDS]`` measures only the speed goal
+of 2 (construction included, ``10^6 x 10^3`` CSR, density ``1e-3``, ``k = 1024``): rnla
+and SciPy called in turn in each of ``ROUNDS`` rounds (default 15) in one process, the
+median of the per-round ratios printed with the load average before and after.
 """
 
 from __future__ import annotations
@@ -190,5 +195,70 @@ def build_tasks(quick: bool) -> list[Task]:
     ]
 
 
+def sparse_goal(rounds: int = 15) -> dict[str, float]:
+    """Median per-round time ratio to SciPy's CWT, construction included (interleaved)."""
+    import os
+    import time
+
+    n, p, k = 10**6, 10**3, 1024
+    A = sp.random(n, p, density=1e-3, format="csr", rng=np.random.default_rng(20240601))
+
+    def one_thread_call(f):
+        previous = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return f()
+        finally:
+            numba.set_num_threads(previous)
+
+    impls = {
+        "SciPy clarkson_woodruff_transform": lambda r: scipy.linalg.clarkson_woodruff_transform(
+            A, k, rng=r
+        ),
+        "rnla sparse_sign (z=8)": lambda r: sparse_sign(k, n, rng=r) @ A,
+        "rnla countsketch": lambda r: countsketch(k, n, rng=r) @ A,
+        "rnla sparse_sign (z=8), 1 thread": lambda r: one_thread_call(
+            lambda: sparse_sign(k, n, rng=r) @ A
+        ),
+        "rnla countsketch, 1 thread": lambda r: one_thread_call(
+            lambda: countsketch(k, n, rng=r) @ A
+        ),
+    }
+    for f in impls.values():
+        f(0)  # compile / warm up
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    load_before = os.getloadavg()
+    for r in range(rounds):
+        for name, f in impls.items():
+            t0 = time.perf_counter()
+            f(r)
+            times[name].append(time.perf_counter() - t0)
+    load_after = os.getloadavg()
+    base = np.array(times["SciPy clarkson_woodruff_transform"])
+    ratios = {}
+    print(f"A {n}x{p} CSR nnz={A.nnz}, k={k}, {rounds} interleaved rounds, construction included")
+    for name, t in times.items():
+        ratio = np.array(t) / base
+        ratios[name] = float(np.median(ratio))
+        print(
+            f"{name:36s} median {np.median(t) * 1e3:7.1f} ms   ratio to CWT {np.median(ratio):.3f}"
+            f" (min {ratio.min():.3f}, max {ratio.max():.3f})"
+        )
+    print(
+        "load average (1/5/15 min) before "
+        + "/".join(f"{x:.2f}" for x in load_before)
+        + ", after "
+        + "/".join(f"{x:.2f}" for x in load_after)
+        + f"; {numba.get_num_threads()} Numba threads; goal: ratio <= 0.33"
+    )
+    return ratios
+
+
 if __name__ == "__main__":
-    main(NAME, build_tasks, description=__doc__.splitlines()[0])
+    import sys
+
+    if "--sparse-goal" in sys.argv:
+        tail = sys.argv[sys.argv.index("--sparse-goal") + 1 :]
+        sparse_goal(int(tail[0]) if tail else 15)
+    else:
+        main(NAME, build_tasks, description=__doc__.splitlines()[0])

@@ -586,11 +586,16 @@ class HashSketch(SketchOperator):
             else:
                 starts, rows, cols, vals = _bucket_csr(A, shift, n_blocks)
             scale = A.dtype.type(self.scale)
+            workers = min(numba.get_num_threads(), n_blocks)
             if self._table is None:
                 key, start, _ = self._hash
-                _k._bucket_apply_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out)
+                _k._bucket_apply_hashed(
+                    key, start, k, z, starts, cb, rows, cols, vals, scale, out, workers
+                )
             else:
-                _k._bucket_apply_codes(self._table, starts, cb, rows, cols, vals, scale, out)
+                _k._bucket_apply_codes(
+                    self._table, starts, cb, rows, cols, vals, scale, out, workers
+                )
         return out
 
     def _adjoint_dense(self, Y):
@@ -633,7 +638,8 @@ def _bucket_csr(A, shift: int, n_blocks: int):
     rows = np.empty(A.nnz, dtype=np.int32 if A.shape[0] < 2**31 else np.int64)
     cols = np.empty(A.nnz, dtype=np.int16 if shift < 15 else np.int64)
     vals = np.empty(A.nnz, dtype=A.dtype)
-    _k._bucket_fill(A.indptr, A.indices, A.data, shift, offsets, rows, cols, vals)
+    workers = min(numba.get_num_threads(), n_chunks)
+    _k._bucket_fill(A.indptr, A.indices, A.data, shift, offsets, rows, cols, vals, workers)
     return starts, rows, cols, vals
 
 

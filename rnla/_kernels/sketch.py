@@ -12,6 +12,7 @@ accumulated in a fixed order, so results do not depend on the number of threads.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
@@ -186,39 +187,72 @@ def _wide_vectors(typingctx):
     return types.none(), codegen
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@intrinsic
+def _fetch_add(typingctx, counter):
+    """Atomically add 1 to ``counter[0]`` (int64 array) and return the old value.
+
+    The task queue of the sparse kernels: ``prange`` hands each thread one fixed half of
+    the iterations, so a thread whose core is taken by another process holds the whole
+    call back; threads that take tasks from a shared counter share the work instead.
+    Each task writes its own outputs, so the result does not depend on who runs it.
+    """
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", ary.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@njit(cache=True, nogil=True)
 def _bucket_count(indptr, indices, shift, counts):
-    # counts[b, blk] = nonzeros of row chunk b in column block blk = column >> shift
+    # counts[b, blk] = nonzeros of row chunk b in column block blk = column >> shift.
+    # Serial: one streaming read of the indices (about 1 ns per nonzero) costs less than
+    # a parallel region when another process holds a core.
     n = indptr.shape[0] - 1
     n_chunks = counts.shape[0]
-    for b in prange(n_chunks):
+    for b in range(n_chunks):
         c = counts[b]
         for q in range(indptr[(b * n) // n_chunks], indptr[((b + 1) * n) // n_chunks]):
             c[indices[q] >> shift] += 1
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _bucket_fill(indptr, indices, data, shift, offsets, rows, cols, vals):
+def _bucket_fill(indptr, indices, data, shift, offsets, rows, cols, vals, n_workers):
     # Stable scatter of the nonzeros into their column block's bucket: row chunk b writes
-    # its nonzeros of block blk from offsets[b, blk] on, in row order.
+    # its nonzeros of block blk from offsets[b, blk] on, in row order. The chunks are
+    # tasks taken from a shared counter.
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):
+        while True:
+            b = _fetch_add(counter)
+            if b >= offsets.shape[0]:
+                break
+            _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, b)
+
+
+@njit(cache=True, nogil=True)
+def _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, b):
     n = indptr.shape[0] - 1
     n_chunks = offsets.shape[0]
     mask = (1 << shift) - 1
-    for b in prange(n_chunks):
-        pos = offsets[b].copy()
-        j = (b * n) // n_chunks
-        # one loop over the nonzeros, the row advanced alongside (faster than a loop
-        # over rows when most rows hold one nonzero or none)
-        for q in range(indptr[j], indptr[((b + 1) * n) // n_chunks]):
-            while indptr[j + 1] <= q:
-                j += 1
-            c = indices[q]
-            blk = c >> shift
-            w = pos[blk]
-            rows[w] = j
-            cols[w] = c & mask
-            vals[w] = data[q]
-            pos[blk] = w + 1
+    pos = offsets[b].copy()
+    j = (b * n) // n_chunks
+    # one loop over the nonzeros, the row advanced alongside (faster than a loop
+    # over rows when most rows hold one nonzero or none)
+    for q in range(indptr[j], indptr[((b + 1) * n) // n_chunks]):
+        while indptr[j + 1] <= q:
+            j += 1
+        c = indices[q]
+        blk = c >> shift
+        w = pos[blk]
+        rows[w] = j
+        cols[w] = c & mask
+        vals[w] = data[q]
+        pos[blk] = w + 1
 
 
 @njit(cache=True, nogil=True)
@@ -252,48 +286,67 @@ def _draw_rows(base, start, rows, w0, nw, k, z, T, U):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _bucket_apply_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out):
+def _bucket_apply_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out, n_workers):
     # out[:, blk*cb : (blk+1)*cb] = scale * (the sum of block blk's nonzeros sketched),
-    # codes drawn on the fly; every entry of out is written.
-    n_blocks = starts.shape[0] - 1
+    # codes drawn on the fly; every entry of out is written. Blocks are tasks taken from
+    # a shared counter.
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):
+        while True:
+            blk = _fetch_add(counter)
+            if blk >= starts.shape[0] - 1:
+                break
+            _apply_block_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out, blk)
+
+
+@njit(cache=True, nogil=True)
+def _apply_block_hashed(key, start, k, z, starts, cb, rows, cols, vals, scale, out, blk):
     base = np.uint64(key)
     sign = np.ones(2, dtype=out.dtype)
     sign[1] = -1.0  # a * sign[bit]: exact, and no branch on a random bit
-    for blk in prange(n_blocks):
-        T = np.empty((z, _HASH_BATCH), dtype=np.uint64)
-        U = np.empty((z, _HASH_BATCH), dtype=np.uint64)
-        # contiguous k x cb accumulator: the rows of the slab out[:, c0:c1] are p apart,
-        # one page each, and random rows would miss the TLB
-        acc = np.zeros((k, cb), dtype=out.dtype)
-        for w0 in range(starts[blk], starts[blk + 1], _HASH_BATCH):
-            nw = min(_HASH_BATCH, starts[blk + 1] - w0)
-            _draw_rows(base, start, rows, w0, nw, k, z, T, U)
-            for i in range(nw):
-                a = vals[w0 + i]
-                c = cols[w0 + i]
-                for m in range(z):
-                    acc[T[m, i], c] += a * sign[U[m, i]]
-        _store_slab(acc, scale, out, blk * cb)
+    T = np.empty((z, _HASH_BATCH), dtype=np.uint64)
+    U = np.empty((z, _HASH_BATCH), dtype=np.uint64)
+    # contiguous k x cb accumulator: the rows of the slab out[:, c0:c1] are p apart,
+    # one page each, and random rows would miss the TLB
+    acc = np.zeros((k, cb), dtype=out.dtype)
+    for w0 in range(starts[blk], starts[blk + 1], _HASH_BATCH):
+        nw = min(_HASH_BATCH, starts[blk + 1] - w0)
+        _draw_rows(base, start, rows, w0, nw, k, z, T, U)
+        for i in range(nw):
+            a = vals[w0 + i]
+            c = cols[w0 + i]
+            for m in range(z):
+                acc[T[m, i], c] += a * sign[U[m, i]]
+    _store_slab(acc, scale, out, blk * cb)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _bucket_apply_codes(codes, starts, cb, rows, cols, vals, scale, out):
+def _bucket_apply_codes(codes, starts, cb, rows, cols, vals, scale, out, n_workers):
     # As _bucket_apply_hashed, for a sketch given by its (n, z) code table.
-    n_blocks = starts.shape[0] - 1
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):
+        while True:
+            blk = _fetch_add(counter)
+            if blk >= starts.shape[0] - 1:
+                break
+            _apply_block_codes(codes, starts, cb, rows, cols, vals, scale, out, blk)
+
+
+@njit(cache=True, nogil=True)
+def _apply_block_codes(codes, starts, cb, rows, cols, vals, scale, out, blk):
     k = out.shape[0]
     z = codes.shape[1]
     sign = np.ones(2, dtype=out.dtype)
     sign[1] = -1.0
-    for blk in prange(n_blocks):
-        acc = np.zeros((k, cb), dtype=out.dtype)
-        for w in range(starts[blk], starts[blk + 1]):
-            a = vals[w]
-            c = cols[w]
-            cj = codes[rows[w]]
-            for m in range(z):
-                code = cj[m]
-                acc[code >> 1, c] += a * sign[code & 1]
-        _store_slab(acc, scale, out, blk * cb)
+    acc = np.zeros((k, cb), dtype=out.dtype)
+    for w in range(starts[blk], starts[blk + 1]):
+        a = vals[w]
+        c = cols[w]
+        cj = codes[rows[w]]
+        for m in range(z):
+            code = cj[m]
+            acc[code >> 1, c] += a * sign[code & 1]
+    _store_slab(acc, scale, out, blk * cb)
 
 
 @njit(cache=True, nogil=True)
