@@ -255,17 +255,27 @@ def _launch(problem, order, summaries, tau, upad, work, out, lse, stats):
 
 
 def _exact_rows(problem, slices, nqb, out, lse, stats):
-    """Exact attention for every query block but the pilot of the given slices."""
+    """Exact attention for every query block but the pilot of the given slices.
+
+    The rows are a prefix (the pilot is the last block): one call of the exact kernel,
+    on the problem itself when every slice is exact (no copy of ``Q``).
+    """
     n, m = problem.n, problem.m
-    rows = np.arange((nqb - 1) * _BQ, dtype=np.int64)  # the pilot is the last block
-    sub = dataclasses.replace(
-        problem,
-        q=np.ascontiguousarray(problem.q[slices]),
-        kv_index=np.ascontiguousarray(problem.kv_index[slices]),
-    )
-    o, lo = _attend(sub, rows)
-    out[slices[:, None], rows[None, :]] = o
-    lse[slices[:, None], rows[None, :]] = lo
+    nr = (nqb - 1) * _BQ
+    rows = np.arange(nr, dtype=np.int64)  # the pilot is the last block
+    if slices.shape[0] == problem.n_slices:
+        o, lo = _attend(problem, rows)
+        out[:, :nr] = o
+        lse[:, :nr] = lo
+    else:
+        sub = dataclasses.replace(
+            problem,
+            q=np.ascontiguousarray(problem.q[slices]),  # all rows: n sets the offset
+            kv_index=np.ascontiguousarray(problem.kv_index[slices]),
+        )
+        o, lo = _attend(sub, rows)
+        out[slices, :nr] = o
+        lse[slices, :nr] = lo
     for b in range(nqb - 1):
         i0 = b * _BQ
         nb = min(_BQ, n - i0)

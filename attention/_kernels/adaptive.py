@@ -108,6 +108,19 @@ def _value_summaries(v, bk, spectral, vc, vdev, vsig, gram):
 _NORM_ROWS = 2048  # rows per task of :func:`_sq_norms3`
 
 
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _sq_rows(x, r, i0, i1):
+    """``r[i] = sum_e x[i, e]^2`` in float64 for ``i0 <= i < i1`` (vectorised sum)."""
+    _wide_vectors()
+    for i in range(i0, i1):
+        xi = x[i]
+        acc = 0.0
+        for e in range(xi.shape[0]):
+            y = np.float64(xi[e])
+            acc = _add_reassoc(acc, y * y)
+        r[i] = acc
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _sq_norms3(a, b, c, ra, rb, rc):
     """Squared row norms of three 2-D arrays in one parallel region (float64).
@@ -128,13 +141,7 @@ def _sq_norms3(a, b, c, ra, rb, rc):
             x, r, i0 = b, rb, (t - ta) * _NORM_ROWS
         else:
             x, r, i0 = c, rc, (t - ta - tb) * _NORM_ROWS
-        for i in range(i0, min(x.shape[0], i0 + _NORM_ROWS)):
-            xi = x[i]
-            acc = 0.0
-            for e in range(xi.shape[0]):
-                y = np.float64(xi[e])
-                acc += y * y
-            r[i] = acc
+        _sq_rows(x, r, i0, min(x.shape[0], i0 + _NORM_ROWS))
 
 
 # ------------------------------------------------------------ per-key row passes
