@@ -638,8 +638,9 @@ def _bucket_csr(A, shift: int, n_blocks: int):
     rows = np.empty(A.nnz, dtype=np.int32 if A.shape[0] < 2**31 else np.int64)
     cols = np.empty(A.nnz, dtype=np.int16 if shift < 15 else np.int64)
     vals = np.empty(A.nnz, dtype=A.dtype)
+    ends = np.empty(A.nnz + n_chunks, dtype=rows.dtype)  # scratch of the row tracking
     workers = min(numba.get_num_threads(), n_chunks)
-    _k._bucket_fill(A.indptr, A.indices, A.data, shift, offsets, rows, cols, vals, workers)
+    _k._bucket_fill(A.indptr, A.indices, A.data, shift, offsets, rows, cols, vals, ends, workers)
     return starts, rows, cols, vals
 
 

@@ -221,31 +221,39 @@ def _bucket_count(indptr, indices, shift, counts):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _bucket_fill(indptr, indices, data, shift, offsets, rows, cols, vals, n_workers):
+def _bucket_fill(indptr, indices, data, shift, offsets, rows, cols, vals, ends, n_workers):
     # Stable scatter of the nonzeros into their column block's bucket: row chunk b writes
     # its nonzeros of block blk from offsets[b, blk] on, in row order. The chunks are
-    # tasks taken from a shared counter.
+    # tasks taken from a shared counter; ``ends`` (nnz + n_chunks) is scratch.
     counter = np.zeros(1, dtype=np.int64)
     for _ in prange(n_workers):
         while True:
             b = _fetch_add(counter)
             if b >= offsets.shape[0]:
                 break
-            _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, b)
+            _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, ends, b)
 
 
 @njit(cache=True, nogil=True)
-def _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, b):
+def _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, ends, b):
+    # The row of each nonzero without a data-dependent branch (rows with 0, 1, 2...
+    # nonzeros in random order defeat the predictor): e[x] counts the rows of the chunk
+    # whose nonzeros end at position x, and the row of nonzero q is j0 + sum_{x <= q} e[x].
+    # Chunk b keeps its counts in ends[Q0 + b : Q1 + b + 1], apart from the other chunks.
     n = indptr.shape[0] - 1
     n_chunks = offsets.shape[0]
     mask = (1 << shift) - 1
+    j0 = (b * n) // n_chunks
+    j1 = ((b + 1) * n) // n_chunks
+    q0 = indptr[j0]
+    q1 = indptr[j1]
+    e = ends[q0 + b : q1 + b + 1]
+    e[:] = 0
+    for j in range(j0, j1):
+        e[indptr[j + 1] - q0] += 1
+    j = j0 + e[0]  # the empty rows that come before the chunk's first nonzero
     pos = offsets[b].copy()
-    j = (b * n) // n_chunks
-    # one loop over the nonzeros, the row advanced alongside (faster than a loop
-    # over rows when most rows hold one nonzero or none)
-    for q in range(indptr[j], indptr[((b + 1) * n) // n_chunks]):
-        while indptr[j + 1] <= q:
-            j += 1
+    for q in range(q0, q1):
         c = indices[q]
         blk = c >> shift
         w = pos[blk]
@@ -253,6 +261,7 @@ def _fill_chunk(indptr, indices, data, shift, offsets, rows, cols, vals, b):
         cols[w] = c & mask
         vals[w] = data[q]
         pos[blk] = w + 1
+        j += e[q - q0 + 1]
 
 
 @njit(cache=True, nogil=True)
