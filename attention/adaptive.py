@@ -124,9 +124,9 @@ _PILOT_BLOCKS = 4  # prefill with at least this many query blocks per slice: pil
 # 8192, tol 3e-2 and 0.1): the method's time over exact attention's is about
 # 0.90 + 0.65 f for a kept fraction f (0.94-0.95 at f = 0.08, 0.99 at 0.14-0.17, 1.08 at
 # 0.30, 1.2 at 0.5, 1.44 at 0.85; the score, maximum, exponential and block-sum passes
-# cost ~0.9 of exact alone), and f exceeds the pilot's fraction by 0.04-0.2 (earlier query
-# blocks have fewer droppable blocks): only pilots keeping <= 10% pay off.
-_EXACT_FRACTION = 0.1
+# cost ~0.9 of exact alone): only slices keeping <= ~15% pay off; the slice fraction is
+# predicted from its pilot (_predicted_fraction; 0-0.15 below the actual one on SmolLM2).
+_EXACT_FRACTION = 0.12
 _SPECTRAL_ROWS = 1024  # n >= this: spectral norms of the centred value blocks
 # Decode-shaped calls (n <= _DECODE_ROWS) run the exact kernel unless this is set: the
 # split-key decode path (kept and tested) measured 0.24-0.30x the exact kernel's speed at
@@ -254,6 +254,39 @@ def _launch(problem, order, summaries, tau, upad, work, out, lse, stats):
     )
 
 
+def _candidates(problem, nqb):
+    """Visible keys and droppable (candidate) keys of every query block ``(nqb,)``."""
+    n, m = problem.n, problem.m
+    i0 = np.arange(nqb) * _BQ
+    nb = np.minimum(_BQ, n - i0)
+    if problem.causal:
+        lim_lo = np.minimum(i0 + problem.offset, m - 1)
+        vis = np.clip(i0 + nb + problem.offset, 0, m)
+    else:
+        lim_lo = np.full(nqb, m - 1)
+        vis = np.full(nqb, m)
+    nfull = np.where(lim_lo >= 0, (lim_lo + 1) // _BK, 0)
+    ncand = np.maximum(nfull - 1, 1) - 1  # as the kernel: sink, last full, diagonal kept
+    return vis * nb, ncand * _BK * nb, nb
+
+
+def _predicted_fraction(problem, nqb, pilot_stats):
+    """Kept fraction of every slice predicted from its pilot (the last query block).
+
+    The pilot keeps ``kept_p`` of ``vis_p`` keys, ``cand_p`` of which could be dropped;
+    assuming every block keeps the same share of its droppable keys, block ``b`` keeps
+    ``vis_b - cand_b + share * cand_b``. (Earlier blocks have fewer droppable keys, so
+    the fraction of the whole slice exceeds the pilot's: by 0.1-0.2 at n = 4096.)
+    """
+    work, cand, nb = _candidates(problem, nqb)
+    p = nqb - 1  # the pilot is the last query block (causal or not)
+    kept_p = pilot_stats[:, 0] * nb[p]
+    fixed_p = work[p] - cand[p]
+    share = np.clip((kept_p - fixed_p) / max(cand[p], 1), 0.0, 1.0)
+    kept = (work - cand).sum() + share * cand.sum()
+    return kept / max(work.sum(), 1)
+
+
 def _exact_rows(problem, slices, nqb, out, lse, stats):
     """Exact attention for every query block but the pilot of the given slices.
 
@@ -311,14 +344,13 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
             exact_slices = np.zeros(G, dtype=bool)
             if pilot and nqb >= _PILOT_BLOCKS:
                 # Pilot: the last (longest) query block of every slice, with the cheap
-                # (Frobenius) value summaries. A slice whose pilot keeps more than
+                # (Frobenius) value summaries. A slice predicted to keep more than
                 # _EXACT_FRACTION of its keys would be slower than exact attention
                 # (see _EXACT_FRACTION): its other rows go through the exact kernel.
                 fro = summaries if summaries is not None else _summaries(problem, False)
                 order = np.ascontiguousarray(tasks[:, 0] if causal else tasks[:, -1])
                 _launch(problem, order, fro, tau, upad, work, out, lse, stats)
-                frac = stats[order, 0] / np.maximum(stats[order, 1], 1.0)
-                exact_slices = frac > _EXACT_FRACTION
+                exact_slices = _predicted_fraction(problem, nqb, stats[order]) > _EXACT_FRACTION
                 rest = tasks[:, 1:] if causal else tasks[:, :-1]
             else:
                 rest = tasks
