@@ -58,6 +58,7 @@ from attention._kernels.features import (
     _block_unions,
     _bucket_weights,
     _cumsum_rows,
+    _gather_rows,
     _online_leverage,
     _prefix_states,
     _prefix_topk,
@@ -352,6 +353,28 @@ def _causal_linear(phq, lk, sk, vaug, offset: int, chunk: int):
     flops.
     """
     return _apply_state(phq, _key_state(lk, sk, vaug, phq.shape[0], offset, True, chunk))
+
+
+def _take(src: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``src[idx]`` (rows of ``src`` by an integer array of any shape), without the GIL."""
+    out = np.empty((*idx.shape, *src.shape[1:]), dtype=src.dtype)
+    if out.size:
+        _gather_rows(
+            np.ascontiguousarray(src).reshape(src.shape[0], -1),
+            np.ascontiguousarray(idx, dtype=np.int64).reshape(-1),
+            out.reshape(idx.size, -1),
+        )
+    return out
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """``log sum exp(x)`` of a 1-D float64 array (``-inf`` if empty or all ``-inf``)."""
+    if x.size == 0:
+        return -math.inf
+    mx = float(np.max(x))
+    if not math.isfinite(mx):
+        return mx
+    return mx + math.log(float(np.sum(np.exp(x - mx))))
 
 
 def _n_kv(problem: Problem) -> int:
@@ -817,7 +840,7 @@ def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kv
     }
     if seen.any():
         terms = logc[seen] + lmse[seen] - 2.0 * logz[seen]
-        part["logex"] = float(logsumexp(terms)) + 2.0 * math.log(2.0 * R) if R > 0 else -np.inf
+        part["logex"] = _logsumexp(terms) + 2.0 * math.log(2.0 * R) if R > 0 else -np.inf
     else:
         part["logex"] = -np.inf
 
@@ -1078,9 +1101,9 @@ def _scatterbrain(
             wstart, Jw = _bucket_windows(hk, nb, cs)
             win = (
                 wstart,
-                np.ascontiguousarray(ks[Jw].transpose(0, 2, 1)),
-                np.ascontiguousarray(fk[Jw].transpose(0, 2, 1)),
-                vv[Jw],
+                np.ascontiguousarray(_take(ks, Jw).transpose(0, 2, 1)),
+                np.ascontiguousarray(_take(fk, Jw).transpose(0, 2, 1)),
+                _take(vv, Jw),
             )
         return st, fk, ck, ks, vv, hk, kvd, win
 
@@ -1110,13 +1133,15 @@ def _scatterbrain(
                 wid = wstart[hq[lead]] + sets[4][lead] // cs  # the window of each block
                 # Scores in the score dtype (float32 where the scores allow it); the
                 # weights exp(s - rb) - exp(log(phq . fk) + cq + ck - rb) in one pass.
-                sc = np.matmul(qs[rr], kwt[wid])
-                lp = np.matmul(phq[rr], fwt[wid])
+                # (Gathers by Numba kernels: NumPy fancy indexing holds the GIL, which
+                # the other slices' threads wait for.)
+                sc = np.matmul(_take(qs, rr), _take(kwt, wid))
+                lp = np.matmul(_take(phq, rr), _take(fwt, wid))
                 rb = np.empty(rows.shape)
                 _bucket_weights(
                     sc, lp, keep, rows, J, cq.astype(sdt), ck.astype(sdt, copy=False), ref, rb
                 )
-                _scatter_rows(rows, np.matmul(sc, vw[wid]), rb, corr, ref)
+                _scatter_rows(rows, np.matmul(sc, _take(vw, wid)), rb, corr, ref)
                 pairs = int(keep.sum())
         else:
             for b in range(nb):

@@ -291,3 +291,13 @@ def _prefix_states(Z, fac, rescale, S):
                 if r:
                     x = x * f
                 S[c, a, b] = x
+
+
+@njit(cache=True, nogil=True)
+def _gather_rows(src, idx, out):
+    """``out[t] = src[idx[t]]`` for 2-D ``src`` and ``out`` (``x[idx]`` without the GIL)."""
+    w = src.shape[1]
+    for t in range(idx.shape[0]):
+        j = idx[t]
+        for c in range(w):
+            out[t, c] = src[j, c]

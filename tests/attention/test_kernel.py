@@ -626,3 +626,17 @@ def test_prefix_states_match_numpy_loop(rng, dtype, nc):
         fac[c] = math.exp(s[c - 1] - s[c])
     _prefix_states(Z, fac, rescale, out)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_take_matches_fancy_indexing(rng, dtype):
+    src = rng.standard_normal((7, 3, 2)).astype(dtype)
+    for idx in (np.array([[0, 6], [2, 2]]), np.array([], dtype=np.int64), np.array([5])):
+        np.testing.assert_array_equal(K._take(src, idx), src[idx])
+    x = rng.standard_normal(20)
+    x[3] = -np.inf
+    from scipy.special import logsumexp
+
+    assert K._logsumexp(x) == pytest.approx(float(logsumexp(x)), rel=1e-14)
+    assert K._logsumexp(np.full(3, -np.inf)) == -np.inf
+    assert K._logsumexp(np.zeros(0)) == -np.inf
