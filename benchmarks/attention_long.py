@@ -280,6 +280,7 @@ def run(
             if "flops" in row:
                 row["flops_rate"] = row["flops"] / row["time_s"]
                 row["gemm_fraction"] = row["flops_rate"] / prep["gemm"]
+                row["gemm_rate"] = prep["gemm"]  # this run's (a merged table mixes runs)
         rows.append(row)
     result = {
         "n": n,
@@ -429,6 +430,33 @@ def _f(x, spec=".2e"):
     return format(x, spec)
 
 
+def _exact_summary(res):
+    """Median exact time of the rows, its GEMM fraction, and the runs' GEMM rates (text).
+
+    Rows measured in different runs (``--merge``) carry their own run's GEMM rate
+    (``gemm_rate``; older rows: their flop rate over their GEMM fraction, else the
+    table's ``gemm_flops_per_s``).
+    """
+    rows = [r for r in res["rows"] if "exact_s" in r]
+    if not rows:
+        return math.nan, math.nan, f"{res['gemm_flops_per_s'] / 1e9:.0f}"
+    n, heads = res["n"], res["heads"][0]
+    rate = [
+        r.get("gemm_rate")
+        or (r["flops_rate"] / r["gemm_fraction"] if r.get("gemm_fraction") else None)
+        or res["gemm_flops_per_s"]
+        for r in rows
+    ]
+    frac = float(
+        np.median(
+            [_exact_flops(n, heads) / r["exact_s"] / g for r, g in zip(rows, rate, strict=True)]
+        )
+    )
+    lo, hi = min(rate) / 1e9, max(rate) / 1e9
+    text = f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
+    return float(np.median([r["exact_s"] for r in rows])), frac, text
+
+
 def to_markdown(results: dict) -> str:
     """Markdown tables from the accumulated results (keyed by n)."""
     lines = [
@@ -449,14 +477,14 @@ def to_markdown(results: dict) -> str:
         res = results[key]
         n = res["n"]
         rows = res["rows"]
-        exact_s = np.median([r["exact_s"] for r in rows if "exact_s" in r] or [math.nan])
-        frac = _exact_flops(n, res["heads"][0]) / exact_s / res["gemm_flops_per_s"]
+        exact_s, frac, rates = _exact_summary(res)
         lines += [
             f"## n = {n}",
             "",
             f"Heads {tuple(res['heads'])} (layers {res.get('layers', 'all')}); exact "
-            f"attention (our kernel) {1e3 * exact_s:.0f} ms for the stack = {frac:.2f} of the "
-            f"GEMM rate ({res['gemm_flops_per_s'] / 1e9:.0f} Gflop/s). Load: "
+            f"attention (our kernel) {1e3 * exact_s:.0f} ms for the stack (median over the "
+            f"rows) = {frac:.2f} of the GEMM rate ({rates} Gflop/s; each row's GEMM "
+            "fraction uses the rate measured in its own run). Load: "
             f"`{res['uptime_before']}` / `{res['uptime_after']}`; wall {res['wall_s']:.0f} s.",
             "",
             "| method | family | rel. error | row max | bound/actual | time [ms] | speed-up |"
@@ -564,15 +592,14 @@ def to_rst(results: dict) -> str:
         res = results[key]
         n = res["n"]
         rows = res["rows"]
-        exact_s = np.median([r["exact_s"] for r in rows if "exact_s" in r] or [math.nan])
-        frac = _exact_flops(n, res["heads"][0]) / exact_s / res["gemm_flops_per_s"]
+        exact_s, frac, rates = _exact_summary(res)
         out += [
             f".. rubric:: n = {n}",
             "",
             f"Exact attention (our kernel) {1e3 * exact_s:.0f} ms for the "
             f"{res['heads'][0]} heads, "
             f"{frac:.2f} of the measured "
-            f"float32 GEMM rate ({res['gemm_flops_per_s'] / 1e9:.0f} Gflop/s). Load average "
+            f"float32 GEMM rate ({rates} Gflop/s). Load average "
             f"before/after: {_load(res['uptime_before'])} / {_load(res['uptime_after'])}.",
             "",
             ".. csv-table::",
