@@ -4,7 +4,8 @@ Tasks (rank ``k = 50``, oversampling 10 for every implementation):
 
 1. dense 5000 x 3000, slow decay :math:`\sigma_j = (j + 1)^{-1/2}` (float64 and float32);
 2. dense 5000 x 3000, fast decay :math:`\sigma_j = e^{-j/10}`;
-3. sparse 10^5 x 10^4 CSR, density 10^-3 (10^6 non-zeros, uniform [0, 1) values).
+3. sparse 10^5 x 10^4 CSR, density 10^-3 (10^6 non-zeros, uniform [0, 1) values);
+4. dense 3000 x 2000, S-shaped :math:`\sigma_j = 1/(1 + e^{(j - k)/2}) + 10^{-3}`.
 
 Implementations: ``sklearn.utils.extmath.randomized_svd`` with its defaults (the
 baseline: subspace iteration, ``n_iter='auto'`` = 7 here, LU normalizer); ``rnla.rsvd``
@@ -125,6 +126,11 @@ def build_tasks(quick: bool) -> list[Task]:
     with threadpool_limits(limits=1, user_api="blas"):
         A_slow = with_spectrum(rng, m, n, slow)
         A_fast = with_spectrum(rng, m, n, fast)
+    sm_, sn_ = (m, n) if quick else (3000, 2000)
+    with np.errstate(over="ignore"):
+        s_shaped = 1.0 / (1.0 + np.exp((np.arange(sn_) - k) / 2.0)) + 1e-3
+    with threadpool_limits(limits=1, user_api="blas"):
+        A_s = with_spectrum(rng, sm_, sn_, s_shaped)
     S = sp.random(sm, sn, density=density, format="csr", rng=rng, dtype=np.float64)
     sigma_sparse = np.sort(svds(S, k=k + 1, tol=1e-10, return_singular_vectors=False, rng=0))
     tasks = [
@@ -137,6 +143,13 @@ def build_tasks(quick: bool) -> list[Task]:
             params={"decay": "slow"},
         ),
         rsvd_task("dense, fast decay exp(-j/10)", A_fast, k, fast[k], params={"decay": "fast"}),
+        rsvd_task(
+            "dense, S-shaped",
+            A_s,
+            k,
+            s_shaped[k],
+            params={"decay": "S-shaped"},
+        ),
         rsvd_task(
             f"sparse, density {density:g}",
             S,

@@ -286,7 +286,11 @@ def qrcp(A, /, *, rank=None, block_size=128, oversample=8, selection="lu", rng=N
     (:math:`O((b+p)^2 n)`) and the sketch downdate (:math:`4(b+p)mb`); all updates
     are level-3 BLAS on views of one Fortran array; ``Q`` is accumulated from the
     stored block reflectors (``larfb``), :math:`2mk^2 - 2k^3/3` flops for
-    ``k = rank`` columns.
+    ``k = rank`` columns. Measured on 4000 x 4000 (``benchmarks/qr.py``, 2 cores,
+    OpenBLAS 0.3.30): as fast as SciPy's unpivoted ``qr`` (geqrf + orgqr), 0.34-0.45x
+    the time of ``qr(pivoting=True)`` (geqp3). The pivoting costs nearly nothing, so
+    the speed-up over geqp3 is bounded by geqp3's own overhead over geqrf, which was
+    1.67x (quiet) to 2.9x (loaded machine) there.
 
     References
     ----------
