@@ -697,8 +697,10 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
             kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
     else:
         kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
-    c, R = value_radius(v)
     v64 = np.asarray(v, dtype=np.float64)
+    # center_radius is value_radius of one slice (the same formulas): one pass for both
+    # the bound's ball and the rounding allowance's radius.
+    c, R = center_radius(v64)
     vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v64, v64)))) if v64.size else 0.0
     return {
         "nk": nk,
@@ -706,7 +708,7 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
         "kbar": kbar,
         "c": c,
         "R": float(R),
-        "slack_R": center_radius(v64)[1],
+        "slack_R": float(R),
         "vmax": vmax,
         "m": v64.shape[0],
     }

@@ -584,6 +584,11 @@ def test_slack_is_the_rounding_allowance(rng, dtype):
     kvd = K._kv_bound_data(problem, Kk[1].astype(float), v.astype(float))
     y = rng.standard_normal((20, V.shape[2]))
     np.testing.assert_allclose(K._slack(problem, y, kvd), rounding_allowance(problem, y, v))
+    from attention.bounds import value_radius
+
+    c, R = value_radius(v.astype(float))
+    assert kvd["R"] == float(R)
+    np.testing.assert_array_equal(kvd["c"], c)
     np.testing.assert_allclose(
         kvd["kbar"] * np.arange(11, 31)[:, None], np.cumsum(Kk[1].astype(float), 0)[10:]
     )
