@@ -73,7 +73,6 @@ import numpy as np
 import scipy.linalg as sla
 from tensorly.tt_tensor import TTTensor
 from tensorly.tucker_tensor import TuckerTensor
-from threadpoolctl import ThreadpoolController
 
 from rnla._validation import (
     AccuracyWarning,
@@ -85,7 +84,7 @@ from rnla._validation import (
     float_dtype,
     result_dtype,
 )
-from rnla.lowrank import range_finder
+from rnla.lowrank import _single_threaded_blas, range_finder
 
 __all__ = [
     "CrossTTResult",
@@ -363,19 +362,6 @@ def _truncate(C: np.ndarray, cap: int | None, delta2: float | None):
     return np.ascontiguousarray(U[:, :r]), s[:r, None] * Vt[:r], float(np.sum(sq[r:]))
 
 
-def _single_threaded_blas():
-    """Context keeping BLAS on one thread (through :mod:`threadpoolctl`).
-
-    The TSQR leaves and the small SVD are many small LAPACK calls: OpenBLAS's threaded
-    versions of them run several times slower than one thread (and far slower still
-    when the machine is busy).
-    """
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
-
-
-_CONTROLLER: list = []
 # TSQR leaves of about 1 MiB (float64): each Householder QR runs in cache.
 _TSQR_LEAF = 1 << 17
 
