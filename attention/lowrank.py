@@ -186,7 +186,10 @@ def _check_calibration(calibration, problem: Problem):
     family="low-rank",
     causal=True,
     bound="deterministic",
-    summary="Loki: PCA of keys, top-k keys by rank-r scores, exact attention on them.",
+    summary=(
+        "Loki: PCA of keys, top-k keys by rank-r scores (quadratic: scores every visible "
+        "key), exact attention on them."
+    ),
 )
 def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     r"""Loki: low-dimensional key selection, then exact attention on the selection.
