@@ -52,7 +52,6 @@ from attention._core import (
     method_result,
     prepare,
     problem_cost_exact,
-    rounding_allowance,
 )
 from attention._kernels.features import (
     _block_unions,
@@ -403,8 +402,11 @@ def _feature_flops(problem: Problem, per_row: float) -> float:
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` row-wise, 0 for rows with ``den == 0`` (no visible key)."""
-    safe = np.where(den == 0, 1.0, den)
-    return np.where((den == 0)[:, None], 0.0, num / safe[:, None])
+    zero = den == 0
+    out = num / np.where(zero, 1.0, den)[:, None]
+    if zero.any():
+        out[zero] = 0.0
+    return out
 
 
 def _positive_lse(den: np.ndarray, logscale: np.ndarray) -> np.ndarray:
@@ -697,21 +699,25 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
             kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
     else:
         kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
-    v64 = np.asarray(v, dtype=np.float64)
-    # center_radius is value_radius of one slice (the same formulas): one pass for both
-    # the bound's ball and the rounding allowance's radius.
-    c, R = center_radius(v64)
-    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v64, v64)))) if v64.size else 0.0
     return {
         "nk": nk,
         "k2max": float(nk.max()) if nk.size else 0.0,
         "kbar": kbar,
-        "c": c,
-        "R": float(R),
-        "slack_R": float(R),
-        "vmax": vmax,
-        "m": v64.shape[0],
+        **_value_terms(v),
     }
+
+
+def _value_terms(v: np.ndarray) -> dict:
+    """Value ball ``c``, ``R`` and the value terms of :func:`_slack` (one pass, float64).
+
+    :func:`attention._core.center_radius` is :func:`attention.bounds.value_radius` of one
+    slice (the same formulas), so one pass serves the bound's ball and the rounding
+    allowance's radius.
+    """
+    v64 = np.asarray(v, dtype=np.float64)
+    c, R = center_radius(v64)
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v64, v64)))) if v64.size else 0.0
+    return {"c": c, "R": float(R), "slack_R": float(R), "vmax": vmax, "m": v64.shape[0]}
 
 
 def _slack(problem: Problem, y: np.ndarray, kvd: dict) -> np.ndarray:
@@ -1528,11 +1534,12 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                     if problem.causal
                     else np.full(n, np.sum(nk2**t))
                 )
-        c, R = value_radius(v64)
-        return st, float(np.sqrt(np.max(nk2))), ksums, c, float(R)
+        kvd = _value_terms(v64)  # ball of the values and the rounding allowance's terms
+        return st, float(np.sqrt(np.max(nk2))), ksums, kvd
 
     def query_side(g, key):
-        st, kmax, ksums, c, R = key
+        st, kmax, ksums, kvd = key
+        c, R = kvd["c"], kvd["R"]
         q = _scaled_q(problem, g, wdt)
         num, den, logscale = _attend_state(_taylor_feats(q, p, sketches), np.zeros(n), st)
         num, den = num.astype(np.float64), den.astype(np.float64)
@@ -1544,8 +1551,9 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
             problem.scale * np.einsum("ij,ij->i", problem.q[g], problem.q[g], dtype=float)
         )
         eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
-        radius = R + np.linalg.norm(y - c, axis=1)
-        slack = rounding_allowance(problem, y, problem.slice(g)[2])
+        yc = y - c
+        radius = R + np.sqrt(np.einsum("ij,ij->i", yc, yc))
+        slack = _slack(problem, y, kvd)
         with np.errstate(over="ignore", invalid="ignore"):
             if not sketched:
                 # ~y-form of the lemma: ||y_i - ~y_i|| <= ||a_i - ~a_i||_1 max_j||v_j - ~y_i||
