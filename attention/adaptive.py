@@ -105,6 +105,7 @@ from attention._kernels.adaptive import (
 from attention._registry import MethodResult, register
 from attention.exact import (
     _SERIAL_WORK,
+    _USE_TILES,
     _attend,
     _single_threaded_blas,
     _split_plan,
@@ -488,7 +489,7 @@ def _decode_exact_pass(problem: Problem):
     over ``K`` and ``V`` (:func:`attention._kernels.adaptive._exact_decode_kernel`),
     which also detects NaN and inf: the allowance of :func:`_rounding_pad` with
     ``max_j |q_i|^T |k_j|`` and ``max_j ||v_j||`` bounded through the column maxima of
-    ``|K|`` and ``|V|`` per chunk, taken while the chunk is in the core's cache (on
+    ``|K|`` and ``|V|`` per chunk, taken as the kernel reads it (on
     SmolLM2 decode heads 2.5-3.3x the allowance from the row norms themselves, below
     3e-3 ||Y||_F; a row-norm pass cost a third of the kernel). Otherwise (short caches,
     many stacked rows) the exact kernel runs and one more pass forms the norms.
@@ -538,6 +539,7 @@ def _decode_exact_pass(problem: Problem):
                 np.empty((Gk * C, dv), dtype=problem.dtype),
                 float(np.finfo(problem.dtype).eps),
                 allow,
+                bool(_USE_TILES),
                 np.zeros(1, dtype=np.int64),
                 numba.get_num_threads(),
             )

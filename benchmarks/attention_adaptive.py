@@ -194,10 +194,15 @@ def prefill(n, repeats, oracle):
 
 
 def decode(repeats):
-    import attention.adaptive as ad
-
     # Time the split-key decode path itself (by default decode runs the exact kernel).
     ad._DECODE_SPLIT = True
+    try:
+        return _decode_split(repeats)
+    finally:
+        ad._DECODE_SPLIT = False
+
+
+def _decode_split(repeats):
     rows = []
     heads = load_smollm2_heads(8192, layers=list(LAYERS))
     cases = []

@@ -341,7 +341,7 @@ def test_exact_decode_kernel_matches_numpy(n, causal, rng, dtype):
     """The one-pass decode kernel (split keys, stacked heads): output and lse against the
     NumPy reference, and the per-chunk column maxima of |K| and |V| exactly."""
     from attention._kernels.adaptive import _exact_decode_kernel
-    from attention.exact import _single_threaded_blas, _split_plan
+    from attention.exact import _USE_TILES, _single_threaded_blas, _split_plan
 
     m, d, dv = 2500, 32, 24  # 3 stacked rows (loops) and 48 (BLAS); a ragged last chunk
     Q = (rng.standard_normal((6, n, d)) * 2).astype(dtype)
@@ -366,7 +366,7 @@ def test_exact_decode_kernel_matches_numpy(n, causal, rng, dtype):
             problem.q, problem.k, problem.v, members, n, float(problem.scale), causal,
             int(problem.offset), chunk, out, lse, np.empty((Gk, C, R, dv)),
             np.empty((Gk, C, R)), np.empty((Gk, C, R)), probe, cmk, cmv, u, allow,
-            np.zeros(1, dtype=np.int64), 2,
+            _USE_TILES, np.zeros(1, dtype=np.int64), 2,
         )  # fmt: skip
     Y, L = reference_attention(
         Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), causal=causal,
