@@ -94,7 +94,7 @@ import warnings
 import numba
 import numpy as np
 
-from attention._core import Cost, ErrorBound, Problem
+from attention._core import Cost, ErrorBound, Problem, problem_cost_exact
 from attention._kernels.adaptive import (
     _decode_kernel,
     _exact_decode_kernel,
@@ -430,7 +430,9 @@ def _sq_norms(*arrays: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _rounding_pad(problem: Problem, out: np.ndarray, norms=None) -> tuple[float, float]:
+def _rounding_pad(
+    problem: Problem, out: np.ndarray, norms=None, bias: float = 0.0
+) -> tuple[float, float]:
     """Frobenius allowance for floating-point rounding (scores and output).
 
     Per row ``4 u (2||y~_i|| + R) + (exp(2 eps_i) - 1) (R + ||y~_i||)`` with
@@ -440,7 +442,8 @@ def _rounding_pad(problem: Problem, out: np.ndarray, norms=None) -> tuple[float,
     instead of ``sqrt(d)``); a score perturbation of at most ``eps`` changes a row of
     weights by at most ``exp(2 eps) - 1`` in l1. ``norms = (||q_i||^2 (G, n),
     ||k_j||^2 (Gk, m), ||v_j||^2 (Gk, m))`` from :func:`_sq_norms` if the caller has
-    them. Returns ``(allowance, ||out||_F)``. (Decode computes the same allowance inside
+    them; ``bias`` bounds the finite entries of an additive mask. Returns
+    ``(allowance, ||out||_F)``. (Decode computes the same allowance inside
     its kernel, with ``||q_i|| ||k_j||`` sharpened to ``|q_i|^T |k_j|``:
     :func:`attention._kernels.adaptive._decode_allowance`.)
     """
@@ -461,6 +464,7 @@ def _rounding_pad(problem: Problem, out: np.ndarray, norms=None) -> tuple[float,
     # perturbs the weights by at most exp(2 eps_i) - 1 in l1 (row lemma).
     with np.errstate(invalid="ignore", over="ignore"):
         eps_s = (math.sqrt(problem.d) + 2.0) * u * problem.scale * qn * kmax[kv][:, None]
+        eps_s = eps_s + u * bias  # additive mask: one more rounding of s + b
         pad = 4.0 * u * (2.0 * yn + vm) + np.expm1(2.0 * eps_s) * (vm + yn)
         pad = np.where(np.isnan(pad), np.inf, pad)  # 0 * inf from overflowed norms
         return float(np.sqrt(np.sum(pad * pad))), float(np.sqrt(yn2.sum()))
@@ -580,12 +584,49 @@ def _exact_decode(problem: Problem, tol: float) -> MethodResult:
     return MethodResult(out, lse, bound, cost)
 
 
+def _exact_masked(problem: Problem, tol: float) -> MethodResult:
+    """Masked call (``mask=``): exact kernel, the bound is the rounding allowance.
+
+    The method's own kernels do not take masks; the exact kernel does (and skips key
+    blocks a key-padding mask hides). An additive mask adds one rounding of
+    ``s_ij + b_ij`` per score, at most ``u (|s_ij| + |b_ij|)``: covered by adding
+    ``u max |b|`` (over the finite entries) to the score allowance.
+    """
+    norms = _sq_norms(problem.q, problem.k, problem.v)
+    _check_finite(problem, norms)
+    out, lse = _attend(problem)
+    bmax = 0.0
+    if problem.mask.dtype != np.bool_:
+        fin = np.isfinite(problem.mask)
+        bmax = float(np.abs(problem.mask, where=fin, out=np.zeros(problem.mask.shape)).max())
+    pad, y_norm = _rounding_pad(problem, out, norms, bias=bmax)
+    if pad > tol / (1.0 + tol) * y_norm:
+        warnings.warn(
+            f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
+            f"to certify here (bound {pad:.3g}); the bound still holds but exceeds "
+            "tol ||Y||_F (use float64 inputs or a larger tol)",
+            AccuracyWarning,
+            stacklevel=4,
+        )
+    cost = problem_cost_exact(problem)
+    G = problem.n_slices
+    assumptions = (
+        "Deterministic: masked call computed by the exact kernel (every visible key "
+        "kept); the bound is the allowance for rounding scores, mask and output."
+    )
+    bound = ErrorBound(
+        value=pad, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
+    )
+    cost = Cost(flops=cost.flops, kernel_evals=cost.kernel_evals, key_fraction=np.ones(G))
+    return MethodResult(out, lse, bound, cost)
+
+
 @register(
     "adaptive",
     section="§3",
     family="sparse",
     causal=True,
-    masks=False,
+    masks=True,
     bound="deterministic",
     checks_finite=True,
     summary=(
@@ -599,6 +640,8 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     delta = _check_delta(delta)
     del rng  # the current estimator draws no random numbers
     G, n, d, dv = problem.n_slices, problem.n, problem.d, problem.dv
+    if problem.mask is not None:
+        return _exact_masked(problem, tol)
     if problem.n <= _DECODE_ROWS and not _DECODE_SPLIT:
         return _exact_decode(problem, tol)
     # One pass: the squared row norms of the rounding allowance, which also find NaN/inf.

@@ -458,3 +458,37 @@ def test_predicted_fraction_from_pilot(rng):
     np.testing.assert_allclose(pred, [300 / 1024, 1.0])
     pred_c = _predicted_fraction(prepare(Q, K, V, causal=True), 8, pilot)
     assert 300 / 1024 < pred_c[0] < 1.0 and pred_c[1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("n", [1, 200])
+def test_masks_through_exact_kernel(kind, n, rng, dtype):
+    """Key-padding (boolean) and additive masks: exact kernel, the bound (rounding
+    allowance, including the mask's rounding) covers the error; fully hidden rows are 0;
+    the mask is not mutated."""
+    m, d = 300, 16
+    Q = rng.standard_normal((2, 3, n, d)).astype(dtype)
+    K = rng.standard_normal((2, 3, m, d)).astype(dtype)
+    V = rng.standard_normal((2, 3, m, d)).astype(dtype)
+    keep = np.ones((2, 1, 1, m), dtype=bool)
+    keep[1, ..., 250:] = False  # the second sequence is padded
+    if kind == "bool":
+        mask = keep
+    else:
+        mask = np.where(keep, rng.uniform(-3, 3, (2, 1, 1, m)), -np.inf).astype(dtype)
+    copy = mask.copy()
+    Y = reference_attention(
+        Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
+        mask=mask if kind == "bool" else mask.astype(np.float64),
+    )  # fmt: skip
+    res = approximate(Q, K, V, "adaptive", tol=0.05, mask=mask)
+    np.testing.assert_array_equal(mask, copy)
+    assert res.output.dtype == dtype and np.isfinite(res.output).all()
+    assert _err(res, Y) <= res.bound.value <= 0.05 * np.linalg.norm(Y)
+    np.testing.assert_array_equal(res.cost.key_fraction, np.ones(6))
+    hidden = np.zeros((1, 1, n, m), dtype=bool)  # every key hidden: zero output
+    with warnings.catch_warnings():  # ||Y|| = 0: any positive allowance exceeds tol ||Y||
+        warnings.simplefilter("ignore", AccuracyWarning)
+        res0 = approximate(Q[:1], K[:1], V[:1], "adaptive", tol=0.05, mask=hidden)
+    np.testing.assert_array_equal(res0.output, 0.0)
+    assert res0.bound.value >= 0.0
