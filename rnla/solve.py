@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 
 from rnla import sketch as _sketch
+from rnla._kernels.solve import normal_residual
 from rnla._results import _with_passes
 from rnla._validation import (
     AccuracyWarning,
@@ -77,6 +78,8 @@ def _apply_sketch(S, A, op: _Operator):
     an operator through :math:`(A^T S^T)^T` in blocks of 64 sketch rows, so the extra
     memory is :math:`64 m`.
     """
+    if isinstance(A, np.ndarray) and op.kind == "dense" and A.ndim == 2:
+        return np.asarray(S._apply_dense(op.A))  # validated by the wrapper: no second scan
     if isinstance(A, np.ndarray) or sp.issparse(A):
         return np.asarray(S @ A)
     if op.is_dask:  # blockwise: each chunk draws its own columns of S
@@ -193,6 +196,32 @@ class _Preconditioned(LinearOperator):
     def _rmatvec(self, u):
         u = np.ravel(u).astype(self._work, copy=False)
         return self.right_t(np.asarray(self._op.rmatvec(u), dtype=np.float64).ravel())
+
+
+def _fused(op) -> bool:
+    """Whether :math:`A^T(B - AX)` can be taken in one pass (C-contiguous dense ``A``)."""
+    A = op.A
+    return (
+        op.kind == "dense"
+        and isinstance(A, np.ndarray)
+        and A.flags.c_contiguous
+        and A.dtype in (np.float32, np.float64)
+    )
+
+
+def _normal_residual(op, B, X, dtype):
+    r"""Return :math:`A^T(B - AX)` (n, p) and :math:`\|B - AX\|` per column, float64.
+
+    A C-contiguous dense ``A`` is read once (:func:`rnla._kernels.solve.normal_residual`,
+    one pass); otherwise two products in ``A``'s dtype (two passes).
+    """
+    if _fused(op):
+        op._passes.n += 1
+        G, rr = normal_residual(op.A, B, X)
+        return G, np.sqrt(rr)
+    R = np.asarray(B, dtype=np.float64) - np.asarray(op.matmat(X.astype(dtype)), dtype=np.float64)
+    G = np.asarray(op.rmatmat(R.astype(dtype)), dtype=np.float64)
+    return G, np.linalg.norm(R, axis=0)
 
 
 def _default_tol(dtype) -> float:
@@ -542,11 +571,15 @@ def _sketch_preconditioner(SA, Sb, preconditioner: str, rcond: float):
     ``x = R^{-1} y`` (qr).
     """
     if preconditioner == "svd":
-        U, s, Vt = np.linalg.svd(SA, full_matrices=False)
+        # QR of [SA, Sb] without forming Q (R's last columns are Q^T Sb), then the SVD
+        # of the n x n triangle: SA = Q U s V^T at a fraction of a thin SVD of SA.
+        n = SA.shape[1]
+        T = sla.qr(np.hstack([SA, Sb]), mode="r", check_finite=False)[0]
+        U, s, Vt = np.linalg.svd(T[:n, :n])
         if s[0] == 0.0:
             raise ValueError("A is zero on the sketch: the least-squares problem is trivial")
         r = int(np.count_nonzero(s > rcond * s[0]))
-        return Vt[:r].T / s[:r], None, r, U[:, :r].T @ Sb
+        return Vt[:r].T / s[:r], None, r, U[:, :r].T @ T[:n, n:]
     Q, R = np.linalg.qr(SA)
     d = np.abs(np.diag(R))
     if d.min() <= rcond * d.max():
@@ -611,14 +644,12 @@ def _krylov_solve(solver: str, M, B64, y0, n: int, tol: float, maxiter: int, k: 
 def _lstsq_diagnostics(op, M, X, b2, dtype):
     """Return the residual norms, the error estimate ``||N N^T A^T r|| / ||x||``, the tol reached.
 
-    Two passes over ``A`` (``A x`` and ``A^T r``), in ``A``'s dtype.
+    For the returned ``x`` (rounded to the data dtype): one pass over a C-contiguous
+    dense ``A``, else two (``A x`` and ``A^T r``, in ``A``'s dtype).
     """
-    Xw = X.astype(dtype)
-    Res = b2.astype(np.float64) - np.asarray(op.matmat(Xw), dtype=np.float64)
-    AtR = np.asarray(op.rmatmat(Res.astype(dtype)), dtype=np.float64)
+    AtR, res_norm = _normal_residual(op, b2, X.astype(dtype).astype(np.float64), dtype)
     NtAtR = M.right_t(AtR)
     dX = M.right(NtAtR)
-    res_norm = np.linalg.norm(Res, axis=0)
     b_norm = np.linalg.norm(b2.astype(np.float64), axis=0)
     x_norm = np.linalg.norm(X, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -643,7 +674,8 @@ def _momentum(op, M, B, X, dtype, ratio, tol, maxiter):
     margin for non-Gaussian sketches and finite-size fluctuations, and doubled (restart
     from the best iterate) if the steps grow. Stops per column when
     :math:`\|D_i\| \le \mathrm{tol}\|X_i\|` (the step is the forward-error estimate),
-    or when the step has not decreased for 6 iterations (rounding floor).
+    or when the step has not halved for ``max(4, 2 log(1/2)/log(sqrt(rho)))`` iterations
+    (twice the iterations a halving takes at the predicted rate: the rounding floor).
     """
     nrhs = B.shape[1]
     rho = min(0.9, 1.25 * ratio)
@@ -651,6 +683,7 @@ def _momentum(op, M, B, X, dtype, ratio, tol, maxiter):
     active = np.ones(nrhs, dtype=bool)
     stalled = np.zeros(nrhs, dtype=bool)
     best = np.full(nrhs, np.inf)
+    mark = np.full(nrhs, np.inf)  # step at the last halving
     since_best = np.zeros(nrhs, dtype=np.int64)
     X_best = X.copy()
     X_prev = X.copy()
@@ -658,14 +691,18 @@ def _momentum(op, M, B, X, dtype, ratio, tol, maxiter):
     while it < maxiter and active.any():
         cols = np.flatnonzero(active)
         Xa = X[:, cols]
-        R = B[:, cols] - np.asarray(op.matmat(Xa.astype(dtype)), dtype=np.float64)
-        D = M.right(M.right_t(np.asarray(op.rmatmat(R.astype(dtype)), dtype=np.float64)))
+        G, _ = _normal_residual(op, B[:, cols], Xa, dtype)
+        D = M.right(M.right_t(G))
         it += 1
         step = np.linalg.norm(D, axis=0)
         xnorm = np.linalg.norm(Xa, axis=0)
         improved = step < best[cols]
         X_best[:, cols[improved]] = Xa[:, improved]
-        since_best[cols] = np.where(improved, 0, since_best[cols] + 1)
+        # progress = the step halved since the last mark (a converging step contracts by
+        # about sqrt(rho) <= 0.45 per iteration; at the rounding floor steps only wander)
+        halved = step <= 0.5 * mark[cols]
+        mark[cols] = np.where(halved, step, mark[cols])
+        since_best[cols] = np.where(halved, 0, since_best[cols] + 1)
         best[cols] = np.minimum(best[cols], step)
         done = step <= tol * xnorm
         diverged = step > 1e3 * best[cols]
@@ -676,7 +713,9 @@ def _momentum(op, M, B, X, dtype, ratio, tol, maxiter):
             X[:, cols] = X_best[:, cols]
             X_prev[:, cols] = X_best[:, cols]
             continue
-        stuck = (since_best[cols] >= 6) & ~done
+        # patience: twice the iterations a halving takes at the rate sqrt(rho), at least 4
+        patience = max(4, 2 * math.ceil(math.log(0.5) / math.log(math.sqrt(rho))))
+        stuck = (since_best[cols] >= patience) & ~done
         alpha, beta = (1 - rho) ** 2, rho
         X_new = Xa + alpha * D + beta * (Xa - X_prev[:, cols])
         X_prev[:, cols] = Xa

@@ -266,3 +266,35 @@ def test_nystrom_pcg_warns_on_maxiter(rng):
     A = _psd(rng, 100)
     with pytest.warns(ConvergenceWarning, match="maxiter"):
         nystrom_pcg(A, rng.standard_normal(100), mu=1e-8, preconditioner="none", maxiter=3)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (103, 17, 1), (1001, 40, 3), (5, 9, 2)])
+def test_normal_residual_kernel_matches_numpy(dtype, shape, rng):
+    from rnla._kernels.solve import normal_residual
+
+    m, n, p = shape
+    A = rng.standard_normal((m, n)).astype(dtype)
+    B = rng.standard_normal((m, p))
+    X = rng.standard_normal((n, p))
+    A0, B0, X0 = A.copy(), B.copy(), X.copy()
+    G, rr = normal_residual(A, B, X)
+    R = B - A.astype(np.float64) @ X
+    ref = A.astype(np.float64).T @ R
+    assert G.shape == (n, p) and rr.shape == (p,) and G.dtype == np.float64
+    np.testing.assert_allclose(G, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(rr, (R**2).sum(axis=0), rtol=1e-12)
+    assert np.array_equal(A, A0) and np.array_equal(B, B0) and np.array_equal(X, X0)
+
+
+@pytest.mark.filterwarnings("ignore::rnla.AccuracyWarning")  # kappa 1e6: floor reached
+def test_lstsq_one_pass_per_iteration_and_reproducible(rng):
+    A, b, _ = _problem(rng, 4000, 30, 1e6, noise=1e-6)
+    first = lstsq(A, b, rng=5)
+    again = lstsq(A, b, rng=5)
+    assert np.array_equal(first.x, again.x) and first.iterations == again.iterations
+    # S A, one pass per iteration (A^T (b - A x) fused), one for the diagnostics
+    assert first.n_passes == 2 + first.iterations
+    # the same problem through two BLAS products per step (F-ordered A) agrees
+    other = lstsq(np.asfortranarray(A), b, rng=5)
+    assert other.n_passes == 3 + 2 * other.iterations
+    np.testing.assert_allclose(other.x, first.x, rtol=1e-8)
