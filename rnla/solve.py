@@ -148,7 +148,8 @@ class LstsqResult(_LstsqResultFields):
     n_passes : int
         Attribute, not a field (unpacking is unchanged): passes over ``A`` (the sketch
         ``SA`` and every product with ``A`` or ``A^T``; each one graph over the chunks
-        for a dask array).
+        for a dask array; :math:`A^T(b - Ax)` counts once for a C-contiguous ndarray,
+        which it reads once).
     """
 
     n_passes: int | None = None
@@ -412,8 +413,10 @@ def lstsq(
     benchmark shows both regimes).
 
     **Cost.** Sketch: SRHT :math:`O(mn\log m)`, sparse sign :math:`8\,\mathrm{nnz}(A)`;
-    SVD of :math:`SA`: :math:`O(kn^2)`; each iteration: one product with :math:`A`
-    and one with :math:`A^T` plus :math:`O(n^2)` for :math:`N`. Memory
+    QR of :math:`[SA, Sb]` and SVD of the triangle: :math:`O(kn^2)`; each iteration: one
+    product with :math:`A` and one with :math:`A^T` plus :math:`O(n^2)` for :math:`N`
+    (for a C-contiguous ndarray the ``"momentum"`` step takes :math:`A^T(b - Ax)` in one
+    pass over :math:`A`, row block by row block). Memory
     :math:`O(kn + m)` beyond ``A``.
 
     References
