@@ -139,15 +139,16 @@ def prefill(n, repeats, oracle):
             res = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale)
             err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
             # The estimator itself on every slice (no exact fallback): its key fraction,
-            # tightness and coverage (the default route sends slices whose pilot keeps
-            # more than 10% of the keys to the exact kernel, which is faster there).
-            saved = ad._EXACT_FRACTION
-            ad._EXACT_FRACTION = 1.0
+            # tightness and coverage (the default route sends slices predicted to keep
+            # more than 12% of the keys to the exact kernel, which is faster there, and
+            # all slices when the predicted saving is below 2% of the exact time).
+            saved = ad._EXACT_FRACTION, ad._SWITCH_COST
+            ad._EXACT_FRACTION, ad._SWITCH_COST = 1.0, -math.inf
             try:
                 res_m = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale)
                 quad = _quadrature(Q, K, V, heads.scale, tol)
             finally:
-                ad._EXACT_FRACTION = saved
+                ad._EXACT_FRACTION, ad._SWITCH_COST = saved
             err_m = float(np.linalg.norm(res_m.output.astype(np.float64) - Y))
             te, tm = _time_pair(
                 lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=True, scale=heads.scale),
@@ -331,7 +332,8 @@ def _md(prefill_rows, decode_rows, default_rows=()):
     lines = [
         "## Prefill (9 heads per layer, causal, float32)",
         "",
-        "Default route (exact kernel for slices whose pilot keeps > 10% of the keys) and, "
+        "Default route (exact kernel for slices predicted to keep > 12% of the keys, and for "
+        "all slices when the predicted saving is < 2% of the exact time) and, "
         "as *method*, the estimator on every slice (no exact fallback; not timed).",
         "",
         "| n | layer | tol | rel. error | bound/‖Y‖ | bound/actual | holds | ≤ tol | "

@@ -297,6 +297,7 @@ def test_pilot_routes_slices_to_exact_kernel(rng, dtype, monkeypatch):
     keys, above the default, which routes every slice of so short a problem to the exact
     kernel.)"""
     monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 0.8)
+    monkeypatch.setattr(adaptive_module, "_SWITCH_COST", -np.inf)
     n, d = 640, 32
     Q = rng.standard_normal((2, n, d))
     Q[1] *= 0.05  # near-uniform weights: blocks are cheap to drop
