@@ -85,6 +85,7 @@ rounding error analysis", SIAM J. Sci. Comput. 41 (2019).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -197,7 +198,7 @@ def _summaries(problem: Problem, spectral: bool | None = None):
     vdev = np.empty((Gk, m))
     vsig = np.empty((Gk, nkb))
     gram = np.empty((Gk, nkb, dv, dv) if spectral else (1, 1, 1, 1))
-    with _single_threaded_blas():
+    with _single_threaded_blas(), _serial(not spectral):
         _value_summaries(problem.v, _BK, bool(spectral), vc, vdev, vsig, gram)
     if not spectral:
         vsig_all = np.sqrt(np.einsum("gm,gm->g", vdev, vdev)) * (1.0 + 1e-9)
@@ -209,6 +210,23 @@ def _summaries(problem: Problem, spectral: bool | None = None):
     big = np.trace(total, axis1=-2, axis2=-1)
     vsig_all = np.sqrt(np.maximum(top, 0.0) + 1e-12 * big) * (1.0 + 1e-6)
     return vc, vdev, vsig, vsig_all
+
+
+# O(n d) passes (row norms, Frobenius value summaries) on one thread: each parallel
+# region ends in a barrier that costs milliseconds when another process holds a core.
+_SERIAL_SMALL = True
+
+
+@contextlib.contextmanager
+def _serial(on: bool = True):
+    """One Numba thread inside the block if ``on`` and ``_SERIAL_SMALL``."""
+    threads = numba.get_num_threads()
+    if on and _SERIAL_SMALL:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
 
 
 def _upad(dtype) -> float:
@@ -306,9 +324,7 @@ def _exact_rows(problem, slices, nqb, out, lse, stats):
     nr = (nqb - 1) * _BQ
     rows = np.arange(nr, dtype=np.int64)  # the pilot is the last block
     if slices.shape[0] == problem.n_slices:
-        o, lo = _attend(problem, rows)
-        out[:, :nr] = o
-        lse[:, :nr] = lo
+        _attend(problem, rows, out=out, lse=lse)  # written in place (a prefix of rows)
     else:
         sub = dataclasses.replace(
             problem,
@@ -435,7 +451,7 @@ def _sq_norms(*arrays: np.ndarray) -> list[np.ndarray]:
     empty = np.zeros((0, 1), dtype=flat[0].dtype)
     flat += [empty] * (3 - len(flat))
     res = [np.empty(f.shape[0]) for f in flat]
-    with _single_threaded_blas():
+    with _single_threaded_blas(), _serial():
         _sq_norms3(flat[0], flat[1], flat[2], res[0], res[1], res[2])
     return [
         r.reshape(x.shape[:-1]) * (1.0 + 2.0 * x.shape[-1] * u)

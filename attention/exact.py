@@ -128,7 +128,9 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
-def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.ndarray]:
+def _attend(
+    problem: Problem, rows=None, inputs=None, out=None, lse=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact attention of a prepared problem (private kernel entry).
 
     Parameters
@@ -144,21 +146,42 @@ def _attend(problem: Problem, rows=None, inputs=None) -> tuple[np.ndarray, np.nd
         before the kernel, negligible next to its ``O(n m d)`` work; decode: by the
         kernel while it reads ``K`` and ``V``) and reported with the message of
         :func:`attention._core.prepare`.
+    out, lse : ndarray, optional
+        C-contiguous buffers of shapes ``(G, s, dv)`` (problem dtype) and ``(G, s)``
+        (float64), ``s >= r``, given together: the result of selected row ``t`` is
+        written to position ``t`` (the first ``r`` positions; saves an allocation and a
+        copy when the rows are a prefix of the caller's output).
 
     Returns
     -------
     out : ndarray, shape (G, r, dv)
         Attention output of the selected rows (``r = len(rows)`` or ``n``), in the
-        problem dtype.
+        problem dtype (the given buffer, ``(G, s, dv)``, if any).
     lse : ndarray, shape (G, r)
         ``log`` of the softmax normaliser of each row (``-inf`` for rows that see no
-        key), float64.
+        key), float64 (the given buffer, ``(G, s)``, if any).
     """
     rows = np.arange(problem.n, dtype=np.int64) if rows is None else np.asarray(rows)
     rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
     G, r, dv, m = problem.n_slices, rows.shape[0], problem.dv, problem.m
-    out = np.empty((G, r, dv), dtype=problem.dtype)
-    lse = np.empty((G, r), dtype=np.float64)
+    if out is None or lse is None:
+        out = np.empty((G, r, dv), dtype=problem.dtype)
+        lse = np.empty((G, r), dtype=np.float64)
+    elif not (
+        out.dtype == problem.dtype
+        and lse.dtype == np.float64
+        and out.flags.c_contiguous
+        and lse.flags.c_contiguous
+        and out.shape[0] == G
+        and out.shape[1] >= r
+        and out.shape[2] == dv
+        and lse.shape == out.shape[:2]
+    ):
+        raise ValueError(
+            f"out/lse buffers must be C-contiguous (G, >= r, dv) {problem.dtype} and "
+            f"(G, >= r) float64 with G={G}, r={r}, dv={dv}; "
+            f"received {out.shape} {out.dtype} and {lse.shape} {lse.dtype}"
+        )
     if r == 0:
         return out, lse
     if problem.mask is None:
