@@ -493,3 +493,13 @@ def test_masks_through_exact_kernel(kind, n, rng, dtype):
         res0 = approximate(Q[:1], K[:1], V[:1], "adaptive", tol=0.05, mask=hidden)
     np.testing.assert_array_equal(res0.output, 0.0)
     assert res0.bound.value >= 0.0
+
+
+def test_serial_small_passes_same_result(rng, monkeypatch):
+    """The O(n d) passes on one thread (_SERIAL_SMALL) give bitwise the same result."""
+    Q, K, V = (rng.standard_normal((2, 600, 16)).astype(np.float32) for _ in range(3))
+    a = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    monkeypatch.setattr(adaptive_module, "_SERIAL_SMALL", True)
+    b = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    np.testing.assert_array_equal(a.output, b.output)
+    assert a.bound.value == b.bound.value
