@@ -6,7 +6,7 @@ Tasks (``--quick``: sizes divided by 20):
   (:math:`\kappa = 10^{10}`, singular values log-spaced, random singular vectors),
   ``b = A x + r`` with a residual :math:`r \perp \operatorname{range}(A)` of relative
   size ``1e-10``, so that :math:`x_\star = x` exactly and forward errors can be measured;
-  ``rnla.lstsq`` (SRHT sketch of ``8n + 16`` rows, SVD preconditioner, iterative
+  ``rnla.lstsq`` (sparse sign sketch of ``8n + 16`` rows, SVD preconditioner, iterative
   sketching with momentum, ``tol=1e-12``) against ``scipy.linalg.lstsq`` with the
   ``gelsd`` driver (SVD, the accuracy reference and the fastest driver on the 2-core
   reference machine: the baseline) and ``gelsy`` (QR with column pivoting).

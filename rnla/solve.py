@@ -299,8 +299,10 @@ def lstsq(
         (float64 data) and ``1e-5`` (float32). Values below ``10 eps`` of the data
         dtype are raised to it with an :class:`~rnla.AccuracyWarning`.
     sketch : {"auto", "srht", "sparse_sign", "countsketch", "gaussian"} or SketchOperator
-        The sketch :math:`S`. ``"auto"``: SRHT for dense ``A``, sparse sign
-        (8 nonzeros per column) for sparse ``A`` and operators. A prebuilt
+        The sketch :math:`S`. ``"auto"``: sparse sign with 4 nonzeros per column
+        for dense ``A`` (one read of ``A``; faster than SRHT on row-major data at the
+        same iteration counts), 8 for sparse ``A`` and operators (``"sparse_sign"``
+        always uses 8). A prebuilt
         :class:`~rnla.sketch.SketchOperator` of shape ``(sketch_size, m)`` is used as
         is (``sketch_size`` and ``rng`` are then ignored for the sketch).
     sketch_size : int, optional
@@ -517,14 +519,17 @@ def _lstsq_sketch(A, sketch, sketch_size, m: int, n: int, rng):
         return sketch
     allowed = ("auto", *_SKETCHES)
     kind = check_option(sketch, allowed, "sketch")
+    # dense A: 4 nonzeros per column (one read of A, 0.46 s against SRHT's 0.7 s and
+    # sparse sign 8's 0.65 s at 200000 x 500, same iteration counts); else 8
+    per_col = 4 if kind == "auto" and isinstance(A, np.ndarray) else 8
     if kind == "auto":
-        kind = "srht" if isinstance(A, np.ndarray) else "sparse_sign"
+        kind = "sparse_sign"
     if sketch_size is None:
         k = _default_sketch_size(m, n, kind)
     else:
         k = check_int(sketch_size, "sketch_size", minimum=n, maximum=m)
     if kind == "sparse_sign":
-        return _sketch.sparse_sign(k, m, nnz_per_col=min(8, k), rng=rng)
+        return _sketch.sparse_sign(k, m, nnz_per_col=min(per_col, k), rng=rng)
     return _SKETCHES[kind](k, m, rng=rng)
 
 

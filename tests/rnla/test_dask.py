@@ -311,7 +311,7 @@ def test_lstsq_agrees(client, chunking):
     _close(res_d.x, res_m.x, 1e-9)
     _close(res_d.x, x_ref, 1e-9)
     # S A, then A and A^T per iteration, then the residual checks (the default sketches
-    # differ: SRHT in memory, blockwise on row-chunked dask input); a C-contiguous
+    # differ: sparse sign 4 in memory, blockwise on row-chunked dask input); a C-contiguous
     # ndarray gives A^T (b - A x) in one pass
     assert res_d.n_passes == 3 + 2 * res_d.iterations
     assert res_m.n_passes == 2 + res_m.iterations
