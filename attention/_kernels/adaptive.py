@@ -42,6 +42,7 @@ from attention._kernels.exact import (
     _fetch_add,
     _gemm_tiles,
     _max_nonan,
+    _merge_split,
     _nonfinite_probe,
     _qk_small,
     _softmax_tile,
@@ -1019,9 +1020,7 @@ def _exact_decode_loop(
     as in the exact kernel (0 if the chunk is finite). Finally :func:`_decode_allowance`
     writes the rounding allowance (unit roundoff ``u``) and ``||out||_F`` to ``allow``.
     """
-    dv = v.shape[2]
-    Gk, gs = members.shape
-    R = gs * n
+    Gk = members.shape[0]
     C = part_m.shape[1]
     for _ in prange(n_workers):
         while True:
@@ -1047,32 +1046,7 @@ def _exact_decode_loop(
                 cmv,
                 tiles,
             )
-    for t in range(Gk * R):
-        gk = t // R
-        i = t - gk * R
-        a = i // n
-        g = members[gk, a]
-        ii = i - a * n
-        top = _NEG
-        for c in range(C):
-            top = max(top, part_m[gk, c, i])
-        if top == _NEG:
-            for e in range(dv):
-                out[g, ii, e] = 0.0
-            lse[g, ii] = _NEG
-            continue
-        acc = np.zeros(dv)
-        z = 0.0
-        for c in range(C):
-            if part_l[gk, c, i] > 0.0:
-                wgt = np.exp(part_m[gk, c, i] - top)
-                z += wgt * part_l[gk, c, i]
-                for e in range(dv):
-                    acc[e] += wgt * part_acc[gk, c, i, e]
-        inv = 1.0 / z
-        for e in range(dv):
-            out[g, ii, e] = acc[e] * inv
-        lse[g, ii] = top + np.log(z)
+    _merge_split(part_acc, part_m, part_l, members, n, out, lse)
     _decode_allowance(q, out, members, cmk, cmv, scale, u, allow)
 
 

@@ -129,46 +129,9 @@ from rnla._kernels.fastexp import (  # noqa: F401 - re-exported to the other ker
     _exp_f64,
     _pow2_bits,
 )
+from rnla._kernels.intrinsics import _fetch_add, _wide_vectors
 
 # --------------------------------------------------------------------- LLVM helpers
-
-
-@intrinsic
-def _wide_vectors(typingctx):
-    """Ask LLVM to vectorise the calling function with 512-bit vectors where legal.
-
-    Sets the function attribute ``"prefer-vector-width"="512"`` (llvmlite only lists
-    enum attributes, so the string attribute is added to the underlying set directly).
-    """
-
-    def codegen(context, builder, sig, args):
-        try:
-            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        except Exception:  # pragma: no cover - other llvmlite versions: no hint
-            pass
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-@intrinsic
-def _fetch_add(typingctx, counter):
-    """Atomically add 1 to ``counter[0]`` (int64 array) and return the old value.
-
-    The work queue of the parallel kernels: Numba's ``prange`` hands each thread one
-    contiguous, equal-count range of iterations (with the OpenMP layer even under
-    ``parallel_chunksize``), which leaves threads idle when tasks differ in cost
-    (causal query blocks) or a core is busy with another process.
-    """
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        one = ir.Constant(ir.IntType(64), 1)
-        return builder.atomic_rmw("add", ary.data, one, "monotonic")
-
-    return types.int64(counter), codegen
 
 
 @intrinsic
@@ -1031,12 +994,9 @@ def _split_blocks(
     shared ``counter`` by ``n_workers`` threads. Other parameters as
     :func:`_attend_blocks`.
     """
-    dv = v.shape[2]
     r = rows.shape[0]
-    Gk, gs = members.shape
-    R = gs * r
+    Gk = members.shape[0]
     C = part_m.shape[1]
-    neg_inf = -np.inf
     for _ in prange(n_workers):
         while True:
             t = _fetch_add(counter)
@@ -1066,6 +1026,19 @@ def _split_blocks(
     # The merge is O(Gk R C dv), tiny next to the chunks: one thread, so that the call has
     # a single parallel region (each region ends in a barrier, which costs milliseconds
     # when another process holds a core).
+    _merge_split(part_acc, part_m, part_l, members, r, out, lse)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _merge_split(part_acc, part_m, part_l, members, r, out, lse):
+    """Merge the per-chunk partials of the split-key kernels by their log-sum-exp.
+
+    Row ``a * r + ii`` of key/value slice ``gk`` is row ``ii`` of query slice
+    ``members[gk, a]``; chunks are merged in their fixed order (deterministic). A row no
+    chunk sees gets output 0 and ``lse = -inf``.
+    """
+    Gk, C, R, dv = part_acc.shape
+    neg_inf = -np.inf
     for t in range(Gk * R):
         gk = t // R
         i = t - gk * R

@@ -12,10 +12,9 @@ accumulated in a fixed order, so results do not depend on the number of threads.
 """
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
-from numba.core import types
-from numba.extending import intrinsic
+
+from rnla._kernels.intrinsics import _fetch_add, _wide_vectors
 
 # ----------------------------------------------------------------------------------------
 # hash sketches: out = S @ A / scale with S[code[j, t] >> 1, j] = scale * (+1 or -1)
@@ -167,44 +166,6 @@ def _hash_codes_counter(key, start, k, codes):
 # column kernel does, whatever the block size, the chunks or the number of threads.
 
 _HASH_BATCH = 256  # nonzeros whose codes are drawn together (z x 256 int64 in L1)
-
-
-@intrinsic
-def _wide_vectors(typingctx):
-    """Ask LLVM to vectorise the calling function with 512-bit vectors where legal.
-
-    Sets the function attribute ``"prefer-vector-width"="512"`` (LLVM's default for
-    these CPUs is 256 bits); the 64-bit multiplies of the hash then run 8 lanes wide.
-    """
-
-    def codegen(context, builder, sig, args):
-        try:
-            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        except Exception:  # pragma: no cover - other llvmlite versions: no hint
-            pass
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-@intrinsic
-def _fetch_add(typingctx, counter):
-    """Atomically add 1 to ``counter[0]`` (int64 array) and return the old value.
-
-    The task queue of the sparse kernels: ``prange`` hands each thread one fixed half of
-    the iterations, so a thread whose core is taken by another process holds the whole
-    call back; threads that take tasks from a shared counter share the work instead.
-    Each task writes its own outputs, so the result does not depend on who runs it.
-    """
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        one = ir.Constant(ir.IntType(64), 1)
-        return builder.atomic_rmw("add", ary.data, one, "monotonic")
-
-    return types.int64(counter), codegen
 
 
 @njit(cache=True, nogil=True)
