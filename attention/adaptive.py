@@ -586,25 +586,37 @@ def _decode_exact_pass(problem: Problem):
     return out, lse, float(allow[0]), float(allow[1])
 
 
+def _warn_uncertifiable(problem, tol, bound, y_norm, depth=0):
+    """``AccuracyWarning`` when the (valid) bound exceeds what ``tol`` asks for.
+
+    ``depth``: frames between the caller and :func:`_adaptive` (so that the warning
+    points at the user's call).
+    """
+    if bound > tol / (1.0 + tol) * y_norm:
+        warnings.warn(
+            f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
+            f"to certify here (bound {bound:.3g}); the bound still holds but exceeds "
+            "tol ||Y||_F (use float64 inputs or a larger tol)",
+            AccuracyWarning,
+            stacklevel=5 + depth,
+        )
+
+
+def _every_key_cost(problem: Problem) -> Cost:
+    """Cost of a call the exact kernel answered (every visible key kept)."""
+    cost = problem_cost_exact(problem)
+    return Cost(
+        flops=cost.flops, kernel_evals=cost.kernel_evals, key_fraction=np.ones(problem.n_slices)
+    )
+
+
 def _exact_decode(problem: Problem, tol: float) -> MethodResult:
     """Decode-shaped call through the exact kernel: the bound is the rounding allowance.
 
     One pass over ``K`` and ``V`` (:func:`_decode_exact_pass`).
     """
     out, lse, pad, y_norm = _decode_exact_pass(problem)
-    if pad > tol / (1.0 + tol) * y_norm:
-        warnings.warn(
-            f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
-            f"to certify here (bound {pad:.3g}); the bound still holds but exceeds "
-            "tol ||Y||_F (use float64 inputs or a larger tol)",
-            AccuracyWarning,
-            stacklevel=4,
-        )
-    G, n, m = problem.n_slices, problem.n, problem.m
-    rows = np.arange(n)
-    visible = np.clip(rows + problem.offset + 1, 0, m) if problem.causal else np.full(n, m)
-    evals = G * int(visible.sum())
-    flops = float(evals) * 2.0 * (problem.d + problem.dv)
+    _warn_uncertifiable(problem, tol, pad, y_norm, depth=1)
     assumptions = (
         "Deterministic: decode-shaped call computed by the exact kernel (every key kept); "
         "the bound is the allowance for rounding the output to the input dtype."
@@ -612,8 +624,7 @@ def _exact_decode(problem: Problem, tol: float) -> MethodResult:
     bound = ErrorBound(
         value=pad, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
     )
-    cost = Cost(flops=flops, kernel_evals=evals, key_fraction=np.ones(G))
-    return MethodResult(out, lse, bound, cost)
+    return MethodResult(out, lse, bound, _every_key_cost(problem))
 
 
 def _exact_masked(problem: Problem, tol: float) -> MethodResult:
@@ -632,16 +643,7 @@ def _exact_masked(problem: Problem, tol: float) -> MethodResult:
         fin = np.isfinite(problem.mask)
         bmax = float(np.abs(problem.mask, where=fin, out=np.zeros(problem.mask.shape)).max())
     pad, y_norm = _rounding_pad(problem, out, norms, bias=bmax)
-    if pad > tol / (1.0 + tol) * y_norm:
-        warnings.warn(
-            f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
-            f"to certify here (bound {pad:.3g}); the bound still holds but exceeds "
-            "tol ||Y||_F (use float64 inputs or a larger tol)",
-            AccuracyWarning,
-            stacklevel=4,
-        )
-    cost = problem_cost_exact(problem)
-    G = problem.n_slices
+    _warn_uncertifiable(problem, tol, pad, y_norm, depth=1)
     assumptions = (
         "Deterministic: masked call computed by the exact kernel (every visible key "
         "kept); the bound is the allowance for rounding scores, mask and output."
@@ -649,8 +651,7 @@ def _exact_masked(problem: Problem, tol: float) -> MethodResult:
     bound = ErrorBound(
         value=pad, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
     )
-    cost = Cost(flops=cost.flops, kernel_evals=cost.kernel_evals, key_fraction=np.ones(G))
-    return MethodResult(out, lse, bound, cost)
+    return MethodResult(out, lse, bound, _every_key_cost(problem))
 
 
 @register(
@@ -695,14 +696,7 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
         pad, y_norm = _rounding_pad(problem, out, norms)
         dropped2 = 0.0
         value = pad
-    if value > tol / (1.0 + tol) * y_norm:
-        warnings.warn(
-            f"tol={tol} is below what the rounding of {problem.dtype} scores allows "
-            f"to certify here (bound {value:.3g}); the bound still holds but exceeds "
-            "tol ||Y||_F (use float64 inputs or a larger tol)",
-            AccuracyWarning,
-            stacklevel=4,
-        )
+    _warn_uncertifiable(problem, tol, value, y_norm)
     kept = stats[:, 0]
     visible = stats[:, 1]
     rows = stats[:, 3]
