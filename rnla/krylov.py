@@ -152,9 +152,7 @@ def _check_symmetric(op: _Operator, rng: np.random.Generator, dtype) -> int:
     AX = op.matmat(X, dtype).astype(np.float64)
     X = X.astype(np.float64)
     gap = abs(X[:, 1] @ AX[:, 0] - X[:, 0] @ AX[:, 1])
-    scale = np.linalg.norm(AX[:, 0]) * np.linalg.norm(X[:, 1]) + np.linalg.norm(
-        X[:, 0]
-    ) * np.linalg.norm(AX[:, 1])
+    scale = float(_norm(AX[:, 0]) * _norm(X[:, 1]) + _norm(X[:, 0]) * _norm(AX[:, 1]))
     limit = _SYMMETRY * math.sqrt(n) * np.finfo(dtype).eps * scale
     if not np.isfinite(gap) or gap > limit:
         raise ValueError(
@@ -162,6 +160,16 @@ def _check_symmetric(op: _Operator, rng: np.random.Generator, dtype) -> int:
             f"{gap:.3g}, expected <= {limit:.3g} (relative {gap / max(scale, 1e-300):.3g})"
         )
     return 2
+
+
+def _norm(x: np.ndarray, axis=None):
+    """Euclidean norm(s) accumulated in float64.
+
+    ``np.linalg.norm`` sums squares in the input dtype, so a float32 vector with entries
+    above ~1.8e19 gives ``inf`` (and a spurious breakdown); LAPACK's scaled ``nrm2`` would
+    avoid that too, but a float64 copy of one block costs less than the product that made it.
+    """
+    return np.linalg.norm(np.asarray(x, dtype=np.float64), axis=axis)
 
 
 def _breakdown_tol(dtype) -> float:
@@ -194,14 +202,14 @@ def _lanczos_core(op, v, k, full, dtype) -> _LanczosState:
     Q = np.empty((n, k), dtype=dtype)
     alpha = np.zeros(k, dtype=dtype)
     beta = np.zeros(k, dtype=dtype)
-    beta0 = float(np.linalg.norm(v))
+    beta0 = float(_norm(v))
     Q[:, 0] = v / beta0
     anorm = 0.0
     breakdown = False
     j = 0
     for j in range(k):
         w = op.matmat(Q[:, j : j + 1], dtype)[:, 0]
-        anorm = max(anorm, float(np.linalg.norm(w)))
+        anorm = max(anorm, float(_norm(w)))
         a = Q[:, j] @ w
         w = w - a * Q[:, j]
         if j > 0:
@@ -211,7 +219,7 @@ def _lanczos_core(op, v, k, full, dtype) -> _LanczosState:
             for _ in range(2):
                 w -= Qj @ (Qj.T @ w)
         alpha[j] = a
-        b = float(np.linalg.norm(w))
+        b = float(_norm(w))
         if b <= tol * anorm:
             breakdown = True
             break
@@ -261,7 +269,7 @@ def _block_lanczos_core(op, V, k, full, dtype) -> _BlockState:
         Qj = Q[:, start : start + pj]
         W = op.matmat(Qj, dtype)
         n_matvecs += pj
-        anorm = max(anorm, float(np.max(np.linalg.norm(W, axis=0))))
+        anorm = max(anorm, float(np.max(_norm(W, axis=0))))
         Aj = Qj.T @ W
         Aj = (Aj + Aj.T) / 2
         W -= Qj @ Aj
@@ -793,7 +801,7 @@ def _lanczos_batch(op, Z, k, full, dtype):
         qj = Qs[sel, j]
         Wt = _rows_times(op, qj, dtype)
         n_matvecs += active.size
-        anorm[active] = np.maximum(anorm[active], np.linalg.norm(Wt, axis=1))
+        anorm[active] = np.maximum(anorm[active], _norm(Wt, axis=1))
         a = np.einsum("cn,cn->c", qj, Wt)
         Wt -= a[:, None] * qj
         if j > 0:

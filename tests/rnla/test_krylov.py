@@ -1,5 +1,7 @@
 """Unit tests of rnla.krylov: Lanczos, block Lanczos, f(A)b and quadrature bounds."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -408,3 +410,25 @@ def test_lanczos_batch_dense_rows_product_matches_operator(dtype, rng):
         Q.append(w / beta[-1])
     np.testing.assert_allclose(a1[0], alpha, rtol=tol(dtype, 1e4), atol=tol(dtype, 1e4))
     np.testing.assert_allclose(b1[0, : k - 1], beta[: k - 1], rtol=tol(dtype, 1e4))
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30])
+def test_float32_huge_entries_scale_invariant(scale, rng):
+    """float32 operators with entries past sqrt(float32 max) ~ 1.8e19: the squared norms
+    overflowed (inf residual norm, a spurious breakdown after one step). Norms are now
+    accumulated in float64, so the recurrence is the unscaled one times ``scale``, with
+    no warning."""
+    n = 20
+    A1 = np.diag(np.arange(1.0, n + 1)).astype(np.float32)
+    As = (np.diag(np.arange(1.0, n + 1)) * scale).astype(np.float32)
+    V = rng.standard_normal((n, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        l1, ls = lanczos(A1, V[:, 0], 5, rng=0), lanczos(As, V[:, 0], 5, rng=0)
+        b1, bs = block_lanczos(A1, V, 2, rng=0), block_lanczos(As, V, 2, rng=0)
+        _, beta_s, steps_s, _, _ = _lanczos_batch(_wrap(As, square=True), V, 4, True, np.float32)
+    assert not ls.breakdown and ls.alpha.size == 5 and not bs.breakdown
+    np.testing.assert_allclose(ls.alpha / scale, l1.alpha, rtol=1e-4)
+    np.testing.assert_allclose(ls.beta / scale, l1.beta, rtol=1e-4)
+    np.testing.assert_allclose(bs.T / scale, b1.T, rtol=1e-4, atol=1e-4)
+    assert np.all(steps_s == 4) and np.all(np.isfinite(beta_s))
