@@ -38,6 +38,7 @@ from attention._core import AttentionApprox, Cost, ErrorBound, relative_error
 from attention._registry import MethodInfo, approximate, methods
 from attention.bounds import Certificate, certify
 from attention.exact import merge_partials, reference_attention, softmax_attention
+from attention.kvcache import KVCache
 from attention.softmax_matrix import SoftmaxMatrix
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Certificate",
     "Cost",
     "ErrorBound",
+    "KVCache",
     "MethodInfo",
     "SoftmaxMatrix",
     "approximate",

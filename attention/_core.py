@@ -90,11 +90,15 @@ class Cost(NamedTuple):
         Optional, per query slice (head): the fraction of the visible keys whose values
         entered the output exactly (reported by methods that choose their key sets,
         e.g. ``"adaptive"``); None for methods that do not report it.
+    bytes_read : float or None
+        Optional: bytes of keys, values and summaries read (reported by
+        :meth:`attention.kvcache.KVCache.attend`); None where not counted.
     """
 
     flops: float
     kernel_evals: int
     key_fraction: np.ndarray | None = None
+    bytes_read: float | None = None
 
 
 class AttentionApprox(NamedTuple):

@@ -1,0 +1,718 @@
+"""Numba kernels of :class:`attention.kvcache.KVCache` (certified decode over a cache).
+
+Four kernels, one per phase of a decode step, plus the append-time summaries:
+
+* :func:`_summarize` (append): per block of ``B`` keys of one key/value head, the int8
+  key codes ``c`` (stored transposed, ``(d, B)``), the per-channel scales ``s`` and
+  residual maxima ``h_e = max_j |k_je - s_e c_je|`` (rounded up), the residual norm
+  maximum ``rho = max_j ||k_j - s * c_j||``, the value centroid and the per-key norms
+  ``||v_j - vc||`` (rounded up), and the Gram matrix of the centred values (its top
+  eigenvalue, taken by the caller, bounds the block's spectral norm).
+* :func:`_pilot_kernel` (parallel): for every stacked query row ``i`` and summarised
+  block ``b`` the pilot scores ``s^_ij = sum_e (scale q_ie s_be) c_je`` (float32), and
+  from them the block maximum ``m_ib``, the block mass ``W_ib = sum_j exp(s^_ij -
+  m_ib)``, ``S2_ib = sum_j exp(2 (s^_ij - m_ib))``, ``T_ib = sum_j exp(s^_ij - m_ib)
+  ||v_j - vc_b||`` and the score radius ``eps_ib`` with ``|s_ij - s^_ij| <= eps_ib`` for
+  every key ``j`` of the block (see :func:`_pilot_radius`).
+* :func:`_select` (serial, per key/value head): the blocks whose values are read, the
+  centroid term of the others, and the list of key segments to read.
+* :func:`_segments_kernel` (parallel): exact attention over the kept key segments, one
+  partial ``(max, normaliser, unnormalised output)`` per segment, merged together with
+  the centroid partial by :func:`attention._kernels.exact._merge_split`.
+* :func:`_row_bounds`: the certified error of every row once the output is known.
+
+The per-segment arithmetic is the exact split-key kernel's (its score loop
+:func:`attention._kernels.exact._qk_small`, online softmax
+:func:`attention._kernels.exact._softmax_tile` and value tiles
+:func:`attention._kernels.exact._gemm_tiles`, imported): a segment is a run of
+consecutive kept blocks instead of a fixed chunk.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from attention._kernels.exact import (
+    _SMALL_ROWS,
+    _gemm_tiles,
+    _merge_split,
+    _nonfinite_probe,
+    _qk_small,
+    _row_max,
+    _softmax_tile,
+)
+from rnla._kernels.fastexp import _add_reassoc, _exp_f32
+from rnla._kernels.intrinsics import _fetch_add, _wide_vectors
+
+_U64 = float(np.finfo(np.float64).eps)
+_U32 = float(np.finfo(np.float32).eps) / 2.0  # unit roundoff of float32
+
+
+# ------------------------------------------------------------------ append: summaries
+
+
+@njit(cache=True, nogil=True)
+def _summarize(k, v, b0, b1, B, codes, qscale, qres, rho, vc, udev, vrms2, gram):
+    """Summaries of blocks ``b0 <= b < b1`` of every head (keys ``b B .. b B + B - 1``).
+
+    ``k (h, cap, d)``, ``v (h, cap, dv)``: the cache buffers. Writes ``codes (h, nb, d,
+    B)`` int8, ``qscale / qres (h, nb, d)`` float32, ``rho (h, nb)``, ``vc (h, nb, dv)``,
+    ``udev (h, cap)`` float32, ``vrms2 (h, nb)`` (mean squared value norm) and ``gram (h,
+    b1 - b0, dv, dv)`` (float64).
+
+    Quantisation: ``s_e = max_j |k_je| / 127`` (float32), ``c_je = round(k_je / s_e)``
+    clipped to ``[-127, 127]``; the residual ``r_je = k_je - s_e c_je`` is formed in
+    float64 (exact for float32 keys: both terms have at most 32 significant bits within
+    a few binades), and ``qres_e`` is its maximum modulus plus ``2 u_64 max_j |k_je|``
+    (covers float64 keys), rounded up to float32.
+    """
+    h, _, d = k.shape
+    dv = v.shape[2]
+    up = 1.0 + 1e-6  # float32 storage of an upper bound: round up
+    for g in range(h):
+        for b in range(b0, b1):
+            j0 = b * B
+            res2 = np.zeros(B)
+            for e in range(d):
+                amax = 0.0
+                for j in range(B):
+                    amax = max(amax, abs(np.float64(k[g, j0 + j, e])))
+                s = np.float32(amax / 127.0)
+                rmax = 0.0
+                for j in range(B):
+                    x = np.float64(k[g, j0 + j, e])
+                    c = 0.0
+                    if s > 0:
+                        c = min(127.0, max(-127.0, np.round(x / np.float64(s))))
+                    codes[g, b, e, j] = np.int8(c)
+                    r = x - np.float64(s) * c
+                    res2[j] += r * r
+                    rmax = max(rmax, abs(r))
+                qscale[g, b, e] = s
+                qres[g, b, e] = np.float32((rmax + 2.0 * _U64 * amax) * up)
+            top = 0.0
+            for j in range(B):
+                top = max(top, res2[j])
+            rho[g, b] = np.sqrt(top) * (1.0 + 1e-12) + 2.0 * _U64 * d
+            # Value centroid, per-key deviations, Gram matrix of the centred block.
+            c_ = np.zeros(dv)
+            for j in range(B):
+                for e in range(dv):
+                    c_[e] += np.float64(v[g, j0 + j, e])
+            for e in range(dv):
+                c_[e] /= B
+                vc[g, b, e] = c_[e]
+            u = np.empty((B, dv))
+            sq = 0.0
+            for j in range(B):
+                for e in range(dv):
+                    x = np.float64(v[g, j0 + j, e])
+                    sq += x * x
+            vrms2[g, b] = sq / B
+            for j in range(B):
+                t = 0.0
+                for e in range(dv):
+                    x = np.float64(v[g, j0 + j, e]) - c_[e]
+                    u[j, e] = x
+                    t += x * x
+                udev[g, j0 + j] = np.float32(np.sqrt(t) * up)
+            gram[g, b - b0] = u.T @ u
+
+
+# ------------------------------------------------------------------ decode: pilot
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _codes_to_float(cb, f):
+    """``f = float32(cb)`` for one block of codes ``(d, B)`` (vectorised conversion)."""
+    _wide_vectors()
+    d, B = cb.shape
+    for e in range(d):
+        for j in range(B):
+            f[e, j] = np.float32(cb[e, j])
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _pilot_scores(cb, qp, acc, f, tiles):
+    """``acc[i, j] = sum_e qp[i, e] c[e, j]`` for one block (float32, codes int8 ``(d, B)``).
+
+    The codes are converted once into ``f (d, B)``; the product runs on the exact
+    kernel's register tiles (AVX-512) or, portably, as a loop over channels that
+    updates a row of ``B`` accumulators per stacked row (no horizontal sums). Every
+    entry is one chain of fused multiply-adds over ``e = 0, 1, ...`` on both paths.
+    """
+    _wide_vectors()
+    _codes_to_float(cb, f)
+    R, d = qp.shape
+    B = cb.shape[1]
+    if tiles:
+        _gemm_tiles(
+            qp.reshape(-1), f.reshape(-1), acc.reshape(-1), 0, 0, 0, R, d, B, d, B, B, False
+        )
+        return
+    for i in range(R):
+        for j in range(B):
+            acc[i, j] = 0.0
+        for e in range(d):
+            a = qp[i, e]
+            for j in range(B):
+                acc[i, j] += a * f[e, j]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _block_sums(srow, dev):
+    """``(max, sum exp(s - max), sum exp(2 (s - max)), sum exp(s - max) dev)`` of a row."""
+    _wide_vectors()
+    mx = _row_max(srow)
+    w = np.float32(0.0)
+    w2 = np.float32(0.0)
+    t = np.float32(0.0)
+    for j in range(srow.shape[0]):
+        p = _exp_f32(srow[j] - mx)
+        w = _add_reassoc(w, p)
+        w2 = _add_reassoc(w2, p * p)
+        t = _add_reassoc(t, p * dev[j])
+    return np.float64(mx), np.float64(w), np.float64(w2), np.float64(t)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _pilot_radius(qs, qnorm, sb, hb, rho_b, d):
+    """Radius ``eps`` of the pilot score of one (row, block): ``|s_ij - s^_ij| <= eps``.
+
+    ``s_ij - s^_ij = sum_e qs_e r_je + (exact - float32 pilot)`` with ``qs = scale q``:
+
+    * quantisation: ``|sum_e qs_e r_je| <= min(sum_e |qs_e| h_e, ||qs|| rho)``
+      (componentwise residual maxima ``h``, or Cauchy-Schwarz with the residual norm);
+    * pilot arithmetic: ``qp_e = fl32(qs_e s_e)`` and a float32 dot product of length
+      ``d`` with codes ``|c_je| <= 127`` (fused multiply-adds): at most
+      ``gamma_{d+2} 127 sum_e |qs_e s_e|``, ``gamma_k = k u / (1 - k u)`` [1]_ (float32
+      ``u``; the rounding of ``qs`` itself, a float64 product, is below ``1e-15``
+      relative and covered by the padding below);
+    * the exponentials and block sums in float32 (relative error ``<= 0.9`` ulp per
+      exponential, ``<= B u`` for the sum, ``<= 90 u`` for ``s^ - max`` down to the
+      float32 underflow at ``-87``): covered by adding ``256 u`` to ``eps``, which is
+      then a bound in the log domain for ``W``, ``S2 = sum w^2`` (with ``2 eps``) and
+      ``T``.
+
+    References
+    ----------
+    .. [1] N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+       SIAM 2002, Lemma 3.1 and eq. (3.5) (inner products, with or without FMA).
+    """
+    _wide_vectors()
+    quant = 0.0
+    l1s = 0.0
+    for e in range(d):  # sums of non-negative terms: any order, (1 + d u_64) covers it
+        quant = _add_reassoc(quant, abs(qs[e]) * np.float64(hb[e]))
+        l1s = _add_reassoc(l1s, abs(qs[e]) * np.float64(sb[e]))
+    quant = min(quant, qnorm * rho_b) * (1.0 + 4.0 * d * _U64)
+    k = d + 2
+    gam = k * _U32 / (1.0 - k * _U32)
+    return quant + gam * 127.0 * l1s * (1.0 + 1e-6) + 256.0 * _U32
+
+
+@njit(cache=True, nogil=True)
+def _pilot_task(
+    qs, codes, qscale, qres, rho, udev, gk, b0, b1, B, tiles, bm, bw, bs2, bt, beps, bex
+):
+    """Pilot of blocks ``b0 <= b < b1`` of key/value head ``gk`` for its stacked rows.
+
+    Writes, per (block, row), ``bm`` the block maximum of the pilot scores, ``bw`` the
+    block mass ``W``, ``bs2 = sum w^2``, ``bt = sum w ||v_j - vc||`` (relative to
+    ``bm``), ``beps`` the score radius (:func:`_pilot_radius`) and ``bex = exp(beps)``.
+    """
+    R, d = qs.shape[1], qs.shape[2]
+    qp = np.empty((R, d), dtype=np.float32)
+    acc = np.empty((R, B), dtype=np.float32)
+    f = np.empty((d, B), dtype=np.float32)
+    qn = np.empty(R)
+    for i in range(R):
+        t = 0.0
+        for e in range(d):
+            t += qs[gk, i, e] * qs[gk, i, e]
+        qn[i] = np.sqrt(t) * (1.0 + 2.0 * d * _U64)
+    for b in range(b0, b1):
+        sb = qscale[gk, b]
+        for i in range(R):
+            for e in range(d):
+                qp[i, e] = np.float32(qs[gk, i, e] * np.float64(sb[e]))
+        _pilot_scores(codes[gk, b], qp, acc, f, tiles)
+        dev = udev[gk, b * B : (b + 1) * B]
+        for i in range(R):
+            mx, w, w2, t = _block_sums(acc[i], dev)
+            bm[gk, b, i] = mx
+            bw[gk, b, i] = w
+            bs2[gk, b, i] = w2
+            bt[gk, b, i] = t
+            ep = _pilot_radius(qs[gk, i], qn[i], sb, qres[gk, b], rho[gk, b], d)
+            beps[gk, b, i] = ep
+            bex[gk, b, i] = np.exp(ep)
+
+
+def _pilot_blocks(
+    qs,
+    codes,
+    qscale,
+    qres,
+    rho,
+    udev,
+    nbc,
+    B,
+    per_task,
+    tiles,
+    bm,
+    bw,
+    bs2,
+    bt,
+    beps,
+    bex,
+    counter,
+    workers,
+):
+    """Pilot of the first ``nbc`` blocks of every head, in tasks of ``per_task`` blocks.
+
+    ``qs (Gk, R, d)`` float64: the stacked query rows of every key/value head times
+    ``scale``. Outputs ``(Gk, nbc, R)`` float64 (see :func:`_pilot_task`).
+    """
+    Gk = qs.shape[0]
+    nt = -(-nbc // per_task)
+    for _ in prange(workers):
+        while True:
+            t = _fetch_add(counter)
+            if t >= Gk * nt:
+                break
+            gk = t // nt
+            c = t - gk * nt
+            b0 = c * per_task
+            b1 = min(nbc, b0 + per_task)
+            _pilot_task(
+                qs,
+                codes,
+                qscale,
+                qres,
+                rho,
+                udev,
+                gk,
+                b0,
+                b1,
+                B,
+                tiles,
+                bm,
+                bw,
+                bs2,
+                bt,
+                beps,
+                bex,
+            )
+
+
+_pilot_kernel = njit(cache=True, nogil=True, parallel=True)(_pilot_blocks)
+
+
+# ------------------------------------------------------------------ decode: selection
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, dlo):
+    """Bound on the change of row ``i`` when block ``b`` is dropped (see :func:`_select`).
+
+    ``bw``, ``bs2``, ``bt`` in units of ``exp(M_i)`` (as :func:`_select` leaves them),
+    ``bex = exp(eps)``.
+    """
+    dv = vc.shape[2]
+    dist2 = 0.0
+    for e in range(dv):
+        x = vc[gk, b, e] - y[e]
+        dist2 += x * x
+    ex = bex[gk, b, i]
+    sh = 0.5 * (ex - 1.0 / ex)
+    cen = min(sig[gk, b] * np.sqrt(bs2[gk, b, i]), bt[gk, b, i])
+    return (bw[gk, b, i] * sh * np.sqrt(dist2) + ex * cen) / dlo
+
+
+@njit(cache=True, nogil=True)
+def _build_segments(mask, gk, nbc, t_len, B, chunk, tail, seg, nseg):
+    """Append the key segments of the blocks with ``mask[gk, b] == 1`` to ``seg[gk]``.
+
+    Runs of consecutive blocks (and, with ``tail``, the keys from ``nbc * B`` to
+    ``t_len``) cut into pieces of at most ``chunk`` keys.
+    """
+    ns = nseg[gk]
+    b = 0
+    while b <= nbc:
+        inrun = b < nbc and mask[gk, b] == 1
+        if not inrun and not (b == nbc and tail):
+            b += 1
+            continue
+        e0 = b
+        while b < nbc and mask[gk, b] == 1:
+            b += 1
+        j = e0 * B
+        stop = b * B if b < nbc else (t_len if tail else nbc * B)
+        while j < stop:
+            seg[gk, ns, 0] = j
+            seg[gk, ns, 1] = min(stop, j + chunk)
+            j = seg[gk, ns, 1]
+            ns += 1
+        b += 1
+    nseg[gk] = ns
+
+
+@njit(cache=True, nogil=True)
+def _centroid_part(bw, bex, vc, keep, cpart):
+    """Centroid partial ``cpart (Gk, R, 2 + dv)`` of the dropped blocks (midpoint masses).
+
+    ``cpart[gk, i, 0]`` holds the shift ``M_i`` (set by :func:`_select`); entry 1 the
+    dropped mass ``sum_b W~_ib cosh(eps_ib)``, entries ``2:`` that mass times centroids.
+    """
+    Gk, nbc, R = bw.shape
+    dv = vc.shape[2]
+    for gk in range(Gk):
+        for i in range(R):
+            cpart[gk, i, 1] = 0.0
+            for e in range(dv):
+                cpart[gk, i, 2 + e] = 0.0
+        for b in range(nbc):
+            if keep[gk, b] == 0:
+                for i in range(R):
+                    ex = bex[gk, b, i]
+                    x = bw[gk, b, i] * 0.5 * (ex + 1.0 / ex)
+                    cpart[gk, i, 1] += x
+                    for e in range(dv):
+                        cpart[gk, i, 2 + e] += x * vc[gk, b, e]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _select(
+    bm, bw, bs2, bt, bex, vc, sig, vrms2, tau, nbc, t_len, B, chunk, keep, seg, nseg, cpart
+):
+    """Choose the dropped blocks of every key/value head and build the segment lists.
+
+    Row shift ``M_i = max_b m_ib``; in units of ``exp(M_i)`` block ``b`` has pilot mass
+    ``W~_ib = W_ib exp(m_ib - M_i)`` and true mass in ``W~_ib exp(+-eps_ib)``; the
+    normaliser is at least ``D_i >= sum_b W~_ib exp(-eps_ib)`` (the blocks after
+    ``nbc`` only add to it). Dropping block ``b`` (values replaced by the centroid
+    ``vc_b``, mass by the midpoint ``W~_ib cosh eps_ib``) costs row ``i`` at most
+
+        c_ib = (W~_ib sinh(eps_ib) ||vc_b - y_i|| + exp(eps_ib) min(sig_b sqrt(S2~_ib),
+               T~_ib)) / D_i
+
+    (:func:`_row_bounds`), with the proxy ``y0_i`` (every block by its centroid) for
+    ``y_i``. Blocks are dropped in increasing order of ``sum_i c_ib`` while the rows'
+    summed costs ``E_i`` satisfy ``||E||_2 <= tau Y0``, ``Y0^2 = sum_i sum_b p_ib
+    vrms2_b`` (mean squared value norm of the blocks under the pilot's weights ``p``:
+    an optimistic proxy of ``||Y||_F^2``; :func:`_refine` reads more blocks if the
+    actual bound is too large).
+
+    ``bw``, ``bs2``, ``bt`` are rescaled in place to units of ``exp(M_i)``. Writes
+    ``keep (Gk, nbc)`` (1 = read), the centroid partial ``cpart (Gk, R, 2 + dv)``
+    (:func:`_centroid_part`) and the segments ``seg (Gk, S, 2)``, ``nseg (Gk,)``.
+    """
+    Gk, _, R = bm.shape
+    dv = vc.shape[2]
+    for gk in range(Gk):
+        M = np.full(R, -np.inf)
+        for b in range(nbc):
+            for i in range(R):
+                M[i] = max(M[i], bm[gk, b, i])
+        dlo = np.zeros(R)
+        y0 = np.zeros((R, dv))
+        z0 = np.zeros(R)
+        rms = np.zeros(R)
+        for b in range(nbc):
+            for i in range(R):
+                # In units of exp(M_i) from here on (in place).
+                sc = np.exp(bm[gk, b, i] - M[i])
+                x = bw[gk, b, i] * sc
+                bw[gk, b, i] = x
+                bs2[gk, b, i] *= sc * sc
+                bt[gk, b, i] *= sc
+                dlo[i] += x / bex[gk, b, i]
+                z0[i] += x
+                rms[i] += x * vrms2[gk, b]
+                for e in range(dv):
+                    y0[i, e] += x * vc[gk, b, e]
+        ynorm2 = 0.0
+        for i in range(R):
+            ynorm2 += rms[i] / z0[i]
+            for e in range(dv):
+                y0[i, e] /= z0[i]
+        cost = np.empty((nbc, R))
+        key = np.empty(nbc)
+        for b in range(nbc):
+            tot = 0.0
+            for i in range(R):
+                c = _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y0[i], dlo[i])
+                cost[b, i] = c
+                tot += c
+            key[b] = tot
+        order = np.argsort(key)
+        budget2 = tau * tau * ynorm2
+        err = np.zeros(R)
+        for b in range(nbc):
+            keep[gk, b] = 1
+        for idx in range(nbc):
+            b = order[idx]
+            s2 = 0.0
+            for i in range(R):
+                x = err[i] + cost[b, i]
+                s2 += x * x
+            if s2 > budget2:
+                break
+            for i in range(R):
+                err[i] += cost[b, i]
+            keep[gk, b] = 0
+        for i in range(R):
+            cpart[gk, i, 0] = M[i]
+        nseg[gk] = 0
+        _build_segments(keep, gk, nbc, t_len, B, chunk, True, seg, nseg)
+    _centroid_part(bw, bex, vc, keep, cpart)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, target, add):
+    """Blocks to read next when the certified bound of a step exceeds its target.
+
+    With the actual output ``y~`` and normaliser lower bound (as :func:`_row_bounds`),
+    un-drops, per key/value head, the blocks of largest ``sum_i c_ib`` until
+    ``||E_gk||_2 <= target[gk]``. Writes ``add (Gk, nbc)`` (1 = newly read); returns the
+    number of blocks added.
+    """
+    Gk, nbc, R = bw.shape
+    total = 0
+    for gk in range(Gk):
+        cost = np.zeros((nbc, R))
+        key = np.zeros(nbc)
+        err = np.zeros(R)
+        for i in range(R):
+            a = i // nq
+            ii = i - a * nq
+            g = members[gk, a]
+            M = cpart[gk, i, 0]
+            slack = 0.0
+            for b in range(nbc):
+                if keep[gk, b] == 0:
+                    ex = bex[gk, b, i]
+                    slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
+            dlo = (np.exp(lse[g, ii] - M) - slack) * (1.0 - 1e-3)
+            y = out[g, ii].astype(np.float64)
+            for b in range(nbc):
+                add[gk, b] = 0
+                if keep[gk, b] == 0:
+                    c = _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, dlo)
+                    if not dlo > 0:
+                        c = np.inf
+                    cost[b, i] = c
+                    key[b] += c
+                    err[i] += c
+        order = np.argsort(-key)
+        for idx in range(nbc):
+            s2 = 0.0
+            for i in range(R):
+                s2 += err[i] * err[i]
+            if s2 <= target[gk] * target[gk]:
+                break
+            b = order[idx]
+            if keep[gk, b] == 1:
+                break
+            add[gk, b] = 1
+            total += 1
+            for i in range(R):
+                err[i] -= cost[b, i]
+    return total
+
+
+# ------------------------------------------------------------------ decode: kept segments
+
+
+@njit(cache=True, nogil=True)
+def _segment_task(q, k, v, members, nq, t, S, scale, causal, offset, seg, tiles, pacc, pm, pl, pr):
+    """Exact partial attention of segment ``t = gk * S + s`` (``seg[gk, s]`` keys).
+
+    The arithmetic of the exact split-key task (:func:`attention._kernels.exact.
+    _split_task`) on keys ``j0 <= j < j1``: scores, causal limit (bottom-right),
+    online softmax of one tile, ``P V`` on the register tiles (or BLAS).
+    """
+    d = q.shape[2]
+    dv = v.shape[2]
+    gs = members.shape[1]
+    R = gs * nq
+    gk = t // S
+    c = t - gk * S
+    j0 = seg[gk, c, 0]
+    j1 = seg[gk, c, 1]
+    w = j1 - j0
+    kc = k[gk, j0:j1]
+    qb = np.empty((R, d), dtype=q.dtype)
+    for a in range(gs):
+        g = members[gk, a]
+        for i in range(nq):
+            for e in range(d):
+                qb[a * nq + i, e] = q[g, i, e] * scale
+    s = np.empty((R, w), dtype=q.dtype)
+    if R <= _SMALL_ROWS:
+        _qk_small(qb, kc, s)
+    else:
+        np.dot(qb, kc.T, s)
+    if causal:
+        for a in range(gs):
+            for i in range(nq):
+                srow = s[a * nq + i]
+                for jj in range(max(i + offset + 1 - j0, 0), w):
+                    srow[jj] = -np.inf
+    mrow = np.full(R, -np.inf)
+    lrow = np.zeros(R)
+    alpha = np.ones(R)
+    _softmax_tile(s, mrow, lrow, alpha)
+    pv = np.empty((R, dv), dtype=q.dtype)
+    if tiles and dv % (64 // q.itemsize) == 0:
+        _gemm_tiles(
+            s.reshape(-1),
+            v[gk].reshape(-1),
+            pv.reshape(-1),
+            0,
+            j0 * dv,
+            0,
+            R,
+            w,
+            dv,
+            w,
+            dv,
+            dv,
+            False,
+        )
+    else:
+        np.dot(s, v[gk, j0:j1], pv)
+    pr[t] = _nonfinite_probe(pv)
+    for i in range(R):
+        pm[gk, c, i] = mrow[i]
+        pl[gk, c, i] = lrow[i]
+        for e in range(dv):
+            pacc[gk, c, i, e] = pv[i, e]
+
+
+def _segments_blocks(
+    q,
+    k,
+    v,
+    members,
+    nq,
+    scale,
+    causal,
+    offset,
+    seg,
+    nseg,
+    tiles,
+    pacc,
+    pm,
+    pl,
+    pr,
+    counter,
+    workers,
+):
+    """Exact partials of every segment (parallel tasks ``gk * S + s``).
+
+    ``pacc (Gk, S, R, dv)``, ``pm / pl (Gk, S, R)`` (float64): slot ``s < nseg[gk]``
+    holds segment ``s`` of head ``gk``; the other slots are set empty (``-inf``, 0).
+    ``pr (Gk * S,)``: NaN where a partial is not finite (0 otherwise).
+    """
+    Gk = seg.shape[0]
+    S = seg.shape[1]
+    R = pm.shape[2]
+    for _ in prange(workers):
+        while True:
+            t = _fetch_add(counter)
+            if t >= Gk * S:
+                break
+            gk = t // S
+            if t - gk * S >= nseg[gk]:
+                for i in range(R):
+                    pm[gk, t - gk * S, i] = -np.inf
+                    pl[gk, t - gk * S, i] = 0.0
+                continue
+            _segment_task(
+                q, k, v, members, nq, t, S, scale, causal, offset, seg, tiles, pacc, pm, pl, pr
+            )
+
+
+_segments_kernel = njit(cache=True, nogil=True, parallel=True)(_segments_blocks)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _merge(parts, cpart, members, nq, out, lse):
+    """Merge lists of segment partials and the centroid partial into ``out``, ``lse``.
+
+    ``parts``: a tuple of ``(pacc, pm, pl)`` triples (:func:`_segments_blocks`); they
+    are stacked with the centroid partial (empty if its mass is 0) and merged by
+    :func:`attention._kernels.exact._merge_split` (log-sum-exp, fixed order).
+    """
+    Gk = cpart.shape[0]
+    R = cpart.shape[1]
+    dv = cpart.shape[2] - 2
+    S = 1
+    for p in parts:
+        S += p[1].shape[1]
+    acc = np.empty((Gk, S, R, dv))
+    pm = np.empty((Gk, S, R))
+    pl = np.empty((Gk, S, R))
+    s0 = 0
+    for p in parts:
+        n = p[1].shape[1]
+        for gk in range(Gk):
+            for s in range(n):
+                for i in range(R):
+                    pm[gk, s0 + s, i] = p[1][gk, s, i]
+                    pl[gk, s0 + s, i] = p[2][gk, s, i]
+                    if p[2][gk, s, i] > 0:
+                        for e in range(dv):
+                            acc[gk, s0 + s, i, e] = p[0][gk, s, i, e]
+        s0 += n
+    for gk in range(Gk):
+        for i in range(R):
+            mass = cpart[gk, i, 1]
+            pm[gk, S - 1, i] = cpart[gk, i, 0] if mass > 0 else -np.inf
+            pl[gk, S - 1, i] = mass
+            for e in range(dv):
+                acc[gk, S - 1, i, e] = cpart[gk, i, 2 + e]
+    _merge_split(acc, pm, pl, members, nq, out, lse)
+
+
+# ------------------------------------------------------------------ decode: bound
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row):
+    """Certified error of every stacked row: ``e_row (Gk, R)``.
+
+    With ``y~ = (N_K + sum_{b dropped} W^_b vc_b) / D~`` (``W^_b = W~_b cosh eps_b``,
+    ``D~ = D_K + sum W^_b``, ``D_K`` the exact kept mass) and the true
+    ``y = (N_K + sum_b (W_b vc_b + w_b^T U_b)) / D`` (``U_b`` the centred values):
+
+        y - y~ = [sum_b (W_b - W^_b)(vc_b - y~) + sum_b w_b^T U_b] / D,
+
+    ``|W_b - W^_b| <= W~_b sinh eps_b``, ``||w_b^T U_b|| <= exp(eps_b)
+    min(sig_b sqrt(S2~_b), T~_b)`` and ``D >= D~ - sum_b W~_b sinh eps_b``. ``D~`` is
+    ``exp(lse - M)`` of the merged output; its float rounding is covered by a factor
+    ``1 - 1e-3`` on the lower bound of ``D``.
+    """
+    Gk, nbc, R = bw.shape
+    for gk in range(Gk):
+        for i in range(R):
+            a = i // nq
+            ii = i - a * nq
+            g = members[gk, a]
+            M = cpart[gk, i, 0]
+            slack = 0.0
+            for b in range(nbc):
+                if keep[gk, b] == 0:
+                    ex = bex[gk, b, i]
+                    slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
+            dlo = (np.exp(lse[g, ii] - M) - slack) * (1.0 - 1e-3)
+            y = out[g, ii].astype(np.float64)
+            num = 0.0
+            for b in range(nbc):
+                if keep[gk, b] == 0:
+                    num += _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, 1.0)
+            if num == 0.0:
+                e_row[gk, i] = 0.0
+            else:
+                e_row[gk, i] = num / dlo if dlo > 0 else np.inf

@@ -1,0 +1,435 @@
+"""Tests of attention.kvcache.KVCache: summaries, pilot bound, certified decode steps."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import attention.exact as exact_mod
+import attention.kvcache as kvmod
+from attention import reference_attention
+from attention._kernels.kvcache import _pilot_kernel
+from attention.kvcache import KVCache
+from rnla._validation import AccuracyWarning
+
+D = 32
+
+
+def _head(rng, kind, h=2, m=1280, d=D, dtype=np.float64):
+    """Keys/values of a synthetic head and queries (2 query heads per kv head, 4 rows).
+
+    The query heads of a group share a direction ``u`` (as real heads of one group do);
+    ``sharp`` plants 12 keys along ``u``, ``sinks`` three at the start, ``huge`` two
+    with logits of order ``+-1e4``, ``diffuse`` has tiny scores everywhere;
+    ``coherent`` has sinks and values whose deviations grow with the score (the errors
+    of the dropped blocks add up coherently: the bound is tight there).
+    """
+    u = rng.standard_normal((h, d))
+    K = rng.standard_normal((h, m, d))
+    V = rng.standard_normal((h, m, d))
+    Q = 1.5 * np.repeat(u, 2, axis=0)[:, None] + 0.5 * rng.standard_normal((2 * h, 4, d))
+    if kind == "sharp":
+        K *= 0.3
+        idx = rng.choice(m - 64, size=12, replace=False)
+        K[:, idx] = 3.0 * u[:, None]
+    elif kind == "diffuse":
+        K *= 0.02
+    elif kind == "sinks":
+        K *= 0.3
+        K[:, :3] = 1.5 * u[:, None]
+    elif kind == "huge":
+        K *= 0.3
+        K[:, 7] = 200.0 * u
+        K[:, 100] = -200.0 * u
+    elif kind == "coherent":  # sinks, and values whose deviations follow the scores
+        K *= 0.3
+        K[:, :3] = 1.5 * u[:, None]
+        s = np.einsum("hd,hjd->hj", Q[::2].mean(axis=1), K) / np.sqrt(d)
+        z = rng.standard_normal((h, 1, d))
+        V = 0.3 * V + 3 * np.tanh(s - np.median(s, axis=1, keepdims=True))[:, :, None] * z
+    return Q.astype(dtype), K.astype(dtype), V.astype(dtype)
+
+
+def _cache(K, V, block=64, dtype=None):
+    c = KVCache(K.shape[0], K.shape[2], V.shape[2], dtype=dtype or K.dtype, block=block)
+    c.append(K, V)
+    return c
+
+
+def _exact(Q, K, V, causal=True):
+    return reference_attention(
+        Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), causal=causal
+    )
+
+
+# ---------------------------------------------------------------- summaries vs NumPy
+
+
+def _summaries_numpy(K, V, B):
+    """Plain-NumPy reference of the block summaries of full blocks."""
+    h, m, d = K.shape
+    nb = m // B
+    Kb = K[:, : nb * B].astype(np.float64).reshape(h, nb, B, d)
+    amax = np.abs(Kb).max(axis=2)
+    s = (amax / 127.0).astype(np.float32)
+    s64 = s.astype(np.float64)[:, :, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(s64 > 0, np.clip(np.round(Kb / s64), -127, 127), 0.0)
+    r = Kb - s64 * c
+    Vb = V[:, : nb * B].astype(np.float64).reshape(h, nb, B, -1)
+    vc = Vb.mean(axis=2)
+    U = Vb - vc[:, :, None]
+    sig = np.linalg.svd(U, compute_uv=False)[..., 0]
+    return {
+        "codes": np.swapaxes(c, 2, 3).astype(np.int8),
+        "qscale": s,
+        "qres": np.abs(r).max(axis=2),
+        "rho": np.sqrt((r * r).sum(axis=3)).max(axis=2),
+        "vc": vc,
+        "udev": np.sqrt((U * U).sum(axis=3)).reshape(h, -1),
+        "sig": sig,
+    }
+
+
+@pytest.mark.parametrize("B", [16, 64])
+def test_summaries_match_numpy(rng, dtype, B):
+    K = (rng.standard_normal((2, 5 * B + 7, 24)) * rng.uniform(0.1, 5, 24)).astype(dtype)
+    K[0, 3, 5] = 0.0
+    K[1, :, 2] = 0.0  # an all-zero channel: scale 0, codes 0
+    V = rng.standard_normal((2, 5 * B + 7, 16)).astype(dtype)
+    c = _cache(K, V, block=B)
+    ref = _summaries_numpy(K, V, B)
+    nb = 5
+    np.testing.assert_array_equal(c._codes[:, :nb], ref["codes"])
+    np.testing.assert_array_equal(c._qscale[:, :nb], ref["qscale"])
+    # Stored upper bounds: at least the reference, and tight.
+    for name in ("qres", "rho"):
+        got = getattr(c, "_" + name)[:, :nb]
+        assert np.all(got >= ref[name]), name
+        np.testing.assert_allclose(got, ref[name], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(c._vc[:, :nb], ref["vc"], rtol=1e-12, atol=1e-12)
+    assert np.all(c._udev[:, : nb * B] >= ref["udev"] * (1 - 1e-15))
+    np.testing.assert_allclose(c._udev[:, : nb * B], ref["udev"], rtol=1e-5)
+    assert np.all(c._sig[:, :nb] >= ref["sig"] * (1 - 1e-12))
+    np.testing.assert_allclose(c._sig[:, :nb], ref["sig"], rtol=1e-6)
+
+
+def test_incremental_appends_equal_batch(rng):
+    K = rng.standard_normal((3, 700, 16)).astype(np.float32)
+    V = rng.standard_normal((3, 700, 8)).astype(np.float32)
+    whole = _cache(K, V)
+    step = KVCache(3, 16, 8, capacity=1)
+    step.append(K[:, :1], V[:, :1])
+    for j in range(1, 700, 37):
+        step.append(K[:, j : j + 37], V[:, j : j + 37])
+    assert len(step) == len(whole) == 700 and step.capacity >= 700
+    for name in ("_codes", "_qscale", "_qres", "_rho", "_vc", "_sig"):
+        np.testing.assert_array_equal(getattr(step, name)[:, :10], getattr(whole, name)[:, :10])
+    np.testing.assert_array_equal(step.keys, K)
+    np.testing.assert_array_equal(step.values, V)
+    one = KVCache(3, 16, 8)
+    for j in range(130):
+        one.append(K[:, j], V[:, j])  # (h, d): one token
+    np.testing.assert_array_equal(one._codes[:, :2], whole._codes[:, :2])
+
+
+# ---------------------------------------------------------------- pilot bound
+
+
+def _pilot(c, Qs, nbc, tiles=True):
+    h, R, _ = Qs.shape
+    arrs = [np.empty((h, nbc, R)) for _ in range(6)]
+    _pilot_kernel(
+        Qs,
+        c._codes,
+        c._qscale,
+        c._qres,
+        c._rho,
+        c._udev,
+        nbc,
+        c.block,
+        3,
+        tiles,
+        *arrs,
+        np.zeros(1, dtype=np.int64),
+        2,
+    )
+    return arrs
+
+
+@pytest.mark.parametrize("scale_keys", [1.0, 30.0])
+def test_pilot_radius_bounds_every_score(rng, dtype, scale_keys):
+    h, m, d, B = 2, 640, 64, 64
+    K = (rng.standard_normal((h, m, d)) * scale_keys).astype(dtype)
+    K[:, :, 3] *= 20  # an outlier channel, as rotary keys have
+    V = rng.standard_normal((h, m, d)).astype(dtype)
+    c = _cache(K, V)
+    Qs = rng.standard_normal((h, 5, d)) * 0.125 * scale_keys
+    nbc = m // B
+    bm, bw, bs2, bt, beps, bex = _pilot(c, Qs, nbc)
+    s = np.einsum("hid,hjd->hij", Qs, K.astype(np.float64))  # exact scores
+    Kq = (c._codes[:, :nbc].astype(np.float64) * c._qscale[:, :nbc, :, None]).swapaxes(2, 3)
+    shat = np.einsum("hid,hjd->hij", Qs, Kq.reshape(h, m, d))
+    gap = np.abs(s - shat).reshape(h, 5, nbc, B).max(axis=3).transpose(0, 2, 1)
+    assert np.all(gap <= beps)
+    assert np.median(gap / beps) > 0.05  # not vacuous
+    # Negative control: the radius without the quantisation term does not hold.
+    ctrl = 256 * np.finfo(np.float32).eps
+    assert np.mean(gap > ctrl) > 0.5
+    # Block maxima and masses against the float64 pilot scores.
+    sh = shat.reshape(h, 5, nbc, B).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(bm, sh.max(axis=3), rtol=1e-4, atol=1e-4 * np.abs(sh).max())
+    w = np.exp(sh - bm[..., None])
+    rtol = 1e-4 + 8 * np.finfo(np.float32).eps * np.abs(sh).max()  # float32 pilot scores
+    np.testing.assert_allclose(bw, w.sum(axis=3), rtol=rtol)
+    np.testing.assert_allclose(bs2, (w * w).sum(axis=3), rtol=2 * rtol)
+    dev = c._udev[:, : nbc * B].reshape(h, nbc, 1, B)
+    np.testing.assert_allclose(bt, (w * dev).sum(axis=3), rtol=rtol)
+    np.testing.assert_allclose(bex, np.exp(beps), rtol=1e-14)
+
+
+def test_pilot_portable_path_matches_tiles(rng):
+    K = rng.standard_normal((2, 512, 64)).astype(np.float32)
+    c = _cache(K, K.copy())
+    Qs = rng.standard_normal((2, 3, 64))
+    a = _pilot(c, Qs, 8, tiles=exact_mod._USE_TILES)
+    b = _pilot(c, Qs, 8, tiles=False)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- certified steps
+
+
+@pytest.mark.parametrize("kind", ["sharp", "diffuse", "sinks", "huge", "coherent"])
+@pytest.mark.parametrize("nq", [1, 4])
+def test_bound_holds_synthetic(rng, dtype, kind, nq):
+    Q, K, V = _head(rng, kind, dtype=dtype)
+    Q = Q[:, :nq]
+    c = _cache(K, V)
+    Y = _exact(Q, K, V)
+    ynorm = np.linalg.norm(Y)
+    for tol in (1e-2, 1e-1):
+        c._skip = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AccuracyWarning)
+            res = c.attend(Q, tol=tol)
+        assert res.output.dtype == dtype and res.output.shape == (4, nq, D)
+        assert np.isfinite(res.output).all() and np.isfinite(res.lse).all()
+        err = np.linalg.norm(res.output.astype(np.float64) - Y)
+        assert err <= res.bound.value
+        # Within tol unless the rounding of the dtype cannot certify it (then a warning).
+        assert res.bound.value <= tol * ynorm or caught
+        assert res.bound.kind == "deterministic" and res.bound.norm == "fro"
+        assert res.cost.key_fraction.shape == (4,)
+        assert 0 < res.cost.bytes_read
+
+
+def test_sharp_head_reads_fewer_bytes(rng):
+    Q, K, V = _head(rng, "sharp", m=4096, dtype=np.float32)
+    c = _cache(K, V)
+    res = c.attend(Q[:, :1], tol=0.1)
+    assert res.cost.key_fraction[0] < 0.5
+    assert res.cost.bytes_read < 0.7 * K.size * 2 * 4
+    Y = _exact(Q[:, :1], K, V)
+    assert np.linalg.norm(res.output - Y) <= res.bound.value <= 0.1 * np.linalg.norm(Y)
+
+
+def _control_bound(c, Q, tol):
+    """Bound of one step with the pilot radius set to 0 (scores taken as exact)."""
+    h, nq = c.n_kv_heads, Q.shape[1]
+    gs = Q.shape[0] // h
+    R, t, B = gs * nq, len(c), c.block
+    nbc = min(t // B, (t - nq + 1) // B)
+    members = np.arange(Q.shape[0], dtype=np.int64).reshape(h, gs)
+    qs = Q.reshape(h, R, -1).astype(np.float64) / np.sqrt(Q.shape[2])
+    bm, bw, bs2, bt, _, bex = _pilot(c, qs, nbc)
+    keep = np.ones((h, nbc), dtype=np.int8)
+    seg, nseg = np.zeros((h, nbc + 8, 2), dtype=np.int64), np.zeros(h, dtype=np.int64)
+    cpart = np.zeros((h, R, 2 + c.value_dim))
+    tau = 0.95 * tol / (1 + tol)
+    kvmod._select(
+        bm, bw, bs2, bt, bex, c._vc, c._sig, c._vrms2, tau, nbc, t, B, 512, keep, seg, nseg, cpart
+    )
+    parts = c._segments(Q, members, nq, 1 / np.sqrt(Q.shape[2]), True, t - nq, seg, nseg)
+    out = np.empty((Q.shape[0], nq, c.value_dim), dtype=c.dtype)
+    lse = np.empty((Q.shape[0], nq))
+    kvmod._merge((parts,), cpart, members, nq, out, lse)
+    e_row = np.empty((h, R))
+    kvmod._row_bounds(bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row)
+    # Plain-NumPy reference of the row bounds, and the quadrature control.
+    y = out.reshape(h, R, -1).astype(np.float64)
+    drop = keep == 0
+    sh = 0.5 * (bex - 1 / bex)
+    dist = np.linalg.norm(c._vc[:, :nbc, None, :] - y[:, None], axis=3)
+    cen = np.minimum(c._sig[:, :nbc, None] * np.sqrt(bs2), bt)
+    cost = (bw * sh * dist + bex * cen) * drop[:, :, None]
+    slack = (bw * sh * drop[:, :, None]).sum(axis=1)
+    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0]) - slack) * (1 - 1e-3)
+    ref = cost.sum(axis=1) / dlo
+    np.testing.assert_allclose(e_row, ref, rtol=1e-12, atol=1e-300)
+    quad = np.sqrt((cost**2).sum(axis=1)) / dlo
+    return out, np.sqrt((e_row**2).sum()), np.sqrt((quad**2).sum())
+
+
+def test_bound_and_negative_control():
+    """Row bounds == NumPy; the same costs added in quadrature (not a bound) fail."""
+    fails = 0
+    for trial in range(6):
+        Q, K, V = _head(np.random.default_rng(100 + trial), "coherent", m=2048)
+        c = _cache(K, V)
+        out, bound, ctrl = _control_bound(c, Q[:, :1], 0.1)
+        err = np.linalg.norm(out - _exact(Q[:, :1], K, V))
+        assert err <= bound
+        assert bound < 4 * err  # tight on this head
+        fails += err > ctrl
+    assert fails >= 4
+
+
+def test_gqa_equals_separate_heads(rng):
+    Q, K, V = _head(rng, "sinks", dtype=np.float64)
+    c = _cache(K, V)
+    res = c.attend(Q[:, :2], tol=None)
+    Y = _exact(Q[:, :2], K, V)
+    np.testing.assert_allclose(res.output, Y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        res.lse, reference_attention(Q[:, :2], K, V, causal=True, return_lse=True)[1], rtol=1e-10
+    )
+
+
+def test_causal_no_leakage(rng):
+    Q, K, V = _head(rng, "sinks", m=1300)
+    c1 = _cache(K, V)
+    K2, V2 = K.copy(), V.copy()
+    K2[:, -1] += 50.0  # the last key is visible only to the last query row
+    V2[:, -1] -= 50.0
+    c2 = _cache(K2, V2)
+    e1 = c1.attend(Q, tol=None)
+    e2 = c2.attend(Q, tol=None)
+    np.testing.assert_array_equal(e1.output[:, :-1], e2.output[:, :-1])
+    assert not np.allclose(e1.output[:, -1], e2.output[:, -1])
+    # Certified steps: the rows share which blocks are read (a future key can change
+    # that choice, never enter an earlier row): every row stays within the bound of its
+    # own causal attention.
+    for c, KK, VV in ((c1, K, V), (c2, K2, V2)):
+        r = c.attend(Q, tol=0.05)
+        Y = _exact(Q, KK, VV)
+        assert np.linalg.norm(r.output - Y) <= r.bound.value
+    nc = c1.attend(Q, tol=None, causal=False)
+    np.testing.assert_allclose(nc.output, _exact(Q, K, V, causal=False), rtol=1e-9)
+
+
+def test_exact_fallbacks(rng, monkeypatch):
+    Q, K, V = _head(rng, "diffuse", m=2048)
+    c = _cache(K, V)
+    Y = _exact(Q[:, :1], K, V)
+    first = c.attend(Q[:, :1], tol=0.01)
+    assert first.cost.key_fraction[0] > kvmod._PAY_FRACTION  # diffuse: does not pay
+    # The next steps skip the pilot: exact, bound = rounding allowance.
+    nxt = c.attend(Q[:, :1], tol=0.01)
+    assert nxt.cost.key_fraction[0] == 1.0 and "exact attention" in nxt.bound.assumptions
+    np.testing.assert_allclose(nxt.output, Y, rtol=1e-10, atol=1e-13)
+    assert c._skip == kvmod._SKIP_STEPS - 1
+    # Portable (BLAS) segment path.
+    monkeypatch.setattr(exact_mod, "_USE_TILES", False)
+    c._skip = 0
+    again = c.attend(Q[:, :1], tol=0.01)
+    assert np.linalg.norm(again.output - Y) <= again.bound.value
+
+
+def test_forced_refinement_and_exact_retry(rng, monkeypatch):
+    Q, K, V = _head(rng, "sinks", m=2048)
+    Y = _exact(Q[:, :1], K, V)
+    c = _cache(K, V)
+    # A selection budget far above tol: the refinement (or the exact retry) must fix it.
+    orig = kvmod._select
+
+    def greedy(*args):
+        args = list(args)
+        args[8] = 10.0  # tau
+        return orig(*args)
+
+    monkeypatch.setattr(kvmod, "_select", greedy)
+    res = c.attend(Q[:, :1], tol=0.02)
+    err = np.linalg.norm(res.output - Y)
+    assert err <= res.bound.value <= 0.02 * np.linalg.norm(Y)
+
+
+def test_float32_tolerance_warning(rng):
+    Q, K, V = _head(rng, "huge", dtype=np.float32)
+    c = _cache(K, V)
+    with pytest.warns(AccuracyWarning, match="rounding"):
+        c.attend(Q[:, :1] * 30, tol=1e-6)
+
+
+def test_determinism_and_threads(rng):
+    import numba
+
+    Q, K, V = _head(rng, "sinks", m=2048, dtype=np.float32)
+    c = _cache(K, V)
+    a = c.attend(Q[:, :2], tol=0.03)
+    c._skip = 0  # the skip policy (state of the cache) is tested elsewhere
+    b = c.attend(Q[:, :2], tol=0.03)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        c._skip = 0
+        s = c.attend(Q[:, :2], tol=0.03)
+    finally:
+        numba.set_num_threads(threads)
+    for r in (b, s):
+        np.testing.assert_array_equal(a.output, r.output)
+        assert a.bound.value == r.bound.value
+
+
+def test_growth_and_views(rng):
+    c = KVCache(1, 8, capacity=10)
+    K = rng.standard_normal((1, 100, 8))
+    c.append(K, K)
+    assert len(c) == 100 and c.capacity >= 100 and c.dtype == np.float32
+    assert c.keys.shape == (1, 100, 8) and not c.keys.flags.writeable
+    with pytest.raises(ValueError):
+        c.keys[0, 0, 0] = 1.0
+    res = c.attend(rng.standard_normal((3, 8)))  # (n_q, d) with one kv head
+    assert res.output.shape == (1, 3, 8)
+    assert "KVCache(n_kv_heads=1" in repr(c)
+
+
+def test_bad_input(rng):
+    with pytest.raises(TypeError, match="dtype"):
+        KVCache(2, 8, dtype=np.int32)
+    with pytest.raises(ValueError, match="block"):
+        KVCache(2, 8, block=20)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        KVCache(0, 8)
+    c = KVCache(2, 8)
+    with pytest.raises(ValueError, match="empty"):
+        c.attend(np.zeros((2, 1, 8)), tol=0.1)
+    with pytest.raises(ValueError, match=r"K must have shape \(2, t, 8\)"):
+        c.append(np.zeros((3, 4, 8)), np.zeros((3, 4, 8)))
+    K = rng.standard_normal((2, 70, 8))
+    bad = K.copy()
+    bad[1, 5, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        c.append(bad, K)
+    assert len(c) == 0  # unchanged
+    c.append(K, K)
+    Q = rng.standard_normal((4, 1, 8))
+    Q0 = Q.copy()
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        c.attend(np.zeros((3, 1, 8)), tol=0.1)
+    with pytest.raises(ValueError, match="tol"):
+        c.attend(Q, tol=1.5)
+    with pytest.raises(TypeError, match="tol"):
+        c.attend(Q, tol="0.1")
+    with pytest.raises(ValueError, match="delta"):
+        c.attend(Q, tol=0.1, delta=0.0)
+    with pytest.raises(TypeError, match="causal"):
+        c.attend(Q, tol=0.1, causal=None)
+    Qn = Q.copy()
+    Qn[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        c.attend(Qn, tol=0.1)
+    c.attend(Q, tol=0.1)
+    np.testing.assert_array_equal(Q, Q0)
+    np.testing.assert_array_equal(c.keys, K.astype(np.float32))
