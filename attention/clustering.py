@@ -49,6 +49,7 @@ from attention.sparse import (
     _NEG,
     _block_partials,
     _cost,
+    _gather_attend,
     _merge_into,
     _partial,
     _positions,
@@ -544,18 +545,18 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
     L = np.full(n, _NEG)
     pairs = 0
     L_key = 2 * cs
+    lo = np.zeros(n, dtype=np.int64)
+    excl = qpos if exclude_self else None
     for t in range(R):
         blocks = _bucket_blocks(bq_rounds[t], sets[t], qpos, kpos, cs)
         if blocks is None:
             continue
-        rows, J, keep, kp, qp = blocks
+        rows, J, _, kp, _ = blocks
         rr = np.maximum(rows, 0)
-        if exclude_self:
-            keep &= kp != qp
         logw = None
         if R > 1:
             # N_ij: rounds whose set of query i holds key j (1 + the other rounds).
-            count = np.ones(keep.shape, dtype=np.int8)
+            count = np.ones((rows.shape[0], cs, J.shape[1]), dtype=np.int8)
             for u in range(R):
                 if u == t:
                     continue
@@ -564,11 +565,9 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
                 same &= rank_u[J][:, None, :] >= lo_u[rr][:, :, None]
                 count += same
             logw = -np.log(count, dtype=np.float32 if q.dtype == np.float32 else np.float64)
-        o, ls = _block_partials(q, k, v, scale, rows, J, keep, logw=logw)
-        flat = rows.ravel()
-        ok = flat >= 0
-        _merge_into(acc, L, flat[ok], o.reshape(-1, o.shape[-1])[ok], ls.ravel()[ok])
-        pairs += int(ok.sum()) * L_key
+        # Visible: same bucket (kp < m) at a position <= the query's (kp <= qpos_i).
+        _gather_attend(q, k, v, scale, rows, J, kp[:, 0, :], lo, qpos, excl, logw, acc, L)
+        pairs += int((rows >= 0).sum()) * L_key
     # Rows with an empty union: their own position (if visible) is the only option.
     lonely = np.flatnonzero(~np.isfinite(L) & (qpos >= 0) & (qpos < m))
     if lonely.size:

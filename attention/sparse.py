@@ -137,6 +137,74 @@ def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
     return out, lse
 
 
+_USE_KERNEL = True  # False: the plain-NumPy reference path (tests)
+
+
+def _gather_attend(q, k, v, scale, rows, J, kpos, lo, hi, excl=None, logw=None, acc=None, L=None):
+    """Exact attention of query blocks over gathered keys, merged into ``acc``, ``L``.
+
+    Row ``rows[b, r]`` (``-1``: padding) sees key slot ``j`` of its block (key
+    ``J[b, j]``, in range) iff ``lo[i] <= kpos[b, j] <= hi[i]`` and ``kpos[b, j] !=
+    excl[i]``; ``logw (nb, B, W)`` optional log-weights added to the scores. The
+    partial results are merged into ``acc (n, dv)`` and ``L (n,)`` (float64; new ones,
+    zero and ``-inf``, when None) through the log-sum-exp; rows that see no key keep
+    their values. Numba kernel :func:`attention._kernels.sparse._gather_attend`, or
+    the NumPy reference (:func:`_gather_attend_numpy`) when ``_USE_KERNEL`` is off.
+    Returns ``(acc, L)``.
+    """
+    n = q.shape[0]
+    if acc is None:
+        acc = np.zeros((n, v.shape[1]), dtype=q.dtype)
+    if L is None:
+        L = np.full(n, _NEG)
+    if excl is None:
+        excl = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    args = (
+        q,
+        k,
+        v,
+        rows.astype(np.int64, copy=False),
+        J.astype(np.int64, copy=False),
+        kpos.astype(np.int64, copy=False),
+        np.asarray(lo, dtype=np.int64),
+        np.asarray(hi, dtype=np.int64),
+        np.asarray(excl, dtype=np.int64),
+    )
+    if rows.size == 0 or J.shape[1] == 0 or k.shape[0] == 0:
+        return acc, L
+    if not _USE_KERNEL:
+        _gather_attend_numpy(*args, scale, logw, acc, L)
+        return acc, L
+    from attention._kernels.sparse import _gather_attend as kernel
+
+    lw = np.empty((0, 0, 0), q.dtype) if logw is None else logw.astype(q.dtype, copy=False)
+    q, k, v, rows, J, kpos, lo, hi, excl = args
+    kernel(q, k, v, q.dtype.type(scale), rows, J, kpos, lo, hi, excl, lw, acc, L)
+    return acc, L
+
+
+def _gather_attend_numpy(q, k, v, rows, J, kpos, lo, hi, excl, scale, logw, acc, L):
+    """Plain-NumPy reference of the kernel behind :func:`_gather_attend` (float64 scores)."""
+    for b in range(rows.shape[0]):
+        r_ok = np.flatnonzero(rows[b] >= 0)
+        if r_ok.size == 0:
+            continue
+        i = rows[b, r_ok]
+        kp = kpos[b][None, :]
+        keep = (kp >= lo[i, None]) & (kp <= hi[i, None]) & (kp != excl[i, None])
+        lw = None if logw is None else logw[b, r_ok]
+        q64 = q[i].astype(np.float64)
+        o, ls = _partial(
+            q64, k[J[b]].astype(np.float64), v[J[b]].astype(np.float64), scale, keep, lw
+        )
+        seen = np.isfinite(ls)
+        acc64 = acc[i[seen]].astype(np.float64)
+        sub_acc, sub_L = acc64, L[i[seen]].copy()
+        _merge_into(sub_acc, sub_L, np.arange(seen.sum()), o[seen], ls[seen])
+        acc[i[seen]] = sub_acc
+        L[i[seen]] = sub_L
+
+
 def _merge_into(acc, L, rows, o, lse):
     """Merge partial ``(o, lse)`` of query ``rows`` into the accumulators ``acc``, ``L``."""
     La = L[rows]
@@ -366,7 +434,7 @@ def _topk(problem: Problem, *, rng, top_k=32):
 # Sliding window and BigBird
 # ---------------------------------------------------------------------------------------
 
-_WINDOW_BLOCK = 64  # query rows per dense block of the banded computation
+_WINDOW_BLOCK = 16  # query rows per block of the banded computation (keys gathered once)
 
 
 def _finish_sparse(problem, outs, lse, pairs, error_bound):
@@ -417,8 +485,10 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
 
     Notes
     -----
-    Computed in dense blocks of 64 query rows against the band of keys they need, so
-    the cost is about :math:`2n(2w + 64)(d + d_v)` flops per slice. Queries whose
+    Computed in blocks of 16 query rows against the band of keys they need (a Numba
+    kernel, keys gathered once per block), so the cost is about
+    :math:`2n(w + 16)(d + d_v)` flops per slice causal, :math:`2n(2w + 16)(d + d_v)`
+    otherwise. Queries whose
     window holds no key (``n > m``, non-causal) get zero output.
     """
     window = check_int(window, "window", minimum=0)
@@ -428,30 +498,25 @@ def _window(problem: Problem, *, rng, window=64, error_bound=None):
     nb = -(-n // B)
     rows = np.arange(nb * B).reshape(nb, B)
     rows = np.where(rows < n, rows, -1)
-    prow = np.where(rows >= 0, rows + problem.offset, 0)  # key position of each query
+    pos = _positions(problem)  # key position of each query
     # Keys of block b: the band from its first query's position - window to its last
     # query's position (+ window when not causal).
     width = B + window + (0 if problem.causal else window)
-    J = (prow[:, 0] - window)[:, None] + np.arange(width)[None, :]
-    keep = (J[:, None, :] >= 0) & (J[:, None, :] < m) & (rows[:, :, None] >= 0)
-    keep &= np.abs(J[:, None, :] - prow[:, :, None]) <= window
-    if problem.causal:
-        keep &= J[:, None, :] <= prow[:, :, None]
+    J = (pos[rows[:, 0]] - window)[:, None] + np.arange(width)[None, :]
     Jc = np.clip(J, 0, max(m - 1, 0))
+    lo = np.maximum(pos - window, 0)
+    hi = np.minimum(pos if problem.causal else pos + window, m - 1)
     # float64 when the exact dropped mass is wanted (kept lse must not be swamped by
     # float32 rounding), the input dtype otherwise.
     wdt = np.float64 if error_bound == "exact" else _work_dtype(problem)
+    outs = np.zeros((G, n, problem.dv), dtype=wdt)
+    lse = np.full((G, n), _NEG)
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
-        if m == 0:
-            return np.zeros((n, problem.dv)), np.full(n, _NEG)
-        o, ls = _block_partials(q, k, v, problem.scale, rows, Jc, keep)
-        return o.reshape(nb * B, -1)[:n], ls.reshape(-1)[:n]
+        _gather_attend(q, k, v, problem.scale, rows, Jc, J, lo, hi, acc=outs[g], L=lse[g])
 
-    res = map_slices(attend, range(G))
-    outs = np.stack([o for o, _ in res]).astype(np.float64)
-    lse = np.stack([ls for _, ls in res])
+    map_slices(attend, range(G))
     pairs = G * int(np.sum((rows >= 0).sum(axis=1) * ((J >= 0) & (J < m)).sum(axis=1)))
     return _finish_sparse(problem, outs, lse, pairs, error_bound)
 
@@ -511,69 +576,81 @@ def _bigbird(
     # 2 nkb + 1 blocks around any position already cover every key block.
     n_window = min(n_window, 2 * nkb + 1)
     pos = _positions(problem)
-    pairs = 0
     n_global_pos = n_global * bs
     nqb = -(-n // bs)
     rows = np.arange(nqb * bs).reshape(nqb, bs)
     rows = np.where(rows < n, rows, -1)
     # The pattern: key blocks of every query block of every slice, drawn in a fixed
-    # order from positions and rng only (never from the data).
+    # order from positions and rng only (never from the data). The window and global
+    # blocks depend on positions only (vectorised); the random blocks are drawn per
+    # query block, ``rng.choice(pool size, n_draw)`` mapped onto the pool of blocks not
+    # yet included (the same draws as ``rng.choice(pool, n_draw)``).
+    starts = np.arange(0, n, bs)
+    p_lo, p_hi = pos[starts], pos[np.minimum(starts + bs, n) - 1]
+    b_lo = np.where(p_lo >= 0, p_lo // bs, -1)
+    b_hi = np.where(p_hi >= 0, p_hi // bs, -1)
+    if problem.causal:
+        w_lo, w_hi, top = b_lo - (n_window - 1), b_hi, b_hi
+    else:
+        h = n_window // 2
+        w_lo, w_hi, top = b_lo - h, b_hi + h, np.full(nqb, nkb - 1)
+    fixed = []  # sorted window + global blocks of each query block
+    for t in range(nqb):
+        win = range(max(int(w_lo[t]), 0), min(int(w_hi[t]), nkb - 1) + 1)
+        glob = range(min(n_global, nkb, int(top[t]) + 1))
+        fixed.append(sorted({*win, *glob}))
+    n_pool = [
+        max(0, min(int(top[t]), nkb - 1) + 1 - sum(1 for c in fx if c <= top[t]))
+        for t, fx in enumerate(fixed)
+    ]
     plans = []
     for _ in range(G):
         plan = []
-        for r0 in range(0, n, bs):
-            r1 = min(n, r0 + bs)
-            p = pos[r0:r1]
-            b_lo = int(p[0]) // bs if p[0] >= 0 else -1
-            b_hi = int(p[-1]) // bs if p[-1] >= 0 else -1
-            if problem.causal:
-                win = range(b_lo - (n_window - 1), b_hi + 1)
-                top = b_hi
-            else:
-                h = n_window // 2
-                win = range(b_lo - h, b_hi + h + 1)
-                top = nkb - 1
-            blocks = {b for b in win if 0 <= b < nkb}
-            blocks |= {b for b in range(min(n_global, nkb)) if b <= top}
-            pool = np.array([b for b in range(min(top, nkb - 1) + 1) if b not in blocks])
-            n_draw = min(n_random, pool.size)
+        for t in range(nqb):
+            blocks = fixed[t]
+            n_draw = min(n_random, n_pool[t])
             # Drawn for every block (even with an empty pool the draw count is fixed by
             # positions only), so the pattern never depends on the data.
             if n_draw:
-                blocks |= set(rng.choice(pool, size=n_draw, replace=False).tolist())
-            plan.append(sorted(blocks))
+                extra = []
+                for x in rng.choice(n_pool[t], size=n_draw, replace=False).tolist():
+                    for c in blocks:  # the x-th block not in ``blocks``
+                        if c <= x:
+                            x += 1
+                    extra.append(x)
+                blocks = sorted(blocks + extra)
+            plan.append(blocks)
         plans.append(plan)
-    width = max((len(b) for plan in plans for b in plan), default=0) * bs
+    n_blocks = max((len(b) for plan in plans for b in plan), default=0)
+    width = n_blocks * bs
     gq = np.flatnonzero((pos >= 0) & (pos < n_global_pos))
     wdt = np.float64 if error_bound == "exact" else _work_dtype(problem)
+    outs = np.zeros((G, n, problem.dv), dtype=wdt)
+    lse = np.full((G, n), _NEG)
+    lo = np.zeros(n, dtype=np.int64)
+    hi = np.minimum(pos, m - 1) if problem.causal else np.full(n, m - 1)
+    n_rows = (rows >= 0).sum(axis=1)
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
-        out = np.zeros((n, problem.dv), dtype=wdt)
-        lse_g = np.full(n, _NEG)
+        out, lse_g = outs[g], lse[g]
         if width == 0 or m == 0:
-            return out, lse_g, 0
-        J = np.full((nqb, width), -1, dtype=np.int64)
-        for b, blocks in enumerate(plans[g]):
-            if blocks:
-                j = np.concatenate([np.arange(c * bs, min(m, (c + 1) * bs)) for c in blocks])
-                J[b, : j.size] = j
-        keep = (J[:, None, :] >= 0) & (rows[:, :, None] >= 0)
-        if problem.causal:
-            keep &= J[:, None, :] <= np.where(rows >= 0, rows + problem.offset, -1)[:, :, None]
-        o, ls = _block_partials(q, k, v, problem.scale, rows, np.maximum(J, 0), keep)
-        out[:] = o.reshape(nqb * bs, -1)[:n]
-        lse_g[:] = ls.reshape(-1)[:n]
-        npairs = int(np.sum((rows >= 0).sum(axis=1) * (J >= 0).sum(axis=1)))
+            return 0
+        blk = np.full((nqb, n_blocks), -1, dtype=np.int64)
+        for t, blocks in enumerate(plans[g]):
+            blk[t, : len(blocks)] = blocks
+        J = (blk[:, :, None] * bs + np.arange(bs)).reshape(nqb, width)
+        J = np.where(
+            (blk[:, :, None] >= 0).repeat(bs, axis=2).reshape(nqb, width) & (J < m), J, -1
+        )
+        _gather_attend(q, k, v, problem.scale, rows, np.maximum(J, 0), J, lo, hi, acc=out, L=lse_g)
+        npairs = int(np.sum(n_rows * (J >= 0).sum(axis=1)))
         # Global queries (positions < n_global * block_size) see every visible key.
         if gq.size:
             keep_g = (np.arange(m)[None, :] <= pos[gq, None]) if problem.causal else None
             out[gq], lse_g[gq] = _partial(q[gq], k, v, problem.scale, keep_g)
             npairs += gq.size * m
-        return out, lse_g, npairs
+        return npairs
 
-    res = map_slices(attend, range(G))
-    outs = np.stack([o for o, _, _ in res]).astype(np.float64)
-    lse = np.stack([ls for _, ls, _ in res])
-    pairs = sum(c for _, _, c in res)
+    pairs = sum(map_slices(attend, range(G)))
     return _finish_sparse(problem, outs, lse, pairs, error_bound)

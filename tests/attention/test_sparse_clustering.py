@@ -335,3 +335,83 @@ def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
         np.testing.assert_allclose(lf[i], lfi[0], rtol=tol, atol=tol)
     assert nk[1] == min(kk, 5) and ns[1] == 5 and ns[2] == 17
     assert set(sel[1, : nk[1]]) <= set(range(5)) and np.all(sel[1, nk[1] :] == -1)
+
+
+def _gather_case(rng, dtype, with_logw):
+    n, m, d, dv, nb, B, W = 23, 31, 6, 5, 5, 4, 9
+    q = rng.standard_normal((n, d)).astype(dtype)
+    k = rng.standard_normal((m, d)).astype(dtype)
+    v = rng.standard_normal((m, dv)).astype(dtype)
+    rows = rng.permutation(n)[: nb * B].reshape(nb, B)
+    rows[1, 2] = rows[3, 0] = -1  # padding
+    J = rng.integers(0, m, (nb, W))
+    kpos = J.copy()
+    kpos[0, 3] = -5  # out-of-range positions are never visible
+    kpos[2, :] = m  # a block that nobody sees
+    lo = rng.integers(0, 6, n)
+    hi = lo + rng.integers(0, m, n)
+    excl = np.where(rng.random(n) < 0.5, rng.integers(0, m, n), -1)
+    logw = -np.log(rng.integers(1, 4, (nb, B, W))).astype(dtype) if with_logw else None
+    # accumulators already holding partial results for some rows (merged into)
+    acc = rng.standard_normal((n, dv)).astype(dtype)
+    L = np.where(rng.random(n) < 0.5, rng.standard_normal(n), -np.inf)
+    acc[np.isneginf(L)] = 0
+    return q, k, v, rows, J, kpos, lo, hi, excl, logw, acc, L
+
+
+@pytest.mark.parametrize("with_logw", [False, True])
+def test_gather_attend_kernel_matches_numpy_reference(rng, dtype, with_logw):
+    import attention.sparse as sp
+
+    q, k, v, rows, J, kpos, lo, hi, excl, logw, acc, L = _gather_case(rng, dtype, with_logw)
+    acc0, L0 = acc.copy(), L.copy()
+    a1, l1 = sp._gather_attend(
+        q, k, v, 0.7, rows, J, kpos, lo, hi, excl, logw, acc.copy(), L.copy()
+    )
+    a2, l2 = acc.copy(), L.copy()
+    sp._gather_attend_numpy(q, k, v, rows, J, kpos, lo, hi, excl, 0.7, logw, a2, l2)
+    np.testing.assert_allclose(a1, a2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    np.testing.assert_allclose(l1, l2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    assert np.all(np.isfinite(a1))
+    # a row that is in no block, or sees nothing, keeps its accumulators
+    untouched = np.setdiff1d(np.arange(q.shape[0]), rows[rows >= 0])
+    np.testing.assert_array_equal(a1[untouched], acc0[untouched])
+    np.testing.assert_array_equal(l1[untouched], L0[untouched])
+    # the reference itself: one row by hand
+    b, r = 0, 0
+    i = rows[b, r]
+    vis = (kpos[b] >= lo[i]) & (kpos[b] <= hi[i]) & (kpos[b] != excl[i])
+    if vis.any():
+        s = q[i].astype(float) @ k[J[b, vis]].T.astype(float) * 0.7
+        if logw is not None:
+            s = s + logw[b, r, vis]
+        lse = np.logaddexp.reduce(s)
+        y = np.exp(s - lse) @ v[J[b, vis]].astype(float)
+        if np.isfinite(L0[i]):
+            new = np.logaddexp(L0[i], lse)
+            y = np.exp(L0[i] - new) * acc0[i] + np.exp(lse - new) * y
+            lse = new
+        np.testing.assert_allclose(a2[i], y, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+        np.testing.assert_allclose(l2[i], lse, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("window", {"window": 5}),
+        ("bigbird", {"block_size": 4}),
+        ("reformer", {"chunk_size": 4, "n_rounds": 2}),
+        ("routing", {"n_clusters": 3, "cluster_size": 8}),
+    ],
+)
+@pytest.mark.parametrize("causal", [True, False])
+def test_methods_same_with_numpy_gather(rng, monkeypatch, dtype, method, params, causal):
+    import attention.sparse as sp
+
+    Q, K, V = _qkv(rng, dtype, n=33, m=41)
+    a = approximate(Q, K, V, method, rng=3, causal=causal, **params)
+    monkeypatch.setattr(sp, "_USE_KERNEL", False)
+    b = approximate(Q, K, V, method, rng=3, causal=causal, **params)
+    np.testing.assert_allclose(a.output, b.output, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    np.testing.assert_allclose(a.lse, b.lse, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    assert a.cost == b.cost
