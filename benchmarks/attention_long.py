@@ -59,8 +59,9 @@ SWEEP = [
     ("topk", {"top_k": 128}),
     ("bigbird", {"block_size": 64, "n_window": 5, "n_random": 4}),
     ("hyperattention", {"sample_size": 512}),
-    # without the bound's extra exact float64 pass (the method's own cost)
-    ("hyperattention", {"error_bound": False}),
+    # the bounds: the sampled-row certificate, and the Markov bound (an extra exact pass)
+    ("hyperattention", {"error_bound": True}),
+    ("hyperattention", {"error_bound": "exact"}),
     ("levattention", {"n_keys": 256}),
     ("performer", {"n_features": 64}),
     ("loki", {"rank": 32, "top_k": 256}),

@@ -142,7 +142,8 @@ def test_causal_no_future_leakage(sampling, rng):
 def test_causal_rectangular_and_empty_rows(rng):
     # n > m: the first n - m queries see no key (zero output, lse = -inf).
     Q, K, V = _qkv(rng, n=300, m=200)
-    res = approximate(Q, K, V, "hyperattention", rng=rng, causal=True, min_seq_len=32)
+    kw = {"causal": True, "min_seq_len": 32, "error_bound": "exact"}
+    res = approximate(Q, K, V, "hyperattention", rng=rng, **kw)
     Y = _exact(Q, K, V, causal=True)
     assert np.all(res.output[:, :100] == 0)
     assert np.all(np.isneginf(res.lse[:, :100]))
@@ -170,6 +171,8 @@ def test_dtypes_and_shapes(name, dtype, rng):
     K = rng.standard_normal((2, 2, 96, 8)).astype(dtype)
     V = rng.standard_normal((2, 2, 96, 5)).astype(dtype)
     kw = {"min_seq_len": 16} if name != "kdeformer" else {}
+    if name == "hyperattention":
+        kw["error_bound"] = True  # the certificate (grouped-query heads passed through)
     res = approximate(Q, K, V, name, rng=0, block_size=16, sample_size=24, **kw)
     assert res.output.shape == (2, 4, 96, 5)
     assert res.output.dtype == dtype
@@ -311,6 +314,8 @@ def test_exact_when_not_cheaper(name, rng):
     Q, K, V = _qkv(rng, n=96, m=96)
     kw = {"min_seq_len": 8, "n_select": 96} if name == "prescoring" else {"min_seq_len": 8}
     kw = {} if name == "kdeformer" else kw
+    # the Markov bound (zero at the exact limit; HyperAttention's default is a certificate)
+    kw["error_bound"] = "exact"
     res = approximate(Q, K, V, name, rng=0, block_size=32, sample_size=64, **kw)
     assert relative_error(res.output, _exact(Q, K, V)) < 1e-12
     assert res.cost.kernel_evals == 96 * 96
@@ -364,3 +369,24 @@ def test_causal_plan_pieces_cover_the_triangle():
             cover[r0 : r0 + nr, k0 : k0 + mk] += vis
         want = np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n)
         np.testing.assert_array_equal(cover, want.astype(int))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_hyperattention_certificate_bound(rng, causal):
+    # error_bound=True is sub-quadratic: 64 exact rows, counted in the cost; the output
+    # is the one without a bound (the certificate draws after the method). Default: none.
+    Q, K, V = _qkv(rng, n=300, m=300)
+    kw = dict(rng=4, causal=causal, min_seq_len=32, block_size=16, sample_size=16)
+    plain = approximate(Q, K, V, "hyperattention", error_bound=False, **kw)
+    assert approximate(Q, K, V, "hyperattention", **kw).bound is None
+    res = approximate(Q, K, V, "hyperattention", error_bound=True, **kw)
+    np.testing.assert_array_equal(res.output, plain.output)
+    assert res.bound.kind == "probabilistic" and res.bound.norm == "fro"
+    assert "sampled-row certificate" in res.bound.assumptions
+    assert res.cost.flops == plain.cost.flops + 2 * 64 * 300 * (Q.shape[-1] + V.shape[-1])
+    err = np.linalg.norm(res.output - _exact(Q, K, V, causal=causal))
+    assert err <= res.bound.value
+    markov = approximate(Q, K, V, "hyperattention", error_bound="exact", **kw)
+    assert "Markov" in markov.bound.assumptions
+    with pytest.raises(ValueError, match="certificate"):
+        approximate(Q, K, V, "hyperattention", error_bound="nope", **kw)

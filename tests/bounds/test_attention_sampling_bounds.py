@@ -152,7 +152,10 @@ def _failure_run(name, Q, K, V, draws, rng, **kw):
 
 CASES = [
     ("kdeformer", {"sample_size": 16, "block_size": 32}),
-    ("hyperattention", {"sample_size": 16, "block_size": 32, "min_seq_len": 32}),
+    (
+        "hyperattention",
+        {"sample_size": 16, "block_size": 32, "min_seq_len": 32, "error_bound": "exact"},
+    ),
     (
         "hyperattention",
         {
@@ -161,7 +164,13 @@ CASES = [
             "min_seq_len": 32,
             "sampling": "row_norm",
             "causal": True,
+            "error_bound": "exact",
         },
+    ),
+    # the sampled-row certificate (64 of 128 rows)
+    (
+        "hyperattention",
+        {"sample_size": 16, "block_size": 32, "min_seq_len": 32, "error_bound": True},
     ),
     ("prescoring", {"sample_size": 16, "block_size": 32, "min_seq_len": 32, "n_select": 96}),
 ]
@@ -207,6 +216,9 @@ def test_bound_on_real_heads(sample, name, rng):
     Y = reference_attention(Q, K, V, scale=s.scale, causal=s.causal).astype(np.float64)
     draws, delta, fails = 4, 0.1, 0
     for _ in range(draws):
-        res = approximate(Q, K, V, name, rng=rng, scale=s.scale, causal=s.causal, delta=delta)
+        kw = {"error_bound": True} if name == "hyperattention" else {}
+        res = approximate(
+            Q, K, V, name, rng=rng, scale=s.scale, causal=s.causal, delta=delta, **kw
+        )
         fails += int(np.linalg.norm(res.output - Y) > res.bound.value)
     assert _binomial_ok(fails, draws, delta), (fails, draws)
