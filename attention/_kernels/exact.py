@@ -64,12 +64,17 @@ score row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
-* the exponential is hand-written (:mod:`rnla._kernels.fastexp`, shared with the adaptive
-  and kernel-matrix kernels: Cody-Waite range reduction, a Taylor polynomial, and
-  ``2^k`` obtained by shifting the bit pattern of the rounded ``x log2(e) + bias``),
-  fused with the row sum into one pass; the sum is a reassociable ``fadd`` (vectorised,
-  in the input dtype inside one tile, then added to the float64 running normaliser).
-  Numba's ``np.exp`` compiles to a scalar libm call that cannot be vectorised.
+* the exponential is hand-written (:mod:`rnla._kernels.fastexp`: Cody-Waite range
+  reduction, a polynomial, ``2^k`` from the rounded ``x log2(e)``), fused with the row
+  sum into one pass; the sum is in the input dtype inside one tile, then added to the
+  float64 running normaliser. Numba's ``np.exp`` compiles to a scalar libm call that
+  cannot be vectorised. The register-tile path uses the explicit 512-bit row kernel
+  :data:`rnla._kernels.fastexp._exp_sum_vec` (Chebyshev polynomials of degree 6 / 11
+  instead of Taylor 7 / 13, ``vscalef`` for ``2^k`` and the underflow cut on AVX-512:
+  14 / 19 vector operations per vector against 20 / 26; one thread, row in L1: 0.136
+  against 0.215 ns per entry in float32, 0.37 against 0.54 in float64; the whole
+  prefill 5% faster in both, n = 4096, interleaved A/B at load 2.8); the BLAS path
+  keeps the Taylor kernel shared with the adaptive and kernel-matrix kernels.
 
 Both passes ask LLVM for 512-bit vectors (the function attribute
 ``prefer-vector-width=512``; without it LLVM uses 256-bit vectors on AVX-512 CPUs); on
@@ -127,6 +132,7 @@ from rnla._kernels.fastexp import (  # noqa: F401 - re-exported to the other ker
     _add_reassoc,
     _exp_f32,
     _exp_f64,
+    _exp_sum_vec,
     _pow2_bits,
 )
 from rnla._kernels.intrinsics import _fetch_add, _wide_vectors
@@ -225,6 +231,27 @@ def _softmax_cols(s, w, mrow, lrow, alpha):
         alpha[i] = a
         mrow[i] = mnew
         lrow[i] = a * lrow[i] + _exp_sum(srow, mnew)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_rows_vec(sbuf, ld, nr, w, mrow, lrow, alpha):
+    """:func:`_softmax_cols` on rows ``i < nr`` of a flat score buffer (stride ``ld``).
+
+    The exponential-and-sum is :data:`rnla._kernels.fastexp._exp_sum_vec` (explicit
+    512-bit vectors; ``vscalef`` on AVX-512 CPUs, portable IR elsewhere).
+    """
+    for i in range(nr):
+        off = i * ld
+        srow = sbuf[off : off + w]
+        mnew = max(mrow[i], np.float64(_row_max(srow)))
+        if mnew == -np.inf:
+            srow[:] = 0
+            alpha[i] = 1.0
+            continue
+        a = 1.0 if mnew == mrow[i] else np.exp(mrow[i] - mnew)
+        alpha[i] = a
+        mrow[i] = mnew
+        lrow[i] = a * lrow[i] + np.float64(_exp_sum_vec(sbuf, off, w, mnew))
 
 
 # Stacked rows up to which the split-key kernel forms ``S = Q K^T`` with the loop below
@@ -624,8 +651,15 @@ def _prefill_task(
     bk,
     out,
     lse,
+    sbuf,
+    accbuf,
 ):
-    """Task ``t`` of :func:`_attend_blocks`: query block ``t % nqb`` of slice ``t // nqb``."""
+    """Task ``t`` of :func:`_attend_blocks`: query block ``t % nqb`` of slice ``t // nqb``.
+
+    ``sbuf``: the calling thread's score buffer (at least ``bq * (bk + _PAD)`` entries)
+    and ``accbuf`` its float64 accumulator (at least ``bq * dv``), allocated once per
+    thread (a fresh 0.6-1.2 MB buffer per task costs page faults).
+    """
     d = q.shape[2]
     m = k.shape[1]
     dv = v.shape[2]
@@ -676,9 +710,9 @@ def _prefill_task(
     tiles = kt.shape[1] > 0
     mp = kt.shape[1] // max(d, 1)
     wide = _TILE_VECS * (64 // q.itemsize)
-    sbuf = np.empty(nb * (bk + _PAD), dtype=q.dtype)
     pv = np.empty((nb, dv), dtype=q.dtype)
-    acc = np.zeros((nb, dv))
+    acc = accbuf[: nb * dv].reshape((nb, dv))
+    acc[:] = 0.0
     mrow = np.full(nb, neg_inf)
     lrow = np.zeros(nb)
     alpha = np.ones(nb)
@@ -732,11 +766,12 @@ def _prefill_task(
                     for jj in range(max(hi, 0), wr):
                         s[i, jj] = neg_inf
             ma = mrow[r0 : r0 + nr]
-            _softmax_cols(s, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
             if tiles:
+                _softmax_rows_vec(sbuf, ws, nr, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
                 vf = v[gk].reshape(-1)
                 _gemm_tiles(sbuf, vf, pv.reshape(-1), 0, j0 * dv, 0, nr, wr, dv, ws, dv, dv, False)
             else:
+                _softmax_cols(s, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
                 np.dot(s, v[gk, j0 : j0 + wr], pv[:nr])
             for i in range(nr):
                 a = alpha[r0 + i]
@@ -810,6 +845,8 @@ def _attend_blocks(
             t0 = t * n_lims // n_workers
             _mask_limits(mask_b, mask_f, mask_mode, rows, lims, t0, (t + 1) * n_lims // n_workers)
     for _ in prange(n_workers):
+        sbuf = np.empty(bq * (bk + _PAD), dtype=q.dtype)
+        accbuf = np.empty(bq * v.shape[2])
         while True:
             tt = _fetch_add(counter)
             if tt >= order.shape[0]:
@@ -834,6 +871,8 @@ def _attend_blocks(
                 bk,
                 out,
                 lse,
+                sbuf,
+                accbuf,
             )
 
 

@@ -20,8 +20,11 @@ from attention._kernels.exact import (
     _nonfinite_probe,
     _pack_kt,
     _qk_small,
+    _softmax_cols,
+    _softmax_rows_vec,
 )
 from attention.exact import _attend, merge_partials, reference_attention, softmax_attention
+from rnla._kernels.fastexp import _HAS_AVX512, _make_exp_sum
 
 # Max-norm error relative to max |Y| (target: ~1e-13 in float64, ~1e-6 in float32).
 RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
@@ -612,6 +615,81 @@ def test_exp_kernel_against_numpy(kernel, dt, lo, cut):
     s = np.array([3.0, 2.0, -np.inf], dtype=dt)
     kernel(s, 3.0)
     np.testing.assert_allclose(s, np.exp(np.array([0.0, -1.0, -np.inf])), rtol=4e-7)
+
+
+_exp_sum_portable = _make_exp_sum(False)
+_exp_sum_scalef = _make_exp_sum(True)
+
+
+@numba.njit
+def _call_exp_sum_portable(s, off, w, mx):
+    return _exp_sum_portable(s, off, w, mx)
+
+
+@numba.njit
+def _call_exp_sum_scalef(s, off, w, mx):  # compiled only on AVX-512 CPUs (test skipped)
+    return _exp_sum_scalef(s, off, w, mx)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "portable",
+        pytest.param("scalef", marks=pytest.mark.skipif(not _HAS_AVX512, reason="needs AVX-512")),
+    ],
+)
+@pytest.mark.parametrize(
+    ("dt", "lo", "cut"), [(np.float32, -90.0, -87.0), (np.float64, -745.0, -708.0)]
+)
+def test_exp_sum_vec_against_numpy(rng, variant, dt, lo, cut):
+    """Row exponential of the prefill kernel: <= 1 ulp on the whole range, 0 below."""
+    call = _call_exp_sum_portable if variant == "portable" else _call_exp_sum_scalef
+    x = np.concatenate(
+        [
+            np.linspace(lo, 0.0, 100_003),
+            lo * rng.random(100_000),
+            -1e-3 * rng.random(1000),
+            [0.0, -0.0, cut, np.nextafter(cut, 0.0), np.nextafter(cut, -1.0), -np.inf],
+        ]
+    ).astype(dt)
+    s = x.copy()
+    total = call(s, 0, s.shape[0], 0.0)
+    ref = np.exp(x.astype(np.longdouble))
+    normal = x >= cut
+    ulp = np.abs(s[normal] - ref[normal]) / np.spacing(ref[normal].astype(dt))
+    assert float(ulp.max()) <= 1.0
+    assert np.all(s[~normal] == 0)  # below the cut (and -inf): exactly 0
+    assert s[x == 0][0] == 1.0
+    np.testing.assert_allclose(total, float(s.astype(np.float64).sum()), rtol=1e-5)
+    # Offsets and partial vectors: entries outside [off, off + w) are not touched.
+    for w in (0, 1, 7, 8, 9, 15, 16, 17, 33):
+        buf = np.full(w + 2, 5.0, dtype=dt)
+        buf[1 : w + 1] = x[-w - 7 : -7] if w else []
+        want = np.exp(buf[1 : w + 1].astype(np.float64) - 0.5)
+        got = call(buf, 1, w, 0.5)
+        assert buf[0] == 5.0 and buf[-1] == 5.0
+        np.testing.assert_allclose(buf[1 : w + 1], want, rtol=4e-7)
+        np.testing.assert_allclose(got, want.sum(), rtol=1e-6)
+
+
+def test_softmax_rows_vec_matches_row_kernel(rng, dtype):
+    """The prefill softmax on a flat buffer equals the row kernel to rounding."""
+    nr, w, ld = 7, 45, 64
+    s = (3 * rng.standard_normal((nr, ld))).astype(dtype)
+    s[2, :] = -np.inf  # a row that sees nothing yet
+    s[4, 5:] = -np.inf
+    mrow = np.array([-np.inf, 0.5, -np.inf, 9.0, -np.inf, 1.0, -np.inf])
+    lrow = np.array([0.0, 2.0, 0.0, 3.0, 0.0, 1.0, 0.0])
+    got = [s.copy().reshape(-1), mrow.copy(), lrow.copy(), np.ones(nr)]
+    want = [s.copy(), mrow.copy(), lrow.copy(), np.ones(nr)]
+    _softmax_rows_vec(got[0], ld, nr, w, got[1], got[2], got[3])
+    _softmax_cols(want[0], w, want[1], want[2], want[3])
+    tol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(got[0].reshape(nr, ld)[:, :w], want[0][:, :w], rtol=tol, atol=0)
+    np.testing.assert_array_equal(got[1], want[1])
+    for a, b in zip(got[2:], want[2:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol)
+    assert np.all(got[0].reshape(nr, ld)[2, :w] == 0)
 
 
 @pytest.mark.parametrize(("R", "w", "d"), [(1, 1, 1), (3, 700, 64), (8, 33, 5), (2, 9, 63)])
