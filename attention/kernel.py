@@ -56,7 +56,10 @@ from attention._core import (
 from attention._kernels.features import (
     _block_unions,
     _bucket_weights,
+    _chunk_features,
     _cumsum_rows,
+    _exp_rows,
+    _finish_rows,
     _gather_rows,
     _online_leverage,
     _prefix_states,
@@ -89,6 +92,10 @@ __all__ = [
 ]
 
 _CHUNK = 32  # keys and queries per chunk of the causal prefix-sum kernel
+# Rows per segment of the row-blocked passes (feature GEMMs and exponentials, chunk
+# products): their temporaries stay in the core's cache instead of streaming n x M
+# arrays through memory (about 10 GB/s on the reference machine beyond 16 MB).
+_SEGMENT_ROWS = 512
 _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
 _MAX_TAYLOR_DEGREE = 64  # 1/64! ~ 1e-89; higher degrees only add features
@@ -154,7 +161,7 @@ class _KeyState(NamedTuple):
     chunk: int = _CHUNK
 
 
-def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CHUNK):
+def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CHUNK, lk_off=None):
     r"""Key side of (causal) linear attention: features, chunk states and shifts.
 
     Parameters
@@ -172,6 +179,9 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
         Causal (bottom-right aligned) masking.
     chunk : int
         Keys (and queries) per chunk ``C``.
+    lk_off : ndarray of float64 (m,), optional
+        Per-key term of the log-features: key ``j`` has the log-features ``lk[j] +
+        lk_off[j]`` (so that ``lk`` need not be shifted row by row first).
 
     Returns
     -------
@@ -189,10 +199,16 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
     :math:`S_c = e^{s_{c-1} - s_c}(S_{c-1} + F_{c-1}^T \tilde V_{c-1})`,
     :math:`S_0 = e^{s_{pre} - s_0} F_{pre}^T \tilde V_{pre}` (online-softmax rescaling).
     All chunk products are one batched GEMM: :math:`2 m M w` flops and
-    :math:`O(mM + (m/C) M w)` memory.
+    :math:`O(mM + (m/C) M w)` memory. Log-form features are built by one Numba pass
+    (:func:`attention._kernels.features._chunk_features`: chunk maxima, shifts and
+    exponentials) and stored transposed (``F`` is a view of a contiguous ``(nc, M, C)``
+    array), so both chunk GEMMs take plain operands.
     """
     m, w = vaug.shape
     dt = vaug.dtype
+    if lk is not None and lk_off is not None and (not causal or sk is not None):
+        lk = lk + lk_off[:, None].astype(lk.dtype)  # rare forms: materialise the logs
+        lk_off = None
     if not causal:
         c = float(lk.max()) if lk is not None and lk.size else 0.0
         phk = _key_block(lk, sk, 0, m, c)
@@ -207,18 +223,27 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
     pad = nc * C - na
     M = (lk if lk is not None else sk).shape[1]
     if lk is not None:
-        s_pre = float(lk[:p].max()) if p > 0 else -np.inf
-        lka = lk[p:]
-        if pad:
-            lka = np.concatenate([lka, np.full((pad, M), -np.inf, dtype=lka.dtype)])
-        lka = lka.reshape(nc, C, M)
-        s = np.maximum.accumulate(np.maximum(lka.max(axis=(1, 2)).astype(np.float64), s_pre))
-        F = np.exp(lka - s.astype(lka.dtype)[:, None, None])
-        if sk is not None:
-            ska = sk[p:]
-            if pad:
-                ska = np.concatenate([ska, np.zeros((pad, M), dtype=ska.dtype)])
-            F *= ska.reshape(nc, C, M)
+        off = np.zeros(m) if lk_off is None else np.asarray(lk_off, dtype=np.float64)
+        s_pre = float(np.max(lk[:p].max(axis=1) + off[:p])) if p > 0 and M > 0 else -np.inf
+        s = np.empty(nc)
+        if M > 0:
+            Ft = np.empty((nc, M, C), dtype=lk.dtype)
+            mult = sk if sk is not None else np.zeros((1, 1), dtype=lk.dtype)
+            _chunk_features(
+                np.ascontiguousarray(lk),
+                off,
+                np.ascontiguousarray(mult, dtype=lk.dtype),
+                sk is not None,
+                p,
+                C,
+                s_pre,
+                Ft,
+                s,
+            )
+        else:
+            Ft = np.zeros((nc, 0, C), dtype=lk.dtype)
+            s[:] = 0.0 if not math.isfinite(s_pre) else s_pre
+        F = Ft.transpose(0, 2, 1)
     else:
         s_pre = 0.0
         s = np.zeros(nc)
@@ -230,10 +255,19 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
     if pad:
         Vc = np.concatenate([Vc, np.zeros((pad, w), dtype=dt)])
     Vc = Vc.reshape(nc, C, w)
-    Z = np.matmul(F.transpose(0, 2, 1), Vc)  # (nc, M, w): each chunk's own sum
-    S = np.empty_like(Z)
+    # S[c] for c >= 1 first holds chunk c - 1's own sum F_{c-1}^T V_{c-1} (one batched
+    # GEMM written in place; the last chunk's sum is never needed), then the prefix.
+    S = np.empty((nc, M, w), dtype=np.result_type(F.dtype, dt))
+    if nc > 1:
+        np.matmul(F[:-1].transpose(0, 2, 1), Vc[:-1], out=S[1:])
     if p > 0:
-        S[0] = _key_block(lk, sk, 0, p, s_pre).T @ vaug[:p]
+        if lk is not None:
+            pre = np.exp(lk[:p] + (off[:p] - s_pre)[:, None].astype(lk.dtype))
+            if sk is not None:
+                pre *= sk[:p]
+        else:
+            pre = sk[:p]
+        S[0] = pre.T @ vaug[:p]
         if s[0] > s_pre:
             S[0] *= dt.type(math.exp(s_pre - s[0]))
     else:
@@ -244,7 +278,7 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
         fac = np.ones(nc, dtype=dt)
         for c in np.flatnonzero(rescale):
             fac[c] = math.exp(s[c - 1] - s[c])
-        _prefix_states(Z, fac, rescale, S)  # S[c] = (S[c-1] + Z[c-1]) * fac[c]
+        _prefix_states(S, fac, rescale)  # S[c] = (S[c-1] + F_{c-1}^T V_{c-1}) * fac[c]
     return _KeyState(True, S, s, F, Vc, n=n, first=first, chunk=C)
 
 
@@ -255,29 +289,47 @@ def _apply_state(phq: np.ndarray, st: _KeyState):
     ``shift`` is float64, ``-inf`` for rows that see no key. Causal: per chunk one
     batched GEMM :math:`\Phi_{Q,c} S_c` (the earlier keys) plus the masked in-chunk
     product :math:`(\Phi_{Q,c} F_c^T \odot L)\tilde V_c` (``L`` lower triangular with
-    its diagonal): :math:`2nMw + 2nC(M + w)` flops.
+    its diagonal): :math:`2nMw + 2nC(M + w)` flops. Without padding (``C`` divides the
+    aligned rows, no unaligned rows) the chunk products are written into ``out``
+    directly.
     """
     n = st.n
     dt = phq.dtype
     if not st.causal:
         return phq @ st.S, np.full(n, float(st.s))
     w = st.S.shape[2] if st.S.ndim == 3 else 0
-    out = np.zeros((n, w), dtype=dt)
     shift = np.full(n, -np.inf)
     if st.first >= n:
-        return out, shift
+        return np.zeros((n, w), dtype=dt), shift
     nc, C, M = st.F.shape
     na = n - st.first
     pad = nc * C - na
     P = phq[st.first :]
     if pad:
         P = np.concatenate([P, np.zeros((pad, M), dtype=dt)])
-    P = P.reshape(nc, C, M)
-    blk = np.matmul(P, st.S)
-    A = np.matmul(P, st.F.transpose(0, 2, 1))
-    A *= np.tri(C, dtype=dt)
-    blk += np.matmul(A, st.Vc)
-    out[st.first :] = blk.reshape(nc * C, w)[:na]
+    P = np.ascontiguousarray(P).reshape(nc, C, M)
+    direct = st.first == 0 and not pad
+    blk = np.empty((nc, C, w), dtype=dt)
+    # Segments of chunks whose temporaries stay in cache (the n x w products of a whole
+    # long sequence do not): the same batched GEMMs, segment by segment.
+    seg = max(1, _SEGMENT_ROWS // C)
+    A = np.empty((min(seg, nc), C, C), dtype=dt)
+    tmp = np.empty((min(seg, nc), C, w), dtype=dt)
+    tri = np.tri(C, dtype=dt)
+    Ft = st.F.transpose(0, 2, 1)
+    for c0 in range(0, nc, seg):
+        c1 = min(nc, c0 + seg)
+        a, t = A[: c1 - c0], tmp[: c1 - c0]
+        np.matmul(P[c0:c1], st.S[c0:c1], out=blk[c0:c1])
+        np.matmul(P[c0:c1], Ft[c0:c1], out=a)
+        a *= tri
+        np.matmul(a, st.Vc[c0:c1], out=t)
+        blk[c0:c1] += t
+    if direct:
+        out = blk.reshape(n, w)
+    else:
+        out = np.zeros((n, w), dtype=dt)
+        out[st.first :] = blk.reshape(nc * C, w)[:na]
     shift[st.first :] = np.repeat(st.s, C)[:na]
     return out, shift
 
@@ -555,15 +607,45 @@ def _rf_query_features(q: np.ndarray, W: np.ndarray, features: str):
     """
     if features == "trig":
         return _query_features(*_rf_logs(q, W, features, True))
-    u = q @ W.T.astype(q.dtype, copy=False)
-    if features == "hyperbolic":
-        u = np.hstack([u, -u])
+    Wt = W.T.astype(q.dtype, copy=False)
     M = W.shape[0] * (2 if features == "hyperbolic" else 1)
-    umax = u.max(axis=1)
-    u -= umax[:, None]
-    np.exp(u, out=u)
     half = 0.5 * np.einsum("ij,ij->i", q, q, dtype=np.float64)
-    return u, umax.astype(np.float64) - half - 0.5 * math.log(M)
+    off = -half - 0.5 * math.log(M)
+    n = q.shape[0]
+    cq = np.empty(n)
+    if features == "hyperbolic":
+        u = q @ Wt
+        u = np.hstack([u, -u])
+        if M:
+            _exp_rows(u, off, cq)
+        else:
+            cq[:] = off
+        return u, cq
+    u = np.empty((n, M), dtype=q.dtype)
+    if M == 0:
+        cq[:] = off
+        return u, cq
+    # By row segments: the GEMM's output is exponentiated while it is in cache (one
+    # pass: row maximum, shift, exp).
+    for i0 in range(0, n, _SEGMENT_ROWS):
+        i1 = min(n, i0 + _SEGMENT_ROWS)
+        np.matmul(q[i0:i1], Wt, out=u[i0:i1])
+        _exp_rows(u[i0:i1], off[i0:i1], cq[i0:i1])
+    return u, cq
+
+
+def _rf_key_logs(k: np.ndarray, W: np.ndarray, features: str):
+    """Key log-features as ``(lk, sk, lk_off)`` for :func:`_key_state`.
+
+    Positive features: ``lk = k W^T`` and the per-key term ``lk_off = -||k||^2/2 -
+    log(M)/2`` (float64) kept apart (no pass over the ``m x M`` array); the other maps
+    as :func:`_rf_logs`.
+    """
+    if features != "positive":
+        return (*_rf_logs(k, W, features, False), None)
+    u = k @ W.T.astype(k.dtype, copy=False)
+    half = 0.5 * np.einsum("ij,ij->i", k, k, dtype=np.float64)
+    return u, None, -half - 0.5 * math.log(W.shape[0])
 
 
 def _rf_features(q: np.ndarray, k: np.ndarray, W: np.ndarray, features: str) -> _Features:
@@ -720,18 +802,26 @@ def _value_terms(v: np.ndarray) -> dict:
     return {"c": c, "R": float(R), "slack_R": float(R), "vmax": vmax, "m": v64.shape[0]}
 
 
-def _slack(problem: Problem, y: np.ndarray, kvd: dict) -> np.ndarray:
-    """:func:`attention._core.rounding_allowance` from the precomputed value terms."""
+def _slack(problem: Problem, y: np.ndarray, kvd: dict, ynorm=None) -> np.ndarray:
+    """:func:`attention._core.rounding_allowance` from the precomputed value terms.
+
+    ``ynorm``: the row norms of ``y`` when already computed (``y`` is then not read).
+    """
     eps = float(np.finfo(problem.dtype).eps)
-    ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
+    if ynorm is None:
+        ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
     return 4.0 * eps * (ynorm + kvd["slack_R"]) + 64.0 * (problem.d + kvd["m"]) * (
         _EPS64 * kvd["vmax"]
     )
 
 
-def _log_mse_rows_norms(q, kvd, features, M, counts):
-    """Upper bounds on ``log sum_j MSE_ij`` from norms only (Cauchy–Schwarz), O(n + m)."""
-    nq = np.einsum("ij,ij->i", q, q)
+def _log_mse_rows_norms(q, kvd, features, M, counts, nq=None):
+    """Upper bounds on ``log sum_j MSE_ij`` from norms only (Cauchy–Schwarz), O(n + m).
+
+    ``nq``: the squared row norms of ``q`` when already computed (``q`` is then not read).
+    """
+    if nq is None:
+        nq = np.einsum("ij,ij->i", q, q)
     k2max = kvd["k2max"]
     kmax = math.sqrt(k2max)
     with np.errstate(divide="ignore"):
@@ -744,10 +834,15 @@ def _log_mse_rows_norms(q, kvd, features, M, counts):
     return logc + base - math.log(M if features == "positive" else 2 * M)
 
 
-def _jensen_logz(q, kvd, counts):
-    """Deterministic lower bound ``log z_i >= log m_i + q_i . mean_j k_j`` (Jensen)."""
+def _jensen_logz(q, kvd, counts, qk=None):
+    """Deterministic lower bound ``log z_i >= log m_i + q_i . mean_j k_j`` (Jensen).
+
+    ``qk``: the products ``q_i . mean_j k_j`` when already computed.
+    """
+    if qk is None:
+        qk = np.einsum("ij,ij->i", q, kvd["kbar"])
     with np.errstate(divide="ignore"):
-        return np.log(counts.astype(np.float64)) + np.einsum("ij,ij->i", q, kvd["kbar"])
+        return np.log(counts.astype(np.float64)) + qk
 
 
 def _norm_warning(qmax: float, kmax: float, M: int, method: str) -> None:
@@ -820,11 +915,15 @@ def _rf_bound(parts, problem, features, orthogonal, delta, mode, kind_override=N
     )
 
 
-def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kvd=None):
+def _rf_parts(
+    problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kvd=None, stats=None
+):
     """Per-slice ingredients of the random-feature bound (see :func:`_rf_bound`).
 
     ``q, k, v`` are the float64 prescaled slice; ``kvd`` the slice's
-    :func:`_kv_bound_data` (computed here when not given).
+    :func:`_kv_bound_data` (computed here when not given); ``stats`` the row sums of
+    :func:`attention._kernels.features._finish_rows` (norms mode: ``y`` and ``q`` are
+    then not read).
     """
     y, den, logscale = feat_out
     counts = _visible_counts(problem)
@@ -832,18 +931,23 @@ def _rf_parts(problem, g, feat_out, q, k, v, features, M, mode, exclude=None, kv
     if kvd is None:
         kvd = _kv_bound_data(problem, k, v)
     R = kvd["R"]
-    yc = y - kvd["c"]
-    trivial = R + np.sqrt(np.einsum("ij,ij->i", yc, yc))
+    if stats is None:
+        yc = y - kvd["c"]
+        ycn = np.sqrt(np.einsum("ij,ij->i", yc, yc))
+        ynorm = nq = qk = None
+    else:
+        ynorm, ycn, nq, qk = (np.sqrt(stats[:, 0]), np.sqrt(stats[:, 1]), stats[:, 2], stats[:, 3])
+    trivial = R + ycn
     if mode == "exact":
         lmse, logz = _log_mse_rows(q, k, features, M, problem.causal, problem.offset, exclude)
     else:
-        lmse = _log_mse_rows_norms(q, kvd, features, M, counts)
-        logz = _jensen_logz(q, kvd, counts)
+        lmse = _log_mse_rows_norms(q, kvd, features, M, counts, nq)
+        logz = _jensen_logz(q, kvd, counts, qk)
     with np.errstate(divide="ignore"):
         logc = np.log(counts.astype(np.float64))
     part = {
         "nrows": int(seen.sum()),
-        "slack": _slack(problem, y, kvd),
+        "slack": _slack(problem, y, kvd, ynorm),
         "trivial": np.where(seen, trivial, 0.0),
     }
     if seen.any():
@@ -944,8 +1048,10 @@ def _performer(
 
     def key_side(g):
         _, k, v = _scaled(problem, g, wdt)
-        lk, sk = _rf_logs(k, Wt, features, False)
-        st = _key_state(lk, sk, _augment(v, wdt), problem.n, problem.offset, problem.causal)
+        lk, sk, off = _rf_key_logs(k, Wt, features)
+        st = _key_state(
+            lk, sk, _augment(v, wdt), problem.n, problem.offset, problem.causal, lk_off=off
+        )
         kvd = None
         if mode == "norms":
             _, k64, v64 = _scaled(problem, g)
@@ -957,15 +1063,32 @@ def _performer(
         q = _scaled_q(problem, g, wdt)
         phq, cq = _rf_query_features(q, Wt, features)
         num, den, logscale = _attend_state(phq, cq, st)
-        y = _ratio(num, den).astype(np.float64)
-        den = den.astype(np.float64)
         part = None
         if mode == "norms":  # O(n d) from the queries and the key-side data
-            q64, v = _scaled_q(problem, g), problem.slice(g)[2]
+            # One pass: the output rows (written in place) and the bound's row sums.
+            stats = np.empty((problem.n, 4))
+            _finish_rows(num, den, problem.q[g], r, kvd["kbar"], kvd["c"], outs[g], stats)
+            den = den.astype(np.float64)
             part = _rf_parts(
-                problem, g, (y, den, logscale), q64, None, v, features, M, mode, kvd=kvd
+                problem,
+                g,
+                (None, den, logscale),
+                None,
+                None,
+                None,
+                features,
+                M,
+                mode,
+                kvd=kvd,
+                stats=stats,
             )
-        elif mode == "exact":
+            return den, logscale, part
+        if mode is None:
+            outs[g] = _ratio(num, den)
+            return den.astype(np.float64), logscale, None
+        y = _ratio(num, den).astype(np.float64)
+        den = den.astype(np.float64)
+        if mode == "exact":
             q64, k64, v64 = _scaled(problem, g)
             part = _rf_parts(problem, g, (y, den, logscale), q64, k64, v64, features, M, mode)
         outs[g] = y  # cast in the worker thread (no stacked float64 copy)
@@ -1354,18 +1477,25 @@ class _TensorSketchGemm:
         whose rows are 8-byte aligned) receives the result.
         """
         w2 = 2 * self.nf
-        z = x @ self.stacked
         p = len(self.stages)
-        Z = [z[:, t * w2 : (t + 1) * w2].view(self.cdtype) for t in range(p)]
+        dt = np.result_type(x.dtype, self.stacked.dtype)
+        n = x.shape[0]
         if out is None:
-            out = np.empty((x.shape[0], w2), dtype=z.dtype)
-        P = out.view(self.cdtype)
-        if p == 1:
-            P[...] = Z[0]
-        else:
-            np.multiply(Z[0], Z[1], out=P)
-            for t in range(2, p):
-                P *= Z[t]
+            out = np.empty((n, w2), dtype=dt)
+        # By row segments: each segment's GEMM output is used while it is in cache.
+        z = np.empty((min(n, _SEGMENT_ROWS), self.stacked.shape[1]), dtype=dt)
+        for i0 in range(0, n, _SEGMENT_ROWS):
+            i1 = min(n, i0 + _SEGMENT_ROWS)
+            zs = z[: i1 - i0]
+            np.matmul(x[i0:i1], self.stacked, out=zs)
+            Z = [zs[:, t * w2 : (t + 1) * w2].view(self.cdtype) for t in range(p)]
+            P = out[i0:i1].view(self.cdtype)
+            if p == 1:
+                P[...] = Z[0]
+            else:
+                np.multiply(Z[0], Z[1], out=P)
+                for t in range(2, p):
+                    P *= Z[t]
         return out
 
     def flops(self, rows: int) -> float:

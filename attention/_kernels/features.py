@@ -14,16 +14,113 @@ BLAS GEMMs; the kernels fuse the masking, logarithms, row shifts and exponential
 ``tau_j = k_j^T (lam I + sum_{l <= j} k_l k_l^T)^{-1} k_j`` by Sherman–Morrison updates
 of the inverse, ``O(m d^2)``; score ``j`` depends on keys ``0..j`` only (causal).
 
+``_exp_rows`` and ``_chunk_features`` build the random features of the linear
+methods in one pass each (row or chunk maximum, shift and exponential), with the
+vectorisable exponential of :mod:`rnla._kernels.fastexp` (plain NumPy: a maximum pass, a
+subtraction pass and ``np.exp``, each over the whole ``n x M`` array).
+
 All kernels are serial and deterministic (no Numba threads; the GEMMs go to BLAS, whose
 result does not depend on the partition of the output), take float64, int64 and bool
-arrays and scalars only (``_bucket_weights`` also float32) and do not validate.
+arrays and scalars only (``_bucket_weights``, ``_prefix_states``, ``_exp_rows`` and
+``_chunk_features`` also float32) and do not validate.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
+
+from attention._kernels.exact import _max_nonan
+from rnla._kernels.fastexp import _exp_f32, _exp_f64
+from rnla._kernels.intrinsics import _wide_vectors
+
+
+def _expo(x):  # pragma: no cover - replaced by the overload inside Numba
+    raise NotImplementedError
+
+
+@overload(_expo, inline="always")
+def _expo_overload(x):
+    """``exp(x)`` for ``x <= 0`` in the dtype of ``x`` (vectorisable, inlined)."""
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: _exp_f64(x)
 
 
 @njit(cache=True, nogil=True)
+def _max_row(row):
+    """Maximum of a non-empty row (``-inf`` entries allowed, no NaN; vectorised)."""
+    _wide_vectors()
+    best = row[0]
+    for j in range(row.shape[0]):
+        best = _max_nonan(best, row[j])
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_rows(u, off, cq):
+    """Row-shifted exponentials in place: ``u[i] = exp(u[i] - max_j u[i, j])``.
+
+    ``cq[i] = max_j u[i, j] + off[i]`` (float64), so that ``exp(u[i] + off[i]) =
+    exp(cq[i]) * (new u[i])``. ``u`` float32 or float64 (n, M) with ``M >= 1``, finite
+    or ``-inf`` (a row of ``-inf`` gets the shift 0 and zero features).
+    """
+    _wide_vectors()
+    n, M = u.shape
+    zero = np.zeros(1, dtype=u.dtype)
+    for i in range(n):
+        mx = _max_row(u[i])
+        sh = mx if np.isfinite(mx) else zero[0]
+        for j in range(M):
+            u[i, j] = _expo(u[i, j] - sh)
+        cq[i] = np.float64(sh) + off[i]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _chunk_features(lk, off, mult, use_mult, p, C, s_pre, Ft, s):
+    """Key features of the causal chunks, transposed: ``Ft[c, :, t]`` for key ``p + c C + t``.
+
+    With ``l_j = lk[j] + off[j]`` (the log-features of key ``j``), chunk ``c`` gets the
+    shift ``s[c] = max(s_pre, max of l over the keys p .. p + (c + 1) C - 1)`` (a running
+    maximum, float64) and ``Ft[c, a, t] = exp(lk[j, a] - (s[c] - off[j]))`` (times
+    ``mult[j, a]`` when ``use_mult``), 0 past the last key. ``Ft`` is (nc, M, C) in the
+    dtype of ``lk``; ``s`` (nc,) float64. The shift ``s[c] - off[j]`` is rounded to the
+    dtype of ``lk`` once per key. A shift that is not finite (every key ``-inf``) is
+    taken as 0 for the exponentials.
+    """
+    _wide_vectors()
+    m, M = lk.shape
+    nc = Ft.shape[0]
+    buf = np.empty(M, dtype=lk.dtype)
+    one = np.zeros(2, dtype=lk.dtype)  # one[0]: a shift in the dtype of lk; one[1] = 0
+    run = s_pre
+    for c in range(nc):
+        j0 = p + c * C
+        j1 = min(m, j0 + C)
+        for j in range(j0, j1):
+            v = np.float64(_max_row(lk[j])) + off[j]
+            if v > run:
+                run = v
+        s[c] = run
+        sc = run if np.isfinite(run) else 0.0
+        for t in range(C):
+            j = j0 + t
+            if j < j1:
+                one[0] = sc - off[j]
+                sh = one[0]
+                z = one[1]
+                for a in range(M):
+                    buf[a] = _expo(min(lk[j, a] - sh, z))
+                if use_mult:
+                    for a in range(M):
+                        buf[a] *= mult[j, a]
+                for a in range(M):
+                    Ft[c, a, t] = buf[a]
+            else:
+                for a in range(M):
+                    Ft[c, a, t] = 0.0
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _online_leverage(k, lam, out):
     """Ridge online leverage scores ``out[j] = k_j^T (lam I + K_{<=j}^T K_{<=j})^{-1} k_j``.
 
@@ -35,7 +132,15 @@ def _online_leverage(k, lam, out):
         Ridge ``> 0``.
     out : float64 (m,)
         Scores in ``[0, 1)`` (overwritten).
+
+    Notes
+    -----
+    Sherman–Morrison updates of the symmetric inverse ``P``, ``4 d^2`` flops a key.
+    ``u = P k_j`` is accumulated column by column (``u += P[:, b] k_j[b]``, ``P``
+    symmetric) and the update ``P -= u u^T / (1 + k_j . u)`` runs along rows: both
+    inner loops are unit-stride vector operations without a reduction.
     """
+    _wide_vectors()
     m, d = k.shape
     P = np.zeros((d, d))
     for a in range(d):
@@ -43,18 +148,21 @@ def _online_leverage(k, lam, out):
     u = np.empty(d)
     for j in range(m):
         # u = P_{j-1} k_j; tau = k^T P_{j-1} k / (1 + k^T P_{j-1} k) (Sherman–Morrison).
+        for a in range(d):
+            u[a] = 0.0
+        for b in range(d):
+            kb = k[j, b]
+            for a in range(d):
+                u[a] += P[b, a] * kb
         g = 0.0
         for a in range(d):
-            s = 0.0
-            for b in range(d):
-                s += P[a, b] * k[j, b]
-            u[a] = s
-            g += k[j, a] * s
+            g += k[j, a] * u[a]
         out[j] = g / (1.0 + g)
         inv = 1.0 / (1.0 + g)
         for a in range(d):
+            ua = inv * u[a]
             for b in range(d):
-                P[a, b] -= inv * u[a] * u[b]
+                P[a, b] -= ua * u[b]
 
 
 @njit(cache=True, nogil=True)
@@ -263,34 +371,35 @@ def _cumsum_rows(x, out):
 
 
 @njit(cache=True, nogil=True)
-def _prefix_states(Z, fac, rescale, S):
-    """Causal linear-attention states ``S[c] = (S[c-1] + Z[c-1]) * fac[c]`` for ``c >= 1``.
+def _prefix_states(S, fac, rescale):
+    """Causal linear-attention states in place: ``S[c] = (S[c-1] + S[c]) * fac[c]``, ``c >= 1``.
 
-    The factor is applied only where ``rescale[c]`` (otherwise ``S[c] = S[c-1] +
-    Z[c-1]``); ``S[0]`` is given. Same operations, order and dtype as the NumPy loop
-    ``np.add(S[c-1], Z[c-1], out=S[c]); S[c] *= fac[c]``.
+    On entry ``S[0]`` is the first state and ``S[c]`` (``c >= 1``) the own sum ``Z[c-1]``
+    of chunk ``c - 1``; on exit ``S[c] = (S[c-1] + Z[c-1]) * fac[c]`` (the factor only
+    where ``rescale[c]``, otherwise ``S[c] = S[c-1] + Z[c-1]``). Same operations, order
+    and dtype as the NumPy loop ``np.add(S[c-1], Z[c-1], out=S[c]); S[c] *= fac[c]``.
 
     Parameters
     ----------
-    Z : float32 or float64 (nc, M, w)
-        Each chunk's own sum.
-    fac : (nc,) in the dtype of ``Z``
+    S : float32 or float64 (nc, M, w), C-contiguous
+        States (``S[0]`` read; ``S[1:]`` read as the chunk sums and overwritten).
+    fac : (nc,) in the dtype of ``S``
         Rescaling factors.
     rescale : bool (nc,)
         Where to rescale.
-    S : (nc, M, w) in the dtype of ``Z``
-        States (``S[0]`` read, ``S[1:]`` overwritten).
     """
-    nc, M, w = Z.shape
+    _wide_vectors()
+    nc = S.shape[0]
+    L = S.shape[1] * S.shape[2]
+    Sf = S.reshape(nc, L)
     for c in range(1, nc):
         f = fac[c]
-        r = rescale[c]
-        for a in range(M):
-            for b in range(w):
-                x = S[c - 1, a, b] + Z[c - 1, a, b]
-                if r:
-                    x = x * f
-                S[c, a, b] = x
+        if rescale[c]:
+            for a in range(L):
+                Sf[c, a] = (Sf[c - 1, a] + Sf[c, a]) * f
+        else:
+            for a in range(L):
+                Sf[c, a] = Sf[c - 1, a] + Sf[c, a]
 
 
 @njit(cache=True, nogil=True)
@@ -301,3 +410,63 @@ def _gather_rows(src, idx, out):
         j = idx[t]
         for c in range(w):
             out[t, c] = src[j, c]
+
+
+@njit(cache=True, nogil=True)
+def _finish_rows(num, den, q, r, kbar, c, y, stats):
+    """Output rows and the row sums of the norm-based bounds in one pass.
+
+    ``y[i] = num[i] / den[i]`` (the division in the dtype of ``num``, 0 where
+    ``den[i] == 0``; stored in the dtype of ``y``) and, in float64 from the divided
+    values, ``stats[i] = (||y_i||^2, ||y_i - c||^2, ||r q_i||^2, (r q_i) . kbar_i)``
+    (``kbar`` of shape (0, 0): the last column is 0).
+
+    Parameters
+    ----------
+    num : float32 or float64 (n, >= dv)
+        Numerators (the first ``dv`` columns are read).
+    den : (n,) in the dtype of ``num``
+        Normalisers.
+    q : float32 or float64 (n, d)
+        Queries (unscaled).
+    r : float
+        Query factor (``sqrt(scale)``).
+    kbar : float64 (n, d) or (0, 0)
+        Mean of the keys each row sees.
+    c : float64 (dv,)
+        Value centre.
+    y : (n, dv)
+        Output rows (overwritten).
+    stats : float64 (n, 4)
+        Row sums (overwritten).
+    """
+    n, dv = y.shape
+    d = q.shape[1]
+    use_k = kbar.shape[0] == n and kbar.shape[1] == d
+    for i in range(n):
+        z = den[i]
+        a = 0.0
+        b = 0.0
+        if z == 0:
+            for j in range(dv):
+                y[i, j] = 0.0
+                b += c[j] * c[j]
+        else:
+            for j in range(dv):
+                t = num[i, j] / z
+                y[i, j] = t
+                f = np.float64(t)
+                a += f * f
+                e = f - c[j]
+                b += e * e
+        s2 = 0.0
+        sk = 0.0
+        for j in range(d):
+            f = np.float64(q[i, j]) * r
+            s2 += f * f
+            if use_k:
+                sk += f * kbar[i, j]
+        stats[i, 0] = a
+        stats[i, 1] = b
+        stats[i, 2] = s2
+        stats[i, 3] = sk

@@ -620,6 +620,7 @@ def test_prefix_states_match_numpy_loop(rng, dtype, nc):
     ref[0] = rng.standard_normal((6, 5))
     out = np.full_like(Z, np.nan)
     out[0] = ref[0]
+    out[1:] = Z[:-1]  # the kernel reads chunk c - 1's sum from S[c]
     for c in range(1, nc):
         np.add(ref[c - 1], Z[c - 1], out=ref[c])
         if s[c] > s[c - 1]:
@@ -629,7 +630,7 @@ def test_prefix_states_match_numpy_loop(rng, dtype, nc):
     fac = np.ones(nc, dtype=dtype)
     for c in np.flatnonzero(rescale):
         fac[c] = math.exp(s[c - 1] - s[c])
-    _prefix_states(Z, fac, rescale, out)
+    _prefix_states(out, fac, rescale)
     np.testing.assert_array_equal(out, ref)
 
 
