@@ -61,6 +61,7 @@ from attention._kernels.features import (
     _exp_rows,
     _finish_rows,
     _gather_rows,
+    _merge_rows,
     _online_leverage,
     _prefix_states,
     _prefix_topk,
@@ -100,6 +101,7 @@ _EPS64 = np.finfo(np.float64).eps
 _FEATURES = ("positive", "trig", "hyperbolic")
 _MAX_TAYLOR_DEGREE = 64  # 1/64! ~ 1e-89; higher degrees only add features
 _ERROR_BOUNDS = ("norms", "exact")
+_NO_KBAR = np.zeros((0, 0))  # _finish_rows without the Jensen term
 _LEV_BLOCK = 64  # query rows per block of LevAttention (one GEMM over their key union)
 
 
@@ -1253,14 +1255,14 @@ def _scatterbrain(
         st, fkey, ck, k, vv, hk, kvd, win = key
         q = _scaled_q(problem, g, wdt)
         phq, cq = _rf_query_features(q, Wt, features)
-        num, den, logscale = _attend_state(phq, cq, st)
-        num, den = num.astype(np.float64), den.astype(np.float64)
+        num, shift = _apply_state(phq, st)  # (n, dv + 1): the normaliser is num[:, dv]
+        logscale = cq + shift
         q64 = _scaled_q(problem, g)
         hq = angular_lsh(q64, nb, rng=lsh_seed)[0]
         qs = q.astype(sdt, copy=False)
         ref = logscale.copy()
         corr = np.zeros((n, vv.shape[1]))
-        pairs = 0
+        pairs = computed = 0
         sets = None
         if problem.causal:
             # Exact part on the per-bucket chunk windows (as the causal reformer): the
@@ -1285,6 +1287,7 @@ def _scatterbrain(
                 )
                 _scatter_rows(rows, np.matmul(sc, _take(vw, wid)), rb, corr, ref)
                 pairs = int(keep.sum())
+                computed = sc.size  # the batched GEMMs compute every block entry
         else:
             for b in range(nb):
                 qi = np.flatnonzero(hq == b)
@@ -1296,21 +1299,35 @@ def _scatterbrain(
                 with np.errstate(divide="ignore"):
                     lphi = cq[qi, None] + ck[None, kj] + np.log(phq[qi] @ fkey[kj].T)
                 pairs += sc.size
+                computed += sc.size
                 rb = np.maximum(ref[qi], np.maximum(sc.max(axis=1), lphi.max(axis=1)))
                 rb = np.where(np.isfinite(rb), rb, 0.0)
                 wgt = np.exp(sc - rb[:, None]) - np.exp(lphi - rb[:, None])
                 corr[qi] = wgt.astype(sdt) @ vv[kj] + 0.0
                 ref[qi] = rb
-        with np.errstate(invalid="ignore"):
-            fac = np.where(np.isfinite(logscale), np.exp(logscale - ref), 0.0)
-        num_t = fac[:, None] * num + corr[:, :-1]
-        den_t = fac * den + corr[:, -1]
-        den_t = np.where(den_t > 0, den_t, 0.0)
-        y = _ratio(num_t, den_t)
+        # One pass: merge the two parts, divide, write the output rows in place and
+        # take the row norms of the bound.
+        y = outs[g] if mode != "exact" else np.empty((n, problem.dv))
+        den_t = np.empty(n)
+        stats = np.empty((n, 4))
+        kbar = kvd["kbar"] if mode == "norms" else _NO_KBAR
+        c_v = kvd["c"] if mode == "norms" else np.zeros(problem.dv)
+        _merge_rows(num, logscale, corr, ref, problem.q[g], r, kbar, c_v, y, den_t, stats)
         part = None
         if mode == "norms":
-            v = problem.slice(g)[2]
-            part = _rf_parts(problem, g, (y, den_t, ref), q64, None, v, features, M, mode, kvd=kvd)
+            part = _rf_parts(
+                problem,
+                g,
+                (None, den_t, ref),
+                None,
+                None,
+                None,
+                features,
+                M,
+                mode,
+                kvd=kvd,
+                stats=stats,
+            )
         elif mode == "exact":
             if sets is None:
 
@@ -1328,20 +1345,26 @@ def _scatterbrain(
             part = _rf_parts(
                 problem, g, (y, den_t, ref), q64, k64, v64, features, M, mode, exclude
             )
-        outs[g] = y  # cast in the worker thread (no stacked float64 copy)
-        return den_t, ref, pairs, part
+            outs[g] = y  # cast in the worker thread (no stacked float64 copy)
+        return den_t, ref, (pairs, computed), part
 
-    for den_t, ref, pairs, part in _grouped_map(problem, key_side, query_side):
+    block_entries = mse_evals = 0
+    for den_t, ref, (pairs, computed), part in _grouped_map(problem, key_side, query_side):
         evals += pairs
+        block_entries += computed
         lses.append(_positive_lse(den_t, ref))
         if mode is not None:
             parts.append(part)
             if mode == "exact":
-                evals += int(_visible_counts(problem).sum())
+                mse_evals += int(_visible_counts(problem).sum())
+    evals += mse_evals
     bound = None if mode is None else _rf_bound(parts, problem, features, orthogonal, delta, mode)
     Mf = M if features == "positive" else 2 * M
     flops = _feature_flops(problem, d * (M + nb // 2)) + _linear_flops(problem, Mf)
-    flops += 2.0 * evals * (d + Mf + problem.dv)
+    # Sparse part: scores, low-rank estimates and weights times [V, 1] of every computed
+    # block entry (about twice the kept pairs when causal); the exact-MSE pass of
+    # error_bound="exact" (its q.k products) on top.
+    flops += 2.0 * block_entries * (d + Mf + problem.dv + 1) + 2.0 * mse_evals * d
     return method_result(problem, outs, lses, bound, Cost(flops, evals))
 
 
@@ -1636,7 +1659,8 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
         feat_flops = sum(ts.flops(1) for ts in sketches.values()) / 2.0
     counts = _visible_counts(problem)
     seen = counts > 0
-    outs, lses = [], []
+    outs = np.empty((problem.n_slices, n, problem.dv), dtype=problem.dtype)
+    lses = []
     rows_bound = []
     N_rows = max(1, int(problem.n_slices * seen.sum()))
     positive = True
@@ -1672,18 +1696,19 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
         c, R = kvd["c"], kvd["R"]
         q = _scaled_q(problem, g, wdt)
         num, den, logscale = _attend_state(_taylor_feats(q, p, sketches), np.zeros(n), st)
-        num, den = num.astype(np.float64), den.astype(np.float64)
         if not (np.isfinite(num).all() and np.isfinite(den).all()):
             return None
-        y = _ratio(num, den)
+        # One pass: the output rows (written in place; the division in the work dtype
+        # is the float64 quotient rounded to it) and the row norms of the bound.
+        y = outs[g]
+        stats = np.empty((n, 4))
+        _finish_rows(num, den, problem.q[g], r, _NO_KBAR, c, y, stats)
+        den = den.astype(np.float64)
         # Per-row B_i = ||q_i|| max_j ||k_j|| (Cauchy–Schwarz) and eta_i.
-        nq = np.sqrt(
-            problem.scale * np.einsum("ij,ij->i", problem.q[g], problem.q[g], dtype=float)
-        )
+        nq = np.sqrt(stats[:, 2])
         eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
-        yc = y - c
-        radius = R + np.sqrt(np.einsum("ij,ij->i", yc, yc))
-        slack = _slack(problem, y, kvd)
+        radius = R + np.sqrt(stats[:, 1])
+        slack = _slack(problem, None, kvd, np.sqrt(stats[:, 0]))
         with np.errstate(over="ignore", invalid="ignore"):
             if not sketched:
                 # ~y-form of the lemma: ||y_i - ~y_i|| <= ||a_i - ~a_i||_1 max_j||v_j - ~y_i||
@@ -1701,7 +1726,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                     (eta < 1) & (zt > 0), u * 2.0 * R / np.where(zt > 0, zt, 1.0), np.inf
                 )
             rb = np.where(seen, rb, 0.0) + slack
-        return y, den, logscale, rb
+        return den, logscale, rb
 
     for res in _grouped_map(problem, key_side, query_side):
         if res is None:
@@ -1711,8 +1736,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                 f"{problem.scale:.3g}); the Taylor method needs bounded logits (Alman-Song: "
                 "B = o(log n)): use a smaller scale or another method"
             )
-        y, den, logscale, rb = res
-        outs.append(y)
+        den, logscale, rb = res
         positive &= bool(np.all(den[seen] > 0))
         lses.append(_positive_lse(den, logscale))
         rows_bound.append(rb)
@@ -2317,15 +2341,21 @@ def _levattention(
             computed += (i1 - i0) * U.size
         return y, lse, kept, computed
 
-    outs, lses = [], []
+    lses = []
     evals = computed = 0
-    for y, lse, kept, comp in map_slices(attend, range(problem.n_slices)):
-        outs.append(y.astype(np.float64))
+    res = map_slices(attend, range(problem.n_slices))
+    # Without the exact pass the rows go out in the work dtype (no float64 copy).
+    outs = [y.astype(np.float64) for y, *_ in res] if mode == "exact" else [y for y, *_ in res]
+    for _, lse, kept, comp in res:
         lses.append(lse)
         evals += kept
         computed += comp
     bound = None
-    flops = 2.0 * computed * (d + dv)
+    # Block GEMMs over the key unions, plus the leverage scores once per key/value slice
+    # (causal: Sherman-Morrison updates, 4 d^2 a key; otherwise a QR of K, ~2 m d^2).
+    flops = (
+        2.0 * computed * (d + dv) + _n_kv(problem) * (4.0 if problem.causal else 2.0) * m * d * d
+    )
     if mode == "exact":
         from attention.exact import _attend
 

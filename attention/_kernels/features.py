@@ -412,7 +412,7 @@ def _gather_rows(src, idx, out):
             out[t, c] = src[j, c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _finish_rows(num, den, q, r, kbar, c, y, stats):
     """Output rows and the row sums of the norm-based bounds in one pass.
 
@@ -466,6 +466,65 @@ def _finish_rows(num, den, q, r, kbar, c, y, stats):
             s2 += f * f
             if use_k:
                 sk += f * kbar[i, j]
+        stats[i, 0] = a
+        stats[i, 1] = b
+        stats[i, 2] = s2
+        stats[i, 3] = sk
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _merge_rows(num, logscale, corr, ref, q, r, kbar, c, y, den_out, stats):
+    """Scatterbrain's rows: low-rank sums rescaled to the sparse part's shift, plus it.
+
+    With ``f_i = exp(logscale[i] - ref[i])`` (0 where ``logscale[i]`` is not finite):
+    ``den_out[i] = f_i num[i, dv] + corr[i, dv]`` (0 unless positive) and ``y[i, j] =
+    (f_i num[i, j] + corr[i, j]) / den_out[i]`` (float64, 0 where ``den_out[i] == 0``;
+    stored in the dtype of ``y``); ``stats`` as in :func:`_finish_rows` (from the
+    float64 rows).
+
+    Parameters
+    ----------
+    num : float32 or float64 (n, dv + 1)
+        Low-rank numerators and normaliser (last column), in the shift ``logscale``.
+    logscale : float64 (n,)
+        Shift of the low-rank sums.
+    corr : float64 (n, dv + 1)
+        Sparse correction in the shift ``ref``.
+    ref : float64 (n,)
+        Shift of each row.
+    q, r, kbar, c, stats
+        As in :func:`_finish_rows`.
+    y : (n, dv)
+        Output rows (overwritten).
+    den_out : float64 (n,)
+        Normalisers (overwritten).
+    """
+    n, dv = y.shape
+    d = q.shape[1]
+    use_k = kbar.shape[0] == n and kbar.shape[1] == d
+    for i in range(n):
+        ls = logscale[i]
+        f = np.exp(ls - ref[i]) if np.isfinite(ls) else 0.0
+        z = f * np.float64(num[i, dv]) + corr[i, dv]
+        if not z > 0:
+            z = 0.0
+        den_out[i] = z
+        a = 0.0
+        b = 0.0
+        for j in range(dv):
+            t = f * np.float64(num[i, j]) + corr[i, j]
+            t = t / z if z != 0 else 0.0
+            y[i, j] = t
+            a += t * t
+            e = t - c[j]
+            b += e * e
+        s2 = 0.0
+        sk = 0.0
+        for j in range(d):
+            x = np.float64(q[i, j]) * r
+            s2 += x * x
+            if use_k:
+                sk += x * kbar[i, j]
         stats[i, 0] = a
         stats[i, 1] = b
         stats[i, 2] = s2

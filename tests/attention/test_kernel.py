@@ -646,3 +646,122 @@ def test_take_matches_fancy_indexing(rng, dtype):
     assert K._logsumexp(x) == pytest.approx(float(logsumexp(x)), rel=1e-14)
     assert K._logsumexp(np.full(3, -np.inf)) == -np.inf
     assert K._logsumexp(np.zeros(0)) == -np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_rows_matches_numpy(rng, dtype):
+    from attention._kernels.features import _exp_rows
+
+    u = (rng.standard_normal((9, 37)) * 5).astype(dtype)
+    u[3] = -np.inf  # a row without finite entries: shift 0, zero features
+    u[4, :5] = -np.inf
+    off = rng.standard_normal(9)
+    ref = u.astype(np.float64)
+    mx = ref.max(axis=1)
+    sh = np.where(np.isfinite(mx), mx, 0.0)
+    ref = np.exp(ref - sh[:, None])
+    cq = np.full(9, np.nan)
+    out = u.copy()
+    _exp_rows(out, off, cq)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=0)
+    np.testing.assert_allclose(cq, sh + off, rtol=1e-15)
+    assert np.all(out[3] == 0) and np.all(out[4, :5] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("m", "p", "C"), [(10, 0, 3), (12, 4, 4), (5, 2, 8), (1, 0, 1)])
+@pytest.mark.parametrize("with_mult", [False, True])
+def test_chunk_features_match_numpy(rng, dtype, m, p, C, with_mult):
+    from attention._kernels.features import _chunk_features
+
+    M = 7
+    lk = (rng.standard_normal((m, M)) * 3).astype(dtype)
+    off = rng.standard_normal(m)
+    mult = rng.standard_normal((m, M)).astype(dtype)
+    na = m - p
+    nc = -(-na // C)
+    s_pre = float(np.max(lk[:p].astype(float).max(axis=1) + off[:p])) if p else -np.inf
+    # Reference: running maximum of the chunk maxima of lk + off, then the shifted exps.
+    l64 = lk.astype(np.float64) + off[:, None]
+    s_ref = np.empty(nc)
+    run = s_pre
+    F_ref = np.zeros((nc, M, C))
+    for c in range(nc):
+        j0, j1 = p + c * C, min(m, p + (c + 1) * C)
+        run = max(run, float(l64[j0:j1].max()))
+        s_ref[c] = run
+        blk = np.exp(l64[j0:j1] - run)
+        if with_mult:
+            blk = blk * mult[j0:j1]
+        F_ref[c, :, : j1 - j0] = blk.T
+    Ft = np.full((nc, M, C), np.nan, dtype=dtype)
+    s = np.empty(nc)
+    _chunk_features(lk, off, mult if with_mult else mult[:1, :1], with_mult, p, C, s_pre, Ft, s)
+    np.testing.assert_array_equal(s, s_ref)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(Ft, F_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_kbar", [False, True])
+def test_finish_and_merge_rows_match_numpy(rng, dtype, with_kbar):
+    from attention._kernels.features import _finish_rows, _merge_rows
+
+    n, d, dv = 11, 6, 4
+    num = rng.standard_normal((n, dv + 1)).astype(dtype)
+    num[:, dv] = np.abs(num[:, dv])
+    num[2, dv] = 0.0  # a row without keys
+    q = rng.standard_normal((n, d)).astype(dtype)
+    kbar = rng.standard_normal((n, d)) if with_kbar else np.zeros((0, 0))
+    c = rng.standard_normal(dv)
+    r = 0.7
+    q64 = q.astype(np.float64) * r
+
+    def stats_ref(y):
+        y = y.astype(np.float64)
+        qk = np.einsum("ij,ij->i", q64, kbar) if with_kbar else np.zeros(n)
+        return np.stack(
+            [np.sum(y * y, 1), np.sum((y - c) ** 2, 1), np.sum(q64 * q64, 1), qk], axis=1
+        )
+
+    y = np.full((n, dv), np.nan, dtype=dtype)
+    st = np.full((n, 4), np.nan)
+    _finish_rows(num[:, :dv], num[:, dv], q, r, kbar, c, y, st)
+    ref = K._ratio(num[:, :dv], num[:, dv])
+    np.testing.assert_array_equal(y, ref)  # the same division in the same dtype
+    np.testing.assert_allclose(st, stats_ref(ref), rtol=1e-12, atol=1e-12)
+
+    logscale = rng.standard_normal(n)
+    logscale[5] = -np.inf
+    ref_shift = logscale + np.abs(rng.standard_normal(n))
+    ref_shift[5] = 0.3
+    corr = rng.standard_normal((n, dv + 1))
+    corr[:, dv] = np.abs(corr[:, dv])
+    corr[7, dv] = -5.0  # a non-positive normaliser -> 0
+    y = np.full((n, dv), np.nan)
+    den = np.full(n, np.nan)
+    _merge_rows(num, logscale, corr, ref_shift, q, r, kbar, c, y, den, st)
+    with np.errstate(invalid="ignore"):
+        fac = np.where(np.isfinite(logscale), np.exp(logscale - ref_shift), 0.0)
+    num_t = fac[:, None] * num[:, :dv].astype(float) + corr[:, :dv]
+    den_t = fac * num[:, dv].astype(float) + corr[:, dv]
+    den_t = np.where(den_t > 0, den_t, 0.0)
+    yref = K._ratio(num_t, den_t)
+    np.testing.assert_allclose(den, den_t, rtol=1e-14)
+    np.testing.assert_allclose(y, yref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(st, stats_ref(yref), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["performer", "scatterbrain", "taylor", "tensorsketch"])
+def test_row_segments_do_not_change_results(rng, method, monkeypatch):
+    # Long inputs run the feature GEMMs and chunk products segment by segment: force many
+    # (and ragged) segments on a short input and compare with one segment.
+    Q, Kk, V = _data(rng, n=150, G=2, dtype=np.float32)
+    one = _run(Q, Kk, V, method, rng=0, causal=True)
+    monkeypatch.setattr(K, "_SEGMENT_ROWS", 40)  # 40 rows: 1 chunk of 32 per segment
+    many = _run(Q, Kk, V, method, rng=0, causal=True)
+    np.testing.assert_allclose(many.output, one.output, rtol=2e-6, atol=1e-7)
+    monkeypatch.setattr(K, "_SEGMENT_ROWS", 70)
+    many = _run(Q, Kk, V, method, rng=0, causal=True)
+    np.testing.assert_allclose(many.output, one.output, rtol=2e-6, atol=1e-7)
