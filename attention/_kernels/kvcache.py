@@ -122,38 +122,39 @@ def _summarize(k, v, b0, b1, B, codes, qscale, qres, rho, vc, udev, vrms2, gram)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _codes_to_float(cb, f):
-    """``f = float32(cb)`` for one block of codes ``(d, B)`` (vectorised conversion)."""
+def _codes_to_float(cb, sb, f):
+    """``f[e, j] = fl32(s_e c_je)`` for one block of codes ``(d, B)`` (vectorised)."""
     _wide_vectors()
     d, B = cb.shape
     for e in range(d):
+        se = sb[e]
         for j in range(B):
-            f[e, j] = np.float32(cb[e, j])
+            f[e, j] = np.float32(cb[e, j]) * se
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _pilot_scores(cb, qp, acc, f, tiles):
-    """``acc[i, j] = sum_e qp[i, e] c[e, j]`` for one block (float32, codes int8 ``(d, B)``).
+def _pilot_scores(cb, sb, q32, acc, f, tiles):
+    """``acc[i, j] = sum_e q_ie fl32(s_e c_je)`` for one block (float32, codes ``(d, B)``).
 
-    The codes are converted once into ``f (d, B)``; the product runs on the exact
-    kernel's register tiles (AVX-512) or, portably, as a loop over channels that
+    The codes are converted (and scaled) once into ``f (d, B)``; the product runs on the
+    exact kernel's register tiles (AVX-512) or, portably, as a loop over channels that
     updates a row of ``B`` accumulators per stacked row (no horizontal sums). Every
     entry is one chain of fused multiply-adds over ``e = 0, 1, ...`` on both paths.
     """
     _wide_vectors()
-    _codes_to_float(cb, f)
-    R, d = qp.shape
+    _codes_to_float(cb, sb, f)
+    R, d = q32.shape
     B = cb.shape[1]
     if tiles:
         _gemm_tiles(
-            qp.reshape(-1), f.reshape(-1), acc.reshape(-1), 0, 0, 0, R, d, B, d, B, B, False
+            q32.reshape(-1), f.reshape(-1), acc.reshape(-1), 0, 0, 0, R, d, B, d, B, B, False
         )
         return
     for i in range(R):
         for j in range(B):
             acc[i, j] = 0.0
         for e in range(d):
-            a = qp[i, e]
+            a = q32[i, e]
             for j in range(B):
                 acc[i, j] += a * f[e, j]
 
@@ -174,40 +175,50 @@ def _block_sums(srow, dev):
     return np.float64(mx), np.float64(w), np.float64(w2), np.float64(t)
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _pilot_radius(qs, qnorm, sb, hb, rho_b, d):
-    """Radius ``eps`` of the pilot score of one (row, block): ``|s_ij - s^_ij| <= eps``.
+@njit(cache=True, nogil=True)
+def _pilot_radius(qa, qn, qscale, qres, rho, gk, b0, b1, d, beps, bex):
+    """Radius ``eps`` of the pilot scores of blocks ``b0..b1``: ``|s_ij - s^_ij| <= eps``.
 
+    ``qa (R, d)``: ``|scale q_i|`` (float64), ``qn (R,)``: ``||scale q_i||`` rounded up.
     ``s_ij - s^_ij = sum_e qs_e r_je + (exact - float32 pilot)`` with ``qs = scale q``:
 
     * quantisation: ``|sum_e qs_e r_je| <= min(sum_e |qs_e| h_e, ||qs|| rho)``
       (componentwise residual maxima ``h``, or Cauchy-Schwarz with the residual norm);
-    * pilot arithmetic: ``qp_e = fl32(qs_e s_e)`` and a float32 dot product of length
-      ``d`` with codes ``|c_je| <= 127`` (fused multiply-adds): at most
-      ``gamma_{d+2} 127 sum_e |qs_e s_e|``, ``gamma_k = k u / (1 - k u)`` [1]_ (float32
-      ``u``; the rounding of ``qs`` itself, a float64 product, is below ``1e-15``
-      relative and covered by the padding below);
+    * pilot arithmetic: ``fl32(qs_e)``, ``fl32(s_e c_je)`` and a float32 dot product of
+      length ``d`` (fused multiply-adds): at most ``gamma_{d+2} 127 sum_e |qs_e| s_e``,
+      ``gamma_k = k u / (1 - k u)`` [1]_ (float32 ``u``, ``|c_je| <= 127``);
     * the exponentials and block sums in float32 (relative error ``<= 0.9`` ulp per
       exponential, ``<= B u`` for the sum, ``<= 90 u`` for ``s^ - max`` down to the
       float32 underflow at ``-87``): covered by adding ``256 u`` to ``eps``, which is
       then a bound in the log domain for ``W``, ``S2 = sum w^2`` (with ``2 eps``) and
       ``T``.
 
+    The two sums over ``e`` are products ``qa @ h^T`` and ``qa @ s^T`` in float64
+    (non-negative terms: relative error ``<= d u_64``, covered by ``1 + 4 d u_64``).
+
     References
     ----------
     .. [1] N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
        SIAM 2002, Lemma 3.1 and eq. (3.5) (inner products, with or without FMA).
     """
-    _wide_vectors()
-    quant = 0.0
-    l1s = 0.0
-    for e in range(d):  # sums of non-negative terms: any order, (1 + d u_64) covers it
-        quant = _add_reassoc(quant, abs(qs[e]) * np.float64(hb[e]))
-        l1s = _add_reassoc(l1s, abs(qs[e]) * np.float64(sb[e]))
-    quant = min(quant, qnorm * rho_b) * (1.0 + 4.0 * d * _U64)
+    R = qa.shape[0]
+    nb = b1 - b0
+    h64 = np.empty((d, nb))
+    s64 = np.empty((d, nb))
+    for b in range(nb):
+        for e in range(d):
+            h64[e, b] = np.float64(qres[gk, b0 + b, e])
+            s64[e, b] = np.float64(qscale[gk, b0 + b, e])
+    quant = qa @ h64
+    l1s = qa @ s64
     k = d + 2
     gam = k * _U32 / (1.0 - k * _U32)
-    return quant + gam * 127.0 * l1s * (1.0 + 1e-6) + 256.0 * _U32
+    for b in range(nb):
+        for i in range(R):
+            qt = min(quant[i, b], qn[i] * rho[gk, b0 + b]) * (1.0 + 4.0 * d * _U64)
+            ep = qt + gam * 127.0 * l1s[i, b] * (1.0 + 1e-6) + 256.0 * _U32
+            beps[gk, b0 + b, i] = ep
+            bex[gk, b0 + b, i] = np.exp(ep)
 
 
 @njit(cache=True, nogil=True)
@@ -221,21 +232,21 @@ def _pilot_task(
     ``bm``), ``beps`` the score radius (:func:`_pilot_radius`) and ``bex = exp(beps)``.
     """
     R, d = qs.shape[1], qs.shape[2]
-    qp = np.empty((R, d), dtype=np.float32)
-    acc = np.empty((R, B), dtype=np.float32)
-    f = np.empty((d, B), dtype=np.float32)
+    q32 = np.empty((R, d), dtype=np.float32)
+    qa = np.empty((R, d))
     qn = np.empty(R)
     for i in range(R):
         t = 0.0
         for e in range(d):
-            t += qs[gk, i, e] * qs[gk, i, e]
+            x = qs[gk, i, e]
+            q32[i, e] = np.float32(x)
+            qa[i, e] = abs(x)
+            t += x * x
         qn[i] = np.sqrt(t) * (1.0 + 2.0 * d * _U64)
+    acc = np.empty((R, B), dtype=np.float32)
+    f = np.empty((d, B), dtype=np.float32)
     for b in range(b0, b1):
-        sb = qscale[gk, b]
-        for i in range(R):
-            for e in range(d):
-                qp[i, e] = np.float32(qs[gk, i, e] * np.float64(sb[e]))
-        _pilot_scores(codes[gk, b], qp, acc, f, tiles)
+        _pilot_scores(codes[gk, b], qscale[gk, b], q32, acc, f, tiles)
         dev = udev[gk, b * B : (b + 1) * B]
         for i in range(R):
             mx, w, w2, t = _block_sums(acc[i], dev)
@@ -243,9 +254,7 @@ def _pilot_task(
             bw[gk, b, i] = w
             bs2[gk, b, i] = w2
             bt[gk, b, i] = t
-            ep = _pilot_radius(qs[gk, i], qn[i], sb, qres[gk, b], rho[gk, b], d)
-            beps[gk, b, i] = ep
-            bex[gk, b, i] = np.exp(ep)
+    _pilot_radius(qa, qn, qscale, qres, rho, gk, b0, b1, d, beps, bex)
 
 
 def _pilot_blocks(
@@ -312,21 +321,88 @@ _pilot_kernel = njit(cache=True, nogil=True, parallel=True)(_pilot_blocks)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, dlo):
-    """Bound on the change of row ``i`` when block ``b`` is dropped (see :func:`_select`).
+def _dist(vcg, y):
+    """Upper bounds of ``||vc_b - y_i||``, shape ``(nbc, R)``, by one product.
 
-    ``bw``, ``bs2``, ``bt`` in units of ``exp(M_i)`` (as :func:`_select` leaves them),
-    ``bex = exp(eps)``.
+    ``||vc_b||^2 - 2 vc_b . y_i + ||y_i||^2`` (float64 products, ``vcg (nbc, dv)``,
+    ``y (R, dv)``) plus ``4 (dv + 2) u_64 (||vc_b||^2 + ||y_i||^2)``, which covers the
+    rounding of the three terms (Higham 2002, Lemma 3.1).
     """
-    dv = vc.shape[2]
-    dist2 = 0.0
-    for e in range(dv):
-        x = vc[gk, b, e] - y[e]
-        dist2 += x * x
-    ex = bex[gk, b, i]
-    sh = 0.5 * (ex - 1.0 / ex)
-    cen = min(sig[gk, b] * np.sqrt(bs2[gk, b, i]), bt[gk, b, i])
-    return (bw[gk, b, i] * sh * np.sqrt(dist2) + ex * cen) / dlo
+    nb, dv = vcg.shape
+    R = y.shape[0]
+    g = vcg @ y.T
+    vn = np.empty(nb)
+    for b in range(nb):
+        t = 0.0
+        for e in range(dv):
+            t += vcg[b, e] * vcg[b, e]
+        vn[b] = t
+    yn = np.empty(R)
+    for i in range(R):
+        t = 0.0
+        for e in range(dv):
+            t += y[i, e] * y[i, e]
+        yn[i] = t
+    pad = 4.0 * (dv + 2) * _U64
+    out = np.empty((nb, R))
+    for b in range(nb):
+        for i in range(R):
+            x = vn[b] - 2.0 * g[b, i] + yn[i] + pad * (vn[b] + yn[i])
+            out[b, i] = np.sqrt(max(x, 0.0))
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _costs(bw, bs2, bt, bex, sig, gk, keep, use_keep, dist, dlo, cost):
+    """``cost[b, i] = c_ib`` of every block (0 for kept ones if ``use_keep``)."""
+    nb, R = cost.shape
+    for b in range(nb):
+        if use_keep and keep[gk, b] == 1:
+            for i in range(R):
+                cost[b, i] = 0.0
+            continue
+        sg = sig[gk, b]
+        for i in range(R):
+            ex = bex[gk, b, i]
+            sh = 0.5 * (ex - 1.0 / ex)
+            cen = min(sg * np.sqrt(bs2[gk, b, i]), bt[gk, b, i])
+            cost[b, i] = (bw[gk, b, i] * sh * dist[b, i] + ex * cen) / dlo[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse):
+    """Lower bounds of the normalisers ``D_i`` (units ``exp(M_i)``) once ``lse`` is known.
+
+    ``D~ - sum_{b dropped} W~_b sinh(eps_b)``, times ``1 - 1e-3`` for the rounding of
+    the computed ``D~ = exp(lse - M)`` (relative error below ``1e-4``: float32 tile sums
+    of at most 2048 exponentials, float64 merge).
+    """
+    nbc, R = bw.shape[1], bw.shape[2]
+    dlo = np.empty(R)
+    for i in range(R):
+        a = i // nq
+        g = members[gk, a]
+        slack = 0.0
+        for b in range(nbc):
+            if keep[gk, b] == 0:
+                ex = bex[gk, b, i]
+                slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
+        dlo[i] = (np.exp(lse[g, i - a * nq] - cpart[gk, i, 0]) - slack) * (1.0 - 1e-3)
+    return dlo
+
+
+@njit(cache=True, nogil=True)
+def _rows(out, members, nq, gk):
+    """Return the stacked output rows ``(R, dv)`` (float64) of key/value head ``gk``."""
+    gs = members.shape[1]
+    dv = out.shape[2]
+    y = np.empty((gs * nq, dv))
+    for a in range(gs):
+        g = members[gk, a]
+        for i in range(nq):
+            for e in range(dv):
+                y[a * nq + i, e] = out[g, i, e]
+    return y
 
 
 @njit(cache=True, nogil=True)
@@ -367,23 +443,25 @@ def _centroid_part(bw, bex, vc, keep, cpart):
     Gk, nbc, R = bw.shape
     dv = vc.shape[2]
     for gk in range(Gk):
-        for i in range(R):
-            cpart[gk, i, 1] = 0.0
-            for e in range(dv):
-                cpart[gk, i, 2 + e] = 0.0
+        x = np.zeros((R, nbc))
         for b in range(nbc):
             if keep[gk, b] == 0:
                 for i in range(R):
                     ex = bex[gk, b, i]
-                    x = bw[gk, b, i] * 0.5 * (ex + 1.0 / ex)
-                    cpart[gk, i, 1] += x
-                    for e in range(dv):
-                        cpart[gk, i, 2 + e] += x * vc[gk, b, e]
+                    x[i, b] = bw[gk, b, i] * 0.5 * (ex + 1.0 / ex)
+        acc = x @ vc[gk, :nbc]
+        for i in range(R):
+            t = 0.0
+            for b in range(nbc):
+                t += x[i, b]
+            cpart[gk, i, 1] = t
+            for e in range(dv):
+                cpart[gk, i, 2 + e] = acc[i, e]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _select(
-    bm, bw, bs2, bt, bex, vc, sig, vrms2, tau, nbc, t_len, B, chunk, keep, seg, nseg, cpart
+    bm, bw, bs2, bt, bex, vc, sig, vrms2, tau, mix, nbc, t_len, B, chunk, keep, seg, nseg, cpart
 ):
     """Choose the dropped blocks of every key/value head and build the segment lists.
 
@@ -408,43 +486,45 @@ def _select(
     (:func:`_centroid_part`) and the segments ``seg (Gk, S, 2)``, ``nseg (Gk,)``.
     """
     Gk, _, R = bm.shape
-    dv = vc.shape[2]
     for gk in range(Gk):
         M = np.full(R, -np.inf)
         for b in range(nbc):
             for i in range(R):
                 M[i] = max(M[i], bm[gk, b, i])
         dlo = np.zeros(R)
-        y0 = np.zeros((R, dv))
         z0 = np.zeros(R)
         rms = np.zeros(R)
+        x = np.empty((R, nbc))
         for b in range(nbc):
             for i in range(R):
                 # In units of exp(M_i) from here on (in place).
                 sc = np.exp(bm[gk, b, i] - M[i])
-                x = bw[gk, b, i] * sc
-                bw[gk, b, i] = x
+                w = bw[gk, b, i] * sc
+                bw[gk, b, i] = w
                 bs2[gk, b, i] *= sc * sc
                 bt[gk, b, i] *= sc
-                dlo[i] += x / bex[gk, b, i]
-                z0[i] += x
-                rms[i] += x * vrms2[gk, b]
-                for e in range(dv):
-                    y0[i, e] += x * vc[gk, b, e]
-        ynorm2 = 0.0
+                dlo[i] += w / bex[gk, b, i]
+                z0[i] += w
+                rms[i] += w * vrms2[gk, b]
+                x[i, b] = w
+        vcg = vc[gk, :nbc]
+        y0 = x @ vcg
+        rms2 = 0.0
+        cen2 = 0.0
         for i in range(R):
-            ynorm2 += rms[i] / z0[i]
-            for e in range(dv):
+            rms2 += rms[i] / z0[i]
+            for e in range(y0.shape[1]):
                 y0[i, e] /= z0[i]
+                cen2 += y0[i, e] * y0[i, e]
+        ynorm2 = rms2**mix * cen2 ** (1.0 - mix)
         cost = np.empty((nbc, R))
+        _costs(bw, bs2, bt, bex, sig, gk, keep, False, _dist(vcg, y0), dlo, cost)
         key = np.empty(nbc)
         for b in range(nbc):
-            tot = 0.0
+            t = 0.0
             for i in range(R):
-                c = _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y0[i], dlo[i])
-                cost[b, i] = c
-                tot += c
-            key[b] = tot
+                t += cost[b, i]
+            key[b] = t
         order = np.argsort(key)
         budget2 = tau * tau * ynorm2
         err = np.zeros(R)
@@ -454,8 +534,8 @@ def _select(
             b = order[idx]
             s2 = 0.0
             for i in range(R):
-                x = err[i] + cost[b, i]
-                s2 += x * x
+                v = err[i] + cost[b, i]
+                s2 += v * v
             if s2 > budget2:
                 break
             for i in range(R):
@@ -480,30 +560,18 @@ def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, targe
     Gk, nbc, R = bw.shape
     total = 0
     for gk in range(Gk):
-        cost = np.zeros((nbc, R))
+        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse)
+        y = _rows(out, members, nq, gk)
+        cost = np.empty((nbc, R))
+        _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), dlo, cost)
         key = np.zeros(nbc)
         err = np.zeros(R)
-        for i in range(R):
-            a = i // nq
-            ii = i - a * nq
-            g = members[gk, a]
-            M = cpart[gk, i, 0]
-            slack = 0.0
-            for b in range(nbc):
-                if keep[gk, b] == 0:
-                    ex = bex[gk, b, i]
-                    slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
-            dlo = (np.exp(lse[g, ii] - M) - slack) * (1.0 - 1e-3)
-            y = out[g, ii].astype(np.float64)
-            for b in range(nbc):
-                add[gk, b] = 0
-                if keep[gk, b] == 0:
-                    c = _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, dlo)
-                    if not dlo > 0:
-                        c = np.inf
-                    cost[b, i] = c
-                    key[b] += c
-                    err[i] += c
+        for b in range(nbc):
+            add[gk, b] = 0
+            for i in range(R):
+                c = cost[b, i] if dlo[i] > 0 else np.inf
+                key[b] += c
+                err[i] += c
         order = np.argsort(-key)
         for idx in range(nbc):
             s2 = 0.0
@@ -690,29 +758,214 @@ def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e
         y - y~ = [sum_b (W_b - W^_b)(vc_b - y~) + sum_b w_b^T U_b] / D,
 
     ``|W_b - W^_b| <= W~_b sinh eps_b``, ``||w_b^T U_b|| <= exp(eps_b)
-    min(sig_b sqrt(S2~_b), T~_b)`` and ``D >= D~ - sum_b W~_b sinh eps_b``. ``D~`` is
-    ``exp(lse - M)`` of the merged output; its float rounding is covered by a factor
-    ``1 - 1e-3`` on the lower bound of ``D``.
+    min(sig_b sqrt(S2~_b), T~_b)`` and ``D >= D~ - sum_b W~_b sinh eps_b``
+    (:func:`_actual_dlo`).
     """
     Gk, nbc, R = bw.shape
     for gk in range(Gk):
+        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse)
+        y = _rows(out, members, nq, gk)
+        cost = np.empty((nbc, R))
+        _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), np.ones(R), cost)
         for i in range(R):
-            a = i // nq
-            ii = i - a * nq
-            g = members[gk, a]
-            M = cpart[gk, i, 0]
-            slack = 0.0
-            for b in range(nbc):
-                if keep[gk, b] == 0:
-                    ex = bex[gk, b, i]
-                    slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
-            dlo = (np.exp(lse[g, ii] - M) - slack) * (1.0 - 1e-3)
-            y = out[g, ii].astype(np.float64)
             num = 0.0
             for b in range(nbc):
-                if keep[gk, b] == 0:
-                    num += _drop_cost(bw, bs2, bt, bex, vc, sig, gk, b, i, y, 1.0)
+                num += cost[b, i]
             if num == 0.0:
                 e_row[gk, i] = 0.0
             else:
-                e_row[gk, i] = num / dlo if dlo > 0 else np.inf
+                e_row[gk, i] = num / dlo[i] if dlo[i] > 0 else np.inf
+
+
+# ------------------------------------------------------------------ fused step kernels
+# Each Numba call costs ~1 us per array argument to dispatch and each parallel region a
+# barrier: a decode step runs as two calls (pilot + selection; segments + merge +
+# bounds), the refinement rounds (rare) through the separate kernels above.
+
+
+def _pilot_select_impl(
+    qs,
+    codes,
+    qscale,
+    qres,
+    rho,
+    udev,
+    nbc,
+    B,
+    per_task,
+    tiles,
+    bm,
+    bw,
+    bs2,
+    bt,
+    beps,
+    bex,
+    vc,
+    sig,
+    vrms2,
+    tau,
+    mix,
+    t_len,
+    chunk,
+    keep,
+    seg,
+    nseg,
+    cpart,
+    counter,
+    workers,
+):
+    """:func:`_pilot_blocks` (parallel) then :func:`_select` (serial), one call."""
+    Gk = qs.shape[0]
+    nt = -(-nbc // per_task)
+    for _ in prange(workers):
+        while True:
+            t = _fetch_add(counter)
+            if t >= Gk * nt:
+                break
+            gk = t // nt
+            c = t - gk * nt
+            b0 = c * per_task
+            b1 = min(nbc, b0 + per_task)
+            _pilot_task(
+                qs,
+                codes,
+                qscale,
+                qres,
+                rho,
+                udev,
+                gk,
+                b0,
+                b1,
+                B,
+                tiles,
+                bm,
+                bw,
+                bs2,
+                bt,
+                beps,
+                bex,
+            )
+    _select(
+        bm,
+        bw,
+        bs2,
+        bt,
+        bex,
+        vc,
+        sig,
+        vrms2,
+        tau,
+        mix,
+        nbc,
+        t_len,
+        B,
+        chunk,
+        keep,
+        seg,
+        nseg,
+        cpart,
+    )
+
+
+_pilot_select = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(
+    _pilot_select_impl
+)
+
+
+def _attend_bound_impl(
+    q,
+    k,
+    v,
+    members,
+    nq,
+    scale,
+    causal,
+    offset,
+    seg,
+    nseg,
+    tiles,
+    pacc,
+    pm,
+    pl,
+    pr,
+    counter,
+    workers,
+    cpart,
+    out,
+    lse,
+    nbc,
+    bw,
+    bs2,
+    bt,
+    bex,
+    vc,
+    sig,
+    keep,
+    e_row,
+    kmax,
+    vmax,
+    u,
+    sums,
+):
+    """Segments (parallel), merge, row bounds (if ``nbc``) and the rounding allowance.
+
+    ``sums`` receives ``(sum e_row^2, sum pad_i^2, ||out||_F^2)`` with the per-row
+    rounding allowance ``pad_i = 4 u (2 ||y~_i|| + R_v) + expm1(2 eps_i) (R_v +
+    ||y~_i||)``, ``eps_i = (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` (as
+    :func:`attention.adaptive._rounding_pad`), ``kmax``/``vmax`` the largest key and
+    value norms of each head.
+    """
+    Gk = seg.shape[0]
+    S = seg.shape[1]
+    R = pm.shape[2]
+    for _ in prange(workers):
+        while True:
+            t = _fetch_add(counter)
+            if t >= Gk * S:
+                break
+            gk = t // S
+            if t - gk * S >= nseg[gk]:
+                for i in range(R):
+                    pm[gk, t - gk * S, i] = -np.inf
+                    pl[gk, t - gk * S, i] = 0.0
+                continue
+            _segment_task(
+                q, k, v, members, nq, t, S, scale, causal, offset, seg, tiles, pacc, pm, pl, pr
+            )
+    _merge(((pacc, pm, pl),), cpart, members, nq, out, lse)
+    e2 = 0.0
+    if nbc > 0:
+        _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row)
+        for gk in range(Gk):
+            for i in range(R):
+                e2 += e_row[gk, i] * e_row[gk, i]
+    G, _, dv = out.shape
+    d = q.shape[2]
+    gs = members.shape[1]
+    p2 = 0.0
+    y2 = 0.0
+    for g in range(G):
+        gk = g // gs
+        for i in range(nq):
+            qn = 0.0
+            for e in range(d):
+                x = np.float64(q[g, i, e])
+                qn += x * x
+            yn = 0.0
+            for e in range(dv):
+                x = np.float64(out[g, i, e])
+                yn += x * x
+            y2 += yn
+            yn = np.sqrt(yn * (1.0 + 2.0 * dv * _U64))
+            eps = (np.sqrt(d) + 2.0) * u * scale * np.sqrt(qn * (1.0 + 2.0 * d * _U64))
+            eps *= kmax[gk]
+            pad = 4.0 * u * (2.0 * yn + vmax[gk]) + np.expm1(2.0 * eps) * (vmax[gk] + yn)
+            p2 += pad * pad
+    sums[0] = e2
+    sums[1] = p2
+    sums[2] = y2
+
+
+_attend_bound = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(
+    _attend_bound_impl
+)

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+import attention._kernels.kvcache as kkmod
 import attention.exact as exact_mod
 import attention.kvcache as kvmod
 from attention import reference_attention
@@ -248,15 +249,32 @@ def _control_bound(c, Q, tol):
     seg, nseg = np.zeros((h, nbc + 8, 2), dtype=np.int64), np.zeros(h, dtype=np.int64)
     cpart = np.zeros((h, R, 2 + c.value_dim))
     tau = 0.95 * tol / (1 + tol)
-    kvmod._select(
-        bm, bw, bs2, bt, bex, c._vc, c._sig, c._vrms2, tau, nbc, t, B, 512, keep, seg, nseg, cpart
+    kkmod._select(
+        bm,
+        bw,
+        bs2,
+        bt,
+        bex,
+        c._vc,
+        c._sig,
+        c._vrms2,
+        tau,
+        0.5,
+        nbc,
+        t,
+        B,
+        512,
+        keep,
+        seg,
+        nseg,
+        cpart,
     )
     parts = c._segments(Q, members, nq, 1 / np.sqrt(Q.shape[2]), True, t - nq, seg, nseg)
     out = np.empty((Q.shape[0], nq, c.value_dim), dtype=c.dtype)
     lse = np.empty((Q.shape[0], nq))
-    kvmod._merge((parts,), cpart, members, nq, out, lse)
+    kkmod._merge((parts,), cpart, members, nq, out, lse)
     e_row = np.empty((h, R))
-    kvmod._row_bounds(bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row)
+    kkmod._row_bounds(bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row)
     # Plain-NumPy reference of the row bounds, and the quadrature control.
     y = out.reshape(h, R, -1).astype(np.float64)
     drop = keep == 0
@@ -342,14 +360,14 @@ def test_forced_refinement_and_exact_retry(rng, monkeypatch):
     Y = _exact(Q[:, :1], K, V)
     c = _cache(K, V)
     # A selection budget far above tol: the refinement (or the exact retry) must fix it.
-    orig = kvmod._select
+    orig = kvmod._pilot_select
 
     def greedy(*args):
         args = list(args)
-        args[8] = 10.0  # tau
+        args[19] = 10.0  # tau
         return orig(*args)
 
-    monkeypatch.setattr(kvmod, "_select", greedy)
+    monkeypatch.setattr(kvmod, "_pilot_select", greedy)
     res = c.attend(Q[:, :1], tol=0.02)
     err = np.linalg.norm(res.output - Y)
     assert err <= res.bound.value <= 0.02 * np.linalg.norm(Y)
