@@ -99,10 +99,10 @@ from attention._core import Cost, ErrorBound, Problem, problem_cost_exact
 from attention._kernels.adaptive import (
     _decode_kernel,
     _exact_decode_kernel,
-    _prefill_kernel,
     _sq_norms3,
     _value_summaries,
 )
+from attention._kernels.adaptive_prefill import _GROUP, _tiled_kernel
 from attention._registry import MethodResult, register
 from attention.exact import (
     _SERIAL_WORK,
@@ -116,27 +116,32 @@ from rnla._validation import AccuracyWarning, as_float_array
 __all__: list[str] = []
 
 _BK = 64  # keys per block
-_BQ = 128  # query rows per prefill task
+_BQ = 48  # query rows per prefill task (8 skipping groups of 6 rows)
 _DECODE_ROWS = 16  # n <= this (and equal grouped-query groups): decode path
 _DECODE_CHUNK_MIN = 1024  # decode: keys per parallel chunk (a multiple of _BK) ...
 _DECODE_MAX_CHUNKS = 32  # ... and at most this many chunks per key/value slice
 _PILOT_BLOCKS = 4  # prefill with at least this many query blocks per slice: pilot
 # A slice whose pilot keeps more than this fraction of its keys goes to the exact
-# kernel. Measured per slice (one thread, CPU time, SmolLM2 layers 0/14/29, n = 4096 and
-# 8192, tol 3e-2 and 0.1): the method's time over exact attention's is about
-# 0.90 + 0.65 f for a kept fraction f (0.94-0.95 at f = 0.08, 0.99 at 0.14-0.17, 1.08 at
-# 0.30, 1.2 at 0.5, 1.44 at 0.85; the score, maximum, exponential and block-sum passes
-# cost ~0.9 of exact alone): only slices keeping <= ~15% pay off; the slice fraction is
-# predicted from its pilot (_predicted_fraction; 0-0.15 below the actual one on SmolLM2).
-_EXACT_FRACTION = 0.12
+# kernel. Measured per slice (one thread, CPU time, SmolLM2 layer 29, n = 4096, three
+# query heads, median of 5 interleaved pairs, load 4.2): the method's time over exact
+# attention's is about 0.81 + 0.38 f for a kept fraction f (1.19 at f = 1, 0.95 at
+# 0.23, 0.83 at 0.08), plus ~0.04 for the spectral value summaries; the scores and the
+# exponential pass with the block sums cost ~0.7 of exact alone. A slice keeping more
+# than 1/4 of its keys saves less than 5%; the slice fraction is predicted from its
+# pilot (_predicted_fraction).
+_EXACT_FRACTION = 0.25
+_COST_FIXED = 0.92  # the model: time / exact time = _COST_FIXED + _COST_KEPT * f
+_COST_KEPT = 0.38
 # Sending any slice to the method also costs the spectral value summaries, a second
 # parallel phase and the exact kernel on a copied subset of the slices: one head of nine
 # at f = 0.12 made a SmolLM2 layer (n = 4096, tol 0.1) 1.12x exact instead of 1.04x with
-# every head exact (median of 7 interleaved pairs, load 1.6); at n = 8192 two heads at
-# f = 0.07-0.10 measured within +-2% of all-exact. The method slices go ahead only if
-# their predicted saving, the mean over all slices of ``1 - (0.90 + 0.65 f)`` (0 for the
-# exact ones), is at least this fraction of the exact time (-inf: no such check).
+# every head exact (earlier estimator, median of 7 interleaved pairs, load 1.6). The
+# method slices go ahead only if their predicted saving, the mean over all slices of
+# ``1 - (_COST_FIXED + _COST_KEPT f)`` (0 for the exact ones), is at least this fraction
+# of the exact time (-inf: no such check).
 _SWITCH_COST = 0.02
+# Tests only: a boolean array (tasks, groups, key blocks) that receives the dropped units.
+_DROPS = None
 _SPECTRAL_ROWS = 1024  # n >= this: spectral norms of the centred value blocks
 # Decode-shaped calls (n <= _DECODE_ROWS) run the exact kernel unless this is set: the
 # split-key decode path (kept and tested) measured 0.24-0.30x the exact kernel's speed at
@@ -254,17 +259,32 @@ def _work_buffer(size: int, dtype) -> np.ndarray:
     return buf
 
 
-def _launch(problem, order, summaries, tau, upad, work, out, lse, stats):
+def _tiles_ok(problem) -> bool:
+    """Register-tile GEMMs for the prefill kernel (AVX-512, ``dv`` a vector multiple)."""
+    vl = 64 // problem.q.itemsize
+    return bool(_USE_TILES) and problem.dv % vl == 0 and problem.d > 0
+
+
+def _packed_kt(problem, tiles):
+    """Buffer for ``K^T`` in register-tile panels (filled by the first launch)."""
+    if not tiles:
+        return np.empty((1, 0), dtype=problem.dtype)
+    mp = -(-problem.m // _BK) * _BK
+    return np.empty((problem.k.shape[0], mp * problem.d), dtype=problem.dtype)
+
+
+def _launch(problem, order, summaries, tau, upad, work, out, lse, stats, kt, pack):
     """Run the prefill kernel on the tasks ``order`` (ids ``slice * nqb + block``)."""
     vc, vdev, vsig, vsig_all = summaries
-    _prefill_kernel(
+    _tiled_kernel(
         problem.q,
         problem.k,
+        kt,
         problem.v,
         np.ascontiguousarray(problem.kv_index, dtype=np.int64),
         order,
         vc,
-        vdev,
+        np.ascontiguousarray(vdev, dtype=problem.dtype),  # rounding covered by upad
         vsig,
         vsig_all,
         float(problem.scale),
@@ -272,13 +292,15 @@ def _launch(problem, order, summaries, tau, upad, work, out, lse, stats):
         int(problem.offset),
         _BQ,
         _BK,
-        1,
         float(tau),
         upad,
         work,
         out,
         lse,
         stats,
+        kt.shape[1] > 0,
+        bool(pack),
+        _DROPS if _DROPS is not None else np.zeros((0, 1, 1), dtype=np.bool_),
         np.zeros(1, dtype=np.int64),
         numba.get_num_threads(),
     )
@@ -364,7 +386,10 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
     with _single_threaded_blas():
         if members is None:
             nqb = -(-n // _BQ)
-            work = _work_buffer(_BQ * m, problem.dtype)
+            bqp = -(-_BQ // _GROUP) * _GROUP
+            work = _work_buffer(bqp * (-(-m // _BK) * _BK + 16), problem.dtype)
+            kt = _packed_kt(problem, _tiles_ok(problem))
+            packed = False
             stats = np.zeros((G * nqb, 6))
             tasks = np.arange(G * nqb, dtype=np.int64).reshape(G, nqb)
             if causal:
@@ -378,10 +403,12 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
                 # so do all slices if the predicted saving is below _SWITCH_COST.
                 fro = summaries if summaries is not None else _summaries(problem, False)
                 order = np.ascontiguousarray(tasks[:, 0] if causal else tasks[:, -1])
-                _launch(problem, order, fro, tau, upad, work, out, lse, stats)
+                _launch(problem, order, fro, tau, upad, work, out, lse, stats, kt, True)
+                packed = True
                 pred = _predicted_fraction(problem, nqb, stats[order])
                 exact_slices = pred > _EXACT_FRACTION
-                saving = np.where(exact_slices, 0.0, 0.10 - 0.65 * pred).mean()
+                gain = 1.0 - _COST_FIXED - _COST_KEPT * pred
+                saving = np.where(exact_slices, 0.0, gain).mean()
                 if saving < _SWITCH_COST:
                     exact_slices[:] = True
                 rest = tasks[:, 1:] if causal else tasks[:, :-1]
@@ -390,7 +417,7 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
             order = np.ascontiguousarray(rest[~exact_slices].T.reshape(-1))
             if order.size:
                 full = summaries if summaries is not None else _summaries(problem)
-                _launch(problem, order, full, tau, upad, work, out, lse, stats)
+                _launch(problem, order, full, tau, upad, work, out, lse, stats, kt, not packed)
             if exact_slices.any():
                 _exact_rows(problem, np.flatnonzero(exact_slices), nqb, out, lse, stats)
             slices = np.repeat(np.arange(G), nqb).reshape(-1, 1)

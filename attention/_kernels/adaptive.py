@@ -6,21 +6,9 @@ C-contiguous slice ``ST[j0:j1]`` whose transpose is a BLAS operand, so the produ
 ``V`` over any run of kept key blocks is one GEMM without copying, and every per-key
 pass (maximum, exponential, block statistics) is a vectorised loop over the query rows.
 
-**Prefill** (:data:`_prefill_kernel`), one task per (query slice, block of ``bq``
-rows):
-
-1. ``ST = K_vis (scale Q_b)^T`` in GEMMs of 512 keys, each followed (while the chunk
-   is in cache) by the causal masking and the running row maxima ``M_i``;
-2. one pass that overwrites ``ST`` by ``w_ij = exp(s_ij - M_i)`` and accumulates, per
-   key block ``b`` of ``bk`` keys and row, ``B_ib = sum w``, ``sum w^2`` and
-   ``sum_j w_ij ||v_j - vc_b||`` (``vc_b`` the block's value centroid), hence the exact
-   normaliser ``D_i`` and the block cost
-   ``c_ib = min(sigma_b ||w_ib - mean||_2, sum_j w_ij ||v_j - vc_b||)``;
-3. :func:`_select`: drops the blocks of smallest total ``sum_i c_ib / D_i`` while the
-   Frobenius norm of the row bounds stays within the target;
-4. ``acc = sum_{kept runs} ST[run]^T V[run] + sum_{b dropped} B_b vc_b^T`` and
-   ``y = acc / D``; if the bound misses the target relative to the computed output, the
-   task recomputes ``acc`` with every block exact.
+The prefill kernel lives in :mod:`attention._kernels.adaptive_prefill` (row-major
+scores on the exact kernel's register tiles); the helpers below (block statistics,
+selection, products over kept runs) serve the decode kernel.
 
 **Decode** (:data:`_decode_kernel`, flash-decoding layout): the query rows of all heads
 that share a key/value slice are stacked (``R`` rows) and the keys are cut into chunks
@@ -35,7 +23,7 @@ chunking that depends on the problem size only.
 """
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import njit, prange
 from numba.extending import overload
 
 from attention._kernels.exact import (
@@ -50,7 +38,6 @@ from attention._kernels.exact import (
 )
 from rnla._kernels.fastexp import _ZERO_F, _add_reassoc, _exp_f32, _exp_f64
 
-_CH = 512  # keys per score GEMM (prefill)
 _NEG = -np.inf
 _SMALL_ROWS = 8  # decode: stacked rows up to which the products are plain loops
 
@@ -374,200 +361,6 @@ def _centroid_terms(s1b, vc_g, drop, acc, sign):
             for i in range(R):
                 bd[b, i] = sign * s1b[b, i]
     acc += np.dot(bd.T, vc_g[:nkb])
-
-
-# ------------------------------------------------------------------------ prefill
-
-
-def _prefill_loop(
-    q,
-    k,
-    v,
-    kv_index,
-    order,
-    vc,
-    vdev,
-    vsig,
-    vsig_all,
-    scale,
-    causal,
-    offset,
-    bq,
-    bk,
-    n_local,
-    tau,
-    upad,
-    work,
-    out,
-    lse,
-    stats,
-    counter,
-    n_workers,
-):
-    """Run every prefill task (see the module docstring).
-
-    ``order``: task ids ``t = g * nqb + block`` in the order they are handed out (taken
-    by ``n_workers`` threads from the atomic ``counter``: Numba's ``prange`` would give
-    each thread one contiguous, equal-count range, whatever ``parallel_chunksize``);
-    ``work (threads, bq * m)``: per-thread score buffers. ``stats[t] = (kept keys,
-    visible keys, squared bound, rows, dropped blocks, squared quadrature sum)`` (the
-    last one is *not* a bound: the benchmarks' negative control).
-    """
-    n = q.shape[1]
-    m = k.shape[1]
-    d = q.shape[2]
-    dv = v.shape[2]
-    nqb = (n + bq - 1) // bq
-    for _ in prange(n_workers):
-        while True:
-            tt = _fetch_add(counter)
-            if tt >= order.shape[0]:
-                break
-            t = order[tt]
-            g = t // nqb
-            i0 = (t - g * nqb) * bq
-            nb = min(bq, n - i0)
-            gk = kv_index[g]
-            qbT = np.empty((d, nb), dtype=q.dtype)
-            lims = np.empty(nb, dtype=np.int64)
-            for i in range(nb):
-                for c in range(d):
-                    qbT[c, i] = q[g, i0 + i, c] * scale
-                lims[i] = min(i0 + i + offset, m - 1) if causal else m - 1
-            lim_lo = lims[0] if causal else m - 1
-            vis = lims[nb - 1] + 1 if causal else m
-            acc = np.zeros((nb, dv))
-            D = np.zeros(nb)
-            mx = np.full(nb, _NEG)
-            kept = 0
-            ndrop = 0
-            bound2 = 0.0
-            quad = 0.0
-            if vis > 0:
-                ST = work[get_thread_id(), : vis * nb].reshape((vis, nb))
-                nkb = (vis + bk - 1) // bk
-                nch = (vis + _CH - 1) // _CH
-                s1b = np.empty((nkb, nb))
-                dev2b = np.empty((nkb, nb))
-                costb = np.empty((nkb, nb))
-                sv1 = np.empty(nb, dtype=q.dtype)
-                sv2 = np.empty(nb, dtype=q.dtype)
-                sv3 = np.empty(nb, dtype=q.dtype)
-                mch = np.empty((nch, nb))
-                mxd = np.empty(nb, dtype=q.dtype)
-                vdg = vdev[gk]
-                vsg = vsig[gk]
-                for ch in range(nch):
-                    # scores, maxima, weights and block statistics of one chunk while it is
-                    # in cache; weights relative to the chunk maximum
-                    j0 = ch * _CH
-                    j1 = min(vis, j0 + _CH)
-                    np.dot(k[gk, j0:j1], qbT, ST[j0:j1])
-                    mxd[:] = _NEG
-                    _mask_and_max(ST, j0, j1, lims, lim_lo, mxd)
-                    for i in range(nb):
-                        mch[ch, i] = mxd[i]
-                        if mxd[i] == _NEG:
-                            mxd[i] = 0  # nothing visible in the chunk: exp(-inf - 0) = 0
-                    b0 = j0 // bk
-                    b1 = (j1 + bk - 1) // bk
-                    _weights_and_stats(
-                        ST[j0:j1],
-                        j1 - j0,
-                        bk,
-                        mxd,
-                        vdg[j0:j1],
-                        vsg[b0:b1],
-                        upad,
-                        s1b[b0:b1],
-                        dev2b[b0:b1],
-                        costb[b0:b1],
-                        sv1,
-                        sv2,
-                        sv3,
-                    )
-                fac = np.zeros((nch, nb))
-                for i in range(nb):
-                    top = _NEG
-                    for ch in range(nch):
-                        top = max(top, mch[ch, i])
-                    mx[i] = top
-                    for ch in range(nch):
-                        if mch[ch, i] > _NEG:
-                            fac[ch, i] = np.exp(mch[ch, i] - top)
-                for b in range(nkb):
-                    ch = (b * bk) // _CH
-                    for i in range(nb):
-                        f = fac[ch, i]
-                        s1b[b, i] *= f
-                        dev2b[b, i] *= f * f
-                        costb[b, i] *= f
-                        D[i] += s1b[b, i]
-                # the sink block, the last fully visible block and the blocks crossing the
-                # diagonal are never dropped
-                nfull = (lim_lo + 1) // bk if lim_lo >= 0 else 0
-                ncand = max(nfull - n_local, 1) - 1
-                pv = np.empty((nb, dv), dtype=q.dtype)
-                skip = np.zeros(nkb, dtype=np.bool_)
-                skip[1 : ncand + 1] = True
-                for ch in range(nch):
-                    j0 = ch * _CH
-                    kept += _kept_products(
-                        ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                    )
-                drop = np.zeros(nkb, dtype=np.bool_)
-                e = np.zeros(nb)
-                ndrop, quad = _select(
-                    s1b, dev2b, costb, D, ncand, vc[gk], vsig_all[gk], tau, acc, drop, e
-                )
-                for bb in range(nkb):
-                    skip[bb] = not (1 <= bb <= ncand) or drop[bb]
-                for ch in range(nch):
-                    j0 = ch * _CH
-                    kept += _kept_products(
-                        ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                    )
-                if ndrop > 0:
-                    _centroid_terms(s1b, vc[gk], drop, acc, 1.0)
-                    yn2 = 0.0
-                    for i in range(nb):
-                        bound2 += e[i] * e[i]
-                        if D[i] > 0.0:
-                            for c in range(dv):
-                                yn2 += (acc[i, c] / D[i]) ** 2
-                    if bound2 > tau * tau * yn2:
-                        # missed the target: swap the dropped blocks' centroid terms for
-                        # their exact products
-                        _centroid_terms(s1b, vc[gk], drop, acc, -1.0)
-                        for bb in range(nkb):
-                            skip[bb] = not drop[bb]
-                        for ch in range(nch):
-                            j0 = ch * _CH
-                            kept += _kept_products(
-                                ST, v[gk], j0, min(vis, j0 + _CH), bk, skip, acc, pv, fac[ch]
-                            )
-                        ndrop = 0
-                        bound2 = 0.0
-                        quad = 0.0
-            for i in range(nb):
-                if D[i] > 0.0:
-                    inv = 1.0 / D[i]
-                    for c in range(dv):
-                        out[g, i0 + i, c] = acc[i, c] * inv
-                    lse[g, i0 + i] = mx[i] + np.log(D[i])
-                else:
-                    for c in range(dv):
-                        out[g, i0 + i, c] = 0.0
-                    lse[g, i0 + i] = _NEG
-            stats[t, 0] = kept
-            stats[t, 1] = max(vis, 0)
-            stats[t, 2] = bound2
-            stats[t, 3] = nb
-            stats[t, 4] = ndrop
-            stats[t, 5] = quad
-
-
-_prefill_kernel = njit(cache=True, nogil=True, parallel=True)(_prefill_loop)
 
 
 # ------------------------------------------------------------------------- decode

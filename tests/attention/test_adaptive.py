@@ -56,10 +56,16 @@ def test_bound_holds_and_meets_tol(kind, causal, rng, dtype):
         assert res.bound.kind == "deterministic" and res.bound.delta == 0.0
 
 
-def test_real_heads_save_work_and_bound_is_tight():
+def test_real_heads_save_work_and_bound_is_tight(monkeypatch):
     s = load_sample("smollm2")
     Q, K, V = s.Q, s.K, s.V
     Y = reference_attention(Q, K, V, causal=True, scale=s.scale)
+    default = approximate(Q, K, V, "adaptive", tol=0.1, causal=True, scale=s.scale)
+    assert _err(default, Y) <= default.bound.value <= 0.1 * np.linalg.norm(Y)
+    # the estimator on every slice (the default route sends most of these short heads
+    # to the exact kernel, faster there)
+    monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 1.0)
+    monkeypatch.setattr(adaptive_module, "_SWITCH_COST", -np.inf)
     res = approximate(Q, K, V, "adaptive", tol=0.1, causal=True, scale=s.scale)
     err = _err(res, Y)
     assert err <= res.bound.value <= 0.1 * np.linalg.norm(Y)
@@ -503,3 +509,168 @@ def test_serial_small_passes_same_result(rng, monkeypatch):
     b = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
     np.testing.assert_array_equal(a.output, b.output)
     assert a.bound.value == b.bound.value
+
+
+# ------------------------------------------------------- tiled prefill kernel (units)
+
+
+def _reference_tiled(q, k, v, scale, lims, drop, sig_b, sig_all, bk=_BK, group=6):
+    """Plain NumPy: output and row bounds of one prefill task given its dropped units.
+
+    ``lims[i]``: last key row ``i`` sees; ``drop (ngr, nkb)``: dropped (group, block)
+    units. Dropped blocks enter through ``B_ib vc_b``; row bound ``min(sum_b min(sig_b
+    ||w_b - mean||, sum_j w_j ||v_j - vc_b||), sig_all sqrt(sum_b ||w_b - mean||^2)) / D``.
+    """
+    nb = q.shape[0]
+    y = np.zeros((nb, v.shape[1]))
+    e = np.zeros(nb)
+    for i in range(nb):
+        vis = lims[i] + 1
+        s = (k[:vis] @ q[i]) * scale
+        w = np.exp(s - s.max())
+        D = w.sum()
+        acc = np.zeros(v.shape[1])
+        tri = 0.0
+        dev2 = 0.0
+        for b in range(-(-vis // bk)):
+            sl = slice(b * bk, min(vis, (b + 1) * bk))
+            wb, vb = w[sl], v[sl]
+            if drop[i // group, b]:
+                vfull = v[b * bk : (b + 1) * bk]
+                vc = vfull.mean(axis=0)
+                dev = np.linalg.norm(wb - wb.mean())
+                tri += min(sig_b[b] * dev, wb @ np.linalg.norm(vb - vc, axis=1))
+                dev2 += dev**2
+                acc += wb.sum() * vc
+            else:
+                acc += wb @ vb
+        y[i] = acc / D
+        e[i] = min(tri, sig_all * np.sqrt(dev2)) / D
+    return y, e
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "portable"])
+def test_tiled_kernel_matches_numpy_reference(causal, tiles, rng, dtype, monkeypatch):
+    """Every task's output and squared bound against the NumPy reference for the units
+    the kernel dropped (recorded), on the register tiles and on the portable path."""
+    monkeypatch.setattr(adaptive_module, "_USE_TILES", tiles)
+    n, m, d, dv = 100, 420, 16, 16  # 3 tasks of 48 rows, a partial last key block
+    Q = (rng.standard_normal((2, n, d)) * 2.0).astype(dtype)
+    K = rng.standard_normal((1, m, d)).astype(dtype)
+    K[:, :3] = 2.0 * Q.mean(axis=(0, 1))  # sinks
+    V = (rng.standard_normal((1, m, dv)) + 0.5).astype(dtype)
+    problem = prepare(Q, K, V, causal=causal)
+    nqb = -(-n // adaptive_module._BQ)
+    nkb = -(-m // _BK)
+    drops = np.zeros((2 * nqb, 8, nkb), dtype=bool)
+    monkeypatch.setattr(adaptive_module, "_DROPS", drops)
+    out = np.zeros((2, n, dv), dtype=dtype)
+    lse = np.zeros((2, n))
+    summ = _summaries(problem)
+    stats, _ = adaptive_module._run(problem, 0.3, summ, out, lse, None, pilot=False)
+    assert drops.any()  # the test exercises the centroid path
+    _, _, vsig, vsig_all = summ
+    q64, k64, v64 = (x.astype(np.float64) for x in (problem.q, problem.k, problem.v))
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    for t in range(2 * nqb):
+        g, blk = divmod(t, nqb)
+        i0 = blk * adaptive_module._BQ
+        rows = np.arange(i0, min(n, i0 + adaptive_module._BQ))
+        lims = np.minimum(rows + problem.offset, m - 1) if causal else np.full(len(rows), m - 1)
+        y, e = _reference_tiled(
+            q64[g, rows], k64[0], v64[0], problem.scale, lims, drops[t], vsig[0], vsig_all[0]
+        )
+        np.testing.assert_allclose(out[g, rows], y, rtol=rtol, atol=rtol * np.abs(y).max())
+        assert stats[t, 2] == pytest.approx(
+            float(e @ e), rel=1e-3 if dtype == np.float32 else 1e-8
+        )
+
+
+def test_tiled_kernel_same_on_both_paths_and_threads(rng):
+    """The register-tile and portable paths give the same output (float64, to rounding);
+    one and two threads give bitwise the same output and bound."""
+    import numba
+
+    Q = rng.standard_normal((3, 150, 32)) * 2.0
+    K = rng.standard_normal((3, 300, 32))
+    V = rng.standard_normal((3, 300, 32))
+    old = adaptive_module._EXACT_FRACTION, adaptive_module._SWITCH_COST
+    try:
+        adaptive_module._EXACT_FRACTION, adaptive_module._SWITCH_COST = 1.0, -np.inf
+        a = approximate(Q, K, V, "adaptive", tol=0.1, causal=True)
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            b = approximate(Q, K, V, "adaptive", tol=0.1, causal=True)
+        finally:
+            numba.set_num_threads(threads)
+        np.testing.assert_array_equal(a.output, b.output)
+        assert a.bound.value == b.bound.value
+        tiles = adaptive_module._USE_TILES
+        adaptive_module._USE_TILES = not tiles
+        try:
+            c = approximate(Q, K, V, "adaptive", tol=0.1, causal=True)
+        finally:
+            adaptive_module._USE_TILES = tiles
+        np.testing.assert_allclose(a.output, c.output, rtol=1e-10, atol=1e-12)
+    finally:
+        adaptive_module._EXACT_FRACTION, adaptive_module._SWITCH_COST = old
+
+
+def test_select_units_respects_target_and_order():
+    """The greedy unit selection: its row bounds stay within 0.9 tau of the planning
+    norm, zero-cost units are always dropped, and the bucket order is increasing."""
+    from attention._kernels.adaptive_prefill import _bucket_order, _select_units
+
+    rng = np.random.default_rng(3)
+    nkb, nb = 12, 14  # 3 groups, the last one partial
+    s1b = rng.random((nkb, nb))
+    dev2b = rng.random((nkb, nb))
+    costb = 10.0 ** rng.uniform(-6, 0, (nkb, nb))
+    costb[3] = 0.0
+    D = rng.random(nb) + 1.0
+    ncand = np.array([10, 10, 5])
+    drop = np.zeros((3, nkb), dtype=bool)
+    e = np.zeros(nb)
+    yplan, tau = 2.0, 0.1
+    ndrop, _ = _select_units(s1b, dev2b, costb, D, ncand, yplan, 1.0, tau, drop, e)
+    assert ndrop == drop.sum() > 0
+    assert drop[:, 3].all() and not drop[:, 0].any() and not drop[2, 6:].any()
+    tri = np.array([costb[drop[i // 6], i].sum() for i in range(nb)]) / D
+    assert np.all(e <= tri * (1 + 1e-12))
+    assert np.sum(tri**2) <= (0.9 * tau) ** 2 * yplan * (1 + 1e-12)
+    cost = 10.0 ** rng.uniform(-30, 1, 500)
+    order = _bucket_order(cost, 1.0)
+    kept = cost[order]
+    assert order.size == np.sum(cost <= 1.0)
+    big = kept[:-1] > 2.0**-63  # smaller costs share the first bucket
+    assert np.all(np.log2(kept[1:][big]) >= np.log2(kept[:-1][big]) - 0.25 - 1e-12)
+
+
+def test_negative_control_dropping_without_centroids():
+    """Negative control of the unit bound: blocks of constant values are replaced exactly
+    by their centroid terms (bound 0, output exact); dropping the same blocks outright
+    (renormalising the kept weights) is far off, so the zero bound would be violated."""
+    n, m, d = 12, 384, 8
+    q = np.zeros((n, d))
+    q[:, 0] = 3.0
+    k = np.zeros((m, d))
+    k[:, 0] = 0.5
+    k[:64, 0] = 1.0  # the sink block carries most weight
+    v = np.ones((m, d))
+    v[:64] = -1.0
+    lims = np.full(n, m - 1)
+    drop = np.zeros((2, m // _BK), dtype=bool)
+    drop[:, 1:5] = True
+    sig_b = np.zeros(m // _BK)  # every block has equal values: centred blocks are 0
+    y, e = _reference_tiled(q, k, v, d**-0.5, lims, drop, sig_b, 0.0)
+    s = (q @ k.T) * d**-0.5
+    w = np.exp(s - s.max(axis=1, keepdims=True))
+    y_exact = (w @ v) / w.sum(axis=1, keepdims=True)
+    assert np.allclose(y, y_exact) and np.all(e == 0)  # centroid terms: exact, bound 0
+    # dropping the same blocks outright (renormalising the kept weights) is far off,
+    # and the same (zero) bound would claim it exact: the centroid terms are needed
+    keep = ~np.repeat(drop[0], _BK)
+    y_drop = (w[:, keep] @ v[keep]) / w[:, keep].sum(axis=1, keepdims=True)
+    assert np.linalg.norm(y_drop - y_exact) > 0.1 * np.linalg.norm(y_exact)
