@@ -61,6 +61,7 @@ from attention._kernels.features import (
     _exp_rows,
     _finish_rows,
     _gather_rows,
+    _gather_rows_t,
     _merge_rows,
     _online_leverage,
     _prefix_states,
@@ -417,6 +418,14 @@ def _take(src: np.ndarray, idx: np.ndarray) -> np.ndarray:
             np.ascontiguousarray(idx, dtype=np.int64).reshape(-1),
             out.reshape(idx.size, -1),
         )
+    return out
+
+
+def _take_t(src: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``src[idx].transpose(0, 2, 1)`` as a contiguous array (2-D ``src``, ``idx``)."""
+    out = np.empty((idx.shape[0], src.shape[1], idx.shape[1]), dtype=src.dtype)
+    if out.size:
+        _gather_rows_t(np.ascontiguousarray(src), np.ascontiguousarray(idx, dtype=np.int64), out)
     return out
 
 
@@ -778,7 +787,8 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
         csum = np.empty_like(k)
         _cumsum_rows(k, csum)
         if problem.offset == 0:
-            kbar = csum / counts[:, None]
+            csum /= counts[:, None]
+            kbar = csum
         else:
             kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
     else:
@@ -1230,25 +1240,23 @@ def _scatterbrain(
 
     def key_side(g):
         _, k, v = _scaled(problem, g, wdt)
-        lk, _ = _rf_logs(k, Wt, features, False)
-        st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal)
+        lk, _, off = _rf_key_logs(k, Wt, features)
+        st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
         _, k64, v64 = _scaled(problem, g)
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
         kvd = _kv_bound_data(problem, k64, v64) if mode == "norms" else None
-        ck = lk.max(axis=1)
-        fk = np.exp(lk - ck[:, None])  # key features over their row maximum, once
+        # Key features over their row maximum (log shift ck), once: one pass.
+        fk = lk.copy()
+        ck = np.empty(m)
+        if Wt.shape[0]:
+            _exp_rows(fk, np.zeros(m) if off is None else off, ck)
         ks, vv = k.astype(sdt, copy=False), _augment(v, sdt)
         win = None
         if problem.causal and m > 0:
             # Every causal key window of every bucket, once per key/value slice, laid
             # out for plain (non-transposed) batched GEMMs: keys and features transposed.
             wstart, Jw = _bucket_windows(hk, nb, cs)
-            win = (
-                wstart,
-                np.ascontiguousarray(_take(ks, Jw).transpose(0, 2, 1)),
-                np.ascontiguousarray(_take(fk, Jw).transpose(0, 2, 1)),
-                _take(vv, Jw),
-            )
+            win = (wstart, _take_t(ks, Jw), _take_t(fk, Jw), _take(vv, Jw))
         return st, fk, ck, ks, vv, hk, kvd, win
 
     def query_side(g, key):

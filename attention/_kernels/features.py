@@ -529,3 +529,19 @@ def _merge_rows(num, logscale, corr, ref, q, r, kbar, c, y, den_out, stats):
         stats[i, 1] = b
         stats[i, 2] = s2
         stats[i, 3] = sk
+
+
+@njit(cache=True, nogil=True)
+def _gather_rows_t(src, idx, out):
+    """``out[w, :, t] = src[idx[w, t]]``: gathered rows, transposed per window.
+
+    ``src`` (m, K), ``idx`` int64 (W, L), ``out`` (W, K, L) (the transpose of
+    ``src[idx]`` in its last two axes, written directly).
+    """
+    nw, L = idx.shape
+    K = src.shape[1]
+    for w in range(nw):
+        # Contiguous writes; the window's L source rows stay in cache across a.
+        for a in range(K):
+            for t in range(L):
+                out[w, a, t] = src[idx[w, t], a]

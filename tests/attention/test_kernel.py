@@ -765,3 +765,11 @@ def test_row_segments_do_not_change_results(rng, method, monkeypatch):
     monkeypatch.setattr(K, "_SEGMENT_ROWS", 70)
     many = _run(Q, Kk, V, method, rng=0, causal=True)
     np.testing.assert_allclose(many.output, one.output, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_take_t_matches_fancy_indexing(rng, dtype):
+    src = rng.standard_normal((7, 5)).astype(dtype)
+    idx = rng.integers(0, 7, (4, 3))
+    np.testing.assert_array_equal(K._take_t(src, idx), src[idx].transpose(0, 2, 1))
+    assert K._take_t(src, np.zeros((0, 3), dtype=np.int64)).shape == (0, 5, 3)
