@@ -46,7 +46,6 @@ from attention._core import (
     Cost,
     ErrorBound,
     Problem,
-    center_radius,
     check_error_bound,
     finish_row_bounds,
     method_result,
@@ -62,11 +61,13 @@ from attention._kernels.features import (
     _finish_rows,
     _gather_rows,
     _gather_rows_t,
+    _key_means,
     _merge_rows,
     _online_leverage,
     _prefix_states,
     _prefix_topk,
     _scatter_rows,
+    _value_ball,
 )
 from attention._parallel import map_slices
 from attention._registry import register
@@ -565,6 +566,77 @@ def _grouped_map(problem: Problem, key_side, query_side) -> list:
     return out
 
 
+def _segmented(problem: Problem) -> bool:
+    """Whether :func:`_grouped_segments` applies: causal, ``n == m > 0``."""
+    return bool(problem.causal and problem.offset == 0 and problem.n > 0)
+
+
+def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
+    r"""Causal linear attention by units of (key/value group, row segment).
+
+    For causal problems with ``n == m`` (:func:`_segmented`). ``key_side(g)`` returns
+    ``(st, extra)`` once per key/value group (``st`` from :func:`_key_state`), computed
+    on first use as in :func:`_grouped_map`. A unit takes one segment of
+    ``_SEGMENT_ROWS // C`` chunks of one group: ``feats(g, i0, i1, out)`` writes the
+    query features of rows ``i0:i1`` of every query slice ``g`` of the group into
+    ``out`` and returns their log shifts (float64); the chunk products of all these
+    slices run as one batched GEMM over (chunk, slice) with :math:`S_c`, :math:`F_c` and
+    :math:`\tilde V_c` broadcast over the slices, so each chunk state is read once per
+    group (a long sequence's states do not fit in cache: 34 MB per group at ``n =
+    16384``, ``M = 256``); ``finish(g, i0, i1, num, logscale, extra)`` receives the rows
+    ``[numerators, normaliser]`` (the work dtype) and their log scale. The features and
+    products of a unit stay in cache. The same per-chunk products as
+    :func:`_apply_state`, so the results do not depend on the number of threads.
+    Returns the ``extra`` of every group (by key/value index).
+    """
+    reps: dict[int, int] = {}
+    members: dict[int, list[int]] = {}
+    for g in range(problem.n_slices):
+        j = int(problem.kv_index[g])
+        reps.setdefault(j, g)
+        members.setdefault(j, []).append(g)
+    locks = {j: threading.Lock() for j in reps}
+    keys: dict[int, object] = {}
+
+    def key(j: int):
+        with locks[j]:
+            if j not in keys:
+                keys[j] = key_side(reps[j])
+        return keys[j]
+
+    n, C = problem.n, _CHUNK
+    nc = -(-n // C)
+    seg = max(1, _SEGMENT_ROWS // C)
+
+    def unit(task):
+        j, c0 = task
+        st, extra = key(j)
+        hs = members[j]
+        G = len(hs)
+        c1 = min(nc, c0 + seg)
+        k = c1 - c0
+        i0, i1 = c0 * C, min(n, c1 * C)
+        rows = i1 - i0
+        M, w, dt = st.F.shape[2], st.S.shape[2], st.S.dtype
+        P = np.empty((G, k * C, M), dtype=dt)
+        P[:, rows:] = 0.0
+        cqs = [feats(g, i0, i1, P[h, :rows]) for h, g in enumerate(hs)]
+        P4 = P.reshape(G, k, C, M).transpose(1, 0, 2, 3)  # (chunk, slice, C, M)
+        res = np.empty((G, k, C, w), dtype=dt)
+        res4 = res.transpose(1, 0, 2, 3)
+        np.matmul(P4, st.S[c0:c1, None], out=res4)
+        A = np.matmul(P4, st.F[c0:c1, None].transpose(0, 1, 3, 2))
+        A *= np.tri(C, dtype=dt)
+        res4 += np.matmul(A, st.Vc[c0:c1, None])
+        shift = np.repeat(st.s[c0:c1], C)[:rows]
+        for h, g in enumerate(hs):
+            finish(g, i0, i1, res[h].reshape(k * C, w)[:rows], cqs[h] + shift, extra)
+
+    tasks = [(j, c0) for c0 in range(0, nc, seg) for j in members]
+    map_slices(unit, tasks)
+    return {j: keys[j][1] for j in keys}
+
+
 def _key_cache(problem: Problem, build):
     """Memoise per key/value slice (grouped-query heads share their keys)."""
     cache: dict[int, object] = {}
@@ -773,26 +845,34 @@ def _log_mse_rows(q, k, features, M, causal, offset, exclude=None):
     return acc_mse, acc_z
 
 
-def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
+def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray, r: float = 1.0) -> dict:
     """Key/value-side ingredients of the norm-based random-feature bound (float64).
 
-    Computed once per key/value slice (grouped-query heads share them): squared key
-    norms, the value centre and radius, the mean of the keys each query row sees, and
-    the value terms of the rounding allowance (:func:`_slack`).
+    Computed once per key/value slice (grouped-query heads share them) from the keys
+    times ``r`` (``k`` in any float dtype, e.g. unscaled with ``r = sqrt(scale)``):
+    squared key norms, the value centre and radius, the mean of the keys each query row
+    sees, and the value terms of the rounding allowance (:func:`_slack`). Causal with
+    ``n == m``: one Numba pass for the norms and running means
+    (:func:`attention._kernels.features._key_means`).
     """
-    k = np.ascontiguousarray(k, dtype=np.float64)
-    nk = np.einsum("ij,ij->i", k, k)
     counts = _visible_counts(problem)
-    if problem.causal:
-        csum = np.empty_like(k)
-        _cumsum_rows(k, csum)
-        if problem.offset == 0:
-            csum /= counts[:, None]
-            kbar = csum
-        else:
-            kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
+    if problem.causal and problem.offset == 0 and k.shape[0] > 0:
+        kbar = np.empty((k.shape[0], k.shape[1]))
+        nk = np.empty(k.shape[0])
+        _key_means(np.ascontiguousarray(k), float(r), kbar, nk)
     else:
-        kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
+        k = np.ascontiguousarray(k, dtype=np.float64) * r
+        nk = np.einsum("ij,ij->i", k, k)
+        if problem.causal:
+            csum = np.empty_like(k)
+            _cumsum_rows(k, csum)
+            if problem.offset == 0:
+                csum /= counts[:, None]
+                kbar = csum
+            else:
+                kbar = csum[np.clip(counts - 1, 0, None)] / np.maximum(counts, 1)[:, None]
+        else:
+            kbar = np.broadcast_to(k.mean(axis=0), (problem.n, k.shape[1]))
     return {
         "nk": nk,
         "k2max": float(nk.max()) if nk.size else 0.0,
@@ -804,14 +884,20 @@ def _kv_bound_data(problem: Problem, k: np.ndarray, v: np.ndarray) -> dict:
 def _value_terms(v: np.ndarray) -> dict:
     """Value ball ``c``, ``R`` and the value terms of :func:`_slack` (one pass, float64).
 
-    :func:`attention._core.center_radius` is :func:`attention.bounds.value_radius` of one
-    slice (the same formulas), so one pass serves the bound's ball and the rounding
-    allowance's radius.
+    The formulas of :func:`attention._core.center_radius` (centroid, largest distance
+    plus the allowance ``64 eps_64 (max ||v_j|| + R)``), which is
+    :func:`attention.bounds.value_radius` of one slice, computed by one Numba kernel
+    (:func:`attention._kernels.features._value_ball`) from ``v`` in its own dtype, so one
+    pass serves the bound's ball and the rounding allowance's radius.
     """
-    v64 = np.asarray(v, dtype=np.float64)
-    c, R = center_radius(v64)
-    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v64, v64)))) if v64.size else 0.0
-    return {"c": c, "R": float(R), "slack_R": float(R), "vmax": vmax, "m": v64.shape[0]}
+    m, dv = v.shape
+    c = np.zeros(dv)
+    R = vmax = 0.0
+    if m:
+        R2, vm2 = _value_ball(np.ascontiguousarray(v), c)
+        R, vmax = math.sqrt(R2), math.sqrt(vm2)
+        R += 64 * _EPS64 * (vmax + R)
+    return {"c": c, "R": float(R), "slack_R": float(R), "vmax": vmax, "m": m}
 
 
 def _slack(problem: Problem, y: np.ndarray, kvd: dict, ynorm=None) -> np.ndarray:
@@ -1066,8 +1152,8 @@ def _performer(
         )
         kvd = None
         if mode == "norms":
-            _, k64, v64 = _scaled(problem, g)
-            kvd = _kv_bound_data(problem, k64, v64)
+            _, k0, v0 = problem.slice(g)
+            kvd = _kv_bound_data(problem, k0, v0, r)
         return st, kvd
 
     def query_side(g, key):
@@ -1106,7 +1192,11 @@ def _performer(
         outs[g] = y  # cast in the worker thread (no stacked float64 copy)
         return den, logscale, part
 
-    for den, logscale, part in _grouped_map(problem, key_side, query_side):
+    if _segmented(problem) and features == "positive" and mode != "exact":
+        results = _performer_segments(problem, key_side, Wt, r, outs, mode, M)
+    else:
+        results = _grouped_map(problem, key_side, query_side)
+    for den, logscale, part in results:
         lses.append(_positive_lse(den, logscale))
         if mode is not None:
             if features == "trig":
@@ -1120,6 +1210,65 @@ def _performer(
         flops += 2.0 * evals * d
     lse = None if features == "trig" else lses
     return method_result(problem, outs, lse, bound, Cost(flops, evals))
+
+
+def _performer_segments(problem, key_side, Wt, r, outs, mode, M):
+    """Positive causal Performer by (group, row segment) units (:func:`_grouped_segments`).
+
+    Returns ``(den, logscale, part)`` per query slice as the per-slice route does.
+    """
+    n, dv, G = problem.n, problem.dv, problem.n_slices
+    dens = np.empty((G, n))
+    logs = np.empty((G, n))
+    stats = np.empty((G, n, 4))
+    logm = 0.5 * math.log(M)
+
+    def feats(g, i0, i1, out):
+        q = problem.q[g][i0:i1].astype(out.dtype) * out.dtype.type(r)
+        np.matmul(q, Wt.T, out=out)
+        cq = np.empty(i1 - i0)
+        _exp_rows(out, -0.5 * np.einsum("ij,ij->i", q, q, dtype=np.float64) - logm, cq)
+        return cq
+
+    def finish(g, i0, i1, num, logscale, kvd):
+        den = num[:, dv]
+        if mode == "norms":
+            _finish_rows(
+                num,
+                den,
+                problem.q[g][i0:i1],
+                r,
+                kvd["kbar"][i0:i1],
+                kvd["c"],
+                outs[g][i0:i1],
+                stats[g][i0:i1],
+            )
+        else:
+            outs[g][i0:i1] = _ratio(num[:, :dv], den)
+        dens[g][i0:i1] = den
+        logs[g][i0:i1] = logscale
+
+    kvds = _grouped_segments(problem, key_side, feats, finish)
+    res = []
+    for g in range(G):
+        part = None
+        if mode == "norms":
+            j = int(problem.kv_index[g])
+            part = _rf_parts(
+                problem,
+                g,
+                (None, dens[g], logs[g]),
+                None,
+                None,
+                None,
+                "positive",
+                M,
+                mode,
+                kvd=kvds[j],
+                stats=stats[g],
+            )
+        res.append((dens[g], logs[g], part))
+    return res
 
 
 # ---------------------------------------------------------------------------------------
@@ -1242,9 +1391,9 @@ def _scatterbrain(
         _, k, v = _scaled(problem, g, wdt)
         lk, _, off = _rf_key_logs(k, Wt, features)
         st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
-        _, k64, v64 = _scaled(problem, g)
+        k64 = _scaled(problem, g)[1]
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
-        kvd = _kv_bound_data(problem, k64, v64) if mode == "norms" else None
+        kvd = _kv_bound_data(problem, k64, v) if mode == "norms" else None
         # Key features over their row maximum (log shift ck), once: one pass.
         fk = lk.copy()
         ck = np.empty(m)
@@ -1686,8 +1835,8 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
             problem.causal,
         )
         # Key-side parts of the bound (float64).
-        _, k64, v64 = _scaled(problem, g)
-        nk2 = np.einsum("ij,ij->i", k64, k64)
+        _, k0, v0 = problem.slice(g)
+        nk2 = np.einsum("ij,ij->i", k0, k0, dtype=np.float64) * problem.scale
         ksums = {}
         if sketched:
             for t in range(2, p + 1):
@@ -1696,22 +1845,24 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
                     if problem.causal
                     else np.full(n, np.sum(nk2**t))
                 )
-        kvd = _value_terms(v64)  # ball of the values and the rounding allowance's terms
+        kvd = _value_terms(v0)  # ball of the values and the rounding allowance's terms
         return st, float(np.sqrt(np.max(nk2))), ksums, kvd
 
     def query_side(g, key):
-        st, kmax, ksums, kvd = key
-        c, R = kvd["c"], kvd["R"]
+        st, kvd = key[0], key[3]
         q = _scaled_q(problem, g, wdt)
         num, den, logscale = _attend_state(_taylor_feats(q, p, sketches), np.zeros(n), st)
         if not (np.isfinite(num).all() and np.isfinite(den).all()):
             return None
         # One pass: the output rows (written in place; the division in the work dtype
         # is the float64 quotient rounded to it) and the row norms of the bound.
-        y = outs[g]
         stats = np.empty((n, 4))
-        _finish_rows(num, den, problem.q[g], r, _NO_KBAR, c, y, stats)
-        den = den.astype(np.float64)
+        _finish_rows(num, den, problem.q[g], r, _NO_KBAR, kvd["c"], outs[g], stats)
+        return rows_bound_of(key, den.astype(np.float64), logscale, stats)
+
+    def rows_bound_of(key, den, logscale, stats):
+        _, kmax, ksums, kvd = key
+        R = kvd["R"]
         # Per-row B_i = ||q_i|| max_j ||k_j|| (Cauchy–Schwarz) and eta_i.
         nq = np.sqrt(stats[:, 2])
         eta = np.asarray(taylor_remainder_bound(nq * kmax, p))
@@ -1736,7 +1887,47 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
             rb = np.where(seen, rb, 0.0) + slack
         return den, logscale, rb
 
-    for res in _grouped_map(problem, key_side, query_side):
+    if _segmented(problem):
+        # Causal, n == m: units of (group, row segment) (see _grouped_segments).
+        dens, logs = np.empty((problem.n_slices, n)), np.empty((problem.n_slices, n))
+        stats = np.empty((problem.n_slices, n, 4))
+        bad = np.zeros(problem.n_slices, dtype=bool)
+        dv = problem.dv
+
+        def feats(g, i0, i1, out):
+            q = problem.q[g][i0:i1].astype(wdt) * wdt(r)
+            out[...] = _taylor_feats(q, p, sketches)
+            return np.zeros(i1 - i0)
+
+        def finish(g, i0, i1, num, logscale, key):
+            if not np.isfinite(num).all():
+                bad[g] = True
+            den = num[:, dv]
+            _finish_rows(
+                num,
+                den,
+                problem.q[g][i0:i1],
+                r,
+                _NO_KBAR,
+                key[3]["c"],
+                outs[g][i0:i1],
+                stats[g][i0:i1],
+            )
+            dens[g][i0:i1] = den
+            logs[g][i0:i1] = logscale
+
+        keys = _grouped_segments(
+            problem, lambda g: (lambda ks: (ks[0], ks))(key_side(g)), feats, finish
+        )
+        results = [
+            None
+            if bad[g]
+            else rows_bound_of(keys[int(problem.kv_index[g])], dens[g], logs[g], stats[g])
+            for g in range(problem.n_slices)
+        ]
+    else:
+        results = _grouped_map(problem, key_side, query_side)
+    for res in results:
         if res is None:
             raise ValueError(
                 f"taylor: the degree-{p} Taylor features overflow float64 at "
@@ -1950,9 +2141,27 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
         num, den, _ = _attend_state(fq, np.zeros(n), st)
         return _ratio(num, den), fq.shape[1]
 
-    slices = _grouped_map(problem, key_side, query_side)
-    outs = [y for y, _ in slices]
-    Mf = slices[-1][1]
+    if _segmented(problem):
+        # Causal, n == m: units of (group, row segment) (see _grouped_segments).
+        outs = np.empty((problem.n_slices, n, problem.dv), dtype=problem.dtype)
+        dv = problem.dv
+
+        def feats(g, i0, i1, out):
+            x = _unit_rows(problem.q[g][i0:i1].astype(wdt))
+            out[...] = _poly_feature_map(x, kind, plan, nonnegative)
+            return np.zeros(i1 - i0)
+
+        def finish(g, i0, i1, num, logscale, st):
+            outs[g][i0:i1] = _ratio(num[:, :dv], num[:, dv])
+
+        keys = _grouped_segments(
+            problem, lambda g: (lambda st: (st, st))(key_side(g)), feats, finish
+        )
+        Mf = next(iter(keys.values())).F.shape[2]
+    else:
+        slices = _grouped_map(problem, key_side, query_side)
+        outs = [y for y, _ in slices]
+        Mf = slices[-1][1]
     half = p // 2 if nonnegative else p
     if kind == "polysketch":
         per_row = d * r + (half - 1) * (d + r) * r  # the recursion's GEMMs (<= this)

@@ -545,3 +545,53 @@ def _gather_rows_t(src, idx, out):
         for a in range(K):
             for t in range(L):
                 out[w, a, t] = src[idx[w, t], a]
+
+
+@njit(cache=True, nogil=True)
+def _key_means(k, r, kbar, nk):
+    """Causal key means and squared norms of ``r k`` (float64, rows added in order).
+
+    ``kbar[j] = (r k_0 + ... + r k_j) / (j + 1)`` (the running sum in the order of
+    ``np.cumsum``) and ``nk[j] = ||r k_j||^2``; ``k`` float32 or float64 (m, d).
+    """
+    m, d = k.shape
+    acc = np.zeros(d)
+    for j in range(m):
+        s = 0.0
+        inv = 1.0 / (j + 1)
+        for a in range(d):
+            x = np.float64(k[j, a]) * r
+            acc[a] += x
+            s += x * x
+            kbar[j, a] = acc[a] * inv
+        nk[j] = s
+
+
+@njit(cache=True, nogil=True)
+def _value_ball(v, c):
+    """Centroid of the value rows and the two largest squared norms (float64).
+
+    ``c`` (dv,) is overwritten by the centroid; returns ``(max_j ||v_j - c||^2, max_j
+    ||v_j||^2)``. ``v`` float32 or float64 (m, dv) with ``m >= 1``.
+    """
+    m, dv = v.shape
+    for a in range(dv):
+        c[a] = 0.0
+    for j in range(m):
+        for a in range(dv):
+            c[a] += np.float64(v[j, a])
+    for a in range(dv):
+        c[a] /= m
+    R2 = 0.0
+    vm = 0.0
+    for j in range(m):
+        s = 0.0
+        t = 0.0
+        for a in range(dv):
+            x = np.float64(v[j, a])
+            e = x - c[a]
+            s += e * e
+            t += x * x
+        R2 = max(R2, s)
+        vm = max(vm, t)
+    return R2, vm

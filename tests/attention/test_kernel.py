@@ -587,8 +587,10 @@ def test_slack_is_the_rounding_allowance(rng, dtype):
     from attention.bounds import value_radius
 
     c, R = value_radius(v.astype(float))
-    assert kvd["R"] == float(R)
-    np.testing.assert_array_equal(kvd["c"], c)
+    # The same formulas, one Numba pass (the centroid's sum in another order).
+    assert kvd["R"] == pytest.approx(float(R), rel=1e-13)
+    np.testing.assert_allclose(kvd["c"], c, rtol=1e-13, atol=1e-15)
+    assert np.all(np.linalg.norm(v.astype(float) - kvd["c"], axis=1) <= kvd["R"])
     np.testing.assert_allclose(
         kvd["kbar"] * np.arange(11, 31)[:, None], np.cumsum(Kk[1].astype(float), 0)[10:]
     )
@@ -773,3 +775,22 @@ def test_take_t_matches_fancy_indexing(rng, dtype):
     idx = rng.integers(0, 7, (4, 3))
     np.testing.assert_array_equal(K._take_t(src, idx), src[idx].transpose(0, 2, 1))
     assert K._take_t(src, np.zeros((0, 3), dtype=np.int64)).shape == (0, 5, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_key_means_and_value_ball_match_numpy(rng, dtype):
+    from attention._kernels.features import _key_means, _value_ball
+
+    k = rng.standard_normal((13, 5)).astype(dtype)
+    kbar, nk = np.full((13, 5), np.nan), np.full(13, np.nan)
+    _key_means(k, 0.5, kbar, nk)
+    k64 = k.astype(np.float64) * 0.5
+    np.testing.assert_allclose(kbar, np.cumsum(k64, 0) / np.arange(1, 14)[:, None], rtol=1e-14)
+    np.testing.assert_allclose(nk, np.sum(k64 * k64, 1), rtol=1e-14)
+    v = rng.standard_normal((9, 4)).astype(dtype)
+    c = np.full(4, np.nan)
+    R2, vm2 = _value_ball(v, c)
+    v64 = v.astype(np.float64)
+    np.testing.assert_allclose(c, v64.mean(0), rtol=1e-14, atol=1e-16)
+    assert R2 == pytest.approx(float(np.max(np.sum((v64 - c) ** 2, 1))), rel=1e-14)
+    assert vm2 == pytest.approx(float(np.max(np.sum(v64**2, 1))), rel=1e-14)
