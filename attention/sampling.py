@@ -469,6 +469,7 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
     for kind, r0, nr, k0, mk in plan:
         groups.setdefault((kind, nr, mk), []).append((r0, k0))
     cq = ck = vn2 = None
+    fresh = True
     for (kind, nr, mk), offs in groups.items():
         n_off = len(offs)
         B = G * n_off
@@ -481,8 +482,16 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
             vp = np.stack([V[kvi, k0 : k0 + mk] for _, k0 in offs], axis=1)
             causal = kind == "causal"
             y, ly = softmax_attention(qp, kp, vp, scale=scale, causal=causal, return_lse=True)
-            with _single_threaded_blas():
-                _merge_kernel(out, lse, pg, pr0, y.reshape(B, nr, dv), ly.reshape(B, nr))
+            if fresh:
+                # Nothing merged yet (pieces of a group have disjoint rows): merging into
+                # (0, -inf) is a copy; one NumPy copy avoids a parallel region.
+                at = (pg[:, None], pr0[:, None] + np.arange(nr))
+                out[at] = y.reshape(B, nr, dv)
+                lse[at] = ly.reshape(B, nr)
+            else:
+                with _single_threaded_blas():
+                    _merge_kernel(out, lse, pg, pr0, y.reshape(B, nr, dv), ly.reshape(B, nr))
+            fresh = False
             pairs = int(np.clip(np.arange(nr) + (mk - nr) + 1, 0, mk).sum()) if causal else nr * mk
             evals += B * pairs
             flops += B * 2.0 * pairs * (d + dv)
@@ -539,6 +548,7 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
                 _block_sample_kernel(*args)
         else:
             _block_sample_numpy(*args)
+        fresh = False
         ev = int(np.diff(qstart) @ np.diff(kstart)) + nr * s
         evals += B * ev
         flops += B * 2.0 * ev * (d + dv + 1)
