@@ -55,8 +55,8 @@ from attention._core import (
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import dropped_mass_bound, row_lemma, value_radius
+from attention.exact import softmax_attention
 from attention.softmax_matrix import SoftmaxMatrix
-from attention.sparse import _partial
 from rnla import sketch as _sketch
 from rnla._validation import (
     ConvergenceWarning,
@@ -375,7 +375,8 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     kernel row underflows) are computed exactly (``m`` kernel evaluations each), and so
     is every row when the kernel entries are too inaccurate for the theory
     (:math:`\|F_i\|^2 > 1` beyond rounding or an indefinite :math:`G_{SS}`, at extreme
-    scale times squared norms). Returns ``(y, lse, rows, evals)`` with ``rows`` the
+    scale times squared norms): they are returned as ``lost`` (bound 0) and computed by
+    :func:`_finish_lost`. Returns ``(y, lse, rows, evals, lost)`` with ``rows`` the
     row-lemma bounds before the cap.
     """
     sm = SoftmaxMatrix(q, k, scale=scale, stabilized=False)
@@ -425,11 +426,23 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     # Gaussian kernel row underflows, so z~_i <= 0), or every row when the kernel
     # entries are too inaccurate for the theory: exact attention, bound 0.
     lost = np.flatnonzero(~(z_low > 0)) if reliable else np.arange(n)
+    rows[lost] = 0.0
+    return y, lse, rows, evals, lost
+
+
+def _finish_lost(problem, g, res):
+    """Exact rows ``lost`` of :func:`_lift_nystrom`'s result of slice ``g``; row bounds.
+
+    The exact kernel (float64; a parallel kernel, so called from the main thread after
+    the slices' pools) computes the rows the lift cannot represent; returns ``(y, lse,
+    row bounds, kernel evaluations)``.
+    """
+    y, lse, lemma, ev, lost = res
+    q, k, v = _slice64(problem, g)
     if lost.size:
-        y[lost], lse[lost] = _partial(q[lost], k, v, scale)
-        rows[lost] = 0.0
-        evals += lost.size * m
-    return y, lse, rows, evals
+        y[lost], lse[lost] = softmax_attention(q[lost], k, v, scale=problem.scale, return_lse=True)
+        ev += lost.size * problem.m
+    return y, lse, finish_row_bounds(problem, lemma, y, v), ev
 
 
 def _check_tau(tau):
@@ -505,10 +518,9 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
 
     def work(g):
         q, k, v = _slice64(problem, g)
-        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, 1.0, picks[g], gamma)
-        return y, lse, finish_row_bounds(problem, lemma, y, v), ev
+        return _lift_nystrom(q, k, v, problem.scale, 1.0, picks[g], gamma)
 
-    res = map_slices(work, range(G))
+    res = [_finish_lost(problem, g, r) for g, r in enumerate(map_slices(work, range(G)))]
     outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
     evals = sum(r[3] for r in res)
     flops = G * 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
@@ -582,8 +594,7 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
 
     def work(g):
         q, k, v = _slice64(problem, g)
-        y, lse, lemma, ev = _lift_nystrom(q, k, v, problem.scale, taus[g], picks[g], 0.0)
-        return y, lse, finish_row_bounds(problem, lemma, y, v), ev
+        return _lift_nystrom(q, k, v, problem.scale, taus[g], picks[g], 0.0)
 
     # Pivots in slice order (the shared rng) in this thread; each slice's Nyström step
     # starts on the worker threads as soon as its pivots are drawn (results do not
@@ -610,6 +621,7 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
             flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
             futures.append(pool.submit(work, g))
         res = [f.result() for f in futures]
+    res = [_finish_lost(problem, g, r) for g, r in enumerate(res)]
     outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
     evals += sum(r[3] for r in res)
     how = (
@@ -743,16 +755,21 @@ def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
     k = min(64, m) if sketch_size is None else sketch_size
     k = check_int(k, "sketch_size", minimum=1, maximum=m)
     make = check_option(sketch, _SKETCHES, "sketch")
-    outs = []
-    flops = 0.0
-    for g in range(problem.n_slices):
+    G = problem.n_slices
+    # Sketches drawn in slice order; the slices then run on all cores (one-thread BLAS:
+    # a threaded BLAS on these thin products is 10-100x slower under load).
+    sketches = [make(k, m, rng=rng) for _ in range(G)]
+
+    def work(g):
         q, kk, v = _slice64(problem, g)
-        S = make(k, m, rng=rng)
+        S = sketches[g]
         SK, SV = S @ kk, S @ v
         p, _ = _softmax_rows(problem.scale * (q @ SK.T))
-        outs.append(_in_range(problem, p @ SV, v))
-        flops += 2.0 * k * m * (problem.d + problem.dv) + 2.0 * n * k * (problem.d + problem.dv)
-    return method_result(problem, outs, None, None, Cost(flops, problem.n_slices * n * k))
+        return _in_range(problem, p @ SV, v)
+
+    outs = map_slices(work, range(G))
+    flops = G * (2.0 * k * m * (problem.d + problem.dv) + 2.0 * n * k * (problem.d + problem.dv))
+    return method_result(problem, outs, None, None, Cost(flops, G * n * k))
 
 
 def _segment_means(X: np.ndarray, c: int) -> np.ndarray:
@@ -836,13 +853,15 @@ def _nystromformer(
     pinv = check_option(pinv, _PINV, "pinv")
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     rcond = check_probability(rcond, "rcond")
-    outs, resid = [], []
     n, m = problem.n, problem.m
-    for g in range(problem.n_slices):
+
+    def work(g):  # slices on all cores, one-thread BLAS (see map_slices)
         F, C, B, v = _landmark_pieces(problem, g, c)
         Z, res = _pinv(C, pinv, n_iter, rcond)
-        resid.append(res)
-        outs.append(_in_range(problem, F @ (Z @ (B @ v)), v))
+        return _in_range(problem, F @ (Z @ (B @ v)), v), res
+
+    res_g = map_slices(work, range(problem.n_slices))
+    outs, resid = [r[0] for r in res_g], [r[1] for r in res_g]
     if pinv == "iterative" and max(resid) > 0.5:
         # From Z0 the residual is 1 - sigma_min^2 / (||A||_1 ||A||_inf) < 1 and it only
         # contracts cubically once small: above 1/2 Z is far from the pseudo-inverse.
@@ -887,9 +906,9 @@ def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
     """
     c = _check_landmarks(n_landmarks, problem)
     augment = check_option(augment, ("diagonal", "ones"), "augment")
-    outs = []
     n, m = problem.n, problem.m
-    for g in range(problem.n_slices):
+
+    def work(g):  # slices on all cores, one-thread BLAS (see map_slices)
         F, C, B, v = _landmark_pieces(problem, g, c)
         Cp = C + (np.eye(c) if augment == "diagonal" else np.ones((c, c)))
         R = B @ np.column_stack([v, np.ones(m)])
@@ -897,7 +916,9 @@ def _csalr(problem: Problem, *, rng, n_landmarks=None, augment="diagonal"):
             X = np.linalg.solve(Cp, R)
         except np.linalg.LinAlgError:
             X = np.linalg.lstsq(Cp, R, rcond=None)[0]
-        outs.append(_in_range(problem, _ratio_output(F @ X)[0], v))
+        return _in_range(problem, _ratio_output(F @ X)[0], v)
+
+    outs = map_slices(work, range(problem.n_slices))
     dd = problem.d + problem.dv
     flops = problem.n_slices * (2.0 * (n * c + c * c + c * m) * dd + 2 * c**3)
     return method_result(
