@@ -266,7 +266,10 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
         np.matmul(F[:-1].transpose(0, 2, 1), Vc[:-1], out=S[1:])
     if p > 0:
         if lk is not None:
-            pre = np.exp(lk[:p] + (off[:p] - s_pre)[:, None].astype(lk.dtype))
+            # (lk + off) - s_pre <= 0 exactly in float64 (s_pre is the maximum of the same
+            # rounded sums); lk + (off - s_pre) in the work dtype cancels catastrophically
+            # for huge logits and overflowed to inf (then inf * 0 = NaN).
+            pre = np.exp((lk[:p] + off[:p, None]) - s_pre).astype(lk.dtype)
             if sk is not None:
                 pre *= sk[:p]
         else:
