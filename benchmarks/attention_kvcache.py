@@ -1,0 +1,472 @@
+r"""Certified decode over a :class:`attention.kvcache.KVCache` on real SmolLM2 heads.
+
+Data: :func:`attention.data.load_smollm2_heads` (the shipped ``"licenses"`` text), the 9
+query heads (3 key/value heads, grouped-query attention) of layers 0, 7, 14, 21, 29,
+float32, RoPE applied. A cache holds the first ``m`` keys and values (``m = 2048`` and
+``8192``); the queries are the ``n_q`` rows ending at position ``m`` (``n_q = 1``: the
+next token; ``16``: the stacked group of 48 rows, causal bottom-right). Synthetic: one
+head group at ``m = 32768`` (Gaussian keys, 4 planted sinks, a local bump).
+
+Per case and ``tol`` in ``{1e-2, 3e-2, 1e-1}``:
+
+* actual relative Frobenius error against exact attention (float64), the returned
+  ``bound`` over ``||Y||_F``, ``bound / actual``, whether the bound holds and is
+  ``<= tol ||Y||_F``;
+* the kept key fraction (``cost.key_fraction``), the bytes read over those of exact
+  attention (``cost.bytes_read`` over ``m (d + dv) 4`` per key/value head), and the
+  oracle top-k fraction (each query row keeps its largest exact weights, renormalised;
+  the smallest grid fraction with relative error ``<= tol``, mean over query heads);
+* the time of a certified step (``attend`` with the skip policy reset, i.e. with the
+  pilot) and of the *policy* step (repeated calls as in generation: a step keeping more
+  than 70% makes the next 8 steps exact), each against our exact kernel
+  (:func:`attention.softmax_attention` on the same ``K``/``V`` arrays), as the median
+  of per-pair time ratios over interleaved pairs (``--pairs``), load average recorded.
+
+Coverage (``--coverage N``): ``N`` seeded runs, each a random layer (0-29 spread), head
+group position ``m`` in ``[1024, 8192]``, ``n_q`` in ``{1, 16}`` and ``tol``; counts
+runs with error above the bound, and the same for a negative control (the row costs of
+the dropped blocks added in quadrature instead of linearly: not a bound); one-sided
+binomial test against ``delta = 0.01`` at level ``1e-3``.
+
+Append (``--append``): time per appended token (one call per token) at ``m = 8192``.
+
+Run: ``flock /tmp/bench.lock python -m benchmarks.attention_kvcache`` (all parts) or one
+part at a time (``--part real --ms 2048 --merge``, ``--part synthetic --merge``,
+``--part coverage --merge``, ``--part append --merge``: each a few minutes on 2 cores). Results:
+``benchmarks/results/attention_kvcache.{json,md}`` and the docs table
+``attention_kvcache_summary.rst``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from scipy.stats import binom
+
+import attention._kernels.kvcache as kk
+import attention.exact as exact_mod
+from attention import softmax_attention
+from attention.data import load_smollm2_heads
+from attention.exact import _single_threaded_blas
+from attention.kvcache import KVCache
+from benchmarks.attention_adaptive import _oracle_fraction
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LAYERS = (0, 7, 14, 21, 29)
+TOLS = (1e-2, 3e-2, 1e-1)
+
+
+def _load():
+    return os.getloadavg()[0]
+
+
+def _exact64(Q, K, V, scale):
+    return softmax_attention(
+        Q.astype(np.float64),
+        K.astype(np.float64),
+        V.astype(np.float64),
+        causal=True,
+        scale=scale,
+    )
+
+
+def _ratio(f_exact, f_method, pairs):
+    """Median of per-pair time ratios method / exact over interleaved calls."""
+    f_exact()
+    f_method()
+    te, tm = [], []
+    for _ in range(pairs):
+        t = time.perf_counter()
+        f_exact()
+        te.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        f_method()
+        tm.append(time.perf_counter() - t)
+    te, tm = np.array(te), np.array(tm)
+    return float(np.median(tm / te)), 1e3 * float(np.median(te)), 1e3 * float(np.median(tm))
+
+
+def _case_rows(name, Q, K, V, scale, pairs, oracle=True):
+    rows = []
+    Y = _exact64(Q, K, V, scale)
+    ynorm = float(np.linalg.norm(Y))
+    cache = KVCache(K.shape[0], K.shape[2], V.shape[2])
+    cache.append(K, V)
+    h, m = K.shape[:2]
+    exact_bytes = h * m * (K.shape[2] + V.shape[2]) * 4
+    gs = Q.shape[0] // h
+    for tol in TOLS:
+        cache._skip = 0
+        res = cache.attend(Q, tol=tol, scale=scale)
+        err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+        row = {
+            "case": name,
+            "m": m,
+            "nq": Q.shape[1],
+            "tol": tol,
+            "rel_error": err / ynorm,
+            "rel_bound": res.bound.value / ynorm,
+            "bound_over_actual": res.bound.value / err if err > 0 else math.inf,
+            "holds": bool(err <= res.bound.value),
+            "within_tol": bool(res.bound.value <= tol * ynorm),
+            "key_fraction": float(np.mean(res.cost.key_fraction)),
+            "bytes_fraction": res.cost.bytes_read / exact_bytes,
+        }
+        if oracle:
+            row["oracle_fraction"] = float(
+                np.mean(
+                    [
+                        _oracle_fraction(Q[g], K[g // gs], V[g // gs], scale, tol)
+                        for g in range(Q.shape[0])
+                    ]
+                )
+            )
+        if pairs:
+
+            def fe(Q=Q, K=K, V=V):
+                return softmax_attention(Q, K, V, causal=True, scale=scale)
+
+            def fstep(tol=tol):
+                cache._skip = 0
+                return cache.attend(Q, tol=tol, scale=scale)
+
+            def fpolicy(tol=tol):
+                return cache.attend(Q, tol=tol, scale=scale)
+
+            r, te, tm = _ratio(fe, fstep, pairs)
+            row.update(step_ratio=r, exact_ms=te, step_ms=tm)
+            cache._skip = 0
+            r, _, tp = _ratio(fe, fpolicy, pairs)
+            row.update(policy_ratio=r, policy_ms=tp)
+            row["speedup"] = 1.0 / row["policy_ratio"]
+        row["load"] = _load()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def real(pairs, ms=(2048, 8192), layers=LAYERS):
+    """Real SmolLM2 heads: caches of the first ``m`` keys, the queries ending at ``m``."""
+    heads = load_smollm2_heads(8192, layers=list(layers))
+    rows = []
+    for m in ms:
+        for li, layer in enumerate(heads.layers):
+            for nq in (1, 16):
+                Q = np.ascontiguousarray(heads.Q[li][:, m - nq : m])
+                K = np.ascontiguousarray(heads.K[li][:, :m])
+                V = np.ascontiguousarray(heads.V[li][:, :m])
+                name = f"real m={m} L{int(layer)} nq={nq}"
+                rows += _case_rows(name, Q, K, V, heads.scale, pairs)
+    return rows
+
+
+def synthetic(pairs, m=32768):
+    """Run a synthetic head group at ``m`` keys.
+
+    Queries of a group share a direction ``u``; 4 sinks along ``u`` (scores ~18), 64
+    heavy hitters (~10), a local window of 256 keys (+3.6) and Gaussian keys (score
+    spread ~0.5).
+    """
+    rng = np.random.default_rng(0)
+    d = 64
+    u = rng.standard_normal((3, 1, d))
+    K = 0.3 * rng.standard_normal((3, m, d))
+    V = rng.standard_normal((3, m, d))
+    Q = 1.5 * np.repeat(u, 3, axis=0) + 0.5 * rng.standard_normal((9, 16, d))
+    K[:, :4] = 1.5 * u
+    hh = rng.choice(m - 512, size=64, replace=False) + 4
+    K[:, hh] += 0.8 * u
+    K[:, -256:] += 0.3 * u
+    K, V, Q = (x.astype(np.float32) for x in (K, V, Q))
+    rows = []
+    for nq in (1, 16):
+        Qn = np.ascontiguousarray(Q[:, 16 - nq :])
+        rows += _case_rows(f"synthetic m={m} nq={nq}", Qn, K, V, 0.125, pairs, oracle=False)
+    return rows
+
+
+def _bound_and_control(cache, Q, tol, scale):
+    """One certified step (first pass, no refinement) through the kernels.
+
+    Returns the output, its bound (row bounds of the dropped blocks and rounding
+    allowance, as ``attend``) and the control (the row costs added in quadrature).
+    """
+    h, nq = cache.n_kv_heads, Q.shape[1]
+    gs = Q.shape[0] // h
+    R, t, B = gs * nq, len(cache), cache.block
+    nbc = min(t // B, (t - nq + 1) // B)
+    members = np.arange(Q.shape[0], dtype=np.int64).reshape(h, gs)
+    qs = Q.reshape(h, R, -1).astype(np.float64) * scale
+    arrs = [np.empty((h, nbc, R)) for _ in range(6)]
+    _, bw, bs2, bt, _, bex = arrs
+    keep = np.ones((h, nbc), dtype=np.int8)
+    seg = np.zeros((h, nbc + t // 512 + 2, 2), dtype=np.int64)
+    nseg = np.zeros(h, dtype=np.int64)
+    cpart = np.zeros((h, R, 2 + cache.value_dim))
+    tau = 0.95 * tol / (1 + tol)
+    with _single_threaded_blas():
+        kk._pilot_select(
+            qs,
+            cache._codes,
+            cache._qscale,
+            cache._qres,
+            cache._rho,
+            cache._udev,
+            nbc,
+            B,
+            16,
+            bool(exact_mod._USE_TILES),
+            *arrs,
+            cache._vc,
+            cache._sig,
+            cache._vrms2,
+            tau,
+            0.0,
+            t,
+            512,
+            keep,
+            seg,
+            nseg,
+            cpart,
+            np.zeros(1, dtype=np.int64),
+            numba.get_num_threads(),
+        )
+        parts = cache._segments(Q, members, nq, scale, True, t - nq, seg, nseg)
+    out = np.empty((Q.shape[0], nq, cache.value_dim), dtype=cache.dtype)
+    lse = np.empty((Q.shape[0], nq))
+    kk._merge((parts,), cpart, members, nq, out, lse)
+    e_row = np.empty((h, R))
+    kk._row_bounds(
+        bw, bs2, bt, bex, cache._vc, cache._sig, keep, cpart, members, nq, out, lse, e_row
+    )
+    y = out.reshape(h, R, -1).astype(np.float64)
+    drop = (keep == 0)[:, :, None]
+    sh = 0.5 * (bex - 1 / bex)
+    dist = np.linalg.norm(cache._vc[:, :nbc, None, :] - y[:, None], axis=3)
+    cen = np.minimum(cache._sig[:, :nbc, None] * np.sqrt(bs2), bt)
+    cost = (bw * sh * dist + bex * cen) * drop
+    slack = (bw * sh * drop).sum(axis=1)
+    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0]) - slack) * (1 - 1e-3)
+    quad = np.sqrt((cost**2).sum(axis=1)) / dlo
+    pad2 = cache._pad(Q, out, scale)[0] ** 2
+    return (
+        out,
+        math.sqrt(float((e_row**2).sum()) + pad2),
+        math.sqrt(float((quad**2).sum()) + pad2),
+    )
+
+
+def coverage(n_runs, delta=0.01, level=1e-3):
+    """Seeded runs over layers, positions, n_q and tol; bound vs quadrature control."""
+    layers = (0, 3, 7, 10, 14, 18, 21, 25, 29)
+    heads = load_smollm2_heads(8192, layers=list(layers))
+    fails = ctrl_fails = 0
+    ratios = []
+    for seed in range(n_runs):
+        rng = np.random.default_rng(seed)
+        li = int(rng.integers(len(layers)))
+        g = int(rng.integers(3))
+        m = int(rng.integers(1024, 8193))
+        nq = int(rng.choice([1, 16]))
+        tol = float(rng.choice(TOLS))
+        K = np.ascontiguousarray(heads.K[li][g : g + 1, :m])
+        V = np.ascontiguousarray(heads.V[li][g : g + 1, :m])
+        Q = np.ascontiguousarray(heads.Q[li][3 * g : 3 * g + 3, m - nq : m])
+        cache = KVCache(1, 64)
+        cache.append(K, V)
+        Y = _exact64(Q, K, V, heads.scale)
+        out, bound, quad = _bound_and_control(cache, Q, tol, heads.scale)
+        err = float(np.linalg.norm(out.astype(np.float64) - Y))
+        fails += err > bound
+        ctrl_fails += err > quad
+        if err > 0:
+            ratios.append(bound / err)
+    p = float(binom.sf(fails - 1, n_runs, delta)) if fails else 1.0
+    p_ctrl = float(binom.sf(ctrl_fails - 1, n_runs, delta)) if ctrl_fails else 1.0
+    res = {
+        "runs": n_runs,
+        "failures": int(fails),
+        "p_value": p,
+        "passes": bool(p >= level),
+        "control_failures": int(ctrl_fails),
+        "control_p_value": p_ctrl,
+        "control_passes": bool(p_ctrl >= level),
+        "median_bound_over_actual": float(np.median(ratios)),
+        "delta": delta,
+        "level": level,
+        "load": _load(),
+    }
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def append_cost(m=8192, n_tokens=1024):
+    heads = load_smollm2_heads(8192, layers=[14])
+    K, V = heads.K[0], heads.V[0]
+    cache = KVCache(3, 64, capacity=m + n_tokens)
+    cache.append(K[:, : m - n_tokens], V[:, : m - n_tokens])
+    t = time.perf_counter()
+    for j in range(m - n_tokens, m):
+        cache.append(K[:, j], V[:, j])
+    per_token = (time.perf_counter() - t) / n_tokens
+    bulk = KVCache(3, 64)
+    t = time.perf_counter()
+    bulk.append(K[:, :m], V[:, :m])
+    t_bulk = time.perf_counter() - t
+    Q = np.ascontiguousarray(heads.Q[0][:, m - 1 : m])
+    Ks, Vs = np.ascontiguousarray(K[:, :m]), np.ascontiguousarray(V[:, :m])
+    te = []
+    for _ in range(20):
+        t = time.perf_counter()
+        softmax_attention(Q, Ks, Vs, causal=True, scale=heads.scale)
+        te.append(time.perf_counter() - t)
+    res = {
+        "m": m,
+        "append_us_per_token": 1e6 * per_token,
+        "bulk_append_ms": 1e3 * t_bulk,
+        "exact_step_ms": 1e3 * float(np.median(te)),
+        "load": _load(),
+    }
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def _md(data):
+    lines = [
+        "## Certified decode over a KVCache (9 query / 3 kv heads, float32)",
+        "",
+        "Time ratios: median over interleaved pairs of (cache step time / exact kernel time); "
+        "*step*: a certified step with the pilot; *policy*: repeated calls (a step keeping "
+        "> 70% makes the next 8 steps exact).",
+        "",
+        "| case | tol | rel. error | bound/‖Y‖ | bound/actual | holds | ≤ tol | key frac. | "
+        "bytes frac. | oracle frac. | step ratio | policy ratio | exact ms | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data.get("rows", []):
+        lines.append(
+            f"| {r['case']} | {r['tol']:g} | {r['rel_error']:.2e} | {r['rel_bound']:.2e} | "
+            f"{r['bound_over_actual']:.2f} | {r['holds']} | {r['within_tol']} | "
+            f"{r['key_fraction']:.2f} | {r['bytes_fraction']:.2f} | "
+            f"{r.get('oracle_fraction', float('nan')):.2f} | "
+            f"{r.get('step_ratio', float('nan')):.2f} | "
+            f"{r.get('policy_ratio', float('nan')):.2f} | "
+            f"{r.get('exact_ms', float('nan')):.3f} | {r['load']:.1f} |"
+        )
+    cov = data.get("coverage")
+    if cov:
+        lines += ["", "## Coverage", "", "```", json.dumps(cov, indent=1), "```"]
+    app = data.get("append")
+    if app:
+        lines += ["", "## Append", "", "```", json.dumps(app, indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_rst(data):
+    rows = data.get("rows", [])
+    lines = [
+        ".. list-table:: Certified decode over a ``KVCache`` (SmolLM2 layers 0/7/14/21/29, "
+        "9 query / 3 kv heads, float32; means over layers; time ratios: medians of "
+        "interleaved pairs against the exact kernel, above 1 = slower)",
+        "   :header-rows: 1",
+        "",
+        "   * - cases",
+        "     - tol",
+        "     - bound holds, <= tol",
+        "     - median bound/actual",
+        "     - key fraction",
+        "     - bytes read / exact",
+        "     - oracle top-k fraction",
+        "     - step time / exact",
+        "     - policy time / exact",
+        "     - load",
+    ]
+    groups = sorted({(r["case"].rsplit(" L", 1)[0], r["nq"]) for r in rows if "L" in r["case"]})
+    groups += sorted({(r["case"], r["nq"]) for r in rows if "synthetic" in r["case"]})
+    for prefix, nq in groups:
+        for tol in TOLS:
+            rs = [
+                r
+                for r in rows
+                if r["case"].startswith(prefix) and r["nq"] == nq and r["tol"] == tol
+            ]
+            if not rs:
+                continue
+            label = prefix if "synthetic" in prefix else f"{prefix} nq={nq}"
+            orc = [r["oracle_fraction"] for r in rs if "oracle_fraction" in r]
+            lines += [
+                f"   * - {label}",
+                f"     - {tol:g}",
+                f"     - {sum(r['holds'] for r in rs)}/{len(rs)}, "
+                f"{sum(r['within_tol'] for r in rs)}/{len(rs)}",
+                f"     - {np.median([r['bound_over_actual'] for r in rs]):.2f}",
+                f"     - {np.mean([r['key_fraction'] for r in rs]):.2f}",
+                f"     - {np.mean([r['bytes_fraction'] for r in rs]):.2f}",
+                f"     - {np.mean(orc):.2f}" if orc else "     - n/a",
+                f"     - {np.median([r.get('step_ratio', np.nan) for r in rs]):.2f}",
+                f"     - {np.median([r.get('policy_ratio', np.nan) for r in rs]):.2f}",
+                f"     - {np.mean([r['load'] for r in rs]):.1f}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def render():
+    data = json.loads((RESULTS / "attention_kvcache.json").read_text())
+    (RESULTS / "attention_kvcache.md").write_text(_md(data))
+    (RESULTS / "attention_kvcache_summary.rst").write_text(_summary_rst(data))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--part", choices=("real", "synthetic", "coverage", "append", "all"), default="all"
+    )
+    parser.add_argument("--pairs", type=int, default=20, help="interleaved timing pairs")
+    parser.add_argument("--coverage", type=int, default=200, help="seeded coverage runs")
+    parser.add_argument("--quick", action="store_true", help="m = 2048, 2 layers, 3 pairs")
+    parser.add_argument("--ms", type=int, nargs="*", default=[2048, 8192], help="real m")
+    parser.add_argument("--merge", action="store_true", help="keep the stored other parts")
+    parser.add_argument("--render", action="store_true", help="only rewrite the tables")
+    parser.add_argument("--results", default=None, help="output directory")
+    args = parser.parse_args(argv)
+    global RESULTS
+    if args.results is not None:
+        RESULTS = Path(args.results)
+    RESULTS.mkdir(exist_ok=True)
+    if args.render:
+        render()
+        return
+    path = RESULTS / "attention_kvcache.json"
+    data = json.loads(path.read_text()) if args.merge and path.exists() else {}
+    part = args.part
+    if part in ("real", "all"):
+        ms = (2048,) if args.quick else tuple(args.ms)
+        old = [
+            r for r in data.get("rows", []) if not (r["case"].startswith("real") and r["m"] in ms)
+        ]
+        if args.quick:
+            new = real(3, ms=ms, layers=(0, 14))
+        else:
+            new = real(args.pairs, ms=ms)
+        data["rows"] = new + old
+    if part in ("synthetic", "all"):
+        old = [r for r in data.get("rows", []) if not r["case"].startswith("synthetic")]
+        data["rows"] = old + synthetic(3 if args.quick else args.pairs)
+    if part in ("coverage", "all"):
+        data["coverage"] = coverage(20 if args.quick else args.coverage)
+    if part in ("append", "all"):
+        data["append"] = append_cost()
+    data["threads"] = numba.get_num_threads()
+    path.write_text(json.dumps(data, indent=1))
+    render()
+
+
+if __name__ == "__main__":
+    main()
