@@ -30,7 +30,8 @@ Survey  Module                       Methods (registered names, or functions)
 
 Error bounds and the sampled-row certificate are in :mod:`attention.bounds`, the
 implicit softmax matrix in :mod:`attention.softmax_matrix`, shipped real samples in
-:mod:`attention.data`.
+:mod:`attention.data`. Certified decoding over a key/value cache that keeps block
+summaries (reads fewer bytes than exact attention): :class:`attention.kvcache.KVCache`.
 """
 
 from attention import bounds, latent, tensor

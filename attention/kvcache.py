@@ -83,10 +83,11 @@ group`` rows).
    exactly; since :math:`\|Y\|_F \ge \|\tilde Y\|_F - \text{bound}`, ``bound <= tol
    ||Y||_F`` always holds without an exact pass.
 
-When it does not pay (diffuse heads keep most blocks), the cache reads everything
-exactly: a step whose kept fraction exceeds ``0.7`` makes the next 8 steps (at the
-same ``tol``) skip the pilot and run exact attention over the cache directly (the
-bound is then the rounding allowance); the pilot is retried after them.
+When it does not pay, the cache reads everything exactly (the bound is then the
+rounding allowance): caches shorter than 4096 keys, more than 16 stacked query rows
+per key/value head (exact decoding is then compute-bound and the pilot costs as much
+as the exact scores), and, after a step that kept more than 30 % of the keys (diffuse
+heads), the next 8 steps at the same ``tol``; the pilot is retried after them.
 
 References
 ----------
@@ -100,6 +101,7 @@ gives a deterministic certificate).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -109,6 +111,7 @@ import numpy as np
 
 from attention import exact as _exact
 from attention._core import AttentionApprox, Cost, ErrorBound, _check_scale
+from attention._kernels.exact import _SMALL_ROWS
 from attention._kernels.kvcache import (
     _attend_bound,
     _build_segments,
@@ -125,14 +128,22 @@ from rnla._validation import AccuracyWarning, as_float_array
 
 __all__ = ["KVCache"]
 
-# A certified step that keeps more than this fraction of the visible keys makes the next
-# _SKIP_STEPS steps (same tol) run exact attention without a pilot.
-_PAY_FRACTION = 0.7
+# When a step pays (SmolLM2, 9 query / 3 kv heads, float32, 2 threads, medians of 15
+# interleaved pairs against the exact kernel, load 3.8-4.9): one query at m = 8192 took
+# 0.79-0.90x the exact time at kept fractions 0.08-0.15, 1.08-1.10x at 0.16-0.33, 1.3x
+# and more above; at m = 2048 (exact 0.25 ms) 1.06x and more at any fraction (the fixed
+# per-step work dominates). A certified step that keeps more than this fraction of the
+# visible keys makes the next _SKIP_STEPS steps (same tol) run exact attention without
+# a pilot.
+_PAY_FRACTION = 0.3
 _SKIP_STEPS = 8
-# Fewer summarised blocks than this: exact attention (the pilot cannot pay).
-_MIN_BLOCKS = 8
-# Stacked rows per key/value head above this: exact attention (prefill-like shapes).
-_MAX_ROWS = 64
+# Fewer summarised blocks than this (4096 keys): exact attention.
+_MIN_BLOCKS = 64
+# Stacked rows per key/value head above this: exact attention. With 48 stacked rows (16
+# queries x 3 heads) exact decoding is compute-bound (108 GFLOP/s, 4.5 GB/s at m =
+# 8192) and the pilot's scores and exponentials cost as much as exact attention's (6.6
+# against 9.9 ms on one loaded thread): 1.4-1.7x the exact time at every kept fraction.
+_MAX_ROWS = 16
 # Pilot blocks per parallel task.
 _PILOT_TASK = 16
 # Selection budget: tau * Y0 with log Y0 = mix log(RMS value norm) + (1 - mix) log(norm of
@@ -488,7 +499,10 @@ class KVCache:
         try:
             if work < _exact._SERIAL_WORK:
                 numba.set_num_threads(1)
-            with _exact._single_threaded_blas():
+            # BLAS only for many stacked rows or without the register tiles: otherwise
+            # no thread-pool limit (setting and restoring it costs ~0.1 ms a step).
+            blas = R > _SMALL_ROWS or not _exact._USE_TILES
+            with _exact._single_threaded_blas() if blas else contextlib.nullcontext():
                 res = self._run(q, members, nq, nbc, tol, scale, causal, offset, chunk)
                 out, lse, e2, pad, ynorm, stats = res
                 total = math.sqrt(e2 + pad * pad)

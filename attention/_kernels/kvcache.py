@@ -47,6 +47,28 @@ _U64 = float(np.finfo(np.float64).eps)
 _U32 = float(np.finfo(np.float32).eps) / 2.0  # unit roundoff of float32
 
 
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _mm(a, b):
+    """Return ``a @ b`` (float64, small) by a loop: no BLAS call in the step kernels.
+
+    Keeps the step free of BLAS (and of the thread-pool limit around it) when the
+    stacked rows are few; rows of ``b`` are streamed (vectorised), any summation order
+    is covered by the error terms of the callers.
+    """
+    _wide_vectors()
+    n, k = a.shape
+    m = b.shape[1]
+    out = np.zeros((n, m))
+    for i in range(n):
+        oi = out[i]
+        for e in range(k):
+            x = a[i, e]
+            be = b[e]
+            for j in range(m):
+                oi[j] += x * be[j]
+    return out
+
+
 # ------------------------------------------------------------------ append: summaries
 
 
@@ -209,8 +231,8 @@ def _pilot_radius(qa, qn, qscale, qres, rho, gk, b0, b1, d, beps, bex):
         for e in range(d):
             h64[e, b] = np.float64(qres[gk, b0 + b, e])
             s64[e, b] = np.float64(qscale[gk, b0 + b, e])
-    quant = qa @ h64
-    l1s = qa @ s64
+    quant = _mm(qa, h64)
+    l1s = _mm(qa, s64)
     k = d + 2
     gam = k * _U32 / (1.0 - k * _U32)
     for b in range(nb):
@@ -330,7 +352,7 @@ def _dist(vcg, y):
     """
     nb, dv = vcg.shape
     R = y.shape[0]
-    g = vcg @ y.T
+    g = _mm(vcg, np.ascontiguousarray(y.T))
     vn = np.empty(nb)
     for b in range(nb):
         t = 0.0
@@ -449,7 +471,7 @@ def _centroid_part(bw, bex, vc, keep, cpart):
                 for i in range(R):
                     ex = bex[gk, b, i]
                     x[i, b] = bw[gk, b, i] * 0.5 * (ex + 1.0 / ex)
-        acc = x @ vc[gk, :nbc]
+        acc = _mm(x, vc[gk, :nbc])
         for i in range(R):
             t = 0.0
             for b in range(nbc):
@@ -508,7 +530,7 @@ def _select(
                 rms[i] += w * vrms2[gk, b]
                 x[i, b] = w
         vcg = vc[gk, :nbc]
-        y0 = x @ vcg
+        y0 = _mm(x, vcg)
         rms2 = 0.0
         cen2 = 0.0
         for i in range(R):

@@ -16,6 +16,15 @@ from rnla._validation import AccuracyWarning
 D = 32
 
 
+@pytest.fixture(autouse=True)
+def _small_caches(monkeypatch):
+    """Certified steps on the small caches of these tests (the default routing reads
+    caches under 4096 keys, and more than 16 stacked rows, exactly)."""
+    monkeypatch.setattr(kvmod, "_MIN_BLOCKS", 8)
+    monkeypatch.setattr(kvmod, "_MAX_ROWS", 64)
+    monkeypatch.setattr(kvmod, "_PAY_FRACTION", 0.7)
+
+
 def _head(rng, kind, h=2, m=1280, d=D, dtype=np.float64):
     """Keys/values of a synthetic head and queries (2 query heads per kv head, 4 rows).
 
@@ -398,6 +407,19 @@ def test_determinism_and_threads(rng):
     for r in (b, s):
         np.testing.assert_array_equal(a.output, r.output)
         assert a.bound.value == r.bound.value
+
+
+def test_default_routing(rng, monkeypatch):
+    monkeypatch.undo()
+    Q, K, V = _head(rng, "sinks", m=1280)
+    c = _cache(K, V)
+    res = c.attend(Q[:, :1], tol=0.1)  # 20 blocks < 64: exact read
+    assert res.cost.key_fraction[0] == 1.0 and "exact attention" in res.bound.assumptions
+    Q, K, V = _head(rng, "sinks", h=1, m=4200, dtype=np.float32)
+    c = _cache(K, V)
+    assert c.attend(Q[:, :1], tol=0.1).cost.key_fraction[0] < 0.3  # certified
+    Qm = np.repeat(Q, 5, axis=1)[:, :9]  # 2 heads x 9 rows = 18 stacked rows > 16
+    assert c.attend(Qm, tol=0.1).cost.key_fraction[0] == 1.0
 
 
 def test_growth_and_views(rng):
