@@ -24,7 +24,12 @@ sums (:func:`_key_state`, :func:`_apply_state`: batched BLAS GEMMs over all chun
 never an ``n x d x M`` tensor); the key side (features, chunk states) is computed once
 per key/value slice and shared by its grouped-query heads; float32 inputs of moderate
 size get float32 features and GEMMs, and the slices run on all cores
-(:func:`attention._parallel.map_slices`).
+(:func:`attention._parallel.map_slices`). With ``n == m`` the query side runs by units
+of (key/value group, segment of 512 rows) (:func:`_grouped_segments`): the features of
+a segment are computed, exponentiated and used while they are in cache, and each chunk
+state is read once for all query heads of its group. Row exponentials, chunk shifts,
+prefix states and the output/bound row passes are fused Numba kernels
+(:mod:`attention._kernels.features`).
 The angular-LSH bucketing used by ``scatterbrain`` is a minimal private version, to be
 replaced by the hashing primitives of ``rnla.cluster`` when that module exists.
 """
@@ -1394,7 +1399,7 @@ def _scatterbrain(
         _, k, v = _scaled(problem, g, wdt)
         lk, _, off = _rf_key_logs(k, Wt, features)
         st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
-        k64 = _scaled(problem, g)[1]
+        k64 = problem.slice(g)[1].astype(np.float64) * math.sqrt(problem.scale)
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
         kvd = _kv_bound_data(problem, k64, v) if mode == "norms" else None
         # Key features over their row maximum (log shift ck), once: one pass.

@@ -285,7 +285,7 @@ def _block_unions(idx, valid, block):
     return U, keep
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
     """Scatterbrain's sparse-part weights on blocks of per-bucket key windows, in place.
 
@@ -295,6 +295,8 @@ def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
     of ``sc``); the row shift ``rb = max(ref[row], max_j s, max_j l)`` (0 if not finite,
     rounded to the dtype of ``sc``); then ``sc[b, i, j] = exp(s - rb) - exp(l - rb)`` on
     kept entries and 0 elsewhere (padding rows: 0). ``rb[b, i]`` receives the shift.
+    The exponentials (of arguments ``<= 0``) are the vectorisable ones of
+    :mod:`rnla._kernels.fastexp`.
 
     Parameters
     ----------
@@ -335,9 +337,10 @@ def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
                 mx = 0.0
             one[0] = mx
             rbs = one[0]
+            z = one[0] - one[0]  # 0 in the dtype of sc
             for j in range(L):
                 if keep[b, i, j]:
-                    sc[b, i, j] = np.exp(sc[b, i, j] - rbs) - np.exp(lb[j] - rbs)
+                    sc[b, i, j] = _expo(min(sc[b, i, j] - rbs, z)) - _expo(min(lb[j] - rbs, z))
                 else:
                     sc[b, i, j] = 0.0
             rb[b, i] = rbs
