@@ -6,9 +6,9 @@ Times ``performer``, ``scatterbrain``, ``taylor``, ``polysketch``, ``tensorsketc
 :func:`attention.softmax_attention` in the same process, interleaved (exact, method,
 exact, method, ...), and reports the median ratio of the two (also of their process CPU
 times), the flops achieved (``cost.flops`` / time / the process's measured float32 GEMM
-rate) and the relative Frobenius error against exact. Datasets: real SmolLM2-135M causal heads at ``n = 4096``
-(layers 0/10/20/29, 9 query / 3 kv heads each) and synthetic causal SmolLM2-shaped heads
-at ``n = 16384``.
+rate) and the relative Frobenius error against exact. Datasets: real SmolLM2-135M causal
+heads at ``n = 4096`` (layers 0/10/20/29, 9 query / 3 kv heads each) and synthetic causal
+SmolLM2-shaped heads at ``n = 16384``.
 
 Any registered method can be listed with ``--methods``: methods without a causal form run
 non-causally against non-causal exact attention (column ``causal``); the bound passes that
