@@ -14,10 +14,17 @@ Per (n, layer, tol), one :func:`attention.approximate` call on the 9 heads of th
 * the fraction of visible keys whose values entered exactly (``cost.key_fraction``,
   mean over heads) and the fraction of kernel evaluations (all scores are formed);
 * time against :func:`attention.softmax_attention` (float32, same inputs), interleaved
-  (exact, adaptive, exact, adaptive, ...) in one process, fastest of ``--repeats``;
+  (exact, adaptive, exact, adaptive, ...) in one process, fastest of ``--repeats``, for
+  the default route and for the estimator alone (``method_speedup``);
 * the oracle top-k key fraction of the issue (the exact largest weights of every row,
   renormalised, one fraction of the visible keys for all rows of a head) for query
-  heads 0 and 4 of each layer at ``n = 4096`` (``--oracle``).
+  heads 0 and 4 of each layer (``--oracle``; beside it the estimator's own fraction on
+  those heads).
+
+Coverage (``--coverage R``): the estimator alone on ``R`` seeded random windows of 384
+query rows of real heads (random layer, key/value head, end row and tol), failures of
+the bound and of the quadrature control, one-sided binomial tests against
+``delta = 0.01`` (:func:`coverage`).
 
 Decode, default route (``--decode-default``): the exact kernel in one pass over ``K`` and
 ``V`` against :func:`attention.softmax_attention`, median of per-pair time ratios
@@ -88,13 +95,14 @@ def _quadrature(Q, K, V, scale, tol):
     return math.sqrt(stats[:, 5].sum())
 
 
-def _oracle_fraction(
-    q, k, v, scale, tol, grid=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
-):
-    """Oracle top-k: the smallest grid fraction of every row's visible keys that works.
+_ORACLE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 
-    Keeps each row's largest weights (renormalised); returns the smallest fraction whose
-    head output has relative Frobenius error <= tol (float64, row chunks of 512).
+
+def _oracle_errors(q, k, v, scale, grid=_ORACLE_GRID):
+    """Oracle top-k: relative Frobenius error of one head for each kept fraction of ``grid``.
+
+    Keeps each row's largest weights (renormalised), the same fraction of every row's
+    visible keys (float64, row chunks of 512).
     """
     n, m = q.shape[0], k.shape[0]
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
@@ -117,14 +125,30 @@ def _oracle_fraction(
             wk = np.where(keep, w, 0.0)
             yk = (wk @ v64) / wk.sum(axis=1, keepdims=True)
             errs[gi] += float(((yk - y) ** 2).sum())
-    rel = np.sqrt(errs / ynorm2)
+    return np.sqrt(errs / ynorm2)
+
+
+def _oracle_fraction(q, k, v, scale, tol, grid=_ORACLE_GRID, errors=None):
+    """Return the smallest grid fraction whose oracle top-k error is <= tol (1.0 if none)."""
+    rel = _oracle_errors(q, k, v, scale, grid) if errors is None else errors
     ok = [f for f, e in zip(grid, rel, strict=True) if e <= tol]
     return min(ok) if ok else 1.0
+
+
+def _forced(fn):
+    """Run ``fn`` with the estimator on every slice (no exact fallback)."""
+    saved = ad._EXACT_FRACTION, ad._SWITCH_COST
+    ad._EXACT_FRACTION, ad._SWITCH_COST = 1.0, -math.inf
+    try:
+        return fn()
+    finally:
+        ad._EXACT_FRACTION, ad._SWITCH_COST = saved
 
 
 def prefill(n, repeats, oracle):
     heads = load_smollm2_heads(n, layers=list(LAYERS))
     rows = []
+    oracle_errors = {}
     for li, layer in enumerate(heads.layers):
         Q, K, V = heads.Q[li], heads.K[li], heads.V[li]
         Y = softmax_attention(
@@ -138,23 +162,32 @@ def prefill(n, repeats, oracle):
         for tol in TOLS:
             res = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale)
             err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+
             # The estimator itself on every slice (no exact fallback): its key fraction,
-            # tightness and coverage (the default route sends slices predicted to keep
-            # more than 12% of the keys to the exact kernel, which is faster there, and
-            # all slices when the predicted saving is below 2% of the exact time).
-            saved = ad._EXACT_FRACTION, ad._SWITCH_COST
-            ad._EXACT_FRACTION, ad._SWITCH_COST = 1.0, -math.inf
-            try:
-                res_m = approximate(Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale)
-                quad = _quadrature(Q, K, V, heads.scale, tol)
-            finally:
-                ad._EXACT_FRACTION, ad._SWITCH_COST = saved
+            # tightness, coverage and speed (the default route sends slices predicted to
+            # keep more than a quarter of the keys to the exact kernel, which is faster
+            # there, and all slices when the predicted saving is below 2% of the exact
+            # time).
+            def method(Q=Q, K=K, V=V, tol=tol):
+                return _forced(
+                    lambda: approximate(
+                        Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale
+                    )
+                )
+
+            res_m = method()
+            quad = _forced(lambda Q=Q, K=K, V=V, tol=tol: _quadrature(Q, K, V, heads.scale, tol))
             err_m = float(np.linalg.norm(res_m.output.astype(np.float64) - Y))
             te, tm = _time_pair(
                 lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=True, scale=heads.scale),
                 lambda Q=Q, K=K, V=V, tol=tol: approximate(
                     Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale
                 ),
+                repeats,
+            )
+            te_m, tm_m = _time_pair(
+                lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=True, scale=heads.scale),
+                method,
                 repeats,
             )
             exact_evals = 9 * sum(min(n, i + 1) for i in range(n))
@@ -178,20 +211,83 @@ def prefill(n, repeats, oracle):
                 "exact_ms": 1e3 * te,
                 "adaptive_ms": 1e3 * tm,
                 "speedup": te / tm,
+                "method_speedup": te_m / tm_m,
+                "method_per_head_key_fraction": [float(x) for x in res_m.cost.key_fraction],
                 "load": _load(),
             }
-            if oracle and n == 4096:
+            if oracle:
+                if li not in oracle_errors:
+                    oracle_errors[li] = [
+                        _oracle_errors(Q[h], K[h // 3], V[h // 3], heads.scale) for h in (0, 4)
+                    ]
                 row["oracle_fraction"] = float(
                     np.mean(
                         [
-                            _oracle_fraction(Q[h], K[h // 3], V[h // 3], heads.scale, tol)
-                            for h in (0, 4)
+                            _oracle_fraction(None, None, None, None, tol, errors=e)
+                            for e in oracle_errors[li]
                         ]
                     )
+                )
+                row["method_key_fraction_heads_0_4"] = float(
+                    np.mean([res_m.cost.key_fraction[h] for h in (0, 4)])
                 )
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def coverage(reps, n=4096, window=384):
+    """Coverage of the estimator alone over ``reps`` seeded random windows of real heads.
+
+    Repetition ``r`` (seed ``r``): a random layer of :data:`LAYERS`, a random key/value
+    head with its 3 query heads, the ``window`` query rows ending at a random position
+    ``e`` (``1024 <= e <= n``) against the ``e`` keys they see (causal), a random tol of
+    :data:`TOLS`. Counts the runs with actual error > bound, and for the negative control
+    (the same row bounds added in quadrature) > that sum; one-sided binomial tests
+    against ``delta = 0.01`` (``scipy.stats.binomtest``).
+    """
+    from scipy.stats import binomtest
+
+    heads = load_smollm2_heads(n, layers=list(LAYERS))
+    fails = fails_quad = 0
+    ratios = []
+    for r in range(reps):
+        rng = np.random.default_rng(r)
+        li = int(rng.integers(len(LAYERS)))
+        g = int(rng.integers(3))
+        end = int(rng.integers(1024, n + 1))
+        tol = float(rng.choice(TOLS))
+        Q = heads.Q[li][3 * g : 3 * g + 3, end - window : end]
+        K = heads.K[li][g : g + 1, :end]
+        V = heads.V[li][g : g + 1, :end]
+        Y = softmax_attention(
+            Q.astype(np.float64), K, V.astype(np.float64), causal=True, scale=heads.scale
+        )
+        res = _forced(
+            lambda Q=Q, K=K, V=V, tol=tol: approximate(
+                Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale
+            )
+        )
+        quad = _forced(lambda Q=Q, K=K, V=V, tol=tol: _quadrature(Q, K, V, heads.scale, tol))
+        err = float(np.linalg.norm(res.output.astype(np.float64) - Y))
+        fails += err > res.bound.value
+        fails_quad += quad > 0 and err > quad
+        if err > 0:
+            ratios.append(res.bound.value / err)
+    row = {
+        "reps": reps,
+        "window": window,
+        "failures": int(fails),
+        "p_value": float(binomtest(int(fails), reps, 0.01, alternative="greater").pvalue),
+        "control_failures": int(fails_quad),
+        "control_p_value": float(
+            binomtest(int(fails_quad), reps, 0.01, alternative="greater").pvalue
+        ),
+        "median_bound_over_actual": float(np.median(ratios)),
+        "load": _load(),
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def decode(repeats):
@@ -328,19 +424,20 @@ def decode_default(pairs):
     return rows
 
 
-def _md(prefill_rows, decode_rows, default_rows=()):
+def _md(prefill_rows, decode_rows, default_rows=(), coverage=None):
     lines = [
         "## Prefill (9 heads per layer, causal, float32)",
         "",
-        "Default route (exact kernel for slices predicted to keep > 12% of the keys, and for "
+        "Default route (exact kernel for slices predicted to keep > 25% of the keys, and for "
         "all slices when the predicted saving is < 2% of the exact time) and, "
-        "as *method*, the estimator on every slice (no exact fallback; not timed).",
+        "as *method*, the estimator on every slice (no exact fallback). Speed-ups: exact "
+        "time / time, fastest of interleaved repeats in one process.",
         "",
         "| n | layer | tol | rel. error | bound/‖Y‖ | bound/actual | holds | ≤ tol | "
         "key frac. | method rel. error | method bound/actual | method holds, ≤ tol | "
         "quadrature holds (method) | method key frac. | oracle top-k frac. | speed-up | "
-        "load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "method speed-up | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in prefill_rows:
         lines.append(
@@ -352,8 +449,19 @@ def _md(prefill_rows, decode_rows, default_rows=()):
             f"{r.get('method_holds')}, {r.get('method_within_tol')} | "
             f"{r['quadrature_holds']} | {r.get('method_key_fraction', float('nan')):.2f} | "
             f"{r.get('oracle_fraction', float('nan')):.2f} | {r['speedup']:.2f} | "
-            f"{r['load']:.1f} |"
+            f"{r.get('method_speedup', float('nan')):.2f} | {r['load']:.1f} |"
         )
+    if coverage:
+        c = coverage
+        lines += [
+            "",
+            f"Coverage of the estimator alone: {c['reps']} seeded windows of {c['window']} "
+            f"query rows (random layer, key/value head with its 3 query heads, end row, tol): "
+            f"bound exceeded in {c['failures']} (one-sided binomial p = {c['p_value']:.3g} "
+            f"against delta = 0.01); negative control (row bounds in quadrature) exceeded "
+            f"in {c['control_failures']} (p = {c['control_p_value']:.2g}); median "
+            f"bound/actual {c['median_bound_over_actual']:.2f}; load {c['load']:.1f}.",
+        ]
     lines += [
         "",
         "## Decode (causal, float32)",
@@ -389,7 +497,7 @@ def _md(prefill_rows, decode_rows, default_rows=()):
     return "\n".join(lines) + "\n"
 
 
-def _summary_rst(pre, dec, oracle, default=()):
+def _summary_rst(pre, dec, oracle, default=(), coverage=None):
     """Aggregate table for the docs: per (n, tol) over the layers."""
     lines = [
         ".. list-table:: Prefill, 9 heads x 5 layers per n (medians over layers; *method*: the "
@@ -409,6 +517,7 @@ def _summary_rst(pre, dec, oracle, default=()):
         "     - oracle top-k fraction",
         "     - speed-up vs exact (median)",
         "     - speed-up, aggregate time",
+        "     - method: speed-up, aggregate time",
         "     - oracle top-k 1/fraction",
         "     - load",
     ]
@@ -418,6 +527,10 @@ def _summary_rst(pre, dec, oracle, default=()):
             if not rs:
                 continue
             orc = [v[str(tol)] for v in oracle.get(str(n), {}).values()]
+            orc = orc or [r["oracle_fraction"] for r in rs if "oracle_fraction" in r]
+            tm = sum(r["exact_ms"] for r in rs) / sum(
+                r["exact_ms"] / r.get("method_speedup", np.nan) for r in rs
+            )
             lines += [
                 f"   * - {n}",
                 f"     - {tol:g}",
@@ -433,9 +546,21 @@ def _summary_rst(pre, dec, oracle, default=()):
                 f"     - {np.mean(orc):.2f}" if orc else "     - n/a",
                 f"     - {np.median([r['speedup'] for r in rs]):.2f}",
                 f"     - {sum(r['exact_ms'] for r in rs) / sum(r['adaptive_ms'] for r in rs):.2f}",
+                f"     - {tm:.2f}",
                 f"     - {1 / np.mean(orc):.2f}" if orc else "     - n/a",
                 f"     - {np.mean([r['load'] for r in rs]):.1f}",
             ]
+    if coverage:
+        c = coverage
+        lines += [
+            "",
+            f"Coverage (estimator alone, {c['reps']} seeded windows of {c['window']} query "
+            f"rows of random real heads, random tol): bound exceeded in {c['failures']} runs "
+            f"(one-sided binomial p = {c['p_value']:.3g} against delta = 0.01); the negative "
+            f"control (row bounds added in quadrature) exceeded in {c['control_failures']} "
+            f"(p = {c['control_p_value']:.2g}); median bound/actual "
+            f"{c['median_bound_over_actual']:.2f}.",
+        ]
     lines += [
         "",
         ".. list-table:: Decode (medians over cases)",
@@ -497,10 +622,21 @@ def render(oracle_paths=()):
     data["oracle"] = oracle
     (RESULTS / "attention_adaptive.json").write_text(json.dumps(data, indent=1))
     (RESULTS / "attention_adaptive.md").write_text(
-        _md(data["prefill"], data["decode"], data.get("decode_default", []))
+        _md(
+            data["prefill"],
+            data["decode"],
+            data.get("decode_default", []),
+            data.get("coverage"),
+        )
     )
     (RESULTS / "attention_adaptive_summary.rst").write_text(
-        _summary_rst(data["prefill"], data["decode"], oracle, data.get("decode_default", []))
+        _summary_rst(
+            data["prefill"],
+            data["decode"],
+            oracle,
+            data.get("decode_default", []),
+            data.get("coverage"),
+        )
     )
 
 
@@ -519,6 +655,13 @@ def main(argv=None):
     parser.add_argument("--pairs", type=int, default=40, help="interleaved pairs (default route)")
     parser.add_argument(
         "--no-timing", action="store_true", help="errors, bounds and key fractions only"
+    )
+    parser.add_argument(
+        "--coverage",
+        type=int,
+        default=None,
+        metavar="R",
+        help="only the coverage check over R seeded windows (keeps the other rows)",
     )
     parser.add_argument("--results", default=None, help="output directory")
     parser.add_argument("--ns", type=int, nargs="*", default=None, help="prefill lengths")
@@ -543,6 +686,12 @@ def main(argv=None):
         RESULTS = Path(args.results)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "attention_adaptive.json"
+    if args.coverage is not None:
+        data = json.loads(path.read_text()) if path.exists() else {"prefill": [], "decode": []}
+        data["coverage"] = coverage(args.coverage)
+        path.write_text(json.dumps(data, indent=1))
+        render()
+        return
     if args.decode_default:
         data = json.loads(path.read_text()) if path.exists() else {"prefill": [], "decode": []}
         data["decode_default"] = decode_default(args.pairs)
@@ -567,8 +716,10 @@ def main(argv=None):
         data["decode"] = dec if dec else old.get("decode", [])
         data["decode_default"] = default if default else old.get("decode_default", [])
         data["oracle"] = old.get("oracle", {})
+        data["coverage"] = old.get("coverage")
     elif path.exists():
         data["oracle"] = json.loads(path.read_text()).get("oracle", {})
+        data["coverage"] = json.loads(path.read_text()).get("coverage")
     data["prefill"].sort(key=lambda r: (r["n"], r["layer"], r["tol"]))
     path.write_text(json.dumps(data, indent=1))
     render()
