@@ -120,6 +120,7 @@ from rnla._kernels.fastexp import (  # noqa: F401 - re-exported to the other ker
     _C_F,
     _EXP_MIN,
     _EXP_MIN_F,
+    _HAS_AVX512,
     _LN2_HI,
     _LN2_HI_F,
     _LN2_LO,
@@ -130,6 +131,7 @@ from rnla._kernels.fastexp import (  # noqa: F401 - re-exported to the other ker
     _MAGIC_F,
     _ZERO_F,
     _add_reassoc,
+    _emit_exp_vec,
     _exp_f32,
     _exp_f64,
     _exp_sum_vec,
@@ -354,7 +356,7 @@ _PAD = 64
 _DIAG_ROWS = 48
 
 
-def _make_tile(n_rows, n_vecs):
+def _make_tile(n_rows, n_vecs, exp_epilogue=False):
     """Build an intrinsic ``tile(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo)``.
 
     Computes, for ``r < n_rows`` and the ``n_vecs`` 512-bit vectors ``c`` of the tile,
@@ -367,96 +369,158 @@ def _make_tile(n_rows, n_vecs):
     fused multiply-adds (``llvm.fma``, one rounding each, in the order ``e = 0, 1,
     ...``: the result does not depend on anything but the operands). The output is
     overwritten. No bounds checks (the callers size the buffers).
+
+    With ``exp_epilogue`` the intrinsic takes five more arguments, ``mref, moff, sums,
+    wlim, c0``, and writes ``exp(out - mref[i])`` (``i = moff + r``) instead of ``out``
+    (the exponential of :func:`rnla._kernels.fastexp._emit_exp_vec`, on the
+    accumulators while they are still in registers; 0 in the columns at or beyond
+    ``wlim[i] - c0`` of the tile and below the underflow cut), and adds the row's
+    ``n_vecs`` result vectors, in order, to the vector ``sums[i * vl : (i + 1) * vl]``
+    (``vl`` lanes). ``mref`` and ``sums`` have the dtype of ``out``, ``wlim`` is int64.
     """
+    codegen = _tile_codegen(n_rows, n_vecs, exp_epilogue)
+
+    def typed(a, b, out):
+        if not all(isinstance(x, types.Array) for x in (a, b, out)):
+            return False
+        return a.dtype == b.dtype == out.dtype and a.dtype in (types.float32, types.float64)
+
+    if exp_epilogue:
+
+        @intrinsic
+        def tile_exp(
+            typingctx, a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo, mref, moff, sums, wlim, c0
+        ):
+            if not (typed(a, b, out) and mref.dtype == sums.dtype == a.dtype):
+                return None
+            sig = types.none(
+                a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo, mref, moff, sums, wlim, c0
+            )
+            return sig, codegen
+
+        return tile_exp
 
     @intrinsic
     def tile(typingctx, a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo):
-        if not all(isinstance(x, types.Array) for x in (a, b, out)):
+        if not typed(a, b, out):
             return None
-        if not (a.dtype == b.dtype == out.dtype and a.dtype in (types.float32, types.float64)):
-            return None
+        return types.none(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo), codegen
 
-        def codegen(context, builder, sig, args):
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
-            fty = ir.FloatType() if sig.args[0].dtype == types.float32 else ir.DoubleType()
-            vl = 16 if sig.args[0].dtype == types.float32 else 8
-            vty = ir.VectorType(fty, vl)
-            data = [
-                context.make_array(sig.args[x])(context, builder, args[x]).data for x in range(3)
+    return tile
+
+
+def _tile_codegen(n_rows, n_vecs, exp_epilogue):
+    """LLVM code of the intrinsics of :func:`_make_tile`."""
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        fty = ir.FloatType() if sig.args[0].dtype == types.float32 else ir.DoubleType()
+        vl = 16 if sig.args[0].dtype == types.float32 else 8
+        vty = ir.VectorType(fty, vl)
+        data = [context.make_array(sig.args[x])(context, builder, args[x]).data for x in range(3)]
+        aoffv, boffv, ooffv, kv, ldav, ldbv, ldov = args[3:10]
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * vl)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+        fma = builder.module.declare_intrinsic(
+            f"llvm.fma.v{vl}f{32 if vl == 16 else 64}",
+            fnty=ir.FunctionType(vty, [vty, vty, vty]),
+        )
+        arow = [
+            builder.gep(data[0], [builder.add(aoffv, builder.mul(ldav, ir.Constant(i64, r)))])
+            for r in range(n_rows)
+        ]
+        orow = [
+            builder.gep(data[2], [builder.add(ooffv, builder.mul(ldov, ir.Constant(i64, r)))])
+            for r in range(n_rows)
+        ]
+        bbase = builder.gep(data[1], [boffv])
+        optr = [
+            [
+                builder.bitcast(builder.gep(orow[r], [ir.Constant(i64, c * vl)]), vty.as_pointer())
+                for c in range(n_vecs)
             ]
-            aoffv, boffv, ooffv, kv, ldav, ldbv, ldov = args[3:]
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * vl)
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
-            fma = builder.module.declare_intrinsic(
-                f"llvm.fma.v{vl}f{32 if vl == 16 else 64}",
-                fnty=ir.FunctionType(vty, [vty, vty, vty]),
-            )
-            arow = [
-                builder.gep(data[0], [builder.add(aoffv, builder.mul(ldav, ir.Constant(i64, r)))])
-                for r in range(n_rows)
-            ]
-            orow = [
-                builder.gep(data[2], [builder.add(ooffv, builder.mul(ldov, ir.Constant(i64, r)))])
-                for r in range(n_rows)
-            ]
-            bbase = builder.gep(data[1], [boffv])
-            optr = [
-                [
-                    builder.bitcast(
-                        builder.gep(orow[r], [ir.Constant(i64, c * vl)]), vty.as_pointer()
-                    )
-                    for c in range(n_vecs)
-                ]
-                for r in range(n_rows)
-            ]
-            init = [[zero] * n_vecs for _ in range(n_rows)]
-            entry = builder.block
-            loop = builder.append_basic_block("tile_loop")
-            done = builder.append_basic_block("tile_done")
-            builder.cbranch(builder.icmp_signed(">", kv, ir.Constant(i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            e = builder.phi(i64)
-            e.add_incoming(ir.Constant(i64, 0), entry)
-            acc = [[builder.phi(vty) for _ in range(n_vecs)] for _ in range(n_rows)]
-            for r in range(n_rows):
-                for c in range(n_vecs):
-                    acc[r][c].add_incoming(init[r][c], entry)
-            brow = builder.gep(bbase, [builder.mul(e, ldbv)])
-            bvec = []
+            for r in range(n_rows)
+        ]
+        init = [[zero] * n_vecs for _ in range(n_rows)]
+        entry = builder.block
+        loop = builder.append_basic_block("tile_loop")
+        done = builder.append_basic_block("tile_done")
+        builder.cbranch(builder.icmp_signed(">", kv, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        e = builder.phi(i64)
+        e.add_incoming(ir.Constant(i64, 0), entry)
+        acc = [[builder.phi(vty) for _ in range(n_vecs)] for _ in range(n_rows)]
+        for r in range(n_rows):
             for c in range(n_vecs):
-                ptr = builder.gep(brow, [ir.Constant(i64, c * vl)])
-                bvec.append(builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4))
-            new = []
-            for r in range(n_rows):
-                x = builder.load(builder.gep(arow[r], [e]))
-                x = builder.insert_element(undef, x, ir.Constant(i32, 0))
-                x = builder.shuffle_vector(x, undef, splat)
-                new.append([builder.call(fma, [x, bvec[c], acc[r][c]]) for c in range(n_vecs)])
-            e1 = builder.add(e, ir.Constant(i64, 1))
-            end = builder.block
-            e.add_incoming(e1, end)
-            for r in range(n_rows):
-                for c in range(n_vecs):
-                    acc[r][c].add_incoming(new[r][c], end)
-            builder.cbranch(builder.icmp_signed("<", e1, kv), loop, done)
-            builder.position_at_end(done)
-            res = []
-            for r in range(n_rows):
-                for c in range(n_vecs):
-                    x = builder.phi(vty)
-                    x.add_incoming(init[r][c], entry)
-                    x.add_incoming(new[r][c], end)
-                    res.append(x)
+                acc[r][c].add_incoming(init[r][c], entry)
+        brow = builder.gep(bbase, [builder.mul(e, ldbv)])
+        bvec = []
+        for c in range(n_vecs):
+            ptr = builder.gep(brow, [ir.Constant(i64, c * vl)])
+            bvec.append(builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4))
+        new = []
+        for r in range(n_rows):
+            x = builder.load(builder.gep(arow[r], [e]))
+            x = builder.insert_element(undef, x, ir.Constant(i32, 0))
+            x = builder.shuffle_vector(x, undef, splat)
+            new.append([builder.call(fma, [x, bvec[c], acc[r][c]]) for c in range(n_vecs)])
+        e1 = builder.add(e, ir.Constant(i64, 1))
+        end = builder.block
+        e.add_incoming(e1, end)
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                acc[r][c].add_incoming(new[r][c], end)
+        builder.cbranch(builder.icmp_signed("<", e1, kv), loop, done)
+        builder.position_at_end(done)
+        res = []
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                x = builder.phi(vty)
+                x.add_incoming(init[r][c], entry)
+                x.add_incoming(new[r][c], end)
+                res.append(x)
+        if not exp_epilogue:
             for r in range(n_rows):
                 for c in range(n_vecs):
                     builder.store(res[r * n_vecs + c], optr[r][c], align=4)
             return context.get_dummy_value()
+        mdata = context.make_array(sig.args[10])(context, builder, args[10]).data
+        sdata = context.make_array(sig.args[12])(context, builder, args[12]).data
+        ldata = context.make_array(sig.args[13])(context, builder, args[13]).data
+        moffv, c0v = args[11], args[14]
+        idx = ir.Constant(ir.VectorType(i64, vl), list(range(vl)))
+        for r in range(n_rows):
+            rr = builder.add(moffv, ir.Constant(i64, r))
+            mv = builder.load(builder.gep(mdata, [rr]))
+            mv = builder.insert_element(undef, mv, ir.Constant(i32, 0))
+            mv = builder.shuffle_vector(mv, undef, splat)
+            # Lanes of vector c that hold a visible key: c * vl + lane < wlim[i] - c0 (one
+            # broadcast per row, one compare per vector, in lanes as wide as the data).
+            lty = ir.IntType(32 if vl == 16 else 64)
+            room = builder.sub(builder.load(builder.gep(ldata, [rr])), c0v)
+            room = builder.trunc(room, lty) if vl == 16 else room
+            lvty = ir.VectorType(lty, vl)
+            room = builder.insert_element(
+                ir.Constant(lvty, ir.Undefined), room, ir.Constant(i32, 0)
+            )
+            room = builder.shuffle_vector(room, ir.Constant(lvty, ir.Undefined), splat)
+            rs = zero
+            for c in range(n_vecs):
+                idx = ir.Constant(lvty, [c * vl + lane for lane in range(vl)])
+                lanes = builder.icmp_signed("<", idx, room)
+                x = builder.fsub(res[r * n_vecs + c], mv)
+                p = _emit_exp_vec(builder, vl == 16, _HAS_AVX512, x, lanes)
+                builder.store(p, optr[r][c], align=4)
+                rs = builder.fadd(rs, p)
+            sptr = builder.bitcast(
+                builder.gep(sdata, [builder.mul(rr, ir.Constant(i64, vl))]), vty.as_pointer()
+            )
+            builder.store(builder.fadd(builder.load(sptr, align=4), rs), sptr, align=4)
+        return context.get_dummy_value()
 
-        return types.none(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo), codegen
-
-    return tile
+    return codegen
 
 
 _tile_6x4 = _make_tile(_TILE_ROWS, _TILE_VECS)
@@ -467,6 +531,10 @@ _tile_6x1 = _make_tile(_TILE_ROWS, 1)
 _tile_3x1 = _make_tile(3, 1)
 _tile_2x1 = _make_tile(2, 1)
 _tile_1x1 = _make_tile(1, 1)
+_tile_6x4_exp = _make_tile(_TILE_ROWS, _TILE_VECS, True)
+_tile_3x4_exp = _make_tile(3, _TILE_VECS, True)
+_tile_2x4_exp = _make_tile(2, _TILE_VECS, True)
+_tile_1x4_exp = _make_tile(1, _TILE_VECS, True)
 
 
 @njit(cache=True, nogil=True)
@@ -515,6 +583,47 @@ def _gemm_tiles(a, b, out, aoff, boff, ooff, n_rows, kdim, n_cols, lda, ldb, ldo
                 _tile_1x1(a, b, out, ao, bo, oo, kdim, lda, ldb, ldo)
             r0 += rows
         c0 += step
+
+
+@njit(cache=True, nogil=True)
+def _qk_exp_tiles(a, b, out, aoff, boff, n_rows, kdim, n_cols, lda, ldo, mref, sums, wlim):
+    """Scores and their exponentials in one pass: ``out[r, c] = exp(S[r, c] - mref[r])``.
+
+    ``S = a b`` with ``b`` packed in panels (:func:`_gemm_tiles` with ``panels``; ``n_cols``
+    a multiple of one register tile, 64 float32 / 32 float64 columns); every tile
+    applies the exponential to its accumulators before storing them
+    (:func:`_make_tile` with ``exp_epilogue``), writes 0 in the columns ``>= wlim[r]``
+    of row ``r`` (keys it does not see), and adds its rows' results to the per-row
+    vectors ``sums (n_rows * vl,)`` (dtype of ``out``, in a fixed order). ``mref
+    (n_rows,)``: the reference (running maximum) of each row, in the dtype of ``out``.
+    """
+    vl = 64 // out.itemsize
+    wide = _TILE_VECS * vl
+    for c0 in range(0, n_cols, wide):
+        bo = boff + c0 * kdim
+        r0 = 0
+        while r0 < n_rows:
+            left = n_rows - r0
+            rows = _TILE_ROWS if left >= _TILE_ROWS else (3 if left >= 3 else left)
+            ao = aoff + r0 * lda
+            oo = r0 * ldo + c0
+            if rows == _TILE_ROWS:
+                _tile_6x4_exp(
+                    a, b, out, ao, bo, oo, kdim, lda, wide, ldo, mref, r0, sums, wlim, c0
+                )
+            elif rows == 3:
+                _tile_3x4_exp(
+                    a, b, out, ao, bo, oo, kdim, lda, wide, ldo, mref, r0, sums, wlim, c0
+                )
+            elif rows == 2:
+                _tile_2x4_exp(
+                    a, b, out, ao, bo, oo, kdim, lda, wide, ldo, mref, r0, sums, wlim, c0
+                )
+            else:
+                _tile_1x4_exp(
+                    a, b, out, ao, bo, oo, kdim, lda, wide, ldo, mref, r0, sums, wlim, c0
+                )
+            r0 += rows
 
 
 @njit(cache=True, nogil=True)
@@ -627,6 +736,36 @@ def _mask_limits(mask_b, mask_f, mask_mode, rows, lims, t0, t1):
         lims[gm, i, 2] = interval
 
 
+@njit(cache=True, nogil=True)
+def _fused_row_done(qf, ktg, sbuf, sums, wlim, mrow, lrow, alpha, i, r0, j0, d, ws, wr):
+    """Finish row ``i`` of a strip after :func:`_qk_exp_tiles` (weights against ``mrow``).
+
+    Accepts the row if the sum of its weights is at most ``wr`` (every weight is then at
+    most ``wr``, the bound of an unfused block, whose weights are <= 1: ``P V`` cannot
+    overflow where the unfused block would not); its normaliser grows by the sum and
+    ``alpha = 1``. Otherwise (a score above the running maximum by more than ``log
+    wr``, or an overflow) the row's scores are formed again and it goes through the
+    unfused :func:`_softmax_rows_vec` (new maximum, rescaling factor), with 0 for the
+    keys it does not see.
+    """
+    vl = 64 // sbuf.itemsize
+    tot = sums[i * vl]
+    for ll in range(1, vl):
+        tot += sums[i * vl + ll]
+    ii = r0 + i
+    if np.float64(tot) <= wr:
+        lrow[ii] += np.float64(tot)
+        alpha[ii] = 1.0
+        return
+    wide = _TILE_VECS * vl
+    _gemm_tiles(qf, ktg, sbuf, ii * d, j0 * d, i * ws, 1, d, ws, d, wide, ws, True)
+    wi = max(wlim[i], 0)
+    _softmax_rows_vec(
+        sbuf[i * ws :], ws, 1, wi, mrow[ii : ii + 1], lrow[ii : ii + 1], alpha[ii : ii + 1]
+    )
+    sbuf[i * ws + wi : i * ws + wr] = 0.0
+
+
 # ------------------------------------------------------------------------- prefill
 
 
@@ -711,6 +850,10 @@ def _prefill_task(
     mp = kt.shape[1] // max(d, 1)
     wide = _TILE_VECS * (64 // q.itemsize)
     pv = np.empty((nb, dv), dtype=q.dtype)
+    vl = 64 // q.itemsize
+    mref = np.empty(nb, dtype=q.dtype)
+    sums = np.empty(nb * vl, dtype=q.dtype)
+    wlim = np.empty(nb, dtype=np.int64)
     acc = accbuf[: nb * dv].reshape((nb, dv))
     acc[:] = 0.0
     mrow = np.full(nb, neg_inf)
@@ -737,13 +880,33 @@ def _prefill_task(
                 wr = min(w, hi + 1 - j0)
                 if wr <= 0:
                     continue  # no row of the strip sees a key of this block
+            # Fused (see the module docstring): the exponentials are taken in the score
+            # tiles' epilogue against each row's running maximum, on blocks with
+            # nothing to mask, once every row of the strip has seen a key.
+            fused = tiles and mask_mode == 0 and not interval
+            if fused:
+                for i in range(nr):
+                    fused &= abs(mrow[r0 + i]) < np.inf
+                    # Keys of the block that row i sees (causal: up to its diagonal).
+                    wlim[i] = min(wr, rows[i0 + r0 + i] + offset + 1 - j0) if cross else wr
             if tiles:
                 # Scores of the padded width (a multiple of _PAD; the padding columns of
                 # the packed K^T are 0 and are never read back).
                 ws = min(-(-wr // _PAD) * _PAD, mp - j0)
-                _gemm_tiles(
-                    qb.reshape(-1), kt[gk], sbuf, r0 * d, j0 * d, 0, nr, d, ws, d, wide, ws, True
-                )
+                qf = qb.reshape(-1)
+                if fused:
+                    for i in range(nr):
+                        mref[i] = mrow[r0 + i]
+                    sums[: nr * vl] = 0.0
+                    _qk_exp_tiles(
+                        qf, kt[gk], sbuf, r0 * d, j0 * d, nr, d, ws, d, ws, mref, sums, wlim
+                    )
+                    for i in range(nr):
+                        _fused_row_done(
+                            qf, kt[gk], sbuf, sums, wlim, mrow, lrow, alpha, i, r0, j0, d, ws, wr
+                        )
+                else:
+                    _gemm_tiles(qf, kt[gk], sbuf, r0 * d, j0 * d, 0, nr, d, ws, d, wide, ws, True)
             else:
                 ws = wr
                 np.dot(qb[r0 : r0 + nr], k[gk, j0 : j0 + wr].T, sbuf[: nr * wr].reshape((nr, wr)))
@@ -752,7 +915,7 @@ def _prefill_task(
                 for i in range(nr):
                     row = rows[i0 + r0 + i]
                     _apply_mask_row(s[i, :wr], mask_b, mask_f, mask_mode, gm, row, j0)
-            if cross:
+            if cross and not fused:
                 for i in range(nr):
                     first = max(rows[i0 + r0 + i] + offset + 1 - j0, 0)
                     for jj in range(first, wr):
@@ -767,7 +930,10 @@ def _prefill_task(
                         s[i, jj] = neg_inf
             ma = mrow[r0 : r0 + nr]
             if tiles:
-                _softmax_rows_vec(sbuf, ws, nr, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr])
+                if not fused:
+                    _softmax_rows_vec(
+                        sbuf, ws, nr, wr, ma, lrow[r0 : r0 + nr], alpha[r0 : r0 + nr]
+                    )
                 vf = v[gk].reshape(-1)
                 _gemm_tiles(sbuf, vf, pv.reshape(-1), 0, j0 * dv, 0, nr, wr, dv, ws, dv, dv, False)
             else:
