@@ -1727,7 +1727,8 @@ def _taylor_sketched_features(d: int, p: int, k: int) -> int:
     return Mf + Mf % 2
 
 
-def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
+def _taylor_feats(x: np.ndarray, p: int, sketches, out=None) -> np.ndarray:
+    """Taylor features of the rows of ``x`` (into ``out`` (n, M) when given, sketched)."""
     n, d = x.shape
     dt = x.dtype.type
     if sketches is not None:
@@ -1735,7 +1736,8 @@ def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
         # in place (an even number of columns keeps every row 8-byte aligned).
         w2 = 2 * sketches[2].nf
         Mf = _taylor_sketched_features(d, p, sketches[2].k)
-        out = np.empty((n, Mf), dtype=x.dtype)
+        if out is None:
+            out = np.empty((n, Mf), dtype=x.dtype)
         for j in range(2, p + 1):
             sketches[j].features(x, out=out[:, (j - 2) * w2 : (j - 1) * w2])
         c0 = (p - 1) * w2
@@ -1748,6 +1750,9 @@ def _taylor_feats(x: np.ndarray, p: int, sketches) -> np.ndarray:
     for j in range(2, p + 1):
         power = np.einsum("ni,nj->nij", power, x).reshape(n, -1)
         blocks.append(power / dt(math.sqrt(math.factorial(j))))
+    if out is not None:
+        np.concatenate(blocks[: p + 1], axis=1, out=out)
+        return out
     return np.hstack(blocks[: p + 1])
 
 
@@ -1934,7 +1939,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
 
         def feats(g, i0, i1, out):
             q = problem.q[g][i0:i1].astype(wdt) * wdt(r)
-            out[...] = _taylor_feats(q, p, sketches)
+            _taylor_feats(q, p, sketches, out=out)
             return np.zeros(i1 - i0)
 
         def finish(g, i0, i1, num, logscale, key):
@@ -2109,8 +2114,11 @@ def _polysketch_apply(X: np.ndarray, plan) -> np.ndarray:
     return A
 
 
-def _self_tensor(F: np.ndarray) -> np.ndarray:
-    n = F.shape[0]
+def _self_tensor(F: np.ndarray, out=None) -> np.ndarray:
+    n, r = F.shape
+    if out is not None and out.flags.c_contiguous:  # rows of out (n, r * r), in place
+        np.einsum("ni,nj->nij", F, F, out=out.reshape(n, r, r))
+        return out
     return np.einsum("ni,nj->nij", F, F).reshape(n, -1)
 
 
@@ -2124,13 +2132,24 @@ def _poly_plan(d: int, p: int, kind: str, r: int, nonnegative: bool, seed: int, 
     return _TensorSketchGemm(_sketch.tensor_sketch(r, d, half, rng=rng), dtype)
 
 
-def _poly_feature_map(X: np.ndarray, kind: str, plan, nonnegative: bool) -> np.ndarray:
-    """Features of the rows of ``X`` (queries and keys get the same ``plan``)."""
+def _poly_feature_map(X: np.ndarray, kind: str, plan, nonnegative: bool, out=None):
+    """Features of the rows of ``X`` (queries and keys get the same ``plan``).
+
+    ``out`` (n, M), when given, receives them (the self-tensor is written in place).
+    """
     if kind == "polysketch":
         F = _polysketch_apply(X, plan)
     else:
         F = plan.features(X)[:, plan.keep]
-    return _self_tensor(F) if nonnegative else F
+    if nonnegative:
+        T = _self_tensor(F, out)
+        if out is not None and T is not out:
+            out[...] = T
+        return T if out is None else out
+    if out is not None:
+        out[...] = F
+        return out
+    return F
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -2186,7 +2205,7 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
 
         def feats(g, i0, i1, out):
             x = _unit_rows(problem.q[g][i0:i1].astype(wdt))
-            out[...] = _poly_feature_map(x, kind, plan, nonnegative)
+            _poly_feature_map(x, kind, plan, nonnegative, out=out)
             return np.zeros(i1 - i0)
 
         def finish(g, i0, i1, num, logscale, st):

@@ -755,18 +755,39 @@ def test_finish_and_merge_rows_match_numpy(rng, dtype, with_kbar):
     np.testing.assert_allclose(st, stats_ref(yref), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["performer", "scatterbrain", "taylor", "tensorsketch"])
-def test_row_segments_do_not_change_results(rng, method, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("performer", {}),
+        ("scatterbrain", {}),
+        ("taylor", {}),
+        ("taylor", {"feature_budget": 8, "sketch_size": 16}),
+        ("tensorsketch", {}),
+        ("polysketch", {"nonnegative": False}),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_segments_do_not_change_results(rng, method, params, dtype, monkeypatch):
     # Long inputs run the feature GEMMs and chunk products segment by segment: force many
     # (and ragged) segments on a short input and compare with one segment.
-    Q, Kk, V = _data(rng, n=150, G=2, dtype=np.float32)
-    one = _run(Q, Kk, V, method, rng=0, causal=True)
+    Q, Kk, V = _data(rng, n=150, G=2, dtype=dtype)
+    one = _run(Q, Kk, V, method, rng=0, causal=True, **params)
     monkeypatch.setattr(K, "_SEGMENT_ROWS", 40)  # 40 rows: 1 chunk of 32 per segment
-    many = _run(Q, Kk, V, method, rng=0, causal=True)
+    monkeypatch.setattr(K, "_SPARSE_BLOCKS", 1)
+    many = _run(Q, Kk, V, method, rng=0, causal=True, **params)
     np.testing.assert_allclose(many.output, one.output, rtol=2e-6, atol=1e-7)
     monkeypatch.setattr(K, "_SEGMENT_ROWS", 70)
-    many = _run(Q, Kk, V, method, rng=0, causal=True)
+    monkeypatch.setattr(K, "_SPARSE_BLOCKS", 3)
+    many = _run(Q, Kk, V, method, rng=0, causal=True, **params)
     np.testing.assert_allclose(many.output, one.output, rtol=2e-6, atol=1e-7)
+    # Against the per-slice route (taken when n != m): the same results and bound.
+    monkeypatch.setattr(K, "_segmented", lambda problem: False)
+    ref = _run(Q, Kk, V, method, rng=0, causal=True, **params)
+    np.testing.assert_allclose(ref.output, one.output, rtol=2e-6, atol=1e-7)
+    if one.bound is not None:
+        assert one.bound.value == pytest.approx(ref.bound.value, rel=1e-6)
+    assert one.cost == ref.cost
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
