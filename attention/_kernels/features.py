@@ -543,11 +543,17 @@ def _gather_rows_t(src, idx, out):
     """
     nw, L = idx.shape
     K = src.shape[1]
+    buf = np.empty((L, K), dtype=src.dtype)
     for w in range(nw):
-        # Contiguous writes; the window's L source rows stay in cache across a.
+        # Row copies into a cache-resident tile, then its transpose with contiguous
+        # writes (strided reads of the tile only).
+        for t in range(L):
+            j = idx[w, t]
+            for a in range(K):
+                buf[t, a] = src[j, a]
         for a in range(K):
             for t in range(L):
-                out[w, a, t] = src[idx[w, t], a]
+                out[w, a, t] = buf[t, a]
 
 
 @njit(cache=True, nogil=True)
