@@ -317,7 +317,7 @@ def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
     """
     nb, cs, L = sc.shape
     one = np.empty(1, dtype=sc.dtype)
-    lb = np.empty(L, dtype=sc.dtype)
+    lb = np.empty(2 * L, dtype=sc.dtype)
     for b in range(nb):
         for i in range(cs):
             row = rows[b, i]
@@ -325,25 +325,42 @@ def _bucket_weights(sc, lp, keep, rows, J, cq, ck, ref, rb):
                 for j in range(L):
                     sc[b, i, j] = 0.0
                 rb[b, i] = 0.0
-                continue
-            mx = ref[row]
-            for j in range(L):
-                if keep[b, i, j]:
-                    lb[j] = np.log(lp[b, i, j])
-                    lb[j] += cq[row]
-                    lb[j] += ck[J[b, j]]
-                    mx = max(mx, sc[b, i, j], lb[j])
-            if not np.isfinite(mx):
-                mx = 0.0
-            one[0] = mx
-            rbs = one[0]
-            z = one[0] - one[0]  # 0 in the dtype of sc
-            for j in range(L):
-                if keep[b, i, j]:
-                    sc[b, i, j] = _expo(min(sc[b, i, j] - rbs, z)) - _expo(min(lb[j] - rbs, z))
-                else:
-                    sc[b, i, j] = 0.0
-            rb[b, i] = rbs
+            else:
+                rb[b, i] = _bucket_row(
+                    sc[b, i], lp[b, i], keep[b, i], J[b], cq[row], ck, ref[row], lb, one
+                )
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _bucket_row(s, lp, keep, J, cqr, ck, refr, lb, one):
+    """One row of :func:`_bucket_weights`; returns its shift ``rb``.
+
+    ``lb`` (2 L) is scratch: the shifted scores and log low-rank estimates side by side,
+    exponentiated in one vectorised loop.
+    """
+    L = s.shape[0]
+    mx = refr
+    for j in range(L):
+        if keep[j]:
+            x = np.log(lp[j])
+            x += cqr
+            x += ck[J[j]]
+            lb[L + j] = x
+            mx = max(mx, s[j], x)
+        else:
+            lb[L + j] = -np.inf
+    if not np.isfinite(mx):
+        mx = 0.0
+    one[0] = mx
+    rbs = one[0]
+    z = rbs - rbs  # 0 in the dtype of s
+    for j in range(L):
+        lb[j] = s[j]
+    for j in range(2 * L):
+        lb[j] = _expo(min(lb[j] - rbs, z))
+    for j in range(L):  # dropped entries -> 0
+        s[j] = lb[j] - lb[L + j] if keep[j] else z
+    return rbs
 
 
 @njit(cache=True, nogil=True)
