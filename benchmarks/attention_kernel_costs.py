@@ -155,6 +155,22 @@ def markdown(rows, chunks) -> str:
         "achieved | rel. error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    commits = sorted({c["commit"] for c in chunks if c.get("commit")})
+    tail = [
+        "",
+        "Measured"
+        + (f" at commit {', '.join(commits)}" if commits else "")
+        + " in one run per dataset under `flock /tmp/bench.lock`, the commands:",
+        "",
+        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs --sizes",
+        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs --no-real "
+        "--sizes 16384 --merge",
+        "",
+        "`attention_kernel_costs_before.md` is the reference run at the start of the "
+        "kernel-family work. On a shared 2-core machine a process often gets one core: "
+        "both sides then run on it (`CPU speed-up` close to `speed-up`), and the exact "
+        "times move by up to 2x between runs.",
+    ]
     for r in rows:
         cpu = f"{r['cpu_speedup']:.2f}" if "cpu_speedup" in r else "-"
         L.append(
@@ -162,7 +178,7 @@ def markdown(rows, chunks) -> str:
             f"{1e3 * r['time_s']:.1f} | {1e3 * r['exact_s']:.1f} | {r['speedup']:.2f} | "
             f"{cpu} | {r['achieved']:.3f} | {r['rel_fro']:.3g} |"
         )
-    return "\n".join(L) + "\n"
+    return "\n".join(L + tail) + "\n"
 
 
 def main(argv=None):
@@ -179,7 +195,8 @@ def main(argv=None):
     rows, rate = run(a.methods, not a.no_real, tuple(a.sizes), a.repeats)
     load = load0 + " / " + os.popen("uptime").read().strip()
     print(load)
-    chunk = {"uptime": load, "gemm_rate": rate, "methods": list(a.methods)}
+    commit = os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip()
+    chunk = {"uptime": load, "gemm_rate": rate, "methods": list(a.methods), "commit": commit}
     for r in rows:
         r["gemm_rate"] = rate
     if not a.no_write:
