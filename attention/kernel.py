@@ -1365,9 +1365,17 @@ def _scatterbrain(
     blocks of ``chunk_size`` queries sharing a bucket window of ``2 chunk_size`` keys:
     three batched GEMMs (exact scores, low-rank estimates, weights times values) over
     the whole blocks, about twice the visible pairs (46% of the block entries are
-    visible pairs on SmolLM2 layer-0 heads at ``n = 4096``), and one fused Numba pass
-    for the logarithms, row shifts and exponentials of the visible pairs only. The key
-    windows are laid out once per key/value slice for plain (non-transposed) GEMMs.
+    visible pairs on SmolLM2 layer-0 heads at ``n = 4096``; ``cost.flops`` counts every
+    computed entry), and one fused Numba pass for the logarithms, row shifts and
+    exponentials. The blocks go in groups of 16 whose gathered operands stay in cache.
+    The key windows are laid out once per key/value slice for plain (non-transposed)
+    GEMMs (2.5x faster than transposed operands at these 32 x 64 shapes).
+
+    Measured (one thread, 16384-token synthetic heads, 3 query heads of one group,
+    67 ms a head): the sparse part about 21 ms (gathers 7, the block GEMMs and weights
+    9, the row bookkeeping 5), the low-rank part 12 ms (features 4.5, chunk products
+    7.3), the shared key side 8 ms a head, the merge and bound rows 3 ms; exact
+    attention takes about 270 ms a head there.
     """
     M = check_int(n_features, "n_features", minimum=1)
     nb = check_int(n_buckets, "n_buckets", minimum=2)
