@@ -98,8 +98,9 @@ each, float32, causal, n = 4096 and 8192, tol 1e-2/3e-2/1e-1): the bound held an
 in 300 of 300 seeded random windows (the quadrature control failed 49 times: binomial
 p = 5e-43); median bound/actual of the estimator 2.5-2.9 (3.4 over the windows); kept
 key fractions 0.77/0.66/0.52 (n = 4096) and 0.67/0.56/0.44 (n = 8192) against the
-oracle top-k 0.63/0.43/0.20 and 0.57/0.36/0.17; speed 0.83-0.88 of exact for the
-estimator alone and 0.90-0.98 for the default route at n = 8192 (load 2.8-3.8).
+oracle top-k 0.63/0.43/0.20 and 0.57/0.36/0.17; at n = 8192 (medians of interleaved
+pairs, load 2.2-2.9) 0.83-0.91 of the exact kernel's speed for the estimator alone and
+0.99-1.00 for the default route.
 
 **Causality.** A row never sees a future key's weight; the choice of dropped blocks is
 shared by the 6 rows of a group, so it can depend on keys that are future for some rows
