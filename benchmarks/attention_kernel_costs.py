@@ -160,11 +160,13 @@ def markdown(rows, chunks) -> str:
         "",
         "Measured"
         + (f" at commit {', '.join(commits)}" if commits else "")
-        + " in one run per dataset under `flock /tmp/bench.lock`, the commands:",
+        + f" in {len(chunks)} run(s) under `flock /tmp/bench.lock`. One command gives "
+        "both datasets (about 2-3 minutes):",
         "",
-        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs --sizes",
-        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs --no-real "
-        "--sizes 16384 --merge",
+        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs",
+        "",
+        "or in two shorter holds: `--sizes` (real heads only), then `--no-real --sizes "
+        "16384 --merge`.",
         "",
         "`attention_kernel_costs_before.md` is the reference run at the start of the "
         "kernel-family work. On a shared 2-core machine a process often gets one core: "
