@@ -316,7 +316,7 @@ def test_pilot_routes_slices_to_exact_kernel(rng, dtype, monkeypatch):
     assert _err(res, Y) <= res.bound.value <= 0.05 * np.linalg.norm(Y)
     assert res.cost.key_fraction[0] == 1.0
     assert res.cost.key_fraction[1] < 0.8
-    # default threshold: both slices finish in the exact kernel (only the pilot block
+    # a low threshold: both slices finish in the exact kernel (only the pilot block
     # drops keys), the bound still holds
     monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 0.12)
     res2 = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
@@ -674,3 +674,25 @@ def test_negative_control_dropping_without_centroids():
     keep = ~np.repeat(drop[0], _BK)
     y_drop = (w[:, keep] @ v[keep]) / w[:, keep].sum(axis=1, keepdims=True)
     assert np.linalg.norm(y_drop - y_exact) > 0.1 * np.linalg.norm(y_exact)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 1, 5, 3, 20, 20), (3, 3, 17, 40, 7, 12), (4, 2, 130, 200, 16, 24), (2, 1, 200, 64, 8, 8)],
+)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_tiled_estimator_odd_shapes(shape, causal, rng, dtype, monkeypatch):
+    """Fewer than 6 rows, fewer keys than a block, partial groups and blocks, value widths
+    that are not a vector multiple (portable products), grouped-query heads: the bound
+    holds and the output is finite, in the input dtype."""
+    monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 1.0)
+    monkeypatch.setattr(adaptive_module, "_SWITCH_COST", -np.inf)
+    G, Gk, n, m, d, dv = shape
+    Q = (rng.standard_normal((G, n, d)) * 2.0).astype(dtype)
+    K = rng.standard_normal((Gk, m, d)).astype(dtype)
+    V = rng.standard_normal((Gk, m, dv)).astype(dtype)
+    Y = reference_attention(Q.astype(np.float64), K.astype(np.float64), V, causal=causal)
+    for tol in (0.01, 0.3):
+        res = approximate(Q, K, V, "adaptive", tol=tol, causal=causal)
+        assert res.output.dtype == dtype and np.isfinite(res.output).all()
+        assert _err(res, Y) <= res.bound.value
