@@ -325,6 +325,12 @@ def test_pilot_routes_slices_to_exact_kernel(rng, dtype, monkeypatch):
     np.testing.assert_allclose(
         res.output[0], Y[0], atol=1e-4 if dtype == np.float32 else 1e-12, rtol=0
     )
+    # without the register tiles (forced) every slice finishes in the exact kernel too
+    monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 0.8)
+    monkeypatch.setattr(adaptive_module, "_USE_TILES", False)
+    res3 = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    assert _err(res3, Y) <= res3.bound.value <= 0.05 * np.linalg.norm(Y)
+    assert res3.cost.key_fraction[1] > res.cost.key_fraction[1]
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -555,6 +561,7 @@ def test_tiled_kernel_matches_numpy_reference(causal, tiles, rng, dtype, monkeyp
     """Every task's output and squared bound against the NumPy reference for the units
     the kernel dropped (recorded), on the register tiles and on the portable path."""
     monkeypatch.setattr(adaptive_module, "_USE_TILES", tiles)
+    monkeypatch.setattr(adaptive_module, "_PORTABLE_METHOD", True)
     n, m, d, dv = 100, 420, 16, 16  # 3 tasks of 48 rows, a partial last key block
     Q = (rng.standard_normal((2, n, d)) * 2.0).astype(dtype)
     K = rng.standard_normal((1, m, d)).astype(dtype)
@@ -609,11 +616,19 @@ def test_tiled_kernel_same_on_both_paths_and_threads(rng):
         assert a.bound.value == b.bound.value
         tiles = adaptive_module._USE_TILES
         adaptive_module._USE_TILES = not tiles
+        adaptive_module._PORTABLE_METHOD = True
         try:
             c = approximate(Q, K, V, "adaptive", tol=0.1, causal=True)
+            # without tiles (and without the switch) the slices go to the exact kernel
+            adaptive_module._USE_TILES = False
+            adaptive_module._PORTABLE_METHOD = False
+            e = approximate(Q, K, V, "adaptive", tol=0.1, causal=True)
         finally:
             adaptive_module._USE_TILES = tiles
+            adaptive_module._PORTABLE_METHOD = False
         np.testing.assert_allclose(a.output, c.output, rtol=1e-10, atol=1e-12)
+        Y = reference_attention(Q, K, V, causal=True)
+        assert _err(e, Y) <= e.bound.value <= 0.1 * np.linalg.norm(Y)
     finally:
         adaptive_module._EXACT_FRACTION, adaptive_module._SWITCH_COST = old
 
