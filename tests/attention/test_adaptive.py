@@ -73,6 +73,8 @@ def test_real_heads_save_work_and_bound_is_tight(monkeypatch):
     assert res.bound.value <= 10 * err
     assert res.cost.key_fraction.shape == (Q.shape[0],)
     assert res.cost.key_fraction.mean() < 0.9
+    # negative control: the same bound with a constant 10x too small is violated
+    assert err > res.bound.value / 10
 
 
 def test_negative_control_centroid_without_bound_violates_tol():
@@ -711,3 +713,25 @@ def test_tiled_estimator_odd_shapes(shape, causal, rng, dtype, monkeypatch):
         res = approximate(Q, K, V, "adaptive", tol=tol, causal=causal)
         assert res.output.dtype == dtype and np.isfinite(res.output).all()
         assert _err(res, Y) <= res.bound.value
+
+
+@pytest.mark.parametrize("kind", ["sharp", "diffuse", "sinks", "huge"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_estimator_alone_bound_holds(kind, causal, rng, dtype, monkeypatch):
+    """Every slice through the tiled estimator (no exact fallback): the bound holds on
+    synthetic heads of every kind, and stays within tol unless float32 rounding of
+    scores of order 1e4 alone exceeds it (then the method warns)."""
+    monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 1.0)
+    monkeypatch.setattr(adaptive_module, "_SWITCH_COST", -np.inf)
+    Q, K, V = _heads(kind, rng, dtype=dtype)
+    Y = reference_attention(Q.astype(np.float64), K, V.astype(np.float64), causal=causal)
+    for tol in (1e-2, 1e-1):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = approximate(Q, K, V, "adaptive", tol=tol, causal=causal)
+        assert np.isfinite(res.output).all() and res.output.dtype == dtype
+        assert _err(res, Y) <= res.bound.value
+        if not any(issubclass(w.category, AccuracyWarning) for w in caught):
+            assert res.bound.value <= tol * np.linalg.norm(Y)
+        else:
+            assert kind == "huge" and dtype == np.float32
