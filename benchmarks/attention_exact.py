@@ -603,8 +603,57 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def exp_exhaustive() -> dict:
+    """Error of the prefill's float32 exponential on every float32 input of ``[-87, 0]``.
+
+    Runs :data:`rnla._kernels.fastexp._exp_sum_vec` (the kernel the register-tile path
+    uses on this CPU) on all 1.1e9 float32 values from ``-0`` down to ``-87`` and
+    compares each result with ``exp`` of the input in float64, in units of the float32
+    ulp of the correctly rounded result. Also checks that the values below ``-87``
+    nearest the cut give 0.
+    """
+    worst, at = _exp_exhaustive_kernel()
+    return {"max_ulp": float(worst), "at": float(at), "n_inputs": int(_EXP_LAST_BITS) + 1}
+
+
+_EXP_LAST_BITS = int(np.array(-87.0, dtype=np.float32).view(np.uint32)) - 0x80000000
+
+
+@numba.njit(parallel=True, cache=False)
+def _exp_exhaustive_kernel():
+    from rnla._kernels.fastexp import _exp_sum_vec
+
+    chunk = 1 << 16
+    n = _EXP_LAST_BITS + 1
+    n_chunks = (n + chunk - 1) // chunk
+    worst = np.zeros(n_chunks)
+    where = np.zeros(n_chunks)
+    for c in numba.prange(n_chunks):
+        b0 = c * chunk
+        w = min(chunk, n - b0)
+        bits = np.arange(b0, b0 + w).astype(np.uint32) | np.uint32(0x80000000)
+        x = bits.view(np.float32)
+        y = x.copy()
+        _exp_sum_vec(y, 0, w, 0.0)
+        for j in range(w):
+            ref = np.exp(np.float64(x[j]))
+            ulp = np.float64(np.spacing(np.float32(ref)))
+            err = abs(np.float64(y[j]) - ref) / ulp
+            if err > worst[c]:
+                worst[c] = err
+                where[c] = x[j]
+    k = np.argmax(worst)
+    return worst[k], where[k]
+
+
 if __name__ == "__main__":
     from benchmarks.harness import machine_summary
+
+    if "--exp-exhaustive" in sys.argv:
+        res = exp_exhaustive()
+        print(f"float32 exponential of the prefill, every input of [-87, 0]: {res}")
+        (RESULTS_DIR / f"{NAME}_exp_exhaustive.json").write_text(json.dumps(res, indent=2))
+        sys.exit(0)
 
     quick = "--quick" in sys.argv
     out = main(NAME, build_tasks, description=__doc__.splitlines()[0])

@@ -23,8 +23,14 @@ the keys are cut into fixed chunks, and every (key/value slice, chunk) pair is o
 parallel task that reads its ``K``/``V`` chunk once for all ``R`` rows and writes a
 partial ``(mx, l, acc)``; a serial loop then merges the partials of each row in
 chunk order (the log-sum-exp merge of :func:`attention.exact.merge_partials`). With at
-most 8 stacked rows ``S`` is a plain loop that streams each key row once (BLAS packs
-its operands on every call: 2.2x slower at 3 rows x 512 keys, one thread); ``P V``
+most 8 stacked rows ``S`` is formed by groups of 16 (float32) / 8 (float64) keys
+(:func:`_qk_rows`: one vector accumulator per key, then a transposing reduction tree
+that leaves key ``i``'s score in lane ``i``; one thread, 3 rows x 1024 keys, ``d =
+64``: 6.9 against 12.5 ns per key in float32 for a loop that reduces each dot product
+to a scalar, 12.8 against 20.8 in float64; BLAS packs its operands on every call: 2.2x
+slower than that loop at 3 rows x 512 keys). The whole decode call (9 query / 3
+key-value heads, float32, median of 40 calls at load 2.6-3.1) went from 0.525 to 0.436
+ms at ``m = 8192``, 1.705 to 1.248 ms at 32768 and 12.1 to 8.5 ms at 131072; ``P V``
 runs on the register tiles of the prefill kernel (3-, 2- and 1-row tiles read each
 value row once for all stacked rows; BLAS first packs the whole chunk: one thread, 9
 query / 3 key-value heads, CPU time 8-15% less at ``m`` = 8192-131072), or on BLAS
@@ -57,10 +63,27 @@ square 2048^3 BLAS GEMM on the same core (164-192 GFLOP/s in the same runs), aga
 call, and its 16-wide kernel fills few rows of a ``d = 64`` update). ``K^T`` is packed
 once per call into ``d x 64``-key panels (:func:`_pack_kt`): rows of a plain ``d x m``
 transpose lie ``4 m`` bytes apart, fall into the same cache sets, and the same product
-ran at 125 GFLOP/s. ``P V`` reads ``V`` in place. What is left is the softmax: the row
-maximum and the fused exponential-and-sum, 0.27 ns per entry (float32) and 0.67 ns
-(float64), 14-18% of the time. Both row passes are single vectorisable loops over a
-score row:
+ran at 125 GFLOP/s. ``P V`` reads ``V`` in place. What is left is the softmax.
+
+**Softmax in the score tiles' epilogue.** Once every row of a strip has seen a key (all
+key blocks but the first), the exponentials are taken while the 6 x 4 score vectors of
+a tile are still in registers (:func:`_qk_exp_tiles`, :func:`_make_tile` with
+``exp_epilogue``): ``P = exp(S - m)`` against the row's running maximum ``m`` of the
+*previous* blocks, with the row sums accumulated per tile, so ``P`` is written once and
+the separate passes over the score block (row maximum, exponential) go away. The weights
+may then exceed 1; a row is kept if its weights sum to at most the block width ``w``
+(every weight is then at most ``w``, the bound of an unfused block whose weights are <=
+1, so ``P V`` cannot overflow where the unfused block would not; scores never go below
+the old reference by more than the underflow cut allows, and the normaliser and ``P V``
+share the reference, so the result is the same to rounding). Otherwise (a score above
+the running maximum by more than ``log w``, or an overflow) the row's scores are formed
+again and it goes through the unfused pass (:func:`_fused_row_done`; never on the
+benchmark's inputs: 0 of 7000 row blocks). Causal diagonal strips are fused too, each
+row with its own key limit (zeros beyond it). Measured with the score block in L2 (one
+thread, 252 x 512 tiles, load 3-6): softmax share 0.28 -> 0.17 ns per entry (float32)
+and 0.69 -> 0.45 (float64); the whole prefill 1-7% (float32) and 4-10% (float64)
+faster in interleaved A/B runs. The unfused pass (first block, masks) is two
+vectorisable loops over a score row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
@@ -282,6 +305,113 @@ def _qk_small(qb, kc, s):
             for e in range(d):
                 acc = _add_reassoc(acc, q[e] * kj[e])
             s[r, j] = acc
+
+
+@intrinsic
+def _dot_keys(typingctx, q, qoff, k, koff, d, out, ooff):
+    """``out[ooff + i] = sum_e q[qoff + e] k[koff + i d + e]`` for the ``vl`` keys ``i < vl``.
+
+    One query row against ``vl`` consecutive key rows (16 float32 / 8 float64, ``d`` a
+    multiple of ``vl``; flat C-contiguous arrays of one dtype): ``vl`` vector
+    accumulators of fused multiply-adds over ``d``, then one transposing reduction tree
+    (at each level adjacent lanes of two vectors are added, even plus odd lanes of
+    their concatenation), which leaves key ``i``'s dot product in lane ``i``: about 7
+    vector operations per key and row, against about 15 for a dot product reduced to a
+    scalar per key (:func:`_qk_small`). Fixed order (deterministic).
+    """
+    if not (isinstance(q, types.Array) and q.dtype in (types.float32, types.float64)):
+        return None
+    if not (k.dtype == q.dtype and out.dtype == q.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        f32 = sig.args[0].dtype == types.float32
+        fty = ir.FloatType() if f32 else ir.DoubleType()
+        vl = 16 if f32 else 8
+        vty = ir.VectorType(fty, vl)
+        qd = context.make_array(sig.args[0])(context, builder, args[0]).data
+        kd = context.make_array(sig.args[2])(context, builder, args[2]).data
+        od = context.make_array(sig.args[5])(context, builder, args[5]).data
+        qoffv, koffv, dv, ooffv = args[1], args[3], args[4], args[6]
+        fma = builder.module.declare_intrinsic(
+            f"llvm.fma.v{vl}f{32 if f32 else 64}", fnty=ir.FunctionType(vty, [vty, vty, vty])
+        )
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * vl)
+        qbase = builder.gep(qd, [qoffv])
+        kbase = [
+            builder.gep(kd, [builder.add(koffv, builder.mul(dv, ir.Constant(i64, i)))])
+            for i in range(vl)
+        ]
+        nsteps = builder.sdiv(dv, ir.Constant(i64, vl))
+        entry = builder.block
+        loop = builder.append_basic_block("dot_loop")
+        done = builder.append_basic_block("dot_done")
+        builder.cbranch(builder.icmp_signed(">", nsteps, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        c = builder.phi(i64)
+        c.add_incoming(ir.Constant(i64, 0), entry)
+        acc = [builder.phi(vty) for _ in range(vl)]
+        for a in acc:
+            a.add_incoming(zero, entry)
+        e0 = builder.mul(c, ir.Constant(i64, vl))
+        qv = builder.load(builder.bitcast(builder.gep(qbase, [e0]), vty.as_pointer()), align=4)
+        new = []
+        for i in range(vl):
+            kv = builder.load(
+                builder.bitcast(builder.gep(kbase[i], [e0]), vty.as_pointer()), align=4
+            )
+            new.append(builder.call(fma, [qv, kv, acc[i]]))
+        c1 = builder.add(c, ir.Constant(i64, 1))
+        end = builder.block
+        c.add_incoming(c1, end)
+        for a, n in zip(acc, new, strict=True):
+            a.add_incoming(n, end)
+        builder.cbranch(builder.icmp_signed("<", c1, nsteps), loop, done)
+        builder.position_at_end(done)
+        vecs = []
+        for i in range(vl):
+            x = builder.phi(vty)
+            x.add_incoming(zero, entry)
+            x.add_incoming(new[i], end)
+            vecs.append(x)
+        even = ir.Constant(ir.VectorType(i32, vl), list(range(0, 2 * vl, 2)))
+        odd = ir.Constant(ir.VectorType(i32, vl), list(range(1, 2 * vl, 2)))
+        while len(vecs) > 1:
+            nxt = []
+            for a, b in zip(vecs[0::2], vecs[1::2], strict=True):
+                nxt.append(
+                    builder.fadd(
+                        builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)
+                    )
+                )
+            vecs = nxt
+        optr = builder.bitcast(builder.gep(od, [ooffv]), vty.as_pointer())
+        builder.store(vecs[0], optr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(q, qoff, k, koff, d, out, ooff), codegen
+
+
+@njit(cache=True, nogil=True)
+def _qk_rows(qb, k2, j0, w, s):
+    """``s[r, j] = qb[r] . k2[j0 + j]`` for ``j < w`` (``s`` C-contiguous ``R x w``).
+
+    :func:`_dot_keys` on groups of ``vl`` keys (each group of key rows stays in L1 while
+    every query row passes), the last partial group by :func:`_qk_small`.
+    """
+    R, d = qb.shape
+    vl = 64 // qb.itemsize
+    qf = qb.reshape(-1)
+    kf = k2.reshape(-1)
+    sf = s.reshape(-1)
+    wf = w - w % vl
+    for j in range(0, wf, vl):
+        for r in range(R):
+            _dot_keys(qf, r * d, kf, (j0 + j) * d, d, sf, r * w + j)
+    if wf < w:
+        _qk_small(qb, k2[j0 + wf : j0 + w], s[:, wf:w])
 
 
 @njit(cache=True, nogil=True)
@@ -1108,7 +1238,9 @@ def _split_task(
             for e in range(d):
                 qb[a * r + i, e] = q[g, rows[i], e] * scale
     s = np.empty((R, w), dtype=q.dtype)
-    if R <= _SMALL_ROWS:
+    if R <= _SMALL_ROWS and tiles and d % (64 // q.itemsize) == 0:
+        _qk_rows(qb, k[gk], j0, w, s)
+    elif R <= _SMALL_ROWS:
         _qk_small(qb, kc, s)
     else:
         np.dot(qb, kc.T, s)

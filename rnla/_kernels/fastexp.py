@@ -10,6 +10,15 @@ Accuracy, measured on grids of 2e6 points of ``[-745, 0]`` (float64) and ``[-87,
 (float32): relative error <= 2.0 ulp (float64, degree 13) and 0.9 ulp (float32,
 degree 7); results below ``exp(-708)`` (float64) / ``exp(-87)`` (float32), ``-inf``
 included, are exactly 0.
+
+The exact-attention prefill uses an explicit 512-bit variant (:data:`_exp_sum_vec`,
+:func:`_emit_exp_vec`): Chebyshev polynomials of degree 6 / 11 in place of the Taylor
+polynomials, ``2^k`` and the underflow cut by one zero-masked ``vscalef`` on AVX-512
+CPUs (portable LLVM IR elsewhere, tested). Measured against ``np.exp`` in extended
+precision on 2.1e6 points (a grid of ``[-100, 0]`` / ``[-800, 0]``, uniform random
+points, ``[-1e-3, 0]`` and the cut's neighbours): at most 0.98 ulp (float32) and 0.92
+ulp (float64) of the result; every float32 input of ``[-87, 0]`` (1.1e9 values) is
+checked by ``benchmarks/attention_exact.py --exp-exhaustive``.
 """
 
 import numpy as np

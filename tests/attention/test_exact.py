@@ -19,6 +19,7 @@ from attention._kernels.exact import (
     _mask_row_limits,
     _nonfinite_probe,
     _pack_kt,
+    _qk_rows,
     _qk_small,
     _softmax_cols,
     _softmax_rows_vec,
@@ -700,6 +701,22 @@ def test_small_row_products_against_numpy(rng, dtype, R, w, d):
     _qk_small(qb, kc, s)
     ref = qb.astype(np.float64) @ kc.astype(np.float64).T
     scale = np.abs(qb).astype(np.float64) @ np.abs(kc).astype(np.float64).T
+    assert np.all(np.abs(s - ref) <= 2 * d * np.finfo(dtype).eps * scale + 1e-300)
+
+
+@pytest.mark.parametrize(
+    ("R", "w", "d"), [(1, 1, 16), (3, 1024, 64), (8, 33, 128), (2, 9, 64), (3, 50, 8)]
+)
+def test_row_group_products_against_numpy(rng, dtype, R, w, d):
+    """Decode scores by key groups (transposing reduction) against a float64 product."""
+    if d % (64 // np.dtype(dtype).itemsize):
+        pytest.skip("d must be a multiple of the vector length")
+    qb = rng.standard_normal((R, d)).astype(dtype)
+    k2 = rng.standard_normal((w + 7, d)).astype(dtype)
+    s = np.full((R, w), np.nan, dtype=dtype)
+    _qk_rows(qb, k2, 7, w, s)
+    ref = qb.astype(np.float64) @ k2[7:].astype(np.float64).T
+    scale = np.abs(qb).astype(np.float64) @ np.abs(k2[7:]).astype(np.float64).T
     assert np.all(np.abs(s - ref) <= 2 * d * np.finfo(dtype).eps * scale + 1e-300)
 
 
