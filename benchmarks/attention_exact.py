@@ -50,7 +50,9 @@ Decode is also timed in separate phases (:func:`decode_phases`: ours, then PyTor
 the read roofline, each repeated alone after a 0.5 s pause), so that no library runs
 next to another one's spinning worker threads; both measurements are reported.
 
-Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``.
+Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``; ``--exp-exhaustive``
+instead checks the prefill's float32 exponential on every input of ``[-87, 0]`` (about
+15 s; result in ``attention_exact_exp_exhaustive.json``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ import numpy as np
 
 from attention.exact import softmax_attention
 from benchmarks.harness import RESULTS_DIR, Task, main
+from rnla._kernels.fastexp import _exp_sum_vec
 
 try:
     import torch
@@ -621,8 +624,6 @@ _EXP_LAST_BITS = int(np.array(-87.0, dtype=np.float32).view(np.uint32)) - 0x8000
 
 @numba.njit(parallel=True, cache=False)
 def _exp_exhaustive_kernel():
-    from rnla._kernels.fastexp import _exp_sum_vec
-
     chunk = 1 << 16
     n = _EXP_LAST_BITS + 1
     n_chunks = (n + chunk - 1) // chunk
