@@ -552,21 +552,19 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
         if blocks is None:
             continue
         rows, J, _, kp, _ = blocks
-        rr = np.maximum(rows, 0)
-        logw = None
+        rounds = None
         if R > 1:
-            # N_ij: rounds whose set of query i holds key j (1 + the other rounds).
-            count = np.ones((rows.shape[0], cs, J.shape[1]), dtype=np.int8)
-            for u in range(R):
-                if u == t:
-                    continue
-                _, _, rank_u, _, lo_u = sets[u]
-                same = bk_rounds[u][J][:, None, :] == bq_rounds[u][rr][:, :, None]
-                same &= rank_u[J][:, None, :] >= lo_u[rr][:, :, None]
-                count += same
-            logw = -np.log(count, dtype=np.float32 if q.dtype == np.float32 else np.float64)
+            # N_ij = 1 + the other rounds whose set of query i holds key j (same bucket,
+            # rank within the window): counted in the kernel.
+            other = [u for u in range(R) if u != t]
+            rounds = (
+                np.stack([bq_rounds[u] for u in other]),
+                np.stack([bk_rounds[u][J] for u in other]),
+                np.stack([sets[u][2][J] for u in other]),
+                np.stack([sets[u][4] for u in other]),
+            )
         # Visible: same bucket (kp < m) at a position <= the query's (kp <= qpos_i).
-        _gather_attend(q, k, v, scale, rows, J, kp[:, 0, :], lo, qpos, excl, logw, acc, L)
+        _gather_attend(q, k, v, scale, rows, J, kp[:, 0, :], lo, qpos, excl, None, acc, L, rounds)
         pairs += int((rows >= 0).sum()) * L_key
     # Rows with an empty union: their own position (if visible) is the only option.
     lonely = np.flatnonzero(~np.isfinite(L) & (qpos >= 0) & (qpos < m))

@@ -140,12 +140,18 @@ def _block_partials(q, k, v, scale, rows, J, keep, logw=None):
 _USE_KERNEL = True  # False: the plain-NumPy reference path (tests)
 
 
-def _gather_attend(q, k, v, scale, rows, J, kpos, lo, hi, excl=None, logw=None, acc=None, L=None):
+def _gather_attend(
+    q, k, v, scale, rows, J, kpos, lo, hi, excl=None, logw=None, acc=None, L=None, rounds=None
+):
     """Exact attention of query blocks over gathered keys, merged into ``acc``, ``L``.
 
     Row ``rows[b, r]`` (``-1``: padding) sees key slot ``j`` of its block (key
     ``J[b, j]``, in range) iff ``lo[i] <= kpos[b, j] <= hi[i]`` and ``kpos[b, j] !=
-    excl[i]``; ``logw (nb, B, W)`` optional log-weights added to the scores. The
+    excl[i]``; ``logw (nb, B, W)`` optional log-weights added to the scores;
+    ``rounds = (obq (U, n), obk (U, nb, W), ork (U, nb, W), olo (U, n))`` optional
+    duplicate counts of the causal Reformer's other hash rounds: ``-log(1 + N_ij)`` is
+    added to the score, ``N_ij`` the rounds ``u`` with ``obk[u, b, j] == obq[u, i]`` and
+    ``ork[u, b, j] >= olo[u, i]`` (computed in the kernel, no ``(nb, B, W)`` arrays). The
     partial results are merged into ``acc (n, dv)`` and ``L (n,)`` (float64; new ones,
     zero and ``-inf``, when None) through the log-sum-exp; rows that see no key keep
     their values. Numba kernel :func:`attention._kernels.sparse._gather_attend`, or
@@ -172,14 +178,27 @@ def _gather_attend(q, k, v, scale, rows, J, kpos, lo, hi, excl=None, logw=None, 
     )
     if rows.size == 0 or J.shape[1] == 0 or k.shape[0] == 0:
         return acc, L
+    if rounds is not None:
+        rounds = tuple(np.ascontiguousarray(x, dtype=np.int64) for x in rounds)
     if not _USE_KERNEL:
+        if rounds is not None:
+            obq, obk, ork, olo = rounds
+            rr = np.maximum(args[3], 0)
+            cnt = np.ones((*rows.shape, J.shape[1]))
+            for u in range(obq.shape[0]):
+                same = obk[u][:, None, :] == obq[u][rr][:, :, None]
+                cnt += same & (ork[u][:, None, :] >= olo[u][rr][:, :, None])
+            logw = -np.log(cnt) if logw is None else logw - np.log(cnt)
         _gather_attend_numpy(*args, scale, logw, acc, L)
         return acc, L
     from attention._kernels.sparse import _gather_attend as kernel
 
     lw = np.empty((0, 0, 0), q.dtype) if logw is None else logw.astype(q.dtype, copy=False)
+    if rounds is None:
+        e1, e2 = np.empty((0, 0), np.int64), np.empty((0, 0, 0), np.int64)
+        rounds = (e1, e2, e2, e1)
     q, k, v, rows, J, kpos, lo, hi, excl = args
-    kernel(q, k, v, q.dtype.type(scale), rows, J, kpos, lo, hi, excl, lw, acc, L)
+    kernel(q, k, v, q.dtype.type(scale), rows, J, kpos, lo, hi, excl, lw, *rounds, acc, L)
     return acc, L
 
 

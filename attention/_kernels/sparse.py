@@ -29,7 +29,7 @@ from rnla._kernels.intrinsics import _wide_vectors
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _gather_attend(
-    q, k, v, scale, rows, J, kpos, lo, hi, excl, logw, acc, L
+    q, k, v, scale, rows, J, kpos, lo, hi, excl, logw, obq, obk, ork, olo, acc, L
 ):  # pragma: no cover - compiled; checked against the NumPy reference in the tests
     """Exact attention of query blocks over their gathered keys, merged into ``acc``/``L``.
 
@@ -40,6 +40,10 @@ def _gather_attend(
     values are never visible when ``lo``/``hi`` are in range); row ``i`` sees key slot
     ``j`` iff ``lo[i] <= kpos[b, j] <= hi[i]`` and ``kpos[b, j] != excl[i]``;
     ``logw (nb, B, W)`` log-weights added to the scaled scores, or shape ``(0, 0, 0)``;
+    ``obq (U, n)``, ``obk``, ``ork (U, nb, W)``, ``olo (U, n)`` (``U`` may be 0): the
+    bucket-round duplicate correction of the causal Reformer, ``-log(1 + N)`` added to
+    the score of a visible key, with ``N`` the rounds ``u`` whose set of row ``i`` holds
+    the key (``obk[u, b, j] == obq[u, i]`` and ``ork[u, b, j] >= olo[u, i]``);
     ``acc (n, dv)`` and ``L (n,)`` (float64) the running output and log-normaliser,
     ``L = -inf`` for rows with nothing merged yet (``acc`` is then overwritten). A
     row that sees no key of its block leaves ``acc``/``L`` unchanged.
@@ -53,6 +57,7 @@ def _gather_attend(
     s = np.empty(W, dtype=q.dtype)
     o = np.empty(dv, dtype=q.dtype)
     has_w = logw.shape[0] > 0
+    U = obq.shape[0]
     for b in range(nb):
         # Keys of the block, transposed: the score loop runs over keys (vector lanes).
         for j in range(W):
@@ -79,6 +84,13 @@ def _gather_attend(
                     x = s[j] * scale
                     if has_w:
                         x += logw[b, r, j]
+                    if U > 0:
+                        cnt = 1
+                        for u in range(U):
+                            if obk[u, b, j] == obq[u, i] and ork[u, b, j] >= olo[u, i]:
+                                cnt += 1
+                        if cnt > 1:
+                            x -= np.log(np.float64(cnt))
                     s[j] = x
                     if x > mx:
                         mx = x

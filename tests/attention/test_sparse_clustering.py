@@ -370,6 +370,34 @@ def test_gather_attend_kernel_matches_numpy_reference(rng, dtype, with_logw):
     )
     a2, l2 = acc.copy(), L.copy()
     sp._gather_attend_numpy(q, k, v, rows, J, kpos, lo, hi, excl, 0.7, logw, a2, l2)
+    if with_logw:
+        # the in-kernel round counts against explicit log-weights -log(1 + N)
+        U, (nb, W), n = 2, J.shape, q.shape[0]
+        rounds = (
+            rng.integers(0, 2, (U, n)),
+            rng.integers(0, 2, (U, nb, W)),
+            rng.integers(0, 4, (U, nb, W)),
+            rng.integers(0, 4, (U, n)),
+        )
+        obq, obk, ork, olo = rounds
+        rr = np.maximum(rows, 0)
+        N = sum(
+            (obk[u][:, None, :] == obq[u][rr][:, :, None])
+            & (ork[u][:, None, :] >= olo[u][rr][:, :, None])
+            for u in range(U)
+        )
+        a3, l3 = sp._gather_attend(
+            q, k, v, 0.7, rows, J, kpos, lo, hi, excl, None, acc.copy(), L.copy(), rounds
+        )
+        a4, l4 = acc.copy(), L.copy()
+        lw = -np.log1p(N).astype(dtype)
+        sp._gather_attend_numpy(q, k, v, rows, J, kpos, lo, hi, excl, 0.7, lw, a4, l4)
+        np.testing.assert_allclose(a3, a4, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+        np.testing.assert_allclose(l3, l4, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+        a0, _ = sp._gather_attend(
+            q, k, v, 0.7, rows, J, kpos, lo, hi, excl, None, acc.copy(), L.copy()
+        )
+        assert N.max() > 0 and not np.allclose(a3, a0)  # the counts change the result
     np.testing.assert_allclose(a1, a2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
     np.testing.assert_allclose(l1, l2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
     assert np.all(np.isfinite(a1))
