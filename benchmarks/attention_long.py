@@ -425,8 +425,9 @@ def accuracy_rst(acc: dict) -> str:
         "   :widths: 6, 10, 30, 16, 8, 10, 10, 10, 14, 8",
         "",
     ]
+    fam_order = {fam: i for i, (fam, _, _) in enumerate(ACCURACY_RUNS)}
     for key in sorted(acc, key=int):
-        for d in acc[key]:
+        for d in sorted(acc[key], key=lambda d: fam_order.get(d["family"], 99)):
             if "perplexity" not in d:
                 why = str(d.get("error", "error")).replace('"', "'")[:60]
                 lines.append(f'   {key}, {d["family"]}, {d["method"]}, "{why}", , , , , , ')
