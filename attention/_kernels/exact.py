@@ -778,6 +778,22 @@ def _pack_kt(k, kt, g0, g1):
                     kt[g, base + e * wide + jj] = k[g, j, e] if j < m else 0.0
 
 
+@njit(cache=True, nogil=True)
+def _pack_kt_panels(k, kt, p0, p1):
+    """:func:`_pack_kt` of the panels ``p0 <= g * n_panels + c < p1`` (flat index)."""
+    m, d = k.shape[1], k.shape[2]
+    wide = _TILE_VECS * (64 // k.itemsize)
+    n_chunks = kt.shape[1] // max(d * wide, 1)
+    for p in range(p0, p1):
+        g = p // n_chunks
+        c = p - g * n_chunks
+        base = c * d * wide
+        for e in range(d):
+            for jj in range(wide):
+                j = c * wide + jj
+                kt[g, base + e * wide + jj] = k[g, j, e] if j < m else 0.0
+
+
 def _visible(x):  # pragma: no cover - replaced by the overload inside Numba
     raise NotImplementedError
 
@@ -1131,10 +1147,11 @@ def _attend_blocks(
     ``q``) and ``lse (G, r)`` (float64).
     """
     if kt.shape[1] > 0:
-        # Pack K^T once per call (O(m d) per key/value slice, against O(n m d) work).
-        Gk = k.shape[0]
+        # Pack K^T once per call (O(m d) per key/value slice, against O(n m d) work),
+        # split by panels so that one key/value slice is packed by every thread.
+        n_pan = k.shape[0] * (kt.shape[1] // (k.shape[2] * _TILE_VECS * (64 // k.itemsize)))
         for t in prange(n_workers):
-            _pack_kt(k, kt, t * Gk // n_workers, (t + 1) * Gk // n_workers)
+            _pack_kt_panels(k, kt, t * n_pan // n_workers, (t + 1) * n_pan // n_workers)
     if mask_mode != 0:
         n_lims = lims.shape[0] * lims.shape[1]
         for t in prange(n_workers):

@@ -19,6 +19,7 @@ from attention._kernels.exact import (
     _mask_row_limits,
     _nonfinite_probe,
     _pack_kt,
+    _pack_kt_panels,
     _qk_rows,
     _qk_small,
     _softmax_cols,
@@ -718,6 +719,28 @@ def test_row_group_products_against_numpy(rng, dtype, R, w, d):
     ref = qb.astype(np.float64) @ k2[7:].astype(np.float64).T
     scale = np.abs(qb).astype(np.float64) @ np.abs(k2[7:]).astype(np.float64).T
     assert np.all(np.abs(s - ref) <= 2 * d * np.finfo(dtype).eps * scale + 1e-300)
+
+
+@pytest.mark.parametrize("m", [1, 63, 64, 200])
+def test_pack_kt_panels_split_anywhere(rng, dtype, m):
+    """Packing by flat panel ranges (one slice shared by threads) equals per-slice."""
+    d = 5
+    k = rng.standard_normal((3, m, d)).astype(dtype)
+    wide = _TILE_VECS * (64 // np.dtype(dtype).itemsize)
+    mp = -(-m // 64) * 64
+    want = np.full((3, mp * d), np.nan, dtype=dtype)
+    _pack_kt(k, want, 0, 3)
+    n_pan = 3 * mp // wide
+    for cut in (0, 1, n_pan // 2, n_pan):
+        got = np.full_like(want, np.nan)
+        _pack_kt_panels(k, got, 0, cut)
+        _pack_kt_panels(k, got, cut, n_pan)
+        np.testing.assert_array_equal(got, want)
+    # Against NumPy: panel c of slice g is K[g, c*wide:(c+1)*wide].T, zero-padded.
+    pad = np.zeros((3, mp, d), dtype=dtype)
+    pad[:, :m] = k
+    ref = pad.reshape(3, mp // wide, wide, d).transpose(0, 1, 3, 2).reshape(3, -1)
+    np.testing.assert_array_equal(want, ref)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, None])
