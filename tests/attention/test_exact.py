@@ -921,6 +921,32 @@ def test_prefill_gemm_paths_match_reference(rng, dtype, gemm_path, n, m, causal)
         assert_lse_close(lse, rl, dtype)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("jump", [4.0, 60.0, 200.0])
+def test_prefill_fused_rows_formed_again(rng, dtype, gemm_path, causal, jump):
+    """Later key blocks far above the running maximum (the fused epilogue's redo path).
+
+    Some keys of the third and fourth 512-key blocks give scores ``jump`` above every
+    earlier one (``jump = 4``: weights up to e^4 but a sum below the block width, kept;
+    60 / 200: formed again unfused, 200 would overflow float32 weights).
+    """
+    n, m, d = 300, 1900, 64
+    Q, K, V = qkv(rng, (2, n, d), (2, m, d), dtype=dtype)
+    Q[:, :, 0] = 1.0
+    K[:, :, 0] = 0.0
+    for j in (1100, 1600, 1601):
+        K[:, j, 0] = jump * np.sqrt(d)  # score + jump for every query row
+    bigger = np.array([1.0, 1e-3, 1e3], dtype=dtype)  # values of very different size
+    V[:, 1100:1103] *= bigger[:, None]
+    Y, lse = softmax_attention(Q, K, V, causal=causal, return_lse=True)
+    R, rl = reference_attention(Q, K, V, causal=causal, return_lse=True)
+    assert np.all(np.isfinite(Y)) and np.all(np.isfinite(lse))
+    # Scores of size ~jump carry a rounding of ~jump u (both paths, float32).
+    factor = max(1.0, jump / 16) if dtype == np.float32 else 1.0
+    assert_close(Y, R, dtype, factor=factor)
+    assert_lse_close(lse, rl, dtype, factor=factor)
+
+
 def test_prefill_gemm_paths_rows_any_order(rng, dtype, gemm_path):
     # Rows in any order (certificates): the diagonal strips use each strip's own limit.
     Q, K, V = qkv(rng, (1, 700, 32), (1, 700, 32), dtype=dtype)
