@@ -654,6 +654,8 @@ class KVCache:
         sums = np.zeros(3)
         u = float(np.finfo(self._dtype).eps)
         kmax, vmax = np.sqrt(self._kmax2), np.sqrt(self._vmax2)
+        # Score rounding bound per stacked row (as in the rounding allowance).
+        seps = self._score_eps(q, scale)
         _attend_bound(
             q,
             self._k,
@@ -686,6 +688,7 @@ class KVCache:
             vmax,
             u,
             sums,
+            seps,
         )
         if not np.isfinite(probe).all():
             raise FloatingPointError("attention over the cache overflowed (non-finite P V)")
@@ -717,6 +720,7 @@ class KVCache:
                 lse,
                 target,
                 add,
+                seps,
             ):
                 break
             keep |= add
@@ -728,12 +732,36 @@ class KVCache:
             plist.append(self._segments(q, members, nq, scale, causal, offset, seg2, nseg2))
             _merge(tuple(plist), cpart, members, nq, out, lse)
             _row_bounds(
-                bw, bs2, bt, bex, self._vc, self._sig, keep, cpart, members, nq, out, lse, e_row
+                bw,
+                bs2,
+                bt,
+                bex,
+                self._vc,
+                self._sig,
+                keep,
+                cpart,
+                members,
+                nq,
+                out,
+                lse,
+                e_row,
+                seps,
             )
             e2 = float(np.sum(e_row * e_row))
             pad, ynorm = self._pad(q, out, scale)
         kept_keys = int(keep.sum()) * B + h * (t - nbc * B)
         return out, lse, e2, pad, ynorm, (kept_keys, h * t, h * nbc * B)
+
+    def _score_eps(self, q, scale) -> np.ndarray:
+        """Return the score rounding bound of every stacked row, shape ``(h_kv, R)``.
+
+        ``(sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||``, as in the rounding allowance.
+        """
+        h, d = self._h, self._d
+        u = float(np.finfo(self._dtype).eps)
+        q64 = q.reshape(h, -1, d).astype(np.float64)
+        qn = np.sqrt(np.einsum("hrd,hrd->hr", q64, q64) * (1.0 + 2.0 * d * 2.3e-16))
+        return (math.sqrt(d) + 2.0) * u * scale * qn * np.sqrt(self._kmax2)[:, None]
 
     def _pad(self, q, out, scale) -> tuple[float, float]:
         """Return the rounding allowance (as ``adaptive``) and ``||Y~||_F``."""

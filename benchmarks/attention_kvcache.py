@@ -35,7 +35,8 @@ Append (``--append``): time per appended token (one call per token) at ``m = 819
 
 Run: ``flock /tmp/bench.lock python -m benchmarks.attention_kvcache`` (all parts) or one
 part at a time (``--part real --ms 2048 --merge``, ``--part synthetic --merge``,
-``--part coverage --merge``, ``--part append --merge``: each a few minutes on 2 cores). Results:
+``--part coverage --merge``, ``--part append --merge``, and ``--layers`` to split the
+real part: each a few minutes on 2 cores). Results:
 ``benchmarks/results/attention_kvcache.{json,md}`` and the docs table
 ``attention_kvcache_summary.rst``.
 """
@@ -268,8 +269,9 @@ def _bound_and_control(cache, Q, tol, scale):
     lse = np.empty((Q.shape[0], nq))
     kk._merge((parts,), cpart, members, nq, out, lse)
     e_row = np.empty((h, R))
+    seps = cache._score_eps(Q, scale)
     kk._row_bounds(
-        bw, bs2, bt, bex, cache._vc, cache._sig, keep, cpart, members, nq, out, lse, e_row
+        bw, bs2, bt, bex, cache._vc, cache._sig, keep, cpart, members, nq, out, lse, e_row, seps
     )
     y = out.reshape(h, R, -1).astype(np.float64)
     drop = (keep == 0)[:, :, None]
@@ -278,7 +280,7 @@ def _bound_and_control(cache, Q, tol, scale):
     cen = np.minimum(cache._sig[:, :nbc, None] * np.sqrt(bs2), bt)
     cost = (bw * sh * dist + bex * cen) * drop
     slack = (bw * sh * drop).sum(axis=1)
-    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0]) - slack) * (1 - 1e-3)
+    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0] - 2 * seps) - slack) * (1 - 1e-3)
     quad = np.sqrt((cost**2).sum(axis=1)) / dlo
     pad2 = cache._pad(Q, out, scale)[0] ** 2
     return (
@@ -458,6 +460,9 @@ def main(argv=None):
     parser.add_argument("--coverage", type=int, default=200, help="seeded coverage runs")
     parser.add_argument("--quick", action="store_true", help="m = 2048, 2 layers, 3 pairs")
     parser.add_argument("--ms", type=int, nargs="*", default=[2048, 8192], help="real m")
+    parser.add_argument(
+        "--layers", type=int, nargs="*", default=list(LAYERS), help="real: SmolLM2 layers"
+    )
     parser.add_argument("--merge", action="store_true", help="keep the stored other parts")
     parser.add_argument("--render", action="store_true", help="only rewrite the tables")
     parser.add_argument("--results", default=None, help="output directory")
@@ -474,13 +479,12 @@ def main(argv=None):
     part = args.part
     if part in ("real", "all"):
         ms = (2048,) if args.quick else tuple(args.ms)
+        layers = (0, 14) if args.quick else tuple(args.layers)
+        names = {f"real m={m} L{layer} " for m in ms for layer in layers}
         old = [
-            r for r in data.get("rows", []) if not (r["case"].startswith("real") and r["m"] in ms)
+            r for r in data.get("rows", []) if r["case"][: r["case"].rfind(" ") + 1] not in names
         ]
-        if args.quick:
-            new = real(3, ms=ms, layers=(0, 14))
-        else:
-            new = real(args.pairs, ms=ms)
+        new = real(3 if args.quick else args.pairs, ms=ms, layers=layers)
         data["rows"] = new + old
     if part in ("synthetic", "all"):
         old = [r for r in data.get("rows", []) if not r["case"].startswith("synthetic")]

@@ -392,12 +392,14 @@ def _costs(bw, bs2, bt, bex, sig, gk, keep, use_keep, dist, dlo, cost):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse):
+def _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps):
     """Lower bounds of the normalisers ``D_i`` (units ``exp(M_i)``) once ``lse`` is known.
 
-    ``D~ - sum_{b dropped} W~_b sinh(eps_b)``, times ``1 - 1e-3`` for the rounding of
-    the computed ``D~ = exp(lse - M)`` (relative error below ``1e-4``: float32 tile sums
-    of at most 2048 exponentials, float64 merge).
+    ``(D~ exp(-2 seps_i) - sum_{b dropped} W~_b sinh(eps_b)) (1 - 1e-3)``: the kept mass
+    in ``D~ = exp(lse - M)`` comes from scores rounded by at most ``seps_i`` (the score
+    rounding of the allowance, ``(sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||``), and
+    ``1 - 1e-3`` covers the rounding of the sums (float32 tile sums of at most 2048
+    exponentials, relative error below ``2e-4``; float64 merge).
     """
     nbc, R = bw.shape[1], bw.shape[2]
     dlo = np.empty(R)
@@ -409,7 +411,8 @@ def _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse):
             if keep[gk, b] == 0:
                 ex = bex[gk, b, i]
                 slack += bw[gk, b, i] * 0.5 * (ex - 1.0 / ex)
-        dlo[i] = (np.exp(lse[g, i - a * nq] - cpart[gk, i, 0]) - slack) * (1.0 - 1e-3)
+        dt = np.exp(lse[g, i - a * nq] - cpart[gk, i, 0] - 2.0 * seps[gk, i])
+        dlo[i] = (dt - slack) * (1.0 - 1e-3)
     return dlo
 
 
@@ -571,7 +574,7 @@ def _select(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, target, add):
+def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, target, add, seps):
     """Blocks to read next when the certified bound of a step exceeds its target.
 
     With the actual output ``y~`` and normaliser lower bound (as :func:`_row_bounds`),
@@ -582,7 +585,7 @@ def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, targe
     Gk, nbc, R = bw.shape
     total = 0
     for gk in range(Gk):
-        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse)
+        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps)
         y = _rows(out, members, nq, gk)
         cost = np.empty((nbc, R))
         _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), dlo, cost)
@@ -770,7 +773,7 @@ def _merge(parts, cpart, members, nq, out, lse):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row):
+def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row, seps):
     """Certified error of every stacked row: ``e_row (Gk, R)``.
 
     With ``y~ = (N_K + sum_{b dropped} W^_b vc_b) / D~`` (``W^_b = W~_b cosh eps_b``,
@@ -785,7 +788,7 @@ def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e
     """
     Gk, nbc, R = bw.shape
     for gk in range(Gk):
-        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse)
+        dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps)
         y = _rows(out, members, nq, gk)
         cost = np.empty((nbc, R))
         _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), np.ones(R), cost)
@@ -928,6 +931,7 @@ def _attend_bound_impl(
     vmax,
     u,
     sums,
+    seps,
 ):
     """Segments (parallel), merge, row bounds (if ``nbc``) and the rounding allowance.
 
@@ -935,7 +939,8 @@ def _attend_bound_impl(
     rounding allowance ``pad_i = 4 u (2 ||y~_i|| + R_v) + expm1(2 eps_i) (R_v +
     ||y~_i||)``, ``eps_i = (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` (as
     :func:`attention.adaptive._rounding_pad`), ``kmax``/``vmax`` the largest key and
-    value norms of each head.
+    value norms of each head; ``seps (Gk, R)`` the same ``eps_i`` per stacked row (for
+    the normaliser bound of :func:`_actual_dlo`).
     """
     Gk = seg.shape[0]
     S = seg.shape[1]
@@ -957,7 +962,7 @@ def _attend_bound_impl(
     _merge(((pacc, pm, pl),), cpart, members, nq, out, lse)
     e2 = 0.0
     if nbc > 0:
-        _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row)
+        _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row, seps)
         for gk in range(Gk):
             for i in range(R):
                 e2 += e_row[gk, i] * e_row[gk, i]

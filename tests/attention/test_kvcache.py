@@ -283,7 +283,10 @@ def _control_bound(c, Q, tol):
     lse = np.empty((Q.shape[0], nq))
     kkmod._merge((parts,), cpart, members, nq, out, lse)
     e_row = np.empty((h, R))
-    kkmod._row_bounds(bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row)
+    seps = c._score_eps(Q, 1 / np.sqrt(Q.shape[2]))
+    kkmod._row_bounds(
+        bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row, seps
+    )
     # Plain-NumPy reference of the row bounds, and the quadrature control.
     y = out.reshape(h, R, -1).astype(np.float64)
     drop = keep == 0
@@ -292,7 +295,7 @@ def _control_bound(c, Q, tol):
     cen = np.minimum(c._sig[:, :nbc, None] * np.sqrt(bs2), bt)
     cost = (bw * sh * dist + bex * cen) * drop[:, :, None]
     slack = (bw * sh * drop[:, :, None]).sum(axis=1)
-    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0]) - slack) * (1 - 1e-3)
+    dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0] - 2 * seps) - slack) * (1 - 1e-3)
     ref = cost.sum(axis=1) / dlo
     np.testing.assert_allclose(e_row, ref, rtol=1e-12, atol=1e-300)
     quad = np.sqrt((cost**2).sum(axis=1)) / dlo
