@@ -506,8 +506,9 @@ class KVCache:
                 res = self._run(q, members, nq, nbc, tol, scale, causal, offset, chunk)
                 out, lse, e2, pad, ynorm, stats = res
                 total = math.sqrt(e2 + pad * pad)
-                if e2 > 0 and total > tol / (1.0 + tol) * ynorm:
-                    # Rare: refinement did not bring the bound under tol: exact step.
+                if nbc and not (e2 == 0 or total <= tol / (1.0 + tol) * ynorm):
+                    # Rare: refinement did not bring the bound under tol (or a pilot
+                    # quantity overflowed: NaN fails the test too): exact step.
                     nbc = 0
                     res = self._run(q, members, nq, 0, tol, scale, causal, offset, chunk)
                     out, lse, e2, pad, ynorm, stats = res

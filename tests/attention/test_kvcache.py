@@ -385,6 +385,22 @@ def test_forced_refinement_and_exact_retry(rng, monkeypatch):
     assert err <= res.bound.value <= 0.02 * np.linalg.norm(Y)
 
 
+def test_pilot_overflow_falls_back(rng):
+    """Float64 scores beyond the float32 range: the pilot overflows, the step is exact.
+
+    (Scores of order 1e38 also make the rounding allowance infinite: it warns.)
+    """
+    Q, K, V = _head(rng, "sinks", m=1280)
+    c = _cache(K * 1e19, V)
+    Qb = Q[:, :1] * 1e19
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.warns(AccuracyWarning):
+            res = c.attend(Qb, tol=0.1)
+    assert "exact attention" in res.bound.assumptions
+    np.testing.assert_allclose(res.output, _exact(Qb, K * 1e19, V), rtol=1e-12, atol=1e-12)
+
+
 def test_float32_tolerance_warning(rng):
     Q, K, V = _head(rng, "huge", dtype=np.float32)
     c = _cache(K, V)
