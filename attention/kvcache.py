@@ -152,6 +152,9 @@ _PILOT_TASK = 16
 # layers, n_q = 1 / 16, tol 1e-2 / 1e-1: mix 0, 0.5, 1 kept the same fractions within
 # 0.01 (n_q = 16: 0.02-0.04 fewer with 0.5) and refined 1-2, 3-4, 5 of the 5 steps.
 _PROXY_MIX = 0.0
+# The selection spends this share of its budget (a step whose bound then exceeds tol is
+# refined: another kernel pass and its Python work, ~0.1 ms).
+_BUDGET = 1.0
 # Refinement rounds when a step's bound exceeds its target (then: exact step).
 _REFINE = 2
 
@@ -237,6 +240,9 @@ class KVCache:
         # Skip policy of the pilot (see the module notes).
         self._skip = 0
         self._skip_tol = None
+        # Work buffers of the steps, reused (fresh ones cost page faults and unmapping:
+        # ~0.1 ms a step at m = 8192); outputs are always fresh arrays.
+        self._work = {}
 
     # ------------------------------------------------------------------ storage
 
@@ -564,6 +570,14 @@ class KVCache:
         cost = Cost(flops, evals, key_fraction, float(bytes_read))
         return AttentionApprox(out, lse, bound, cost, "kvcache", params)
 
+    def _buf(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+        """Return the work buffer ``name`` of this shape (contents undefined)."""
+        buf = self._work.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self._work[name] = buf
+        return buf
+
     def _segments(self, q, members, nq, scale, causal, offset, seg, nseg):
         """Exact partials of the key segments ``seg`` (see :func:`_segments_kernel`)."""
         h, S, R, dv = self._h, seg.shape[1], members.shape[1] * nq, self._dv
@@ -605,9 +619,9 @@ class KVCache:
         keep = np.ones((h, nb1), dtype=np.int8)
         cpart = np.zeros((h, R, 2 + dv))
         S = nb1 + t // chunk + 2
-        seg = np.zeros((h, S, 2), dtype=np.int64)
+        seg = self._buf("seg", (h, S, 2), np.int64)
         nseg = np.zeros(h, dtype=np.int64)
-        bm, bw, bs2, bt, beps, bex = np.empty((6, h, nb1, R))
+        bm, bw, bs2, bt, beps, bex = self._buf("pilot", (6, h, nb1, R))
         tau = 0.0 if tol is None else 0.95 * tol / (1.0 + tol)
         if nbc:
             qs = q.reshape(h, R, d).astype(np.float64)
@@ -632,7 +646,7 @@ class KVCache:
                 self._vc,
                 self._sig,
                 self._vrms2,
-                tau,
+                _BUDGET * tau,
                 _PROXY_MIX,
                 t,
                 chunk,
@@ -650,7 +664,14 @@ class KVCache:
             nseg[:] = starts.size
         out = np.empty((G, nq, dv), dtype=self._dtype)
         lse = np.empty((G, nq))
-        parts = (np.empty((h, S, R, dv)), np.empty((h, S, R)), np.empty((h, S, R)))
+        # Partials only for the segments used (the kernel's task grid is seg.shape[1]).
+        S = max(int(nseg.max()), 1)
+        seg = np.ascontiguousarray(seg[:, :S])
+        parts = (
+            self._buf("pacc", (h, S, R, dv)),
+            self._buf("pm", (h, S, R)),
+            self._buf("pl", (h, S, R)),
+        )
         probe = np.zeros(h * S)
         e_row = np.empty((h, R))
         sums = np.zeros(3)
