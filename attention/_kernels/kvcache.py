@@ -144,27 +144,28 @@ def _summarize(k, v, b0, b1, B, codes, qscale, qres, rho, vc, udev, vrms2, gram)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _codes_to_float(cb, sb, f):
-    """``f[e, j] = fl32(s_e c_je)`` for one block of codes ``(d, B)`` (vectorised)."""
+def _codes_to_float(cb, f):
+    """``f[e, j] = c_je`` (float32, exact) for one block of codes ``(d, B)`` (vectorised)."""
     _wide_vectors()
     d, B = cb.shape
     for e in range(d):
-        se = sb[e]
         for j in range(B):
-            f[e, j] = np.float32(cb[e, j]) * se
+            f[e, j] = np.float32(cb[e, j])
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _pilot_scores(cb, sb, q32, acc, f, tiles):
-    """``acc[i, j] = sum_e q_ie fl32(s_e c_je)`` for one block (float32, codes ``(d, B)``).
+def _pilot_scores(cb, q32, acc, f, tiles):
+    """``acc[i, j] = sum_e qp_ie c_je`` for one block (float32, codes ``(d, B)``).
 
-    The codes are converted (and scaled) once into ``f (d, B)``; the product runs on the
+    ``q32 = qp``: the query rows times the block's channel scales, ``fl32(qs_e s_e)``
+    (cheaper than scaling the ``d x B`` codes for at most 16 stacked rows). The codes
+    are converted once into ``f (d, B)``; the product runs on the
     exact kernel's register tiles (AVX-512) or, portably, as a loop over channels that
     updates a row of ``B`` accumulators per stacked row (no horizontal sums). Every
     entry is one chain of fused multiply-adds over ``e = 0, 1, ...`` on both paths.
     """
     _wide_vectors()
-    _codes_to_float(cb, sb, f)
+    _codes_to_float(cb, f)
     R, d = q32.shape
     B = cb.shape[1]
     if tiles:
@@ -206,9 +207,10 @@ def _pilot_radius(qa, qn, qscale, qres, rho, gk, b0, b1, d, beps, bex):
 
     * quantisation: ``|sum_e qs_e r_je| <= min(sum_e |qs_e| h_e, ||qs|| rho)``
       (componentwise residual maxima ``h``, or Cauchy-Schwarz with the residual norm);
-    * pilot arithmetic: ``fl32(qs_e)``, ``fl32(s_e c_je)`` and a float32 dot product of
-      length ``d`` (fused multiply-adds): at most ``gamma_{d+2} 127 sum_e |qs_e| s_e``,
-      ``gamma_k = k u / (1 - k u)`` [1]_ (float32 ``u``, ``|c_je| <= 127``);
+    * pilot arithmetic: ``fl32(qs_e s_e)`` (one rounding of the float64 product) and a
+      float32 dot product of length ``d`` with the exact codes (fused multiply-adds): at
+      most ``gamma_{d+2} 127 sum_e |qs_e| s_e``, ``gamma_k = k u / (1 - k u)`` [1]_
+      (float32 ``u``, ``|c_je| <= 127``);
     * the exponentials and block sums in float32 (relative error ``<= 0.9`` ulp per
       exponential, ``<= B u`` for the sum, ``<= 90 u`` for ``s^ - max`` down to the
       float32 underflow at ``-87``): covered by adding ``256 u`` to ``eps``, which is
@@ -268,7 +270,11 @@ def _pilot_task(
     acc = np.empty((R, B), dtype=np.float32)
     f = np.empty((d, B), dtype=np.float32)
     for b in range(b0, b1):
-        _pilot_scores(codes[gk, b], qscale[gk, b], q32, acc, f, tiles)
+        sb = qscale[gk, b]
+        for i in range(R):
+            for e in range(d):
+                q32[i, e] = np.float32(qs[gk, i, e] * np.float64(sb[e]))
+        _pilot_scores(codes[gk, b], q32, acc, f, tiles)
         dev = udev[gk, b * B : (b + 1) * B]
         for i in range(R):
             mx, w, w2, t = _block_sums(acc[i], dev)
@@ -342,34 +348,36 @@ _pilot_kernel = njit(cache=True, nogil=True, parallel=True)(_pilot_blocks)
 # ------------------------------------------------------------------ decode: selection
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _dist(vcg, y):
-    """Upper bounds of ``||vc_b - y_i||``, shape ``(nbc, R)``, by one product.
+    """Upper bounds of ``||vc_b - y_i||``, shape ``(nbc, R)``.
 
-    ``||vc_b||^2 - 2 vc_b . y_i + ||y_i||^2`` (float64 products, ``vcg (nbc, dv)``,
-    ``y (R, dv)``) plus ``4 (dv + 2) u_64 (||vc_b||^2 + ||y_i||^2)``, which covers the
-    rounding of the three terms (Higham 2002, Lemma 3.1).
+    ``||vc_b||^2 - 2 vc_b . y_i + ||y_i||^2`` (float64 dot products in any order,
+    ``vcg (nbc, dv)``, ``y (R, dv)``) plus ``4 (dv + 2) u_64 (||vc_b||^2 + ||y_i||^2)``,
+    which covers the rounding of the three terms (Higham 2002, Lemma 3.1).
     """
+    _wide_vectors()
     nb, dv = vcg.shape
     R = y.shape[0]
-    g = _mm(vcg, np.ascontiguousarray(y.T))
-    vn = np.empty(nb)
-    for b in range(nb):
-        t = 0.0
-        for e in range(dv):
-            t += vcg[b, e] * vcg[b, e]
-        vn[b] = t
     yn = np.empty(R)
     for i in range(R):
         t = 0.0
         for e in range(dv):
-            t += y[i, e] * y[i, e]
+            t = _add_reassoc(t, y[i, e] * y[i, e])
         yn[i] = t
     pad = 4.0 * (dv + 2) * _U64
     out = np.empty((nb, R))
     for b in range(nb):
+        vb = vcg[b]
+        vn = 0.0
+        for e in range(dv):
+            vn = _add_reassoc(vn, vb[e] * vb[e])
         for i in range(R):
-            x = vn[b] - 2.0 * g[b, i] + yn[i] + pad * (vn[b] + yn[i])
+            yi = y[i]
+            g = 0.0
+            for e in range(dv):
+                g = _add_reassoc(g, vb[e] * yi[e])
+            x = vn - 2.0 * g + yn[i] + pad * (vn + yn[i])
             out[b, i] = np.sqrt(max(x, 0.0))
     return out
 
