@@ -1277,7 +1277,10 @@ def _split_task(
     mrow = np.full(R, neg_inf)
     lrow = np.zeros(R)
     alpha = np.ones(R)
-    _softmax_tile(s, mrow, lrow, alpha)
+    if tiles:
+        _softmax_rows_vec(s.reshape(-1), w, R, w, mrow, lrow, alpha)
+    else:
+        _softmax_tile(s, mrow, lrow, alpha)
     pv = np.empty((R, dv), dtype=q.dtype)
     if tiles and dv % (64 // q.itemsize) == 0:
         # One pass over the value rows for all R rows (BLAS packs the chunk first).
