@@ -131,4 +131,5 @@ def test_report_and_verify_run_tolerance_driven_methods(tmp_path):
     rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows["adaptive"]["params"]["tol"] == _report.REPORT_TOL
     assert rows["adaptive"]["bound_held"]
-    assert main(["verify", *common]) == 0
+    assert main(["verify", *common, "--out", str(tmp_path / "v")]) == 0
+    assert (tmp_path / "v" / "verify.json").is_file()
