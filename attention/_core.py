@@ -538,7 +538,7 @@ def method_result(problem: Problem, outs, lses, bound: ErrorBound | None, cost: 
     if lses is not None:
         lse = np.asarray(lses) if isinstance(lses, np.ndarray) else np.stack(list(lses))
         lse = lse.astype(np.float64, copy=False)
-    cost = Cost(float(cost.flops), int(cost.kernel_evals))
+    cost = cost._replace(flops=float(cost.flops), kernel_evals=int(cost.kernel_evals))
     return MethodResult(out, lse, bound, cost)
 
 

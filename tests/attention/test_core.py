@@ -180,6 +180,10 @@ def test_method_result_stacks_and_casts(rng):
     assert res.output.shape == (2, 3, 4) and res.output.dtype == np.float32
     assert res.lse.dtype == np.float64 and res.cost == Cost(1.0, 2)
     assert method_result(p, np.stack(outs), None, None, Cost(0, 0)).lse is None
+    # optional fields survive (they were dropped when the Cost was rebuilt)
+    frac = np.array([0.5, 1.0])
+    kept = method_result(p, outs, None, None, Cost(3, 4, key_fraction=frac, bytes_read=8.0))
+    assert kept.cost.key_fraction is frac and kept.cost.bytes_read == 8.0
 
 
 def _rounding_case(dtype, seed=0):
