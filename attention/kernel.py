@@ -540,17 +540,13 @@ def _check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def _grouped_map(problem: Problem, key_side, query_side) -> list:
-    """Key-side work once per key/value slice, then query-side work per query slice.
+def _lazy_key_sides(problem: Problem, key_side):
+    """Group the query slices by key/value head; ``key(j)`` computes ``key_side`` once.
 
-    ``key_side(g)`` runs once for one slice ``g`` of every key/value group (grouped-query
-    heads share their keys), ``query_side(g, key_result)`` for every query slice. The
-    query slices run on all cores (:func:`attention._parallel.map_slices`) in an order
-    interleaved over the groups; each computes its group's key side on first use (the
-    other slices of that group wait for it), so no thread idles between the two stages
-    (3 key/value and 9 query slices on 2 threads: 6 units of time instead of 2 + 5).
-    The key side of a group is computed from the same slice whichever thread runs it.
-    Returns the query-side results in slice order.
+    Returns ``(members, key)``: ``members[j]`` lists the query slices of key/value head
+    ``j`` in order, and ``key(j)`` returns ``key_side(g)`` for the first slice ``g`` of
+    that group, computed on first use under a per-group lock (other threads asking for
+    the same group wait for it), so it runs once whichever thread needs it first.
     """
     reps: dict[int, int] = {}
     members: dict[int, list[int]] = {}
@@ -566,6 +562,23 @@ def _grouped_map(problem: Problem, key_side, query_side) -> list:
             if j not in keys:
                 keys[j] = key_side(reps[j])
         return keys[j]
+
+    return members, key
+
+
+def _grouped_map(problem: Problem, key_side, query_side) -> list:
+    """Key-side work once per key/value slice, then query-side work per query slice.
+
+    ``key_side(g)`` runs once for one slice ``g`` of every key/value group (grouped-query
+    heads share their keys), ``query_side(g, key_result)`` for every query slice. The
+    query slices run on all cores (:func:`attention._parallel.map_slices`) in an order
+    interleaved over the groups; each computes its group's key side on first use (the
+    other slices of that group wait for it), so no thread idles between the two stages
+    (3 key/value and 9 query slices on 2 threads: 6 units of time instead of 2 + 5).
+    The key side of a group is computed from the same slice whichever thread runs it.
+    Returns the query-side results in slice order.
+    """
+    members, key = _lazy_key_sides(problem, key_side)
 
     order = [g for grp in itertools.zip_longest(*members.values()) for g in grp if g is not None]
     res = map_slices(lambda g: query_side(g, key(int(problem.kv_index[g]))), order)
@@ -598,20 +611,7 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
     :func:`_apply_state`, so the results do not depend on the number of threads.
     Returns the ``extra`` of every group (by key/value index).
     """
-    reps: dict[int, int] = {}
-    members: dict[int, list[int]] = {}
-    for g in range(problem.n_slices):
-        j = int(problem.kv_index[g])
-        reps.setdefault(j, g)
-        members.setdefault(j, []).append(g)
-    locks = {j: threading.Lock() for j in reps}
-    keys: dict[int, object] = {}
-
-    def key(j: int):
-        with locks[j]:
-            if j not in keys:
-                keys[j] = key_side(reps[j])
-        return keys[j]
+    members, key = _lazy_key_sides(problem, key_side)
 
     n, C = problem.n, _CHUNK
     nc = -(-n // C)
@@ -643,7 +643,7 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
 
     tasks = [(j, c0) for c0 in range(0, nc, seg) for j in members]
     map_slices(unit, tasks)
-    return {j: keys[j][1] for j in keys}
+    return {j: key(j)[1] for j in members}  # every group ran at least one unit
 
 
 def _key_cache(problem: Problem, build):
