@@ -154,8 +154,9 @@ def _gather_attend(
     ``ork[u, b, j] >= olo[u, i]`` (computed in the kernel, no ``(nb, B, W)`` arrays). The
     partial results are merged into ``acc (n, dv)`` and ``L (n,)`` (float64; new ones,
     zero and ``-inf``, when None) through the log-sum-exp; rows that see no key keep
-    their values. Numba kernel :func:`attention._kernels.sparse._gather_attend`, or
-    the NumPy reference (:func:`_gather_attend_numpy`) when ``_USE_KERNEL`` is off.
+    their values. Numba kernel :func:`attention._kernels.sparse._gather_attend` (its
+    register-tile form :func:`~attention._kernels.sparse._gather_attend_tiles` on
+    AVX-512 when ``dv`` is a multiple of the vector length), or the NumPy reference (:func:`_gather_attend_numpy`) when ``_USE_KERNEL`` is off.
     Returns ``(acc, L)``.
     """
     n = q.shape[0]
@@ -191,8 +192,13 @@ def _gather_attend(
             logw = -np.log(cnt) if logw is None else logw - np.log(cnt)
         _gather_attend_numpy(*args, scale, logw, acc, L)
         return acc, L
+    from attention import exact as _exact
     from attention._kernels.sparse import _gather_attend as kernel
+    from attention._kernels.sparse import _gather_attend_tiles
 
+    # Register tiles (AVX-512) when the value width is a whole number of vectors.
+    if _exact._USE_TILES and v.shape[1] % (64 // q.itemsize) == 0 and q.shape[1] > 0:
+        kernel = _gather_attend_tiles
     lw = np.empty((0, 0, 0), q.dtype) if logw is None else logw.astype(q.dtype, copy=False)
     if rounds is None:
         e1, e2 = np.empty((0, 0), np.int64), np.empty((0, 0, 0), np.int64)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from attention._kernels.exact import _exp_sum
+from attention._kernels.exact import _exp_sum, _gemm_tiles
 from rnla._kernels.intrinsics import _wide_vectors
 
 
@@ -127,3 +127,131 @@ def _gather_attend(
                 for c in range(dv):
                     acc[i, c] = wa * acc[i, c] + wb * o[c]
                 L[i] = new
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _mask_scores(s, W, scale, kpos, b, r, lo_i, hi_i, ex_i, logw, i, obq, obk, ork, olo):
+    """Scaled, weighted and masked scores of one row in place; returns their maximum.
+
+    ``s`` holds the row's raw scores ``q_i . k_j`` in its first ``W`` entries (the rest
+    is padding, set to ``-inf``); the visibility rule, log-weights and round counts are
+    those of :func:`_gather_attend`.
+    """
+    has_w = logw.shape[0] > 0
+    U = obq.shape[0]
+    mx = -np.inf
+    for j in range(W):
+        kp = kpos[b, j]
+        if kp < lo_i or kp > hi_i or kp == ex_i:
+            s[j] = -np.inf
+        else:
+            x = s[j] * scale
+            if has_w:
+                x += logw[b, r, j]
+            if U > 0:
+                cnt = 1
+                for u in range(U):
+                    if obk[u, b, j] == obq[u, i] and ork[u, b, j] >= olo[u, i]:
+                        cnt += 1
+                if cnt > 1:
+                    x -= np.log(np.float64(cnt))
+            s[j] = x
+            if x > mx:
+                mx = x
+    for j in range(W, s.shape[0]):
+        s[j] = -np.inf
+    return mx
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _gather_attend_tiles(
+    q, k, v, scale, rows, J, kpos, lo, hi, excl, logw, obq, obk, ork, olo, acc, L
+):  # pragma: no cover - compiled; checked against the NumPy reference in the tests
+    """:func:`_gather_attend` with both products on the exact kernel's register tiles.
+
+    Same arguments and results (each score and output entry is a chain of fused
+    multiply-adds in the same order as in :func:`_gather_attend`: equal up to where the
+    compiler contracts that loop; bit-identical on the Reformer and Routing blocks
+    checked); the value width
+    ``dv`` must be a multiple of the vector length (16 float32, 8 float64). Per block,
+    the rows' queries, the keys (transposed, ``(d, Wp)``, ``Wp`` the key count padded to
+    one register tile) and the values are gathered into contiguous buffers; ``S = Q_b
+    K_b^T`` and ``P V_b`` are register-tile GEMMs
+    (:func:`attention._kernels.exact._gemm_tiles`, 512-bit vectors: AVX-512 only, the
+    caller checks), the softmax between them runs row by row.
+    """
+    nb, B = rows.shape
+    W = J.shape[1]
+    d = q.shape[1]
+    dv = v.shape[1]
+    wide = 4 * (64 // q.itemsize)
+    Wp = -(-W // wide) * wide
+    qb = np.zeros(B * d, dtype=q.dtype)
+    kt = np.zeros(d * Wp, dtype=q.dtype)  # padding columns stay 0
+    vb = np.zeros(Wp * dv, dtype=q.dtype)  # padding rows stay 0
+    s = np.empty(B * Wp, dtype=q.dtype)
+    o = np.empty(B * dv, dtype=q.dtype)
+    slot = np.empty(B, dtype=np.int64)
+    zs = np.empty(B)
+    mxs = np.empty(B)
+    for b in range(nb):
+        nr = 0
+        for r in range(B):
+            if rows[b, r] >= 0:
+                i = rows[b, r]
+                slot[nr] = r
+                for t in range(d):
+                    qb[nr * d + t] = q[i, t]
+                nr += 1
+        if nr == 0:
+            continue
+        for j in range(W):
+            kj = k[J[b, j]]
+            for t in range(d):
+                kt[t * Wp + j] = kj[t]
+            vj = v[J[b, j]]
+            for c in range(dv):
+                vb[j * dv + c] = vj[c]
+        _gemm_tiles(qb, kt, s, 0, 0, 0, nr, d, Wp, d, Wp, Wp, False)
+        for rr in range(nr):
+            r = slot[rr]
+            i = rows[b, r]
+            srow = s[rr * Wp : (rr + 1) * Wp]
+            mx = _mask_scores(
+                srow, W, scale, kpos, b, r, lo[i], hi[i], excl[i], logw, i, obq, obk, ork, olo
+            )
+            mxs[rr] = mx
+            if mx == -np.inf:
+                # Nothing visible: zero weights (P V gives 0), the row is skipped below.
+                srow[:] = 0
+                zs[rr] = 0.0
+            else:
+                zs[rr] = _exp_sum(srow, mx)
+        _gemm_tiles(s, vb, o, 0, 0, 0, nr, Wp, dv, Wp, dv, dv, False)
+        for rr in range(nr):
+            mx = mxs[rr]
+            if mx == -np.inf:
+                continue
+            i = rows[b, slot[rr]]
+            _merge_row(acc, L, i, o[rr * dv : (rr + 1) * dv], mx, zs[rr])
+
+
+@njit(cache=True, nogil=True)
+def _merge_row(acc, L, i, o, mx, z):
+    """Merge the partial row ``o / z`` with log-normaliser ``mx + log z`` into row ``i``."""
+    dv = o.shape[0]
+    ls = mx + np.log(z)
+    La = L[i]
+    if La == -np.inf:
+        for c in range(dv):
+            acc[i, c] = o[c] / z
+        L[i] = ls
+    else:
+        # log-sum-exp merge, as attention.sparse._merge_into
+        top = max(La, ls)
+        new = top + np.log(np.exp(La - top) + np.exp(ls - top))
+        wa = np.exp(La - new)
+        wb = np.exp(ls - new) / z
+        for c in range(dv):
+            acc[i, c] = wa * acc[i, c] + wb * o[c]
+        L[i] = new

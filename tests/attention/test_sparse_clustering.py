@@ -337,8 +337,8 @@ def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
     assert set(sel[1, : nk[1]]) <= set(range(5)) and np.all(sel[1, nk[1] :] == -1)
 
 
-def _gather_case(rng, dtype, with_logw):
-    n, m, d, dv, nb, B, W = 23, 31, 6, 5, 5, 4, 9
+def _gather_case(rng, dtype, with_logw, dv=5, W=9):
+    n, m, d, nb, B = 23, 31, 6, 5, 4
     q = rng.standard_normal((n, d)).astype(dtype)
     k = rng.standard_normal((m, d)).astype(dtype)
     v = rng.standard_normal((m, dv)).astype(dtype)
@@ -421,6 +421,64 @@ def test_gather_attend_kernel_matches_numpy_reference(rng, dtype, with_logw):
             lse = new
         np.testing.assert_allclose(a2[i], y, rtol=tol(dtype, 100), atol=tol(dtype, 100))
         np.testing.assert_allclose(l2[i], lse, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+
+
+@pytest.mark.parametrize("W", [9, 70])
+@pytest.mark.parametrize("with_logw", [False, True])
+def test_gather_attend_tiles_match_row_kernel_and_numpy(rng, dtype, with_logw, W):
+    # The register-tile kernel (AVX-512 hosts; LLVM legalises its vectors elsewhere)
+    # against the portable row kernel and the plain-NumPy reference, with the round
+    # counts of the causal Reformer; dv = 16 (a whole number of vectors for both dtypes).
+    from attention._kernels.sparse import _gather_attend as rows_kernel
+    from attention._kernels.sparse import _gather_attend_tiles
+
+    import attention.sparse as sp
+
+    q, k, v, rows, J, kpos, lo, hi, excl, logw, acc, L = _gather_case(
+        rng, dtype, with_logw, dv=16, W=W
+    )
+    U, n = 1, q.shape[0]
+    rounds = (
+        rng.integers(0, 2, (U, n)),
+        rng.integers(0, 2, (U, *J.shape)),
+        rng.integers(0, 4, (U, *J.shape)),
+        rng.integers(0, 4, (U, n)),
+    )
+    lw = np.empty((0, 0, 0), dtype) if logw is None else logw
+    res = []
+    for kernel in (rows_kernel, _gather_attend_tiles):
+        a, ll = acc.copy(), L.copy()
+        kernel(q, k, v, q.dtype.type(0.7), rows, J, kpos, lo, hi, excl, lw, *rounds, a, ll)
+        res.append((a, ll))
+    np.testing.assert_allclose(res[1][0], res[0][0], rtol=tol(dtype, 10), atol=tol(dtype, 10))
+    np.testing.assert_allclose(res[1][1], res[0][1], rtol=tol(dtype, 10), atol=tol(dtype, 10))
+    obq, obk, ork, olo = rounds
+    rr = np.maximum(rows, 0)
+    N = (obk[0][:, None, :] == obq[0][rr][:, :, None]) & (
+        ork[0][:, None, :] >= olo[0][rr][:, :, None]
+    )
+    ref_w = -np.log1p(N.astype(np.float64)).astype(dtype) + (0 if logw is None else logw)
+    a2, l2 = acc.copy(), L.copy()
+    sp._gather_attend_numpy(q, k, v, rows, J, kpos, lo, hi, excl, 0.7, ref_w, a2, l2)
+    np.testing.assert_allclose(res[1][0], a2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    np.testing.assert_allclose(res[1][1], l2, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    assert np.all(np.isfinite(res[1][0]))
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("method", ["reformer", "routing", "window", "bigbird"])
+def test_methods_same_with_and_without_tiles(rng, monkeypatch, dtype, method, tiles):
+    # dv = 16: the register-tile kernel serves these methods on AVX-512 hosts; forcing
+    # _USE_TILES off gives the portable kernel, which must agree.
+    import attention.exact as ex
+
+    Q, K, V = _qkv(rng, dtype, n=70, m=70, dv=16)
+    monkeypatch.setattr(ex, "_USE_TILES", tiles)
+    a = approximate(Q, K, V, method, rng=3, causal=True)
+    monkeypatch.setattr(ex, "_USE_TILES", not tiles)
+    b = approximate(Q, K, V, method, rng=3, causal=True)
+    np.testing.assert_allclose(a.output, b.output, rtol=tol(dtype, 10), atol=tol(dtype, 10))
+    np.testing.assert_allclose(a.lse, b.lse, rtol=tol(dtype, 10), atol=tol(dtype, 10))
 
 
 @pytest.mark.parametrize(
