@@ -156,7 +156,8 @@ def _gather_attend(
     zero and ``-inf``, when None) through the log-sum-exp; rows that see no key keep
     their values. Numba kernel :func:`attention._kernels.sparse._gather_attend` (its
     register-tile form :func:`~attention._kernels.sparse._gather_attend_tiles` on
-    AVX-512 when ``dv`` is a multiple of the vector length), or the NumPy reference (:func:`_gather_attend_numpy`) when ``_USE_KERNEL`` is off.
+    AVX-512 when ``dv`` is a multiple of the vector length), or the NumPy reference
+    (:func:`_gather_attend_numpy`) when ``_USE_KERNEL`` is off.
     Returns ``(acc, L)``.
     """
     n = q.shape[0]

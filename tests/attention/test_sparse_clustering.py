@@ -429,10 +429,9 @@ def test_gather_attend_tiles_match_row_kernel_and_numpy(rng, dtype, with_logw, W
     # The register-tile kernel (AVX-512 hosts; LLVM legalises its vectors elsewhere)
     # against the portable row kernel and the plain-NumPy reference, with the round
     # counts of the causal Reformer; dv = 16 (a whole number of vectors for both dtypes).
+    import attention.sparse as sp
     from attention._kernels.sparse import _gather_attend as rows_kernel
     from attention._kernels.sparse import _gather_attend_tiles
-
-    import attention.sparse as sp
 
     q, k, v, rows, J, kpos, lo, hi, excl, logw, acc, L = _gather_case(
         rng, dtype, with_logw, dv=16, W=W
