@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from attention import sparse as _sp
 from attention._core import Problem, method_result
+from attention._kernels import sparse as _ks
 from attention._parallel import map_slices
 from attention._registry import register
 from attention.exact import _single_threaded_blas, softmax_attention
@@ -540,7 +542,14 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
     cs = max(1, min(cs, m))  # wider chunks than all keys only add padding
     qpos = np.arange(n) + offset
     kpos = np.arange(m)
-    sets = [_bucket_sets(bq_rounds[t], bk_rounds[t], kpos, qpos, cs) for t in range(R)]
+    kernel = _sp._USE_KERNEL
+    if kernel:
+        nbk = int(max(bq_rounds.max(initial=0), bk_rounds.max(initial=0))) + 1
+        bq_rounds = np.ascontiguousarray(bq_rounds, dtype=np.int64)
+        bk_rounds = np.ascontiguousarray(bk_rounds, dtype=np.int64)
+        sets = [_ks._bucket_sets(bq_rounds[t], bk_rounds[t], qpos, cs, nbk) for t in range(R)]
+    else:
+        sets = [_bucket_sets(bq_rounds[t], bk_rounds[t], kpos, qpos, cs) for t in range(R)]
     acc = np.zeros((n, v.shape[1]), dtype=np.float64)
     L = np.full(n, _NEG)
     pairs = 0
@@ -548,10 +557,17 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
     lo = np.zeros(n, dtype=np.int64)
     excl = qpos if exclude_self else None
     for t in range(R):
-        blocks = _bucket_blocks(bq_rounds[t], sets[t], qpos, kpos, cs)
-        if blocks is None:
-            continue
-        rows, J, _, kp, _ = blocks
+        if kernel:
+            order, start, _, r, lo_t = sets[t]
+            rows, J, kp = _ks._bucket_blocks(bq_rounds[t], order, start, r, lo_t, qpos, cs, nbk)
+            if rows.shape[0] == 0:
+                continue
+        else:
+            blocks = _bucket_blocks(bq_rounds[t], sets[t], qpos, kpos, cs)
+            if blocks is None:
+                continue
+            rows, J, _, kp, _ = blocks
+            kp = kp[:, 0, :]
         rounds = None
         if R > 1:
             # N_ij = 1 + the other rounds whose set of query i holds key j (same bucket,
@@ -564,7 +580,7 @@ def _causal_bucket_attend(q, k, v, scale, offset, bq_rounds, bk_rounds, cs, excl
                 np.stack([sets[u][4] for u in other]),
             )
         # Visible: same bucket (kp < m) at a position <= the query's (kp <= qpos_i).
-        _gather_attend(q, k, v, scale, rows, J, kp[:, 0, :], lo, qpos, excl, None, acc, L, rounds)
+        _gather_attend(q, k, v, scale, rows, J, kp, lo, qpos, excl, None, acc, L, rounds)
         pairs += int((rows >= 0).sum()) * L_key
     # Rows with an empty union: their own position (if visible) is the only option.
     lonely = np.flatnonzero(~np.isfinite(L) & (qpos >= 0) & (qpos < m))
@@ -585,12 +601,23 @@ def _reformer_causal(problem, rng, n_buckets, cs, n_rounds, exclude_self):
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
-        codes = angular_lsh(
-            np.vstack([_unit_rows(q.astype(np.float64)), _unit_rows(k.astype(np.float64))]),
-            n_buckets,
-            n_rounds=n_rounds,
-            rng=int(seeds[g]),
-        )
+        if _sp._USE_KERNEL:
+            # The rotations angular_lsh draws from this seed; hashed in one Numba pass
+            # (the code ignores the row norms: no normalised copies).
+            R = np.random.default_rng(int(seeds[g])).standard_normal(
+                (n_rounds, problem.d, n_buckets // 2)
+            )
+            Rt = np.ascontiguousarray(R.transpose(0, 2, 1))
+            codes = np.empty((n_rounds, n + m), dtype=np.int64)
+            _ks._angular_codes(q, Rt, codes, 0)
+            _ks._angular_codes(k, Rt, codes, n)
+        else:
+            codes = angular_lsh(
+                np.vstack([_unit_rows(q.astype(np.float64)), _unit_rows(k.astype(np.float64))]),
+                n_buckets,
+                n_rounds=n_rounds,
+                rng=int(seeds[g]),
+            )
         return _causal_bucket_attend(
             q, k, v, problem.scale, problem.offset, codes[:, :n], codes[:, n:], cs, exclude_self
         )
@@ -646,13 +673,16 @@ def _routing_causal(problem, rng, C, w):
 
     def attend(g):
         q, k, v = (x.astype(wdt, copy=False) for x in problem.slice(g))
-        lq, lk = _online_labels(
-            _unit_rows(q.astype(np.float64)),
-            _unit_rows(k.astype(np.float64)),
-            problem.offset,
-            init,
-            _ROUTING_PERIOD,
-        )
+        if _sp._USE_KERNEL:
+            lq, lk = _ks._online_labels(q, k, problem.offset, init, _ROUTING_PERIOD)
+        else:
+            lq, lk = _online_labels(
+                _unit_rows(q.astype(np.float64)),
+                _unit_rows(k.astype(np.float64)),
+                problem.offset,
+                init,
+                _ROUTING_PERIOD,
+            )
         return _causal_bucket_attend(
             q, k, v, problem.scale, problem.offset, lq[None], lk[None], cs, False
         )

@@ -255,3 +255,211 @@ def _merge_row(acc, L, i, o, mx, z):
         for c in range(dv):
             acc[i, c] = wa * acc[i, c] + wb * o[c]
         L[i] = new
+
+
+# ------------------------------------------------------------- causal bucket planning
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _angular_codes(x, Rt, out, col0):  # pragma: no cover - compiled; NumPy reference in tests
+    """Angular-LSH codes ``out[r, col0 + i] = argmax([x_i R_r, -x_i R_r])``.
+
+    ``x (N, d)`` any float dtype (read as float64), ``Rt (n_rounds, h, d)`` float64 (the
+    transposed rotations), ``out (n_rounds, >= col0 + N)`` int64. The first maximum wins
+    (as :func:`numpy.argmax` on the concatenation). The code does not depend on the
+    row's norm, so rows are not normalised.
+    """
+    N, d = x.shape
+    nr, h, _ = Rt.shape
+    xi = np.empty(d)
+    u = np.empty(h)
+    for i in range(N):
+        for t in range(d):
+            xi[t] = x[i, t]
+        for r in range(nr):
+            for j in range(h):
+                acc = 0.0
+                for t in range(d):
+                    acc += xi[t] * Rt[r, j, t]
+                u[j] = acc
+            best = u[0]
+            arg = 0
+            for j in range(1, h):
+                if u[j] > best:
+                    best = u[j]
+                    arg = j
+            for j in range(h):
+                if -u[j] > best:
+                    best = -u[j]
+                    arg = h + j
+            out[r, col0 + i] = arg
+
+
+@njit(cache=True, nogil=True)
+def _bucket_sets(bq, bk, qpos, cs, n_buckets):  # pragma: no cover - compiled
+    """Per-bucket chunk windows of the visible keys (causal), in one pass.
+
+    Keys (positions ``0..m-1``) sorted by (bucket, position) give ``order``; ``start``
+    the first index of each bucket; ``rank`` each key's rank in its bucket; ``r[i]`` the
+    keys of bucket ``bq[i]`` at positions ``<= qpos[i]`` (0 when ``qpos[i] < 0``) and
+    ``lo[i] = cs * max(0, (r[i] - 1) // cs - 1)``: the same as the NumPy reference
+    ``attention.clustering._bucket_sets``.
+    """
+    m = bk.shape[0]
+    n = bq.shape[0]
+    counts = np.zeros(n_buckets + 1, dtype=np.int64)
+    for j in range(m):
+        counts[bk[j] + 1] += 1
+    start = np.cumsum(counts)
+    fill = start[:-1].copy()
+    order = np.empty(m, dtype=np.int64)
+    rank = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        b = bk[j]
+        order[fill[b]] = j
+        rank[j] = fill[b] - start[b]
+        fill[b] += 1
+    # r_i by one sweep over positions: seen[b] = keys of bucket b at positions <= p.
+    r = np.zeros(n, dtype=np.int64)
+    lo = np.zeros(n, dtype=np.int64)
+    seen = np.zeros(n_buckets, dtype=np.int64)
+    p = -1
+    for i in range(n):  # qpos is increasing
+        qp = qpos[i]
+        if qp < 0:
+            continue
+        top = min(qp, m - 1)
+        while p < top:
+            p += 1
+            seen[bk[p]] += 1
+        r[i] = seen[bq[i]]
+        lo[i] = cs * max(0, (r[i] - 1) // cs - 1)
+    return order, start, rank, r, lo
+
+
+@njit(cache=True, nogil=True)
+def _bucket_blocks(bq, order, start, r, lo, qpos, cs, n_buckets):  # pragma: no cover
+    """Blocks of fixed shape ``(cs, 2 cs)`` of one round's per-bucket chunk windows.
+
+    Queries with ``r > 0`` grouped by (bucket, window start ``lo``), in increasing
+    index inside a group, cut into blocks of ``cs`` rows. Returns ``rows (nblk, cs)``
+    (``-1`` padding), ``J (nblk, 2 cs)`` key indices (clipped into range) and ``kp
+    (nblk, 2 cs)`` their positions (``m`` outside the bucket: never visible), as the
+    NumPy reference ``attention.clustering._bucket_blocks``.
+    """
+    n = bq.shape[0]
+    m = order.shape[0]
+    nw = m // cs + 2  # window starts per bucket (lo // cs)
+    nkey = n_buckets * nw
+    cnt = np.zeros(nkey + 1, dtype=np.int64)
+    for i in range(n):
+        if r[i] > 0 and qpos[i] >= 0:
+            cnt[bq[i] * nw + lo[i] // cs + 1] += 1
+    # blocks per group
+    nblk = 0
+    for g in range(nkey):
+        nblk += -(-cnt[g + 1] // cs)
+    bstart = np.empty(nkey, dtype=np.int64)  # first block of each group
+    acc = 0
+    for g in range(nkey):
+        bstart[g] = acc
+        acc += -(-cnt[g + 1] // cs)
+    fill = np.zeros(nkey, dtype=np.int64)
+    rows = np.full((nblk, cs), -1, dtype=np.int64)
+    J = np.empty((nblk, 2 * cs), dtype=np.int64)
+    kp = np.empty((nblk, 2 * cs), dtype=np.int64)
+    for i in range(n):
+        if r[i] > 0 and qpos[i] >= 0:
+            g = bq[i] * nw + lo[i] // cs
+            w = fill[g]
+            fill[g] += 1
+            blk = bstart[g] + w // cs
+            rows[blk, w % cs] = i
+            if w % cs == 0:
+                b = bq[i]
+                s0 = start[b] + lo[i]
+                for t in range(2 * cs):
+                    sp = s0 + t
+                    J[blk, t] = order[min(sp, m - 1)]
+                    kp[blk, t] = order[sp] if sp < start[b + 1] else m
+    return rows, J, kp
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _online_labels(q, k, offset, init, period):  # pragma: no cover - compiled
+    """Causal routing labels: sequential spherical k-means over position periods.
+
+    The unit queries and keys (float64) of positions ``[p0, p0 + period)`` are routed
+    (first maximum of the cosine) with the centroids of the positions before ``p0``,
+    keys first, then added to their centroids' sums, in that order. Same rule as the
+    NumPy reference ``attention.clustering._online_labels``.
+    """
+    n, d = q.shape
+    m = k.shape[0]
+    C = init.shape[0]
+    S = np.empty((C, d))
+    for c in range(C):
+        nrm = 0.0
+        for t in range(d):
+            nrm += init[c, t] * init[c, t]
+        nrm = np.sqrt(nrm)
+        for t in range(d):
+            S[c, t] = init[c, t] / nrm
+    cent = np.empty((C, d))
+    lq = np.zeros(n, dtype=np.int64)
+    lk = np.zeros(m, dtype=np.int64)
+    x = np.empty(d)
+    top = max(m, n + offset)
+    for p0 in range(0, top, period):
+        p1 = p0 + period
+        for c in range(C):
+            nrm = 0.0
+            for t in range(d):
+                nrm += S[c, t] * S[c, t]
+            nrm = np.sqrt(nrm)
+            if nrm == 0:
+                nrm = 1.0
+            for t in range(d):
+                cent[c, t] = S[c, t] / nrm
+        k0, k1 = min(p0, m), min(p1, m)
+        q0, q1 = min(max(p0 - offset, 0), n), min(max(p1 - offset, 0), n)
+        # labels of the whole period first (centroids fixed), then the sums
+        for side in range(2):
+            a0, a1 = (k0, k1) if side == 0 else (q0, q1)
+            for i in range(a0, a1):
+                _unit_row(k[i] if side == 0 else q[i], x)
+                best = -np.inf
+                arg = 0
+                for c in range(C):
+                    s = 0.0
+                    for t in range(d):
+                        s += x[t] * cent[c, t]
+                    if s > best:
+                        best = s
+                        arg = c
+                if side == 0:
+                    lk[i] = arg
+                else:
+                    lq[i] = arg
+        for side in range(2):
+            a0, a1 = (k0, k1) if side == 0 else (q0, q1)
+            for i in range(a0, a1):
+                lab = lk[i] if side == 0 else lq[i]
+                _unit_row(k[i] if side == 0 else q[i], x)
+                for t in range(d):
+                    S[lab, t] += x[t]
+    return lq, lk
+
+
+@njit(cache=True, nogil=True)
+def _unit_row(row, x):
+    """``x = row / ||row||`` in float64 (``row`` itself when its norm is 0)."""
+    d = x.shape[0]
+    nrm = 0.0
+    for t in range(d):
+        x[t] = row[t]
+        nrm += x[t] * x[t]
+    nrm = np.sqrt(nrm)
+    if nrm > 0:
+        for t in range(d):
+            x[t] = x[t] / nrm

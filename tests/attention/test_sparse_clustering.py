@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import attention.clustering
-import attention.sparse  # noqa: F401
+import attention.sparse as sp
 from attention._core import relative_error
 from attention._registry import approximate, get_method
 from attention.data import load_sample
@@ -89,6 +88,31 @@ def test_causal_no_future_leakage(rng, method):
     K2[..., t:, :] = 10 * rng.standard_normal(K2[..., t:, :].shape)
     V2[..., t:, :] = rng.standard_normal(V2[..., t:, :].shape)
     # Query i sees key positions <= i + m - n: rows i < t - (m - n) see no changed key.
+    rows = t - (m - n)
+    Q2[..., rows:, :] = 10 * rng.standard_normal(Q2[..., rows:, :].shape)
+    b = approximate(Q2, K2, V2, method, rng=3, causal=True, **params)
+    np.testing.assert_array_equal(a.output[..., :rows, :], b.output[..., :rows, :])
+    assert not np.allclose(a.output[..., rows:, :], b.output[..., rows:, :])
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("method", ["reformer", "routing"])
+def test_causal_no_future_leakage_dv16(rng, monkeypatch, dtype, method, tiles):
+    # dv = 16: the register-tile gather kernel (and its portable twin) with the Numba
+    # hashing/planning; future queries, keys and values never change a past output.
+    import attention.exact as ex
+
+    monkeypatch.setattr(ex, "_USE_TILES", tiles)
+    n, m, t = 70, 90, 60
+    Q, K, V = _qkv(rng, dtype, n=n, m=m, dv=16)
+    params = {
+        "reformer": {"n_buckets": 4, "chunk_size": 4, "n_rounds": 3},
+        "routing": {"n_clusters": 3, "cluster_size": 6},
+    }[method]
+    a = approximate(Q, K, V, method, rng=3, causal=True, **params)
+    K2, V2, Q2 = K.copy(), V.copy(), Q.copy()
+    K2[..., t:, :] = 10 * rng.standard_normal(K2[..., t:, :].shape)
+    V2[..., t:, :] = rng.standard_normal(V2[..., t:, :].shape)
     rows = t - (m - n)
     Q2[..., rows:, :] = 10 * rng.standard_normal(Q2[..., rows:, :].shape)
     b = approximate(Q2, K2, V2, method, rng=3, causal=True, **params)
@@ -500,3 +524,60 @@ def test_methods_same_with_numpy_gather(rng, monkeypatch, dtype, method, params,
     np.testing.assert_allclose(a.output, b.output, rtol=tol(dtype, 100), atol=tol(dtype, 100))
     np.testing.assert_allclose(a.lse, b.lse, rtol=tol(dtype, 100), atol=tol(dtype, 100))
     assert a.cost == b.cost
+
+
+def test_angular_codes_kernel_matches_angular_lsh(rng, dtype):
+    # Numba hashing of the causal Reformer against rnla.cluster.angular_lsh on the
+    # normalised rows (same rotations; the code ignores row norms), zero rows included.
+    from attention._kernels.sparse import _angular_codes
+    from rnla.cluster import angular_lsh
+
+    X = (rng.standard_normal((300, 12)) * rng.uniform(0.1, 10.0, (300, 1))).astype(dtype)
+    X[5] = 0.0
+    ref = angular_lsh(sp._unit_rows(X.astype(np.float64)), 8, n_rounds=3, rng=7)
+    R = np.random.default_rng(7).standard_normal((3, 12, 4))
+    out = np.full((3, 310), -1, dtype=np.int64)
+    _angular_codes(X, np.ascontiguousarray(R.transpose(0, 2, 1)), out, 10)
+    np.testing.assert_array_equal(out[:, 10:], ref)
+    assert np.all(out[:, :10] == -1) and np.all(out[:, 15] == 0)
+
+
+@pytest.mark.parametrize(("n", "m", "nb", "cs"), [(1, 1, 2, 1), (37, 37, 4, 4), (50, 80, 8, 8)])
+def test_bucket_plan_kernels_match_numpy(rng, n, m, nb, cs):
+    from attention._kernels import sparse as ks
+    from attention.clustering import _bucket_blocks, _bucket_sets
+
+    bq, bk = rng.integers(0, nb, n), rng.integers(0, nb, m)
+    bk[: m // 2] = 0  # one large bucket, some empty ones
+    qpos, kpos = np.arange(n) + (m - n), np.arange(m)
+    order, start, rank, r, lo = ks._bucket_sets(bq, bk, qpos, cs, nb)
+    ref = _bucket_sets(bq, bk, kpos, qpos, cs)
+    for a, b in zip((order, start[: nb + 1], rank, r, lo), ref, strict=True):
+        np.testing.assert_array_equal(a, b[: a.shape[0]])
+    rows, J, kp = ks._bucket_blocks(bq, order, start, r, lo, qpos, cs, nb)
+    blocks = _bucket_blocks(bq, ref, qpos, kpos, cs)
+    if blocks is None:
+        assert rows.shape[0] == 0
+        return
+    np.testing.assert_array_equal(rows, blocks[0])
+    np.testing.assert_array_equal(J, blocks[1])
+    np.testing.assert_array_equal(kp, blocks[3][:, 0, :])
+
+
+@pytest.mark.parametrize("offset", [0, 5])
+def test_online_labels_kernel_matches_numpy(rng, dtype, offset):
+    from attention._kernels.sparse import _online_labels as kernel
+    from attention.clustering import _online_labels
+
+    n, d, C = 90, 8, 5
+    q = rng.standard_normal((n, d)).astype(dtype)
+    k = rng.standard_normal((n + offset, d)).astype(dtype)
+    q[3] = 0.0
+    init = rng.standard_normal((C, d))
+    lq, lk = kernel(q, k, offset, init, 16)
+    rq, rk = _online_labels(
+        sp._unit_rows(q.astype(np.float64)), sp._unit_rows(k.astype(np.float64)), offset, init, 16
+    )
+    np.testing.assert_array_equal(lq, rq)
+    np.testing.assert_array_equal(lk, rk)
+    assert len(set(lk.tolist())) > 1
