@@ -204,6 +204,16 @@ def synthetic(pairs, m=32768):
     heavy hitters (~10), a local window of 256 keys (+3.6) and Gaussian keys (score
     spread ~0.5).
     """
+    Q, K, V = _synthetic_heads(m)
+    rows = []
+    for nq in (1, 16):
+        Qn = np.ascontiguousarray(Q[:, 16 - nq :])
+        rows += _case_rows(f"synthetic m={m} nq={nq}", Qn, K, V, 0.125, pairs, oracle=False)
+    return rows
+
+
+def _synthetic_heads(m):
+    """Return ``Q (9, 16, 64)``, ``K``, ``V (3, m, 64)`` float32 of :func:`synthetic`."""
     rng = np.random.default_rng(0)
     d = 64
     u = rng.standard_normal((3, 1, d))
@@ -215,11 +225,7 @@ def synthetic(pairs, m=32768):
     K[:, hh] += 0.8 * u
     K[:, -256:] += 0.3 * u
     K, V, Q = (x.astype(np.float32) for x in (K, V, Q))
-    rows = []
-    for nq in (1, 16):
-        Qn = np.ascontiguousarray(Q[:, 16 - nq :])
-        rows += _case_rows(f"synthetic m={m} nq={nq}", Qn, K, V, 0.125, pairs, oracle=False)
-    return rows
+    return Q, K, V
 
 
 def _bound_and_control(cache, Q, tol, scale):
@@ -424,6 +430,246 @@ def append_cost(m=8192, n_tokens=1024):
     return res
 
 
+# ------------------------------------------------------------------ potential
+
+
+def _suffix(order, x, op=np.cumsum):
+    """Tail sums (or maxima) ``out[k] = op over x[order[k:]]``, ``out[len] = 0``."""
+    tail = op(x[order][::-1], axis=0)[::-1]
+    return np.concatenate([tail, np.zeros((1, *x.shape[1:]))])
+
+
+def _row_potential(q, K, V, scale, tol, log_term, block=64):
+    """Key fractions one query row could reach at ``tol`` (NumPy, float64).
+
+    * ``block_oracle``: blocks dropped in increasing order of their exact mass
+      (renormalised, no centroid), the smallest kept fraction with relative error
+      ``<= tol`` (selection for free, at the cache's block granularity);
+    * ``box_det``: a Quest-style pilot (per-block channel minima / maxima, ``2 d``
+      numbers per block): score bounds ``sum_e max(q_e lo_e, q_e hi_e)`` (and min), the
+      deterministic row-lemma bound with centroids, blocks dropped in increasing order
+      of the upper bound while it stays ``<= tol ||y||``;
+    * ``sample_box`` / ``sample_ideal``: keep the top blocks (by the box upper bound /
+      by the exact mass), estimate the rest by importance sampling with proposal
+      ``p_j`` proportional to the box bound (uniform in a block) / to the exact weight
+      (the ideal pilot); ``X = (w_j / p_j)(v_j - y)`` gives ``y~ - y = (mean X - E X) /
+      Z~`` exactly. The sample size ``n`` is the smallest with the known-variance
+      Bernstein width ``sqrt(2 s2 L / n) + 2 b L / (3 n) <= 0.9 tol ||y|| Z`` (Hilbert-
+      space Bernstein, Pinelis 1994; ``s2 = E||X - EX||^2``, ``b`` the range of
+      ``||X - EX||``): a lower bound on what an empirical-Bernstein certificate needs.
+      The fraction is ``(kept keys + n) / m``, minimised over the number of kept blocks.
+    """
+    m, d = K.shape
+    nb = m // block
+    s = scale * (K @ q)
+    smax = s.max()
+    w = np.exp(s - smax)
+    Z = w.sum()
+    y = w @ V / Z
+    budget = tol * np.linalg.norm(y)
+    Kb = K[: nb * block].reshape(nb, block, d)
+    Vb = V[: nb * block].reshape(nb, block, -1)
+    wb = w[: nb * block].reshape(nb, block)
+    sb = s[: nb * block].reshape(nb, block) - smax
+    qs = scale * q
+    lo, hi = qs * Kb.min(1), qs * Kb.max(1)
+    ub = np.maximum(lo, hi).sum(1) - smax
+    lb = np.minimum(lo, hi).sum(1) - smax
+    W = wb.sum(1)
+    dev = np.linalg.norm(Vb - y, axis=2)
+    vc = Vb.mean(1)
+    udev = np.linalg.norm(Vb - vc[:, None], axis=2).max(1)
+    out = {}
+    num = np.zeros_like(y)
+    zd, nd = 0.0, 0
+    for b in np.argsort(W):
+        num2, zd2 = num + wb[b] @ (Vb[b] - y), zd + W[b]
+        if Z - zd2 <= 0 or np.linalg.norm(num2) > budget * (Z - zd2):
+            break
+        num, zd, nd = num2, zd2, nd + 1
+    out["block_oracle"] = 1.0 - nd * block / m
+    mub, mlb = block * np.exp(ub), block * np.exp(lb)
+    cost = 0.5 * (mub - mlb) * np.linalg.norm(vc - y, axis=1) + mub * udev
+    order = np.argsort(ub)
+    zk = np.maximum(Z - np.concatenate([[0.0], np.cumsum(W[order])]), 1e-300)
+    ok = np.concatenate([[0.0], np.cumsum(cost[order])]) <= budget * zk
+    out["box_det"] = 1.0 - int(np.max(np.nonzero(ok)[0])) * block / m
+    target = 0.9 * budget * Z
+    mu_b = np.einsum("bj,bje->be", wb, Vb - y)
+    for name, rank in (("box", ub), ("ideal", np.log(np.maximum(W, 1e-300)))):
+        order = np.argsort(-rank)
+        mu = _suffix(order, mu_b)
+        if name == "box":
+            u_tail = _suffix(order, block * np.exp(ub))
+            e2 = u_tail * _suffix(order, (wb * np.exp(sb - ub[:, None]) * dev**2).sum(1))
+            rel = (np.exp(sb - ub[:, None]) * dev).max(1)
+            top = u_tail * _suffix(order, rel, np.maximum.accumulate)
+        else:
+            w_tail = _suffix(order, W)
+            e2 = w_tail * _suffix(order, (wb * dev**2).sum(1))
+            top = w_tail * _suffix(order, dev.max(1), np.maximum.accumulate)
+        mun = np.linalg.norm(mu, axis=1)
+        s2 = np.maximum(e2 - mun**2, 0.0)
+        a, c = np.sqrt(2.0 * s2 * log_term), 2.0 * (top + mun) * log_term / 3.0
+        x = (a + np.sqrt(a * a + 4.0 * target * c)) / (2.0 * target)
+        n = np.ceil(x * x)
+        n[-1] = 0
+        frac = (np.arange(nb + 1) * block + n) / m
+        k = int(np.argmin(frac))
+        best = (float(frac[k]), int(n[k]))
+        out[f"sample_{name}"], out[f"n_{name}"] = best
+    return out
+
+
+def _lowrank_radius(K, Q, scale, ranks=(8, 16, 24), fit=2048):
+    """Median score radius ``scale ||q_perp|| ||k_perp,j||`` of a rank-``r`` key pilot.
+
+    Basis: top right singular vectors of the first ``fit`` keys of each head (the
+    cache prefix); returns ``{r: (median radius, max actual score error)}`` over keys and
+    query rows.
+    """
+    out = {}
+    gs = Q.shape[0] // K.shape[0]
+    for r in ranks:
+        rad, act = [], []
+        for g in range(K.shape[0]):
+            k = K[g].astype(np.float64)
+            P = np.linalg.svd(k[:fit], full_matrices=False)[2][:r].T
+            kperp = np.linalg.norm(k - (k @ P) @ P.T, axis=1)
+            for a in range(gs):
+                q = Q[g * gs + a].astype(np.float64)
+                qperp = np.linalg.norm(q - P @ (P.T @ q))
+                rad.append(float(np.median(scale * qperp * kperp)))
+                act.append(float(np.abs(scale * ((k @ P) @ (P.T @ q) - k @ q)).max()))
+        out[r] = (float(np.mean(rad)), float(np.mean(act)))
+    return out
+
+
+def _step_split(cache, Q, tol, scale, repeats=60):
+    """One-thread time split of a certified step: pilot, selection, kept part, rest (ms).
+
+    Pilot scoring alone (:func:`attention._kernels.kvcache._pilot_kernel`), the fused
+    pilot and selection call, the kept-segment / merge / bound call, the whole step and
+    the exact kernel, medians of interleaved repeats.
+    """
+    h, nq = cache.n_kv_heads, Q.shape[1]
+    R, t, B = (Q.shape[0] // h) * nq, len(cache), cache.block
+    nbc = t // B
+    qs = Q.reshape(h, R, -1).astype(np.float64) * scale
+    arrs = [np.empty((h, nbc, R)) for _ in range(6)]
+    times = {"pilot_scoring": [], "pilot_select": [], "kept_and_bound": []}
+    tm, te = [], []
+    orig = kvmod._pilot_select, kvmod._attend_bound
+
+    def timed(name, fn):
+        def run(*args):
+            t0 = time.perf_counter()
+            fn(*args)
+            times[name].append(time.perf_counter() - t0)
+
+        return run
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    kvmod._pilot_select = timed("pilot_select", orig[0])
+    kvmod._attend_bound = timed("kept_and_bound", orig[1])
+    try:
+        with _forced():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                kk._pilot_kernel(
+                    qs,
+                    cache._codes,
+                    cache._qscale,
+                    cache._qres,
+                    cache._rho,
+                    cache._udev,
+                    nbc,
+                    B,
+                    16,
+                    bool(exact_mod._USE_TILES),
+                    *arrs,
+                    np.zeros(1, np.int64),
+                    1,
+                )
+                times["pilot_scoring"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                softmax_attention(Q, cache.keys, cache.values, causal=True, scale=scale)
+                te.append(time.perf_counter() - t0)
+                cache._skip = 0
+                t0 = time.perf_counter()
+                res = cache.attend(Q, tol=tol, scale=scale)
+                tm.append(time.perf_counter() - t0)
+    finally:
+        kvmod._pilot_select, kvmod._attend_bound = orig
+        numba.set_num_threads(threads)
+    row = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    row.update(
+        step=1e3 * float(np.median(tm)),
+        exact=1e3 * float(np.median(te)),
+        step_over_exact=float(np.median(np.array(tm) / np.array(te))),
+        key_fraction=float(res.cost.key_fraction[0]),
+    )
+    row["rest"] = row["step"] - row["pilot_select"] - row["kept_and_bound"]
+    return row
+
+
+def potential(ms=(2048, 8192), layers=LAYERS, delta=0.01):
+    """Measure what a cheaper pilot or a sampled tail could reach (one query, next token).
+
+    Per case and ``tol``: means over the query heads of :func:`_row_potential`, the
+    oracle top-k fraction, the rank-``r`` projection pilot's radius, and the one-thread
+    time split of today's certified step (:func:`_step_split`).
+    """
+    heads = load_smollm2_heads(8192, layers=list(layers))
+    cases = []
+    for m in ms:
+        for li, layer in enumerate(heads.layers):
+            Q = np.ascontiguousarray(heads.Q[li][:, m - 1 : m])
+            K = np.ascontiguousarray(heads.K[li][:, :m])
+            V = np.ascontiguousarray(heads.V[li][:, :m])
+            cases.append((f"real m={m} L{int(layer)}", Q, K, V, heads.scale, True))
+    Q, K, V = _synthetic_heads(32768)
+    cases.append(("synthetic m=32768", np.ascontiguousarray(Q[:, -1:]), K, V, 0.125, False))
+    rows = []
+    for name, Q, K, V, scale, oracle in cases:
+        gs = Q.shape[0] // K.shape[0]
+        log_term = math.log(2.0 * Q.shape[0] / delta)
+        cache = KVCache(K.shape[0], K.shape[2], V.shape[2])
+        cache.append(K, V)
+        radius = _lowrank_radius(K, Q[:, 0], scale) if "L" in name else {}
+        for tol in TOLS:
+            per = [
+                _row_potential(
+                    Q[g, 0].astype(np.float64),
+                    K[g // gs].astype(np.float64),
+                    V[g // gs].astype(np.float64),
+                    scale,
+                    tol,
+                    log_term,
+                )
+                for g in range(Q.shape[0])
+            ]
+            row = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+            row.update(case=name, m=K.shape[1], tol=tol)
+            if oracle:
+                row["oracle_fraction"] = float(
+                    np.mean(
+                        [
+                            _oracle_fraction(Q[g], K[g // gs], V[g // gs], scale, tol)
+                            for g in range(Q.shape[0])
+                        ]
+                    )
+                )
+            with _single_threaded_blas():
+                row["split_ms"] = _step_split(cache, Q, tol, scale)
+            row["lowrank_radius"] = {str(r): v for r, v in radius.items()}
+            row["load"] = _load()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def _md(data):
     lines = [
         "## Certified decode over a KVCache (9 query / 3 kv heads, float32)",
@@ -467,6 +713,51 @@ def _md(data):
     app = data.get("append")
     if app:
         lines += ["", "## Append", "", "```", json.dumps(app, indent=1), "```"]
+    if data.get("potential"):
+        lines += [
+            "",
+            "## Potential of a cheaper pilot or a sampled tail (one query, next token)",
+            "",
+            "Key fractions, means over the query heads (see `_row_potential`): *block "
+            "oracle* drops whole 64-key blocks by exact mass; *box det.*: a per-block "
+            "channel min/max pilot with the deterministic row-lemma bound; *sampled tail*: "
+            "top blocks kept, the rest estimated by importance sampling (proposal from the "
+            "box bounds / from the exact weights = an ideal pilot), `(kept + n) / m` with "
+            "the known-variance Bernstein sample size `n` (delta = 0.01). Time split of "
+            "today's certified step on one thread (ms): pilot scoring alone, pilot + "
+            "selection call, kept blocks + merge + bound call, whole step, exact kernel.",
+            "",
+            "| case | tol | oracle top-k | block oracle | box det. | sampled tail, box "
+            "(n) | sampled tail, ideal (n) | certified step | pilot | pilot+select | "
+            "kept+bound | step | exact | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in data["potential"]:
+            sp = r["split_ms"]
+            lines.append(
+                f"| {r['case']} | {r['tol']:g} | {r.get('oracle_fraction', float('nan')):.2f} | "
+                f"{r['block_oracle']:.2f} | {r['box_det']:.2f} | "
+                f"{r['sample_box']:.2f} ({r['n_box']:.0f}) | "
+                f"{r['sample_ideal']:.2f} ({r['n_ideal']:.0f}) | {sp['key_fraction']:.2f} | "
+                f"{sp['pilot_scoring']:.3f} | {sp['pilot_select']:.3f} | "
+                f"{sp['kept_and_bound']:.3f} | {sp['step']:.3f} | {sp['exact']:.3f} | "
+                f"{r['load']:.1f} |"
+            )
+        radius = [r for r in data["potential"] if r.get("lowrank_radius") and r["tol"] == TOLS[0]]
+        if radius:
+            lines += [
+                "",
+                "Rank-r key projection pilot (basis from the first 2048 keys): median proven "
+                "score radius / largest actual score error, in logits:",
+                "",
+                "| case | " + " | ".join(f"r = {k}" for k in radius[0]["lowrank_radius"]) + " |",
+                "|---|" + "---|" * len(radius[0]["lowrank_radius"]),
+            ]
+            for r in radius:
+                cells = " | ".join(
+                    f"{v[0]:.1f} / {v[1]:.1f}" for v in r["lowrank_radius"].values()
+                )
+                lines.append(f"| {r['case']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -543,6 +834,48 @@ def _summary_rst(data):
                 f"     - {st[0]['exact_ms_per_step']:.3f}",
                 f"     - {st[0]['load']:.1f}",
             ]
+    pot = data.get("potential", [])
+    groups = sorted({r["case"].rsplit(" L", 1)[0] for r in pot})
+    if pot:
+        lines += [
+            "",
+            ".. list-table:: What a cheaper pilot or a sampled tail could reach (one query; "
+            "key fractions, means over layers 0/7/14/21/29 and query heads; sampled tail: "
+            "known-variance Bernstein sample size at delta = 0.01, a lower bound for an "
+            "empirical certificate; pilot: the int8 pilot's share of today's step, one "
+            "thread)",
+            "   :header-rows: 1",
+            "",
+            "   * - cases",
+            "     - tol",
+            "     - oracle top-k",
+            "     - block oracle",
+            "     - box pilot, deterministic",
+            "     - box pilot + sampled tail",
+            "     - ideal pilot + sampled tail",
+            "     - today's certified step",
+            "     - pilot scoring / exact time",
+            "     - load",
+        ]
+        for prefix in groups:
+            for tol in TOLS:
+                rs = [r for r in pot if r["case"].startswith(prefix) and r["tol"] == tol]
+                if not rs:
+                    continue
+                orc = [r["oracle_fraction"] for r in rs if "oracle_fraction" in r]
+                lines += [
+                    f"   * - {prefix}",
+                    f"     - {tol:g}",
+                    f"     - {np.mean(orc):.2f}" if orc else "     - n/a",
+                    f"     - {np.mean([r['block_oracle'] for r in rs]):.2f}",
+                    f"     - {np.mean([r['box_det'] for r in rs]):.2f}",
+                    f"     - {np.mean([r['sample_box'] for r in rs]):.2f}",
+                    f"     - {np.mean([r['sample_ideal'] for r in rs]):.2f}",
+                    f"     - {np.mean([r['split_ms']['key_fraction'] for r in rs]):.2f}",
+                    "     - "
+                    + f"{np.median([r['split_ms']['pilot_scoring'] / r['split_ms']['exact'] for r in rs]):.2f}",  # noqa: E501
+                    f"     - {np.mean([r['load'] for r in rs]):.1f}",
+                ]
     return "\n".join(lines) + "\n"
 
 
@@ -556,7 +889,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("real", "synthetic", "coverage", "append", "cold", "all"),
+        choices=("real", "synthetic", "coverage", "append", "cold", "potential", "all"),
         default="all",
     )
     parser.add_argument("--pairs", type=int, default=20, help="interleaved timing pairs")
@@ -598,6 +931,8 @@ def main(argv=None):
         data["append"] = append_cost()
     if part in ("cold", "all"):
         data["cold"] = cold(8 if args.quick else 40)
+    if part in ("potential", "all"):
+        data["potential"] = potential(ms=(2048,) if args.quick else tuple(args.ms))
     data["threads"] = numba.get_num_threads()
     path.write_text(json.dumps(data, indent=1))
     render()
