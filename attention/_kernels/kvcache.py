@@ -29,7 +29,9 @@ consecutive kept blocks instead of a fixed chunk.
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from attention._kernels.exact import (
     _SMALL_ROWS,
@@ -153,26 +155,165 @@ def _codes_to_float(cb, f):
             f[e, j] = np.float32(cb[e, j])
 
 
+def _make_code_tile(n_rows, n_vecs):
+    """Build ``tile(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo)`` for int8 ``b``.
+
+    ``out[ooff + r ldo + c] = sum_{e < kdim} a[aoff + r lda + e] * float32(b[boff + e
+    ldb + c])`` for ``r < n_rows`` and the ``16 n_vecs`` columns ``c`` of the tile:
+    ``a``, ``out`` float32, ``b`` int8 (flat, C-contiguous). The ``n_rows x n_vecs``
+    accumulators stay in registers over the ``e`` loop; per step, ``n_vecs`` loads of 16
+    codes converted to float32 in registers (exact: ``|c| <= 127``), ``n_rows``
+    broadcasts of ``a`` and ``n_rows n_vecs`` fused multiply-adds (``llvm.fma``) in the
+    order ``e = 0, 1, ...``: the same result as converting the codes first and running
+    :func:`attention._kernels.exact._gemm_tiles` on them, without writing and reading
+    the converted block. Portable LLVM IR (16-lane vectors are split on CPUs without
+    512-bit registers); the callers use it only with the exact kernel's register tiles
+    (``attention.exact._USE_TILES``) and keep a loop as the portable path.
+    """
+    vl = 16
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        fty = ir.FloatType()
+        vty = ir.VectorType(fty, vl)
+        cty = ir.VectorType(ir.IntType(8), vl)
+        data = [context.make_array(sig.args[x])(context, builder, args[x]).data for x in range(3)]
+        aoffv, boffv, ooffv, kv, ldav, ldbv, ldov = args[3:10]
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * vl)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+        fma = builder.module.declare_intrinsic(
+            "llvm.fma.v16f32", fnty=ir.FunctionType(vty, [vty, vty, vty])
+        )
+        arow = [
+            builder.gep(data[0], [builder.add(aoffv, builder.mul(ldav, ir.Constant(i64, r)))])
+            for r in range(n_rows)
+        ]
+        orow = [
+            builder.gep(data[2], [builder.add(ooffv, builder.mul(ldov, ir.Constant(i64, r)))])
+            for r in range(n_rows)
+        ]
+        bbase = builder.gep(data[1], [boffv])
+        entry = builder.block
+        loop = builder.append_basic_block("code_tile_loop")
+        done = builder.append_basic_block("code_tile_done")
+        builder.cbranch(builder.icmp_signed(">", kv, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        e = builder.phi(i64)
+        e.add_incoming(ir.Constant(i64, 0), entry)
+        acc = [[builder.phi(vty) for _ in range(n_vecs)] for _ in range(n_rows)]
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                acc[r][c].add_incoming(zero, entry)
+        brow = builder.gep(bbase, [builder.mul(e, ldbv)])
+        bvec = []
+        for c in range(n_vecs):
+            ptr = builder.bitcast(builder.gep(brow, [ir.Constant(i64, c * vl)]), cty.as_pointer())
+            bvec.append(builder.sitofp(builder.load(ptr, align=1), vty))
+        new = []
+        for r in range(n_rows):
+            x = builder.load(builder.gep(arow[r], [e]))
+            x = builder.insert_element(undef, x, ir.Constant(i32, 0))
+            x = builder.shuffle_vector(x, undef, splat)
+            new.append([builder.call(fma, [x, bvec[c], acc[r][c]]) for c in range(n_vecs)])
+        e1 = builder.add(e, ir.Constant(i64, 1))
+        end = builder.block
+        e.add_incoming(e1, end)
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                acc[r][c].add_incoming(new[r][c], end)
+        builder.cbranch(builder.icmp_signed("<", e1, kv), loop, done)
+        builder.position_at_end(done)
+        res = []
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                x = builder.phi(vty)
+                x.add_incoming(zero, entry)
+                x.add_incoming(new[r][c], end)
+                res.append(x)
+        for r in range(n_rows):
+            for c in range(n_vecs):
+                ptr = builder.gep(orow[r], [ir.Constant(i64, c * vl)])
+                builder.store(res[r * n_vecs + c], builder.bitcast(ptr, vty.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def tile(typingctx, a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo):
+        if not all(isinstance(x, types.Array) for x in (a, b, out)):
+            return None
+        if not (a.dtype == out.dtype == types.float32 and b.dtype == types.int8):
+            return None
+        return types.none(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo), codegen
+
+    return tile
+
+
+_code_tile_3x4 = _make_code_tile(3, 4)
+_code_tile_2x4 = _make_code_tile(2, 4)
+_code_tile_1x4 = _make_code_tile(1, 4)
+_code_tile_3x1 = _make_code_tile(3, 1)
+_code_tile_2x1 = _make_code_tile(2, 1)
+_code_tile_1x1 = _make_code_tile(1, 1)
+
+
+@njit(cache=True, nogil=True)
+def _code_scores(q32, cb, acc):
+    """``acc[i, j] = sum_e q32[i, e] float32(cb[e, j])`` on the int8 register tiles.
+
+    ``q32 (R, d)`` float32, codes ``cb (d, B)`` int8 (``B`` a multiple of 16), ``acc (R,
+    B)`` float32, all C-contiguous. Column groups of 64 (then 16), row tiles of 3, 2 or 1
+    (a decode group of 3 stacked rows reads each code row once per column group).
+    """
+    R, d = q32.shape
+    B = cb.shape[1]
+    a = q32.reshape(-1)
+    b = cb.reshape(-1)
+    out = acc.reshape(-1)
+    c0 = 0
+    while c0 < B:
+        wide = c0 + 64 <= B
+        r0 = 0
+        while r0 < R:
+            rows = 3 if R - r0 >= 3 else R - r0
+            ao = r0 * d
+            oo = r0 * B + c0
+            if wide:
+                if rows == 3:
+                    _code_tile_3x4(a, b, out, ao, c0, oo, d, d, B, B)
+                elif rows == 2:
+                    _code_tile_2x4(a, b, out, ao, c0, oo, d, d, B, B)
+                else:
+                    _code_tile_1x4(a, b, out, ao, c0, oo, d, d, B, B)
+            elif rows == 3:
+                _code_tile_3x1(a, b, out, ao, c0, oo, d, d, B, B)
+            elif rows == 2:
+                _code_tile_2x1(a, b, out, ao, c0, oo, d, d, B, B)
+            else:
+                _code_tile_1x1(a, b, out, ao, c0, oo, d, d, B, B)
+            r0 += rows
+        c0 += 64 if wide else 16
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _pilot_scores(cb, q32, acc, f, tiles):
     """``acc[i, j] = sum_e qp_ie c_je`` for one block (float32, codes ``(d, B)``).
 
     ``q32 = qp``: the query rows times the block's channel scales, ``fl32(qs_e s_e)``
-    (cheaper than scaling the ``d x B`` codes for at most 16 stacked rows). The codes
-    are converted once into ``f (d, B)``; the product runs on the
-    exact kernel's register tiles (AVX-512) or, portably, as a loop over channels that
-    updates a row of ``B`` accumulators per stacked row (no horizontal sums). Every
-    entry is one chain of fused multiply-adds over ``e = 0, 1, ...`` on both paths.
+    (cheaper than scaling the ``d x B`` codes for at most 16 stacked rows). With
+    ``tiles`` the product runs on int8 register tiles (:func:`_code_scores`: codes
+    converted in registers); portably, the codes are converted once into ``f (d, B)``
+    and a loop over channels updates a row of ``B`` accumulators per stacked row (no
+    horizontal sums). Every entry is one chain of fused multiply-adds over ``e = 0, 1,
+    ...`` on both paths (bit-identical results).
     """
     _wide_vectors()
+    if tiles:
+        _code_scores(q32, cb, acc)
+        return
     _codes_to_float(cb, f)
     R, d = q32.shape
     B = cb.shape[1]
-    if tiles:
-        _gemm_tiles(
-            q32.reshape(-1), f.reshape(-1), acc.reshape(-1), 0, 0, 0, R, d, B, d, B, B, False
-        )
-        return
     for i in range(R):
         for j in range(B):
             acc[i, j] = 0.0
@@ -217,32 +358,34 @@ def _pilot_radius(qa, qn, qscale, qres, rho, gk, b0, b1, d, beps, bex):
       then a bound in the log domain for ``W``, ``S2 = sum w^2`` (with ``2 eps``) and
       ``T``.
 
-    The two sums over ``e`` are products ``qa @ h^T`` and ``qa @ s^T`` in float64
-    (non-negative terms: relative error ``<= d u_64``, covered by ``1 + 4 d u_64``).
+    The two sums over ``e`` (``qa . h_b`` and ``qa . s_b``) are float64 dot products of
+    non-negative terms in any order (vectorised): relative error ``<= d u_64``, covered
+    by ``1 + 4 d u_64``.
 
     References
     ----------
     .. [1] N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
        SIAM 2002, Lemma 3.1 and eq. (3.5) (inner products, with or without FMA).
     """
+    _wide_vectors()
     R = qa.shape[0]
-    nb = b1 - b0
-    h64 = np.empty((d, nb))
-    s64 = np.empty((d, nb))
-    for b in range(nb):
-        for e in range(d):
-            h64[e, b] = np.float64(qres[gk, b0 + b, e])
-            s64[e, b] = np.float64(qscale[gk, b0 + b, e])
-    quant = _mm(qa, h64)
-    l1s = _mm(qa, s64)
     k = d + 2
     gam = k * _U32 / (1.0 - k * _U32)
-    for b in range(nb):
+    for b in range(b0, b1):
+        hb = qres[gk, b]
+        sb = qscale[gk, b]
+        rb = rho[gk, b]
         for i in range(R):
-            qt = min(quant[i, b], qn[i] * rho[gk, b0 + b]) * (1.0 + 4.0 * d * _U64)
-            ep = qt + gam * 127.0 * l1s[i, b] * (1.0 + 1e-6) + 256.0 * _U32
-            beps[gk, b0 + b, i] = ep
-            bex[gk, b0 + b, i] = np.exp(ep)
+            qi = qa[i]
+            quant = 0.0
+            l1s = 0.0
+            for e in range(d):
+                quant = _add_reassoc(quant, qi[e] * np.float64(hb[e]))
+                l1s = _add_reassoc(l1s, qi[e] * np.float64(sb[e]))
+            qt = min(quant, qn[i] * rb) * (1.0 + 4.0 * d * _U64)
+            ep = qt + gam * 127.0 * l1s * (1.0 + 1e-6) + 256.0 * _U32
+            beps[gk, b, i] = ep
+            bex[gk, b, i] = np.exp(ep)
 
 
 @njit(cache=True, nogil=True)

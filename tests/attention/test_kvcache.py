@@ -208,6 +208,25 @@ def test_pilot_portable_path_matches_tiles(rng):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("B", [16, 48, 64, 80, 128])
+@pytest.mark.parametrize("R", [1, 2, 3, 5, 7])
+def test_code_tiles_match_numpy_and_portable(rng, B, R):
+    # The int8 register tiles (codes converted in registers) against a float64 NumPy
+    # product and against the portable path (convert, then a loop): same FMA chain, so
+    # bit-identical to the portable path.
+    cb = rng.integers(-127, 128, size=(64, B)).astype(np.int8)
+    q = rng.standard_normal((R, 64)).astype(np.float32)
+    tiles = np.full((R, B), np.nan, dtype=np.float32)
+    loop = np.full((R, B), np.nan, dtype=np.float32)
+    f = np.empty((64, B), dtype=np.float32)
+    kkmod._code_scores(q, cb, tiles)
+    kkmod._pilot_scores(cb, q, loop, f, False)
+    ref = q.astype(np.float64) @ cb.astype(np.float64)
+    bound = 66 * np.finfo(np.float32).eps / 2 * (np.abs(q).astype(np.float64) @ np.abs(cb))
+    assert np.all(np.abs(tiles - ref) <= bound)
+    np.testing.assert_array_equal(tiles, loop)
+
+
 # ---------------------------------------------------------------- certified steps
 
 
