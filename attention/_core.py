@@ -586,7 +586,20 @@ def center_radius(v: np.ndarray) -> tuple[np.ndarray, float]:
     return c, R + 64 * _EPS64 * (vmax + R)
 
 
-def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+def value_ball(v: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(c, R, max_j ||v_j||)``: :func:`center_radius` and the largest value-row norm.
+
+    Computed once per key/value slice and passed as ``ball=`` to
+    :func:`finish_row_bounds` / :func:`rounding_allowance` by methods whose query heads
+    share it (same results as computing it per call).
+    """
+    v = np.asarray(v, dtype=np.float64)
+    c, R = center_radius(v)
+    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
+    return c, R, vmax
+
+
+def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray, *, ball=None) -> np.ndarray:
     r"""Per-row rounding allowance that every returned bound adds (the one rule).
 
     A method computes its output :math:`\tilde y_i` in float64 and returns it cast to
@@ -614,6 +627,8 @@ def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.nda
         Float64 output of one slice before the cast.
     v : ndarray, shape (m, dv)
         Value rows of that slice.
+    ball : tuple, optional
+        :func:`value_ball` of ``v``, when the caller has it.
 
     Returns
     -------
@@ -621,8 +636,7 @@ def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.nda
     """
     y = np.asarray(y, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
-    _, R = center_radius(v)
-    vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
+    _, R, vmax = value_ball(v) if ball is None else ball
     eps = float(np.finfo(problem.dtype).eps)
     ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
     return 4.0 * eps * (ynorm + R) + 64.0 * (problem.d + v.shape[0]) * _EPS64 * vmax
@@ -648,7 +662,9 @@ def project_to_value_ball(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.
     return y
 
 
-def finish_row_bounds(problem: Problem, rows, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+def finish_row_bounds(
+    problem: Problem, rows, y: np.ndarray, v: np.ndarray, *, ball=None
+) -> np.ndarray:
     r"""Per-row error bounds of one slice, capped by the value ball and padded for rounding.
 
     Each exact row :math:`y_i` lies in the ball :math:`B(c, R)` of the values
@@ -665,16 +681,19 @@ def finish_row_bounds(problem: Problem, rows, y: np.ndarray, v: np.ndarray) -> n
         Row bounds from a theorem (``inf`` allowed).
     y, v : ndarray
         The float64 output ``(n, dv)`` and the values ``(m, dv)`` of the slice.
+    ball : tuple, optional
+        :func:`value_ball` of ``v``, when the caller has it.
 
     Returns
     -------
     ndarray of float64, shape (n,)
     """
     y = np.asarray(y, dtype=np.float64)
-    c, R = center_radius(v)
+    ball = value_ball(v) if ball is None else ball
+    c, R, _ = ball
     cap = R + np.sqrt(np.einsum("ij,ij->i", y - c, y - c))
     if problem.may_have_empty_rows:
         cap = np.maximum(cap, np.sqrt(np.einsum("ij,ij->i", y, y)))
     rows = np.asarray(rows, dtype=np.float64)
     rows = np.where(np.isnan(rows), np.inf, rows)
-    return np.minimum(rows, cap) + rounding_allowance(problem, y, v)
+    return np.minimum(rows, cap) + rounding_allowance(problem, y, v, ball=ball)

@@ -37,6 +37,7 @@ import math
 import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
@@ -51,6 +52,7 @@ from attention._core import (
     finish_row_bounds,
     method_result,
     project_to_value_ball,
+    value_ball,
 )
 from attention._parallel import map_slices
 from attention._registry import register
@@ -357,12 +359,43 @@ def _trsm_right_lt(L: np.ndarray, R: np.ndarray) -> np.ndarray:
     return dtrsm(1.0, L, R.T, side=1, lower=1, trans_a=1, overwrite_b=1)
 
 
-def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
+class _Values(NamedTuple):
+    """Value-side quantities of one key/value slice, shared by its query heads."""
+
+    v: np.ndarray  # (m, dv) float64
+    vz: np.ndarray  # (m, dv + 1) [V 1]
+    vn1: np.ndarray  # (m, 2) [||v_j||, 1]
+    radius: float  # 2 R of attention.bounds.value_radius (row lemma without Y)
+    ball: tuple  # attention._core.value_ball(v)
+
+
+def _values(problem: Problem) -> dict:
+    """:class:`_Values` of every key/value slice (computed once per slice)."""
+    out = {}
+    for g in range(problem.n_slices):
+        j = int(problem.kv_index[g])
+        if j not in out:
+            v = problem.slice(g)[2].astype(np.float64)
+            vz = np.empty((v.shape[0], v.shape[1] + 1))
+            vz[:, :-1] = v
+            vz[:, -1] = 1.0
+            vn1 = np.ones((v.shape[0], 2))
+            vn1[:, 0] = np.sqrt(np.einsum("ij,ij->i", v, v))
+            ball = value_ball(v)
+            out[j] = _Values(v, vz, vn1, 2.0 * ball[1], ball)
+    return out
+
+
+def _lift_nystrom(q, k, vals, scale, tau, landmarks, gamma):
     r"""Regularised Nyström of the PSD lift on ``landmarks`` (indices into ``[Q; K]``).
 
     :math:`F = G_{:S}L^{-\top}` with :math:`LL^\top = G_{SS} + \gamma I` satisfies
     :math:`FF^\top \preceq G` (so the residual :math:`E` is PSD and :math:`|E_{ij}| \le
     \sqrt{e_ie_j}`, :math:`e = 1 - \|F_i\|^2`), and :math:`\hat A = D_QF_QF_K^\top D_K`.
+
+    ``G`` is the Gaussian kernel of :meth:`SoftmaxMatrix.psd_lift` (bandwidth
+    :math:`1/\sqrt{s}`) on :math:`X = [\tau Q; K/\tau]` in float64; only its landmark
+    rows are formed (one GEMM and the exponentials, :func:`_gaussian_rows`).
 
     Overflow and underflow: the row scaling :math:`D_{Q,i}` cancels in
     :math:`\tilde y_i`, so the products use :math:`F_Q` and :math:`W = \beta F_K` with
@@ -376,12 +409,18 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     is every row when the kernel entries are too inaccurate for the theory
     (:math:`\|F_i\|^2 > 1` beyond rounding or an indefinite :math:`G_{SS}`, at extreme
     scale times squared norms): they are returned as ``lost`` (bound 0) and computed by
-    :func:`_finish_lost`. Returns ``(y, lse, rows, evals, lost)`` with ``rows`` the
-    row-lemma bounds before the cap.
+    :func:`_finish_lost`. ``vals``: the slice's :class:`_Values`. Returns ``(y, lse,
+    rows, evals, lost)`` with ``rows`` the row-lemma bounds before the cap.
     """
-    sm = SoftmaxMatrix(q, k, scale=scale, stabilized=False)
-    lift = sm.psd_lift(tau=tau)
-    R = lift.matrix.rows(landmarks).astype(np.float64)  # (r, n + m)
+    from attention._kernels.lowrank import _gaussian_rows, _lift_rows
+
+    n, m = q.shape[0], k.shape[0]
+    X = np.empty((n + m, q.shape[1]))
+    np.multiply(q, tau, out=X[:n], dtype=np.float64)
+    np.divide(k, tau, out=X[n:], dtype=np.float64)
+    xsq = np.einsum("ij,ij->i", X, X)
+    R = X[landmarks] @ X.T  # (r, n + m) Gram rows, then the Gaussian kernel in place
+    _gaussian_rows(R, xsq[landmarks], xsq, 0.5 * scale)
     r = R.shape[0]
     M = R[:, landmarks] + gamma * np.eye(r)
     jitter, L = 0.0, None
@@ -393,7 +432,6 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
             # Duplicate landmarks make G_SS singular: a jitter only regularises the
             # Nyström approximation further, which keeps F F^T <= G and the bound valid.
             jitter = max(10.0 * jitter, r * np.finfo(np.float64).eps)
-    n, m = q.shape[0], k.shape[0]
     # G_SS has unit diagonal: only kernel entries ruined by rounding make it indefinite.
     # F = R^T L^-T: one BLAS trsm from the right on R^T (already Fortran-ordered, solved
     # in place), 2.5x faster than solve_triangular's left solve on a copy of R.
@@ -402,47 +440,79 @@ def _lift_nystrom(q, k, v, scale, tau, landmarks, gamma):
     allowance = 10.0 * r * _EPS64
     e = np.maximum(1.0 - sq, 0.0) + allowance
     reliable = L is not None and bool(sq.max() <= 1.0 + 100.0 * allowance)
-    b = float(lift.log_dk.max())
-    beta = np.exp(lift.log_dk - b)  # in (0, 1]
+    # log D = s ||x||^2 / 2 (the lift's diagonal scalings of the rescaled rows).
+    log_d = 0.5 * scale * xsq
+    b = float(log_d[n:].max()) if m else 0.0
+    beta = np.exp(log_d[n:] - b)  # in (0, 1]
     W = beta[:, None] * F[n:]
-    vz = np.column_stack([v, np.ones(m)])
-    num = F[:n] @ (W.T @ vz)
-    # |fl(num) - num| <= gamma_{r+m} |F_Q| |W|^T |[V 1]| (+ underflow, absolute).
-    err = (r + m + 2) * _EPS64 * (np.abs(F[:n]) @ (np.abs(W).T @ np.abs(vz)))
-    err += (r + m + 2) * np.finfo(np.float64).tiny
-    y, z = _ratio_output(num)
-    lse = _log_abs(z) + lift.log_dq + b
+    num = F[:n] @ (W.T @ vals.vz)
+    # |fl(num) - num| <= gamma_{r+m} |F_Q| |W|^T |[V 1]| (+ underflow, absolute), bounded
+    # per row in the kernel through |W|^T [||v_j||, 1].
+    babs = np.abs(W).T @ vals.vn1
     half = 0.5 * np.log(e)
-    l1 = np.exp(half[:n] + logsumexp(np.log(beta) + half[n:]))
-    z_low = z - err[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lemma = row_lemma(l1, np.where(z_low > 0, z_low, 0.0), v).rows
-        rounding = (
-            np.linalg.norm(err[:, :-1], axis=1) + np.linalg.norm(y, axis=1) * err[:, -1]
-        ) / z_low
-    rows = np.where(z_low > 0, lemma + rounding, np.inf)
-    evals = lift.matrix.n_evaluations
+    s_half = float(logsumexp(np.log(beta) + half[n:])) if m else -np.inf
+    y = np.empty((n, num.shape[1] - 1))
+    lse, rows = np.empty(n), np.empty(n)
+    lost_rows = np.empty(n, dtype=np.bool_)
+    _lift_rows(
+        num,
+        F,
+        babs,
+        (r + m + 2) * _EPS64,
+        (r + m + 2) * np.finfo(np.float64).tiny,
+        log_d[:n],
+        b,
+        half[:n],
+        s_half,
+        vals.radius,
+        y,
+        lse,
+        rows,
+        lost_rows,
+    )
+    evals = r * (n + m)
     # Rows the lift cannot represent (the query is so far from every landmark that its
     # Gaussian kernel row underflows, so z~_i <= 0), or every row when the kernel
     # entries are too inaccurate for the theory: exact attention, bound 0.
-    lost = np.flatnonzero(~(z_low > 0)) if reliable else np.arange(n)
+    lost = np.flatnonzero(lost_rows) if reliable else np.arange(n)
     rows[lost] = 0.0
     return y, lse, rows, evals, lost
 
 
-def _finish_lost(problem, g, res):
-    """Exact rows ``lost`` of :func:`_lift_nystrom`'s result of slice ``g``; row bounds.
+def _finish_rows(problem, res, vals, g, outs, lses):
+    """Write slice ``g`` of :func:`_lift_nystrom`'s result into ``outs``/``lses``.
 
-    The exact kernel (float64; a parallel kernel, so called from the main thread after
-    the slices' pools) computes the rows the lift cannot represent; returns ``(y, lse,
-    row bounds, kernel evaluations)``.
+    Returns ``(row bounds, kernel evaluations, lost)``: the bounds capped and padded by
+    :func:`attention._core.finish_row_bounds` (on the workers).
     """
     y, lse, lemma, ev, lost = res
-    q, k, v = _slice64(problem, g)
+    outs[g] = y
+    lses[g] = lse
+    return finish_row_bounds(problem, lemma, y, vals.v, ball=vals.ball), ev, lost
+
+
+def _finish_lost(problem, g, res, vals, outs, lses):
+    """Exact rows ``lost`` of slice ``g`` (see :func:`_lift_nystrom`) and their bounds.
+
+    The exact kernel (float64; a parallel kernel, so called from the main thread after
+    the slices' pools) computes the rows the lift cannot represent (bound: the cap and
+    rounding allowance of :func:`attention._core.finish_row_bounds` of a 0 bound, row
+    by row as for the others); returns ``(row bounds, kernel evaluations)``.
+    """
+    rows, ev, lost = res
     if lost.size:
-        y[lost], lse[lost] = softmax_attention(q[lost], k, v, scale=problem.scale, return_lse=True)
+        q, k, _ = problem.slice(g)
+        y, lse = softmax_attention(
+            q[lost].astype(np.float64),
+            k.astype(np.float64),
+            vals.v,
+            scale=problem.scale,
+            return_lse=True,
+        )
+        outs[g, lost], lses[g, lost] = y, lse
+        rows[lost] = finish_row_bounds(problem, np.zeros(lost.size), y, vals.v, ball=vals.ball)
         ev += lost.size * problem.m
-    return y, lse, finish_row_bounds(problem, lemma, y, v), ev
+    return rows, ev
 
 
 def _check_tau(tau):
@@ -516,13 +586,22 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
         for _ in range(G)
     ]
 
-    def work(g):
-        q, k, v = _slice64(problem, g)
-        return _lift_nystrom(q, k, v, problem.scale, 1.0, picks[g], gamma)
+    vals = _values(problem)
+    outs = np.empty((G, n, problem.dv), dtype=problem.dtype)
+    lses = np.empty((G, n))
 
-    res = [_finish_lost(problem, g, r) for g, r in enumerate(map_slices(work, range(G)))]
-    outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
-    evals = sum(r[3] for r in res)
+    def work(g):
+        q, k, _ = problem.slice(g)
+        vg = vals[int(problem.kv_index[g])]
+        res = _lift_nystrom(q, k, vg, problem.scale, 1.0, picks[g], gamma)
+        return _finish_rows(problem, res, vg, g, outs, lses)
+
+    res = [
+        _finish_lost(problem, g, r, vals[int(problem.kv_index[g])], outs, lses)
+        for g, r in enumerate(map_slices(work, range(G)))
+    ]
+    rows = [r[0] for r in res]
+    evals = sum(r[1] for r in res)
     flops = G * 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
     bound = _fro_bound(rows, "deterministic", _LIFT_TEXT + "; tau = 1" + CAP_TEXT)
     return method_result(problem, outs, lses, bound, Cost(flops, evals))
@@ -592,9 +671,15 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     taus, picks = [], []
     flops, evals = 0.0, 0
 
+    vals = _values(problem)
+    outs = np.empty((G, n, problem.dv), dtype=problem.dtype)
+    lses = np.empty((G, n))
+
     def work(g):
-        q, k, v = _slice64(problem, g)
-        return _lift_nystrom(q, k, v, problem.scale, taus[g], picks[g], 0.0)
+        q, k, _ = problem.slice(g)
+        vg = vals[int(problem.kv_index[g])]
+        res = _lift_nystrom(q, k, vg, problem.scale, taus[g], picks[g], 0.0)
+        return _finish_rows(problem, res, vg, g, outs, lses)
 
     # Pivots in slice order (the shared rng) in this thread; each slice's Nyström step
     # starts on the worker threads as soon as its pivots are drawn (results do not
@@ -621,9 +706,12 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
             flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
             futures.append(pool.submit(work, g))
         res = [f.result() for f in futures]
-    res = [_finish_lost(problem, g, r) for g, r in enumerate(res)]
-    outs, lses, rows = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
-    evals += sum(r[3] for r in res)
+    res = [
+        _finish_lost(problem, g, r, vals[int(problem.kv_index[g])], outs, lses)
+        for g, r in enumerate(res)
+    ]
+    rows = [r[0] for r in res]
+    evals += sum(r[1] for r in res)
     how = (
         f"tau = sqrt(max||k|| / max||q||) per slice ({min(taus):.3g} to {max(taus):.3g})"
         if tau == "balance"

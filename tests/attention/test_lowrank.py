@@ -367,3 +367,58 @@ def test_trsm_right_matches_solve_triangular(rng, N):
     np.testing.assert_allclose(_trsm_right_lt(L, R.copy()), ref, rtol=1e-13, atol=1e-14)
     Rf = np.asfortranarray(R)  # not C-ordered: the copying fallback
     np.testing.assert_allclose(_trsm_right_lt(L, Rf), ref, rtol=1e-13, atol=1e-14)
+
+
+def test_gaussian_rows_kernel_matches_numpy(rng):
+    from attention._kernels.lowrank import _gaussian_rows
+
+    X = rng.standard_normal((40, 6)) * 2.0
+    X[7] = X[3]  # a repeated point: distance rounds to 0, clamped
+    S = np.array([0, 3, 7, 39])
+    xsq = np.einsum("ij,ij->i", X, X)
+    G = X[S] @ X.T
+    ref = np.exp(-0.3 * np.maximum(xsq[S][:, None] + xsq[None, :] - 2.0 * G, 0.0))
+    _gaussian_rows(G, xsq[S], xsq, 0.3)
+    np.testing.assert_allclose(G, ref, rtol=4e-16, atol=0)
+    assert G[1, 7] == 1.0 and np.all((G > 0) & (G <= 1))
+
+
+def test_lift_rows_kernel_matches_numpy(rng):
+    # Output, lse and row bound of the lift in one pass, against the plain-NumPy form
+    # (ratio with bad rows zeroed, row lemma l1 * 2R / z_low, rounding terms).
+    from attention._kernels.lowrank import _lift_rows
+
+    n, m, r, dv = 30, 20, 5, 4
+    F = rng.standard_normal((n + m, r))
+    W = rng.random((m, r))
+    V = rng.standard_normal((m, dv))
+    num = F[:n] @ (W.T @ np.column_stack([V, np.ones(m)]))
+    num[3, -1] = 0.0  # z = 0: output 0, lost
+    num[4, :-1], num[4, -1] = 1e10, 1e-300  # ratio overflows: output 0, lost
+    num[5, -1] = -1.0  # negative z: lost
+    babs = np.abs(W).T @ np.column_stack([np.linalg.norm(V, axis=1), np.ones(m)])
+    log_dq, half = rng.standard_normal(n), -rng.random(n)
+    half[6] = -np.inf  # l1 = 0: lemma 0
+    gam, tiny, b, s_half, radius = 1e-14, 1e-300, 0.5, -0.2, 3.0
+    y, lse, rows = np.empty((n, dv)), np.empty(n), np.empty(n)
+    lost = np.zeros(n, dtype=bool)
+    _lift_rows(num, F, babs, gam, tiny, log_dq, b, half, s_half, radius, y, lse, rows, lost)
+    z = num[:, -1].copy()
+    with np.errstate(all="ignore"):
+        yr = num[:, :-1] / z[:, None]
+    bad = (z == 0) | ~np.isfinite(yr).all(axis=1)
+    yr[bad], z[bad] = 0.0, 0.0
+    with np.errstate(divide="ignore"):
+        lr = np.where(z > 0, np.log(np.where(z > 0, z, 1.0)), -np.inf) + log_dq + b
+    ez = gam * (np.abs(F[:n]) @ babs[:, 1]) + tiny
+    ev = gam * (np.abs(F[:n]) @ babs[:, 0]) + dv * tiny
+    l1 = np.exp(half + s_half)
+    z_low = z - ez
+    with np.errstate(all="ignore"):
+        lemma = np.where(l1 == 0, 0.0, l1 * radius / z_low)
+        ref = np.where(z_low > 0, lemma + (ev + np.linalg.norm(yr, axis=1) * ez) / z_low, np.inf)
+    np.testing.assert_allclose(y, yr, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(lse, lr, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(rows, ref, rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(lost, ~(z_low > 0))
+    assert lost[[3, 4, 5]].all() and rows[6] > 0 and np.all(y[[3, 4]] == 0)
