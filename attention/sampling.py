@@ -65,6 +65,7 @@ import math
 import numbers
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from attention._core import Cost, ErrorBound, Problem, check_error_bound, method_result, prepare
@@ -456,8 +457,14 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
     slice_pieces, kernel_evals, flops)``; ``slice_pieces[g]`` lists the
     :class:`_Piece` records of slice ``g`` when ``pieces`` (for the bound).
     """
-    from attention._kernels.sampling import _block_sample_kernel, _merge_kernel
-    from attention.exact import _single_threaded_blas
+    from attention import exact as _exact
+    from attention._kernels.exact import _TILE_VECS
+    from attention._kernels.sampling import (
+        _block_sample_kernel,
+        _block_sample_tiles,
+        _merge_kernel,
+    )
+    from attention.exact import _attend, _single_threaded_blas
 
     G, n, d = Q.shape
     dv = V.shape[2]
@@ -477,20 +484,39 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
         pr0 = np.tile(np.array([r0 for r0, _ in offs], dtype=np.int64), G)
         pk0 = np.tile(np.array([k0 for _, k0 in offs], dtype=np.int64), G)
         if kind != "sampled":
-            qp = np.stack([Q[:, r0 : r0 + nr] for r0, _ in offs], axis=1)
-            kp = np.stack([K[kvi, k0 : k0 + mk] for _, k0 in offs], axis=1)
-            vp = np.stack([V[kvi, k0 : k0 + mk] for _, k0 in offs], axis=1)
             causal = kind == "causal"
-            y, ly = softmax_attention(qp, kp, vp, scale=scale, causal=causal, return_lse=True)
-            if fresh:
-                # Nothing merged yet (pieces of a group have disjoint rows): merging into
-                # (0, -inf) is a copy; one NumPy copy avoids a parallel region.
-                at = (pg[:, None], pr0[:, None] + np.arange(nr))
-                out[at] = y.reshape(B, nr, dv)
-                lse[at] = ly.reshape(B, nr)
+            tiled = offs == [(t * nr, t * mk) for t in range(n_off)]
+            if fresh and tiled and n_off * nr == n and n_off * mk == K.shape[1]:
+                # The pieces tile the rows and keys in order (the causal leaves): Q, K, V
+                # and the output viewed as n_off pieces per slice, no copies; the exact
+                # kernel writes the output in place (nothing merged yet).
+                leaves = Problem(
+                    q=Q.reshape(B, nr, d),
+                    k=K.reshape(-1, mk, d),
+                    v=V.reshape(-1, mk, dv),
+                    kv_index=(kvi[:, None] * n_off + np.arange(n_off)).reshape(-1),
+                    mask=None,
+                    mask_index=None,
+                    scale=float(scale),
+                    causal=causal,
+                    lead=(B,),
+                    dtype=Q.dtype,
+                )
+                _attend(leaves, out=out.reshape(B, nr, dv), lse=lse.reshape(B, nr))
             else:
-                with _single_threaded_blas():
-                    _merge_kernel(out, lse, pg, pr0, y.reshape(B, nr, dv), ly.reshape(B, nr))
+                qp = np.stack([Q[:, r0 : r0 + nr] for r0, _ in offs], axis=1)
+                kp = np.stack([K[kvi, k0 : k0 + mk] for _, k0 in offs], axis=1)
+                vp = np.stack([V[kvi, k0 : k0 + mk] for _, k0 in offs], axis=1)
+                y, ly = softmax_attention(qp, kp, vp, scale=scale, causal=causal, return_lse=True)
+                if fresh:
+                    # Nothing merged yet (pieces of a group have disjoint rows): merging
+                    # into (0, -inf) is a copy; one NumPy copy avoids a parallel region.
+                    at = (pg[:, None], pr0[:, None] + np.arange(nr))
+                    out[at] = y.reshape(B, nr, dv)
+                    lse[at] = ly.reshape(B, nr)
+                else:
+                    with _single_threaded_blas():
+                        _merge_kernel(out, lse, pg, pr0, y.reshape(B, nr, dv), ly.reshape(B, nr))
             fresh = False
             pairs = int(np.clip(np.arange(nr) + (mk - nr) + 1, 0, mk).sum()) if causal else nr * mk
             evals += B * pairs
@@ -509,8 +535,10 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
                 ck = np.stack([_lsh_codes(K[kvi[g]], H[g], gray) for g in range(G)])
             flops += 2.0 * G * (n + K.shape[1]) * d * opts["n_bits"]
         rows, cols = np.arange(nr), np.arange(mk)
-        qo = np.argsort(cq[pg[:, None], pr0[:, None] + rows], axis=1, kind="stable")
-        ko = np.argsort(ck[pg[:, None], pk0[:, None] + cols], axis=1, kind="stable")
+        # Codes below 2^n_bits: as 16-bit integers the stable sort is a radix sort.
+        cdt = np.uint16 if opts["n_bits"] <= 16 else np.int64
+        qo = np.argsort(cq[pg[:, None], pr0[:, None] + rows].astype(cdt), axis=1, kind="stable")
+        ko = np.argsort(ck[pg[:, None], pk0[:, None] + cols].astype(cdt), axis=1, kind="stable")
         nb = max(1, min(nr, mk) // opts["block_size"])
         blk = np.arange(nb + 1)
         qstart, kstart = -((-blk * nr) // nb), -((-blk * mk) // nb)
@@ -543,7 +571,28 @@ def _run_plan(Q, K, V, kvi, scale, plan, opts, rng, *, gray, mix=0.0, pieces=Fal
             out,
             lse,
         )
-        if _USE_KERNEL:
+        vl = 64 // Q.itemsize
+        if _USE_KERNEL and _exact._USE_TILES and dv % vl == 0 and d > 0:
+            # Register tiles: the samples' K^T as panels of one tile width (zero keys
+            # past s), their values with zero rows (masked columns, P = 0 there).
+            wide = _TILE_VECS * vl
+            Ws = -(-s // wide) * wide
+            ksp = np.zeros((B, Ws, d), dtype=Q.dtype)
+            ksp[:, :s] = args[9]
+            kst = np.ascontiguousarray(
+                ksp.reshape(B, Ws // wide, wide, d).transpose(0, 1, 3, 2)
+            ).reshape(B, Ws * d)
+            vsp = np.zeros((B, Ws, dv), dtype=Q.dtype)
+            vsp[:, :s] = args[10]
+            _block_sample_tiles(
+                *args[:9],
+                kst,
+                vsp,
+                *args[11:],
+                np.zeros(1, dtype=np.int64),
+                numba.get_num_threads(),
+            )
+        elif _USE_KERNEL:
             with _single_threaded_blas():
                 _block_sample_kernel(*args)
         else:
@@ -888,10 +937,15 @@ def _hyperattention(
     ``r (block_size + sample_size)`` kernel evaluations; causal: ``O(n log(n) (block_size
     + sample_size))`` evaluations plus the exact leaves (``O(n (block_size +
     sample_size))``). Equal pieces of all heads run as one batch: exact leaves in one
-    call of the exact kernel, sampled pieces in one Numba kernel (per (piece, block)
-    task: the block and sample tiles by BLAS, online softmax); one set of LSH
-    hyperplanes per slice serves all its pieces, as the released code's fixed
-    projections.
+    call of the exact kernel (on views of the inputs and of the output when the leaves
+    tile the sequence, as the causal split's do), sampled pieces in one Numba kernel (per
+    (piece, block) task: one score tile over the block's keys and the samples, one
+    softmax pass, one product with their values, on the exact kernel's register tiles
+    where it uses them, otherwise BLAS); one set of LSH hyperplanes per slice serves all
+    its pieces, as the released code's fixed projections. Measured (synthetic causal
+    SmolLM2-shaped heads, ``n = 16384``, 9 query / 3 key-value heads, float32, load
+    3.6-3.8): 3.9x faster than exact attention, against 2.2x with the sampled pieces on
+    BLAS.
 
     ``error_bound``: ``None`` (default) or ``False``: no bound, the method's own cost.
     ``True`` or ``"certificate"`` certifies the output by the sampled-row certificate

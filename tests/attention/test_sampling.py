@@ -336,12 +336,19 @@ def test_hyperattention_float32_without_bound_matches_float64(causal):
 @pytest.mark.parametrize(
     ("name", "causal"), [("hyperattention", False), ("hyperattention", True), ("kdeformer", False)]
 )
-def test_block_sample_kernel_matches_numpy_reference(name, causal, dtype, monkeypatch):
-    # The Numba block + sample kernel against its plain-NumPy twin, same draws.
+@pytest.mark.parametrize(("tiles", "dv"), [(True, 16), (True, 5), (False, 16)])
+def test_block_sample_kernel_matches_numpy_reference(name, causal, tiles, dv, dtype, monkeypatch):
+    # The Numba block + sample kernels (register tiles when the value width is a multiple
+    # of the vector length and tiles are on; BLAS otherwise) against their plain-NumPy
+    # twin, same draws.
+    import attention.exact as exact_module
+
+    monkeypatch.setattr(exact_module, "_USE_TILES", tiles)
     rng = np.random.default_rng(5)
-    Q = rng.standard_normal((2, 3, 300, 8)).astype(dtype)
-    K = rng.standard_normal((2, 1, 300, 8)).astype(dtype)
-    V = rng.standard_normal((2, 1, 300, 5)).astype(dtype)
+    n = 700 if causal else 300  # causal: the split has sampled pieces (unequal blocks)
+    Q = rng.standard_normal((2, 3, n, 8)).astype(dtype)
+    K = rng.standard_normal((2, 1, n, 8)).astype(dtype)
+    V = rng.standard_normal((2, 1, n, dv)).astype(dtype)
     kw = dict(rng=2, causal=causal, block_size=16, sample_size=24, error_bound=False)
     if name == "hyperattention":
         kw["min_seq_len"] = 32
