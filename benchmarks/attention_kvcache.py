@@ -281,14 +281,32 @@ def _bound_and_control(cache, Q, tol, scale):
     e_row = np.empty((h, R))
     seps = cache._score_eps(Q, scale)
     kk._row_bounds(
-        bw, bs2, bt, bex, cache._vc, cache._sig, keep, cpart, members, nq, out, lse, e_row, seps
+        bw,
+        bs2,
+        bt,
+        bex,
+        cache._vc,
+        cache._sig,
+        cache._vrms2,
+        B,
+        keep,
+        cpart,
+        members,
+        nq,
+        out,
+        lse,
+        e_row,
+        seps,
     )
     y = out.reshape(h, R, -1).astype(np.float64)
     drop = (keep == 0)[:, :, None]
     sh = 0.5 * (bex - 1 / bex)
     dist = np.linalg.norm(cache._vc[:, :nbc, None, :] - y[:, None], axis=3)
-    cen = np.minimum(cache._sig[:, :nbc, None] * np.sqrt(bs2), bt)
-    cost = (bw * sh * dist + bex * cen) * drop
+    sig = cache._sig[:, :nbc, None]
+    cen = bex * np.minimum(sig * np.sqrt(bs2), bt)
+    spread = np.sqrt(np.maximum(bs2 * (1 + 1e-4) - bw**2 * (1 - 2e-4) / B, 0.0))
+    cen = np.minimum(cen, sig * (spread + (bex - 1) * np.sqrt(bs2 * (1 + 1e-4))))
+    cost = (bw * sh * dist + cen) * drop
     slack = (bw * sh * drop).sum(axis=1)
     dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0] - 2 * seps) - slack) * (1 - 1e-3)
     quad = np.sqrt((cost**2).sum(axis=1)) / dlo

@@ -526,20 +526,45 @@ def _dist(vcg, y):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _costs(bw, bs2, bt, bex, sig, gk, keep, use_keep, dist, dlo, cost):
-    """``cost[b, i] = c_ib`` of every block (0 for kept ones if ``use_keep``)."""
+def _costs(bw, bs2, bt, bex, sig, vrms2, B, gk, keep, use_keep, dist, dlo, cost):
+    """``cost[b, i] = c_ib`` of every block (0 for kept ones if ``use_keep``).
+
+    ``c_ib = (W~ sinh(eps) ||vc_b - y_i|| + C_ib) / dlo_i`` with ``C_ib`` the least of
+    three upper bounds of ``||w_ib^T U_b||`` (``w`` the true weights of the block's keys,
+    within ``w^ exp(+-eps)`` of the pilot's ``w^``; ``U_b`` the values centred by the
+    stored centroid; ``W~ = sum w^``, ``S2~ = sum w^2``, ``T~ = sum w^_j ||u_j||``):
+
+    * ``exp(eps) sig_b sqrt(S2~)`` (spectral norm of ``U_b``);
+    * ``exp(eps) T~`` (triangle inequality over the keys);
+    * ``sig_b (||w^ - c 1|| + (exp(eps) - 1) ||w^||) + c ||1^T U_b||`` with ``c = W~ /
+      B``: ``w^T U = (w - c 1)^T U + c 1^T U`` for any ``c``, ``||w^ - c 1||^2 = S2 -
+      W^2 / B``, ``|w_j - w^_j| <= w^_j (exp(eps) - 1)``. The float32 sums ``W~``, ``S2~``
+      are within a relative ``eta = 1e-4`` of the exact sums of the pilot weights (at
+      most ``B <= 512`` float32 additions: ``<= 3.1e-5``), and ``||1^T U_b|| =
+      ||sum_j v_j - B vc_b|| <= (B + 1) u_64 ||(sum_j |v_je|)_e|| <= (B + 1) u_64 B
+      sqrt(vrms2_b)`` (the rounding of the float64 centroid; taken twice). Nearly uniform
+      weights within a block make the first term small: the spectral bound then only
+      pays for the spread of the weights, not their size.
+    """
     nb, R = cost.shape
+    eta = 1e-4
     for b in range(nb):
         if use_keep and keep[gk, b] == 1:
             for i in range(R):
                 cost[b, i] = 0.0
             continue
         sg = sig[gk, b]
+        defect = 2.0 * (B + 1) * _U64 * B * np.sqrt(vrms2[gk, b]) * (1.0 + 1e-6)
         for i in range(R):
             ex = bex[gk, b, i]
             sh = 0.5 * (ex - 1.0 / ex)
-            cen = min(sg * np.sqrt(bs2[gk, b, i]), bt[gk, b, i])
-            cost[b, i] = (bw[gk, b, i] * sh * dist[b, i] + ex * cen) / dlo[i]
+            w = bw[gk, b, i]
+            s2 = bs2[gk, b, i]
+            cen = ex * min(sg * np.sqrt(s2), bt[gk, b, i])
+            var = s2 * (1.0 + eta) - w * w * (1.0 - 2.0 * eta) / B
+            spread = np.sqrt(max(var, 0.0)) + (ex - 1.0) * np.sqrt(s2 * (1.0 + eta))
+            cen = min(cen, sg * spread * (1.0 + 1e-12) + (w / B) * defect)
+            cost[b, i] = (w * sh * dist[b, i] + cen) / dlo[i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -694,7 +719,7 @@ def _select(
                 cen2 += y0[i, e] * y0[i, e]
         ynorm2 = rms2**mix * cen2 ** (1.0 - mix)
         cost = np.empty((nbc, R))
-        _costs(bw, bs2, bt, bex, sig, gk, keep, False, _dist(vcg, y0), dlo, cost)
+        _costs(bw, bs2, bt, bex, sig, vrms2, B, gk, keep, False, _dist(vcg, y0), dlo, cost)
         key = np.empty(nbc)
         for b in range(nbc):
             t = 0.0
@@ -725,7 +750,9 @@ def _select(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, target, add, seps):
+def _refine(
+    bw, bs2, bt, bex, vc, sig, vrms2, B, keep, cpart, members, nq, out, lse, target, add, seps
+):
     """Blocks to read next when the certified bound of a step exceeds its target.
 
     With the actual output ``y~`` and normaliser lower bound (as :func:`_row_bounds`),
@@ -739,7 +766,7 @@ def _refine(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, targe
         dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps)
         y = _rows(out, members, nq, gk)
         cost = np.empty((nbc, R))
-        _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), dlo, cost)
+        _costs(bw, bs2, bt, bex, sig, vrms2, B, gk, keep, True, _dist(vc[gk, :nbc], y), dlo, cost)
         key = np.zeros(nbc)
         err = np.zeros(R)
         for b in range(nbc):
@@ -924,7 +951,9 @@ def _merge(parts, cpart, members, nq, out, lse):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row, seps):
+def _row_bounds(
+    bw, bs2, bt, bex, vc, sig, vrms2, B, keep, cpart, members, nq, out, lse, e_row, seps
+):
     """Certified error of every stacked row: ``e_row (Gk, R)``.
 
     With ``y~ = (N_K + sum_{b dropped} W^_b vc_b) / D~`` (``W^_b = W~_b cosh eps_b``,
@@ -942,7 +971,8 @@ def _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e
         dlo = _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps)
         y = _rows(out, members, nq, gk)
         cost = np.empty((nbc, R))
-        _costs(bw, bs2, bt, bex, sig, gk, keep, True, _dist(vc[gk, :nbc], y), np.ones(R), cost)
+        dist = _dist(vc[gk, :nbc], y)
+        _costs(bw, bs2, bt, bex, sig, vrms2, B, gk, keep, True, dist, np.ones(R), cost)
         for i in range(R):
             num = 0.0
             for b in range(nbc):
@@ -1076,6 +1106,8 @@ def _attend_bound_impl(
     bex,
     vc,
     sig,
+    vrms2,
+    B,
     keep,
     e_row,
     kmax,
@@ -1113,7 +1145,9 @@ def _attend_bound_impl(
     _merge(((pacc, pm, pl),), cpart, members, nq, out, lse)
     e2 = 0.0
     if nbc > 0:
-        _row_bounds(bw, bs2, bt, bex, vc, sig, keep, cpart, members, nq, out, lse, e_row, seps)
+        _row_bounds(
+            bw, bs2, bt, bex, vc, sig, vrms2, B, keep, cpart, members, nq, out, lse, e_row, seps
+        )
         for gk in range(Gk):
             for i in range(R):
                 e2 += e_row[gk, i] * e_row[gk, i]

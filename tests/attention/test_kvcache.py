@@ -304,15 +304,36 @@ def _control_bound(c, Q, tol):
     e_row = np.empty((h, R))
     seps = c._score_eps(Q, 1 / np.sqrt(Q.shape[2]))
     kkmod._row_bounds(
-        bw, bs2, bt, bex, c._vc, c._sig, keep, cpart, members, nq, out, lse, e_row, seps
+        bw,
+        bs2,
+        bt,
+        bex,
+        c._vc,
+        c._sig,
+        c._vrms2,
+        B,
+        keep,
+        cpart,
+        members,
+        nq,
+        out,
+        lse,
+        e_row,
+        seps,
     )
     # Plain-NumPy reference of the row bounds, and the quadrature control.
     y = out.reshape(h, R, -1).astype(np.float64)
     drop = keep == 0
     sh = 0.5 * (bex - 1 / bex)
     dist = np.linalg.norm(c._vc[:, :nbc, None, :] - y[:, None], axis=3)
-    cen = np.minimum(c._sig[:, :nbc, None] * np.sqrt(bs2), bt)
-    cost = (bw * sh * dist + bex * cen) * drop[:, :, None]
+    sig = c._sig[:, :nbc, None]
+    cen = bex * np.minimum(sig * np.sqrt(bs2), bt)
+    # Spread form: sig (||w^ - c 1|| + (e^eps - 1) ||w^||) + c ||1^T U|| with c = W / B.
+    var = np.maximum(bs2 * (1 + 1e-4) - bw**2 * (1 - 2e-4) / B, 0.0)
+    spread = np.sqrt(var) + (bex - 1) * np.sqrt(bs2 * (1 + 1e-4))
+    defect = 2.0 * (B + 1) * np.finfo(np.float64).eps * B * np.sqrt(c._vrms2[:, :nbc, None])
+    cen = np.minimum(cen, sig * spread * (1 + 1e-12) + bw / B * defect * (1 + 1e-6))
+    cost = (bw * sh * dist + cen) * drop[:, :, None]
     slack = (bw * sh * drop[:, :, None]).sum(axis=1)
     dlo = (np.exp(lse.reshape(h, R) - cpart[:, :, 0] - 2 * seps) - slack) * (1 - 1e-3)
     ref = cost.sum(axis=1) / dlo
