@@ -46,7 +46,7 @@ from attention._core import Problem, method_result
 from attention._kernels import sparse as _ks
 from attention._parallel import map_slices
 from attention._registry import register
-from attention.exact import _single_threaded_blas, softmax_attention
+from attention.exact import _single_threaded_blas
 from attention.sparse import (
     _NEG,
     _block_partials,
@@ -66,6 +66,9 @@ __all__: list[str] = []
 
 _ROUTING_MAX_CLUSTER = 256  # default cap of the keys a routing cluster attends
 _ROUTING_PERIOD = 256  # positions between online centroid updates (causal routing)
+# Multipole near field: query rows x keys per block of the gather kernel.
+_MP_ROWS = 128
+_MP_KEYS = 256
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,55 +406,101 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
     n_iter = check_int(n_iter, "n_iter", minimum=1)
     n, m, G = problem.n, problem.m, problem.n_slices
     C = min(C, m)
-    outs = np.zeros((G, n, problem.dv))
-    lses = np.full((G, n), _NEG)
-    pairs = 0
     work = _work_dtype(problem)
-    clusters = {}
-    # One-thread BLAS: a threaded BLAS on these thin products is slow under load.
-    with _single_threaded_blas():
+    outs = np.empty((G, n, problem.dv), dtype=problem.dtype)
+    lses = np.empty((G, n))
+
+    def clusters_of(g):
+        # The clustering depends on the keys only: once per key/value slice (shared by
+        # the query heads of a group), drawn from rng in key/value slice order. Keys and
+        # values are sorted by cluster (contiguous blocks for the near-field kernel).
+        _, k, v = _slices64(problem, g)
+        km = kmeans(k, C, n_iter=n_iter, rng=rng)
+        labels = km.labels
+        sizes = np.bincount(labels, minlength=C).astype(np.float64)
+        vbar = np.zeros((C, problem.dv))
+        np.add.at(vbar, labels, v)
+        vbar /= np.maximum(sizes, 1.0)[:, None]
+        perm = np.argsort(labels, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(sizes.astype(np.int64))])
+        _, kw, vw = problem.slice(g)
+        ks = np.ascontiguousarray(kw[perm], dtype=work)
+        vs = np.ascontiguousarray(vw[perm], dtype=work)
+        return sizes, km.centers.astype(np.float64), vbar, starts, ks, vs
+
+    def attend(g, cl):
+        sizes, mu, vbar, starts, ks, vs = cl
+        q = problem.slice(g)[0]
+        q64 = q.astype(np.float64)
+        with np.errstate(divide="ignore"):
+            logN = np.log(sizes)
+        est = (q64 @ mu.T) * problem.scale + logN  # (n, C) log estimated cluster mass
+        order = np.argsort(-est, axis=1, kind="stable")
+        csum = np.cumsum(sizes[order], axis=1)
+        take = csum <= budget
+        take[:, 0] = True
+        near = np.zeros((n, C), dtype=bool)
+        np.put_along_axis(near, order, take, axis=1)
+        near &= sizes[None, :] > 0
+        far = ~near & (sizes[None, :] > 0)
+        # Far field: one term per cluster, N_c exp(q . mu_c s) vbar_c.
+        acc, Lse = _partial(q64, mu, vbar, problem.scale, keep=far, logw=logN)
+        pairs = n * C
+        # Near field: exact attention of each cluster's queries on its keys, in blocks
+        # of _MP_ROWS queries x _MP_KEYS keys merged through the log-sum-exp.
+        rows, J = [], []
+        for c in range(C):
+            qi = np.flatnonzero(near[:, c])
+            if qi.size == 0:
+                continue
+            nqb = -(-qi.size // _MP_ROWS)
+            rc = np.full(nqb * _MP_ROWS, -1, dtype=np.int64)
+            rc[: qi.size] = qi
+            rc = rc.reshape(nqb, _MP_ROWS)
+            for j0 in range(int(starts[c]), int(starts[c + 1]), _MP_KEYS):
+                rows.append(rc)
+                J.append(np.repeat((j0 + np.arange(_MP_KEYS))[None, :], nqb, axis=0))
+            pairs += qi.size * int(sizes[c])
+        if rows:
+            rows, J = np.concatenate(rows), np.concatenate(J)
+            # Slots beyond the cluster (J >= its end) have position 1: never visible.
+            ends = starts[1:][np.searchsorted(starts[1:], J[:, :1], side="right")]
+            kpos = (J >= ends).astype(np.int64)
+            zero = np.zeros(n, dtype=np.int64)
+            _gather_attend(
+                q.astype(work, copy=False),
+                ks,
+                vs,
+                problem.scale,
+                rows,
+                np.minimum(J, m - 1),
+                kpos,
+                zero,
+                zero,
+                acc=acc,
+                L=Lse,
+            )
+        outs[g] = acc
+        lses[g] = Lse
+        return pairs
+
+    # Clusters in key/value slice order in this thread (the shared rng); each query
+    # slice starts on the workers as soon as its clusters are ready. One-thread BLAS.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+
+    clusters, futures = {}, []
+    with (
+        _single_threaded_blas(),
+        ThreadPoolExecutor(max_workers=max(1, numba.get_num_threads())) as pool,
+    ):
         for g in range(G):
-            q, k, v = _slices64(problem, g)
             j = int(problem.kv_index[g])
             if j not in clusters:
-                # The clustering depends on the keys only: once per key/value slice
-                # (shared by the query heads of a group).
-                km = kmeans(k, C, n_iter=n_iter, rng=rng)
-                labels = km.labels
-                sizes = np.bincount(labels, minlength=C).astype(np.float64)
-                vbar = np.zeros((C, problem.dv))
-                np.add.at(vbar, labels, v)
-                vbar /= np.maximum(sizes, 1.0)[:, None]
-                members = [np.flatnonzero(labels == c) for c in range(C)]
-                clusters[j] = (labels, sizes, km.centers.astype(np.float64), vbar, members)
-            labels, sizes, mu, vbar, members = clusters[j]
-            with np.errstate(divide="ignore"):
-                logN = np.log(sizes)
-            est = (q @ mu.T) * problem.scale + logN  # (n, C) log estimated cluster mass
-            order = np.argsort(-est, axis=1, kind="stable")
-            csum = np.cumsum(sizes[order], axis=1)
-            take = csum <= budget
-            take[:, 0] = True
-            near = np.zeros((n, C), dtype=bool)
-            np.put_along_axis(near, order, take, axis=1)
-            near &= sizes[None, :] > 0
-            acc, Lse = outs[g], lses[g]
-            qw, kw, vw = (x.astype(work) for x in problem.slice(g))
-            for c in range(C):
-                qi = np.flatnonzero(near[:, c])
-                if qi.size == 0:
-                    continue
-                kj = members[c]
-                # Exact attention of the cluster's queries on its keys: the exact kernel.
-                o, ls = softmax_attention(
-                    qw[qi], kw[kj], vw[kj], scale=problem.scale, return_lse=True
-                )
-                _merge_into(acc, Lse, qi, o, ls)
-                pairs += qi.size * kj.size
-            far = ~near & (sizes[None, :] > 0)
-            o, ls = _partial(q, mu, vbar, problem.scale, keep=far, logw=logN)
-            _merge_into(acc, Lse, np.arange(n), o, ls)
-            pairs += n * C
+                clusters[j] = clusters_of(g)
+            futures.append(pool.submit(attend, g, clusters[j]))
+        pairs = sum(f.result() for f in futures)
     km_flops = 2.0 * len(clusters) * m * problem.d * C * (n_iter + 2)
     return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))
 

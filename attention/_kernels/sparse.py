@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from attention._kernels.exact import _exp_sum, _gemm_tiles
+from attention._kernels.exact import _exp_sum, _gemm_tiles, _row_max
 from rnla._kernels.intrinsics import _wide_vectors
 
 
@@ -139,6 +139,8 @@ def _mask_scores(s, W, scale, kpos, b, r, lo_i, hi_i, ex_i, logw, i, obq, obk, o
     """
     has_w = logw.shape[0] > 0
     U = obq.shape[0]
+    if not has_w and U == 0:
+        return _mask_scores_plain(s, W, scale, kpos, b, lo_i, hi_i, ex_i)
     mx = -np.inf
     for j in range(W):
         kp = kpos[b, j]
@@ -161,6 +163,20 @@ def _mask_scores(s, W, scale, kpos, b, r, lo_i, hi_i, ex_i, logw, i, obq, obk, o
     for j in range(W, s.shape[0]):
         s[j] = -np.inf
     return mx
+
+
+@njit(cache=True, nogil=True)
+def _mask_scores_plain(s, W, scale, kpos, b, lo_i, hi_i, ex_i):
+    """:func:`_mask_scores` without log-weights and round counts (branch-free, vectorised)."""
+    _wide_vectors()
+    ninf = s.dtype.type(-np.inf)
+    for j in range(W):
+        kp = kpos[b, j]
+        vis = (kp >= lo_i) & (kp <= hi_i) & (kp != ex_i)
+        s[j] = s[j] * scale if vis else ninf
+    for j in range(W, s.shape[0]):
+        s[j] = ninf
+    return np.float64(_row_max(s))
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
@@ -194,6 +210,7 @@ def _gather_attend_tiles(
     slot = np.empty(B, dtype=np.int64)
     zs = np.empty(B)
     mxs = np.empty(B)
+    last = -1
     for b in range(nb):
         nr = 0
         for r in range(B):
@@ -205,13 +222,24 @@ def _gather_attend_tiles(
                 nr += 1
         if nr == 0:
             continue
-        for j in range(W):
-            kj = k[J[b, j]]
+        # Keys and values are gathered again only when the block's key list differs
+        # from that of the last gathered block (consecutive query blocks sharing keys).
+        same = last >= 0
+        if same:
+            for j in range(W):
+                if J[b, j] != J[last, j]:
+                    same = False
+                    break
+        if not same:
+            # K^T by rows of the tile (contiguous stores), then the value rows.
             for t in range(d):
-                kt[t * Wp + j] = kj[t]
-            vj = v[J[b, j]]
-            for c in range(dv):
-                vb[j * dv + c] = vj[c]
+                for j in range(W):
+                    kt[t * Wp + j] = k[J[b, j], t]
+            for j in range(W):
+                vj = v[J[b, j]]
+                for c in range(dv):
+                    vb[j * dv + c] = vj[c]
+        last = b
         _gemm_tiles(qb, kt, s, 0, 0, 0, nr, d, Wp, d, Wp, Wp, False)
         for rr in range(nr):
             r = slot[rr]

@@ -581,3 +581,20 @@ def test_online_labels_kernel_matches_numpy(rng, dtype, offset):
     np.testing.assert_array_equal(lq, rq)
     np.testing.assert_array_equal(lk, rk)
     assert len(set(lk.tolist())) > 1
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_multipole_exact_limit_long_clusters(rng, monkeypatch, dtype, tiles):
+    # Clusters longer than one key chunk of the near-field kernel (256 keys), query
+    # blocks sharing key chunks (gathered once), dv = 16: with a budget of every key,
+    # multipole is exact attention, with the register tiles and without.
+    import attention.exact as ex
+
+    monkeypatch.setattr(ex, "_USE_TILES", tiles)
+    Q, K, V = _qkv(rng, dtype, n=300, m=600, d=8, dv=16, lead=(1,))
+    r = approximate(Q, K, V, "multipole", rng=1, n_clusters=2, n_keys=600)
+    Y = reference_attention(*(x.astype(np.float64) for x in (Q, K, V)))
+    np.testing.assert_allclose(r.output, Y, rtol=tol(dtype, 100), atol=tol(dtype, 100))
+    # a small budget: near and far fields merged, finite, close to exact
+    r2 = approximate(Q, K, V, "multipole", rng=1, n_clusters=4, n_keys=200)
+    assert np.all(np.isfinite(r2.output)) and relative_error(r2.output, Y) < 1.0
