@@ -1360,9 +1360,9 @@ def _split_blocks(
     dv)`` (float64); then each (slice, stacked row) merges its ``C`` partials in chunk
     order (serially). ``probe (Gk * C,)`` receives, per task, 0 if every key and value entry of the
     chunk is finite and NaN (or inf) otherwise (or if a score or ``P V`` overflowed), so
-    that the inputs need no separate validation pass. The tasks are taken from the
-    shared ``counter`` by ``n_workers`` threads. Other parameters as
-    :func:`_attend_blocks`.
+    that the inputs need no separate validation pass; returns the sum of ``probe``
+    (finite iff every entry is 0). The tasks are taken from the shared ``counter`` by
+    ``n_workers`` threads. Other parameters as :func:`_attend_blocks`.
     """
     r = rows.shape[0]
     Gk = members.shape[0]
@@ -1397,6 +1397,12 @@ def _split_blocks(
     # a single parallel region (each region ends in a barrier, which costs milliseconds
     # when another process holds a core).
     _merge_split(part_acc, part_m, part_l, members, r, out, lse)
+    # Sum of the probes: non-finite iff some chunk held a NaN or inf (saves the caller a
+    # pass over ``probe``).
+    bad = 0.0
+    for t in range(probe.shape[0]):
+        bad += probe[t]
+    return bad
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
