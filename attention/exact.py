@@ -184,10 +184,10 @@ def _attend(
         default. Costs ``O(len(rows) * m * (d + dv))`` per slice (used by certificates).
     inputs : tuple, optional
         The caller's ``(Q, K, V)`` when ``problem`` was prepared with
-        ``check_finite=False``: NaN and inf are then detected here (prefill: one pass
-        before the kernel, negligible next to its ``O(n m d)`` work; decode: by the
-        kernel while it reads ``K`` and ``V``) and reported with the message of
-        :func:`attention._core.prepare`.
+        ``check_finite=False``: NaN and inf are then detected by the kernel (prefill:
+        a pass over ``Q``, ``K`` and ``V`` by all threads in the region that packs
+        ``K^T``; decode: from the scores and ``P V`` while it reads ``K`` and ``V``) and
+        reported, after the call, with the message of :func:`attention._core.prepare`.
     out, lse : ndarray, optional
         C-contiguous buffers of shapes ``(G, s, dv)`` (problem dtype) and ``(G, s)``
         (float64), ``s >= r``, given together: the result of selected row ``t`` is
@@ -233,8 +233,6 @@ def _attend(
         mask_index = np.ascontiguousarray(problem.mask_index, dtype=np.int64)
     mask_b, mask_f = _mask_views(problem, mask_mode)
     verify = inputs is not None
-    if verify and not _all_finite(problem.q):
-        _raise_nonfinite(inputs)
     # Keys any selected row can see (causal: the rest is never read).
     m_eff = min(m, int(rows.max()) + problem.offset + 1) if problem.causal else m
     plan = _cached_split_plan(problem, r, m_eff) if m_eff > 0 else None
@@ -254,8 +252,6 @@ def _attend(
             numba.set_num_threads(1)
         with contextlib.nullcontext() if blas_free else _single_threaded_blas():
             if plan is None:
-                if verify and not (_all_finite(problem.k) and _all_finite(problem.v)):
-                    _raise_nonfinite(inputs)
                 # K^T packed for the register-tile GEMMs (columns padded to _PAD).
                 if tiles:
                     mp = -(-m // _PAD) * _PAD
@@ -265,12 +261,14 @@ def _attend(
                 # Key span the mask shows each selected row (filled by the kernel).
                 gm_count = problem.mask.shape[0] if mask_mode else 1
                 lims = np.zeros((gm_count, r if mask_mode else 1, 3), dtype=np.int64)
+                # Q, K and V are checked for NaN / inf by the kernel (all threads).
+                probe = np.zeros(numba.get_num_threads() if verify else 0)
                 order = np.arange(G * nqb, dtype=np.int64)
                 if problem.causal and nqb > 1:
                     # Longest tasks (last query blocks) first: the threads take tasks
                     # from a shared counter, so they then finish together.
                     order = (order.reshape(G, nqb)[:, ::-1]).T.reshape(-1).copy()
-                _attend_kernel(
+                bad = _attend_kernel(
                     problem.q,
                     problem.k,
                     kt,
@@ -292,8 +290,13 @@ def _attend(
                     lse,
                     np.zeros(1, dtype=np.int64),
                     numba.get_num_threads(),
+                    probe,
                 )
+                if verify and not math.isfinite(bad):
+                    _raise_nonfinite(inputs)
             else:
+                if verify and not _all_finite(problem.q):
+                    _raise_nonfinite(inputs)
                 members, chunk = plan
                 Gk, gs = members.shape
                 C = -(-m_eff // chunk)
