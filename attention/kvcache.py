@@ -64,12 +64,17 @@ group`` rows).
          \sum_{j\in b}\hat w_{ij}\|v_j - \bar v_b\|\big)}{D^{\rm lo}_i}
 
    (:math:`\sigma_b` the spectral norm of the centred value block, :math:`D^{\rm lo}_i`
-   a lower bound of the normaliser), which follows from
+   a lower bound of the normaliser; the centred term is also bounded by
+   :math:`\sigma_b(\|\hat w_{ib} - \bar w_{ib}\mathbf 1\|_2 + (e^{\varepsilon_{ib}} - 1)
+   \|\hat w_{ib}\|_2) + \bar w_{ib}\|\mathbf 1^\top U_b\|`, since :math:`w^\top U_b =
+   (w - c\mathbf 1)^\top U_b + c\,\mathbf 1^\top U_b` and :math:`\mathbf 1^\top U_b` is
+   the rounding of the stored centroid: nearly uniform weights cost little), which
+   follows from
    :math:`y_i - \tilde y_i = D_i^{-1}\big[\sum_b (W_{ib} - \hat W_{ib}\cosh
    \varepsilon_{ib})(\bar v_b - \tilde y_i) + \sum_b w_{ib}^\top U_b\big]` (the
    normaliser-aware row lemma with the denominator treated jointly). Blocks are
    dropped in increasing order of :math:`\sum_i c_{ib}` while
-   :math:`\|(\sum_{b\,\rm dropped} c_{ib})_i\|_2 \le \tau\,\|\tilde y^{(0)}\|_F`,
+   :math:`\|(\sum_{b\,\rm dropped} c_{ib})_i\|_2 \le 0.65\,\tau\,\|\tilde y^{(0)}\|_F`,
    :math:`\tau = 0.95\,\text{tol}/(1+\text{tol})` (:math:`\tilde y^{(0)}` the output
    with every block replaced by its centroid).
 3. *Kept blocks* (and the keys of the incomplete last block, and the keys some row
