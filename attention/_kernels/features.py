@@ -29,8 +29,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from attention._kernels.exact import _max_nonan
-from rnla._kernels.fastexp import _exp_f32, _exp_f64
+from attention._kernels.exact import _gemm_tiles, _max_nonan
+from rnla._kernels.fastexp import _add_reassoc, _exp_f32, _exp_f64
 from rnla._kernels.intrinsics import _wide_vectors
 
 
@@ -361,6 +361,166 @@ def _bucket_row(s, lp, keep, J, cqr, ck, refr, lb, one):
     for j in range(L):  # dropped entries -> 0
         s[j] = lb[j] - lb[L + j] if keep[j] else z
     return rbs
+
+
+@njit(cache=True, nogil=True)
+def _window_features(fk, ck, Jw, out, cmax):
+    """Key features of the bucket windows, transposed and brought to one shift per window.
+
+    ``cmax[w] = max_t ck[Jw[w, t]]`` and ``out[w, :, t] = fk[Jw[w, t]] * exp(ck[Jw[w, t]]
+    - cmax[w])`` (the factor rounded to the dtype of ``fk``; 0 below the underflow cut),
+    so that ``exp(ck_j) fk_j = exp(cmax[w]) out[w, :, t]``: the low-rank estimates of a
+    window need one logarithm and one exponential per query row, not one per entry.
+    ``fk`` (m, M) float32 or float64, ``ck`` (m,) float64 (finite), ``Jw`` int64
+    (nwin, L), ``out`` (nwin, M, L) in the dtype of ``fk``, ``cmax`` float64 (nwin,).
+    """
+    _wide_vectors()
+    nw, L = Jw.shape
+    M = fk.shape[1]
+    buf = np.empty((L, M), dtype=fk.dtype)
+    e = np.empty(L, dtype=fk.dtype)
+    for w in range(nw):
+        jw = Jw[w]
+        mx = ck[jw[0]]
+        for t in range(L):
+            mx = max(mx, ck[jw[t]])
+        cmax[w] = mx
+        for t in range(L):
+            e[t] = _expo(ck[jw[t]] - mx)
+        for t in range(L):
+            src = fk[jw[t]]
+            dst = buf[t]
+            et = e[t]
+            for a in range(M):
+                dst[a] = src[a] * et
+        ow = out[w]
+        for a in range(M):
+            orow = ow[a]
+            for t in range(L):
+                orow[t] = buf[t, a]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _bucket_row_tiles(s, lp, keep, cqw, refr, w, one):
+    """One row of :func:`_bucket_tiles`: weights in place of ``s``; returns ``(rb, den)``.
+
+    ``cqw = cq[row] + cmax[w]`` (float64): the low-rank estimate of entry ``j`` is
+    ``exp(cqw) lp[j]``. ``w`` (L,) float64 scratch; ``one`` (1,) in the dtype of ``s``.
+    """
+    _wide_vectors()
+    L = s.shape[0]
+    neg = -np.inf
+    smax = neg
+    lmax = 0.0
+    for j in range(L):
+        x = np.float64(s[j]) if keep[j] else neg
+        smax = _max_nonan(smax, x)
+        y = np.float64(lp[j]) if keep[j] else 0.0
+        lmax = _max_nonan(lmax, y)
+    mx = max(refr, smax)
+    if lmax > 0.0:
+        mx = max(mx, np.log(lmax) + cqw)
+    if not np.isfinite(mx):
+        mx = 0.0
+    one[0] = mx
+    rbs = one[0]  # the shift in the dtype of s (as the scores)
+    z = rbs - rbs
+    rb = np.float64(rbs)
+    # exp(cqw - rb) lp[j] <= 1 on kept entries (l_j <= rb); others are dropped below.
+    E = np.exp(cqw - rb) if lmax > 0.0 else 0.0
+    for j in range(L):
+        w[j] = np.float64(lp[j]) * E
+    den = 0.0
+    for j in range(L):
+        p = _expo(min(s[j] - rbs, z))
+        x = np.float64(p) - w[j] if keep[j] else 0.0
+        s[j] = x
+        den = _add_reassoc(den, np.float64(s[j]))  # the rounded weights, as W V
+    return rb, den
+
+
+@njit(cache=True, nogil=True)
+def _bucket_tiles(qs, phq, kwt, fwe, vw, rows, wid, keep, cq, cmax, ref, corr):
+    """Scatterbrain's sparse part on register tiles, block by block, into ``corr``/``ref``.
+
+    For block ``b`` (query rows ``rows[b]``, ``-1`` padding at the end; key window
+    ``w = wid[b]``): scores ``S = qs[rows] kwt[w]`` and low-rank products ``P =
+    phq[rows] fwe[w]`` (:func:`attention._kernels.exact._gemm_tiles`), the weights of
+    :func:`_bucket_weights` from them (the low-rank estimate ``exp(cq[row] + cmax[w])
+    P[i, j]``, see :func:`_window_features`; one logarithm and one exponential per row),
+    then ``corr[row, :dv] = W vw[w][:, :dv]`` (tiles), ``corr[row, dv] = sum_j W[i, j]``
+    and ``ref[row] = rb`` (the row shift). Everything of a block stays in cache.
+
+    Parameters
+    ----------
+    qs : (n, d) float32 or float64
+        Scaled queries (the score dtype).
+    phq : (n, M)
+        Query features (their own dtype).
+    kwt : (nwin, d, L), dtype of ``qs``
+        Keys of each window, transposed.
+    fwe : (nwin, M, L), dtype of ``phq``
+        Key features of each window (:func:`_window_features`).
+    vw : (nwin, L, dv + 1), dtype of ``qs``
+        Values (and ones) of each window.
+    rows, wid, keep : int64 (nbk, cs), int64 (nbk,), bool (nbk, cs, L)
+        Blocks.
+    cq, cmax : float64 (n,), (nwin,)
+        Log shifts of the query features and of the windows' key features.
+    ref : float64 (n,)
+        Shift of each row's low-rank part; overwritten with ``rb`` on block rows.
+    corr : float64 (n, dv + 1)
+        Output rows of the blocks (overwritten there).
+
+    Notes
+    -----
+    ``L`` and ``dv`` must be multiples of the vector length of the dtypes (16 float32,
+    8 float64).
+    """
+    nbk, cs = rows.shape
+    d, L = kwt.shape[1], kwt.shape[2]
+    M = fwe.shape[1]
+    dv = vw.shape[2] - 1
+    qb = np.empty((cs, d), dtype=qs.dtype)
+    pb = np.empty((cs, M), dtype=phq.dtype)
+    sc = np.empty((cs, L), dtype=qs.dtype)
+    lp = np.empty((cs, L), dtype=phq.dtype)
+    ob = np.empty((cs, dv), dtype=qs.dtype)
+    wbuf = np.empty(L)
+    one = np.empty(1, dtype=qs.dtype)
+    kf, ff, vf = kwt.reshape(-1), fwe.reshape(-1), vw.reshape(-1)
+    qf, pf, sf, lf, of = (
+        qb.reshape(-1),
+        pb.reshape(-1),
+        sc.reshape(-1),
+        lp.reshape(-1),
+        ob.reshape(-1),
+    )
+    for b in range(nbk):
+        w = wid[b]
+        nr = 0
+        while nr < cs and rows[b, nr] >= 0:
+            qb[nr] = qs[rows[b, nr]]
+            pb[nr] = phq[rows[b, nr]]
+            nr += 1
+        if nr == 0:
+            continue
+        _gemm_tiles(qf, kf, sf, 0, w * d * L, 0, nr, d, L, d, L, L, False)
+        _gemm_tiles(pf, ff, lf, 0, w * M * L, 0, nr, M, L, M, L, L, False)
+        cw = cmax[w]
+        for i in range(nr):
+            row = rows[b, i]
+            rb, den = _bucket_row_tiles(
+                sc[i], lp[i], keep[b, i], cq[row] + cw, ref[row], wbuf, one
+            )
+            ref[row] = rb
+            corr[row, dv] = den
+        _gemm_tiles(sf, vf, of, 0, w * L * (dv + 1), 0, nr, L, dv, L, dv + 1, dv, False)
+        for i in range(nr):
+            crow = corr[rows[b, i]]
+            orow = ob[i]
+            for c in range(dv):
+                crow[c] = orow[c]
 
 
 @njit(cache=True, nogil=True)

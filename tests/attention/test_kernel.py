@@ -815,3 +815,90 @@ def test_key_means_and_value_ball_match_numpy(rng, dtype):
     np.testing.assert_allclose(c, v64.mean(0), rtol=1e-14, atol=1e-16)
     assert R2 == pytest.approx(float(np.max(np.sum((v64 - c) ** 2, 1))), rel=1e-14)
     assert vm2 == pytest.approx(float(np.max(np.sum(v64**2, 1))), rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_window_features_match_numpy(rng, dtype):
+    from attention._kernels.features import _window_features
+
+    fk = rng.random((30, 6)).astype(dtype)
+    ck = rng.standard_normal(30) * 20  # factors far below 1 (and below the cut)
+    Jw = rng.integers(0, 30, (5, 16))
+    out = np.full((5, 6, 16), np.nan, dtype=dtype)
+    cmax = np.full(5, np.nan)
+    _window_features(fk, ck, Jw, out, cmax)
+    np.testing.assert_array_equal(cmax, ck[Jw].max(axis=1))
+    e = np.exp(ck[Jw] - cmax[:, None]).astype(dtype)
+    e[ck[Jw] - cmax[:, None] < (-87 if dtype == np.float32 else -708)] = 0.0
+    ref = fk[Jw].transpose(0, 2, 1) * e[:, None, :]
+    tol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "nb", "cs"), [(40, 4, 8), (130, 8, 8), (200, 2, 16)], ids=str)
+def test_bucket_tiles_match_reference(rng, dtype, n, nb, cs):
+    # The register-tile sparse part (scores, low-rank products, weights, W [V 1]) against
+    # the plain-NumPy block weights times the window values.
+    from attention._kernels.features import _bucket_tiles, _window_features
+
+    d, M, dv = 8, 8, 16
+    hq = rng.integers(0, nb, n)
+    hk = rng.integers(0, nb, n)
+    hq[0] = hk[0] = 0
+    pos = np.arange(n)
+    sets = _bucket_sets(hq, hk, pos, pos, cs)
+    rows, J, keep, _, _ = _bucket_blocks(hq, sets, pos, pos, cs)
+    wstart, Jw = K._bucket_windows(hk, nb, cs)
+    wid = wstart[hq[rows[:, 0]]] + sets[4][rows[:, 0]] // cs
+    np.testing.assert_array_equal(Jw[wid], J)  # each block reads its window
+    qs = rng.standard_normal((n, d)).astype(dtype)
+    ks = rng.standard_normal((n, d)).astype(dtype)
+    phq = rng.random((n, M)).astype(dtype)
+    fk = rng.random((n, M)).astype(dtype)
+    phq[3] = 0.0  # a zero low-rank estimate: log(0) = -inf in the reference
+    cq, ck = rng.standard_normal(n) * 3, rng.standard_normal(n) * 3
+    vv = np.hstack([rng.standard_normal((n, dv)), np.ones((n, 1))]).astype(dtype)
+    ref = rng.standard_normal(n) * 3
+    ref[::5] = -np.inf
+    fwe = np.empty((Jw.shape[0], M, Jw.shape[1]), dtype=dtype)
+    cmax = np.empty(Jw.shape[0])
+    _window_features(fk, ck, Jw, fwe, cmax)
+    kwt, vw = ks[Jw].transpose(0, 2, 1).copy(), vv[Jw].copy()
+    corr, ref_out = np.full((n, dv + 1), 7.0), ref.copy()
+    _bucket_tiles(qs, phq, kwt, fwe, vw, rows, wid, keep, cq, cmax, ref_out, corr)
+    # Reference: the same blocks in NumPy (float64 products).
+    rr = np.maximum(rows, 0)
+    sc = np.einsum("bid,bjd->bij", qs[rr].astype(float), ks[J].astype(float)).astype(dtype)
+    lp = np.einsum("bia,bja->bij", phq[rr].astype(float), fk[J].astype(float))
+    w, rb = _bucket_weights_reference(sc, lp, keep, rows, J, cq, ck, ref)
+    blk = np.einsum("bij,bjc->bic", w.astype(float), vv[J].astype(float))
+    ok = rows >= 0
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ref_out[rows[ok]], rb[ok], rtol=tol, atol=tol)
+    # Both terms of a weight are <= 1 (shift rb): rounding is relative to sum_j |v_j|.
+    size = np.einsum("bij,bjc->bic", keep.astype(float), np.abs(vv[J].astype(float)))
+    assert np.all(np.abs(corr[rows[ok]] - blk[ok]) <= tol * size[ok])
+    untouched = np.setdiff1d(np.arange(n), rows[ok])
+    assert np.all(corr[untouched] == 7.0) and np.array_equal(ref_out[untouched], ref[untouched])
+    assert np.all(np.isfinite(corr))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatterbrain_tiles_match_blas_path(rng, dtype, monkeypatch):
+    # The sparse part on register tiles and on batched BLAS GEMMs: same outputs to
+    # rounding, same kept pairs; the tiles skip the padding rows of the blocks.
+    import attention.exact as exact_module
+
+    Q, Kk, V = _data(rng, n=300, d=16, dv=16, G=2, amp=0.6, dtype=dtype)
+    kw = dict(rng=4, causal=True, chunk_size=8, n_features=32)
+    monkeypatch.setattr(exact_module, "_USE_TILES", True)
+    a = _run(Q, Kk, V, "scatterbrain", **kw)
+    monkeypatch.setattr(exact_module, "_USE_TILES", False)
+    b = _run(Q, Kk, V, "scatterbrain", **kw)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(a.output, b.output, rtol=tol, atol=tol)
+    np.testing.assert_allclose(a.lse, b.lse, rtol=tol, atol=tol)
+    assert a.bound.value == pytest.approx(b.bound.value, rel=tol)
+    assert a.cost.kernel_evals == b.cost.kernel_evals
+    assert a.cost.flops <= b.cost.flops
