@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -532,8 +531,8 @@ def _balanced_tau(q: np.ndarray, k: np.ndarray) -> float:
     R_K^2/\tau^2)/2)`, the factor that multiplies the Gaussian residual in the bound,
     to :math:`\exp(sR_QR_K)`, by balancing :math:`\tau R_Q = R_K/\tau`.
     """
-    rq = float(np.sqrt(np.max(np.sum(q * q, 1))))
-    rk = float(np.sqrt(np.max(np.sum(k * k, 1))))
+    rq = float(np.sqrt(np.max(np.einsum("ij,ij->i", q, q, dtype=np.float64))))
+    rk = float(np.sqrt(np.max(np.einsum("ij,ij->i", k, k, dtype=np.float64))))
     return 1.0 if rq == 0 or rk == 0 else math.sqrt(rk / rq)
 
 
@@ -619,10 +618,15 @@ class _KeyExpKernel(EntryMatrixBase):
     def __init__(self, X: np.ndarray):
         super().__init__((X.shape[0], X.shape[0]), np.float64)
         self._X = X
-        self._r2 = float(np.max(np.sum(X * X, 1)))
+        self._xsq = np.einsum("ij,ij->i", X, X)
+        self._r2 = float(np.max(self._xsq)) if X.shape[0] else 0.0
 
     def _rows(self, idx):
-        return np.exp(np.minimum(self._X[idx] @ self._X.T - self._r2, 0.0))
+        from attention._kernels.lowrank import _exp_shifted
+
+        G = self._X[idx] @ self._X.T
+        _exp_shifted(G, self._r2)
+        return G
 
     def _cols(self, idx):
         return np.ascontiguousarray(self._rows(idx).T)
@@ -631,7 +635,7 @@ class _KeyExpKernel(EntryMatrixBase):
         return np.exp(np.minimum(np.sum(self._X[i] * self._X[j], 1) - self._r2, 0.0))
 
     def _diag(self):
-        return np.exp(np.minimum(np.sum(self._X * self._X, 1) - self._r2, 0.0))
+        return np.exp(np.minimum(self._xsq - self._r2, 0.0))
 
 
 @register(
@@ -665,49 +669,43 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     rank = check_int(rank, "rank", minimum=1, maximum=top)
     tau = _check_tau(tau)
     rs = math.sqrt(problem.scale)
-    from attention.exact import _single_threaded_blas
 
     G = problem.n_slices
-    taus, picks = [], []
-    flops, evals = 0.0, 0
-
+    # One seed per slice, drawn in slice order: each slice's pivots come from its own
+    # generator, so the slices (pivots and Nyström steps) run on all cores and the
+    # result does not depend on the threads.
+    seeds = rng.integers(0, 2**63 - 1, size=G)
     vals = _values(problem)
     outs = np.empty((G, n, problem.dv), dtype=problem.dtype)
     lses = np.empty((G, n))
 
     def work(g):
         q, k, _ = problem.slice(g)
+        t = _balanced_tau(q, k) if tau == "balance" else tau
+        if pivots == "keys":
+            E = _KeyExpKernel(np.multiply(k, rs / t, dtype=np.float64))
+            S = n + rpcholesky(E, rank, rng=int(seeds[g])).pivots
+            ev = E.n_evaluations
+        else:
+            q64, k64 = q.astype(np.float64), k.astype(np.float64)
+            sm = SoftmaxMatrix(q64, k64, scale=problem.scale, stabilized=False)
+            lift = sm.psd_lift(tau=t)
+            S = rpcholesky(lift.matrix, rank, rng=int(seeds[g])).pivots
+            ev = lift.matrix.n_evaluations
         vg = vals[int(problem.kv_index[g])]
-        res = _lift_nystrom(q, k, vg, problem.scale, taus[g], picks[g], 0.0)
-        return _finish_rows(problem, res, vg, g, outs, lses)
+        res = _lift_nystrom(q, k, vg, problem.scale, t, S, 0.0)
+        r = S.size
+        flops = 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
+        return (*_finish_rows(problem, res, vg, g, outs, lses), t, flops, ev)
 
-    # Pivots in slice order (the shared rng) in this thread; each slice's Nyström step
-    # starts on the worker threads as soon as its pivots are drawn (results do not
-    # depend on the threads). One-thread BLAS throughout: a threaded BLAS on these thin
-    # products is 2-4x slower under load.
-    with _single_threaded_blas(), ThreadPoolExecutor(max_workers=_n_threads()) as pool:
-        futures = []
-        for g in range(G):
-            q, k, _ = problem.slice(g)
-            q, k = q.astype(np.float64), k.astype(np.float64)
-            t = _balanced_tau(q, k) if tau == "balance" else tau
-            taus.append(t)
-            if pivots == "keys":
-                E = _KeyExpKernel((rs / t) * k)
-                S = n + rpcholesky(E, rank, rng=rng).pivots
-                evals += E.n_evaluations
-            else:
-                sm = SoftmaxMatrix(q, k, scale=problem.scale, stabilized=False)
-                lift = sm.psd_lift(tau=t)
-                S = rpcholesky(lift.matrix, rank, rng=rng).pivots
-                evals += lift.matrix.n_evaluations
-            picks.append(S)
-            r = S.size
-            flops += 2.0 * (n + m) * r * (problem.d + problem.dv + 1 + r) + 2.0 * m * r * r
-            futures.append(pool.submit(work, g))
-        res = [f.result() for f in futures]
+    # One-thread BLAS (map_slices): a threaded BLAS on these thin products is 2-4x
+    # slower under load.
+    res = map_slices(work, range(G))
+    taus = [r[3] for r in res]
+    flops = sum(r[4] for r in res)
+    evals = sum(r[5] for r in res)
     res = [
-        _finish_lost(problem, g, r, vals[int(problem.kv_index[g])], outs, lses)
+        _finish_lost(problem, g, r[:3], vals[int(problem.kv_index[g])], outs, lses)
         for g, r in enumerate(res)
     ]
     rows = [r[0] for r in res]

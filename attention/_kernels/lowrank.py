@@ -86,3 +86,13 @@ def _lift_rows(num, F, babs, gam, tiny, log_dq, b, half_q, s_half, radius, y, ls
         else:
             rows[i] = np.inf
             lost[i] = True
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _exp_shifted(G, shift):  # pragma: no cover - compiled; NumPy reference in tests
+    """Overwrite ``G`` with ``exp(min(G - shift, 0))`` (the exponential of ``fastexp``)."""
+    _wide_vectors()
+    r, N = G.shape
+    for a in range(r):
+        for j in range(N):
+            G[a, j] = _exp_f64(min(G[a, j] - shift, 0.0))

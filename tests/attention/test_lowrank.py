@@ -422,3 +422,30 @@ def test_lift_rows_kernel_matches_numpy(rng):
     np.testing.assert_allclose(rows, ref, rtol=1e-14, atol=0)
     np.testing.assert_array_equal(lost, ~(z_low > 0))
     assert lost[[3, 4, 5]].all() and rows[6] > 0 and np.all(y[[3, 4]] == 0)
+
+
+def test_exp_shifted_kernel_matches_numpy(rng):
+    from attention._kernels.lowrank import _exp_shifted
+
+    G = rng.standard_normal((7, 33)) * 30.0
+    ref = np.exp(np.minimum(G - 4.0, 0.0))
+    _exp_shifted(G, 4.0)
+    np.testing.assert_allclose(G, ref, rtol=4e-16, atol=0)
+    assert np.all((G >= 0) & (G <= 1))
+
+
+def test_wildcat_same_result_on_any_thread_count(rng):
+    # One generator per slice (seeds drawn in slice order): the slices run on the
+    # workers, and one worker gives the same result.
+    import numba
+
+    Q, K, V = _qkv(rng, n=80, m=90, heads=3)
+    a = approximate(Q, K, V, "wildcat", rng=5)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        b = approximate(Q, K, V, "wildcat", rng=5)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(a.output, b.output)
+    assert a.bound.value == b.bound.value and a.cost == b.cost
