@@ -418,11 +418,13 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         km = kmeans(k, C, n_iter=n_iter, rng=rng)
         labels = km.labels
         sizes = np.bincount(labels, minlength=C).astype(np.float64)
-        vbar = np.zeros((C, problem.dv))
-        np.add.at(vbar, labels, v)
-        vbar /= np.maximum(sizes, 1.0)[:, None]
         perm = np.argsort(labels, kind="stable")
         starts = np.concatenate([[0], np.cumsum(sizes.astype(np.int64))])
+        # Mean value of each cluster (segments of the sorted values; empty: 0).
+        vbar = np.zeros((C, problem.dv))
+        full = sizes > 0
+        vbar[full] = np.add.reduceat(v[perm], starts[:-1][full], axis=0)
+        vbar /= np.maximum(sizes, 1.0)[:, None]
         _, kw, vw = problem.slice(g)
         ks = np.ascontiguousarray(kw[perm], dtype=work)
         vs = np.ascontiguousarray(vw[perm], dtype=work)
@@ -435,16 +437,17 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         with np.errstate(divide="ignore"):
             logN = np.log(sizes)
         est = (q64 @ mu.T) * problem.scale + logN  # (n, C) log estimated cluster mass
-        order = np.argsort(-est, axis=1, kind="stable")
-        csum = np.cumsum(sizes[order], axis=1)
-        take = csum <= budget
-        take[:, 0] = True
-        near = np.zeros((n, C), dtype=bool)
-        np.put_along_axis(near, order, take, axis=1)
-        near &= sizes[None, :] > 0
-        far = ~near & (sizes[None, :] > 0)
-        # Far field: one term per cluster, N_c exp(q . mu_c s) vbar_c.
-        acc, Lse = _partial(q64, mu, vbar, problem.scale, keep=far, logw=logN)
+        # Near clusters (top estimated mass up to the budget) and the far field: one
+        # term per far cluster, N_c exp(q . mu_c s) vbar_c (Numba, one pass; the NumPy
+        # reference is _multipole_split_numpy).
+        near = np.empty((n, C), dtype=np.bool_)
+        acc, Lse = np.empty((n, problem.dv)), np.empty(n)
+        if _sp._USE_KERNEL:
+            _ks._multipole_split(est, sizes, float(budget), vbar, near, acc, Lse)
+        else:
+            _multipole_split_numpy(
+                q64, mu, vbar, sizes, logN, problem.scale, est, budget, near, acc, Lse
+            )
         pairs = n * C
         # Near field: exact attention of each cluster's queries on its keys, in blocks
         # of _MP_ROWS queries x _MP_KEYS keys merged through the log-sum-exp.
@@ -503,6 +506,19 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         pairs = sum(f.result() for f in futures)
     km_flops = 2.0 * len(clusters) * m * problem.d * C * (n_iter + 2)
     return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))
+
+
+def _multipole_split_numpy(q, mu, vbar, sizes, logN, scale, est, budget, near, acc, L):
+    """Plain-NumPy reference of :func:`attention._kernels.sparse._multipole_split`."""
+    order = np.argsort(-est, axis=1, kind="stable")
+    csum = np.cumsum(sizes[order], axis=1)
+    take = csum <= budget
+    take[:, 0] = True
+    near[:] = False
+    np.put_along_axis(near, order, take, axis=1)
+    near &= sizes[None, :] > 0
+    far = ~near & (sizes[None, :] > 0)
+    acc[:], L[:] = _partial(q, mu, vbar, scale, keep=far, logw=logN)
 
 
 # ---------------------------------------------------------------------------------------

@@ -491,3 +491,57 @@ def _unit_row(row, x):
     if nrm > 0:
         for t in range(d):
             x[t] = x[t] / nrm
+
+
+# ------------------------------------------------------------------------ multipole
+
+
+@njit(cache=True, nogil=True)
+def _multipole_split(est, sizes, budget, vbar, near, acc, L):  # pragma: no cover - compiled
+    """Near clusters and the far-field term of every query row (multipole attention).
+
+    ``est (n, C)`` the log estimated cluster masses ``q_i . mu_c s + log N_c``; per row,
+    the clusters in decreasing ``est`` (ties: lower index first, as a stable argsort)
+    are near while their cumulative size stays within ``budget`` (the first always),
+    empty clusters never. ``near (n, C)`` is written; the far clusters give ``acc[i] =
+    sum_c p_c vbar_c`` and ``L[i] = log sum_c exp(est[i, c])`` over the far ``c``
+    (``p`` their softmax; ``acc = 0``, ``L = -inf`` if there is none), as the NumPy
+    reference ``attention.sparse._partial(q, mu, vbar, s, keep=far, logw=log N)``.
+    """
+    n, C = est.shape
+    dv = vbar.shape[1]
+    order = np.empty(C, dtype=np.int64)
+    w = np.empty(C)
+    for i in range(n):
+        # insertion sort of the clusters by decreasing est (stable)
+        for c in range(C):
+            x = est[i, c]
+            t = c
+            while t > 0 and est[i, order[t - 1]] < x:
+                order[t] = order[t - 1]
+                t -= 1
+            order[t] = c
+        csum = 0.0
+        for t in range(C):
+            c = order[t]
+            csum += sizes[c]
+            near[i, c] = (t == 0 or csum <= budget) and sizes[c] > 0
+        mx = -np.inf
+        for c in range(C):
+            if not near[i, c] and sizes[c] > 0 and est[i, c] > mx:
+                mx = est[i, c]
+        for d in range(dv):
+            acc[i, d] = 0.0
+        if mx == -np.inf:
+            L[i] = -np.inf
+            continue
+        z = 0.0
+        for c in range(C):
+            w[c] = np.exp(est[i, c] - mx) if (not near[i, c] and sizes[c] > 0) else 0.0
+            z += w[c]
+        for c in range(C):
+            if w[c] != 0.0:
+                p = w[c] / z
+                for d in range(dv):
+                    acc[i, d] += p * vbar[c, d]
+        L[i] = mx + np.log(z)

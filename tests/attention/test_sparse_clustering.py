@@ -598,3 +598,26 @@ def test_multipole_exact_limit_long_clusters(rng, monkeypatch, dtype, tiles):
     # a small budget: near and far fields merged, finite, close to exact
     r2 = approximate(Q, K, V, "multipole", rng=1, n_clusters=4, n_keys=200)
     assert np.all(np.isfinite(r2.output)) and relative_error(r2.output, Y) < 1.0
+
+
+@pytest.mark.parametrize("budget", [1, 40, 1000])
+def test_multipole_split_kernel_matches_numpy(rng, budget):
+    from attention._kernels.sparse import _multipole_split
+    from attention.clustering import _multipole_split_numpy
+
+    n, C, d, dv = 50, 6, 5, 3
+    q, mu = rng.standard_normal((n, d)), rng.standard_normal((C, d))
+    vbar = rng.standard_normal((C, dv))
+    sizes = rng.integers(1, 30, C).astype(np.float64)
+    sizes[2] = 0.0  # an empty cluster: never near, no far term
+    mu[4], sizes[4] = mu[1], sizes[1]  # ties: the lower index first (stable argsort)
+    with np.errstate(divide="ignore"):
+        logN = np.log(sizes)
+    est = q @ mu.T * 0.7 + logN
+    out = [(np.empty((n, C), bool), np.empty((n, dv)), np.empty(n)) for _ in range(2)]
+    _multipole_split(est, sizes, float(budget), vbar, *out[0])
+    _multipole_split_numpy(q, mu, vbar, sizes, logN, 0.7, est, budget, *out[1])
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(out[0][2], out[1][2], rtol=1e-13, atol=1e-14)
+    assert np.all(out[0][0].sum(axis=1) >= 1) and not out[0][0][:, 2].any()
