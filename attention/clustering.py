@@ -397,9 +397,10 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
     §3.2). The two parts are merged through log-sum-exp. Cost
     :math:`2m\,d\,C\,t` (k-means, once per key/value slice) :math:`+ 2nC(d + d_v) +
     2n\,B(d + d_v)` flops per slice (``B``: keys attended exactly; the top cluster is
-    always attended, whatever its size). The exact part runs in the exact kernel
-    (float32 for float32 inputs with moderate logits). Not causal: the clusters
-    depend on all keys.
+    always attended, whatever its size). The exact part runs on keys sorted by
+    cluster, in blocks of 128 queries by 256 keys merged through the log-sum-exp
+    (the gather kernel of :mod:`attention.sparse`; float32 for float32 inputs with
+    moderate logits). Not causal: the clusters depend on all keys.
     """
     C = check_int(n_clusters, "n_clusters", minimum=1)
     budget = check_int(n_keys, "n_keys", minimum=1)
