@@ -116,12 +116,13 @@ import numpy as np
 
 from attention import exact as _exact
 from attention._core import AttentionApprox, Cost, ErrorBound, _check_scale
-from attention._kernels.exact import _SMALL_ROWS
+from attention._kernels.exact import _SMALL_ROWS, _split_kernel
 from attention._kernels.kvcache import (
     _attend_bound,
     _build_segments,
     _centroid_part,
     _merge,
+    _pad_sums,
     _pilot_select,
     _refine,
     _row_bounds,
@@ -247,6 +248,7 @@ class KVCache:
         self._alloc(-(-cap // self._B) * self._B)
         self._kmax2 = np.zeros(self._h)
         self._vmax2 = np.zeros(self._h)
+        self._kmax, self._vmax = np.zeros(self._h), np.zeros(self._h)
         # Skip policy of the pilot (see the module notes).
         self._skip = 0
         self._skip_tol = None
@@ -391,6 +393,7 @@ class KVCache:
         vv = np.square(vn, dtype=np.float64).sum(axis=2).max(axis=1)
         self._kmax2 = np.maximum(self._kmax2, kk * (1.0 + 2.0 * d * 1.2e-16))
         self._vmax2 = np.maximum(self._vmax2, vv * (1.0 + 2.0 * dv * 1.2e-16))
+        self._kmax, self._vmax = np.sqrt(self._kmax2), np.sqrt(self._vmax2)
         self._len = t1
         b0, b1 = t0 // self._B, t1 // self._B
         if b1 > b0:
@@ -520,7 +523,11 @@ class KVCache:
             # no thread-pool limit (setting and restoring it costs ~0.1 ms a step).
             blas = R > _SMALL_ROWS or not _exact._USE_TILES
             with _exact._single_threaded_blas() if blas else contextlib.nullcontext():
-                res = self._run(q, members, nq, nbc, tol, scale, causal, offset, chunk)
+                res = None
+                if not nbc and causal:
+                    res = self._exact_split(q, members, nq, scale, offset)
+                if res is None:
+                    res = self._run(q, members, nq, nbc, tol, scale, causal, offset, chunk)
                 out, lse, e2, pad, ynorm, stats = res
                 total = math.sqrt(e2 + pad * pad)
                 if nbc and not (e2 == 0 or total <= tol / (1.0 + tol) * ynorm):
@@ -587,6 +594,90 @@ class KVCache:
             buf = np.empty(shape, dtype=dtype)
             self._work[name] = buf
         return buf
+
+    def _exact_split(self, q, members, nq, scale, offset):
+        """Exact causal step on the exact kernel's split-key decode path, or None.
+
+        The kernel of :func:`attention.softmax_attention` (its decode plan: chunks of
+        the visible keys, one task per key/value head and chunk) runs on the capacity
+        buffers: with the bottom-right causal mask (``offset = m - n_q``) no row sees a
+        key at or beyond ``m``, so the zero rows after the cached keys never enter the
+        output: the arithmetic of ``softmax_attention(Q, K[:, :m], V[:, :m],
+        causal=True)``, bit-identical on the register tiles when ``m`` is a multiple of
+        the chunk (else the last chunk's sums run over more, masked, keys; BLAS, for more
+        than ``_SMALL_ROWS`` stacked rows, may round differently: a few ulps). None when
+        that kernel would not take its split path (more than ``attention.exact._SPLIT_ROWS``
+        stacked rows, fewer than two chunks of keys): then the cache's own segments kernel
+        runs. Returns what :meth:`_run` returns.
+        """
+        h, t, dv = self._h, self._len, self._dv
+        G = q.shape[0]
+        gs = members.shape[1]
+        R = gs * nq
+        if R > _exact._SPLIT_ROWS or t < 2 * _exact._CHUNK_MIN:
+            return None
+        chunk = -(-t // _exact._MAX_CHUNKS)
+        floor = 2 * _exact._CHUNK_MIN if t >= 4 * _exact._CHUNK_MIN else _exact._CHUNK_MIN
+        chunk = min(max(floor, -(-chunk // 64) * 64), _exact._CHUNK_MAX)
+        C = -(-t // chunk)
+        key = ("split", G, nq)
+        fixed = self._work.get(key)
+        if fixed is None:
+            # Read-only members and broadcast mask dummies: the argument types of the
+            # exact kernel's own calls (one compiled specialisation for both).
+            mem = members.copy()
+            mem.flags.writeable = False
+            fixed = (
+                mem,
+                np.arange(nq, dtype=np.int64),
+                np.broadcast_to(np.ones((1, 1, 1, 1), dtype=np.bool_), (2, 1, 1, 1)),
+                np.broadcast_to(np.zeros((1, 1, 1, 1), dtype=self._dtype), (2, 1, 1, 1)),
+                np.zeros(G, dtype=np.int64),
+            )
+            self._work[key] = fixed
+        mem, rows, mask_b, mask_f, mask_index = fixed
+        out = np.empty((G, nq, dv), dtype=self._dtype)
+        lse = np.empty((G, nq))
+        probe = np.zeros(h * C)
+        tiles = bool(_exact._USE_TILES) and dv % (64 // self._dtype.itemsize) == 0
+        bad = _split_kernel(
+            q,
+            self._k,
+            self._v,
+            mem,
+            rows,
+            mask_b,
+            mask_f,
+            mask_index,
+            0,
+            float(scale),
+            True,
+            int(offset),
+            chunk,
+            tiles,
+            out,
+            lse,
+            self._buf("xacc", (h, C, R, dv)),
+            self._buf("xm", (h, C, R)),
+            self._buf("xl", (h, C, R)),
+            probe,
+            np.zeros(1, dtype=np.int64),
+            numba.get_num_threads(),
+        )
+        if not math.isfinite(bad):
+            raise FloatingPointError("attention over the cache overflowed (non-finite P V)")
+        sums = np.zeros(3)
+        _pad_sums(
+            q,
+            out,
+            gs,
+            self._kmax,
+            self._vmax,
+            float(scale),
+            float(np.finfo(self._dtype).eps),
+            sums,
+        )
+        return out, lse, 0.0, math.sqrt(sums[1]), math.sqrt(sums[2]), (h * t, h * t, 0)
 
     def _segments(self, q, members, nq, scale, causal, offset, seg, nseg):
         """Exact partials of the key segments ``seg`` (see :func:`_segments_kernel`)."""
@@ -686,7 +777,7 @@ class KVCache:
         e_row = np.empty((h, R))
         sums = np.zeros(3)
         u = float(np.finfo(self._dtype).eps)
-        kmax, vmax = np.sqrt(self._kmax2), np.sqrt(self._vmax2)
+        kmax, vmax = self._kmax, self._vmax
         # Score rounding bound per stacked row (as in the rounding allowance).
         seps = self._score_eps(q, scale)
         _attend_bound(

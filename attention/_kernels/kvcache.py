@@ -1151,9 +1151,22 @@ def _attend_bound_impl(
         for gk in range(Gk):
             for i in range(R):
                 e2 += e_row[gk, i] * e_row[gk, i]
+    _pad_sums(q, out, members.shape[1], kmax, vmax, scale, u, sums)
+    sums[0] = e2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pad_sums(q, out, gs, kmax, vmax, scale, u, sums):
+    """``sums[1:3] = (sum_i pad_i^2, ||out||_F^2)``: the rounding allowance of every row.
+
+    ``pad_i = 4 u (2 ||y~_i|| + R_v) + expm1(2 eps_i) (R_v + ||y~_i||)``, ``eps_i =
+    (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` (as
+    :func:`attention.adaptive._rounding_pad`); ``kmax`` / ``vmax`` the largest key and
+    value norms of each key/value head, ``gs`` query heads per key/value head.
+    """
     G, _, dv = out.shape
+    nq = q.shape[1]
     d = q.shape[2]
-    gs = members.shape[1]
     p2 = 0.0
     y2 = 0.0
     for g in range(G):
@@ -1173,7 +1186,6 @@ def _attend_bound_impl(
             eps *= kmax[gk]
             pad = 4.0 * u * (2.0 * yn + vmax[gk]) + np.expm1(2.0 * eps) * (vmax[gk] + yn)
             p2 += pad * pad
-    sums[0] = e2
     sums[1] = p2
     sums[2] = y2
 

@@ -8,7 +8,7 @@ import pytest
 import attention._kernels.kvcache as kkmod
 import attention.exact as exact_mod
 import attention.kvcache as kvmod
-from attention import reference_attention
+from attention import reference_attention, softmax_attention
 from attention._kernels.kvcache import _pilot_kernel
 from attention.kvcache import KVCache
 from rnla._validation import AccuracyWarning
@@ -405,6 +405,43 @@ def test_exact_fallbacks(rng, monkeypatch):
     c._skip = 0
     again = c.attend(Q[:, :1], tol=0.01)
     assert np.linalg.norm(again.output - Y) <= again.bound.value
+
+
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "portable"])
+@pytest.mark.parametrize("nq", [1, 3])
+@pytest.mark.parametrize("m", [700, 1024, 3000])
+def test_exact_step_equals_softmax_attention(rng, dtype, m, nq, tiles, monkeypatch):
+    # Exact steps (tol=None) of a causal cache run the exact kernel's split-key path on
+    # the capacity buffers (the rows after the cached keys are never visible): with the
+    # register tiles, at most 8 stacked rows (no BLAS) and m a multiple of the chunk the
+    # output is bit-identical to softmax_attention on the cached keys, also with a
+    # capacity beyond m; otherwise within a few ulps; short caches take the segments path.
+    monkeypatch.setattr(exact_mod, "_USE_TILES", tiles and exact_mod._USE_TILES)
+    K = rng.standard_normal((2, m, 32)).astype(dtype)
+    V = rng.standard_normal((2, m, 32)).astype(dtype)
+    Q = rng.standard_normal((6, nq, 32)).astype(dtype)
+    c = KVCache(2, 32, dtype=dtype, capacity=2 * m + 64)
+    c.append(K, V)
+    Q0, K0, V0 = Q.copy(), K.copy(), V.copy()
+    res = c.attend(Q, scale=0.3)
+    ref, lse = softmax_attention(Q, K, V, causal=True, scale=0.3, return_lse=True)
+    eps = np.finfo(dtype).eps
+    if m >= 2 * exact_mod._CHUNK_MIN and m % 1024 == 0 and exact_mod._USE_TILES and nq == 1:
+        # Same chunks, register tiles, no BLAS: bit-identical.
+        np.testing.assert_array_equal(res.output, ref)
+    else:
+        # Last chunk partly masked (other widths of the vector sums), BLAS or segments.
+        np.testing.assert_allclose(res.output, ref, rtol=8 * eps, atol=8 * eps)
+    # (softmax_attention returns lse in the input dtype, the cache in float64)
+    np.testing.assert_allclose(res.lse, lse, rtol=8 * eps)
+    assert res.bound.kind == "deterministic" and res.bound.value > 0
+    Y = reference_attention(
+        Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), causal=True, scale=0.3
+    )
+    assert np.linalg.norm(res.output.astype(np.float64) - Y) <= res.bound.value
+    np.testing.assert_array_equal(Q, Q0)
+    np.testing.assert_array_equal(K, K0)
+    np.testing.assert_array_equal(V, V0)
 
 
 def test_forced_refinement_and_exact_retry(rng, monkeypatch):
