@@ -21,9 +21,11 @@ def _gaussian_rows(G, xsq_rows, xsq, gamma):  # pragma: no cover - compiled; Num
     r, N = G.shape
     for a in range(r):
         xa = xsq_rows[a]
+        row = G[a]
         for j in range(N):
-            d2 = max(xa + xsq[j] - 2.0 * G[a, j], 0.0)
-            G[a, j] = _exp_f64(-gamma * d2)
+            d2 = xa + xsq[j] - 2.0 * row[j]
+            d2 = d2 if d2 > 0.0 else 0.0
+            row[j] = _exp_f64(-gamma * d2)
 
 
 @njit(cache=True, nogil=True)
@@ -94,5 +96,7 @@ def _exp_shifted(G, shift):  # pragma: no cover - compiled; NumPy reference in t
     _wide_vectors()
     r, N = G.shape
     for a in range(r):
+        row = G[a]
         for j in range(N):
-            G[a, j] = _exp_f64(min(G[a, j] - shift, 0.0))
+            x = row[j] - shift
+            row[j] = _exp_f64(x if x < 0.0 else 0.0)
