@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from attention._kernels.exact import _exp_sum, _gemm_tiles, _row_max
+from attention._kernels.exact import _exp_sum, _gemm_tiles, _max_nonan, _row_max
 from rnla._kernels.intrinsics import _wide_vectors
 
 
@@ -166,6 +166,35 @@ def _mask_scores(s, W, scale, kpos, b, r, lo_i, hi_i, ex_i, logw, i, obq, obk, o
 
 
 @njit(cache=True, nogil=True)
+def _mask_scores_rounds(s, W, scale, kpos, b, lo_i, hi_i, ex_i, i, obq, obk, ork, olo, logs, cnt):
+    """:func:`_mask_scores` with round counts and no log-weights (vectorised passes).
+
+    ``cnt (>= W,)`` int64 scratch; ``logs[c] = log(1 + c)`` (``logs[0] = 0``). The same
+    values as the scalar loop: ``x = s_j scale`` in float64 minus ``log(1 + N_ij)``.
+    """
+    _wide_vectors()
+    U = obq.shape[0]
+    for j in range(W):
+        cnt[j] = 0
+    for u in range(U):
+        oq = obq[u, i]
+        ol = olo[u, i]
+        for j in range(W):
+            cnt[j] += (obk[u, b, j] == oq) & (ork[u, b, j] >= ol)
+    mx = -np.inf
+    for j in range(W):
+        kp = kpos[b, j]
+        vis = (kp >= lo_i) & (kp <= hi_i) & (kp != ex_i)
+        x = np.float64(s[j] * scale) - logs[cnt[j]]
+        x = x if vis else -np.inf
+        s[j] = x
+        mx = _max_nonan(mx, x)
+    for j in range(W, s.shape[0]):
+        s[j] = -np.inf
+    return mx
+
+
+@njit(cache=True, nogil=True)
 def _mask_scores_plain(s, W, scale, kpos, b, lo_i, hi_i, ex_i):
     """:func:`_mask_scores` without log-weights and round counts (branch-free, vectorised)."""
     _wide_vectors()
@@ -211,6 +240,12 @@ def _gather_attend_tiles(
     zs = np.empty(B)
     mxs = np.empty(B)
     last = -1
+    # Round counts without log-weights: the vectorised mask with a table of log(1 + c).
+    rounds_fast = obq.shape[0] > 0 and logw.shape[0] == 0
+    cnt = np.zeros(W, dtype=np.int64)
+    logs = np.zeros(obq.shape[0] + 1)
+    for c in range(1, obq.shape[0] + 1):
+        logs[c] = np.log(np.float64(c + 1))
     for b in range(nb):
         nr = 0
         for r in range(B):
@@ -245,9 +280,28 @@ def _gather_attend_tiles(
             r = slot[rr]
             i = rows[b, r]
             srow = s[rr * Wp : (rr + 1) * Wp]
-            mx = _mask_scores(
-                srow, W, scale, kpos, b, r, lo[i], hi[i], excl[i], logw, i, obq, obk, ork, olo
-            )
+            if rounds_fast:
+                mx = _mask_scores_rounds(
+                    srow,
+                    W,
+                    scale,
+                    kpos,
+                    b,
+                    lo[i],
+                    hi[i],
+                    excl[i],
+                    i,
+                    obq,
+                    obk,
+                    ork,
+                    olo,
+                    logs,
+                    cnt,
+                )
+            else:
+                mx = _mask_scores(
+                    srow, W, scale, kpos, b, r, lo[i], hi[i], excl[i], logw, i, obq, obk, ork, olo
+                )
             mxs[rr] = mx
             if mx == -np.inf:
                 # Nothing visible: zero weights (P V gives 0), the row is skipped below.
