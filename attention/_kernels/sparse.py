@@ -467,15 +467,17 @@ def _bucket_blocks(bq, order, start, r, lo, qpos, cs, n_buckets):  # pragma: no 
     return rows, J, kp
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _online_labels(q, k, offset, init, period):  # pragma: no cover - compiled
     """Causal routing labels: sequential spherical k-means over position periods.
 
     The unit queries and keys (float64) of positions ``[p0, p0 + period)`` are routed
     (first maximum of the cosine) with the centroids of the positions before ``p0``,
     keys first, then added to their centroids' sums, in that order. Same rule as the
-    NumPy reference ``attention.clustering._online_labels``.
+    NumPy reference ``attention.clustering._online_labels`` (dot products and norms
+    summed in another order: equal up to rounding).
     """
+    _wide_vectors()
     n, d = q.shape
     m = k.shape[0]
     C = init.shape[0]
@@ -490,7 +492,8 @@ def _online_labels(q, k, offset, init, period):  # pragma: no cover - compiled
     cent = np.empty((C, d))
     lq = np.zeros(n, dtype=np.int64)
     lk = np.zeros(m, dtype=np.int64)
-    x = np.empty(d)
+    X = np.empty((2 * period, d))  # unit rows of one period (keys, then queries)
+    lab = np.empty(2 * period, dtype=np.int64)
     top = max(m, n + offset)
     for p0 in range(0, top, period):
         p1 = p0 + period
@@ -505,35 +508,33 @@ def _online_labels(q, k, offset, init, period):  # pragma: no cover - compiled
                 cent[c, t] = S[c, t] / nrm
         k0, k1 = min(p0, m), min(p1, m)
         q0, q1 = min(max(p0 - offset, 0), n), min(max(p1 - offset, 0), n)
+        nk = k1 - k0
+        cnt = nk + q1 - q0
+        for a in range(cnt):
+            _unit_row(k[k0 + a] if a < nk else q[q0 + a - nk], X[a])
         # labels of the whole period first (centroids fixed), then the sums
-        for side in range(2):
-            a0, a1 = (k0, k1) if side == 0 else (q0, q1)
-            for i in range(a0, a1):
-                _unit_row(k[i] if side == 0 else q[i], x)
-                best = -np.inf
-                arg = 0
-                for c in range(C):
-                    s = 0.0
-                    for t in range(d):
-                        s += x[t] * cent[c, t]
-                    if s > best:
-                        best = s
-                        arg = c
-                if side == 0:
-                    lk[i] = arg
-                else:
-                    lq[i] = arg
-        for side in range(2):
-            a0, a1 = (k0, k1) if side == 0 else (q0, q1)
-            for i in range(a0, a1):
-                lab = lk[i] if side == 0 else lq[i]
-                _unit_row(k[i] if side == 0 else q[i], x)
+        for a in range(cnt):
+            best = -np.inf
+            arg = 0
+            for c in range(C):
+                s = 0.0
                 for t in range(d):
-                    S[lab, t] += x[t]
+                    s += X[a, t] * cent[c, t]
+                if s > best:
+                    best = s
+                    arg = c
+            lab[a] = arg
+        for a in range(cnt):
+            for t in range(d):
+                S[lab[a], t] += X[a, t]
+        for a in range(nk):
+            lk[k0 + a] = lab[a]
+        for a in range(nk, cnt):
+            lq[q0 + a - nk] = lab[a]
     return lq, lk
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _unit_row(row, x):
     """``x = row / ||row||`` in float64 (``row`` itself when its norm is 0)."""
     d = x.shape[0]
