@@ -163,23 +163,30 @@ _DECODE_CHUNK_MIN = 1024  # decode: keys per parallel chunk (a multiple of _BK) 
 _DECODE_MAX_CHUNKS = 32  # ... and at most this many chunks per key/value slice
 _PILOT_BLOCKS = 4  # prefill with at least this many query blocks per slice: pilot
 # A slice whose pilot keeps more than this fraction of its keys goes to the exact
-# kernel. Measured per slice (one thread, CPU time, SmolLM2 layer 29, n = 4096, three
-# query heads, median of 5 interleaved pairs, load 4.2): the method's time over exact
-# attention's is about 0.81 + 0.38 f for a kept fraction f (1.19 at f = 1, 0.95 at
-# 0.23, 0.83 at 0.08), plus ~0.04 for the spectral value summaries; the scores and the
-# exponential pass with the block sums cost ~0.7 of exact alone. A slice keeping more
-# than 1/4 of its keys saves less than 5%; the slice fraction is predicted from its
-# pilot (_predicted_fraction).
+# kernel (see the cost model below; the fraction is predicted from the slice's pilot,
+# _predicted_fraction).
 _EXACT_FRACTION = 0.25
-_COST_FIXED = 0.92  # the model: time / exact time = _COST_FIXED + _COST_KEPT * f
-_COST_KEPT = 0.38
+# The cost model: time / exact time = _COST_FIXED + _COST_KEPT * f for a slice keeping a
+# fraction f of its keys. Re-measured against the current exact kernel (one thread, CPU
+# time, every slice through the method, medians of 3 interleaved pairs, load 1.6-2.7):
+# SmolLM2 layers 14/21/29 (9 heads), n = 4096, f = 0.10-0.49: 1.06-1.28 (fit 1.01 +
+# 0.53 f); n = 8192, f = 0.06-0.36: 1.01-1.17 (fit 0.98 + 0.50 f). The earlier
+# constants (0.92 + 0.38 f, measured against an older exact kernel) sent heads to the
+# method at tol >= 0.3 and made the default route 0.89-0.92 of exact's speed instead of
+# 0.94-0.96 with those heads exact (same runs, n = 4096, layers 14/21, load 2.4-2.8).
+# Only inputs on which the exact kernel itself is slow gain: a sharp synthetic head
+# (queries near one recent key, n = 8192, f = 0.04-0.06) measured 0.88, because its
+# exact call took 0.56 s against 0.47 s for a real head.
+_COST_FIXED = 0.98
+_COST_KEPT = 0.50
 # Sending any slice to the method also costs the spectral value summaries, a second
-# parallel phase and the exact kernel on a copied subset of the slices: one head of nine
-# at f = 0.12 made a SmolLM2 layer (n = 4096, tol 0.1) 1.12x exact instead of 1.04x with
-# every head exact (earlier estimator, median of 7 interleaved pairs, load 1.6). The
-# method slices go ahead only if their predicted saving, the mean over all slices of
+# parallel phase and the exact kernel on a copied subset of the slices. The method
+# slices go ahead only if their predicted saving, the mean over all slices of
 # ``1 - (_COST_FIXED + _COST_KEPT f)`` (0 for the exact ones), is at least this fraction
-# of the exact time (-inf: no such check).
+# of the exact time (-inf: no such check). When even dropping every droppable block of
+# every slice could not save that much (_best_saving), the pilot is skipped and every
+# row goes to the exact kernel: with the constants above this is every prefill of at
+# least _PILOT_BLOCKS query blocks (the pilot alone cost about 2-3 % of the exact time).
 _SWITCH_COST = 0.02
 # Without the register tiles (no AVX-512, or dv not a multiple of the vector length) the
 # method's kernel runs its products on BLAS in 6-row pieces: SmolLM2 layer 29, n = 4096,
@@ -386,16 +393,30 @@ def _predicted_fraction(problem, nqb, pilot_stats):
     return kept / max(work.sum(), 1)
 
 
-def _exact_rows(problem, slices, nqb, out, lse, stats):
+def _best_saving(problem, nqb) -> float:
+    """Largest saving the cost model predicts: every droppable block of every slice dropped.
+
+    The kept fraction is then that of the never-dropped blocks (sink, last full block,
+    causal diagonal), from :func:`_candidates`.
+    """
+    work, cand, _ = _candidates(problem, nqb)
+    f_min = (work - cand).sum() / max(work.sum(), 1)
+    return 1.0 - _COST_FIXED - _COST_KEPT * f_min
+
+
+def _exact_rows(problem, slices, nqb, out, lse, stats, pilot=True):
     """Exact attention for every query block but the pilot of the given slices.
 
-    The rows are a prefix (the pilot is the last block): one call of the exact kernel,
-    on the problem itself when every slice is exact (no copy of ``Q``).
+    The rows are a prefix (the pilot is the last block; ``pilot=False``: every row):
+    one call of the exact kernel, on the problem itself when every slice is exact (no
+    copy of ``Q``).
     """
     n, m = problem.n, problem.m
-    nr = (nqb - 1) * _BQ
+    nr = (nqb - 1) * _BQ if pilot else n
     rows = np.arange(nr, dtype=np.int64)  # the pilot is the last block
-    if slices.shape[0] == problem.n_slices:
+    if not pilot and slices.shape[0] == problem.n_slices:
+        _attend(problem, out=out, lse=lse)  # every row, written in place
+    elif slices.shape[0] == problem.n_slices:
         _attend(problem, rows, out=out, lse=lse)  # written in place (a prefix of rows)
     else:
         sub = dataclasses.replace(
@@ -406,7 +427,7 @@ def _exact_rows(problem, slices, nqb, out, lse, stats):
         o, lo = _attend(sub, rows)
         out[slices, :nr] = o
         lse[slices, :nr] = lo
-    for b in range(nqb - 1):
+    for b in range(nqb - 1 if pilot else nqb):
         i0 = b * _BQ
         nb = min(_BQ, n - i0)
         vis = min(m, max(i0 + nb + problem.offset, 0)) if problem.causal else m
@@ -433,6 +454,11 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
     with _single_threaded_blas():
         if members is None:
             nqb = -(-n // _BQ)
+            if pilot and nqb >= _PILOT_BLOCKS and _best_saving(problem, nqb) < _SWITCH_COST:
+                # No slice could pay for the method: every row through the exact kernel.
+                stats = np.zeros((G * nqb, 6))
+                _exact_rows(problem, np.arange(G), nqb, out, lse, stats, pilot=False)
+                return stats, np.repeat(np.arange(G), nqb).reshape(-1, 1)
             bqp = -(-_BQ // _GROUP) * _GROUP
             work = _work_buffer(bqp * (-(-m // _BK) * _BK + 16), problem.dtype)
             kt = _packed_kt(problem, _tiles_ok(problem))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import attention.adaptive as adaptive_module
-from attention import approximate, reference_attention
+from attention import approximate, reference_attention, softmax_attention
 from attention._core import prepare
 from attention._kernels.adaptive import _value_summaries
 from attention.adaptive import _BK, _summaries
@@ -333,6 +333,35 @@ def test_pilot_routes_slices_to_exact_kernel(rng, dtype, monkeypatch):
     res3 = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
     assert _err(res3, Y) <= res3.bound.value <= 0.05 * np.linalg.norm(Y)
     assert res3.cost.key_fraction[1] > res.cost.key_fraction[1]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_prefill_without_possible_saving_runs_exact_kernel(causal, rng, dtype, monkeypatch):
+    """With the measured cost model no prefill of >= 4 query blocks can save time, so the
+    pilot is skipped: every row comes from the exact kernel (the same output as
+    softmax_attention), every key kept, the bound the rounding allowance. With a cheaper
+    (hypothetical) fixed cost the pilot runs again and a slice of near-uniform weights
+    drops blocks."""
+    n, d = 640, 32
+    Q = rng.standard_normal((2, n, d))
+    Q[1] *= 0.05  # near-uniform weights: blocks are cheap to drop
+    K = rng.standard_normal((2, n, d))
+    V = rng.standard_normal((2, n, d)) * 0.01 + 1.0
+    Q, K, V = (x.astype(dtype) for x in (Q, K, V))
+    problem = prepare(Q, K, V, causal=causal)
+    nqb = -(-n // adaptive_module._BQ)
+    assert adaptive_module._best_saving(problem, nqb) < adaptive_module._SWITCH_COST
+    Y = reference_attention(Q.astype(np.float64), K.astype(np.float64), V, causal=causal)
+    res = approximate(Q, K, V, "adaptive", tol=0.5, causal=causal)
+    np.testing.assert_array_equal(res.output, softmax_attention(Q, K, V, causal=causal))
+    np.testing.assert_array_equal(res.cost.key_fraction, np.ones(2))
+    assert _err(res, Y) <= res.bound.value <= 0.5 * np.linalg.norm(Y)
+    monkeypatch.setattr(adaptive_module, "_COST_FIXED", 0.5)
+    monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 0.8)
+    assert adaptive_module._best_saving(problem, nqb) >= adaptive_module._SWITCH_COST
+    res2 = approximate(Q, K, V, "adaptive", tol=0.5, causal=causal)
+    assert _err(res2, Y) <= res2.bound.value <= 0.5 * np.linalg.norm(Y)
+    assert res2.cost.key_fraction[1] < 0.8
 
 
 @pytest.mark.parametrize("causal", [False, True])
