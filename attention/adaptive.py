@@ -74,6 +74,18 @@ the method costs about ``0.81 + 0.38 f`` of the exact kernel for a kept fraction
 (1.19 at ``f = 1``, 0.95 at 0.23, 0.83 at 0.08), plus ~0.04 for the spectral value
 summaries; the score GEMMs alone were 0.44 and the exponential pass 0.24 of exact. The
 speed-ups asked for (1.7x-6x) are out of reach of any design that forms every score.
+Against the current exact kernel (one thread, CPU time, every slice through the method,
+SmolLM2 layers 14/21/29) the method costs ``1.01 + 0.53 f`` at ``n = 4096`` and
+``0.98 + 0.50 f`` at ``n = 8192`` (``f`` = 0.06-0.49): it is not faster than exact
+attention for any kept fraction on these heads.
+
+**Route.** The router predicts the time of each slice from the cost model above and
+sends a slice to the method only if the mean predicted saving over all slices is at
+least 2 % of the exact time; prefill of at least 4 query blocks whose saving could not
+reach that even with every droppable block dropped (with the measured model: every
+such prefill) skips the pilot and runs the exact kernel on every row. The bound is then
+the rounding allowance alone (kind ``"deterministic"``, ``key_fraction = 1``), and the
+output that of :func:`attention.softmax_attention`.
 
 *Why no low-precision pilot of the scores* (measured on this AVX-512 machine, one
 thread, 96 query rows x 2048 keys, ``d = 64``, register tiles of 6 rows x 64 keys): a
@@ -109,8 +121,9 @@ in 300 of 300 seeded random windows (the quadrature control failed 49 times: bin
 p = 5e-43); median bound/actual of the estimator 2.5-2.9 (3.4 over the windows); kept
 key fractions 0.77/0.66/0.52 (n = 4096) and 0.67/0.56/0.44 (n = 8192) against the
 oracle top-k 0.63/0.43/0.20 and 0.57/0.36/0.17; at n = 8192 (medians of interleaved
-pairs, load 2.2-2.9) 0.83-0.91 of the exact kernel's speed for the estimator alone and
-0.99-1.00 for the default route.
+pairs, load 2.0-2.1) 0.80-0.91 of the exact kernel's speed for the estimator alone
+(medians over layers per tol) and 0.94-1.01 for the default route (exact kernel on
+every row; 0.964-0.977 at n = 4096, load 1.5-1.7).
 
 **Causality.** A row never sees a future key's weight; the choice of dropped blocks is
 shared by the 6 rows of a group, so it can depend on keys that are future for some rows

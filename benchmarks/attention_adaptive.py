@@ -35,6 +35,11 @@ Decode, split-key path: the last ``n_q`` queries (1 and 16) of each layer's head
 ``m`` keys (``m = 2048`` and ``8192``, real), and a synthetic head at ``m = 32768``
 (Gaussian keys with 4 planted sinks and a local bump), against ``softmax_attention``.
 
+Default prefill route against its previous cost model (``--route-ab THREADS REPEATS``,
+with ``--ns``): interleaved (exact, previous route, current route) triples in one
+process on layers 0/14/21/29, tol 0.01/0.1/0.5; results
+``benchmarks/results/attention_adaptive_route.{json,md}``.
+
 Run under the machine lock: ``flock /tmp/bench.lock python -m benchmarks.attention_adaptive``
 (``--quick``: n = 4096 only, one repeat; ``--ns 8192 --no-decode --merge`` or
 ``--decode-only --merge`` re-run one part and keep the stored rows of the others).
@@ -259,6 +264,99 @@ def prefill(n, repeats, oracle):
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+# The prefill route's cost model before it was re-measured (time / exact time =
+# fixed + kept * f); route_ab times it against the current default in one process.
+_OLD_COST = (0.92, 0.38)
+
+
+def route_ab(n, threads, reps, layers=(0, 14, 21, 29), tols=(0.01, 0.1, 0.5)):
+    """Default prefill route against the previous cost model and exact attention.
+
+    Interleaved triples (exact, previous route, current route) in one process; speed =
+    median over the triples of exact time / route time (CPU time on one thread, wall
+    time otherwise), and the key fraction the previous route kept.
+    """
+    import numba
+
+    heads = load_smollm2_heads(n, layers=list(layers))
+    saved_threads = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    clock = time.process_time if threads == 1 else time.perf_counter
+
+    def old_route(f):
+        saved = ad._COST_FIXED, ad._COST_KEPT
+        ad._COST_FIXED, ad._COST_KEPT = _OLD_COST
+        try:
+            return f()
+        finally:
+            ad._COST_FIXED, ad._COST_KEPT = saved
+
+    def timed(f):
+        t = clock()
+        f()
+        return clock() - t
+
+    rows = []
+    try:
+        for li, layer in enumerate(heads.layers):
+            Q, K, V = heads.Q[li], heads.K[li], heads.V[li]
+            for tol in tols:
+
+                def f_exact(Q=Q, K=K, V=V):
+                    return softmax_attention(Q, K, V, causal=True, scale=heads.scale)
+
+                def f_new(Q=Q, K=K, V=V, tol=tol):
+                    return approximate(
+                        Q, K, V, "adaptive", tol=tol, causal=True, scale=heads.scale
+                    )
+
+                def f_old(f_new=f_new):
+                    return old_route(f_new)
+
+                res_old = f_old()
+                f_new()
+                f_exact()
+                te, to, tn = [], [], []
+                for _ in range(reps):
+                    te.append(timed(f_exact))
+                    to.append(timed(f_old))
+                    tn.append(timed(f_new))
+                te, to, tn = np.array(te), np.array(to), np.array(tn)
+                row = {
+                    "n": n,
+                    "layer": int(layer),
+                    "tol": tol,
+                    "threads": threads,
+                    "previous_speed": float(np.median(te / to)),
+                    "speed": float(np.median(te / tn)),
+                    "previous_key_fraction": float(np.mean(res_old.cost.key_fraction)),
+                    "load": _load(),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        numba.set_num_threads(saved_threads)
+    return rows
+
+
+def _route_md(rows):
+    lines = [
+        "## Default prefill route against the previous cost model (one process)\n",
+        "Speed = median over interleaved (exact, previous, current) triples of exact time / "
+        "route time; one thread: CPU time, two threads: wall time.\n",
+        "| n | threads | layer | tol | previous route | current route | previous key frac. "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['threads']} | {r['layer']} | {r['tol']:g} | "
+            f"{r['previous_speed']:.3f} | {r['speed']:.3f} | "
+            f"{r['previous_key_fraction']:.2f} | {r['load']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def coverage(reps, n=4096, window=384):
@@ -707,11 +805,32 @@ def main(argv=None):
         default=None,
         help="only rewrite the tables from the JSON (plus oracle_<n>.json files)",
     )
+    parser.add_argument(
+        "--route-ab",
+        type=int,
+        nargs=2,
+        metavar=("THREADS", "REPEATS"),
+        default=None,
+        help="only the default route against the previous cost model (--ns lengths)",
+    )
     args = parser.parse_args(argv)
+    global RESULTS
+    if args.route_ab is not None:
+        out = RESULTS if args.results is None else Path(args.results)
+        out.mkdir(exist_ok=True)
+        path = out / "attention_adaptive_route.json"
+        threads, reps = args.route_ab
+        ns = tuple(args.ns) if args.ns else (4096, 8192)
+        new = [r for n in ns for r in route_ab(n, threads, reps)]
+        old = json.loads(path.read_text()) if path.exists() else []
+        old = [r for r in old if (r["n"], r["threads"]) not in {(n, threads) for n in ns}]
+        rows = sorted(old + new, key=lambda r: (r["n"], r["threads"], r["layer"], r["tol"]))
+        path.write_text(json.dumps(rows, indent=1))
+        (out / "attention_adaptive_route.md").write_text(_route_md(rows))
+        return
     if args.render is not None:
         render(args.render)
         return
-    global RESULTS
     if args.results is not None:
         RESULTS = Path(args.results)
     RESULTS.mkdir(exist_ok=True)
