@@ -81,9 +81,9 @@ attention for any kept fraction on these heads.
 
 **Route.** The router predicts the time of each slice from the cost model above and
 sends a slice to the method only if the mean predicted saving over all slices is at
-least 2 % of the exact time; prefill of at least 4 query blocks whose saving could not
-reach that even with every droppable block dropped (with the measured model: every
-such prefill) skips the pilot and runs the exact kernel on every row. The bound is then
+least 2 % of the exact time; prefill whose saving could not reach that even with every
+droppable block dropped (an upper bound, known without a pilot; with the measured
+model: every prefill) skips the pilot and runs the exact kernel on every row. The bound is then
 the rounding allowance alone (kind ``"deterministic"``, ``key_fraction = 1``), and the
 output that of :func:`attention.softmax_attention`.
 
@@ -126,8 +126,11 @@ pairs, load 2.0-2.1) 0.80-0.91 of the exact kernel's speed for the estimator alo
 every row; 0.964-0.977 at n = 4096, load 1.5-1.7).
 
 **Causality.** A row never sees a future key's weight; the choice of dropped blocks is
-shared by the 6 rows of a group, so it can depend on keys that are future for some rows
-of the same group (never for earlier groups).
+made per task of 48 rows (units of 6 rows, the task's target and the check on its
+computed output), so it can depend on keys that are future for some rows of the same
+task; for rows of earlier tasks only through ``sigma_all``, the norm bound over all
+value blocks of the key/value head, which enters the bound (and so the choice), never
+the output formula.
 
 References
 ----------
@@ -198,8 +201,10 @@ _COST_KEPT = 0.50
 # ``1 - (_COST_FIXED + _COST_KEPT f)`` (0 for the exact ones), is at least this fraction
 # of the exact time (-inf: no such check). When even dropping every droppable block of
 # every slice could not save that much (_best_saving), the pilot is skipped and every
-# row goes to the exact kernel: with the constants above this is every prefill of at
-# least _PILOT_BLOCKS query blocks (the pilot alone cost about 2-3 % of the exact time).
+# row goes to the exact kernel: with the constants above this is every prefill (the
+# pilot alone cost about 2-3 % of the exact time; short prefill, with fewer than
+# _PILOT_BLOCKS query blocks and no pilot, ran the method at 0.66-0.80 of the exact
+# kernel's speed for 48-96 rows against 4096 keys).
 _SWITCH_COST = 0.02
 # Without the register tiles (no AVX-512, or dv not a multiple of the vector length) the
 # method's kernel runs its products on BLAS in 6-row pieces: SmolLM2 layer 29, n = 4096,
@@ -467,8 +472,10 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
     with _single_threaded_blas():
         if members is None:
             nqb = -(-n // _BQ)
-            if pilot and nqb >= _PILOT_BLOCKS and _best_saving(problem, nqb) < _SWITCH_COST:
-                # No slice could pay for the method: every row through the exact kernel.
+            if pilot and _best_saving(problem, nqb) < _SWITCH_COST:
+                # No slice could pay for the method (an upper bound, so no pilot is
+                # needed, and short prefill is covered too): every row through the exact
+                # kernel.
                 stats = np.zeros((G * nqb, 6))
                 _exact_rows(problem, np.arange(G), nqb, out, lse, stats, pilot=False)
                 return stats, np.repeat(np.arange(G), nqb).reshape(-1, 1)
