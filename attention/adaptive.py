@@ -445,15 +445,17 @@ def _exact_rows(problem, slices, nqb, out, lse, stats, pilot=True):
         o, lo = _attend(sub, rows)
         out[slices, :nr] = o
         lse[slices, :nr] = lo
-    for b in range(nqb - 1 if pilot else nqb):
-        i0 = b * _BQ
-        nb = min(_BQ, n - i0)
-        vis = min(m, max(i0 + nb + problem.offset, 0)) if problem.causal else m
-        t = slices * nqb + b
-        stats[t, 0] = vis
-        stats[t, 1] = vis
-        stats[t, 2] = 0.0
-        stats[t, 3] = nb
+    # every key of the exact blocks kept (one vectorised assignment: a Python loop over
+    # the blocks cost ~0.5 ms per call at n = 4096)
+    i0 = np.arange(nqb - 1 if pilot else nqb) * _BQ
+    nb = np.minimum(_BQ, n - i0)
+    vis = np.clip(i0 + nb + problem.offset, 0, m) if problem.causal else np.full(i0.size, m)
+    t = (np.asarray(slices)[:, None] * nqb + np.arange(i0.size)[None, :]).reshape(-1)
+    reps = np.asarray(slices).size
+    stats[t, 0] = np.tile(vis, reps)
+    stats[t, 1] = np.tile(vis, reps)
+    stats[t, 2] = 0.0
+    stats[t, 3] = np.tile(nb, reps)
 
 
 def _run(problem, tau, summaries, out, lse, members=None, pilot=True):

@@ -370,6 +370,10 @@ def test_prefill_without_possible_saving_runs_exact_kernel(causal, rng, dtype, m
     np.testing.assert_array_equal(res.output, softmax_attention(Q, K, V, causal=causal))
     np.testing.assert_array_equal(res.cost.key_fraction, np.ones(2))
     assert _err(res, Y) <= res.bound.value <= 0.5 * np.linalg.norm(Y)
+    # the cost counts each 48-row task's rows times the keys its last row sees
+    bq = adaptive_module._BQ
+    evals = sum(min(bq, n - i0) * (min(n, i0 + bq) if causal else n) for i0 in range(0, n, bq))
+    assert res.cost.kernel_evals == 2 * evals
     monkeypatch.setattr(adaptive_module, "_COST_FIXED", 0.5)
     monkeypatch.setattr(adaptive_module, "_EXACT_FRACTION", 0.8)
     assert adaptive_module._best_saving(problem, nqb) >= adaptive_module._SWITCH_COST
