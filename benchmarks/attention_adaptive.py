@@ -270,12 +270,15 @@ def prefill(n, repeats, oracle):
 _OLD_COST = (0.92, 0.38)
 
 
-def route_ab(n, threads, reps, layers=(0, 14, 21, 29), tols=(0.01, 0.1, 0.5)):
+def route_ab(n, threads, reps, layers=(0, 14, 21, 29), tols=(0.01, 0.1, 0.5), chunks=(48, 96)):
     """Default prefill route against the previous cost model and exact attention.
 
     Interleaved triples (exact, previous route, current route) in one process; speed =
     median over the triples of exact time / route time (CPU time on one thread, wall
-    time otherwise), and the key fraction the previous route kept.
+    time otherwise), and the key fraction the previous route kept. Besides the full
+    prefill (``rows = n``), chunks of the last ``chunks`` query rows against all ``n``
+    keys (short prefill, which the previous route always sent to the method's kernel;
+    ``5 * reps`` triples, they are short).
     """
     import numba
 
@@ -299,8 +302,12 @@ def route_ab(n, threads, reps, layers=(0, 14, 21, 29), tols=(0.01, 0.1, 0.5)):
 
     rows = []
     try:
-        for li, layer in enumerate(heads.layers):
-            Q, K, V = heads.Q[li], heads.K[li], heads.V[li]
+        sizes = (n, *[c for c in chunks if c < n])
+        cases = [(li, nr) for li in range(len(heads.layers)) for nr in sizes]
+        for li, nrows in cases:
+            layer = heads.layers[li]
+            Q = np.ascontiguousarray(heads.Q[li][:, n - nrows :])
+            K, V = heads.K[li], heads.V[li]
             for tol in tols:
 
                 def f_exact(Q=Q, K=K, V=V):
@@ -318,13 +325,14 @@ def route_ab(n, threads, reps, layers=(0, 14, 21, 29), tols=(0.01, 0.1, 0.5)):
                 f_new()
                 f_exact()
                 te, to, tn = [], [], []
-                for _ in range(reps):
+                for _ in range(reps if nrows == n else 5 * reps):
                     te.append(timed(f_exact))
                     to.append(timed(f_old))
                     tn.append(timed(f_new))
                 te, to, tn = np.array(te), np.array(to), np.array(tn)
                 row = {
                     "n": n,
+                    "rows": nrows,
                     "layer": int(layer),
                     "tol": tol,
                     "threads": threads,
@@ -345,13 +353,14 @@ def _route_md(rows):
         "## Default prefill route against the previous cost model (one process)\n",
         "Speed = median over interleaved (exact, previous, current) triples of exact time / "
         "route time; one thread: CPU time, two threads: wall time.\n",
-        "| n | threads | layer | tol | previous route | current route | previous key frac. "
-        "| load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| n (keys) | query rows | threads | layer | tol | previous route | current route | "
+        "previous key frac. | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['n']} | {r['threads']} | {r['layer']} | {r['tol']:g} | "
+            f"| {r['n']} | {r.get('rows', r['n'])} | {r['threads']} | {r['layer']} | "
+            f"{r['tol']:g} | "
             f"{r['previous_speed']:.3f} | {r['speed']:.3f} | "
             f"{r['previous_key_fraction']:.2f} | {r['load']:.1f} |"
         )
@@ -823,7 +832,10 @@ def main(argv=None):
         new = [r for n in ns for r in route_ab(n, threads, reps)]
         old = json.loads(path.read_text()) if path.exists() else []
         old = [r for r in old if (r["n"], r["threads"]) not in {(n, threads) for n in ns}]
-        rows = sorted(old + new, key=lambda r: (r["n"], r["threads"], r["layer"], r["tol"]))
+        rows = sorted(
+            old + new,
+            key=lambda r: (r["n"], r["threads"], -r.get("rows", r["n"]), r["layer"], r["tol"]),
+        )
         path.write_text(json.dumps(rows, indent=1))
         (out / "attention_adaptive_route.md").write_text(_route_md(rows))
         return
