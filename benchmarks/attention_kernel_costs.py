@@ -1,8 +1,9 @@
 r"""Cost of the kernel-family attention methods against exact attention, side by side.
 
-Times ``performer``, ``scatterbrain``, ``taylor``, ``polysketch``, ``tensorsketch`` and
-``levattention`` (default parameters; LevAttention's exact-pass bound off, as in the
-``--profile`` run of :mod:`benchmarks.attention_methods`) against
+Times ``performer``, ``scatterbrain``, ``taylor``, ``polysketch``, ``tensorsketch``,
+``levattention`` and ``hyperattention`` (default parameters; LevAttention's exact-pass
+bound off and HyperAttention's bound off, as in the ``--profile`` run of
+:mod:`benchmarks.attention_methods`) against
 :func:`attention.softmax_attention` in the same process, interleaved (exact, method,
 exact, method, ...), and reports the median ratio of the two (also of their process CPU
 times), the flops achieved (``cost.flops`` / time / the process's measured float32 GEMM
@@ -44,7 +45,15 @@ from benchmarks.attention_methods import (
     gemm_rate,
 )
 
-METHODS = ("performer", "scatterbrain", "taylor", "polysketch", "tensorsketch", "levattention")
+METHODS = (
+    "performer",
+    "scatterbrain",
+    "taylor",
+    "polysketch",
+    "tensorsketch",
+    "levattention",
+    "hyperattention",
+)
 PARAMS = dict(PROFILE_NO_EXACT_PASS)
 OUT = Path(__file__).parent / "results"
 
