@@ -99,8 +99,8 @@ def run(methods, with_real=True, sizes=(16384,), repeats=3):
                 te, tm, ce, cm = [], [], [], []
                 for _ in range(repeats):
                     a = b = ca = cb = 0.0
-                    flops, num, den = 0.0, 0.0, 0.0
-                    for (q, k, v), Y, ex in zip(parts, refs[causal], extra, strict=True):
+                    flops, outs = 0.0, []
+                    for (q, k, v), ex in zip(parts, extra, strict=True):
                         t0, c0 = time.perf_counter(), time.process_time()
                         softmax_attention(q, k, v, causal=causal, scale=scale)
                         a += time.perf_counter() - t0
@@ -110,13 +110,19 @@ def run(methods, with_real=True, sizes=(16384,), repeats=3):
                         b += time.perf_counter() - t0
                         cb += time.process_time() - c0
                         flops += float(res.cost.flops)
-                        y2 = float(np.sum(Y.astype(np.float64) ** 2))
-                        num += relative_error(res.output, Y) ** 2 * y2
-                        den += y2
+                        outs.append(res.output)
                     te.append(a)
                     tm.append(b)
                     ce.append(ca)
                     cm.append(cb)
+                # Errors after the timed calls: their float64 temporaries (~150 MB at
+                # n = 16384) freed between two timed calls made the next call fault its
+                # fresh buffers in again (kernel time up to 40% of a method's CPU time).
+                num = den = 0.0
+                for Yo, Y in zip(outs, refs[causal], strict=True):
+                    y2 = float(np.sum(Y.astype(np.float64) ** 2))
+                    num += relative_error(Yo, Y) ** 2 * y2
+                    den += y2
             ratio = statistics.median(x / y for x, y in zip(te, tm, strict=True))
             cpu_ratio = statistics.median(x / y for x, y in zip(ce, cm, strict=True))
             t = statistics.median(tm)
@@ -153,7 +159,8 @@ def markdown(rows, chunks) -> str:
         f"Load and float32 GEMM rate of each run: {loads}. "
         "Speed-up: median over repeats of (exact time / method time), both timed "
         "interleaved in one process (causal methods against causal exact, the others "
-        "against non-causal exact); `achieved` = `cost.flops` / time / the GEMM rate of "
+        "against non-causal exact; errors computed after the timed calls); "
+        "`achieved` = `cost.flops` / time / the GEMM rate of "
         "the row's run (1/achieved: how far a method is from the time its own flop count "
         "allows). `CPU speed-up`: the same ratio of process CPU times (all threads; on a "
         "loaded machine it shows the work of each side when neither gets both cores). "
