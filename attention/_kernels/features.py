@@ -9,6 +9,10 @@
 ``_bucket_weights`` and ``_scatter_rows`` are Scatterbrain's sparse part: exact scores
 minus the low-rank estimate on blocks of causal per-bucket key windows (the products are
 BLAS GEMMs; the kernels fuse the masking, logarithms, row shifts and exponentials).
+``_bucket_tiles`` does the whole sparse part block by block on the register tiles of
+:func:`attention._kernels.exact._gemm_tiles` (AVX-512 CPUs; the BLAS kernels are the
+portable path), with the windows' key features at one shift per window
+(``_window_features``).
 
 ``_online_leverage`` computes ridge online leverage scores
 ``tau_j = k_j^T (lam I + sum_{l <= j} k_l k_l^T)^{-1} k_j`` by Sherman–Morrison updates
