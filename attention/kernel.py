@@ -63,6 +63,8 @@ from attention._kernels.features import (
     _bucket_tiles,
     _bucket_weights,
     _chunk_features,
+    _chunk_products,
+    _chunk_sums,
     _cumsum_rows,
     _exp_rows,
     _finish_rows,
@@ -271,8 +273,21 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
     # S[c] for c >= 1 first holds chunk c - 1's own sum F_{c-1}^T V_{c-1} (one batched
     # GEMM written in place; the last chunk's sum is never needed), then the prefix.
     S = np.empty((nc, M, w), dtype=np.result_type(F.dtype, dt))
-    if nc > 1:
-        np.matmul(F[:-1].transpose(0, 2, 1), Vc[:-1], out=S[1:])
+    Ftc = F.transpose(0, 2, 1)
+    vl = 64 // S.itemsize
+    if (
+        nc > 1
+        and _exact._USE_TILES
+        and M > 0
+        and w > 1
+        and (w - 1) % vl == 0
+        and Ftc.dtype == Vc.dtype == S.dtype
+        and Ftc.flags.c_contiguous
+        and Vc.flags.c_contiguous
+    ):
+        _chunk_sums(Ftc, Vc, S)  # register tiles, chunk by chunk
+    elif nc > 1:
+        np.matmul(Ftc[:-1], Vc[:-1], out=S[1:])
     if p > 0:
         if lk is not None:
             # (lk + off) - s_pre <= 0 exactly in float64 (s_pre is the maximum of the same
@@ -326,14 +341,31 @@ def _apply_state(phq: np.ndarray, st: _KeyState):
     P = np.ascontiguousarray(P).reshape(nc, C, M)
     direct = st.first == 0 and not pad
     blk = np.empty((nc, C, w), dtype=dt)
+    Ft = st.F.transpose(0, 2, 1)
+    vl = 64 // np.dtype(dt).itemsize
+    if (
+        _exact._USE_TILES
+        and M > 0
+        and w > 1
+        and (w - 1) % vl == 0
+        and C % vl == 0
+        and st.S.dtype == dt
+        and st.Vc.dtype == dt
+        and Ft.dtype == dt
+        and all(x.flags.c_contiguous for x in (P, st.S, Ft, st.Vc))
+    ):
+        # Register tiles, chunk by chunk (BLAS packs these small operands per call).
+        _chunk_products(P, st.S, Ft, st.Vc, blk)
+        nc_done = nc
+    else:
+        nc_done = 0
     # Segments of chunks whose temporaries stay in cache (the n x w products of a whole
     # long sequence do not): the same batched GEMMs, segment by segment.
     seg = max(1, _SEGMENT_ROWS // C)
     A = np.empty((min(seg, nc), C, C), dtype=dt)
     tmp = np.empty((min(seg, nc), C, w), dtype=dt)
     tri = np.tri(C, dtype=dt)
-    Ft = st.F.transpose(0, 2, 1)
-    for c0 in range(0, nc, seg):
+    for c0 in range(nc_done, nc, seg):
         c1 = min(nc, c0 + seg)
         a, t = A[: c1 - c0], tmp[: c1 - c0]
         np.matmul(P[c0:c1], st.S[c0:c1], out=blk[c0:c1])

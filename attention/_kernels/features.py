@@ -531,6 +531,77 @@ def _bucket_tiles(qs, phq, kwt, fwe, vw, rows, wid, keep, cq, cmax, ref, corr):
 
 
 @njit(cache=True, nogil=True)
+def _chunk_products(P, S, Ft, Vc, out):
+    """Causal linear attention's chunk products on register tiles, chunk by chunk.
+
+    ``out[c] = P[c] S[c] + ((P[c] Ft[c]) * L) Vc[c]`` with ``L`` lower triangular
+    (diagonal included): the earlier keys' state and the in-chunk keys, as the batched
+    GEMMs of :func:`attention.kernel._apply_state` (same formula, one call per chunk
+    without BLAS's per-call packing of these 32-row operands). ``P (nc, C, M)``, ``S
+    (nc, M, w)``, ``Ft (nc, M, C)``, ``Vc (nc, C, w)``, ``out (nc, C, w)``, C-contiguous,
+    one float dtype; ``C`` and ``w - 1`` multiples of the vector length (16 float32, 8
+    float64). The last column (the normaliser) is a plain dot-product loop.
+    """
+    _wide_vectors()
+    nc, C, M = P.shape
+    w = S.shape[2]
+    dv = w - 1
+    A = np.empty((C, C), dtype=P.dtype)
+    T = np.empty((C, dv), dtype=P.dtype)
+    Pf, Sf, Ff, Vf, Of = (
+        P.reshape(-1),
+        S.reshape(-1),
+        Ft.reshape(-1),
+        Vc.reshape(-1),
+        out.reshape(-1),
+    )
+    Af, Tf = A.reshape(-1), T.reshape(-1)
+    for c in range(nc):
+        _gemm_tiles(Pf, Sf, Of, c * C * M, c * M * w, c * C * w, C, M, dv, M, w, w, False)
+        _gemm_tiles(Pf, Ff, Af, c * C * M, c * M * C, 0, C, M, C, M, C, C, False)
+        for i in range(C):
+            for j in range(i + 1, C):
+                A[i, j] = 0.0
+        _gemm_tiles(Af, Vf, Tf, 0, c * C * w, 0, C, C, dv, C, w, dv, False)
+        Pc, Sc, Vcc, oc = P[c], S[c], Vc[c], out[c]
+        for i in range(C):
+            acc = Pc[i, 0] * Sc[0, dv]
+            for a in range(1, M):
+                acc += Pc[i, a] * Sc[a, dv]
+            inc = A[i, 0] * Vcc[0, dv]
+            for j in range(1, i + 1):
+                inc += A[i, j] * Vcc[j, dv]
+            oi = oc[i]
+            for e in range(dv):
+                oi[e] += T[i, e]
+            oi[dv] = acc + inc
+
+
+@njit(cache=True, nogil=True)
+def _chunk_sums(Ft, Vc, S):
+    """Own sums of the causal chunks on register tiles: ``S[c + 1] = Ft[c] Vc[c]``.
+
+    For ``c < nc - 1`` (``S[0]`` is not written): the batched GEMM
+    ``F_c^T V_c`` of :func:`attention.kernel._key_state`, one call per chunk. ``Ft (nc,
+    M, C)``, ``Vc (nc, C, w)``, ``S (nc, M, w)``, C-contiguous, one float dtype; ``w - 1``
+    a multiple of the vector length (the last column is a dot-product loop).
+    """
+    _wide_vectors()
+    nc, M, C = Ft.shape
+    w = Vc.shape[2]
+    dv = w - 1
+    Ff, Vf, Sf = Ft.reshape(-1), Vc.reshape(-1), S.reshape(-1)
+    for c in range(nc - 1):
+        _gemm_tiles(Ff, Vf, Sf, c * M * C, c * C * w, (c + 1) * M * w, M, C, dv, C, w, w, False)
+        Fc, Vcc, Sc = Ft[c], Vc[c], S[c + 1]
+        for a in range(M):
+            acc = Fc[a, 0] * Vcc[0, dv]
+            for j in range(1, C):
+                acc += Fc[a, j] * Vcc[j, dv]
+            Sc[a, dv] = acc
+
+
+@njit(cache=True, nogil=True)
 def _scatter_rows(rows, blk, rb, corr, ref):
     """``corr[rows[b, i]] = blk[b, i]`` and ``ref[rows[b, i]] = rb[b, i]`` (rows ``>= 0``)."""
     nb, cs = rows.shape

@@ -902,3 +902,73 @@ def test_scatterbrain_tiles_match_blas_path(rng, dtype, monkeypatch):
     assert a.bound.value == pytest.approx(b.bound.value, rel=tol)
     assert a.cost.kernel_evals == b.cost.kernel_evals
     assert a.cost.flops <= b.cost.flops
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunk_products_match_numpy(rng, dtype):
+    # Register-tile chunk products == the batched NumPy GEMMs of _apply_state.
+    from attention._kernels.features import _chunk_products
+
+    nc, C, M, dv = 3, 16, 24, 16
+    P = rng.random((nc, C, M)).astype(dtype)
+    S = rng.standard_normal((nc, M, dv + 1)).astype(dtype)
+    Ft = rng.random((nc, M, C)).astype(dtype)
+    Vc = rng.standard_normal((nc, C, dv + 1)).astype(dtype)
+    out = np.full((nc, C, dv + 1), np.nan, dtype=dtype)
+    _chunk_products(P, S, Ft, Vc, out)
+    f = [x.astype(np.float64) for x in (P, S, Ft, Vc)]
+    ref = f[0] @ f[1] + ((f[0] @ f[2]) * np.tri(C)) @ f[3]
+    size = np.abs(f[0]) @ np.abs(f[1]) + ((np.abs(f[0]) @ f[2]) * np.tri(C)) @ np.abs(f[3])
+    assert np.all(np.abs(out - ref) <= 4 * (M + C) * np.finfo(dtype).eps * size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_apply_state_tiles_match_blas(rng, dtype, monkeypatch):
+    # _apply_state with the chunk products on register tiles and on batched BLAS GEMMs,
+    # with a query offset (padding) and a ragged last chunk.
+    import attention.exact as exact_module
+
+    m, n, M, dv = 150, 120, 32, 16
+    lk = rng.standard_normal((m, M)).astype(dtype)
+    vaug = np.hstack([rng.standard_normal((m, dv)), np.ones((m, 1))]).astype(dtype)
+    st = K._key_state(lk, None, vaug, n, m - n, True)
+    phq = rng.random((n, M)).astype(dtype)
+    monkeypatch.setattr(exact_module, "_USE_TILES", True)
+    a, sa = K._apply_state(phq, st)
+    monkeypatch.setattr(exact_module, "_USE_TILES", False)
+    b, sb = K._apply_state(phq, st)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+    np.testing.assert_array_equal(sa, sb)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunk_sums_match_numpy(rng, dtype):
+    from attention._kernels.features import _chunk_sums
+
+    nc, C, M, dv = 4, 16, 24, 16
+    Ft = rng.random((nc, M, C)).astype(dtype)
+    Vc = rng.standard_normal((nc, C, dv + 1)).astype(dtype)
+    S = np.full((nc, M, dv + 1), np.nan, dtype=dtype)
+    _chunk_sums(Ft, Vc, S)
+    assert np.all(np.isnan(S[0]))  # not written
+    f, v = Ft.astype(np.float64), Vc.astype(np.float64)
+    ref = f[:-1] @ v[:-1]
+    size = f[:-1] @ np.abs(v[:-1])
+    assert np.all(np.abs(S[1:] - ref) <= 4 * C * np.finfo(dtype).eps * size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_key_state_tiles_match_blas(rng, dtype, monkeypatch):
+    import attention.exact as exact_module
+
+    m, M, dv = 150, 32, 16
+    lk = rng.standard_normal((m, M)).astype(dtype) * 3
+    vaug = np.hstack([rng.standard_normal((m, dv)), np.ones((m, 1))]).astype(dtype)
+    monkeypatch.setattr(exact_module, "_USE_TILES", True)
+    a = K._key_state(lk, None, vaug, 120, m - 120, True)
+    monkeypatch.setattr(exact_module, "_USE_TILES", False)
+    b = K._key_state(lk, None, vaug, 120, m - 120, True)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(a.S, b.S, rtol=tol, atol=tol * np.abs(b.S).max())
+    np.testing.assert_array_equal(a.s, b.s)
