@@ -12,6 +12,7 @@ bounds, :func:`rounding_allowance` / :func:`finish_row_bounds`.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -293,6 +294,8 @@ def check_error_bound(error_bound, variants: tuple[str, ...]) -> str | None:
 
 
 def _broadcast(shapes: list[tuple], names: list[str]) -> tuple:
+    if all(sh == shapes[0] for sh in shapes):
+        return tuple(shapes[0])
     try:
         return np.broadcast_shapes(*shapes)
     except ValueError:
@@ -300,16 +303,20 @@ def _broadcast(shapes: list[tuple], names: list[str]) -> tuple:
         raise ValueError(f"leading (batch/head) dimensions do not broadcast: {listed}") from None
 
 
+@functools.lru_cache(maxsize=64)
 def _slice_index(lead_own: tuple, lead: tuple, *, repeat: int = 1) -> np.ndarray:
     """Map each slice of the broadcast leading shape ``lead`` to a slice of ``lead_own``.
 
-    Returns the flattened int64 index; ``repeat`` repeats every entry of the last axis
-    (grouped-query heads).
+    Returns the flattened int64 index, read-only and cached per shape (a decode step
+    calls :func:`prepare` with the same shapes every token); ``repeat`` repeats every
+    entry of the last axis (grouped-query heads).
     """
     idx = np.arange(math.prod(lead_own), dtype=np.int64).reshape(lead_own)
     if repeat > 1:
         idx = np.repeat(idx, repeat, axis=-1)
-    return np.ascontiguousarray(np.broadcast_to(idx, lead)).reshape(-1)
+    idx = np.ascontiguousarray(np.broadcast_to(idx, lead)).reshape(-1)
+    idx.flags.writeable = False
+    return idx
 
 
 def _check_mask(mask, lead: tuple, n: int, m: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +433,9 @@ def prepare(
         kv_index = _slice_index(kvlead, lead)
 
     G = math.prod(lead)
-    q = np.ascontiguousarray(np.broadcast_to(Q, (*lead, n, d)), dtype=dtype).reshape(G, n, d)
+    if Q.shape[:-2] != lead:
+        Q = np.broadcast_to(Q, (*lead, n, d))
+    q = np.ascontiguousarray(Q, dtype=dtype).reshape(G, n, d)
     k = np.ascontiguousarray(K, dtype=dtype).reshape(-1, m, d)
     v = np.ascontiguousarray(V, dtype=dtype).reshape(-1, m, V.shape[-1])
     mask_stack = mask_index = None
