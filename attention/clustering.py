@@ -60,7 +60,7 @@ from attention.sparse import (
     _work_dtype,
 )
 from rnla._validation import check_int
-from rnla.cluster import angular_lsh, balanced_buckets, kmeans
+from rnla.cluster import _kmeans_seeds, angular_lsh, balanced_buckets, kmeans
 
 __all__: list[str] = []
 
@@ -411,12 +411,13 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
     outs = np.empty((G, n, problem.dv), dtype=problem.dtype)
     lses = np.empty((G, n))
 
-    def clusters_of(g):
+    def clusters_of(g, init):
         # The clustering depends on the keys only: once per key/value slice (shared by
-        # the query heads of a group), drawn from rng in key/value slice order. Keys and
-        # values are sorted by cluster (contiguous blocks for the near-field kernel).
+        # the query heads of a group), from k-means++ seeds drawn from rng in key/value
+        # slice order. Keys and values are sorted by cluster (contiguous blocks for the
+        # near-field kernel).
         _, k, v = _slices64(problem, g)
-        km = kmeans(k, C, n_iter=n_iter, rng=rng)
+        km = kmeans(k, C, n_iter=n_iter, init=init)
         labels = km.labels
         sizes = np.bincount(labels, minlength=C).astype(np.float64)
         perm = np.argsort(labels, kind="stable")
@@ -488,8 +489,10 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         lses[g] = Lse
         return pairs
 
-    # Clusters in key/value slice order in this thread (the shared rng); each query
-    # slice starts on the workers as soon as its clusters are ready. One-thread BLAS.
+    # k-means++ seeds in key/value slice order in this thread (the shared rng: the same
+    # draws as one kmeans call per slice); the Lloyd iterations (no draws) and the query
+    # slices run on the workers, every clustering queued before any query slice (FIFO:
+    # a query slice waiting for its clusters never blocks a clustering). One-thread BLAS.
     from concurrent.futures import ThreadPoolExecutor
 
     import numba
@@ -502,8 +505,11 @@ def _multipole(problem: Problem, *, rng, n_clusters=16, n_keys=128, n_iter=10):
         for g in range(G):
             j = int(problem.kv_index[g])
             if j not in clusters:
-                clusters[j] = clusters_of(g)
-            futures.append(pool.submit(attend, g, clusters[j]))
+                init = _kmeans_seeds(problem.slice(g)[1], C, rng)
+                clusters[j] = pool.submit(clusters_of, g, init)
+        for g in range(G):
+            cl = clusters[int(problem.kv_index[g])]
+            futures.append(pool.submit(lambda g, cl: attend(g, cl.result()), g, cl))
         pairs = sum(f.result() for f in futures)
     km_flops = 2.0 * len(clusters) * m * problem.d * C * (n_iter + 2)
     return method_result(problem, outs, lses, None, _cost(problem, pairs, km_flops))

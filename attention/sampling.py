@@ -69,6 +69,7 @@ import numba
 import numpy as np
 
 from attention._core import Cost, ErrorBound, Problem, check_error_bound, method_result, prepare
+from attention._parallel import map_slices
 from attention._registry import register
 from attention.bounds import value_radius
 from attention.exact import softmax_attention
@@ -1053,21 +1054,34 @@ def _prescoring(
 
     flops = 0.0
     picks = []
-    for j in range(problem.k.shape[0]):
-        k = problem.k[j].astype(np.float64)
-        if scoring == "leverage":
-            from rnla.sketch import leverage_scores
+    n_kv = problem.k.shape[0]
+    if scoring == "leverage":
+        from rnla.sketch import leverage_scores
 
+        for j in range(n_kv):
+            k = problem.k[j].astype(np.float64)
             sc = leverage_scores(k)
             flops += 4.0 * m * k.shape[1] ** 2
-        else:
-            from rnla.cluster import kmeans
+            picks.append(_top(np.asarray(sc, dtype=np.float64), n_sel))
+    else:
+        from rnla.cluster import _kmeans_seeds, kmeans
 
-            with _single_threaded_blas():  # thin products: one thread is faster
-                res = kmeans(k, n_clusters, rng=rng)
+        # k-means++ seeds drawn from rng in key/value slice order (as one kmeans call
+        # per slice would draw them); the Lloyd iterations, which draw nothing, then run
+        # on all cores (one-thread BLAS: thin products): the same picks, bit for bit.
+        with _single_threaded_blas():
+            seeds = [_kmeans_seeds(problem.k[j], n_clusters, rng) for j in range(n_kv)]
+
+        def score(j):
+            k = problem.k[j].astype(np.float64)
+            res = kmeans(k, n_clusters, init=seeds[j])
             sc = np.sum((k - res.centers[res.labels]) ** 2, axis=1)
-            flops += 2.0 * m * k.shape[1] * n_clusters * max(int(res.n_iter), 1)
-        picks.append(_top(np.asarray(sc, dtype=np.float64), n_sel))
+            fl = 2.0 * m * k.shape[1] * n_clusters * max(int(res.n_iter), 1)
+            return _top(np.asarray(sc, dtype=np.float64), n_sel), fl
+
+        for pick, fl in map_slices(score, range(n_kv)):
+            picks.append(pick)
+            flops += fl
     chosen = [picks[j] for j in problem.kv_index]
     Ksel = np.stack([problem.k[j][picks[j]] for j in problem.kv_index])
     Vsel = np.stack([problem.v[j][picks[j]] for j in problem.kv_index])

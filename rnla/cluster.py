@@ -381,6 +381,21 @@ def _kmeans_plusplus(Xw, xsq, k, rng):
     return Xw[np.array(idx)].copy()
 
 
+def _kmeans_seeds(X, n_clusters, rng):
+    """Return the initial centres ``kmeans(X, n_clusters, rng=rng)`` draws (not spherical).
+
+    k-means++ on ``X`` as :func:`kmeans` prepares it (float64), consuming ``rng``
+    exactly as that call would: ``kmeans(X, n_clusters, init=_kmeans_seeds(X,
+    n_clusters, rng), ...)`` returns the same result, bit for bit. Callers draw the
+    seeds of several problems in order from one generator and run the Lloyd iterations
+    (which draw nothing) on several threads.
+    """
+    X = _check_points(X)
+    k = check_int(n_clusters, "n_clusters", minimum=1, maximum=X.shape[0])
+    Xw = X.astype(np.float64)
+    return _kmeans_plusplus(Xw, np.einsum("ij,ij->i", Xw, Xw), k, check_rng(rng))
+
+
 def _normalise_rows(C):
     norms = np.linalg.norm(C, axis=1)
     return np.where(norms[:, None] > 0, C / np.where(norms > 0, norms, 1.0)[:, None], C)

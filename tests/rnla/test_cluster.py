@@ -8,6 +8,7 @@ import pytest
 from rnla._kernels.cluster import _assign_from_gram, _center_sums
 from rnla.cluster import (
     KMeansResult,
+    _kmeans_seeds,
     angular_lsh,
     balanced_buckets,
     e2lsh,
@@ -208,6 +209,25 @@ def test_kmeans_basic(rng, dtype):
     again = kmeans(X, 4, rng=0)
     np.testing.assert_array_equal(again.centers, res.centers)
     np.testing.assert_array_equal(again.labels, res.labels)
+
+
+def test_kmeans_seeds_are_the_seeds_kmeans_draws(rng, dtype):
+    # Seeds drawn in order from one generator, then Lloyd from them (as the attention
+    # methods do on several threads): the same result as kmeans drawing them itself.
+    Xs = [_blobs(rng)[0].astype(dtype) for _ in range(3)]
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    seeds = [_kmeans_seeds(X, 4, g1) for X in Xs]
+    for X, init in zip(Xs, seeds, strict=True):
+        assert init.dtype == np.float64 and init.shape == (4, 3)
+        a = kmeans(X, 4, n_iter=7, rng=g2)
+        b = kmeans(X, 4, n_iter=7, init=init)
+        np.testing.assert_array_equal(a.centers, b.centers)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.inertia == b.inertia and a.n_iter == b.n_iter
+    # Both generators are in the same state afterwards.
+    assert g1.random() == g2.random()
+    with pytest.raises(ValueError, match="n_clusters"):
+        _kmeans_seeds(Xs[0], 10**6, 0)
 
 
 def test_kmeans_edge_cases(rng):
