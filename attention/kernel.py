@@ -75,6 +75,8 @@ from attention._kernels.features import (
     _online_leverage,
     _prefix_states,
     _prefix_topk,
+    _scan_key_states,
+    _scan_segment,
     _scatter_rows,
     _value_ball,
     _window_features,
@@ -311,6 +313,72 @@ def _key_state(lk, sk, vaug, n: int, offset: int, causal: bool, chunk: int = _CH
             fac[c] = math.exp(s[c - 1] - s[c])
         _prefix_states(S, fac, rescale)  # S[c] = (S[c-1] + F_{c-1}^T V_{c-1}) * fac[c]
     return _KeyState(True, S, s, F, Vc, n=n, first=first, chunk=C)
+
+
+class _ScanState(NamedTuple):
+    """Key side of causal linear attention kept as a scan (:func:`_scan_key_state`).
+
+    Chunk ``c`` of ``C`` keys has the shift ``s[c]``; ``Sseg[t]`` is the state of the
+    keys before chunk ``t * seg`` (the start of row segment ``t``); the chunk features
+    are rebuilt from ``L`` (log-features, or plain features without ``use_log``) while
+    the scan goes on (:func:`attention._kernels.features._scan_segment`).
+    """
+
+    L: np.ndarray  # (m, M) log-features (use_log) or features
+    off: np.ndarray  # (m,) float64 per-key term of the log-features
+    mult: np.ndarray  # (m, M) multipliers (use_mult) or a (1, 1) placeholder
+    use_log: bool
+    use_mult: bool
+    V: np.ndarray  # (m, w) values with the ones column
+    s: np.ndarray  # (nc,) float64 chunk shifts
+    Sseg: np.ndarray  # (nseg, M, w) states at the segment starts
+    seg: int  # chunks per segment
+
+
+def _scan_key_state(lk, sk, vaug, n: int, offset: int, causal: bool, lk_off=None):
+    r"""Key side for :func:`_grouped_segments`: a :class:`_ScanState` where it applies.
+
+    Causal with ``n == m`` (no prefix keys), the chunk products on the exact kernel's
+    register tiles (``C`` and ``w - 1`` multiples of the vector length, one dtype):
+    the key side is one scan (:func:`attention._kernels.features._scan_key_states`)
+    that keeps the states at the starts of the row segments only (``M w`` numbers per
+    512 rows instead of per 32: 2 MB instead of 34 MB per group at ``n = 16384``,
+    ``M = 256``); the chunk features are not stored either but rebuilt in the query
+    units, whose scan adds the chunks' own sums once more (:math:`2 m M w` flops per
+    group). Otherwise :func:`_key_state` (all chunk states).
+    """
+    m, w = vaug.shape
+    dt = vaug.dtype
+    L = lk if lk is not None else sk
+    C = _CHUNK
+    vl = 64 // dt.itemsize
+    if not (
+        causal
+        and offset == 0
+        and n == m
+        and m > 0
+        and _exact._USE_TILES
+        and L is not None
+        and L.shape[1] > 0
+        and w > 1
+        and (w - 1) % vl == 0
+        and C % vl == 0
+        and L.dtype == dt
+        and (sk is None or lk is None or sk.dtype == dt)
+    ):
+        return _key_state(lk, sk, vaug, n, offset, causal, lk_off=lk_off)
+    use_log = lk is not None
+    use_mult = use_log and sk is not None
+    off = np.zeros(m) if lk_off is None or not use_log else np.asarray(lk_off, dtype=np.float64)
+    mult = np.ascontiguousarray(sk) if use_mult else np.zeros((1, 1), dtype=dt)
+    nc = -(-m // C)
+    seg = max(1, _SEGMENT_ROWS // C)
+    s = np.empty(nc)
+    Sseg = np.empty((-(-nc // seg), L.shape[1], w), dtype=dt)
+    L = np.ascontiguousarray(L)
+    V = np.ascontiguousarray(vaug)
+    _scan_key_states(L, off, mult, use_log, use_mult, V, C, seg, s, Sseg)
+    return _ScanState(L, off, mult, use_log, use_mult, V, s, Sseg, seg)
 
 
 def _apply_state(phq: np.ndarray, st: _KeyState):
@@ -661,17 +729,30 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
         k = c1 - c0
         i0, i1 = c0 * C, min(n, c1 * C)
         rows = i1 - i0
-        M, w, dt = st.F.shape[2], st.S.shape[2], st.S.dtype
+        scan = isinstance(st, _ScanState)
+        if scan:
+            M, w, dt = st.L.shape[1], st.V.shape[1], st.V.dtype
+        else:
+            M, w, dt = st.F.shape[2], st.S.shape[2], st.S.dtype
         P = np.empty((G, k * C, M), dtype=dt)
         P[:, rows:] = 0.0
         cqs = [feats(g, i0, i1, P[h, :rows]) for h, g in enumerate(hs)]
-        P4 = P.reshape(G, k, C, M).transpose(1, 0, 2, 3)  # (chunk, slice, C, M)
         res = np.empty((G, k, C, w), dtype=dt)
-        res4 = res.transpose(1, 0, 2, 3)
-        np.matmul(P4, st.S[c0:c1, None], out=res4)
-        A = np.matmul(P4, st.F[c0:c1, None].transpose(0, 1, 3, 2))
-        A *= np.tri(C, dtype=dt)
-        res4 += np.matmul(A, st.Vc[c0:c1, None])
+        if scan:
+            # One Numba scan over the segment's chunks: features, state and values of a
+            # chunk in cache for the G heads.
+            S = st.Sseg[c0 // st.seg].copy()
+            res3 = res.reshape(G, k * C, w)
+            _scan_segment(
+                P, st.L, st.off, st.mult, st.use_log, st.use_mult, st.V, C, c0, st.s, S, res3
+            )
+        else:
+            P4 = P.reshape(G, k, C, M).transpose(1, 0, 2, 3)  # (chunk, slice, C, M)
+            res4 = res.transpose(1, 0, 2, 3)
+            np.matmul(P4, st.S[c0:c1, None], out=res4)
+            A = np.matmul(P4, st.F[c0:c1, None].transpose(0, 1, 3, 2))
+            A *= np.tri(C, dtype=dt)
+            res4 += np.matmul(A, st.Vc[c0:c1, None])
         shift = np.repeat(st.s[c0:c1], C)[:rows]
         for h, g in enumerate(hs):
             finish(g, i0, i1, res[h].reshape(k * C, w)[:rows], cqs[h] + shift, extra)
@@ -1187,11 +1268,13 @@ def _performer(
     wdt = _work_dtype(problem, max(qmax, kmax))
 
     Wt = W.astype(wdt)
+    segments = _segmented(problem) and features == "positive" and mode != "exact"
+    key_state = _scan_key_state if segments else _key_state
 
     def key_side(g):
         _, k, v = _scaled(problem, g, wdt)
         lk, sk, off = _rf_key_logs(k, Wt, features)
-        st = _key_state(
+        st = key_state(
             lk, sk, _augment(v, wdt), problem.n, problem.offset, problem.causal, lk_off=off
         )
         kvd = None
@@ -1236,7 +1319,7 @@ def _performer(
         outs[g] = y  # cast in the worker thread (no stacked float64 copy)
         return den, logscale, part
 
-    if _segmented(problem) and features == "positive" and mode != "exact":
+    if segments:
         results = _performer_segments(problem, key_side, Wt, r, outs, mode, M)
     else:
         results = _grouped_map(problem, key_side, query_side)
@@ -1401,13 +1484,13 @@ def _scatterbrain(
     three batched GEMMs (exact scores, low-rank estimates, weights times values) over
     the whole blocks, about twice the visible pairs (46% of the block entries are
     visible pairs on SmolLM2 layer-0 heads at ``n = 4096``; ``cost.flops`` counts every
-    computed entry), and one fused Numba pass for the logarithms, row shifts and
-    exponentials. The blocks go in groups of 16 whose gathered operands stay in cache.
-    The key windows are laid out once per key/value slice for plain (non-transposed)
-    GEMMs (2.5x faster than transposed operands at these 32 x 64 shapes). Where the
-    exact kernel uses its 512-bit register tiles (and ``2 chunk_size`` and ``d_v`` are
-    multiples of the vector length) the sparse part runs block by block on them
-    instead, in one Numba kernel: no gathered window copies, the padding rows of a
+    entry of the blocks' real rows, the same on both paths), and one fused Numba pass
+    for the logarithms, row shifts and exponentials. The blocks go in groups of 16
+    whose gathered operands stay in cache. The key windows are laid out once per
+    key/value slice for plain (non-transposed) GEMMs (2.5x faster than transposed
+    operands at these 32 x 64 shapes). Where the exact kernel uses its 512-bit
+    register tiles (and ``2 chunk_size`` and ``d_v`` are multiples of the vector
+    length) the sparse part runs block by block on them instead, in one Numba kernel: no gathered window copies, the padding rows of a
     block skipped, and the window's key features brought to one shift per window
     (:func:`attention._kernels.features._window_features`), so the low-rank estimates
     need one logarithm and one exponential per row instead of one per entry (same
@@ -1551,7 +1634,10 @@ def _scatterbrain(
                     np.matmul(sc, bufs[4][:t], out=out_b[:t])
                     _scatter_rows(rows[b0:b1], out_b[:t], rb[:t], corr, ref)
                 pairs = int(keep.sum())
-                computed = nbk * cs * L  # the batched GEMMs compute every block entry
+                # Entries of the real rows, as on the tiles path: cost.flops is the
+                # method's work, not this path's padding (the batched GEMMs also
+                # multiply the padding rows of each block, about 13% more entries).
+                computed = int((rows >= 0).sum()) * L
         else:
             for b in range(nb):
                 qi = np.flatnonzero(hq == b)
@@ -1936,9 +2022,11 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     # float32 GEMMs while the largest feature (<= B^p) stays far from float32's range.
     wdt = wdt0
 
+    key_state = _scan_key_state if _segmented(problem) else _key_state
+
     def key_side(g):
         _, k, v = _scaled(problem, g, wdt)
-        st = _key_state(
+        st = key_state(
             None,
             _taylor_feats(k, p, sketches),
             _augment(v, wdt),
@@ -2256,11 +2344,12 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
     # Unit-norm features: float32 GEMMs for float32 inputs.
     wdt = problem.dtype
     plan = _poly_plan(d, p, kind, r, nonnegative, seed, wdt)
+    key_state = _scan_key_state if _segmented(problem) else _key_state
 
     def key_side(g):
         _, k, v = problem.slice(g)
         fk = _poly_feature_map(_max_scaled(k.astype(wdt)), kind, plan, nonnegative)
-        return _key_state(None, fk, _augment(v, wdt), n, problem.offset, problem.causal)
+        return key_state(None, fk, _augment(v, wdt), n, problem.offset, problem.causal)
 
     def query_side(g, st):
         fq = _poly_feature_map(_unit_rows(problem.q[g].astype(wdt)), kind, plan, nonnegative)
@@ -2283,7 +2372,8 @@ def _poly_method(problem, rng, degree, sketch_size, nonnegative, kind):
         keys = _grouped_segments(
             problem, lambda g: (lambda st: (st, st))(key_side(g)), feats, finish
         )
-        Mf = next(iter(keys.values())).F.shape[2]
+        st0 = next(iter(keys.values()))
+        Mf = st0.L.shape[1] if isinstance(st0, _ScanState) else st0.F.shape[2]
     else:
         slices = _grouped_map(problem, key_side, query_side)
         outs = [y for y, _ in slices]
