@@ -99,14 +99,24 @@ def _fro_bound(rows: list[np.ndarray], kind: str, assumptions: str, delta: float
 
 
 def _softmax_rows(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row softmax of scores ``s`` (``-inf`` allowed) and its log-normaliser."""
+    """Row softmax of scores ``s`` (``-inf`` allowed) and its log-normaliser.
+
+    Overwrites ``s`` (a temporary of the callers) with the softmax, in place: three
+    passes over the ``(n, c)`` block instead of eight with temporaries (same values).
+    """
     mx = np.max(s, axis=1, keepdims=True)
-    mx = np.where(np.isfinite(mx), mx, 0.0)
-    p = np.exp(s - mx)
+    mx[~np.isfinite(mx)] = 0.0
+    p = np.subtract(s, mx, out=s)
+    np.exp(p, out=p)
     z = p.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         lse = np.where(z[:, 0] > 0, np.log(z[:, 0]) + mx[:, 0], -np.inf)
-        p = np.where(z > 0, p / np.where(z > 0, z, 1.0), 0.0)
+    pos = z[:, 0] > 0
+    if pos.all():
+        p /= z
+    else:
+        p[pos] /= z[pos]
+        p[~pos] = 0.0
     return p, lse
 
 
@@ -859,13 +869,16 @@ def _linformer(problem: Problem, *, rng, sketch_size=None, sketch="gaussian"):
 
 
 def _segment_means(X: np.ndarray, c: int) -> np.ndarray:
-    """Means of ``c`` contiguous segments of near-equal length (``np.array_split``)."""
+    """Means of ``c`` contiguous segments of near-equal length (``np.array_split``).
+
+    Segment sums by ``np.add.reduceat`` (one pass; a column-wise ``cumsum`` of the
+    ``(n, d)`` block took 2.3 ms at ``n = 4096`` and its differences cancel).
+    """
     n = X.shape[0]
     sizes = np.full(c, n // c, dtype=np.int64)
     sizes[: n % c] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    csum = np.concatenate([np.zeros((1, X.shape[1])), np.cumsum(X, axis=0)])
-    return (csum[bounds[1:]] - csum[bounds[:-1]]) / np.diff(bounds)[:, None]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return np.add.reduceat(X, starts, axis=0) / sizes[:, None]
 
 
 _PINV = ("iterative", "exact", "truncated")

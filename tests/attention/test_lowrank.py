@@ -184,6 +184,24 @@ def _segment_means(X, c):
     return np.stack([s.mean(axis=0) for s in np.array_split(X, c)])
 
 
+def test_softmax_rows_and_segment_means_helpers(rng):
+    # In-place row softmax: rows of -inf give 0 and lse -inf; others match the reference.
+    S = rng.standard_normal((5, 7)) * 30
+    S[2] = -np.inf
+    S[4, :3] = -np.inf
+    ref = S.copy()
+    P, lse = lr._softmax_rows(S)
+    assert P is S  # overwritten, no temporaries
+    ok = [0, 1, 3, 4]
+    np.testing.assert_allclose(P[ok], _softmax(ref[ok]), rtol=1e-14, atol=1e-300)
+    assert np.all(P[2] == 0) and lse[2] == -np.inf
+    mx = ref[ok].max(axis=1)
+    np.testing.assert_allclose(lse[ok], mx + np.log(np.exp(ref[ok] - mx[:, None]).sum(1)))
+    X = rng.standard_normal((50, 3))
+    for c in (1, 7, 50):
+        np.testing.assert_allclose(lr._segment_means(X, c), _segment_means(X, c), rtol=1e-13)
+
+
 @pytest.mark.parametrize("sk", ["gaussian", "rademacher", "srht", "sparse_sign"])
 def test_linformer_formula(sk, seed):
     rng = np.random.default_rng(seed)
