@@ -601,12 +601,15 @@ def _scaled(problem: Problem, g: int, dtype=np.float64):
     q, k, v = problem.slice(g)
     r = math.sqrt(problem.scale)
     r = np.dtype(dtype).type(r)
-    return q.astype(dtype) * r, k.astype(dtype) * r, v.astype(dtype)
+    # One pass and one allocation each (astype then multiply allocated twice: the
+    # fresh pages of long inputs fault in on every call); the same products.
+    return np.multiply(q, r, dtype=dtype), np.multiply(k, r, dtype=dtype), v.astype(dtype)
 
 
 def _scaled_q(problem: Problem, g: int, dtype=np.float64) -> np.ndarray:
     """Return the queries of slice ``g`` in ``dtype``, times ``sqrt(scale)``."""
-    return problem.q[g].astype(dtype) * np.dtype(dtype).type(math.sqrt(problem.scale))
+    r = np.dtype(dtype).type(math.sqrt(problem.scale))
+    return np.multiply(problem.q[g], r, dtype=dtype)  # one allocation (as _scaled)
 
 
 def _work_dtype(problem: Problem, xmax: float, limit: float = 1e3):
@@ -1351,7 +1354,7 @@ def _performer_segments(problem, key_side, Wt, r, outs, mode, M):
     logm = 0.5 * math.log(M)
 
     def feats(g, i0, i1, out):
-        q = problem.q[g][i0:i1].astype(out.dtype) * out.dtype.type(r)
+        q = np.multiply(problem.q[g][i0:i1], out.dtype.type(r), dtype=out.dtype)
         np.matmul(q, Wt.T, out=out)
         cq = np.empty(i1 - i0)
         _exp_rows(out, -0.5 * np.einsum("ij,ij->i", q, q, dtype=np.float64) - logm, cq)
@@ -1490,8 +1493,9 @@ def _scatterbrain(
     key/value slice for plain (non-transposed) GEMMs (2.5x faster than transposed
     operands at these 32 x 64 shapes). Where the exact kernel uses its 512-bit
     register tiles (and ``2 chunk_size`` and ``d_v`` are multiples of the vector
-    length) the sparse part runs block by block on them instead, in one Numba kernel: no gathered window copies, the padding rows of a
-    block skipped, and the window's key features brought to one shift per window
+    length) the sparse part runs block by block on them instead, in one Numba
+    kernel: no gathered window copies, the padding rows of a block skipped, and the
+    window's key features brought to one shift per window
     (:func:`attention._kernels.features._window_features`), so the low-rank estimates
     need one logarithm and one exponential per row instead of one per entry (same
     results to rounding; real SmolLM2 heads at ``n = 4096``: the same errors to six
@@ -1539,11 +1543,12 @@ def _scatterbrain(
         _, k, v = _scaled(problem, g, wdt)
         lk, _, off = _rf_key_logs(k, Wt, features)
         st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
-        k64 = problem.slice(g)[1].astype(np.float64) * math.sqrt(problem.scale)
+        k64 = np.multiply(problem.slice(g)[1], math.sqrt(problem.scale), dtype=np.float64)
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
         kvd = _kv_bound_data(problem, k64, v) if mode == "norms" else None
-        # Key features over their row maximum (log shift ck), once: one pass.
-        fk = lk.copy()
+        # Key features over their row maximum (log shift ck), once: one pass, in place
+        # (the chunk states above are built; lk is not used again).
+        fk = lk
         ck = np.empty(m)
         if Wt.shape[0]:
             _exp_rows(fk, np.zeros(m) if off is None else off, ck)
@@ -2095,7 +2100,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
         dv = problem.dv
 
         def feats(g, i0, i1, out):
-            q = problem.q[g][i0:i1].astype(wdt) * wdt(r)
+            q = np.multiply(problem.q[g][i0:i1], wdt(r), dtype=wdt)
             _taylor_feats(q, p, sketches, out=out)
             return np.zeros(i1 - i0)
 
