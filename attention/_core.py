@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ __all__ = [
     "ErrorBound",
     "MethodResult",
     "Problem",
+    "attention_rounding",
     "finish",
     "finish_lse",
     "finish_row_bounds",
@@ -567,14 +569,84 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 #: How :func:`rounding_allowance` enters a bound's ``assumptions`` text.
 ROUNDING_TEXT = (
-    "plus the rounding allowance 4 eps (||~y_i|| + R) + 64 (d + m) eps_64 max_j ||v_j|| per "
-    "row (cast to the output dtype, float64 accumulation)"
+    "plus the worst-case rounding allowance of attention_rounding per row (Higham 2002, "
+    "(3.5) and (4.4): scores, exponentials, sums of at most m + d terms in the input "
+    "dtype, float64 accumulation, cast)"
 )
 #: How the cap of :func:`finish_row_bounds` enters a bound's ``assumptions`` text.
 CAP_TEXT = (
     "; each row bound is capped by R + ||~y_i - c|| (y_i lies in the ball B(c, R) of the "
     "values), " + ROUNDING_TEXT
 )
+
+
+def attention_rounding(dtype, *, d, m, dv, chain, sigma, vmax, ynorm, steps=None) -> np.ndarray:
+    r"""Proven worst-case rounding allowance of attention rows computed in ``dtype``.
+
+    For every row :math:`i`, a bound on :math:`\|y_i - \hat y_i\|` between the exact
+    output and the output :math:`\hat y_i` of the online-softmax recurrence run in
+    floating point (``dtype`` the working and output dtype; statistics, rescaling and
+    the final division in float64):
+
+    .. math::
+
+        e_i = \min\Big(\frac{(a_i + b)\,v_{\max} + (a_i + b + w)\,\|\hat y_i\| + t}
+        {1 - a_i - b},\ (2a_i + 2b)\,v_{\max} + w\,\|\hat y_i\| + t,\
+        v_{\max} + \|\hat y_i\|\Big),
+
+    with :math:`a_i = \rho_i / (1 - \rho_i)`, :math:`\rho_i = e^{\theta_i}(1 + 8u) - 1`,
+    :math:`\theta_i = \gamma_{d+5}\,\sigma_i + \gamma_{2K+2}(u_{64})(\sigma_i + 1)` (the
+    rounding of the scaled ``d``-term scores, the mask addition and the subtraction of
+    the running maximum, any order of evaluation: Higham, *Accuracy and Stability of
+    Numerical Algorithms*, 2nd ed., 2002, Lemma 3.1, Lemma 3.3 and (3.5); the
+    exponential's relative error :math:`\le 4` ulp), :math:`b = \mu / (1 - \mu)`,
+    :math:`\mu = (1 + \gamma_L)(1 + \gamma_{2K+1}(u_{64})) - 1` (``P V`` and the
+    normaliser as sums of at most :math:`L` = ``chain`` terms in ``dtype``, (3.5) and
+    (4.4), then :math:`K` = ``steps`` float64 accumulations), :math:`w` the division and
+    the cast (:math:`u + \gamma_3(u_{64})`, relative) and :math:`t` the underflow terms
+    (weights below the exponential's cut, subnormal products). :math:`u` is the unit
+    roundoff of ``dtype``. Derivation: :mod:`attention._kernels.rounding`; the row
+    lemma :math:`y - y' = (p - \hat p)(V - \mathbf 1 y^\top)/\sum_j \hat p_j` carries
+    the weight errors to the output.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        Working and output dtype (float32 or float64).
+    d, m, dv : int
+        Score terms, keys and value width.
+    chain : int
+        Longest sum formed in ``dtype`` (the exact kernel: ``min(m, 2048)``).
+    sigma : array_like of float64, shape (r,)
+        Upper bounds of :math:`\text{scale}\max_j |q_i|^\top|k_j|` plus the largest
+        absolute additive mask entry (e.g. ``scale ||q_i|| max_j ||k_j||``).
+    vmax : array_like of float64, shape (r,)
+        Upper bounds of :math:`\max_j \|v_j\|` over the keys row ``i`` sees.
+    ynorm : array_like of float64, shape (r,)
+        Upper bounds of :math:`\|\hat y_i\|`.
+    steps : int, optional
+        Float64 accumulation steps; default ``2 ceil(m / 64) + 4`` (every kernel of the
+        package accumulates blocks of at least 64 keys).
+
+    Returns
+    -------
+    ndarray of float64, shape (r,)
+        Finite whenever ``vmax`` and ``ynorm`` are.
+    """
+    from attention._kernels.rounding import _rows_allowance
+
+    u = float(np.finfo(dtype).eps) / 2.0
+    if steps is None:
+        steps = 2 * -(-int(m) // 64) + 4
+    sigma = np.ascontiguousarray(sigma, dtype=np.float64).reshape(-1)
+    shape = np.shape(ynorm)
+    vmax = np.ascontiguousarray(np.broadcast_to(vmax, shape), dtype=np.float64).reshape(-1)
+    ynorm = np.ascontiguousarray(ynorm, dtype=np.float64).reshape(-1)
+    out = np.empty(ynorm.shape[0])
+    _rows_allowance(
+        u, u, float(d), float(chain), float(steps), sigma, vmax, ynorm, float(m), float(dv), out
+    )
+    return out.reshape(shape)
 
 
 def center_radius(v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -608,32 +680,66 @@ def value_ball(v: np.ndarray) -> tuple[np.ndarray, float, float]:
     return c, R, vmax
 
 
+_SCORE_BOUNDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _score_bounds(problem: Problem) -> np.ndarray:
+    r"""Per query position ``i``: ``scale max_g ||q_gi|| max_j ||k_j|| + max |b|`` (n,).
+
+    An upper bound of :math:`|s_{ij}| + |b_{ij}|` for every slice, key and (finite)
+    additive mask entry, from one float64 pass over ``Q`` and ``K`` per problem
+    (memoised: the methods call :func:`rounding_allowance` once per slice). Norms are
+    rounded up by ``1 + 2 d u_64``.
+    """
+    got = _SCORE_BOUNDS.get(problem)
+    if got is not None:
+        return got
+    up = 1.0 + 2.0 * (problem.d + 2) * _EPS64
+    qn = np.zeros(problem.n)
+    for g in range(problem.n_slices):
+        q = problem.q[g].astype(np.float64)
+        qn = np.maximum(qn, np.einsum("ij,ij->i", q, q))
+    kmax = 0.0
+    for j in range(problem.k.shape[0]):
+        k = problem.k[j].astype(np.float64)
+        if k.size:
+            kmax = max(kmax, float(np.einsum("ij,ij->i", k, k).max()))
+    bias = 0.0
+    if problem.mask is not None and problem.mask.dtype != np.bool_:
+        fin = np.isfinite(problem.mask)
+        if fin.any():
+            bias = float(np.abs(problem.mask[fin]).max()) * (1.0 + _EPS64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigma = abs(problem.scale) * np.sqrt(qn * up) * math.sqrt(kmax * up) + bias
+    sigma = np.where(np.isnan(sigma), np.inf, sigma)
+    _SCORE_BOUNDS[problem] = sigma
+    return sigma
+
+
 def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray, *, ball=None) -> np.ndarray:
     r"""Per-row rounding allowance that every returned bound adds (the one rule).
 
-    A method computes its output :math:`\tilde y_i` in float64 and returns it cast to
-    ``problem.dtype``; the exact output :math:`y_i` is a convex combination of the value
-    rows :math:`v_j`. The bound proven for the float64 quantities therefore needs
-
-    .. math::
-
-        a_i = 4\,\epsilon\,(\|\tilde y_i\| + R) + 64\,(d + m)\,\epsilon_{64}\,
-        \max_j\|v_j\|,
-
-    where :math:`\epsilon` is the machine epsilon of the output dtype: the first term
-    covers the cast of :math:`\tilde y_i` (at most :math:`\epsilon\|\tilde y_i\|/2`)
-    and of the values the bound was computed from; the second the float64
-    accumulation of the :math:`d`-term scores and :math:`m`-term weighted sums
-    (:math:`\gamma_{d+m}` times the largest value row, Higham's standard bound, with a
-    factor 64 of margin for the exponentials and the renormalisation). The allowance
-    is at rounding level: it never hides a method's error, it only keeps a bound of 0
-    honest.
+    A method's bound is proven for the quantities it computed in exact arithmetic; the
+    output :math:`\hat y_i` it returns was computed in floating point, in the input
+    dtype on the register tiles (the gather kernels of the sparse and clustering
+    methods, the exact kernel) or in float64, and cast to ``problem.dtype``. The
+    allowance is the proven worst case of :func:`attention_rounding` for a softmax row
+    over at most :math:`m` keys formed in ``problem.dtype`` (which covers float64 work
+    too): scores of :math:`d` terms bounded by :math:`\sigma_i = \text{scale}\,\max_g
+    \|q_{gi}\|\max_j\|k_j\|` (plus the largest additive mask entry), sums of at most
+    :math:`L = m + d` terms, float64 accumulation and the cast, with :math:`v_{\max} =
+    \max_j\|v_j\|` and the row's :math:`\|\hat y_i\|`. It covers the rounding of a
+    row that is a softmax-weighted mean of value rows (an exact sub-problem, the kept
+    keys of a sparse method, a merged pair of partials); it does not cover the rounding
+    of a method's other arithmetic (feature maps, linear solves), whose bounds are far
+    above rounding level. Cost: one pass over ``Q`` and ``K`` per problem (memoised),
+    :math:`O(n\,d_v)` per call.
 
     Parameters
     ----------
     problem : Problem
     y : ndarray, shape (n, dv)
-        Float64 output of one slice before the cast.
+        Output of one slice (any float dtype; before or after the cast).
     v : ndarray, shape (m, dv)
         Value rows of that slice.
     ball : tuple, optional
@@ -644,11 +750,22 @@ def rounding_allowance(problem: Problem, y: np.ndarray, v: np.ndarray, *, ball=N
     ndarray of float64, shape (n,)
     """
     y = np.asarray(y, dtype=np.float64)
-    v = np.asarray(v, dtype=np.float64)
-    _, R, vmax = value_ball(v) if ball is None else ball
-    eps = float(np.finfo(problem.dtype).eps)
-    ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
-    return 4.0 * eps * (ynorm + R) + 64.0 * (problem.d + v.shape[0]) * _EPS64 * vmax
+    _, _, vmax = value_ball(v) if ball is None else ball
+    ynorm = np.sqrt(np.einsum("ij,ij->i", y, y) * (1.0 + 2.0 * (y.shape[1] + 2) * _EPS64))
+    sigma = _score_bounds(problem)
+    if sigma.shape[0] != y.shape[0]:
+        sigma = np.full(y.shape[0], sigma.max() if sigma.size else 0.0)
+    m = max(problem.m, np.shape(v)[0])
+    return attention_rounding(
+        problem.dtype,
+        d=problem.d,
+        m=m,
+        dv=y.shape[1],
+        chain=m + problem.d,
+        sigma=sigma,
+        vmax=np.full(y.shape[0], vmax * (1.0 + 2.0 * (y.shape[1] + 2) * _EPS64)),
+        ynorm=ynorm,
+    )
 
 
 def project_to_value_ball(problem: Problem, y: np.ndarray, v: np.ndarray) -> np.ndarray:

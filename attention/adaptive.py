@@ -7,8 +7,12 @@ own budget per query block so that the returned bound certifies
 
     \|Y - \tilde Y\|_F \le \text{bound} \le \text{tol}\,\|Y\|_F .
 
-The current estimator is deterministic (kind ``"deterministic"``, ``delta`` accepted
-and unused): it holds for every input, without a failure probability.
+Every bound it returns is deterministic (kind ``"deterministic"``, ``bound.delta ==
+0.0``), in prefill and in decode, on the estimator's route and on the exact kernel's:
+it holds for every input, without a failure probability, including the rounding
+(a proven worst case, not a probabilistic model). ``delta`` (default 0.01) is checked
+(``0 < delta < 1``) and reserved for a sampled estimator: it changes neither the
+output nor the bound.
 
 **Estimator.** Query rows are processed in *tasks* (48 consecutive rows of one head in
 prefill, in 8 *groups* of 6 rows, one register tile each; for decode, ``n <= 16``, the
@@ -50,9 +54,10 @@ G_b^{4})^{1/8}` with :math:`G_b = U_b^\top U_b` (at most :math:`64^{1/8} = 1.68`
 :math:`\sigma_b`, measured 1.003-1.07 on SmolLM2 value blocks; the Gram matrices cost
 :math:`O(m\,d_v^2)`, so they are formed only for ``n >= 1024``; decode uses the
 Frobenius norms). ``bound`` is :math:`(\sum_i e_i^2)^{1/2}` plus an allowance for
-floating-point rounding (see ``_rounding_pad``). This is the normaliser-aware row lemma
-with the normaliser exact, sharpened per block by Cauchy-Schwarz; it is proven (no
-failure probability).
+floating-point rounding (the proven worst case of
+:func:`attention._core.attention_rounding`, see ``_rounding_pad``), added to it
+(Minkowski). This is the normaliser-aware row lemma with the normaliser exact,
+sharpened per block by Cauchy-Schwarz; it is proven (no failure probability).
 
 **Budget.** Each task first multiplies the blocks that are never dropped, then drops
 the units of smallest cost :math:`\sum_{i \in g} c_{ib}/D_i` (a counting sort by
@@ -136,8 +141,9 @@ References
 ----------
 The row lemma: ``y_i - y~_i = (a_i - a~_i)(V - 1 y_i^T) / z~_i``. Quest's key box bound:
 J. Tang et al., "Quest: query-aware sparsity for efficient long-context LLM inference",
-ICML 2024. Rounding model: N. J. Higham, T. Mary, "A new approach to probabilistic
-rounding error analysis", SIAM J. Sci. Comput. 41 (2019).
+ICML 2024. Rounding: N. J. Higham, *Accuracy and Stability of Numerical Algorithms*,
+2nd ed., SIAM 2002 (Lemma 3.1, Lemma 3.3, (3.5), (4.4); worst case, every order of
+evaluation), see :func:`attention._core.attention_rounding`.
 """
 
 from __future__ import annotations
@@ -152,7 +158,7 @@ import warnings
 import numba
 import numpy as np
 
-from attention._core import Cost, ErrorBound, Problem, problem_cost_exact
+from attention._core import Cost, ErrorBound, Problem, attention_rounding, problem_cost_exact
 from attention._kernels.adaptive import (
     _decode_kernel,
     _exact_decode_kernel,
@@ -161,7 +167,9 @@ from attention._kernels.adaptive import (
 )
 from attention._kernels.adaptive_prefill import _GROUP, _tiled_kernel
 from attention._registry import MethodResult, register
+from attention.exact import _BK as _BK_EXACT
 from attention.exact import (
+    _CHUNK_MAX,
     _SERIAL_WORK,
     _USE_TILES,
     _attend,
@@ -585,43 +593,55 @@ def _sq_norms(*arrays: np.ndarray) -> list[np.ndarray]:
 
 
 def _rounding_pad(
-    problem: Problem, out: np.ndarray, norms=None, bias: float = 0.0
+    problem: Problem, out: np.ndarray, norms=None, bias: float = 0.0, chain: int | None = None
 ) -> tuple[float, float]:
-    """Frobenius allowance for floating-point rounding (scores and output).
+    """Worst-case Frobenius allowance for floating-point rounding (scores to output).
 
-    Per row ``4 u (2||y~_i|| + R) + (exp(2 eps_i) - 1) (R + ||y~_i||)`` with
-    ``R = max_j ||v_j||``, ``u`` the unit roundoff of the problem dtype and
-    ``eps_i = (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` the score rounding under the
-    probabilistic rounding model of Higham and Mary (2019) (the worst case has ``d``
-    instead of ``sqrt(d)``); a score perturbation of at most ``eps`` changes a row of
-    weights by at most ``exp(2 eps) - 1`` in l1. ``norms = (||q_i||^2 (G, n),
-    ||k_j||^2 (Gk, m), ||v_j||^2 (Gk, m))`` from :func:`_sq_norms` if the caller has
-    them; ``bias`` bounds the finite entries of an additive mask. Returns
-    ``(allowance, ||out||_F)``. (Decode computes the same allowance inside
-    its kernel, with ``||q_i|| ||k_j||`` sharpened to ``|q_i|^T |k_j|``:
-    :func:`attention._kernels.adaptive._decode_allowance`.)
+    Per row the proven allowance of :func:`attention._kernels.rounding._row_allowance`
+    (Higham's ``gamma_k`` bounds for the ``d``-term scores, the exponential's 4 ulp,
+    sums of at most ``chain`` terms in the problem dtype, the float64 accumulation and
+    the cast; every order of evaluation) with ``sigma_i = scale ||q_i|| max_j ||k_j||
+    + bias`` (Cauchy-Schwarz) and ``vmax = max_j ||v_j||``. ``chain``: the longest
+    sum in the problem dtype; None: that of the exact kernel (:func:`_exact_chain`).
+    ``norms = (||q_i||^2 (G, n), ||k_j||^2 (Gk, m), ||v_j||^2 (Gk, m))`` from
+    :func:`_sq_norms` if the caller has them; ``bias`` bounds the finite entries of an
+    additive mask. Returns ``(allowance, ||out||_F)``. (Decode computes the same
+    allowance inside its kernel, with ``||q_i|| ||k_j||`` sharpened to ``|q_i|^T
+    |k_j|``: :func:`attention._kernels.adaptive._decode_allowance`.)
     """
-    u = float(np.finfo(problem.dtype).eps)
     if norms is None:
         norms = _sq_norms(problem.q, problem.k, problem.v)
     qn2, kn2, vn2 = norms
     (yn2,) = _sq_norms(out)
     k2 = kn2.max(axis=1) if kn2.shape[1] else np.zeros(kn2.shape[0])
     v2 = vn2.max(axis=1) if vn2.shape[1] else np.zeros(vn2.shape[0])
-    vmax = np.sqrt(v2)
-    kmax = np.sqrt(k2)
-    qn = np.sqrt(qn2)
-    yn = np.sqrt(yn2)
     kv = problem.kv_index
-    vm = vmax[kv][:, None]
-    # score rounding |fl(s) - s| <= eps_i (probabilistic model, sqrt(d) u ||q|| ||k||)
-    # perturbs the weights by at most exp(2 eps_i) - 1 in l1 (row lemma).
+    shape = qn2.shape
     with np.errstate(invalid="ignore", over="ignore"):
-        eps_s = (math.sqrt(problem.d) + 2.0) * u * problem.scale * qn * kmax[kv][:, None]
-        eps_s = eps_s + u * bias  # additive mask: one more rounding of s + b
-        pad = 4.0 * u * (2.0 * yn + vm) + np.expm1(2.0 * eps_s) * (vm + yn)
+        sigma = problem.scale * np.sqrt(qn2) * np.sqrt(k2)[kv][:, None] + bias
+        vmax = np.broadcast_to(np.sqrt(v2)[kv][:, None], shape)
+        pad = attention_rounding(
+            problem.dtype,
+            d=problem.d,
+            m=problem.m,
+            dv=problem.dv,
+            chain=_exact_chain(problem.m) if chain is None else chain,
+            sigma=sigma,
+            vmax=vmax,
+            ynorm=np.sqrt(yn2),
+        )
         pad = np.where(np.isnan(pad), np.inf, pad)  # 0 * inf from overflowed norms
-        return float(np.sqrt(np.sum(pad * pad))), float(np.sqrt(yn2.sum()))
+        return float(np.sqrt(np.sum(pad * pad)) * (1.0 + 1e-12)), float(np.sqrt(yn2.sum()))
+
+
+def _exact_chain(m: int) -> int:
+    """Longest sum in the problem dtype of the exact kernel over ``m`` keys.
+
+    Prefill: ``P V`` and the normaliser over key blocks of ``_BK_EXACT`` (512) keys
+    (float32 FMA chains on the register tiles, BLAS otherwise), float64 across blocks;
+    split-key decode: chunks of at most ``_CHUNK_MAX`` (2048) keys, merged in float64.
+    """
+    return int(min(max(m, 1), max(_BK_EXACT, _CHUNK_MAX)))
 
 
 def _check_finite(problem: Problem, norms=None) -> None:
@@ -695,7 +715,7 @@ def _decode_exact_pass(problem: Problem):
                 probe,
                 np.empty((Gk * C, problem.d), dtype=problem.dtype),
                 np.empty((Gk * C, dv), dtype=problem.dtype),
-                float(np.finfo(problem.dtype).eps),
+                float(np.finfo(problem.dtype).eps) / 2.0,  # unit roundoff
                 allow,
                 bool(_USE_TILES),
                 np.zeros(1, dtype=np.int64),
@@ -741,7 +761,8 @@ def _exact_decode(problem: Problem, tol: float) -> MethodResult:
     _warn_uncertifiable(problem, tol, pad, y_norm, depth=1)
     assumptions = (
         "Deterministic: decode-shaped call computed by the exact kernel (every key kept); "
-        "the bound is the allowance for rounding the output to the input dtype."
+        "the bound is the worst-case rounding allowance (Higham 2002, (3.5) and (4.4): "
+        "scores, exponentials, sums of at most 2048 terms in the input dtype, cast)."
     )
     bound = ErrorBound(
         value=pad, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
@@ -768,7 +789,8 @@ def _exact_masked(problem: Problem, tol: float) -> MethodResult:
     _warn_uncertifiable(problem, tol, pad, y_norm, depth=1)
     assumptions = (
         "Deterministic: masked call computed by the exact kernel (every visible key "
-        "kept); the bound is the allowance for rounding scores, mask and output."
+        "kept); the bound is the worst-case rounding allowance of scores, mask, "
+        "exponentials, sums and cast (Higham 2002, (3.5) and (4.4))."
     )
     bound = ErrorBound(
         value=pad, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
@@ -808,14 +830,19 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
     # Per-task target; 5% of tol is left for the rounding allowance.
     tau = 0.95 * tol / (1.0 + tol)
     stats, task_slices = _run(problem, tau, None, out, lse, members)
-    pad, y_norm = _rounding_pad(problem, out, norms)
+    # The method's products run over at most 8 key blocks (512 keys) at a time; its
+    # decode kernel's weights and sums stay within blocks of 64; prefill rows that went
+    # to the exact kernel: its own chains (None).
+    chain = min(problem.m, 8 * _BK) if members is not None else None
+    pad, y_norm = _rounding_pad(problem, out, norms, chain=chain)
     dropped2 = float(stats[:, 2].sum())
-    value = math.sqrt(dropped2 + pad * pad)
+    # Minkowski: ||e + pad||_2 <= ||e||_2 + ||pad||_2 (the row errors may align).
+    value = math.sqrt(dropped2) + pad
     limit = tol / (1.0 + tol) * y_norm
     if value > limit and dropped2 > 0:
         # Rare (the rounding allowance tipped the total): recompute every task exactly.
         stats, task_slices = _run(problem, 0.0, None, out, lse, members, pilot=False)
-        pad, y_norm = _rounding_pad(problem, out, norms)
+        pad, y_norm = _rounding_pad(problem, out, norms, chain=chain)
         dropped2 = 0.0
         value = pad
     _warn_uncertifiable(problem, tol, value, y_norm)
@@ -838,8 +865,9 @@ def _adaptive(problem: Problem, *, rng, tol=None, delta=0.01):
         "||y_i - y~_i|| (its values replaced by their centroid vc_b; sigma_b an upper "
         "bound of the spectral norm of the centred block), summed over dropped blocks "
         "(triangle inequality); "
-        "plus an allowance for rounding the output to the input dtype (score rounding, "
-        "shared with exact attention, not included). Each task accepts dropped blocks only "
+        "plus the worst-case rounding allowance of scores, exponentials, sums and cast "
+        "(Higham 2002, (3.5) and (4.4)), added to the Frobenius norm of the row bounds "
+        "(Minkowski). Each task accepts dropped blocks only "
         "if its bound is <= 0.95 tol/(1+tol) ||Y~_task||_F, so bound <= tol ||Y||_F."
     )
     bound = ErrorBound(

@@ -55,7 +55,9 @@ class PerplexityResult(NamedTuple):
     attention_seconds_exact, attention_seconds : float
         Time in attention over the approximated layers: exact attention
         (:func:`attention.softmax_attention`) and the method, measured side by side on
-        the same inputs in the same pass.
+        the same inputs in the same pass; every timed call starts after a pause of
+        0.15 s (not counted), so that neither runs while the BLAS threads of the
+        model's products still spin, and the two alternate their order by layer.
     layer_error : ndarray of shape (30,)
         Relative Frobenius error of each layer's attention output (all 9 heads) against
         exact attention on the same inputs (the method's own residual stream), NaN for
@@ -66,7 +68,8 @@ class PerplexityResult(NamedTuple):
     timings : dict
         Seconds of the method's pass by kind: ``"gemm"`` (projections, MLP, output
         head), ``"attention"`` (the method), ``"exact_attention"`` (the comparison),
-        ``"other"`` (norms, RoPE, SiLU, residuals, embedding), ``"weights"``
+        ``"settle"`` (the pauses before timed calls), ``"other"`` (norms, RoPE, SiLU,
+        residuals, embedding), ``"weights"``
         (dequantisation, first pass of a process only) and ``"total"``.
     text : str
         The text and its checksum.
@@ -123,6 +126,31 @@ def _check_method(method: str, params: dict, *, causal: bool) -> None:
             f"method {method!r} does not support causal=True (it would leak future keys); "
             "SmolLM2 is a causal model"
         )
+
+
+# Pause before each timed attention call of :func:`perplexity`. After the forward
+# pass's BLAS products, OpenBLAS's threads keep spinning on both cores for about 2^28
+# cycles (~0.1 s) before they sleep, and an attention call that starts meanwhile shares
+# the cores with them: measured on SmolLM2 layer 14 (n = 4096, exact kernel, medians of
+# 7, load 3.3): 274 ms right after the GEMMs, 269 ms after 30 ms of sleep, 240 ms after
+# 100 ms, 252 ms (min 220) after 200 ms. The command timed the method right after the
+# GEMMs and the exact comparison right after the method, which skewed the ratio by
+# 30-45 ms per layer against the method.
+_SETTLE_SECONDS = 0.15
+
+
+def _settle() -> None:
+    """Let spinning BLAS threads go to sleep before a timed call (not timed)."""
+    if _SETTLE_SECONDS > 0:
+        time.sleep(_SETTLE_SECONDS)
+
+
+def _timed_exact(q, k, v, scale):
+    """Exact causal attention after :func:`_settle`; returns ``(output, seconds)``."""
+    _settle()
+    t0 = time.perf_counter()
+    out = softmax_attention(q, k, v, scale=scale, causal=True)
+    return out, time.perf_counter() - t0
 
 
 def perplexity(
@@ -215,24 +243,33 @@ def perplexity(
     timings: dict = {}
     chosen_set = {int(i) for i in chosen}
     used_params: dict = {}
+    settled = [0.0]  # seconds of _settle inside attend()
 
     def attend(layer, q, k, v, scale):
         if layer not in chosen_set:
             out = softmax_attention(q, k, v, scale=scale, causal=True)
         else:
-            t0 = time.perf_counter()
             extra = {**params, **layer_params.get(layer, {})}
+            both = compare and method != "exact"
+            # Every timed call starts on quiet cores (see _settle); with the exact
+            # comparison the two calls alternate their order from layer to layer.
+            exact_first = both and layer % 2 == 1
+            if exact_first:
+                exact, sec_exact[layer] = _timed_exact(q, k, v, scale)
+                settled[0] += _SETTLE_SECONDS
+            _settle()
+            settled[0] += _SETTLE_SECONDS
+            t0 = time.perf_counter()
             approx = approximate(q, k, v, method, rng=gen, causal=True, scale=scale, **extra)
             sec[layer] = time.perf_counter() - t0
             out = approx.output
             used_params.update(
                 {k: v for k, v in approx.params.items() if not isinstance(v, np.ndarray)}
             )
-            if compare and method != "exact":
-                t0 = time.perf_counter()
-                exact = softmax_attention(q, k, v, scale=scale, causal=True)
-                sec_exact[layer] = time.perf_counter() - t0
-                timings["exact_attention"] = timings.get("exact_attention", 0.0) + sec_exact[layer]
+            if both:
+                if not exact_first:
+                    exact, sec_exact[layer] = _timed_exact(q, k, v, scale)
+                    settled[0] += _SETTLE_SECONDS
                 err[layer] = relative_error(out, exact)
             elif method == "exact":
                 sec_exact[layer], err[layer] = sec[layer], 0.0
@@ -245,8 +282,12 @@ def perplexity(
     fwd = model.forward(ids, layers=None, keep=False, attend=attend, timings=timings)
     nll, argmax = model.next_token_stats(fwd.hidden, ids, timings=timings)
     timings["total"] = time.perf_counter() - t_start
-    # the forward pass timed attend() as a whole; split off the exact comparison
-    timings["attention"] = timings.get("attention", 0.0) - timings.get("exact_attention", 0.0)
+    # the forward pass timed attend() as a whole: split off the exact comparison and
+    # the pauses before the timed calls
+    exact_total = float(np.nansum(sec_exact)) if compare and method != "exact" else 0.0
+    timings["exact_attention"] = exact_total
+    timings["settle"] = settled[0]
+    timings["attention"] = timings.get("attention", 0.0) - exact_total - settled[0]
     target = ids[1:]
     return PerplexityResult(
         n=int(ids.size),

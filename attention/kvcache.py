@@ -115,7 +115,7 @@ import numba
 import numpy as np
 
 from attention import exact as _exact
-from attention._core import AttentionApprox, Cost, ErrorBound, _check_scale
+from attention._core import AttentionApprox, Cost, ErrorBound, _check_scale, attention_rounding
 from attention._kernels.exact import _SMALL_ROWS, _split_kernel
 from attention._kernels.kvcache import (
     _attend_bound,
@@ -129,6 +129,7 @@ from attention._kernels.kvcache import (
     _segments_kernel,
     _summarize,
 )
+from attention._kernels.rounding import _EXP_U, _exponent_error
 from attention.adaptive import _check_delta, _check_tol
 from rnla._validation import AccuracyWarning, as_float_array
 
@@ -461,9 +462,10 @@ class KVCache:
         -----
         The bound (see the module notes) is proven: the pilot's score radius uses the
         residuals measured at append time and Higham's inner-product error bound; the
-        exact part carries the rounding allowance of exact attention (score rounding
-        ``(sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` under the rounding model of
-        Higham and Mary (2019), as for ``"adaptive"``).
+        exact part carries the worst-case rounding allowance of exact attention
+        (:func:`attention._core.attention_rounding`: Higham's ``gamma_k`` bounds for the
+        scores, the sums of the segments and the cast, the exponential's 4 ulp; as for
+        ``"adaptive"``), added to the row bounds' Frobenius norm (Minkowski).
         """
         if tol is not None:
             tol = _check_tol(tol)
@@ -529,7 +531,8 @@ class KVCache:
                 if res is None:
                     res = self._run(q, members, nq, nbc, tol, scale, causal, offset, chunk)
                 out, lse, e2, pad, ynorm, stats = res
-                total = math.sqrt(e2 + pad * pad)
+                # Minkowski (row errors and allowances may align): ||e||_F + pad.
+                total = math.sqrt(e2) + pad
                 if nbc and not (e2 == 0 or total <= tol / (1.0 + tol) * ynorm):
                     # Rare: refinement did not bring the bound under tol (or a pilot
                     # quantity overflowed: NaN fails the test too): exact step.
@@ -572,14 +575,16 @@ class KVCache:
                 "values replaced by block centroids; row error <= sum_b [W_b sinh(eps_b) "
                 "||vc_b - y~_i|| + exp(eps_b) min(sigma_b ||w_b||_2, sum_j w_j ||v_j - "
                 "vc_b||)] / D_lo (normaliser-aware row lemma, numerator and denominator "
-                "jointly); plus the rounding allowance of exact attention (score rounding "
-                "under the Higham-Mary model). Accepted only if <= tol/(1+tol) ||Y~||_F, "
-                "so bound <= tol ||Y||_F."
+                "jointly); plus the worst-case rounding allowance of exact attention "
+                "(Higham 2002, (3.5) and (4.4): scores, exponentials, sums, cast), added "
+                "(Minkowski). Accepted only if <= tol/(1+tol) ||Y~||_F, so bound <= tol "
+                "||Y||_F."
             )
         else:
             assumptions = (
                 "Deterministic: exact attention over the cache (every key kept); the bound "
-                "is the rounding allowance (score rounding under the Higham-Mary model)."
+                "is the worst-case rounding allowance (Higham 2002, (3.5) and (4.4): "
+                "scores, exponentials, sums of the segments, cast)."
             )
         bound = ErrorBound(
             value=total, norm="fro", kind="deterministic", delta=0.0, assumptions=assumptions
@@ -675,6 +680,8 @@ class KVCache:
             self._vmax,
             float(scale),
             float(np.finfo(self._dtype).eps),
+            t,
+            chunk,
             sums,
         )
         return out, lse, 0.0, math.sqrt(sums[1]), math.sqrt(sums[2]), (h * t, h * t, 0)
@@ -825,7 +832,7 @@ class KVCache:
         add = np.zeros_like(keep)
         limit = tol / (1.0 + tol)
         for _ in range(_REFINE):
-            if e2 + pad * pad <= (limit * ynorm) ** 2:
+            if math.sqrt(e2) + pad <= limit * ynorm:
                 break
             # Bound above its target (the proxy output of the selection was off): read
             # the blocks of largest actual cost, keep the partials already computed.
@@ -883,29 +890,49 @@ class KVCache:
         return out, lse, e2, pad, ynorm, (kept_keys, h * t, h * nbc * B)
 
     def _score_eps(self, q, scale) -> np.ndarray:
-        """Return the score rounding bound of every stacked row, shape ``(h_kv, R)``.
+        """Return the log-weight rounding bound of every stacked row, shape ``(h_kv, R)``.
 
-        ``(sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||``, as in the rounding allowance.
+        ``theta_i + 8 u`` of the worst-case rounding allowance
+        (:func:`attention._kernels.rounding._exponent_error` with ``sigma_i = scale
+        ||q_i|| max_j ||k_j||``, the exponential's 4 ulp): every computed weight is
+        within a factor ``exp(+-seps_i)`` of the exact one.
         """
         h, d = self._h, self._d
-        u = float(np.finfo(self._dtype).eps)
+        u = float(np.finfo(self._dtype).eps) / 2.0
         q64 = q.reshape(h, -1, d).astype(np.float64)
         qn = np.sqrt(np.einsum("hrd,hrd->hr", q64, q64) * (1.0 + 2.0 * d * 2.3e-16))
-        return (math.sqrt(d) + 2.0) * u * scale * qn * np.sqrt(self._kmax2)[:, None]
+        sigma = scale * qn * np.sqrt(self._kmax2)[:, None] * (1.0 + 1e-12)
+        steps = 2 * -(-self._len // 64) + 4
+        theta = np.array([_exponent_error(u, float(d), x, float(steps)) for x in sigma.ravel()])
+        return (theta.reshape(sigma.shape) + _EXP_U * u) * (1.0 + 1e-12)
 
     def _pad(self, q, out, scale) -> tuple[float, float]:
-        """Return the rounding allowance (as ``adaptive``) and ``||Y~||_F``."""
-        u = float(np.finfo(self._dtype).eps)
+        """Return the worst-case rounding allowance (as ``adaptive``) and ``||Y~||_F``.
+
+        :func:`attention._core.attention_rounding` with ``sigma_i = scale ||q_i||
+        max_j ||k_j||`` and sums of at most ``_exact._CHUNK_MAX`` keys in the cache's
+        dtype (the segments are cut to the chunk).
+        """
         gs = q.shape[0] // self._h
         kv = np.arange(q.shape[0]) // gs
-        qn = np.sqrt(np.square(q, dtype=np.float64).sum(axis=2))
+        d, dv = self._d, self._dv
+        qn = np.sqrt(np.square(q, dtype=np.float64).sum(axis=2) * (1.0 + 2.0 * d * 2.3e-16))
         yn2 = np.square(out, dtype=np.float64).sum(axis=2)
-        yn = np.sqrt(yn2)
+        yn = np.sqrt(yn2 * (1.0 + 2.0 * dv * 2.3e-16))
         vm = np.sqrt(self._vmax2)[kv][:, None]
         km = np.sqrt(self._kmax2)[kv][:, None]
-        eps_s = (math.sqrt(self._d) + 2.0) * u * scale * qn * km
-        pad = 4.0 * u * (2.0 * yn + vm) + np.expm1(2.0 * eps_s) * (vm + yn)
-        return float(np.sqrt(np.sum(pad * pad))), float(np.sqrt(yn2.sum()))
+        m = self._len
+        pad = attention_rounding(
+            self._dtype,
+            d=d,
+            m=m,
+            dv=dv,
+            chain=min(max(m, 1), _exact._CHUNK_MAX),
+            sigma=scale * qn * km * (1.0 + 1e-12),
+            vmax=np.broadcast_to(vm, yn.shape),
+            ynorm=yn,
+        )
+        return float(np.sqrt(np.sum(pad * pad)) * (1.0 + 1e-12)), float(np.sqrt(yn2.sum()))
 
 
 def _spectral_bound(gram: np.ndarray) -> np.ndarray:

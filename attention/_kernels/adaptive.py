@@ -36,10 +36,12 @@ from attention._kernels.exact import (
     _softmax_tile,
     _wide_vectors,
 )
+from attention._kernels.rounding import _row_allowance
 from rnla._kernels.fastexp import _ZERO_F, _add_reassoc, _exp_f32, _exp_f64
 
 _NEG = -np.inf
 _SMALL_ROWS = 8  # decode: stacked rows up to which the products are plain loops
+_RUN_BLOCKS = 8  # key blocks (of 64) per P V product at most: 512-term chains
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -325,7 +327,9 @@ def _kept_products(ST, v_g, j_lo, j_hi, bk, drop, acc, pv, fac):
             b += 1
             continue
         b1 = b
-        while b1 < bend and not drop[b1]:
+        # At most _RUN_BLOCKS blocks per product: float32 chains of at most 512 terms
+        # (the rounding allowance's chain), the runs added in float64.
+        while b1 < bend and b1 - b < _RUN_BLOCKS and not drop[b1]:
             b1 += 1
         j0 = b * bk
         j1 = min(j_hi, b1 * bk)
@@ -726,23 +730,25 @@ def _exact_decode_task(
 
 
 @njit(cache=True, nogil=True)
-def _decode_allowance(q, out, members, cmk, cmv, scale, u, allow):
+def _decode_allowance(q, out, members, cmk, cmv, scale, u, chunk, allow):
     """Compute the rounding allowance of a decode call from the column maxima (float64).
 
     Per output row ``i`` (query slice ``g``, key/value slice ``gk``, chunks ``c``):
     ``qk_i = max_c sum_e |q_ie| cmk[gk C + c, e] >= max_j |q_i|^T |k_j|`` (the quantity
-    of the dot-product rounding model), ``R = max_c ||cmv[gk C + c]|| >= max_j ||v_j||``,
-    ``eps_i = (sqrt(d) + 2) u scale qk_i`` and the row allowance
-    ``4 u (2 ||y_i|| + R) + (exp(2 eps_i) - 1) (R + ||y_i||)`` of
-    :func:`attention.adaptive._rounding_pad`. Writes ``allow[0]`` (Frobenius norm of the
-    row allowances) and ``allow[1] = ||out||_F``; squares and sums in float64, rounded up
-    by ``1 + 1e-12``.
+    of Higham's dot-product bound (3.5)), ``R = max_c ||cmv[gk C + c]|| >= max_j
+    ||v_j||`` and the proven worst-case row allowance
+    :func:`attention._kernels.rounding._row_allowance` with ``sigma_i = scale qk_i``
+    (``u`` the unit roundoff of the dtype; sums of at most ``chunk`` terms in it, the
+    split-key chunks, merged in float64). Writes ``allow[0]`` (Frobenius norm of the
+    row allowances) and ``allow[1] = ||out||_F``; squares and sums in float64, rounded
+    up by ``1 + 1e-12``.
     """
     n, d = q.shape[1], q.shape[2]
     dv = out.shape[2]
     Gk, gs = members.shape
     C = cmk.shape[0] // Gk
-    sd = np.sqrt(d) + 2.0
+    m = C * chunk
+    steps = 2.0 * ((m + 63) // 64) + 4.0
     pad2 = 0.0
     y2 = 0.0
     for gk in range(Gk):
@@ -769,8 +775,10 @@ def _decode_allowance(q, out, members, cmk, cmv, scale, u, allow):
                     yi2 += x * x
                 y2 += yi2
                 yn = np.sqrt(yi2) * (1.0 + 1e-12)
-                eps = sd * u * scale * qk * (1.0 + 1e-12)
-                p = 4.0 * u * (2.0 * yn + R) + np.expm1(2.0 * eps) * (R + yn)
+                sig = scale * qk * (1.0 + 1e-12)
+                p = _row_allowance(
+                    u, u, float(d), float(min(chunk, m)), steps, sig, R, yn, float(m), float(dv)
+                )
                 pad2 += p * p
     allow[0] = np.sqrt(pad2) * (1.0 + 1e-12)
     allow[1] = np.sqrt(y2)
@@ -811,7 +819,8 @@ def _exact_decode_loop(
     cache cost as much as the kernel); the partials are merged in chunk order as there.
     ``probe``
     as in the exact kernel (0 if the chunk is finite). Finally :func:`_decode_allowance`
-    writes the rounding allowance (unit roundoff ``u``) and ``||out||_F`` to ``allow``.
+    writes the rounding allowance (unit roundoff ``u``, the dtype's ``eps / 2``) and
+    ``||out||_F`` to ``allow``.
     """
     Gk = members.shape[0]
     C = part_m.shape[1]
@@ -840,7 +849,7 @@ def _exact_decode_loop(
                 tiles,
             )
     _merge_split(part_acc, part_m, part_l, members, n, out, lse)
-    _decode_allowance(q, out, members, cmk, cmv, scale, u, allow)
+    _decode_allowance(q, out, members, cmk, cmv, scale, u, chunk, allow)
 
 
 _exact_decode_kernel = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(

@@ -30,6 +30,7 @@ from attention._kernels.exact import _fetch_add, _gemm_tiles, _max_nonan, _pack_
 from rnla._kernels.fastexp import _ZERO_F, _add_reassoc, _exp_f32, _exp_f64
 
 _GROUP = 6  # query rows per skipping unit (one register tile)
+_RUN_BLOCKS = 8  # key blocks (of 64) per P V product at most: 512-term chains
 _NEG = -np.inf
 
 
@@ -264,7 +265,10 @@ def _unit_products(S, v_g, r0, nr, j_lo, j_hi, bk, drop_g, want, acc, pv, tiles)
             b += 1
             continue
         b1 = b
-        while b1 < bend and drop_g[b1] == want:
+        # Runs of at most _RUN_BLOCKS blocks: each P V entry is then a float32 chain of at
+        # most 512 terms (the rounding allowance's chain, as in the exact kernel), the
+        # runs being added in float64.
+        while b1 < bend and b1 - b < _RUN_BLOCKS and drop_g[b1] == want:
             b1 += 1
         j0 = b * bk
         j1 = min(j_hi, b1 * bk)

@@ -42,6 +42,7 @@ from attention._kernels.exact import (
     _row_max,
     _softmax_tile,
 )
+from attention._kernels.rounding import _row_allowance
 from rnla._kernels.fastexp import _add_reassoc, _exp_f32
 from rnla._kernels.intrinsics import _fetch_add, _wide_vectors
 
@@ -572,8 +573,9 @@ def _actual_dlo(bw, bex, keep, cpart, members, nq, gk, lse, seps):
     """Lower bounds of the normalisers ``D_i`` (units ``exp(M_i)``) once ``lse`` is known.
 
     ``(D~ exp(-2 seps_i) - sum_{b dropped} W~_b sinh(eps_b)) (1 - 1e-3)``: the kept mass
-    in ``D~ = exp(lse - M)`` comes from scores rounded by at most ``seps_i`` (the score
-    rounding of the allowance, ``(sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||``), and
+    in ``D~ = exp(lse - M)`` comes from weights whose logarithms are rounded by at most
+    ``seps_i`` (scores, subtraction and exponential of the worst-case allowance,
+    :func:`attention._kernels.rounding._exponent_error` plus ``8 u``), and
     ``1 - 1e-3`` covers the rounding of the sums (float32 tile sums of at most 2048
     exponentials, relative error below ``2e-4``; float64 merge).
     """
@@ -1119,11 +1121,10 @@ def _attend_bound_impl(
     """Segments (parallel), merge, row bounds (if ``nbc``) and the rounding allowance.
 
     ``sums`` receives ``(sum e_row^2, sum pad_i^2, ||out||_F^2)`` with the per-row
-    rounding allowance ``pad_i = 4 u (2 ||y~_i|| + R_v) + expm1(2 eps_i) (R_v +
-    ||y~_i||)``, ``eps_i = (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` (as
-    :func:`attention.adaptive._rounding_pad`), ``kmax``/``vmax`` the largest key and
-    value norms of each head; ``seps (Gk, R)`` the same ``eps_i`` per stacked row (for
-    the normaliser bound of :func:`_actual_dlo`).
+    rounding allowance of :func:`_pad_sums` (``u``: the machine epsilon of the cache's
+    dtype; sums of at most the longest segment in it), ``kmax``/``vmax`` the largest
+    key and value norms of each head; ``seps (Gk, R)`` the bound on the rounding of
+    each stacked row's log-weights (for the normaliser bound of :func:`_actual_dlo`).
     """
     Gk = seg.shape[0]
     S = seg.shape[1]
@@ -1151,22 +1152,32 @@ def _attend_bound_impl(
         for gk in range(Gk):
             for i in range(R):
                 e2 += e_row[gk, i] * e_row[gk, i]
-    _pad_sums(q, out, members.shape[1], kmax, vmax, scale, u, sums)
+    chain = 1
+    for gk in range(Gk):
+        for si in range(nseg[gk]):
+            chain = max(chain, seg[gk, si, 1] - seg[gk, si, 0])
+    # m: the capacity (>= the cached keys) bounds the keys and float64 steps
+    _pad_sums(q, out, members.shape[1], kmax, vmax, scale, u, k.shape[1], chain, sums)
     sums[0] = e2
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _pad_sums(q, out, gs, kmax, vmax, scale, u, sums):
+def _pad_sums(q, out, gs, kmax, vmax, scale, eps, m, chain, sums):
     """``sums[1:3] = (sum_i pad_i^2, ||out||_F^2)``: the rounding allowance of every row.
 
-    ``pad_i = 4 u (2 ||y~_i|| + R_v) + expm1(2 eps_i) (R_v + ||y~_i||)``, ``eps_i =
-    (sqrt(d) + 2) u scale ||q_i|| max_j ||k_j||`` (as
-    :func:`attention.adaptive._rounding_pad`); ``kmax`` / ``vmax`` the largest key and
-    value norms of each key/value head, ``gs`` query heads per key/value head.
+    ``pad_i``: the proven worst-case row allowance
+    :func:`attention._kernels.rounding._row_allowance` (as
+    :func:`attention.adaptive._rounding_pad`) with ``sigma_i = scale ||q_i|| max_j
+    ||k_j||``, ``u = eps / 2`` the unit roundoff of the cache's dtype, ``m`` keys and
+    sums of at most ``chain`` terms in that dtype (the key segments / chunks, merged in
+    float64); ``kmax`` / ``vmax`` the largest key and value norms of each key/value
+    head, ``gs`` query heads per key/value head.
     """
     G, _, dv = out.shape
     nq = q.shape[1]
     d = q.shape[2]
+    u = 0.5 * eps
+    steps = 2.0 * ((m + 63) // 64) + 4.0
     p2 = 0.0
     y2 = 0.0
     for g in range(G):
@@ -1182,9 +1193,10 @@ def _pad_sums(q, out, gs, kmax, vmax, scale, u, sums):
                 yn += x * x
             y2 += yn
             yn = np.sqrt(yn * (1.0 + 2.0 * dv * _U64))
-            eps = (np.sqrt(d) + 2.0) * u * scale * np.sqrt(qn * (1.0 + 2.0 * d * _U64))
-            eps *= kmax[gk]
-            pad = 4.0 * u * (2.0 * yn + vmax[gk]) + np.expm1(2.0 * eps) * (vmax[gk] + yn)
+            sig = scale * np.sqrt(qn * (1.0 + 2.0 * d * _U64)) * kmax[gk] * (1.0 + 4.0 * _U64)
+            pad = _row_allowance(
+                u, u, float(d), float(chain), steps, sig, vmax[gk], yn, float(m), float(dv)
+            )
             p2 += pad * pad
     sums[1] = p2
     sums[2] = y2
