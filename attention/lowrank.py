@@ -459,7 +459,9 @@ def _lift_nystrom(q, k, vals, scale, tau, landmarks, gamma):
     # per row in the kernel through |W|^T [||v_j||, 1].
     babs = np.abs(W).T @ vals.vn1
     half = 0.5 * np.log(e)
-    s_half = float(logsumexp(np.log(beta) + half[n:])) if m else -np.inf
+    s_half = (
+        float(logsumexp(log_d[n:] - b + half[n:])) if m else -np.inf
+    )  # log(beta): no underflow
     y = np.empty((n, num.shape[1] - 1))
     lse, rows = np.empty(n), np.empty(n)
     lost_rows = np.empty(n, dtype=np.bool_)
@@ -500,28 +502,44 @@ def _finish_rows(problem, res, vals, g, outs, lses):
     return finish_row_bounds(problem, lemma, y, vals.v, ball=vals.ball), ev, lost
 
 
-def _finish_lost(problem, g, res, vals, outs, lses):
-    """Exact rows ``lost`` of slice ``g`` (see :func:`_lift_nystrom`) and their bounds.
+def _finish_lost(problem, res, vals, outs, lses):
+    """Exact rows ``lost`` of every slice (see :func:`_lift_nystrom`) and their bounds.
 
-    The exact kernel (float64; a parallel kernel, so called from the main thread after
-    the slices' pools) computes the rows the lift cannot represent (bound: the cap and
-    rounding allowance of :func:`attention._core.finish_row_bounds` of a 0 bound, row
-    by row as for the others); returns ``(row bounds, kernel evaluations)``.
+    ``res[g] = (rows, evaluations, lost)`` of slice ``g``. The exact kernel (float64; a
+    parallel kernel, so called from the main thread after the slices' pools) computes
+    the rows the lift cannot represent, one call per key/value slice with the lost rows
+    of all its query heads stacked (a head may lose most of its rows: larger calls keep
+    the kernel's blocks full). Bound: the cap and rounding allowance of
+    :func:`attention._core.finish_row_bounds` of a 0 bound, row by row as for the
+    others. Returns ``[(row bounds, kernel evaluations)]`` per slice.
     """
-    rows, ev, lost = res
-    if lost.size:
-        q, k, _ = problem.slice(g)
+    out = [[r[0], r[1]] for r in res]
+    groups = {}
+    for g, r in enumerate(res):
+        if r[2].size:
+            groups.setdefault(int(problem.kv_index[g]), []).append(g)
+    for j, gs in groups.items():
+        vg = vals[j]
+        k = problem.slice(gs[0])[1]
+        q = np.concatenate([problem.slice(g)[0][res[g][2]] for g in gs])
         y, lse = softmax_attention(
-            q[lost].astype(np.float64),
+            q.astype(np.float64),
             k.astype(np.float64),
-            vals.v,
+            vg.v,
             scale=problem.scale,
             return_lse=True,
         )
-        outs[g, lost], lses[g, lost] = y, lse
-        rows[lost] = finish_row_bounds(problem, np.zeros(lost.size), y, vals.v, ball=vals.ball)
-        ev += lost.size * problem.m
-    return rows, ev
+        start = 0
+        for g in gs:
+            lost = res[g][2]
+            yg, lg = y[start : start + lost.size], lse[start : start + lost.size]
+            start += lost.size
+            outs[g, lost], lses[g, lost] = yg, lg
+            out[g][0][lost] = finish_row_bounds(
+                problem, np.zeros(lost.size), yg, vg.v, ball=vg.ball
+            )
+            out[g][1] += lost.size * problem.m
+    return [tuple(o) for o in out]
 
 
 def _check_tau(tau):
@@ -605,10 +623,7 @@ def _skyformer(problem: Problem, *, rng, n_landmarks=None, gamma=1e-2):
         res = _lift_nystrom(q, k, vg, problem.scale, 1.0, picks[g], gamma)
         return _finish_rows(problem, res, vg, g, outs, lses)
 
-    res = [
-        _finish_lost(problem, g, r, vals[int(problem.kv_index[g])], outs, lses)
-        for g, r in enumerate(map_slices(work, range(G)))
-    ]
+    res = _finish_lost(problem, map_slices(work, range(G)), vals, outs, lses)
     rows = [r[0] for r in res]
     evals = sum(r[1] for r in res)
     flops = G * 2.0 * (n + m) * landmarks * (problem.d + problem.dv + 1 + landmarks)
@@ -714,10 +729,7 @@ def _wildcat(problem: Problem, *, rng, rank=None, tau="balance", pivots="keys"):
     taus = [r[3] for r in res]
     flops = sum(r[4] for r in res)
     evals = sum(r[5] for r in res)
-    res = [
-        _finish_lost(problem, g, r[:3], vals[int(problem.kv_index[g])], outs, lses)
-        for g, r in enumerate(res)
-    ]
+    res = _finish_lost(problem, [r[:3] for r in res], vals, outs, lses)
     rows = [r[0] for r in res]
     evals += sum(r[1] for r in res)
     how = (

@@ -467,3 +467,24 @@ def test_wildcat_same_result_on_any_thread_count(rng):
         numba.set_num_threads(old)
     np.testing.assert_array_equal(a.output, b.output)
     assert a.bound.value == b.bound.value and a.cost == b.cost
+
+
+def test_lift_lost_rows_exact_across_grouped_heads(rng, dtype):
+    # Queries far from every landmark (huge norms) make their Gaussian lift rows
+    # underflow: they are computed exactly, stacked over the query heads of a key/value
+    # head (GQA: 4 query heads on 2 kv heads), and must land in the right rows.
+    Q = rng.standard_normal((4, 40, 8))
+    Q[:, ::3] *= 300.0
+    K = rng.standard_normal((2, 40, 8))
+    V = rng.standard_normal((2, 40, 4))
+    Q, K, V = (x.astype(dtype) for x in (Q, K, V))
+    ref = _exact(Q, np.repeat(K, 2, axis=0), np.repeat(V, 2, axis=0))
+    for name in ("skyformer", "wildcat"):
+        res = approximate(Q, K, V, name, rng=0)
+        far = np.zeros(40, dtype=bool)
+        far[::3] = True
+        t = 1e-12 if dtype == np.float64 else 1e-6
+        if name == "skyformer":  # uniform landmarks: the far rows are lost, exact
+            np.testing.assert_allclose(res.output[:, far], ref[:, far], rtol=t, atol=t)
+        err = np.linalg.norm(res.output.astype(np.float64) - ref)
+        assert res.bound.value >= err and np.all(np.isfinite(res.output))
