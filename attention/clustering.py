@@ -49,7 +49,6 @@ from attention._registry import register
 from attention.exact import _single_threaded_blas
 from attention.sparse import (
     _NEG,
-    _block_partials,
     _cost,
     _gather_attend,
     _merge_into,
@@ -318,18 +317,38 @@ def _smyrf(problem: Problem, *, rng, bucket_size=32, n_rounds=2):
         zq, zk = np.zeros((n, 1)), np.zeros((m, 1))
         phi = np.hstack([q, zq, np.sqrt(np.maximum(M2 - nq, 0.0))[:, None]])
         psi = np.hstack([k, np.sqrt(np.maximum(M2 - nk, 0.0))[:, None], zk])
-        acc, Lse = np.zeros((n, problem.dv)), np.full(n, _NEG)
         pairs = 0
+        rows, J = [], []
         for r in range(n_rounds):
             bq = balanced_buckets(phi @ Ws[g][r], L)
             bk = balanced_buckets(psi @ Ws[g][r], L)
-            # All L buckets of the round as one batched GEMM (padded to the largest).
-            rows, qvalid = _bucket_members(bq, L)
-            J, kvalid = _bucket_members(bk, L)
-            keep = np.broadcast_to(kvalid[:, None, :], (L, rows.shape[1], J.shape[1]))
-            o, ls = _block_partials(qw, kw, vw, problem.scale, rows, np.maximum(J, 0), keep)
-            _merge_into(acc, Lse, rows[qvalid], o[qvalid], ls[qvalid])
+            rows.append(_bucket_members(bq, L)[0])
+            J.append(_bucket_members(bk, L)[0])
             pairs += int(np.bincount(bq, minlength=L) @ np.bincount(bk, minlength=L))
+        # The L buckets of every round as blocks of the gather kernel (query bucket b
+        # attends key bucket b; padding keys at position 1, never visible): partials
+        # merged through the log-sum-exp in the kernel, rounds included.
+        wq, wk = max(x.shape[1] for x in rows), max(x.shape[1] for x in J)
+        rows = np.concatenate(
+            [np.pad(x, ((0, 0), (0, wq - x.shape[1])), constant_values=-1) for x in rows]
+        )
+        J = np.concatenate(
+            [np.pad(x, ((0, 0), (0, wk - x.shape[1])), constant_values=-1) for x in J]
+        )
+        zero = np.zeros(n, dtype=np.int64)
+        acc, Lse = _gather_attend(
+            qw,
+            kw,
+            vw,
+            problem.scale,
+            rows,
+            np.maximum(J, 0),
+            (J < 0).astype(np.int64),
+            zero,
+            zero,
+            acc=np.zeros((n, problem.dv)),
+            L=np.full(n, _NEG),
+        )
         return acc, Lse, pairs
 
     res = map_slices(attend, range(G))
