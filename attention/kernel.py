@@ -27,7 +27,9 @@ size get float32 features and GEMMs, and the slices run on all cores
 (:func:`attention._parallel.map_slices`). With ``n == m`` the query side runs by units
 of (key/value group, segment of 512 rows) (:func:`_grouped_segments`): the features of
 a segment are computed, exponentiated and used while they are in cache, and each chunk
-state is read once for all query heads of its group. Row exponentials, chunk shifts,
+state is read once for all query heads of its group; where the register tiles apply,
+the key side of such a unit is a scan that stores only the state at each segment start
+(:func:`_scan_key_state`). Row exponentials, chunk shifts,
 prefix states and the output/bound row passes are fused Numba kernels
 (:mod:`attention._kernels.features`).
 The angular-LSH bucketing used by ``scatterbrain`` is a minimal private version, to be
@@ -711,7 +713,11 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
     slices run as one batched GEMM over (chunk, slice) with :math:`S_c`, :math:`F_c` and
     :math:`\tilde V_c` broadcast over the slices, so each chunk state is read once per
     group (a long sequence's states do not fit in cache: 34 MB per group at ``n =
-    16384``, ``M = 256``); ``finish(g, i0, i1, num, logscale, extra)`` receives the rows
+    16384``, ``M = 256``) or, when ``st`` is a :class:`_ScanState`, the unit continues
+    the key scan from its segment's state (one Numba kernel,
+    :func:`attention._kernels.features._scan_segment`: the chunk's features, values and
+    state stay in cache for the group's heads); ``finish(g, i0, i1, num, logscale,
+    extra)`` receives the rows
     ``[numerators, normaliser]`` (the work dtype) and their log scale. The features and
     products of a unit stay in cache. The same per-chunk products as
     :func:`_apply_state`, so the results do not depend on the number of threads.

@@ -1,7 +1,9 @@
 """Numba kernels behind :mod:`attention.kernel` (§5: kernelised / linear attention).
 
 (Causal linear attention itself runs as chunked BLAS GEMMs in
-:func:`attention.kernel._causal_linear`.)
+:func:`attention.kernel._causal_linear`, or on register tiles: ``_chunk_products``,
+``_chunk_sums``, and the scan ``_scan_key_states`` / ``_scan_segment`` that keeps only
+the states at the segment starts.)
 
 ``_prefix_topk`` keeps, for every causal prefix, the best-scored keys, and
 ``_block_unions`` gathers the kept keys of blocks of rows (LevAttention).
