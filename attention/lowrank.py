@@ -505,30 +505,38 @@ def _finish_rows(problem, res, vals, g, outs, lses):
 def _finish_lost(problem, res, vals, outs, lses):
     """Exact rows ``lost`` of every slice (see :func:`_lift_nystrom`) and their bounds.
 
-    ``res[g] = (rows, evaluations, lost)`` of slice ``g``. The exact kernel (float64; a
-    parallel kernel, so called from the main thread after the slices' pools) computes
-    the rows the lift cannot represent, one call per key/value slice with the lost rows
-    of all its query heads stacked (a head may lose most of its rows: larger calls keep
-    the kernel's blocks full). Bound: the cap and rounding allowance of
+    ``res[g] = (rows, evaluations, lost)`` of slice ``g``. The exact kernel (a parallel
+    kernel, so called from the main thread after the slices' pools) computes the rows
+    the lift cannot represent, one call per key/value slice with the lost rows of all
+    its query heads stacked (a head may lose most of its rows: larger calls keep the
+    kernel's blocks full), in the working dtype of the sparse methods
+    (:func:`attention.sparse._work_dtype`: float32 for float32 inputs with moderate
+    logits, 2x the float64 rate). Bound: the cap and rounding allowance of
     :func:`attention._core.finish_row_bounds` of a 0 bound, row by row as for the
-    others. Returns ``[(row bounds, kernel evaluations)]`` per slice.
+    others (the allowance is the proven worst case of an exact softmax row over ``m``
+    keys formed in the input dtype). Returns ``[(row bounds, kernel evaluations)]`` per
+    slice.
     """
     out = [[r[0], r[1]] for r in res]
     groups = {}
     for g, r in enumerate(res):
         if r[2].size:
             groups.setdefault(int(problem.kv_index[g]), []).append(g)
+    from attention.sparse import _work_dtype
+
+    work = _work_dtype(problem) if groups else np.float64
     for j, gs in groups.items():
         vg = vals[j]
-        k = problem.slice(gs[0])[1]
+        _, k, v = problem.slice(gs[0])
         q = np.concatenate([problem.slice(g)[0][res[g][2]] for g in gs])
         y, lse = softmax_attention(
-            q.astype(np.float64),
-            k.astype(np.float64),
-            vg.v,
+            q.astype(work, copy=False),
+            k.astype(work, copy=False),
+            v.astype(work, copy=False),
             scale=problem.scale,
             return_lse=True,
         )
+        y = y.astype(np.float64)
         start = 0
         for g in gs:
             lost = res[g][2]

@@ -483,7 +483,8 @@ def test_lift_lost_rows_exact_across_grouped_heads(rng, dtype):
         res = approximate(Q, K, V, name, rng=0)
         far = np.zeros(40, dtype=bool)
         far[::3] = True
-        t = 1e-12 if dtype == np.float64 else 1e-6
+        # float32 rows (the exact kernel in the input dtype) at logits of order 1e3.
+        t = 1e-12 if dtype == np.float64 else 1e-4
         if name == "skyformer":  # uniform landmarks: the far rows are lost, exact
             np.testing.assert_allclose(res.output[:, far], ref[:, far], rtol=t, atol=t)
         err = np.linalg.norm(res.output.astype(np.float64) - ref)
