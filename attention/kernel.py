@@ -54,6 +54,8 @@ from attention._core import (
     Cost,
     ErrorBound,
     Problem,
+    _score_bounds,
+    attention_rounding,
     check_error_bound,
     finish_row_bounds,
     method_result,
@@ -1037,13 +1039,30 @@ def _value_terms(v: np.ndarray) -> dict:
 def _slack(problem: Problem, y: np.ndarray, kvd: dict, ynorm=None) -> np.ndarray:
     """:func:`attention._core.rounding_allowance` from the precomputed value terms.
 
-    ``ynorm``: the row norms of ``y`` when already computed (``y`` is then not read).
+    The same call of :func:`attention._core.attention_rounding` (the proven worst case
+    for a softmax row over the slice's keys in ``problem.dtype``) with the largest value
+    norm of :func:`_value_terms`. ``ynorm``: the row norms of ``y`` when already
+    computed (``y`` is then not read).
     """
-    eps = float(np.finfo(problem.dtype).eps)
     if ynorm is None:
+        y = np.asarray(y, dtype=np.float64)
         ynorm = np.sqrt(np.einsum("ij,ij->i", y, y))
-    return 4.0 * eps * (ynorm + kvd["slack_R"]) + 64.0 * (problem.d + kvd["m"]) * (
-        _EPS64 * kvd["vmax"]
+    dv = problem.dv
+    up = 1.0 + 2.0 * (dv + 2) * _EPS64  # norms rounded up, as rounding_allowance does
+    n = ynorm.shape[0]
+    sigma = _score_bounds(problem)
+    if sigma.shape[0] != n:
+        sigma = np.full(n, sigma.max() if sigma.size else 0.0)
+    m = max(problem.m, kvd["m"])
+    return attention_rounding(
+        problem.dtype,
+        d=problem.d,
+        m=m,
+        dv=dv,
+        chain=m + problem.d,
+        sigma=sigma,
+        vmax=np.full(n, kvd["vmax"] * up),
+        ynorm=ynorm * math.sqrt(up),
     )
 
 
