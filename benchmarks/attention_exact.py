@@ -51,8 +51,9 @@ the read roofline, each repeated alone after a 0.5 s pause), so that no library 
 next to another one's spinning worker threads; both measurements are reported.
 
 Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``; ``--exp-exhaustive``
-instead checks the prefill's float32 exponential on every input of ``[-87, 0]`` (about
-15 s; result in ``attention_exact_exp_exhaustive.json``).
+instead checks the prefill's two exponentials (the row kernel and the score tiles'
+epilogue) on every float32 input of ``[-87, 0]`` and on 2e7 float64 inputs of
+``[-708, 0]`` (about a minute; result in ``attention_exact_exp_exhaustive.json``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from attention._kernels.exact import _TILE_VECS, _qk_exp_tiles
 from attention.exact import softmax_attention
 from benchmarks.harness import RESULTS_DIR, Task, main
 from rnla._kernels.fastexp import _exp_sum_vec
@@ -607,35 +609,96 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
 
 
 def exp_exhaustive() -> dict:
-    """Error of the prefill's float32 exponential on every float32 input of ``[-87, 0]``.
+    """Error of the prefill's exponentials: every float32 input, sampled float64 inputs.
 
-    Runs :data:`rnla._kernels.fastexp._exp_sum_vec` (the kernel the register-tile path
-    uses on this CPU) on all 1.1e9 float32 values from ``-0`` down to ``-87`` and
-    compares each result with ``exp`` of the input in float64, in units of the float32
-    ulp of the correctly rounded result. Also checks that the values below ``-87``
-    nearest the cut give 0.
+    Float32: the row kernel :data:`rnla._kernels.fastexp._exp_sum_vec` (first key block,
+    masked blocks) and the score tiles' epilogue (:func:`_qk_exp_tiles`, every other
+    block) on all 1.1e9 float32 values from ``-0`` down to ``-87``, against ``exp`` of
+    the input in float64, in units of the float32 ulp of the correctly rounded result.
+    Float64: the same two kernels (the epilogue's 16-entry table exponential on
+    AVX-512) on 2e7 points of ``[-708, 0]`` (an even grid, uniform draws and ``|x| <=
+    ln(2) / 32``), against ``exp`` in long double (64-bit mantissa), in float64 ulps.
+    Also checks that inputs below the cuts (``-87``, ``-708``) give 0.
     """
-    worst, at = _exp_exhaustive_kernel()
-    return {"max_ulp": float(worst), "at": float(at), "n_inputs": int(_EXP_LAST_BITS) + 1}
+    res = {}
+    for name, epilogue in (("float32 row kernel", False), ("float32 epilogue", True)):
+        worst, at = _exp_exhaustive_kernel(epilogue)
+        res[name] = {"max_ulp": float(worst), "at": float(at), "n_inputs": _EXP_LAST_BITS + 1}
+    rng = np.random.default_rng(5)
+    for name, epilogue in (("float64 row kernel", False), ("float64 epilogue", True)):
+        worst, at, count, zeros = 0.0, 0.0, 0, True
+        for part in range(20):
+            x = np.concatenate(
+                [
+                    np.linspace(-708.0 * part / 20, -708.0 * (part + 1) / 20, 500_000),
+                    -708.0 * rng.random(400_000),
+                    -np.log(2) / 32 * rng.random(100_000),
+                ]
+            )
+            y = _epilogue_exp(x) if epilogue else _row_exp(x)
+            ref = np.exp(x.astype(np.longdouble))
+            ulp = np.abs(y - ref) / np.spacing(ref.astype(np.float64))
+            k = int(np.argmax(ulp))
+            if ulp[k] > worst:
+                worst, at = float(ulp[k]), float(x[k])
+            count += x.shape[0]
+        below = np.array([np.nextafter(-708.0, -np.inf), -709.0, -745.0, -1e300, -np.inf])
+        y = _epilogue_exp(below) if epilogue else _row_exp(below)
+        zeros = bool(np.all(y == 0))
+        res[name] = {"max_ulp": worst, "at": at, "n_inputs": count, "zero_below_cut": zeros}
+    return res
+
+
+@numba.njit(cache=False)
+def _row_exp(x):
+    """``exp(x)`` through the prefill's row kernel."""
+    y = x.copy()
+    _exp_sum_vec(y, 0, y.shape[0], 0.0)
+    return y
+
+
+def _epilogue_exp(x):
+    """``exp(x)`` through the score tiles' epilogue (``S = 1 * x`` with ``d = 1``, ``m = 0``)."""
+    vl = 64 // x.itemsize
+    wide = _TILE_VECS * vl
+    n = -(-x.shape[0] // wide) * wide
+    b = np.zeros(n, dtype=x.dtype)
+    b[: x.shape[0]] = x
+    out = np.empty(n, dtype=x.dtype)
+    wlim = np.array([n], dtype=np.int64)
+    sums = np.zeros(vl, dtype=x.dtype)
+    _qk_exp_tiles(np.ones(1, x.dtype), b, out, 0, 0, 1, 1, n, 1, n, sums[:1] * 0, sums, wlim)
+    return out[: x.shape[0]]
 
 
 _EXP_LAST_BITS = int(np.array(-87.0, dtype=np.float32).view(np.uint32)) - 0x80000000
 
 
 @numba.njit(parallel=True, cache=False)
-def _exp_exhaustive_kernel():
+def _exp_exhaustive_kernel(epilogue):
     chunk = 1 << 16
     n = _EXP_LAST_BITS + 1
     n_chunks = (n + chunk - 1) // chunk
     worst = np.zeros(n_chunks)
     where = np.zeros(n_chunks)
+    one = np.ones(1, dtype=np.float32)
     for c in numba.prange(n_chunks):
         b0 = c * chunk
         w = min(chunk, n - b0)
         bits = np.arange(b0, b0 + w).astype(np.uint32) | np.uint32(0x80000000)
         x = bits.view(np.float32)
-        y = x.copy()
-        _exp_sum_vec(y, 0, w, 0.0)
+        if epilogue:
+            # Width padded to the register tile (64 float32 keys); padding entries are 0.
+            wp = -(-w // 64) * 64
+            b = np.zeros(wp, dtype=np.float32)
+            b[:w] = x
+            y = np.empty(wp, dtype=np.float32)
+            sums = np.zeros(16, dtype=np.float32)
+            lim = np.full(1, wp, dtype=np.int64)
+            _qk_exp_tiles(one, b, y, 0, 0, 1, 1, wp, 1, wp, np.zeros(1, np.float32), sums, lim)
+        else:
+            y = x.copy()
+            _exp_sum_vec(y, 0, w, 0.0)
         for j in range(w):
             ref = np.exp(np.float64(x[j]))
             ulp = np.float64(np.spacing(np.float32(ref)))
@@ -652,7 +715,8 @@ if __name__ == "__main__":
 
     if "--exp-exhaustive" in sys.argv:
         res = exp_exhaustive()
-        print(f"float32 exponential of the prefill, every input of [-87, 0]: {res}")
+        for key, val in res.items():
+            print(f"prefill exponential, {key}: {val}")
         (RESULTS_DIR / f"{NAME}_exp_exhaustive.json").write_text(json.dumps(res, indent=2))
         sys.exit(0)
 

@@ -85,8 +85,17 @@ prefill on one thread (``n = 4096``, float32 and float64, bit-identical). Causal
 diagonal strips are fused too, each row with its own key limit (zeros beyond it).
 Measured with the score block in L2 (one thread, 252 x 512 tiles, load 3-6): softmax
 share 0.28 -> 0.17 ns per entry (float32) and 0.69 -> 0.45 (float64); the whole prefill
-1-7% (float32) and 4-10% (float64) faster in interleaved A/B runs. The unfused pass
-(first block, masks) is two vectorisable loops over a score row:
+1-7% (float32) and 4-10% (float64) faster in interleaved A/B runs (Intel Xeon). In
+float64 the epilogue's exponential uses a 16-entry table of ``2^(j/16)`` held in
+registers (:func:`_emit_exp_table_f64`: the reduced range shrinks to ``ln(2) / 32``
+and the polynomial from degree 11 to 6): on an AMD EPYC (Zen 4, 512-bit operations on
+256-bit units), one thread, 252 x 512 tiles, thread CPU time, min of 30 interleaved
+repeats, 0.08-0.17 ns per entry less than the degree-11 polynomial in each of 7 runs
+(0.45-0.65 against 0.55-0.86), and 0.77 against 0.94 ulp. The current split there, per
+score entry: float32 ``Q K^T`` 1.14-1.20 ns, exponential 0.17-0.24, ``P V`` 1.11-1.15
+(the exponential is 7-10% of the tile work); float64 2.28-2.51, 0.45-0.65 and 2.23-2.41
+(9-12%). The unfused pass (first block, masks) is two vectorisable loops over a score
+row:
 
 * the row maximum is a ``select(a > b)`` reduction carrying the ``nnan`` flag, which
   LLVM vectorises (a plain ``max`` loop stays scalar);
@@ -106,8 +115,10 @@ Both passes ask LLVM for 512-bit vectors (the function attribute
 ``prefer-vector-width=512``; without it LLVM uses 256-bit vectors on AVX-512 CPUs); on
 CPUs without AVX-512 the attribute has no effect, and the products go to BLAS (the
 caller decides; 24 accumulators of 512 bits would spill from 16 AVX2 registers).
-Measured on a grid of 2e6 points of ``[-745, 0]`` (float64) and ``[-87, 0]`` (float32):
-relative error <= 2.0 ulp (float64) and 0.9 ulp (float32); results below
+Measured error (``python -m benchmarks.attention_exact --exp-exhaustive``): 0.98 ulp on
+every float32 input of ``[-87, 0]`` (row kernel and epilogue), on 2e7 float64 inputs of
+``[-708, 0]`` 0.94 ulp (row kernel) and 0.77 (epilogue); the Taylor kernel of the BLAS
+path <= 2.0 ulp (float64) and 0.9 ulp (float32) on 2e6 points; results below
 ``exp(-708)`` (float64) / ``exp(-87)`` (float32) are 0.
 
 Blocking (prefill): 252 query rows (42 register tiles) x 512 keys; 128-512 query rows
@@ -496,7 +507,7 @@ _PAD = 64
 _DIAG_ROWS = 48
 
 
-def _make_tile(n_rows, n_vecs, exp_epilogue=False):
+def _make_tile(n_rows, n_vecs, exp_epilogue=False, exp_table=True):
     """Build an intrinsic ``tile(a, b, out, aoff, boff, ooff, kdim, lda, ldb, ldo)``.
 
     Computes, for ``r < n_rows`` and the ``n_vecs`` 512-bit vectors ``c`` of the tile,
@@ -517,8 +528,11 @@ def _make_tile(n_rows, n_vecs, exp_epilogue=False):
     ``wlim[i] - c0`` of the tile and below the underflow cut), and adds the row's
     ``n_vecs`` result vectors, in order, to the vector ``sums[i * vl : (i + 1) * vl]``
     (``vl`` lanes). ``mref`` and ``sums`` have the dtype of ``out``, ``wlim`` is int64.
+    ``exp_table``: in float64 on AVX-512, the table exponential of
+    :func:`_emit_exp_table_f64` (``False``: the degree-11 polynomial of
+    :func:`rnla._kernels.fastexp._emit_exp_vec`, kept for the tests and benchmarks).
     """
-    codegen = _tile_codegen(n_rows, n_vecs, exp_epilogue)
+    codegen = _tile_codegen(n_rows, n_vecs, exp_epilogue, exp_table)
 
     def typed(a, b, out):
         if not all(isinstance(x, types.Array) for x in (a, b, out)):
@@ -549,7 +563,122 @@ def _make_tile(n_rows, n_vecs, exp_epilogue=False):
     return tile
 
 
-def _tile_codegen(n_rows, n_vecs, exp_epilogue):
+# Float64 exponential of the score tiles' epilogue on AVX-512 (see _emit_exp_table_f64):
+# 2^(j/16) for j < 16 (correctly rounded: Decimal, 50 digits) and the Chebyshev
+# interpolant h of (exp(r) - 1 - r) / r^2 at 5 nodes of |r| <= 1.0005 ln(2) / 32 (Decimal
+# Vandermonde solve), lowest degree first; relative error of 1 + r + r^2 h(r) with these
+# rounded coefficients, evaluated in 50 digits on 4001 points: 3.0e-17 (0.27 ulp of 1).
+_EXP2_16THS = (
+    1.0,
+    1.0442737824274138,
+    1.0905077326652577,
+    1.1387886347566916,
+    1.189207115002721,
+    1.241857812073484,
+    1.2968395546510096,
+    1.3542555469368927,
+    1.4142135623730951,
+    1.4768261459394993,
+    1.5422108254079407,
+    1.6104903319492543,
+    1.681792830507429,
+    1.7562521603732995,
+    1.8340080864093424,
+    1.9152065613971474,
+)
+# 2^(j/16) - _EXP2_16THS[j], rounded (Decimal, 50 digits): the table's rounding error,
+# added back before the last rounding.
+_EXP2_16THS_LO = (
+    0.0,
+    8.551889705537965e-17,
+    -3.046782079812471e-17,
+    8.912812676025408e-17,
+    3.982015231465646e-17,
+    4.658027591836937e-17,
+    2.5382502794888315e-17,
+    7.70094837980299e-17,
+    -9.667293313452913e-17,
+    -3.483994556892796e-17,
+    7.949834809697621e-17,
+    2.4707192569797888e-17,
+    8.199010020581497e-17,
+    2.960140695448873e-17,
+    3.283107224245627e-17,
+    -1.0619946056195963e-16,
+)
+_H_TABLE_F64 = (
+    0.500000000000014,
+    0.1666666666529896,
+    0.04166666654577477,
+    0.008333449817651228,
+    0.0013891064589563425,
+)
+
+
+def _emit_exp_table_f64(builder, x, lanes):
+    """Emit ``exp(x)`` for ``<8 x double> x <= 0`` with a 16-entry table (AVX-512, LLVM IR).
+
+    ``x = n ln(2) / 16 + r`` with ``n = 16 k + j = round(16 x / ln 2)`` (the rounding
+    trick: ``n``'s low bits are the low mantissa bits of ``16 x log2(e) + 1.5 * 2^52``)
+    and ``|r| <= ln(2) / 32`` (Cody-Waite, two fused multiply-adds); then ``exp(x) = 2^k
+    2^(j / 16) exp(r)``. ``2^(j / 16) = T + T_lo`` comes from tables held in registers
+    (``vpermi2pd``, no gather: the low 4 bits of ``n`` pick the entry), ``exp(r) = 1 + q``
+    with ``q = r + r^2 h(r)``, ``h`` of degree 4 (without the table: degree 11 on ``|r|
+    <= ln(2) / 2``), ``T (1 + q) = T + (T q + T_lo)``, and ``2^k`` is ``vscalefpd`` by
+    ``n / 16`` (it scales by ``2^floor(n / 16)``), zero-masked below ``-708`` (NaN and
+    ``-inf`` included) and outside ``lanes``. 12 multiplies, fused multiply-adds and
+    scalings per 8 entries against 15 for the degree-11 polynomial (plus two additions
+    and two table lookups, which run on other units). Error: the last rounding (0.5
+    ulp), the polynomial (0.27 ulp of 1), ``T_lo``'s rounding and ``|q| <= 0.022`` times
+    the error of ``q``; measured 0.77 ulp on 2e7 points of ``[-708, 0]`` (0.94 for the
+    polynomial), see ``benchmarks.attention_exact --exp-exhaustive`` and the tests.
+    """
+    i32 = ir.IntType(32)
+    fty = ir.DoubleType()
+    vty = ir.VectorType(fty, 8)
+    ivty = ir.VectorType(ir.IntType(64), 8)
+    fma = builder.module.declare_intrinsic(
+        "llvm.fma.v8f64", fnty=ir.FunctionType(vty, [vty, vty, vty])
+    )
+    perm = builder.module.declare_intrinsic(
+        "llvm.x86.avx512.vpermi2var.pd.512", fnty=ir.FunctionType(vty, [vty, ivty, vty])
+    )
+    scalef = builder.module.declare_intrinsic(
+        "llvm.x86.avx512.mask.scalef.pd.512",
+        fnty=ir.FunctionType(vty, [vty, vty, vty, ir.IntType(8), i32]),
+    )
+
+    def splat(c):
+        return ir.Constant(vty, [ir.Constant(fty, c)] * 8)
+
+    def table(values):
+        return ir.Constant(vty, [ir.Constant(fty, c) for c in values])
+
+    keep = builder.fcmp_ordered(">=", x, splat(_EXP_MIN))
+    if lanes is not None:
+        keep = builder.and_(keep, lanes)
+    magic = 6755399441055744.0  # 1.5 * 2^52
+    t = builder.call(fma, [x, splat(16.0 * _LOG2E), splat(magic)])
+    fn = builder.fsub(t, splat(magic))
+    r = builder.call(fma, [fn, splat(-_LN2_HI / 16.0), x])
+    r = builder.call(fma, [fn, splat(-_LN2_LO / 16.0), r])
+    # vpermi2pd: bits 0-2 of each index lane pick the entry, bit 3 the register.
+    idx = builder.bitcast(t, ivty)
+    tab = builder.call(perm, [table(_EXP2_16THS[:8]), idx, table(_EXP2_16THS[8:])])
+    h = splat(_H_TABLE_F64[-1])
+    for c in _H_TABLE_F64[-2::-1]:
+        h = builder.call(fma, [h, r, splat(c)])
+    q = builder.call(fma, [builder.fmul(r, r), h, r])
+    # 2^(j/16) (1 + q) = T + (T q + T_lo): the table's rounding error T_lo goes in before
+    # the last rounding (a second lookup and an addition, off the multiply-add units).
+    tlo = builder.call(perm, [table(_EXP2_16THS_LO[:8]), idx, table(_EXP2_16THS_LO[8:])])
+    p = builder.fadd(tab, builder.call(fma, [tab, q, tlo]))
+    k = builder.fmul(fn, splat(1.0 / 16.0))
+    mask = builder.bitcast(keep, ir.IntType(8))
+    return builder.call(scalef, [p, k, splat(0.0), mask, ir.Constant(i32, 4)])
+
+
+def _tile_codegen(n_rows, n_vecs, exp_epilogue, exp_table=True):
     """LLVM code of the intrinsics of :func:`_make_tile`."""
 
     def codegen(context, builder, sig, args):
@@ -651,7 +780,10 @@ def _tile_codegen(n_rows, n_vecs, exp_epilogue):
                 idx = ir.Constant(lvty, [c * vl + lane for lane in range(vl)])
                 lanes = builder.icmp_signed("<", idx, room)
                 x = builder.fsub(res[r * n_vecs + c], mv)
-                p = _emit_exp_vec(builder, vl == 16, _HAS_AVX512, x, lanes)
+                if vl == 8 and _HAS_AVX512 and exp_table:
+                    p = _emit_exp_table_f64(builder, x, lanes)
+                else:
+                    p = _emit_exp_vec(builder, vl == 16, _HAS_AVX512, x, lanes)
                 builder.store(p, optr[r][c], align=4)
                 rs = builder.fadd(rs, p)
             sptr = builder.bitcast(
