@@ -55,8 +55,8 @@ class PerplexityResult(NamedTuple):
     attention_seconds_exact, attention_seconds : float
         Time in attention over the approximated layers: exact attention
         (:func:`attention.softmax_attention`) and the method, measured side by side on
-        the same inputs in the same pass; every timed call starts after a pause of
-        0.15 s (not counted), so that neither runs while the BLAS threads of the
+        the same inputs in the same pass; from ``n = 512`` on every timed call starts
+        after a pause of 0.15 s (not counted), so that neither runs while the BLAS threads of the
         model's products still spin, and the two alternate their order by layer.
     layer_error : ndarray of shape (30,)
         Relative Frobenius error of each layer's attention output (all 9 heads) against
@@ -136,21 +136,26 @@ def _check_method(method: str, params: dict, *, causal: bool) -> None:
 # 100 ms, 252 ms (min 220) after 200 ms. The command timed the method right after the
 # GEMMs and the exact comparison right after the method, which skewed the ratio by
 # 30-45 ms per layer against the method.
+# Short sequences (n below _SETTLE_MIN_N, calls of a few milliseconds) are timed
+# without the pause: it would dominate the run's wall time (tests, quick checks).
 _SETTLE_SECONDS = 0.15
+_SETTLE_MIN_N = 512
 
 
-def _settle() -> None:
-    """Let spinning BLAS threads go to sleep before a timed call (not timed)."""
-    if _SETTLE_SECONDS > 0:
+def _settle(n: int) -> float:
+    """Let spinning BLAS threads go to sleep before a timed call; returns the pause."""
+    if _SETTLE_SECONDS > 0 and n >= _SETTLE_MIN_N:
         time.sleep(_SETTLE_SECONDS)
+        return _SETTLE_SECONDS
+    return 0.0
 
 
 def _timed_exact(q, k, v, scale):
-    """Exact causal attention after :func:`_settle`; returns ``(output, seconds)``."""
-    _settle()
+    """Exact causal attention after :func:`_settle`; returns ``(output, seconds, pause)``."""
+    pause = _settle(q.shape[-2])
     t0 = time.perf_counter()
     out = softmax_attention(q, k, v, scale=scale, causal=True)
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, pause
 
 
 def perplexity(
@@ -255,10 +260,9 @@ def perplexity(
             # comparison the two calls alternate their order from layer to layer.
             exact_first = both and layer % 2 == 1
             if exact_first:
-                exact, sec_exact[layer] = _timed_exact(q, k, v, scale)
-                settled[0] += _SETTLE_SECONDS
-            _settle()
-            settled[0] += _SETTLE_SECONDS
+                exact, sec_exact[layer], pause = _timed_exact(q, k, v, scale)
+                settled[0] += pause
+            settled[0] += _settle(q.shape[-2])
             t0 = time.perf_counter()
             approx = approximate(q, k, v, method, rng=gen, causal=True, scale=scale, **extra)
             sec[layer] = time.perf_counter() - t0
@@ -268,8 +272,8 @@ def perplexity(
             )
             if both:
                 if not exact_first:
-                    exact, sec_exact[layer] = _timed_exact(q, k, v, scale)
-                    settled[0] += _SETTLE_SECONDS
+                    exact, sec_exact[layer], pause = _timed_exact(q, k, v, scale)
+                    settled[0] += pause
                 err[layer] = relative_error(out, exact)
             elif method == "exact":
                 sec_exact[layer], err[layer] = sec[layer], 0.0

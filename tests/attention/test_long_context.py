@@ -266,6 +266,24 @@ def test_perplexity_window_covering_everything_is_exact(e2e):
     assert r.attention_seconds > 0 and r.attention_seconds_exact > 0
 
 
+def test_perplexity_times_each_call_after_a_pause(e2e, monkeypatch):
+    """Every timed call (method and exact comparison) starts after the settling pause,
+    which is not counted in the attention times; the two alternate their order."""
+    import attention.end_to_end as e2e_module
+
+    calls = []
+    real_sleep = e2e_module.time.sleep
+    monkeypatch.setattr(e2e_module, "_SETTLE_MIN_N", 1)
+    monkeypatch.setattr(e2e_module, "_SETTLE_SECONDS", 0.02)
+    monkeypatch.setattr(e2e_module.time, "sleep", lambda s: (calls.append(s), real_sleep(s)))
+    r = e2e_module.perplexity("window", n_tokens=N, cache_dir=e2e, window=N, layers=[0, 5])
+    assert calls == [0.02] * 4  # two layers, two timed calls each
+    assert r.timings["settle"] == pytest.approx(0.08)
+    assert r.timings["exact_attention"] == pytest.approx(r.attention_seconds_exact)
+    assert 0 < r.timings["attention"] < r.timings["total"]
+    assert np.all(r.layer_seconds[[0, 5]] > 0) and np.isnan(r.layer_seconds[1])
+
+
 def test_perplexity_detects_a_bad_approximation(e2e):
     """Negative control: attending to 2 keys in every layer must hurt perplexity."""
     from attention.end_to_end import perplexity
