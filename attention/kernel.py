@@ -63,6 +63,7 @@ from attention._core import (
     problem_cost_exact,
 )
 from attention._kernels.features import (
+    _block_attend_tiles,
     _block_unions,
     _bucket_tiles,
     _bucket_weights,
@@ -2763,6 +2764,7 @@ def _levattention(
     # dtype (float32 GEMMs for float32 inputs).
     wdt = np.float64 if mode == "exact" else _sparse_work_dtype(problem)
     pos = np.arange(n) + problem.offset
+    tiles = bool(_exact._USE_TILES) and dv % (64 // np.dtype(wdt).itemsize) == 0 and d > 0
 
     def attend(g):
         q, k, v = _scaled(problem, g, wdt)
@@ -2770,6 +2772,13 @@ def _levattention(
         if blocks is not None:
             U, keep = blocks
             nb, B, L = keep.shape
+            if tiles:
+                # Block by block on register tiles: no gathered (nb, L, d) key copies or
+                # (nb, B, L) score arrays (the same formulas as _block_partials).
+                y = np.empty((n, dv), dtype=wdt)
+                lse = np.empty(n)
+                _block_attend_tiles(q, k, v, U, keep, y, lse)
+                return y, lse, int(keep.sum()), nb * B * L
             rows = np.arange(nb * B).reshape(nb, B)
             rows[rows >= n] = -1
             yb, lb = _block_partials(q, k, v, 1.0, rows, U, keep)

@@ -1070,3 +1070,88 @@ def _scan_segment(P, lk, off, mult, use_log, use_mult, V, C, c0, s, S, out):
                 orow[dv] = acc + inc
         if t < k - 1:
             _scan_sum(Ft, Vb, vcol, Z)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _block_attend_tiles(q, k, v, U, keep, out, lse):
+    """LevAttention's blocks on register tiles: exact softmax of each row over its keys.
+
+    Block ``b`` holds the query rows ``b B .. b B + B - 1`` (the last block may be
+    short) and the key union ``U[b]`` (``L`` slots, :func:`_block_unions`); row ``i``
+    attends the slots with ``keep[b, i]``. Per block: the union's keys (transposed) and
+    values gathered once into zero-padded buffers, the scores ``q_i . k_j`` on the
+    tiles of :func:`attention._kernels.exact._gemm_tiles`, the row maximum, the
+    exponentials and their sum in the dtype of ``q``, the weights times the values on
+    the tiles and the division: ``out[i] = sum_j e^{s_ij - mx_i} v_j / z_i`` and
+    ``lse[i] = mx_i + log z_i`` (float64); rows without a key get 0 and ``-inf``. The
+    formulas of :func:`attention.sparse._block_partials` (its batched GEMMs gather
+    ``(nb, L, d)`` copies of the keys and values and write ``(nb, B, L)`` scores,
+    which stream from memory at long lengths). ``q (n, d)``, ``k (m, d)``, ``v (m,
+    dv)`` one float dtype, ``dv`` a multiple of the vector length (16 float32, 8
+    float64); ``out (n, dv)`` in that dtype, ``lse (n,)`` float64.
+    """
+    _wide_vectors()
+    nb, B, L = keep.shape
+    n, d = q.shape
+    dv = v.shape[1]
+    vl = 64 // q.itemsize
+    Lp = ((L + vl - 1) // vl) * vl
+    kt = np.zeros((d, Lp), dtype=q.dtype)
+    vb = np.zeros((Lp, dv), dtype=q.dtype)
+    sc = np.empty((B, Lp), dtype=q.dtype)
+    ob = np.empty((B, dv), dtype=q.dtype)
+    zb = np.empty(B, dtype=q.dtype)
+    zero = np.zeros(2, dtype=q.dtype)
+    qf, kf, sf, vf, of = (
+        q.reshape(-1),
+        kt.reshape(-1),
+        sc.reshape(-1),
+        vb.reshape(-1),
+        ob.reshape(-1),
+    )
+    for b in range(nb):
+        i0 = b * B
+        nr = min(B, n - i0)
+        if nr <= 0:
+            break
+        for t in range(L):
+            j = U[b, t]
+            for c in range(d):
+                kt[c, t] = k[j, c]
+            for e in range(dv):
+                vb[t, e] = v[j, e]
+        _gemm_tiles(qf, kf, sf, i0 * d, 0, 0, nr, d, Lp, d, Lp, Lp, False)
+        for i in range(nr):
+            kb = keep[b, i]
+            mx = -np.inf
+            for t in range(L):
+                if kb[t] and sc[i, t] > mx:
+                    mx = sc[i, t]
+            row = sc[i]
+            if not np.isfinite(mx):
+                for t in range(Lp):
+                    row[t] = 0.0
+                zb[i] = 0.0
+                lse[i0 + i] = -np.inf
+                continue
+            zero[0] = mx
+            sh = zero[0]
+            z = zero[1]
+            for t in range(L):
+                p = _expo(min(row[t] - sh, zero[1])) if kb[t] else zero[1]
+                row[t] = p
+                z += p
+            for t in range(L, Lp):
+                row[t] = 0.0
+            zb[i] = z
+            lse[i0 + i] = np.float64(sh) + np.log(np.float64(z))
+        _gemm_tiles(sf, vf, of, 0, 0, 0, nr, Lp, dv, Lp, dv, dv, False)
+        for i in range(nr):
+            z = zb[i]
+            orow = out[i0 + i]
+            if z > 0:
+                for e in range(dv):
+                    orow[e] = ob[i, e] / z
+            else:
+                for e in range(dv):
+                    orow[e] = 0.0

@@ -1082,3 +1082,56 @@ def test_scan_route_matches_chunk_states(rng, method, params, dtype, monkeypatch
     if a.bound is not None:
         assert a.bound.value == pytest.approx(b.bound.value, rel=tol)
     assert a.cost == b.cost
+
+
+@pytest.mark.parametrize("n", [64, 100], ids=["whole-blocks", "short-last-block"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_attend_tiles_match_reference(rng, dtype, n):
+    # LevAttention's register-tile blocks == softmax of each row over its kept keys
+    # (dense NumPy, float64), including rows that keep no key.
+    from attention._kernels.features import _block_attend_tiles
+
+    m, d, dv, B = 90, 8, 16, 32
+    q = rng.standard_normal((n, d)).astype(dtype)
+    k = rng.standard_normal((m, d)).astype(dtype)
+    v = rng.standard_normal((m, dv)).astype(dtype)
+    nb = -(-n // B)
+    L = 20
+    U = np.stack([np.sort(rng.choice(m, L, replace=False)) for _ in range(nb)])
+    keep = rng.random((nb, B, L)) < 0.4
+    keep[0, 3] = False  # a row without keys
+    out = np.full((n, dv), np.nan, dtype=dtype)
+    lse = np.full(n, np.nan)
+    _block_attend_tiles(q, k, v, U, keep, out, lse)
+    for i in range(n):
+        b, r = divmod(i, B)
+        J = U[b][keep[b, r]]
+        if J.size == 0:
+            assert np.all(out[i] == 0) and lse[i] == -np.inf
+            continue
+        s = q[i].astype(float) @ k[J].astype(float).T
+        w = np.exp(s - s.max())
+        y = w @ v[J].astype(float) / w.sum()
+        tol = 16 * (d + J.size) * np.finfo(dtype).eps
+        size = np.abs(w) @ np.abs(v[J].astype(float)) / w.sum() + np.abs(y)
+        assert np.all(np.abs(out[i] - y) <= tol * (size + np.abs(s).max() * size))
+        assert lse[i] == pytest.approx(s.max() + np.log(w.sum()), abs=tol * (1 + np.abs(s).max()))
+
+
+@pytest.mark.parametrize("error_bound", [None, "exact"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_levattention_tiles_match_blas_path(rng, dtype, error_bound, monkeypatch):
+    import attention.exact as exact_module
+
+    Q, Kk, V = _data(rng, n=150, d=8, dv=16, G=3, dtype=dtype)
+    kw = dict(rng=0, causal=True, n_keys=12, error_bound=error_bound)
+    monkeypatch.setattr(exact_module, "_USE_TILES", True)
+    a = _run(Q, Kk, V, "levattention", **kw)
+    monkeypatch.setattr(exact_module, "_USE_TILES", False)
+    b = _run(Q, Kk, V, "levattention", **kw)
+    tol = 1e-5 if dtype == np.float32 and error_bound is None else 1e-12
+    np.testing.assert_allclose(a.output, b.output, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.stack(a.lse), np.stack(b.lse), rtol=tol, atol=tol)
+    if error_bound is not None:
+        assert a.bound.value == pytest.approx(b.bound.value, rel=1e-9)
+    assert a.cost == b.cost
