@@ -40,6 +40,14 @@ with ``--ns``): interleaved (exact, previous route, current route) triples in on
 process on layers 0/14/21/29, tol 0.01/0.1/0.5; results
 ``benchmarks/results/attention_adaptive_route.{json,md}``.
 
+Exact route (``--rounding``): the bound there is the worst-case rounding allowance alone;
+its size and ``bound / actual`` for prefill (n = 4096, 8192) and decode (the last query,
+m = 2048, 8192); results ``benchmarks/results/attention_adaptive_rounding.{json,md}``.
+End to end (``--end-to-end ROUTE:TOL ...``, n = 4096 or ``--ns``): SmolLM2 perplexity
+with the method in every layer (route ``default`` or ``estimator``: every head through
+the estimator) and the command's attention times; results
+``benchmarks/results/attention_adaptive_e2e.{json,md}``.
+
 Run under the machine lock: ``flock /tmp/bench.lock python -m benchmarks.attention_adaptive``
 (``--quick``: n = 4096 only, one repeat; ``--ns 8192 --no-decode --merge`` or
 ``--decode-only --merge`` re-run one part and keep the stored rows of the others).
@@ -776,6 +784,122 @@ def render(oracle_paths=()):
     )
 
 
+def rounding(ns=(4096, 8192), decode_ms=(2048, 8192)):
+    """Exact-route bounds (the rounding allowance alone) against the actual float32 error.
+
+    Prefill (every query of the layer's 9 heads, default route, tol 1e-2) and decode
+    (the last query of each head against ``m`` keys). The reference is the exact kernel
+    on the float64 copy. Returns one row per (kind, n or m, layer).
+    """
+    rows = []
+    for kind, sizes in (("prefill", ns), ("decode", decode_ms)):
+        for n in sizes:
+            heads = load_smollm2_heads(n, LAYERS)
+            for li, layer in enumerate(LAYERS):
+                Q, K, V = heads.Q[li], heads.K[li], heads.V[li]
+                if kind == "decode":
+                    Q = np.ascontiguousarray(Q[:, -1:])
+                Y = softmax_attention(
+                    *(x.astype(np.float64) for x in (Q, K, V)), scale=heads.scale, causal=True
+                )
+                r = approximate(Q, K, V, "adaptive", tol=1e-2, causal=True, scale=heads.scale)
+                y = float(np.linalg.norm(Y))
+                err = float(np.linalg.norm(r.output.astype(np.float64) - Y))
+                rows.append(
+                    {
+                        "kind": kind,
+                        "n": n,
+                        "layer": layer,
+                        "actual_rel": err / y,
+                        "bound_rel": r.bound.value / y,
+                        "bound_over_actual": r.bound.value / err if err > 0 else math.inf,
+                        "holds": bool(err <= r.bound.value),
+                        "key_fraction": float(np.mean(r.cost.key_fraction)),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _rounding_md(rows):
+    lines = [
+        "# Exact route of `adaptive`: worst-case rounding allowance against the actual error",
+        "",
+        "SmolLM2 layers 0/7/14/21/29, 9 heads, float32, causal, tol 1e-2 (every key kept). "
+        "Prefill: all rows; decode: the last query against `n` keys.",
+        "",
+        "| kind | n | layer | actual / ‖Y‖ | bound / ‖Y‖ | bound / actual | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['n']} | {r['layer']} | {r['actual_rel']:.2e} | "
+            f"{r['bound_rel']:.2e} | {r['bound_over_actual']:.0f} | {r['holds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def end_to_end(n=4096, cases=(("default", 0.5),)):
+    """``perplexity("adaptive", tol=T)`` of SmolLM2 for each (route, tol) case.
+
+    ``route`` "default" is the method as shipped; "estimator" sends every head through
+    the estimator (no exact fallback). Attention times are those of the command
+    (each call after a settling pause, method and exact alternating).
+    """
+    from attention.end_to_end import perplexity
+
+    rows = []
+    for route, tol in cases:
+        load0 = _load()
+
+        def run(tol=tol):
+            return perplexity("adaptive", n_tokens=n, tol=tol)
+
+        r = _forced(run) if route == "estimator" else run()
+        per_layer = r.layer_seconds_exact / r.layer_seconds
+        rows.append(
+            {
+                "route": route,
+                "tol": tol,
+                "n": n,
+                "perplexity": r.perplexity,
+                "perplexity_exact": r.perplexity_exact,
+                "ratio": r.perplexity / r.perplexity_exact,
+                "top1_agreement": r.top1_agreement,
+                "attention_seconds": r.attention_seconds,
+                "attention_seconds_exact": r.attention_seconds_exact,
+                "speedup": r.attention_seconds_exact / r.attention_seconds,
+                "median_layer_speedup": float(np.nanmedian(per_layer)),
+                "max_layer_error": float(np.nanmax(r.layer_error)),
+                "load": [load0, _load()],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _e2e_md(rows):
+    lines = [
+        "# End to end: SmolLM2-135M perplexity with `adaptive` in every layer",
+        "",
+        "`perplexity('adaptive', n_tokens=n, tol=tol)`; route `estimator`: every head "
+        "through the estimator. Speed-up = exact attention time / method time (the "
+        "command's side-by-side timing).",
+        "",
+        "| route | tol | n | perplexity | ratio to exact | top-1 agreement | attention s "
+        "| exact s | speed-up | median over layers | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['route']} | {r['tol']} | {r['n']} | {r['perplexity']:.6f} | "
+            f"{r['ratio']:.4f} | {r['top1_agreement']:.3f} | {r['attention_seconds']:.2f} | "
+            f"{r['attention_seconds_exact']:.2f} | {r['speedup']:.2f} | "
+            f"{r['median_layer_speedup']:.2f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 4096 only, one repeat")
@@ -821,8 +945,35 @@ def main(argv=None):
         default=None,
         help="only the default route against the previous cost model (--ns lengths)",
     )
+    parser.add_argument(
+        "--rounding",
+        action="store_true",
+        help="only the exact route's bound against the actual error (prefill and decode)",
+    )
+    parser.add_argument(
+        "--end-to-end",
+        nargs="*",
+        metavar="ROUTE:TOL",
+        default=None,
+        help="only perplexity at n = 4096 (or --ns) for route:tol cases, e.g. "
+        "default:0.5 estimator:0.2",
+    )
     args = parser.parse_args(argv)
     global RESULTS
+    if args.rounding or args.end_to_end is not None:
+        out = RESULTS if args.results is None else Path(args.results)
+        out.mkdir(exist_ok=True)
+        if args.rounding:
+            rows = rounding()
+            (out / "attention_adaptive_rounding.json").write_text(json.dumps(rows, indent=1))
+            (out / "attention_adaptive_rounding.md").write_text(_rounding_md(rows))
+        else:
+            n = args.ns[0] if args.ns else 4096
+            cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.end_to_end]
+            rows = end_to_end(n, cases or (("default", 0.5),))
+            (out / "attention_adaptive_e2e.json").write_text(json.dumps(rows, indent=1))
+            (out / "attention_adaptive_e2e.md").write_text(_e2e_md(rows))
+        return
     if args.route_ab is not None:
         out = RESULTS if args.results is None else Path(args.results)
         out.mkdir(exist_ok=True)
