@@ -1301,6 +1301,10 @@ def _performer(
     key_state = _scan_key_state if segments else _key_state
 
     def key_side(g):
+        if g == 0 and mode is not None:
+            # The rounding allowance's score bounds (memoised per problem, one pass
+            # over Q and K) on a worker thread, beside the other groups' work.
+            _score_bounds(problem)
         _, k, v = _scaled(problem, g, wdt)
         lk, sk, off = _rf_key_logs(k, Wt, features)
         st = key_state(
@@ -1566,6 +1570,10 @@ def _scatterbrain(
     tiles = bool(_exact._USE_TILES) and (2 * cs) % 16 == 0 and problem.dv % vl == 0 and d > 0
 
     def key_side(g):
+        if g == 0 and mode is not None:
+            # The rounding allowance's score bounds (memoised per problem, one pass
+            # over Q and K) on a worker thread, beside the other groups' work.
+            _score_bounds(problem)
         _, k, v = _scaled(problem, g, wdt)
         lk, _, off = _rf_key_logs(k, Wt, features)
         st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
@@ -2056,6 +2064,10 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
     key_state = _scan_key_state if _segmented(problem) else _key_state
 
     def key_side(g):
+        if g == 0:
+            # The rounding allowance's score bounds (memoised per problem, one pass
+            # over Q and K) on a worker thread, beside the other groups' work.
+            _score_bounds(problem)
         _, k, v = _scaled(problem, g, wdt)
         st = key_state(
             None,
