@@ -7,7 +7,9 @@ problem; :func:`finish` restores the caller's leading shape.
 
 The plumbing every registered method shares lives here too: :func:`method_result` (the
 one result builder), :func:`problem_cost_exact`, and the one rounding rule of the
-bounds, :func:`rounding_allowance` / :func:`finish_row_bounds`.
+bounds: the proven worst-case allowance :func:`attention_rounding` (also used by
+``"adaptive"`` and :class:`attention.kvcache.KVCache`), applied to every method's rows
+by :func:`rounding_allowance` / :func:`finish_row_bounds`.
 """
 
 from __future__ import annotations
