@@ -82,6 +82,24 @@ def _exp_rows(u, off, cq):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
+def _key_features(lk, off, mult, use_mult, j, sc, one, buf):
+    """``buf[a] = exp(min(lk[j, a] - (sc - off[j]), 0))`` (times ``mult[j, a]``), one key.
+
+    The shift ``sc - off[j]`` is rounded to the dtype of ``lk`` once (through ``one[0]``;
+    ``one[1]`` is 0 in that dtype); shared by :func:`_chunk_features` and
+    :func:`_scan_chunk` so both give the same features bit for bit.
+    """
+    one[0] = sc - off[j]
+    sh = one[0]
+    z = one[1]
+    for a in range(lk.shape[1]):
+        buf[a] = _expo(min(lk[j, a] - sh, z))
+    if use_mult:
+        for a in range(lk.shape[1]):
+            buf[a] *= mult[j, a]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _chunk_features(lk, off, mult, use_mult, p, C, s_pre, Ft, s):
     """Key features of the causal chunks, transposed: ``Ft[c, :, t]`` for key ``p + c C + t``.
 
@@ -111,14 +129,7 @@ def _chunk_features(lk, off, mult, use_mult, p, C, s_pre, Ft, s):
         for t in range(C):
             j = j0 + t
             if j < j1:
-                one[0] = sc - off[j]
-                sh = one[0]
-                z = one[1]
-                for a in range(M):
-                    buf[a] = _expo(min(lk[j, a] - sh, z))
-                if use_mult:
-                    for a in range(M):
-                        buf[a] *= mult[j, a]
+                _key_features(lk, off, mult, use_mult, j, sc, one, buf)
                 for a in range(M):
                     Ft[c, a, t] = buf[a]
             else:
@@ -901,14 +912,7 @@ def _scan_chunk(lk, off, mult, use_log, use_mult, V, j0, C, sh, Ft, Vb, vcol, bu
         j = j0 + t
         if j < m:
             if use_log:
-                one[0] = sc - off[j]
-                s0 = one[0]
-                z = one[1]
-                for a in range(M):
-                    buf[a] = _expo(min(lk[j, a] - s0, z))
-                if use_mult:
-                    for a in range(M):
-                        buf[a] *= mult[j, a]
+                _key_features(lk, off, mult, use_mult, j, sc, one, buf)
                 for a in range(M):
                     Ft[a, t] = buf[a]
             else:
