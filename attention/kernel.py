@@ -45,6 +45,7 @@ import threading
 import warnings
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
@@ -82,6 +83,7 @@ from attention._kernels.features import (
     _prefix_topk,
     _scan_key_states,
     _scan_segment,
+    _scan_shifts,
     _scatter_rows,
     _value_ball,
     _window_features,
@@ -324,9 +326,11 @@ class _ScanState(NamedTuple):
     """Key side of causal linear attention kept as a scan (:func:`_scan_key_state`).
 
     Chunk ``c`` of ``C`` keys has the shift ``s[c]``; ``Sseg[t]`` is the state of the
-    keys before chunk ``t * seg`` (the start of row segment ``t``); the chunk features
-    are rebuilt from ``L`` (log-features, or plain features without ``use_log``) while
-    the scan goes on (:func:`attention._kernels.features._scan_segment`).
+    keys before chunk ``t * seg`` (the start of row segment ``t``), None until
+    :func:`_scan_states` computes them (a group whose segments run in order on one
+    thread does not need them); the chunk features are rebuilt from ``L``
+    (log-features, or plain features without ``use_log``) while the scan goes on
+    (:func:`attention._kernels.features._scan_segment`).
     """
 
     L: np.ndarray  # (m, M) log-features (use_log) or features
@@ -336,8 +340,20 @@ class _ScanState(NamedTuple):
     use_mult: bool
     V: np.ndarray  # (m, w) values with the ones column
     s: np.ndarray  # (nc,) float64 chunk shifts
-    Sseg: np.ndarray  # (nseg, M, w) states at the segment starts
+    Sseg: np.ndarray | None  # (nseg, M, w) states at the segment starts
     seg: int  # chunks per segment
+    C: int = _CHUNK
+
+
+def _scan_states(st: _ScanState) -> _ScanState:
+    """``st`` with the states at the segment starts (the key scan, once per group)."""
+    if st.Sseg is not None:
+        return st
+    nc = st.s.shape[0]
+    Sseg = np.empty((-(-nc // st.seg), st.L.shape[1], st.V.shape[1]), dtype=st.V.dtype)
+    s = np.empty(nc)  # the same shifts again
+    _scan_key_states(st.L, st.off, st.mult, st.use_log, st.use_mult, st.V, st.C, st.seg, s, Sseg)
+    return st._replace(Sseg=Sseg)
 
 
 def _scan_key_state(lk, sk, vaug, n: int, offset: int, causal: bool, lk_off=None):
@@ -350,7 +366,9 @@ def _scan_key_state(lk, sk, vaug, n: int, offset: int, causal: bool, lk_off=None
     512 rows instead of per 32: 2 MB instead of 34 MB per group at ``n = 16384``,
     ``M = 256``); the chunk features are not stored either but rebuilt in the query
     units, whose scan adds the chunks' own sums once more (:math:`2 m M w` flops per
-    group). Otherwise :func:`_key_state` (all chunk states).
+    group). Here only the chunk shifts are computed; the states follow in
+    :func:`_scan_states` for the groups whose segments run in parallel
+    (:func:`_grouped_segments`). Otherwise :func:`_key_state` (all chunk states).
     """
     m, w = vaug.shape
     dt = vaug.dtype
@@ -379,11 +397,10 @@ def _scan_key_state(lk, sk, vaug, n: int, offset: int, causal: bool, lk_off=None
     nc = -(-m // C)
     seg = max(1, _SEGMENT_ROWS // C)
     s = np.empty(nc)
-    Sseg = np.empty((-(-nc // seg), L.shape[1], w), dtype=dt)
     L = np.ascontiguousarray(L)
     V = np.ascontiguousarray(vaug)
-    _scan_key_states(L, off, mult, use_log, use_mult, V, C, seg, s, Sseg)
-    return _ScanState(L, off, mult, use_log, use_mult, V, s, Sseg, seg)
+    _scan_shifts(L, off, use_log, C, s)
+    return _ScanState(L, off, mult, use_log, use_mult, V, s, None, seg, C)
 
 
 def _apply_state(phq: np.ndarray, st: _KeyState):
@@ -726,7 +743,20 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
     :func:`_apply_state`, so the results do not depend on the number of threads.
     Returns the ``extra`` of every group (by key/value index).
     """
-    members, key = _lazy_key_sides(problem, key_side)
+    groups = list(dict.fromkeys(int(j) for j in problem.kv_index))
+    # Groups run whole (their segments in order on one thread, the state carried from
+    # one segment to the next: no separate key scan) while every thread gets one;
+    # the remaining groups run by segments (balance). The same operations either way.
+    threads = numba.get_num_threads()
+    whole = set(groups[: len(groups) - len(groups) % threads]) if threads > 1 else set(groups)
+
+    def key_side_states(g):
+        st, extra = key_side(g)
+        if isinstance(st, _ScanState) and int(problem.kv_index[g]) not in whole:
+            st = _scan_states(st)
+        return st, extra
+
+    members, key = _lazy_key_sides(problem, key_side_states)
 
     n, C = problem.n, _CHUNK
     nc = -(-n // C)
@@ -734,6 +764,17 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
 
     def unit(task):
         j, c0 = task
+        if c0 is None:  # the whole group, segment after segment
+            st = key(j)[0]
+            S = None
+            if isinstance(st, _ScanState):
+                S = np.zeros((st.L.shape[1], st.V.shape[1]), dtype=st.V.dtype)
+            for c in range(0, nc, seg):
+                segment(j, c, S)
+        else:
+            segment(j, c0, None)
+
+    def segment(j, c0, S):
         st, extra = key(j)
         hs = members[j]
         G = len(hs)
@@ -752,11 +793,25 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
         res = np.empty((G, k, C, w), dtype=dt)
         if scan:
             # One Numba scan over the segment's chunks: features, state and values of a
-            # chunk in cache for the G heads.
-            S = st.Sseg[c0 // st.seg].copy()
+            # chunk in cache for the G heads (a whole group: S carried over).
+            advance = S is not None
+            if not advance:
+                S = st.Sseg[c0 // st.seg].copy()
             res3 = res.reshape(G, k * C, w)
             _scan_segment(
-                P, st.L, st.off, st.mult, st.use_log, st.use_mult, st.V, C, c0, st.s, S, res3
+                P,
+                st.L,
+                st.off,
+                st.mult,
+                st.use_log,
+                st.use_mult,
+                st.V,
+                C,
+                c0,
+                st.s,
+                S,
+                res3,
+                advance,
             )
         else:
             P4 = P.reshape(G, k, C, M).transpose(1, 0, 2, 3)  # (chunk, slice, C, M)
@@ -769,7 +824,8 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
         for h, g in enumerate(hs):
             finish(g, i0, i1, res[h].reshape(k * C, w)[:rows], cqs[h] + shift, extra)
 
-    tasks = [(j, c0) for c0 in range(0, nc, seg) for j in members]
+    tasks = [(j, None) for j in groups if j in whole]
+    tasks += [(j, c0) for c0 in range(0, nc, seg) for j in groups if j not in whole]
     map_slices(unit, tasks)
     return {j: key(j)[1] for j in members}  # every group ran at least one unit
 
@@ -2319,7 +2375,10 @@ def _self_tensor(F: np.ndarray, out=None) -> np.ndarray:
     if out is not None and out.flags.c_contiguous:  # rows of out (n, r * r), in place
         np.einsum("ni,nj->nij", F, F, out=out.reshape(n, r, r))
         return out
-    return np.einsum("ni,nj->nij", F, F).reshape(n, -1)
+    # C order: einsum's default follows F's layout (a column selection of a GEMM's
+    # output), and the key scan's Numba kernels take C-contiguous features (a
+    # Fortran-ordered result was copied, 4 MB a head at n = 4096).
+    return np.einsum("ni,nj->nij", F, F, order="C").reshape(n, -1)
 
 
 def _poly_plan(d: int, p: int, kind: str, r: int, nonnegative: bool, seed: int, dtype):

@@ -1006,7 +1006,30 @@ def _scan_key_states(lk, off, mult, use_log, use_mult, V, C, seg, s, Sseg):
 
 
 @njit(cache=True, nogil=True)
-def _scan_segment(P, lk, off, mult, use_log, use_mult, V, C, c0, s, S, out):
+def _scan_shifts(lk, off, use_log, C, s):
+    """Chunk shifts of :func:`_scan_key_states` only: ``s[c]`` (float64, (nc,)).
+
+    The running maximum of ``lk[j] + off[j]`` over the keys up to the end of chunk
+    ``c`` (``use_log``; 0 otherwise), by the same operations as
+    :func:`_scan_key_states` (the same values), without the chunk sums and states.
+    """
+    _wide_vectors()
+    m = lk.shape[0]
+    nc = s.shape[0]
+    run = -np.inf
+    for c in range(nc):
+        if use_log:
+            for j in range(c * C, min(m, c * C + C)):
+                v = np.float64(_max_row(lk[j])) + off[j]
+                if v > run:
+                    run = v
+            s[c] = run
+        else:
+            s[c] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scan_segment(P, lk, off, mult, use_log, use_mult, V, C, c0, s, S, out, advance=False):
     """Causal linear attention of the chunks ``c0 .. c0 + R / C - 1`` for ``G`` query heads.
 
     ``P (G, R, M)``: the query features of the segment's rows (``R`` a multiple of
@@ -1018,6 +1041,9 @@ def _scan_segment(P, lk, off, mult, use_log, use_mult, V, C, c0, s, S, out):
     ``G C``-row GEMM each: full register tiles, the state read once) and the chunk's
     features, values and state stay in cache (the materialised chunk states of a long
     sequence stream from memory: 34 MB per group at ``n = 16384``, ``M = 256``).
+    With ``advance``, ``S`` leaves as the state at the next segment's first chunk
+    (``S_{c0 + R / C}``, by the operations of :func:`_scan_key_states`), so one
+    thread can run a group's segments in order from ``S_0 = 0`` without the key scan.
     """
     _wide_vectors()
     G, R, M = P.shape
@@ -1074,6 +1100,9 @@ def _scan_segment(P, lk, off, mult, use_log, use_mult, V, C, c0, s, S, out):
                 orow[dv] = acc + inc
         if t < k - 1:
             _scan_sum(Ft, Vb, vcol, Z)
+        elif advance and c + 1 < nc:
+            _scan_sum(Ft, Vb, vcol, Z)
+            _scan_step(S, Z, s[c], s[c + 1])
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})

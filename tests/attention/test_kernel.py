@@ -389,6 +389,39 @@ def test_result_independent_of_thread_count(rng, method):
     np.testing.assert_array_equal(one, many)
 
 
+@pytest.mark.parametrize("method", ["performer", "taylor", "tensorsketch"])
+@pytest.mark.parametrize("G", [1, 3], ids=["segments", "whole-and-segments"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scan_groups_whole_or_by_segments_identical(rng, method, G, dtype, monkeypatch):
+    # The scan route (dv a multiple of the vector length): on one thread every group
+    # runs whole (state carried from segment to segment, no key scan); on two threads
+    # G = 3 runs two groups whole and one by segments from the key scan's states, G = 1
+    # by segments only. The same operations: bit-identical outputs and bounds.
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    calls = []
+    scan = K._scan_segment
+    monkeypatch.setattr(K, "_scan_segment", lambda *a: calls.append(a[-1]) or scan(*a))
+    monkeypatch.setattr(K, "_SEGMENT_ROWS", 64)  # several segments, a ragged last one
+    Q, Kk, V = _data(rng, n=300, d=8, dv=16, G=G, dtype=dtype)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run(Q, Kk, V, method, rng=0, causal=True)
+        assert calls and all(calls)  # whole groups only
+        calls.clear()
+        numba.set_num_threads(2)
+        two = _run(Q, Kk, V, method, rng=0, causal=True)
+    finally:
+        numba.set_num_threads(before)
+    assert not all(calls) and (G == 1) == (not any(calls))
+    np.testing.assert_array_equal(one.output, two.output)
+    if one.bound is not None:
+        assert one.bound.value == two.bound.value
+
+
 def test_levattention_float32_without_bound(rng):
     Q, Kk, V = _data(rng, n=70, dtype=np.float32)
     r = _run(Q, Kk, V, "levattention", n_keys=8, window=4, error_bound=None, causal=True)
