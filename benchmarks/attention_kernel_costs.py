@@ -1,15 +1,19 @@
 r"""Cost of the kernel-family attention methods against exact attention, side by side.
 
 Times ``performer``, ``scatterbrain``, ``taylor``, ``polysketch``, ``tensorsketch``,
-``levattention`` and ``hyperattention`` (default parameters; LevAttention's exact-pass
-bound off and HyperAttention's bound off, as in the ``--profile`` run of
+``levattention`` and ``hyperattention`` (default parameters, LevAttention's default
+``"norms"`` bound included; HyperAttention's bound off, as in the ``--profile`` run of
 :mod:`benchmarks.attention_methods`) against
 :func:`attention.softmax_attention` in the same process, interleaved (exact, method,
 exact, method, ...), and reports the median ratio of the two (also of their process CPU
 times), the flops achieved (``cost.flops`` / time / the process's measured float32 GEMM
 rate) and the relative Frobenius error against exact. Datasets: real SmolLM2-135M causal
 heads at ``n = 4096`` (layers 0/10/20/29, 9 query / 3 kv heads each) and synthetic causal
-SmolLM2-shaped heads at ``n = 16384``.
+SmolLM2-shaped heads at ``n = 16384``. ``--single-kv`` adds (or, with ``--no-real
+--sizes``, gives alone) the stack of :mod:`benchmarks.attention_long`: 11 real causal
+heads at ``n = 4096``, one query head per layer (layers 0, 3, ..., 27 and 29, head
+``layer % 9`` with the key/value head it reads), timed as one call as that benchmark
+does (no key side shared between query heads).
 
 Any registered method can be listed with ``--methods``: methods without a causal form run
 non-causally against non-causal exact attention (column ``causal``); the bound passes that
@@ -19,7 +23,7 @@ from other text (the shipped CC0 legal code, 512 tokens, same layers) on real he
 from an independent synthetic draw otherwise.
 
 Run ``python -m benchmarks.attention_kernel_costs [--repeats R] [--methods ...]
-[--no-real] [--sizes N ...] [--merge] [--out NAME]``; wrap it in ``flock
+[--no-real] [--single-kv] [--sizes N ...] [--merge] [--out NAME]``; wrap it in ``flock
 /tmp/bench.lock`` on a shared machine. Writes ``benchmarks/results/NAME.{md,json}``
 (default ``attention_kernel_costs``) unless ``--no-write``; ``--merge`` replaces only the
 measured (dataset, method) rows of an existing table (runs split into chunks of a few
@@ -55,11 +59,21 @@ METHODS = (
     "hyperattention",
 )
 PARAMS = dict(PROFILE_NO_EXACT_PASS)
+# LevAttention's default bound ("norms") has no exact pass: measured as it is.
+PARAMS.pop("levattention", None)
+SINGLE_KV_LAYERS = (0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29)  # benchmarks.attention_long
 OUT = Path(__file__).parent / "results"
 
 
-def _datasets(with_real: bool, sizes):
+def _datasets(with_real: bool, sizes, single_kv: bool = False):
     """``(name, parts, scale, calibration keys per part)``."""
+    if single_kv:
+        from attention.data import load_smollm2_heads
+
+        heads = [(layer, layer % 9) for layer in SINGLE_KV_LAYERS]
+        s = load_smollm2_heads(4096, layers=SINGLE_KV_LAYERS).sample(heads)
+        cal = load_smollm2_heads(512, layers=SINGLE_KV_LAYERS, text="cc0-1.0").sample(heads)
+        yield "smollm2-4096-1kv", [(s.Q, s.K, s.V)], s.scale, [cal.K]
     if with_real:
         from attention.data import load_smollm2_heads
 
@@ -71,7 +85,7 @@ def _datasets(with_real: bool, sizes):
         yield f"synthetic-{n}", _synthetic_gqa(n), 0.125, [_synthetic_gqa(512, seed=1)[0][1]]
 
 
-def run(methods, with_real=True, sizes=(16384,), repeats=3):
+def run(methods, with_real=True, sizes=(16384,), repeats=3, single_kv=False):
     from attention._core import relative_error
     from attention._registry import approximate
     from attention._registry import methods as registered
@@ -80,7 +94,7 @@ def run(methods, with_real=True, sizes=(16384,), repeats=3):
     causal_ok = {m.name: m.causal for m in registered()}
     rate = gemm_rate()
     rows = []
-    for dname, parts, scale, calib in _datasets(with_real, sizes):
+    for dname, parts, scale, calib in _datasets(with_real, sizes, single_kv):
         refs = {}
         for name in methods:
             causal = causal_ok[name]
@@ -204,13 +218,18 @@ def main(argv=None):
     p.add_argument("--methods", nargs="*", default=list(METHODS))
     p.add_argument("--sizes", nargs="*", type=int, default=[16384])
     p.add_argument("--no-real", action="store_true")
+    p.add_argument(
+        "--single-kv",
+        action="store_true",
+        help="also the 11 single-KV real heads of attention_long at n = 4096 (one call)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--merge", action="store_true", help="replace only the measured rows")
     p.add_argument("--out", default="attention_kernel_costs", help="result file stem")
     a = p.parse_args(argv)
     load0 = os.popen("uptime").read().strip()
-    rows, rate = run(a.methods, not a.no_real, tuple(a.sizes), a.repeats)
+    rows, rate = run(a.methods, not a.no_real, tuple(a.sizes), a.repeats, a.single_kv)
     load = load0 + " / " + os.popen("uptime").read().strip()
     print(load)
     commit = os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip()
