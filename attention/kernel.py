@@ -628,6 +628,17 @@ def _scaled(problem: Problem, g: int, dtype=np.float64):
     return np.multiply(q, r, dtype=dtype), np.multiply(k, r, dtype=dtype), v.astype(dtype)
 
 
+def _scaled_kv(problem: Problem, g: int, dtype=np.float64):
+    """Keys of slice ``g`` as :func:`_scaled` and its values as stored (no copy).
+
+    For the key sides, which need no queries; the values go to :func:`_augment`, which
+    casts them (``dtype`` holds the input dtype's values exactly: no rounding).
+    """
+    r = np.dtype(dtype).type(math.sqrt(problem.scale))
+    j = problem.kv_index[g]
+    return np.multiply(problem.k[j], r, dtype=dtype), problem.v[j]
+
+
 def _scaled_q(problem: Problem, g: int, dtype=np.float64) -> np.ndarray:
     """Return the queries of slice ``g`` in ``dtype``, times ``sqrt(scale)``."""
     r = np.dtype(dtype).type(math.sqrt(problem.scale))
@@ -691,6 +702,12 @@ def _lazy_key_sides(problem: Problem, key_side):
                 keys[j] = key_side(reps[j])
         return keys[j]
 
+    def release(j: int) -> None:
+        """Forget group ``j``'s key side (its last user is done): its memory is reused."""
+        with locks[j]:
+            keys[j] = None
+
+    key.release = release
     return members, key
 
 
@@ -707,9 +724,25 @@ def _grouped_map(problem: Problem, key_side, query_side) -> list:
     Returns the query-side results in slice order.
     """
     members, key = _lazy_key_sides(problem, key_side)
+    left = {j: len(hs) for j, hs in members.items()}
+    lock = threading.Lock()
+
+    def run(g):
+        j = int(problem.kv_index[g])
+        out = query_side(g, key(j))
+        with lock:
+            left[j] -= 1
+            done = left[j] == 0
+        if done:
+            # The group's key side (tens of MB at long n) is freed as soon as its last
+            # query slice is done: the next groups reuse the memory instead of
+            # faulting in fresh pages (and the peak memory is that of the groups in
+            # progress, not of all groups).
+            key.release(j)
+        return out
 
     order = [g for grp in itertools.zip_longest(*members.values()) for g in grp if g is not None]
-    res = map_slices(lambda g: query_side(g, key(int(problem.kv_index[g]))), order)
+    res = map_slices(run, order)
     out: list = [None] * problem.n_slices
     for g, r in zip(order, res, strict=True):
         out[g] = r
@@ -756,11 +789,20 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
             st = _scan_states(st)
         return st, extra
 
-    members, key = _lazy_key_sides(problem, key_side_states)
+    extras = {}
+
+    def key_side_kept(g):
+        st, extra = key_side_states(g)
+        extras[int(problem.kv_index[g])] = extra
+        return st, extra
+
+    members, key = _lazy_key_sides(problem, key_side_kept)
 
     n, C = problem.n, _CHUNK
     nc = -(-n // C)
     seg = max(1, _SEGMENT_ROWS // C)
+    left = {j: 1 if j in whole else -(-nc // seg) for j in groups}
+    lock = threading.Lock()
 
     def unit(task):
         j, c0 = task
@@ -773,6 +815,11 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
                 segment(j, c, S)
         else:
             segment(j, c0, None)
+        with lock:
+            left[j] -= 1
+            done = left[j] == 0
+        if done:
+            key.release(j)  # as in _grouped_map: the memory goes to the next groups
 
     def segment(j, c0, S):
         st, extra = key(j)
@@ -827,7 +874,7 @@ def _grouped_segments(problem: Problem, key_side, feats, finish) -> dict:
     tasks = [(j, None) for j in groups if j in whole]
     tasks += [(j, c0) for c0 in range(0, nc, seg) for j in groups if j not in whole]
     map_slices(unit, tasks)
-    return {j: key(j)[1] for j in members}  # every group ran at least one unit
+    return extras  # every group ran at least one unit
 
 
 def _key_cache(problem: Problem, build):
@@ -1361,7 +1408,7 @@ def _performer(
             # The rounding allowance's score bounds (memoised per problem, one pass
             # over Q and K) on a worker thread, beside the other groups' work.
             _score_bounds(problem)
-        _, k, v = _scaled(problem, g, wdt)
+        k, v = _scaled_kv(problem, g, wdt)
         lk, sk, off = _rf_key_logs(k, Wt, features)
         st = key_state(
             lk, sk, _augment(v, wdt), problem.n, problem.offset, problem.causal, lk_off=off
@@ -1630,9 +1677,10 @@ def _scatterbrain(
             # The rounding allowance's score bounds (memoised per problem, one pass
             # over Q and K) on a worker thread, beside the other groups' work.
             _score_bounds(problem)
-        _, k, v = _scaled(problem, g, wdt)
+        k, v = _scaled_kv(problem, g, wdt)
         lk, _, off = _rf_key_logs(k, Wt, features)
-        st = _key_state(lk, None, _augment(v, wdt), n, problem.offset, problem.causal, lk_off=off)
+        vaug = _augment(v, wdt)
+        st = _key_state(lk, None, vaug, n, problem.offset, problem.causal, lk_off=off)
         k64 = np.multiply(problem.slice(g)[1], math.sqrt(problem.scale), dtype=np.float64)
         hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
         kvd = _kv_bound_data(problem, k64, v) if mode == "norms" else None
@@ -1642,7 +1690,8 @@ def _scatterbrain(
         ck = np.empty(m)
         if Wt.shape[0]:
             _exp_rows(fk, np.zeros(m) if off is None else off, ck)
-        ks, vv = k.astype(sdt, copy=False), _augment(v, sdt)
+        ks = k.astype(sdt, copy=False)
+        vv = vaug if vaug.dtype == sdt else _augment(v, sdt)  # read-only in both
         win = None
         if problem.causal and m > 0:
             # Every causal key window of every bucket, once per key/value slice, laid
@@ -2124,7 +2173,7 @@ def _taylor(problem: Problem, *, rng, degree=2, feature_budget=256, sketch_size=
             # The rounding allowance's score bounds (memoised per problem, one pass
             # over Q and K) on a worker thread, beside the other groups' work.
             _score_bounds(problem)
-        _, k, v = _scaled(problem, g, wdt)
+        k, v = _scaled_kv(problem, g, wdt)
         st = key_state(
             None,
             _taylor_feats(k, p, sketches),
