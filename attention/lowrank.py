@@ -216,17 +216,29 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     dropped probability is at most :math:`D_i/(\tilde z_i + D_i)`.
 
     **Cost: quadratic at the default budget.** Only the approximate scores scale with
-    the rank: :math:`2nmr` flops (``r/d`` of exact attention's score GEMM, 2% of
-    Loki's time at ``n = 4096``). Every row still selects among all its visible keys
-    (:math:`O(m)` per row), attends :math:`k = \lceil m/8\rceil` keys exactly in
-    float64 (:math:`2nk(d + d_v)` flops, gathered rows, no BLAS) and the dropped-mass
-    bound needs :math:`\tilde s_{ij} + \delta_{ij}` and its exponential for every
-    dropped visible pair (an :math:`O(nm)` float64 pass). Measured on one real SmolLM2
-    layer (9 causal heads, ``n = 4096``, one thread): about 50% of the time in the
-    selection and the float64 kept part, 35% in the bound pass, 2% in the rank-``r``
-    scores; 0.06x the speed of exact attention over 36 heads (the most accurate of
-    the selection methods: median error 0.07 at ``n = 8192``). A fixed ``top_k``
-    makes the kept part linear; the selection and the bound pass stay :math:`O(nm)`.
+    the rank: :math:`2nmr` flops (``r/d`` of exact attention's score GEMM). Every row
+    still selects among all its visible keys (:math:`O(m)` per row: vectorised
+    counting passes, :func:`attention._kernels.topk._select_block`), attends
+    :math:`k = \lceil m/8\rceil` keys exactly (:math:`2nk(d + d_v)` flops; gathered
+    rows in float64 arithmetic, or GEMMs over the union of a block's kept keys when it
+    is small, :func:`attention.sparse._kept_block`) and the dropped-mass bound needs
+    :math:`\tilde s_{ij} + \delta_{ij}` and its exponential for every dropped visible
+    pair (one vectorised float64 log-sum-exp pass per row, no :math:`O(nm)`
+    temporaries). Blocks of 256 rows of all slices run on all cores. Measured on one
+    real SmolLM2 layer (9 causal heads, ``n = 4096``, one thread): about 30% of the
+    time in the selection, 40% in the kept part, 15% in the bound pass, 10% in the
+    rank-``r`` scores; 0.2x the speed of exact attention (the kept part alone moves
+    :math:`k (d + d_v)` gathered values per row, a quarter of exact attention's flops
+    at memory speed). A fixed ``top_k`` makes the kept part linear; the selection and
+    the bound pass stay :math:`O(nm)`.
+
+    **Bound.** :math:`\tilde s_{ij}` is formed in the work dtype and the exact scores
+    of the kept keys too, so the bound adds their rounding: :math:`s\,\tau\,\|q_i\|
+    \|k_j\|` per dropped pair (:math:`\tau` covers the rounding of :math:`\tilde s`,
+    :math:`\gamma_{r+3}`, the float64 projections and residual norms and the basis's
+    departure from orthonormal columns :math:`\|P^\top P - I\|`) and
+    :math:`\gamma_{d+3} s\|q_i\|\max_j\|k_j\| + 2u + 2k\,u_{64}` to the kept
+    log-normaliser (Higham, Lemma 3.1 and (3.5)).
     """
     n, m, d = problem.n, problem.m, problem.d
     rank = max(1, d // 4) if rank is None else rank
@@ -239,99 +251,128 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
             "would let future keys decide which past keys a query attends to; pass "
             "calibration= an (N, d) array of keys from other text (as Loki does)"
         )
-    from attention._kernels.topk import _topk_kernel
-    from attention.sparse import _TOPK_ROWS, _work_dtype
+    from attention._kernels.topk import _loki_drop, _select_block
+    from attention.sparse import _TOPK_ROWS, _kept_block, _work_dtype
 
     scale = problem.scale
-    bases: dict[int, np.ndarray] = {}
-    flops = 0.0
-    for j in dict.fromkeys(int(x) for x in problem.kv_index):
-        src = problem.k[j].astype(np.float64) if calib is None else calib[j]
-        bases[j] = _loki_basis(src, rank, rng)
-        flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
+    G = problem.n_slices
     kk = min(top_k, m)
     work = _work_dtype(problem)
-    # Rounding of the float64 approximate scores of the bound: gamma_(r+2) s |q_i| |k_j|
-    # (Higham), added to the residual term.
-    u = float(np.finfo(np.float64).eps) / 2
-    gamma = (rank + 2) * u / (1 - (rank + 2) * u)
-    no_bias = np.zeros((1, 1))
+    u64 = _EPS64 / 2
+    uw = float(np.finfo(work).eps) / 2
+    bases: dict[int, np.ndarray] = {}
+    flops = 0.0
+    kv = {}
+    for j in dict.fromkeys(int(x) for x in problem.kv_index):
+        src = problem.k[j].astype(np.float64) if calib is None else calib[j]
+        P = _loki_basis(src, rank, rng)
+        bases[j] = P
+        flops += 2.0 * src.shape[0] * d * rank * 8  # rsvd: about 8 passes
+        k64 = problem.k[j].astype(np.float64)
+        kP = k64 @ P
+        # ||E||: departure of P from orthonormal columns (rounding of the basis)
+        e_orth = float(np.linalg.norm(P.T @ P - np.eye(P.shape[1]), 2))
+        kv[j] = (
+            np.ascontiguousarray(kP.astype(work)),
+            np.linalg.norm(k64 - kP @ P.T, axis=1),  # ||(I - PP^T) k_j||
+            np.linalg.norm(k64, axis=1) * (1 + 2 * (d + 2) * u64),
+            np.ascontiguousarray(problem.k[j], dtype=work),
+            np.ascontiguousarray(problem.v[j], dtype=work),
+            e_orth,
+        )
+    # Exact scores s_ij = s q_i.k_j against the approximate ones S_ij (work dtype):
+    # s_ij <= S_ij + s ||q_i^perp|| ||k_j^perp|| + s tau ||q_i|| ||k_j||, where tau
+    # covers the basis's departure from orthonormality ||E|| (q.(I-PP^T)k <=
+    # |(I-PP^T)q| |(I-PP^T)k| + ||E||(1+||E||)|q||k|), the float64 rounding of the
+    # projections and residual norms (eps) and the rounding of S (gamma_(r+3) in the
+    # work dtype, Higham Lemma 3.1/(3.5)).
+    gd = (d + 2) * u64 / (1 - (d + 2) * u64)
+    gr = (rank + 3) * uw / (1 - (rank + 3) * uw)
+    ld = (d + 3) * uw / (1 - (d + 3) * uw)
 
-    def attend(g):
-        q, k, v = _slice64(problem, g)
-        P = bases[int(problem.kv_index[g])]
-        qP, kP = q @ P, k @ P
-        qPw, kPw = qP.astype(work), kP.astype(work)
-        qn, kn = np.linalg.norm(q, axis=1), np.linalg.norm(k, axis=1)
-        q_perp = np.sqrt(np.maximum(qn**2 - np.sum(qP * qP, 1), 0.0))
-        k_perp = np.sqrt(np.maximum(kn**2 - np.sum(kP * kP, 1), 0.0))
-        y = np.zeros((n, problem.dv))
-        lse, lf = np.full(n, -np.inf), np.zeros(n)
-        n_kept, n_seen = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        eps = np.zeros(n)
-        sel = np.empty((_TOPK_ROWS, kk), dtype=np.int64)
-        evals = 0
-        for r0 in range(0, n, _TOPK_ROWS):
-            r1 = min(n, r0 + _TOPK_ROWS)
-            hi = min(max(r1 + problem.offset if problem.causal else m, 0), m)
-            if hi == 0:
-                continue
-            S = qPw[r0:r1] @ kPw[:hi].T
-            S *= S.dtype.type(scale)
-            lims = np.full(r1 - r0, hi, dtype=np.int64)
-            if problem.causal:
-                lims = np.clip(np.arange(r0, r1) + problem.offset + 1, 0, hi)
-            sl = slice(r0, r1)
-            # Selection by the approximate scores, exact attention on the kept keys.
-            _topk_kernel(
-                S,
-                lims,
-                kk,
-                q[sl],
-                k[:hi],
-                v[:hi],
-                float(scale),
-                no_bias,
-                False,
-                False,
-                False,
-                y[sl],
-                lse[sl],
-                lf[sl],
-                n_kept[sl],
-                n_seen[sl],
-                sel[: r1 - r0],
+    def tau_of(e_orth):
+        eps = 3 * (d + rank + 4) * u64 * (1 + e_orth)
+        return 1.01 * (
+            (1 + e_orth) * (gr * (1 + 2 * gd) + 3 * gd)
+            + 2 * eps * (1 + eps)
+            + eps * eps
+            + e_orth * (1 + e_orth)
+        )
+
+    outs = np.zeros((G, n, problem.dv))
+    lses = np.full((G, n), -np.inf)
+    log_drop = np.full((G, n), -np.inf)
+    n_kept = np.zeros((G, n), dtype=np.int64)
+    qpre = []
+    for g in range(G):
+        j = int(problem.kv_index[g])
+        P = bases[j]
+        kn, e_orth = kv[j][2], kv[j][5]
+        q64 = problem.q[g].astype(np.float64)
+        qP = q64 @ P
+        q_perp = np.linalg.norm(q64 - qP @ P.T, axis=1)
+        qn = np.linalg.norm(q64, axis=1) * (1 + 2 * (d + 2) * u64)
+        qpre.append(
+            (
+                np.ascontiguousarray((scale * qP).astype(work)),
+                scale * q_perp,
+                scale * tau_of(e_orth) * qn,
+                # the kept normaliser is computed from scores rounded in the work dtype
+                # (and weights stored there): its log is low by at most this
+                ld * scale * qn * float(kn.max(initial=0.0)) + 2 * uw + 2 * kk * u64,
+                np.ascontiguousarray(problem.q[g], dtype=work),
             )
-            evals += int(n_kept[sl].sum())
-            # Upper bound on the exact scores of the dropped keys (PCA residual and the
-            # rounding of s~), relative to exp(lse) = z~_i (exact over the selection).
-            # (float64 approximate scores, as the selection's are rounded to float32)
-            U = scale * (qP[sl] @ kP[:hi].T)
-            U += scale * np.outer(q_perp[sl] + gamma * qn[sl], k_perp[:hi] + gamma * kn[:hi])
-            U[np.arange(hi)[None, :] >= lims[:, None]] = -np.inf
-            kept = sel[: r1 - r0]
-            ri, ti = np.nonzero(kept >= 0)
-            U[ri, kept[ri, ti]] = -np.inf
-            ok = np.isfinite(lse[sl])
-            U -= np.where(ok, lse[sl], 0.0)[:, None]
-            mx = U.max(axis=1)
-            fin = np.isfinite(mx)
-            with np.errstate(over="ignore", divide="ignore"):
-                logD = np.where(fin, mx, 0.0) + np.log(
-                    np.exp(U - np.where(fin, mx, 0.0)[:, None]).sum(axis=1)
-                )
-            # eps = D / (1 + D), D = exp(logD); nothing dropped: 0.
-            e = np.where(fin, 1.0 / (1.0 + np.exp(np.minimum(-logD, 700.0))), 0.0)
-            eps[sl] = np.where(ok, e, 0.0)
-        rb = dropped_mass_bound(eps, v, Y_tilde=y)
-        return y, lse, finish_row_bounds(problem, rb.rows, y, v), evals
+        )
 
-    res = map_slices(attend, range(problem.n_slices))
-    outs = [r[0] for r in res]
-    lses = [r[1] for r in res]
-    rows = [r[2] for r in res]
-    evals = sum(r[3] for r in res)
-    G = problem.n_slices
+    def block(unit):
+        g, r0 = unit
+        r1 = min(n, r0 + _TOPK_ROWS)
+        hi = min(max(r1 + problem.offset if problem.causal else m, 0), m)
+        if hi == 0:
+            return
+        j = int(problem.kv_index[g])
+        kPw, k_perp, kn, kw, vw, _ = kv[j]
+        qPw, a, c_row, low, qw = qpre[g]
+        S = qPw[r0:r1] @ kPw[:hi].T
+        lims = np.full(r1 - r0, hi, dtype=np.int64)
+        if problem.causal:
+            lims = np.clip(np.arange(r0, r1) + problem.offset + 1, 0, hi)
+        sl = slice(r0, r1)
+        sel = np.empty((r1 - r0, kk), dtype=np.int64)
+        sv = np.empty((r1 - r0, kk))
+        # Selection by the approximate scores, exact attention on the kept keys.
+        seen = np.empty(r1 - r0, dtype=np.int64)
+        _select_block(S, lims, kk, False, False, sel, sv, n_kept[g, sl], seen, lses[g, sl])
+        _kept_block(
+            sel, sv, n_kept[g, sl], qw[sl], kw[:hi], vw[:hi], scale, True, outs[g, sl], lses[g, sl]
+        )
+        # Upper bound of the dropped mass relative to the kept normaliser.
+        _loki_drop(
+            S,
+            lims,
+            sel,
+            n_kept[g, sl],
+            a[sl],
+            k_perp[:hi],
+            c_row[sl],
+            kn[:hi],
+            lses[g, sl] - low[sl],
+            log_drop[g, sl],
+        )
+
+    map_slices(block, [(g, r0) for g in range(G) for r0 in range(0, n, _TOPK_ROWS)])
+    rows = []
+    for g in range(G):
+        v = problem.v[int(problem.kv_index[g])].astype(np.float64)
+        ok = np.isfinite(lses[g])
+        # eps = D / (1 + D), D = exp(log_drop) (1 + 1e-12 for the float64 pass);
+        # nothing dropped: 0.
+        ld_g = log_drop[g] + 1e-12
+        e = np.where(np.isfinite(ld_g), 1.0 / (1.0 + np.exp(np.minimum(-ld_g, 700.0))), 0.0)
+        eps = np.where(ok, e, 0.0)
+        rb = dropped_mass_bound(eps, v, Y_tilde=outs[g])
+        rows.append(finish_row_bounds(problem, rb.rows, outs[g], v))
+    evals = int(n_kept.sum())
     flops += G * (2.0 * (n + m) * d * rank + 2.0 * n * m * rank + 2.0 * n * kk * (d + problem.dv))
     bound = _fro_bound(
         rows,

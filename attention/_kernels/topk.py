@@ -1,23 +1,28 @@
-"""Numba kernel of top-k attention: per-row selection over a block of formed scores.
+"""Numba kernels of the selection methods (``topk``, ``loki``) on blocks of formed scores.
 
-For each score row (the visible prefix ``S[i, :lim_i]`` of a block formed by one GEMM):
+For each score row (the visible prefix ``S[i, :lim_i]`` of a block formed by one GEMM,
+in the work dtype), :func:`_select_block`:
 
-* **selection**: the maxima of groups of 16 consecutive scores (fewer when ``k`` is
-  large: at least ``8 k`` groups; a vectorised pass);
-  the ``k``-th largest group maximum ``t`` (``np.partition``) is a lower bound of the
-  ``k``-th largest score (the ``k`` groups with the largest maxima hold ``k`` scores
-  ``>= t``; quickselect), so only the groups with maximum ``>= t`` are scanned for scores ``>= t``
-  and the ``k`` largest of those candidates are kept (ties broken by position): the
-  exact top ``k``;
-* **normaliser** ``lse_full = mx + log sum_j exp(S_ij - mx)`` with ``mx`` the largest
-  kept score, by the exact kernel's vectorised exponential
-  (:func:`attention._kernels.exact._exp_sum`) on chunks of 512 scores, the chunk sums
-  added in float64;
-* **kept part** in float64: the kept scores are recomputed from the float64 query and
-  key rows (plus the additive mask), ``w_j = exp(s_ij - max)``,
-  ``out_i = sum w_j v_j / sum w_j``, ``lse_kept = max + log sum w_j``.
+* **selection** of the ``k`` largest finite scores without sorting: one vectorised
+  pass for the row's maximum, minimum, mean and deviation; counting passes (three trial
+  thresholds per vectorised pass, the first ones normal quantiles of the row, then a
+  log-count interpolation) narrow a bracket ``[lo, hi)`` with
+  ``count(>= lo) >= k > count(>= hi)`` until ``count(>= lo) <= k + max(16, k/4)``
+  (one or two passes on real heads); the maxima of 16 strided groups locate the
+  entries ``>= lo`` (one vectorised pass, only groups reaching ``lo`` are scanned);
+  the same search on those candidates gives exactly ``k`` of them (ties at the
+  threshold: the first positions, by a quickselect and a sort of the tied positions);
+* **normaliser** ``lse_full = mx + log sum_j exp(S_ij - mx)`` (topk) by the exact
+  kernel's vectorised exponential (:func:`attention._kernels.exact._exp_sum`) on
+  chunks of 512 scores, the chunk sums added in float64.
 
-Every row is handled by one call in a fixed order: the result does not depend on the
+The kept part (:func:`_gather_kept`, :func:`_dense_weights`) attends each row's kept
+keys: gathered rows four keys at a time in float64 arithmetic, or scattered weights
+for one GEMM over the union of a block's kept keys (:func:`attention.sparse._kept_block`
+chooses). :func:`_loki_drop` is Loki's dropped-mass pass (one vectorised float64
+log-sum-exp over each row's dropped keys).
+
+Every row is handled in a fixed order by one call: the result does not depend on the
 number of threads.
 """
 
@@ -25,11 +30,23 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.extending import intrinsic
 
-from attention._kernels.exact import _exp_sum, _max_nonan, _wide_vectors
+from attention._kernels.exact import _exp_sum, _exp_sum_f64, _max_nonan, _wide_vectors
 
 _CHUNK = 512
 _GROUP = 16
+
+
+@intrinsic
+def _min_nonan(typingctx, a, b):
+    """Return ``a if a < b else b`` flagged ``nnan`` (LLVM vectorises the reduction)."""
+
+    def codegen(context, builder, sig, args):
+        c = builder.fcmp_ordered("<", args[0], args[1], flags=("nnan", "nsz"))
+        return builder.select(c, args[0], args[1], flags=("nnan", "nsz"))
+
+    return a(a, b), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -65,156 +82,410 @@ def _kth_largest(a, n, kk, tmp):
     return tmp[want]
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _row_stats(row, lim, masked):
+    """``(max, min, count, mean, std)`` of the finite entries of ``row[:lim]``."""
+    _wide_vectors()
+    mx = row[0]
+    for j in range(lim):
+        mx = _max_nonan(mx, row[j])
+    mn = mx
+    seen = 0
+    s1 = 0.0
+    s2 = 0.0
+    if not masked:
+        seen = lim
+        for j in range(lim):
+            x = row[j]
+            mn = _min_nonan(mn, x)
+            xd = np.float64(x)
+            s1 += xd
+            s2 += xd * xd
+    else:
+        for j in range(lim):
+            x = row[j]
+            fin = x > -np.inf
+            seen += 1 if fin else 0
+            mn = _min_nonan(mn, x if fin else mx)
+            xd = np.float64(x) if fin else 0.0
+            s1 += xd
+            s2 += xd * xd
+    mean = s1 / max(seen, 1)
+    var = s2 / max(seen, 1) - mean * mean
+    return mx, mn, seen, mean, np.sqrt(max(var, 0.0))
+
+
 @njit(cache=True, nogil=True)
-def _compact(bv, bi, c, kk, tmp):
-    """Keep the ``kk`` largest of ``bv[:c]`` (first by position among ties); threshold."""
+def _normal_tail(p):
+    """``z`` with ``P(N(0, 1) > z) = p`` for ``0 < p <= 1/2`` (Abramowitz-Stegun 26.2.23)."""
+    t = np.sqrt(-2.0 * np.log(p))
+    return t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (
+        1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t
+    )
+
+
+@njit(cache=True, nogil=True)
+def _count3(row, lim, tb):
+    """Count the entries of ``row[:lim]`` at least ``tb[0]``, ``tb[1]``, ``tb[2]``."""
+    _wide_vectors()
+    t1, t2, t3 = tb[0], tb[1], tb[2]
+    c1 = np.int32(0)
+    c2 = np.int32(0)
+    c3 = np.int32(0)
+    for j in range(lim):
+        x = row[j]
+        c1 += np.int32(1) if x >= t1 else np.int32(0)
+        c2 += np.int32(1) if x >= t2 else np.int32(0)
+        c3 += np.int32(1) if x >= t3 else np.int32(0)
+    return c1, c2, c3
+
+
+@njit(cache=True, nogil=True)
+def _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax):
+    """Keep the ``kk`` largest finite entries of ``row[:lim]``: ``(c, seen, row max)``.
+
+    Writes the kept scores to ``bv[:c]`` and their positions to ``bi[:c]`` (ties at
+    the ``kk``-th largest value broken by position: the first ones are kept).
+    Threshold search: counting passes with three trial thresholds each (vectorised),
+    keeping a bracket ``[lo, hi)`` with ``count(>= lo) >= kk > count(>= hi)``, until
+    ``kk <= count(>= lo) <= kk + slack`` or the bracket cannot be split (ties). The
+    first trials are normal quantiles of the row's mean and deviation, the later ones
+    an interpolation of the log-count and the two midpoints (only the number of
+    passes depends on these guesses, not the result). Then one pass over chunks of 16
+    (skipped when their maximum is below ``lo``) collects the entries ``>= lo`` and a
+    quickselect keeps the ``kk`` largest.
+    """
+    mx, mn, seen, mean, sd = _row_stats(row, lim, masked)
+    if seen == 0:
+        return 0, 0, mx
+    c = 0
+    if seen <= kk:
+        for j in range(lim):
+            x = row[j]
+            if x > -np.inf:
+                bv[c] = x
+                bi[c] = j
+                c += 1
+        return c, seen, mx
+    slack = max(16, kk // 4)
+    lo, hi, n_lo, _ = _bracket(row, lim, kk, slack, mn, mx, seen, 0, tb, mean, sd)
+    tb[0] = lo
+    t = tb[0]
+    # Strided groups {w, w + G, ..., w + 15 G}: their maxima are one vectorised pass;
+    # only groups whose maximum reaches t are scanned (candidates out of order).
+    G = lim // _GROUP
+    _group_max(row, G, gmax)
+    for w in range(G):
+        if gmax[w] >= t:
+            for r in range(_GROUP):
+                j = r * G + w
+                x = row[j]
+                if x >= t:
+                    bv[c] = x
+                    bi[c] = j
+                    c += 1
+    for j in range(_GROUP * G, lim):
+        x = row[j]
+        if x >= t:
+            bv[c] = x
+            bi[c] = j
+            c += 1
+    if c > kk:
+        # the same search on the candidates, down to exactly kk (ties: quickselect)
+        lo, _, n_lo, _ = _bracket(bv, c, kk, 0, lo, hi, c, 0, tb, np.nan, 0.0)
+        if n_lo == kk:
+            tb[0] = lo
+            t = tb[0]
+            w = 0
+            for e in range(c):
+                x = bv[e]
+                if x >= t:
+                    bv[w] = x
+                    bi[w] = bi[e]
+                    w += 1
+            c = w
+        else:
+            c = _keep_largest(bv, bi, c, kk, tmp)
+    return c, seen, mx
+
+
+@njit(cache=True, nogil=True)
+def _bracket(row, lim, kk, slack, lo, hi, n_lo, n_hi, tb, mean, sd):
+    """Narrow ``[lo, hi)`` (``count(>= lo) = n_lo >= kk > count(>= hi) = n_hi``).
+
+    Counting passes over ``row[:lim]`` with three trial thresholds each until
+    ``n_lo <= kk + slack`` or the bracket cannot be split (ties). First trials: normal
+    quantiles from ``mean`` and ``sd`` (unless ``mean`` is NaN); then an interpolation
+    of the log-count and the midpoints on either side. Returns ``(lo, hi, n_lo, n_hi)``
+    (float64 values of thresholds in the dtype of ``row``).
+    """
+    lo, hi = np.float64(lo), np.float64(hi)
+    target = kk + slack // 2
+    first = not np.isnan(mean)
+    while n_lo > kk + slack:
+        w = hi - lo
+        if first:
+            first = False
+            p = target / n_lo
+            for e in range(3):
+                pe = min(p * (2.0, 1.0, 0.5)[e], 0.5)
+                tb[e] = min(max(mean + sd * _normal_tail(pe), lo + w / 64), hi - w / 64)
+        else:
+            # log-count linear between (lo, n_lo) and (hi, max(n_hi, 1/2))
+            f = np.log(n_lo / (target + 0.5)) / np.log(n_lo / max(n_hi, 0.5))
+            ts = lo + w * min(max(f, 1.0 / 16), 15.0 / 16)
+            tb[0] = 0.5 * (lo + ts)
+            tb[1] = ts
+            tb[2] = 0.5 * (ts + hi)
+        c1, c2, c3 = _count3(row, lim, tb)
+        nlo, nhi = lo, hi
+        n_new, nh_new = n_lo, n_hi
+        for e in range(3):
+            tv = np.float64(tb[e])
+            cnt = (c1, c2, c3)[e]
+            if tv <= lo or tv >= hi:
+                continue
+            if cnt >= kk:
+                if tv > nlo:
+                    nlo, n_new = tv, cnt
+            elif tv < nhi:
+                nhi, nh_new = tv, cnt
+        if nlo == lo and nhi == hi:
+            break  # the bracket cannot be split (ties)
+        lo, hi, n_lo, n_hi = nlo, nhi, n_new, nh_new
+    return lo, hi, n_lo, n_hi
+
+
+@njit(cache=True, nogil=True)
+def _group_max(row, G, gmax):
+    """``gmax[w] = max_r row[r G + w]`` for ``w < G``, ``r < 16`` (vectorised)."""
+    _wide_vectors()
+    for w in range(G):
+        gmax[w] = row[w]
+    for r in range(1, _GROUP):
+        base = r * G
+        for w in range(G):
+            gmax[w] = _max_nonan(gmax[w], row[base + w])
+
+
+@njit(cache=True, nogil=True)
+def _keep_largest(bv, bi, c, kk, tmp):
+    """Keep the ``kk`` largest of ``bv[:c]`` (with ``bi``); among ties the smallest ``bi``."""
     thr = _kth_largest(bv, c, kk, tmp)
     above = 0
+    equal = 0
     for t in range(c):
-        if bv[t] > thr:
-            above += 1
+        above += 1 if bv[t] > thr else 0
+        equal += 1 if bv[t] == thr else 0
     ties = kk - above
+    cut = np.iinfo(np.int64).max
+    if ties < equal:  # keep the first ``ties`` positions among the equal scores
+        pos = np.empty(equal, dtype=np.int64)
+        e = 0
+        for t in range(c):
+            if bv[t] == thr:
+                pos[e] = bi[t]
+                e += 1
+        pos.sort()
+        cut = pos[ties - 1]
     w = 0
     for t in range(c):
         x = bv[t]
-        if x > thr or (x == thr and ties > 0):
-            if x == thr:
-                ties -= 1
+        if x > thr or (x == thr and bi[t] <= cut):
             bv[w] = x
             bi[w] = bi[t]
             w += 1
-    return w, thr
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _dot(a, b):
-    """Dot product of two float64 rows (vectorised: the summation order is free)."""
-    acc = 0.0
-    for e in range(a.shape[0]):
-        acc += a[e] * b[e]
-    return acc
-
-
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _axpy(a, x, y):
-    """``y += a x`` for float64 rows."""
-    for e in range(y.shape[0]):
-        y[e] += a * x[e]
+    return w
 
 
 @njit(cache=True, nogil=True)
-def _group_max(row, j0, j1):
-    """Maximum of ``row[j0:j1]`` (non-empty, no NaN; vectorised)."""
-    _wide_vectors()
-    best = row[j0]
-    for j in range(j0, j1):
-        best = _max_nonan(best, row[j])
-    return best
-
-
-@njit(cache=True, nogil=True)
-def _topk_kernel(
-    S,
-    lims,
-    kk,
-    q,
-    k,
-    v,
-    scale,
-    bias,
-    has_bias,
-    masked,
-    full,
-    out,
-    lse_kept,
-    lse_full,
-    n_kept,
-    n_seen,
-    sel,
+def _select_block(
+    S, lims, kk, masked, full, sel, sv, n_kept, n_seen, lse_full
 ):  # pragma: no cover - compiled; checked against _topk_rows_numpy
-    """Top-``kk`` softmax of the rows of ``S (b, s)`` (overwritten), no validation.
+    """Top-``kk`` selection on the score rows ``S (b, s)``, no validation.
 
-    ``lims (b,)``: row ``i`` sees ``S[i, :lims[i]]`` (masked entries ``-inf``);
-    ``q (b, d)``, ``k (s, d)``, ``v (s, dv)`` float64, ``scale``, ``bias (b, s)``
-    float64 (read if ``has_bias``); ``masked``: rows may hold ``-inf`` scores; ``full``:
-    compute ``lse_full`` (else ``S`` is left unchanged and ``lse_full`` unset). Writes
-    ``out (b, dv)``, ``lse_kept``, ``lse_full`` (float64; ``-inf`` for rows without a
-    finite score), ``n_kept (b,)`` and ``n_seen (b,)`` (kept keys and keys with a
-    finite score) and ``sel (b, kk)``, the kept keys (``-1`` padded).
+    Row ``i`` sees ``S[i, :lims[i]]`` (masked entries ``-inf`` when ``masked``).
+    Writes the kept positions ``sel (b, kk)`` (``-1`` padded) and their scores
+    ``sv (b, kk)`` (float64), ``n_kept``, ``n_seen`` (keys with a finite score) and,
+    when ``full``, ``lse_full[i] = mx + log sum_j exp(S_ij - mx)`` (``-inf`` for rows
+    without a finite score; the exponentials overwrite ``S``, summed in chunks of 512
+    by the vectorised exponential of the row's dtype, chunk sums in float64).
     """
-    b = S.shape[0]
-    dv = v.shape[1]
-    gmax = np.empty(max(S.shape[1], 1), dtype=S.dtype)
-    bv = np.empty(max(S.shape[1], 1), dtype=S.dtype)
-    bi = np.empty(max(S.shape[1], 1), dtype=np.int64)
-    sk = np.empty(kk)
-    yacc = np.empty(dv)
-    tmp = np.empty(max(S.shape[1], 1), dtype=S.dtype)
+    b, s = S.shape
+    bv = np.empty(s + 1, dtype=S.dtype)
+    tmp = np.empty(s + 1, dtype=S.dtype)
+    tb = np.empty(3, dtype=S.dtype)
+    gmax = np.empty(s // _GROUP + 1, dtype=S.dtype)
+    bi = np.empty(s + 1, dtype=np.int64)
     for i in range(b):
         row = S[i]
         lim = lims[i]
-        # Groups of up to 16 scores, at least 8 kk groups (large kk: smaller groups).
-        gs = max(1, min(_GROUP, lim // (8 * kk)))
-        ng = (lim + gs - 1) // gs
-        full = lim // gs
-        for g in range(full):
-            gmax[g] = _group_max(row, g * gs, g * gs + gs)
-        if ng > full:
-            gmax[full] = _group_max(row, full * gs, lim)
-        # The kk-th largest group maximum is a lower bound of the kk-th largest score:
-        # the kk groups with the largest maxima hold kk scores at least that large.
-        thr = -np.inf
-        if ng > kk:
-            thr = _kth_largest(gmax, ng, kk, tmp)
-        c = 0
-        for g in range(ng):
-            if gmax[g] >= thr and gmax[g] > -np.inf:
-                for j in range(g * gs, min(lim, (g + 1) * gs)):
-                    x = row[j]
-                    if x >= thr and x > -np.inf:
-                        bv[c] = x
-                        bi[c] = j
-                        c += 1
-        if c > kk:
-            c, _ = _compact(bv, bi, c, kk, tmp)
-        seen = lim
-        if masked:
-            seen = 0
-            for j in range(lim):
-                if row[j] > -np.inf:
-                    seen += 1
+        c, seen, mx = _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax)
         n_kept[i] = c
         n_seen[i] = seen
         for t in range(kk):
             sel[i, t] = bi[t] if t < c else -1
-        for cc in range(dv):
-            out[i, cc] = 0.0
+            sv[i, t] = np.float64(bv[t]) if t < c else -np.inf
+        if not full:
+            continue
         if c == 0:
-            lse_kept[i] = -np.inf
             lse_full[i] = -np.inf
             continue
-        mx = np.float64(bv[0])
-        for t in range(1, c):
-            mx = max(mx, np.float64(bv[t]))
-        if full:
-            z = 0.0
-            for j0 in range(0, lim, _CHUNK):
-                z += _exp_sum(row[j0 : min(lim, j0 + _CHUNK)], mx)
-            lse_full[i] = mx + np.log(z)
-        # Kept part in float64 from the float64 rows.
+        z = 0.0
+        mx64 = np.float64(mx)
+        for j0 in range(0, lim, _CHUNK):
+            z += _exp_sum(row[j0 : min(lim, j0 + _CHUNK)], mx64)
+        lse_full[i] = mx64 + np.log(z)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot4(qi, k, j0, j1, j2, j3):
+    """Four dot products ``q_i.k_j`` accumulated in float64 (exact products of float32)."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    for e in range(qi.shape[0]):
+        x = np.float64(qi[e])
+        a0 += x * np.float64(k[j0, e])
+        a1 += x * np.float64(k[j1, e])
+        a2 += x * np.float64(k[j2, e])
+        a3 += x * np.float64(k[j3, e])
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _axpy4(y, v, j0, j1, j2, j3, w0, w1, w2, w3):
+    """``y += w0 v_j0 + w1 v_j1 + w2 v_j2 + w3 v_j3`` into a float64 row ``y``."""
+    for e in range(y.shape[0]):
+        y[e] += (w0 * np.float64(v[j0, e]) + w1 * np.float64(v[j1, e])) + (
+            w2 * np.float64(v[j2, e]) + w3 * np.float64(v[j3, e])
+        )
+
+
+@njit(cache=True, nogil=True)
+def _gather_kept(
+    sel, sv, n_kept, q, k, v, scale, rescore, out, lse_kept
+):  # pragma: no cover - compiled; checked against a NumPy reference in the tests
+    """Softmax attention of each row over its kept keys, gathered (float64 arithmetic).
+
+    Row ``i`` attends the keys ``sel[i, :n_kept[i]]`` with the scores ``sv[i]`` or,
+    when ``rescore``, the exact scores ``scale q_i.k_j`` accumulated in float64 from
+    the input rows (written back to ``sv``). Weights by the float64 vectorised
+    exponential; ``out_i = sum w v / sum w`` (float64 accumulation of the value rows,
+    four keys at a time; padding keys get weight 0), ``lse_kept_i = max + log sum w``
+    (``-inf`` and zero output for empty rows).
+    """
+    b, kk = sel.shape
+    dv = v.shape[1]
+    w = np.zeros(kk + 4)
+    ix = np.zeros(kk + 4, dtype=np.int64)
+    for i in range(b):
+        c = n_kept[i]
+        if c == 0:
+            out[i, :] = 0.0
+            lse_kept[i] = -np.inf
+            continue
+        for t in range(c):
+            ix[t] = sel[i, t]
+        for t in range(c, c + 4):
+            ix[t] = ix[0]
+        if rescore:
+            for t in range(0, c, 4):
+                a0, a1, a2, a3 = _dot4(q[i], k, ix[t], ix[t + 1], ix[t + 2], ix[t + 3])
+                w[t], w[t + 1], w[t + 2], w[t + 3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+            for t in range(c):
+                sv[i, t] = w[t]
+        else:
+            for t in range(c):
+                w[t] = sv[i, t]
         smax = -np.inf
         for t in range(c):
-            j = bi[t]
-            acc = _dot(q[i], k[j]) * scale
-            if has_bias:
-                acc += bias[i, j]
-            sk[t] = acc
-            smax = max(smax, acc)
-        # Weights by the vectorised exponential (float64, <= 2 ulp), then the sum.
-        zk = _exp_sum(sk[:c], smax)
-        yacc[:] = 0.0
-        for t in range(c):
-            _axpy(sk[t], v[bi[t]], yacc)
+            smax = max(smax, w[t])
+        zk = _exp_sum(w[:c], smax)
+        for t in range(c, c + 4):
+            w[t] = 0.0
+        y = out[i]
+        y[:] = 0.0
+        for t in range(0, c, 4):
+            _axpy4(
+                y, v, ix[t], ix[t + 1], ix[t + 2], ix[t + 3], w[t], w[t + 1], w[t + 2], w[t + 3]
+            )
         for cc in range(dv):
-            out[i, cc] = yacc[cc] / zk
+            y[cc] = y[cc] / zk
         lse_kept[i] = smax + np.log(zk)
+
+
+@njit(cache=True, nogil=True)
+def _dense_weights(
+    W, sel, sv, n_kept, colmap, SU, use_su, lse_kept, zk
+):  # pragma: no cover - compiled; checked against a NumPy reference in the tests
+    """Scatter the kept softmax weights of each row into ``W (b, u)`` (zeroed here).
+
+    ``colmap[j]``: column of key ``j`` in the union of the kept keys. Scores: ``sv[i]``
+    or, when ``use_su``, ``SU[i, colmap[j]]`` (written back to ``sv``). Row ``i``:
+    ``W[i, colmap[j]] = exp(s_ij - max)`` (float64 exponential, stored in ``W``'s
+    dtype), ``zk[i] = sum`` of the stored weights in float64, ``lse_kept = max + log
+    zk``.
+    """
+    b = sel.shape[0]
+    w = np.empty(sel.shape[1])
+    for i in range(b):
+        W[i, :] = 0
+        c = n_kept[i]
+        if c == 0:
+            lse_kept[i] = -np.inf
+            zk[i] = 1.0
+            continue
+        smax = -np.inf
+        for t in range(c):
+            if use_su:
+                sv[i, t] = np.float64(SU[i, colmap[sel[i, t]]])
+            w[t] = sv[i, t]
+            smax = max(smax, w[t])
+        _exp_sum(w[:c], smax)
+        z = 0.0
+        for t in range(c):
+            W[i, colmap[sel[i, t]]] = w[t]
+            z += np.float64(W[i, colmap[sel[i, t]]])
+        zk[i] = z
+        lse_kept[i] = smax + np.log(z)
+
+
+@njit(cache=True, nogil=True)
+def _loki_drop(
+    S, lims, sel, n_kept, a, bk, c_row, kn, lse_kept, log_drop
+):  # pragma: no cover - compiled; checked against a NumPy reference in the tests
+    """Log of Loki's dropped-mass bound relative to the kept normaliser, per row.
+
+    ``log_drop[i] = log sum_{j < lims[i], j not kept} exp(S_ij + a_i bk_j + c_row_i
+    kn_j - lse_kept_i)`` (``-inf`` when nothing is dropped), one vectorised float64 pass
+    per row (max, then the exponential sum); the kept entries of ``S`` are set to
+    ``-inf``.
+    """
+    b = S.shape[0]
+    x = np.empty(S.shape[1] + 1)
+    for i in range(b):
+        row = S[i]
+        lim = lims[i]
+        c = n_kept[i]
+        if c == 0 or c >= lim:
+            log_drop[i] = -np.inf
+            continue
+        for t in range(c):
+            row[sel[i, t]] = -np.inf
+        log_drop[i] = _log_sum_bound(row, lim, a[i], bk, c_row[i], kn, lse_kept[i], x)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _log_sum_bound(row, lim, ai, bk, ci, kn, lk, x):
+    """``log sum_j exp(row[j] + ai bk[j] + ci kn[j] - lk)`` over ``j < lim`` (float64)."""
+    _wide_vectors()
+    m = -np.inf
+    for j in range(lim):
+        t = np.float64(row[j]) + ai * bk[j] + ci * kn[j] - lk
+        x[j] = t
+        m = _max_nonan(m, t)
+    if m == -np.inf:
+        return m
+    return m + np.log(_exp_sum_f64(x[:lim], m))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 
 import attention.lowrank as lr
 from attention import approximate, methods, relative_error
@@ -489,3 +490,29 @@ def test_lift_lost_rows_exact_across_grouped_heads(rng, dtype):
             np.testing.assert_allclose(res.output[:, far], ref[:, far], rtol=t, atol=t)
         err = np.linalg.norm(res.output.astype(np.float64) - ref)
         assert res.bound.value >= err and np.all(np.isfinite(res.output))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_loki_drop_kernel_matches_numpy_reference(rng, dt):
+    from attention._kernels.topk import _loki_drop, _select_block
+
+    b, s, kk = 20, 200, 12
+    S = (rng.standard_normal((b, s)) * 2).astype(dt)
+    lims = np.full(b, s, dtype=np.int64)
+    lims[:4] = [1, 5, 12, 13]  # nothing or one key dropped
+    sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
+    nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
+    _select_block(S.copy(), lims, kk, False, False, sel, sv, nk, ns, lf)
+    a, c = rng.random(b), rng.random(b) * 1e-3
+    bk, kn = rng.random(s), rng.random(s) + 1
+    lk = rng.standard_normal(b)
+    out = np.full(b, np.nan)
+    S0 = S.copy()
+    _loki_drop(S, lims, sel, nk, a, bk, c, kn, lk, out)
+    for i in range(b):
+        drop = np.setdiff1d(np.arange(lims[i]), sel[i, : nk[i]])
+        if drop.size == 0:
+            assert out[i] == -np.inf
+            continue
+        x = S0[i, drop].astype(float) + a[i] * bk[drop] + c[i] * kn[drop] - lk[i]
+        np.testing.assert_allclose(out[i], logsumexp(x), rtol=1e-13, atol=1e-13)

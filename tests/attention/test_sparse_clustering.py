@@ -322,43 +322,84 @@ def test_topk_group_preselection_matches_full_sort(rng, s, kk):
         )
 
 
-@pytest.mark.parametrize(
-    ("s", "kk"), [(1000, 5), (997, 3), (100, 40), (40, 1), (300, 300)], ids=str
-)
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_topk_kernel_matches_numpy_reference(rng, s, kk, dt):
-    from attention._kernels.topk import _topk_kernel
-    from attention.sparse import _topk_rows_numpy
-
-    b, d = 30, 6
-    q, k, v = rng.standard_normal((b, d)), rng.standard_normal((s, d)), rng.standard_normal((s, 4))
+def _selection_case(rng, s, b=30, d=6, dv=4):
+    q, k, v = (
+        rng.standard_normal((b, d)),
+        rng.standard_normal((s, d)),
+        rng.standard_normal((s, dv)),
+    )
     S = q @ k.T * 0.7
-    S[0] = 1.0  # ties everywhere (scores not from q, k: no float64 recomputation check)
+    S[0] = 1.0  # ties everywhere
     S[1, 5:] = -np.inf  # few visible keys
+    S[3, ::3] = np.round(S[3, ::3])  # many ties inside the row
     lims = np.full(b, s, dtype=np.int64)
     lims[2] = 17  # a short (causal) row
-    ref = [_topk_rows_numpy(S[i : i + 1, : lims[i]].copy(), v[: lims[i]], kk) for i in range(b)]
-    out, lk, lf = np.zeros((b, 4)), np.zeros(b), np.zeros(b)
-    nk, ns = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64)
-    bias = np.where(np.isfinite(S), 0.0, -np.inf) + np.where(np.arange(b) == 0, 1.0, 0.0)[:, None]
-    # the kernel recomputes kept scores from q, k (and the bias): make them agree with S
-    Sk = q @ k.T * 0.7 + bias
-    Sk[0] = 1.0 + 0.0 * Sk[0]
-    bias[0] = 1.0 - q[0] @ k.T * 0.7
-    sel = np.empty((b, kk), dtype=np.int64)
-    args = (0.7, bias, True, True, True, out, lk, lf, nk, ns, sel)
-    _topk_kernel(Sk.astype(dt), lims, kk, q, k, v, *args)
-    tol = 1e-10 if dt == np.float64 else 1e-5
+    return S, lims, v
+
+
+def _stable_top(row, kk):
+    """The kk largest finite entries of a row, ties broken by position (first kept)."""
+    fin = np.flatnonzero(np.isfinite(row))
+    order = fin[np.argsort(-row[fin], kind="stable")]
+    return order[: min(kk, fin.size)]
+
+
+@pytest.mark.parametrize(
+    ("s", "kk"), [(1000, 5), (997, 3), (100, 40), (40, 1), (300, 300), (4000, 512)], ids=str
+)
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_topk_selection_kernel_matches_numpy_reference(rng, s, kk, dt):
+    from attention._kernels.topk import _select_block
+    from attention.sparse import _topk_rows_numpy
+
+    S, lims, v = _selection_case(rng, s)
+    S = S.astype(dt)
+    b = S.shape[0]
+    sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
+    nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
+    _select_block(S.copy(), lims, kk, True, True, sel, sv, nk, ns, lf)
     for i in range(b):
-        o, lki, lfi = ref[i]
-        if i == 0:  # ties: any kk of the equal scores give the same output
-            np.testing.assert_allclose(lk[i], lki[0], rtol=1e-12)
-            continue
-        np.testing.assert_allclose(out[i], o[0], rtol=tol, atol=tol)
-        np.testing.assert_allclose(lk[i], lki[0], rtol=1e-12, atol=1e-12)
+        row = S[i, : lims[i]].astype(np.float64)
+        want = _stable_top(row, kk)
+        got = sel[i, : nk[i]]
+        # the same key set (ties at the threshold: the first positions)
+        assert sorted(got.tolist()) == sorted(want.tolist()), i
+        assert np.all(sel[i, nk[i] :] == -1)
+        np.testing.assert_array_equal(sv[i, : nk[i]], row[got])
+        _, _, lfi = _topk_rows_numpy(row[None].copy(), v[: lims[i]], kk)
+        tol = 1e-12 if dt == np.float64 else 2e-6
         np.testing.assert_allclose(lf[i], lfi[0], rtol=tol, atol=tol)
-    assert nk[1] == min(kk, 5) and ns[1] == 5 and ns[2] == 17
-    assert set(sel[1, : nk[1]]) <= set(range(5)) and np.all(sel[1, nk[1] :] == -1)
+        assert ns[i] == np.isfinite(row).sum()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("rescore", [False, True])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_kept_block_matches_numpy_reference(rng, monkeypatch, dense, rescore, dt):
+    import attention.sparse as sp
+    from attention._kernels.topk import _select_block
+
+    monkeypatch.setattr(sp, "_DENSE_UNION", 10**9 if dense else 0)
+    s, kk, b, d = 300, 20, 30, 6
+    S, lims, v = _selection_case(rng, s, b=b, d=d)
+    q, k = rng.standard_normal((b, d)).astype(dt), rng.standard_normal((s, d)).astype(dt)
+    v = v.astype(dt)
+    sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
+    nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
+    _select_block(S.copy(), lims, kk, True, False, sel, sv, nk, ns, lf)
+    sv0 = sv.copy()
+    out, lk = np.full((b, 4), np.nan), np.full(b, np.nan)
+    sp._kept_block(sel, sv, nk, q, k, v, 0.7, rescore, out, lk)
+    tol = 1e-12 if dt == np.float64 else 2e-6
+    for i in range(b):
+        J = sel[i, : nk[i]]
+        sc = (q[i].astype(float) @ k[J].astype(float).T) * 0.7 if rescore else sv0[i, : nk[i]]
+        w = np.exp(sc - sc.max())
+        np.testing.assert_allclose(out[i], w @ v[J].astype(float) / w.sum(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(lk[i], sc.max() + np.log(w.sum()), rtol=tol, atol=tol)
+        if rescore:
+            np.testing.assert_allclose(sv[i, : nk[i]], sc, rtol=tol, atol=tol)
+    assert np.all(np.isfinite(out))
 
 
 def _gather_case(rng, dtype, with_logw, dv=5, W=9):
