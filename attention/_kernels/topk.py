@@ -171,25 +171,33 @@ def _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax):
     lo, hi, n_lo, _ = _bracket(row, lim, kk, slack, mn, mx, seen, 0, tb, mean, sd)
     tb[0] = lo
     t = tb[0]
-    # Strided groups {w, w + G, ..., w + 15 G}: their maxima are one vectorised pass;
-    # only groups whose maximum reaches t are scanned (candidates out of order).
-    G = lim // _GROUP
-    _group_max(row, G, gmax)
-    for w in range(G):
-        if gmax[w] >= t:
-            for r in range(_GROUP):
-                j = r * G + w
-                x = row[j]
-                if x >= t:
-                    bv[c] = x
-                    bi[c] = j
-                    c += 1
-    for j in range(_GROUP * G, lim):
-        x = row[j]
-        if x >= t:
+    if 8 * n_lo >= lim:
+        # many candidates: one branch-free pass (bv, bi have room for lim + 1)
+        for j in range(lim):
+            x = row[j]
             bv[c] = x
             bi[c] = j
-            c += 1
+            c += 1 if x >= t else 0
+    else:
+        # Strided groups {w, w + G, ..., w + 15 G}: their maxima are one vectorised
+        # pass; only groups whose maximum reaches t are scanned (out of order).
+        G = lim // _GROUP
+        _group_max(row, G, gmax)
+        for w in range(G):
+            if gmax[w] >= t:
+                for r in range(_GROUP):
+                    j = r * G + w
+                    x = row[j]
+                    if x >= t:
+                        bv[c] = x
+                        bi[c] = j
+                        c += 1
+        for j in range(_GROUP * G, lim):
+            x = row[j]
+            if x >= t:
+                bv[c] = x
+                bi[c] = j
+                c += 1
     if c > kk:
         # the same search on the candidates, down to exactly kk (ties: quickselect)
         lo, _, n_lo, _ = _bracket(bv, c, kk, 0, lo, hi, c, 0, tb, np.nan, 0.0)
@@ -340,46 +348,48 @@ def _select_block(
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _dot4(qi, k, j0, j1, j2, j3):
-    """Four dot products ``q_i.k_j`` accumulated in float64 (exact products of float32)."""
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
+    """Four dot products ``q_i.k_j`` in the dtype of the rows (vectorised)."""
+    _wide_vectors()
+    a0 = qi[0] - qi[0]
+    a1 = a0
+    a2 = a0
+    a3 = a0
     for e in range(qi.shape[0]):
-        x = np.float64(qi[e])
-        a0 += x * np.float64(k[j0, e])
-        a1 += x * np.float64(k[j1, e])
-        a2 += x * np.float64(k[j2, e])
-        a3 += x * np.float64(k[j3, e])
+        x = qi[e]
+        a0 += x * k[j0, e]
+        a1 += x * k[j1, e]
+        a2 += x * k[j2, e]
+        a3 += x * k[j3, e]
     return a0, a1, a2, a3
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _axpy4(y, v, j0, j1, j2, j3, w0, w1, w2, w3):
-    """``y += w0 v_j0 + w1 v_j1 + w2 v_j2 + w3 v_j3`` into a float64 row ``y``."""
+    """``y += w0 v_j0 + w1 v_j1 + w2 v_j2 + w3 v_j3`` (the dtype of ``y``, vectorised)."""
+    _wide_vectors()
     for e in range(y.shape[0]):
-        y[e] += (w0 * np.float64(v[j0, e]) + w1 * np.float64(v[j1, e])) + (
-            w2 * np.float64(v[j2, e]) + w3 * np.float64(v[j3, e])
-        )
+        y[e] += (w0 * v[j0, e] + w1 * v[j1, e]) + (w2 * v[j2, e] + w3 * v[j3, e])
 
 
 @njit(cache=True, nogil=True)
 def _gather_kept(
     sel, sv, n_kept, q, k, v, scale, rescore, out, lse_kept
 ):  # pragma: no cover - compiled; checked against a NumPy reference in the tests
-    """Softmax attention of each row over its kept keys, gathered (float64 arithmetic).
+    """Softmax attention of each row over its kept keys, gathered four keys at a time.
 
     Row ``i`` attends the keys ``sel[i, :n_kept[i]]`` with the scores ``sv[i]`` or,
-    when ``rescore``, the exact scores ``scale q_i.k_j`` accumulated in float64 from
-    the input rows (written back to ``sv``). Weights by the float64 vectorised
-    exponential; ``out_i = sum w v / sum w`` (float64 accumulation of the value rows,
-    four keys at a time; padding keys get weight 0), ``lse_kept_i = max + log sum w``
-    (``-inf`` and zero output for empty rows).
+    when ``rescore``, the exact scores ``q_i.k_j scale`` (dot products in the dtype of
+    the rows; written back to ``sv``). Weights ``exp(s - max)`` by the float64
+    vectorised exponential, normaliser summed in float64; ``out_i = sum w v / sum w``
+    accumulated in the dtype of ``v`` (padding keys get weight 0),
+    ``lse_kept_i = max + log sum w`` (``-inf`` and zero output for empty rows).
     """
     b, kk = sel.shape
     dv = v.shape[1]
     w = np.zeros(kk + 4)
+    wv = np.zeros(kk + 4, dtype=v.dtype)
     ix = np.zeros(kk + 4, dtype=np.int64)
+    y = np.empty(dv, dtype=v.dtype)
     for i in range(b):
         c = n_kept[i]
         if c == 0:
@@ -393,7 +403,8 @@ def _gather_kept(
         if rescore:
             for t in range(0, c, 4):
                 a0, a1, a2, a3 = _dot4(q[i], k, ix[t], ix[t + 1], ix[t + 2], ix[t + 3])
-                w[t], w[t + 1], w[t + 2], w[t + 3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+                w[t], w[t + 1] = np.float64(a0) * scale, np.float64(a1) * scale
+                w[t + 2], w[t + 3] = np.float64(a2) * scale, np.float64(a3) * scale
             for t in range(c):
                 sv[i, t] = w[t]
         else:
@@ -402,17 +413,29 @@ def _gather_kept(
         smax = -np.inf
         for t in range(c):
             smax = max(smax, w[t])
-        zk = _exp_sum(w[:c], smax)
+        _exp_sum(w[:c], smax)
+        zk = 0.0
+        for t in range(c):
+            wv[t] = w[t]
+            zk += np.float64(wv[t])
         for t in range(c, c + 4):
-            w[t] = 0.0
-        y = out[i]
+            wv[t] = 0.0
         y[:] = 0.0
         for t in range(0, c, 4):
             _axpy4(
-                y, v, ix[t], ix[t + 1], ix[t + 2], ix[t + 3], w[t], w[t + 1], w[t + 2], w[t + 3]
+                y,
+                v,
+                ix[t],
+                ix[t + 1],
+                ix[t + 2],
+                ix[t + 3],
+                wv[t],
+                wv[t + 1],
+                wv[t + 2],
+                wv[t + 3],
             )
         for cc in range(dv):
-            y[cc] = y[cc] / zk
+            out[i, cc] = np.float64(y[cc]) / zk
         lse_kept[i] = smax + np.log(zk)
 
 
