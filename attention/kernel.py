@@ -2827,7 +2827,12 @@ def _levattention_norms_bound(problem: Problem, outs, lses, kept, wdt) -> ErrorB
         q = problem.q[g]
         qn = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64) * up) * r
         dropped = visible - kept[g]
-        margin = ((d + 4) * sigma + 2.0 * kept[g] + 16.0) * u
+        # Higham's gamma_c = c u / (1 - c u) (Lemma 3.1): no first-order truncation.
+        c_s, c_z = (d + 4) * u, (2.0 * kept[g] + 16.0) * u
+        with np.errstate(divide="ignore"):
+            margin = np.where(
+                np.maximum(c_z, c_s) < 0.5, c_s / (1.0 - c_s) * sigma + c_z / (1.0 - c_z), np.inf
+            )
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             log_d = np.log(np.maximum(dropped, 0).astype(np.float64)) + qn * kmax[
                 int(problem.kv_index[g])
@@ -2849,7 +2854,7 @@ def _levattention_norms_bound(problem: Problem, outs, lses, kept, wdt) -> ErrorB
         "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) with eps_i <= "
         "D_i / (Z_i + D_i), D_i = (m_i - s_i) exp(scale ||q_i|| max_j ||k_j||) "
         "(Cauchy-Schwarz over the dropped visible keys; Z_i the kept normaliser, with a "
-        "first-order rounding margin)" + CAP_TEXT,
+        "rounding margin from Higham's gamma_k)" + CAP_TEXT,
     )
 
 
@@ -2923,8 +2928,10 @@ def _levattention(
     (Cauchy-Schwarz), and :math:`\varepsilon_i` increases with :math:`D_i`, so
     :math:`\varepsilon_i \le \bar D_i / (Z_{S_i} + \bar D_i)` with the kept
     normaliser :math:`Z_{S_i} = e^{\ell_i}` the method computed anyway. Its rounding
-    (scores, exponentials and sums in the work dtype) enters as the first-order margin
-    :math:`\ell_i - ((d + 4)\sigma_i + 2 s_i + 16)u` (:math:`\sigma_i` the score
+    (scores, exponentials and sums in the work dtype) enters as the margin
+    :math:`\ell_i - \gamma_{d+4}\sigma_i - \gamma_{2 s_i + 16}`, :math:`\gamma_c =
+    cu/(1 - cu)` (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+    Lemma 3.1; :math:`\sigma_i` the score
     bound of the rounding allowance, :math:`u` the unit roundoff); the norms are rounded
     up. Cauchy-Schwarz ignores the angle between :math:`q_i` and the dropped keys:
     on heads with large norms :math:`\varepsilon_i` is close to 1 and the bound is
