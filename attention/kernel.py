@@ -64,6 +64,7 @@ from attention._core import (
     problem_cost_exact,
 )
 from attention._kernels.features import (
+    _angular_codes,
     _block_attend_tiles,
     _block_unions,
     _bucket_tiles,
@@ -103,7 +104,6 @@ from rnla._validation import (
     check_probability,
     check_rng,
 )
-from rnla.cluster import angular_lsh
 
 __all__ = [
     "PolynomialSketchError",
@@ -1672,6 +1672,15 @@ def _scatterbrain(
     vl = 64 // np.dtype(sdt).itemsize
     tiles = bool(_exact._USE_TILES) and (2 * cs) % 16 == 0 and problem.dv % vl == 0 and d > 0
 
+    # The projections of rnla.cluster.angular_lsh(x, nb, rng=lsh_seed), applied to
+    # the rows of sqrt(scale) x in float64 by one Numba pass (no float64 copies).
+    lsh_R = np.ascontiguousarray(check_rng(lsh_seed).standard_normal((1, d, nb // 2))[0])
+
+    def _lsh(x):
+        codes = np.empty(x.shape[0], dtype=np.int64)
+        _angular_codes(np.ascontiguousarray(x), r, lsh_R, codes)
+        return codes
+
     def key_side(g):
         if g == 0 and mode is not None:
             # The rounding allowance's score bounds (memoised per problem, one pass
@@ -1681,9 +1690,9 @@ def _scatterbrain(
         lk, _, off = _rf_key_logs(k, Wt, features)
         vaug = _augment(v, wdt)
         st = _key_state(lk, None, vaug, n, problem.offset, problem.causal, lk_off=off)
-        k64 = np.multiply(problem.slice(g)[1], math.sqrt(problem.scale), dtype=np.float64)
-        hk = angular_lsh(k64, nb, rng=lsh_seed)[0]
-        kvd = _kv_bound_data(problem, k64, v) if mode == "norms" else None
+        k0 = problem.slice(g)[1]
+        hk = _lsh(k0)
+        kvd = _kv_bound_data(problem, k0, v, r) if mode == "norms" else None
         # Key features over their row maximum (log shift ck), once: one pass, in place
         # (the chunk states above are built; lk is not used again).
         fk = lk
@@ -1713,8 +1722,7 @@ def _scatterbrain(
         phq, cq = _rf_query_features(q, Wt, features)
         num, shift = _apply_state(phq, st)  # (n, dv + 1): the normaliser is num[:, dv]
         logscale = cq + shift
-        q64 = _scaled_q(problem, g)
-        hq = angular_lsh(q64, nb, rng=lsh_seed)[0]
+        hq = _lsh(problem.q[g])
         qs = q.astype(sdt, copy=False)
         ref = logscale.copy()
         corr = np.zeros((n, vv.shape[1]))

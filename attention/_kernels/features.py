@@ -1006,6 +1006,46 @@ def _scan_key_states(lk, off, mult, use_log, use_mult, V, C, seg, s, Sseg):
 
 
 @njit(cache=True, nogil=True)
+def _angular_codes(x, r, R, out):
+    """Angular-LSH buckets of the rows of ``r x``: ``out[i] = argmax([x_i R, -x_i R])``.
+
+    The hash of :func:`rnla.cluster.angular_lsh` (one round, projections ``R`` (d, h),
+    float64) without its float64 copy of ``x``, projection array and concatenation:
+    each row's ``h`` projections in float64 (``x`` float32 or float64, times ``r > 0``),
+    the first maximum of ``[u, -u]`` (ties as ``np.argmax``).
+    """
+    _wide_vectors()
+    n, d = x.shape
+    h = R.shape[1]
+    B = 64  # rows per block: the projections of a block accumulate in vector lanes
+    xt = np.empty((d, B))
+    u = np.empty((h, B))
+    for i0 in range(0, n, B):
+        b = min(B, n - i0)
+        for t in range(b):
+            for a in range(d):
+                xt[a, t] = np.float64(x[i0 + t, a]) * r
+        u[:, :] = 0.0
+        for a in range(d):
+            for c in range(h):
+                rc = R[a, c]
+                for t in range(b):
+                    u[c, t] += xt[a, t] * rc
+        for t in range(b):
+            best = u[0, t]
+            arg = 0
+            for c in range(1, h):
+                if u[c, t] > best:
+                    best = u[c, t]
+                    arg = c
+            for c in range(h):
+                if -u[c, t] > best:
+                    best = -u[c, t]
+                    arg = h + c
+            out[i0 + t] = arg
+
+
+@njit(cache=True, nogil=True)
 def _scan_shifts(lk, off, use_log, C, s):
     """Chunk shifts of :func:`_scan_key_states` only: ``s[c]`` (float64, (nc,)).
 

@@ -1211,3 +1211,24 @@ def test_levattention_norms_bound_rows_without_dropped_keys(rng):
     r = _run(Q, Kk, V, "levattention", rng=0, causal=True, n_keys=40)
     Y = reference_attention(Q, Kk, V, causal=True)
     assert np.linalg.norm(r.output - Y) <= r.bound.value < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_angular_codes_match_angular_lsh(rng, dtype):
+    # Scatterbrain's hash kernel == rnla.cluster.angular_lsh of sqrt(scale) x (float64),
+    # ties included (rows repeated with a sign flip, zero rows); x is not modified.
+    from attention._kernels.features import _angular_codes
+    from rnla.cluster import angular_lsh
+
+    x = rng.standard_normal((300, 16)).astype(dtype)
+    x[10:20] = 0.0
+    x[20:30] = -x[30:40]
+    x0 = x.copy()
+    r = 0.37
+    for nb in (2, 8, 16):
+        R = np.random.default_rng(5).standard_normal((1, 16, nb // 2))[0]
+        got = np.empty(300, dtype=np.int64)
+        _angular_codes(x, r, np.ascontiguousarray(R), got)
+        want = angular_lsh(x.astype(np.float64) * r, nb, rng=5)[0]
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, x0)
