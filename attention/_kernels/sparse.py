@@ -9,13 +9,17 @@ merges the result into running accumulators through the log-sum-exp (as
   row's scores ``s_j = q_i . k_j`` are a vectorised loop over the ``W`` keys;
 * visibility is a position test ``lo_i <= kpos_j <= hi_i`` (and ``kpos_j != excl_i``),
   so no ``(B, W)`` mask array is needed; optional log-weights are added to the scores;
-* the row maximum, the exponentials (:func:`rnla._kernels.fastexp` through the exact
-  kernel's ``_exp_sum``) and ``P V`` over the visible keys, then the merge.
+* the row maximum, the exponentials and their sum (explicit 512-bit vectors,
+  :data:`rnla._kernels.fastexp._exp_sum_vec`) and ``P V`` over the visible keys, then
+  the merge.
 
 It replaces batched NumPy GEMMs over gathered copies of the keys and values, whose
 temporaries (scores, masks, gathered keys and values: about ``4 B W`` entries per block)
 dominated those methods' time at long context. Every row is computed by one call in a
-fixed order, so the result does not depend on the number of threads.
+fixed order, so the result does not depend on the number of threads. The softmax sum
+is a fixed-order vector reduction: a loop summed with the ``reassoc`` flag (the exact
+kernel's ``_exp_sum``) lets LLVM choose the order per compilation context, and the
+kernel compiled afresh and the one loaded from Numba's cache differed by an ulp.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from attention._kernels.exact import _exp_sum, _gemm_tiles, _max_nonan, _row_max
+from attention._kernels.exact import _gemm_tiles, _max_nonan, _row_max
+from rnla._kernels.fastexp import _exp_sum_vec
 from rnla._kernels.intrinsics import _wide_vectors
 
 
@@ -96,7 +101,7 @@ def _gather_attend(
                         mx = x
             if mx == -np.inf:
                 continue
-            z = _exp_sum(s, mx)
+            z = np.float64(_exp_sum_vec(s, 0, W, mx))
             for c in range(dv):
                 o[c] = 0
             # P V over the span of nonzero weights (masked keys inside it add zeros;
@@ -308,7 +313,7 @@ def _gather_attend_tiles(
                 srow[:] = 0
                 zs[rr] = 0.0
             else:
-                zs[rr] = _exp_sum(srow, mx)
+                zs[rr] = np.float64(_exp_sum_vec(s, rr * Wp, Wp, mx))
         _gemm_tiles(s, vb, o, 0, 0, 0, nr, Wp, dv, Wp, dv, dv, False)
         for rr in range(nr):
             mx = mxs[rr]

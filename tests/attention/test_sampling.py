@@ -397,3 +397,20 @@ def test_hyperattention_certificate_bound(rng, causal):
     assert "Markov" in markov.bound.assumptions
     with pytest.raises(ValueError, match="certificate"):
         approximate(Q, K, V, "hyperattention", error_bound="nope", **kw)
+
+
+@pytest.mark.parametrize("method", ["prescoring", "kdeformer"])
+def test_key_selection_thread_count_determinism(rng, dtype, method):
+    # Same seed, one and two threads (heads run concurrently): bit-identical outputs.
+    import numba
+
+    Q, K, V = (rng.standard_normal((3, 300, 16)).astype(dtype) for _ in range(3))
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            outs.append(approximate(Q, K, V, method, rng=7).output)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
