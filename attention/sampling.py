@@ -371,6 +371,33 @@ def _plan_causal(n, m, r0, k0, opts, plan):
     _plan_noncausal(n - n1, m1, r0 + n1, k0, opts, plan, force=True)
 
 
+def _causal_pairs(n, m):
+    """Count the visible pairs of a bottom-right causal ``n x m`` piece (``j <= i + m - n``)."""
+    first = m - n + 1  # keys the first row sees (may be <= 0)
+    lo = max(0, -first + 1)  # rows seeing no key
+    rows = n - lo
+    if rows <= 0:
+        return 0
+    a = first + lo  # keys seen by the first row that sees any (capped at m below)
+    full = max(0, min(rows, a + rows - 1 - m + 1))  # rows that see all m keys
+    part = rows - full
+    return part * (2 * a + part - 1) // 2 + full * m
+
+
+def _exact_pair_fraction(plan, n, m, causal):
+    """Share of the visible query-key pairs that the plan's exact pieces attend.
+
+    1.0: no piece is sampled, the output is exact attention (up to rounding).
+    """
+    total = _causal_pairs(n, m) if causal else n * m
+    exact = sum(
+        _causal_pairs(nr, mk) if kind == "causal" else nr * mk
+        for kind, _, nr, _, mk in plan
+        if kind != "sampled"
+    )
+    return exact / total if total else 1.0
+
+
 def _lsh_codes(x, H, gray):
     """LSH codes of the rows of ``x (N, d)`` under the hyperplanes ``H (d, n_bits)``."""
     from rnla.cluster import _gray_rank
@@ -934,6 +961,15 @@ def _hyperattention(
     have at most ``4 (block_size + sample_size)`` keys (there the estimator evaluates
     at least a quarter of the pairs and the exact kernel is faster per pair).
 
+    **Exact leaves.** Below those sizes nothing is sampled and the result *is* exact
+    attention (error at rounding level, not an accurate approximation): with the
+    defaults (``block_size=64``, ``sample_size=128``) a square causal problem is one
+    exact leaf up to ``n = 1537``; with ``sample_size=512`` up to ``n = 4609``, so at
+    ``n = 2048`` and ``4096`` it is exact attention at exact cost. ``cost.key_fraction``
+    (per slice) reports the share of the visible query-key pairs attended in exact
+    pieces: 1.0 means no piece was sampled (the keys of the sampled pieces' LSH blocks
+    also enter exactly, so the share of exactly attended pairs is at least this).
+
     Cost: sortLSH ``2 (n + m) d n_bits`` flops; each sampled piece of ``r`` rows costs
     ``r (block_size + sample_size)`` kernel evaluations; causal: ``O(n log(n) (block_size
     + sample_size))`` evaluations plus the exact leaves (``O(n (block_size +
@@ -982,7 +1018,10 @@ def _hyperattention(
         bound, extra = _certificate_bound(problem, outs, delta, rng)
         flops += extra.flops
         evals += extra.kernel_evals
-    return method_result(problem, outs, lses, bound, Cost(flops, evals))
+    # Every slice follows the same plan: one share of exactly attended pairs for all.
+    frac = _exact_pair_fraction(plan, problem.n, problem.m, problem.causal)
+    cost = Cost(flops, evals, key_fraction=np.full(problem.n_slices, frac))
+    return method_result(problem, outs, lses, bound, cost)
 
 
 # ---------------------------------------------------------------------------------------

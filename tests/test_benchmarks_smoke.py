@@ -132,3 +132,22 @@ def test_srft_baseline_is_a_scaled_orthogonal_subsample(n, k):
     np.testing.assert_allclose(S @ S.T, (n / k) * np.eye(k), atol=1e-12)
     all_rows = srft_numpy(np.eye(n), signs, np.arange(n))
     np.testing.assert_allclose(all_rows.T @ all_rows, (n / n) * np.eye(n), atol=1e-12)
+
+
+def test_attention_long_marks_configurations_that_did_not_approximate():
+    from benchmarks.attention_long import _label
+
+    row = {"method": "hyperattention", "config": "hyperattention (sample_size=512)"}
+    assert _label({**row, "rel_fro": 0.0, "key_fraction": 1.0}).endswith(
+        "[exact: exact leaves only]"
+    )
+    assert _label({**row, "rel_fro": 0.4, "key_fraction": 0.5}).endswith(
+        "[exact leaves: 50% of pairs]"
+    )
+    assert _label({**row, "rel_fro": 0.0}).endswith("[exact: exact leaves only]")  # old rows
+    ada = {"method": "adaptive", "config": "adaptive (tol=0.05)"}
+    assert _label({**ada, "rel_fro": 0.0, "key_fraction": 1.0}).endswith(
+        "[exact: every pair exact]"
+    )
+    assert _label({**ada, "rel_fro": 0.01, "key_fraction": 0.3}) == "adaptive (tol=0.05)"
+    assert _label({"method": "window", "config": "window", "rel_fro": 0.8}) == "window"
