@@ -324,6 +324,8 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
             )
         )
 
+    no_aux, no_mom = np.zeros((3, 0), dtype=work), np.zeros((1, 3))
+
     def block(unit):
         g, r0 = unit
         r1 = min(n, r0 + _TOPK_ROWS)
@@ -342,7 +344,9 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
         sv = np.empty((r1 - r0, kk))
         # Selection by the approximate scores, exact attention on the kept keys.
         seen = np.empty(r1 - r0, dtype=np.int64)
-        _select_block(S, lims, kk, False, False, sel, sv, n_kept[g, sl], seen, lses[g, sl])
+        _select_block(
+            S, lims, kk, False, False, sel, sv, n_kept[g, sl], seen, lses[g, sl], no_aux, no_mom
+        )
         _kept_block(
             sel, sv, n_kept[g, sl], qw[sl], kw[:hi], vw[:hi], scale, True, outs[g, sl], lses[g, sl]
         )

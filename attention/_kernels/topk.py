@@ -308,7 +308,7 @@ def _keep_largest(bv, bi, c, kk, tmp):
 
 @njit(cache=True, nogil=True)
 def _select_block(
-    S, lims, kk, masked, full, sel, sv, n_kept, n_seen, lse_full
+    S, lims, kk, masked, full, sel, sv, n_kept, n_seen, lse_full, aux, mom
 ):  # pragma: no cover - compiled; checked against _topk_rows_numpy
     """Top-``kk`` selection on the score rows ``S (b, s)``, no validation.
 
@@ -317,7 +317,11 @@ def _select_block(
     ``sv (b, kk)`` (float64), ``n_kept``, ``n_seen`` (keys with a finite score) and,
     when ``full``, ``lse_full[i] = mx + log sum_j exp(S_ij - mx)`` (``-inf`` for rows
     without a finite score; the exponentials overwrite ``S``, summed in chunks of 512
-    by the vectorised exponential of the row's dtype, chunk sums in float64).
+    by the vectorised exponential of the row's dtype, chunk sums in float64) and, when
+    ``aux`` (``(3, m >= s)`` in the row's dtype) is not empty, the dropped keys'
+    moments ``mom[i, r] = sum_{j dropped} exp(S_ij - mx) aux[r, j] / z`` (``z`` the
+    computed exponential sum; kept entries zeroed after the normaliser, one
+    vectorised pass, chunk sums in float64).
     """
     b, s = S.shape
     bv = np.empty(s + 1, dtype=S.dtype)
@@ -344,6 +348,36 @@ def _select_block(
         for j0 in range(0, lim, _CHUNK):
             z += _exp_sum(row[j0 : min(lim, j0 + _CHUNK)], mx64)
         lse_full[i] = mx64 + np.log(z)
+        if aux.shape[1] > 0:
+            for t in range(c):
+                row[bi[t]] = 0
+            m0 = 0.0
+            m1 = 0.0
+            m2 = 0.0
+            for j0 in range(0, lim, _CHUNK):
+                j1 = min(lim, j0 + _CHUNK)
+                a0, a1, a2 = _moments(row, aux, j0, j1)
+                m0 += a0
+                m1 += a1
+                m2 += a2
+            mom[i, 0] = m0 / z
+            mom[i, 1] = m1 / z
+            mom[i, 2] = m2 / z
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _moments(row, aux, j0, j1):
+    """``sum_j row[j] aux[r, j]`` over ``j0 <= j < j1`` for ``r < 3`` (vectorised)."""
+    _wide_vectors()
+    a0 = row[j0] - row[j0]
+    a1 = a0
+    a2 = a0
+    for j in range(j0, j1):
+        x = row[j]
+        a0 += x * aux[0, j]
+        a1 += x * aux[1, j]
+        a2 += x * aux[2, j]
+    return np.float64(a0), np.float64(a1), np.float64(a2)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})

@@ -502,7 +502,20 @@ def test_loki_drop_kernel_matches_numpy_reference(rng, dt):
     lims[:4] = [1, 5, 12, 13]  # nothing or one key dropped
     sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
     nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
-    _select_block(S.copy(), lims, kk, False, False, sel, sv, nk, ns, lf)
+    _select_block(
+        S.copy(),
+        lims,
+        kk,
+        False,
+        False,
+        sel,
+        sv,
+        nk,
+        ns,
+        lf,
+        np.zeros((3, 0), S.dtype),
+        np.zeros((1, 3)),
+    )
     a, c = rng.random(b), rng.random(b) * 1e-3
     bk, kn = rng.random(s), rng.random(s) + 1
     lk = rng.standard_normal(b)

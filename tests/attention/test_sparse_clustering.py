@@ -357,7 +357,20 @@ def test_topk_selection_kernel_matches_numpy_reference(rng, s, kk, dt):
     b = S.shape[0]
     sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
     nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
-    _select_block(S.copy(), lims, kk, True, True, sel, sv, nk, ns, lf)
+    _select_block(
+        S.copy(),
+        lims,
+        kk,
+        True,
+        True,
+        sel,
+        sv,
+        nk,
+        ns,
+        lf,
+        np.zeros((3, 0), S.dtype),
+        np.zeros((1, 3)),
+    )
     for i in range(b):
         row = S[i, : lims[i]].astype(np.float64)
         want = _stable_top(row, kk)
@@ -386,7 +399,20 @@ def test_kept_block_matches_numpy_reference(rng, monkeypatch, dense, rescore, dt
     v = v.astype(dt)
     sel, sv = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
     nk, ns, lf = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64), np.zeros(b)
-    _select_block(S.copy(), lims, kk, True, False, sel, sv, nk, ns, lf)
+    _select_block(
+        S.copy(),
+        lims,
+        kk,
+        True,
+        False,
+        sel,
+        sv,
+        nk,
+        ns,
+        lf,
+        np.zeros((3, 0), S.dtype),
+        np.zeros((1, 3)),
+    )
     sv0 = sv.copy()
     out, lk = np.full((b, 4), np.nan), np.full(b, np.nan)
     sp._kept_block(sel, sv, nk, q, k, v, 0.7, rescore, out, lk)

@@ -91,3 +91,69 @@ def test_negative_control_bound_is_attained(method, params):
     assert actual <= r.bound.value * (1 + _SLACK)
     assert actual > 0.5 * r.bound.value  # the halved constant fails
     assert r.bound.value / actual < 1 + 1e-9
+
+
+def _topk_exact_parts(Q, K, V, scale, k, causal):
+    """Exact (float64) quantities of topk's moment bound for one head."""
+    from attention.sparse import _value_geometry
+
+    q, kk, v = (np.asarray(x, dtype=np.float64) for x in (Q, K, V))
+    S = q @ kk.T * scale
+    if causal:
+        S[np.triu_indices(S.shape[0], 1 + S.shape[1] - S.shape[0])] = -np.inf
+    P = np.exp(S - S.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    keep = np.zeros(S.shape, dtype=bool)
+    for i in range(S.shape[0]):
+        keep[i, np.argsort(-S[i], kind="stable")[: min(k, int(np.isfinite(S[i]).sum()))]] = True
+    eps = np.maximum(1 - np.where(keep, P, 0).sum(1), 0.0)
+    Yt = np.where(keep, P, 0) @ v / (1 - eps)[:, None]
+    c, u, aux, _ = _value_geometry(v, np.float64)
+    T = np.where(keep, 0, P) @ aux.T
+    return np.linalg.norm(P @ v - Yt, axis=1), eps, T, Yt, c, u
+
+
+@pytest.mark.parametrize("k", [2, 8, 32])
+def test_topk_moment_rows_hold_with_negative_controls(rng, k):
+    from attention.sparse import _moment_rows
+
+    s = load_sample("smollm2")
+    cases = [(s.Q[3, :200], s.K[3, :200], s.V[3, :200], s.scale, True)]
+    cases.append(
+        (
+            2 * rng.standard_normal((60, 8)),
+            2 * rng.standard_normal((80, 8)),
+            rng.standard_normal((80, 5)) + 3.0,
+            1.0,
+            False,
+        )
+    )
+    fails_t1 = fails_a = 0
+    for Q, K, V, scale, causal in cases:
+        act, eps, T, Yt, c, u = _topk_exact_parts(Q, K, V, scale, k, causal)
+        rows = _moment_rows(eps, eps, T, 1.0, Yt, c, u)
+        assert np.all(act <= rows * (1 + _SLACK) + 1e-12)
+        # negative controls: without the Jensen term (T1), or without the u part (A)
+        no_t1 = _moment_rows(eps, eps, T * [0.0, 1.0, 1.0], 1.0, Yt, c, u)
+        dy = c - Yt
+        h = np.linalg.norm(dy - (dy @ u)[:, None] * u, axis=1)
+        no_a = np.sqrt(eps * T[:, 0]) + eps * h
+        fails_t1 += int(np.sum(act > no_t1 * (1 + 1e-6) + 1e-12))
+        fails_a += int(np.sum(act > no_a * (1 + 1e-6) + 1e-12))
+    assert fails_t1 > 0 and fails_a > 0
+
+
+def test_topk_moment_bound_tighter_on_real_heads(real_heads):
+    Q, K, V, scale, causal = real_heads
+    r = approximate(Q, K, V, "topk", top_k=16, scale=scale, causal=causal)
+    actual = _actual(r, Q, K, V, scale=scale, causal=causal)
+    # the dropped-mass bound eps (R + ||~y - c||), exact eps, the same value ball
+    from attention._core import value_ball
+
+    old = 0.0
+    for g in range(Q.shape[0]):
+        _, eps, _, Yt, _, _ = _topk_exact_parts(Q[g], K[g], V[g], scale, 16, causal)
+        c, R, _ = value_ball(np.asarray(V[g], dtype=np.float64))
+        old += np.sum((eps * (R + np.linalg.norm(Yt - c, axis=1))) ** 2)
+    assert actual <= r.bound.value * (1 + _SLACK)
+    assert r.bound.value < 0.9 * np.sqrt(old)
