@@ -163,6 +163,7 @@ from attention._kernels.adaptive import (
     _decode_kernel,
     _exact_decode_kernel,
     _sq_norms3,
+    _sq_rows,
     _value_summaries,
 )
 from attention._kernels.adaptive_prefill import _GROUP, _tiled_kernel
@@ -576,16 +577,26 @@ def _run(problem, tau, summaries, out, lse, members=None, pilot=True):
 def _sq_norms(*arrays: np.ndarray) -> list[np.ndarray]:
     """Squared row norms ``(G, r)`` (float64) of up to three ``(G, r, c)`` arrays, one pass.
 
-    Float64 squares and sums (:func:`attention._kernels.adaptive._sq_norms3`), padded by
-    ``1 + 2 c u_64`` for the rounding of the sums; NaN or inf rows give non-finite norms.
+    Float64 squares and sums (:func:`attention._kernels.adaptive._sq_norms3`, on all
+    cores; below ``_SERIAL_WORK`` entries :func:`~attention._kernels.adaptive._sq_rows`
+    in the calling thread; the two may sum in another order), padded by ``1 + 2 c u_64``
+    for the rounding of the sums in any order; NaN or inf rows give non-finite norms.
     """
     u = float(np.finfo(np.float64).eps)
     flat = [np.ascontiguousarray(x).reshape(-1, x.shape[-1]) for x in arrays]
-    empty = np.zeros((0, 1), dtype=flat[0].dtype)
-    flat += [empty] * (3 - len(flat))
     res = [np.empty(f.shape[0]) for f in flat]
-    with _single_threaded_blas(), _serial():
-        _sq_norms3(flat[0], flat[1], flat[2], res[0], res[1], res[2])
+    if sum(f.size for f in flat) < _SERIAL_WORK:
+        # Small (n = 256: a few hundred thousand entries, tens of microseconds): in the
+        # calling thread. A parallel region costs its wake-up and barrier, milliseconds
+        # when another process holds a core (measured 2-10 ms under load).
+        for f, r in zip(flat, res, strict=True):
+            _sq_rows(f, r, 0, f.shape[0])
+    else:
+        empty = np.zeros((0, 1), dtype=flat[0].dtype)
+        flat += [empty] * (3 - len(flat))
+        res += [np.empty(0)] * (3 - len(res))
+        with _single_threaded_blas(), _serial():
+            _sq_norms3(flat[0], flat[1], flat[2], res[0], res[1], res[2])
     return [
         r.reshape(x.shape[:-1]) * (1.0 + 2.0 * x.shape[-1] * u)
         for r, x in zip(res, arrays, strict=False)

@@ -487,11 +487,15 @@ def test_registry_marks_own_finite_check():
     assert flags["exact"] is False
 
 
-def test_sq_norms_match_numpy_and_flag_nonfinite(rng, dtype):
+@pytest.mark.parametrize("serial", [True, False], ids=["calling-thread", "parallel"])
+def test_sq_norms_match_numpy_and_flag_nonfinite(rng, dtype, serial, monkeypatch):
     """One-pass squared row norms (float64) of up to three arrays, against NumPy; NaN
     and inf rows give non-finite norms (the prefill finiteness check), the input is not
-    mutated, and empty arrays are handled."""
+    mutated, and empty arrays are handled; in the calling thread (small inputs) and in
+    the parallel kernel."""
     from attention.adaptive import _sq_norms
+
+    monkeypatch.setattr(adaptive_module, "_SERIAL_WORK", 2**62 if serial else 0)
 
     a = rng.standard_normal((3, 2500, 7)).astype(dtype)
     b = (rng.standard_normal((2, 5, 64)) * 1e20).astype(dtype)  # float32 squares overflow
@@ -509,6 +513,23 @@ def test_sq_norms_match_numpy_and_flag_nonfinite(rng, dtype):
     assert np.isnan(ra[1, 7]) and np.isinf(ra[2, 9])
     assert np.isfinite(np.delete(ra.reshape(-1), [2500 + 7, 5000 + 9])).all()
     np.testing.assert_array_equal(a, copy)
+
+
+def test_sq_norms_small_inputs_start_no_parallel_region(rng, monkeypatch):
+    # n = 256 (9 query and 3 key/value heads of 64): the norms in the calling thread (a
+    # parallel region's wake-up and barrier cost milliseconds under load); the method's
+    # output and bound are unchanged by the route of the norms.
+    def parallel(*args):
+        raise AssertionError("parallel region started for a small input")
+
+    Q = rng.standard_normal((1, 3, 3, 256, 64)).astype(np.float32)
+    K = rng.standard_normal((1, 3, 1, 256, 64)).astype(np.float32)
+    V = rng.standard_normal((1, 3, 1, 256, 64)).astype(np.float32)
+    ref = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    monkeypatch.setattr(adaptive_module, "_sq_norms3", parallel)
+    res = approximate(Q, K, V, "adaptive", tol=0.05, causal=True)
+    np.testing.assert_array_equal(res.output, ref.output)
+    assert res.bound.value == pytest.approx(ref.bound.value, rel=1e-12)
 
 
 def test_predicted_fraction_from_pilot(rng):
