@@ -65,6 +65,7 @@ from attention._core import (
 )
 from attention._kernels.features import (
     _angular_codes,
+    _ball_rows,
     _block_attend_tiles,
     _block_unions,
     _bucket_tiles,
@@ -2808,62 +2809,86 @@ def _select_keys(problem: Problem, g: int, n_keys: int, threshold):
     return np.broadcast_to(S, (n, S.size)), np.ones((n, S.size), dtype=bool)
 
 
-def _levattention_norms_bound(problem: Problem, outs, lses, kept, wdt) -> ErrorBound:
-    """LevAttention's dropped-mass bound from norms (see :func:`_levattention`, Notes).
+def _lev_norms_key_side(problem: Problem, j: int) -> tuple:
+    """Key-side data of LevAttention's ``"norms"`` bound for key/value slice ``j``.
 
-    ``outs``, ``lses``: the rows and kept log-normalisers of every query slice;
-    ``kept``: the number of keys each row kept; ``wdt``: the work dtype of the scores.
-    ``O((n + m) d)`` per slice.
+    ``(kmax, kvd)``: per query row the largest ``sqrt(scale) ||k||`` over its visible
+    keys (float64, norms rounded up as :func:`attention._core._score_bounds` does) and
+    the value ball and rounding terms of :func:`_value_terms`. ``O(m (d + d_v))``.
     """
     n, d = problem.n, problem.d
-    up = 1.0 + 2.0 * (d + 2) * _EPS64  # norms rounded up, as _score_bounds does
+    up = 1.0 + 2.0 * (d + 2) * _EPS64
+    r = math.sqrt(abs(problem.scale))
+    k = problem.k[j]
+    kn = np.sqrt(np.einsum("ij,ij->i", k, k, dtype=np.float64) * up) * r
+    if problem.causal:
+        visible = _visible_counts(problem)
+        run = np.maximum.accumulate(kn) if kn.size else kn
+        kmax = np.where(visible > 0, run[np.clip(visible - 1, 0, None)], 0.0)
+    else:
+        kmax = np.full(n, kn.max() if kn.size else 0.0)
+    return kmax, _value_terms(problem.v[j])
+
+
+def _lev_norms_rows(problem: Problem, g: int, y, lse, kept, key, wdt) -> np.ndarray:
+    r"""Row bounds of LevAttention's ``"norms"`` bound for query slice ``g`` (float64).
+
+    :math:`\varepsilon_i \le D_i / (Z_i + D_i)` with :math:`D_i = (m_i - s_i)
+    e^{\|r q_i\| \max_j \|r k_j\|}` (see :func:`_levattention`, Notes), then
+    :math:`\varepsilon_i (R + \|\tilde y_i - c\|)`
+    (:func:`attention.bounds.dropped_mass_bound`, valid for any ball holding the
+    values), capped by :math:`R + \|\tilde y_i - c\|` (plus :math:`\|\tilde y_i\|`
+    where a row may see no key) and padded with the rounding allowance (:func:`_slack`)
+    as :func:`attention._core.finish_row_bounds` does, from one pass over the rows
+    (:func:`attention._kernels.features._ball_rows`). ``kept``: keys kept by each row;
+    ``key``: :func:`_lev_norms_key_side` of the slice's key/value slice. ``O(n (d +
+    d_v))``.
+    """
+    d = problem.d
+    kmax, kvd = key
+    up = 1.0 + 2.0 * (d + 2) * _EPS64
     r = math.sqrt(abs(problem.scale))
     u = float(np.finfo(wdt).eps) / 2.0
-    visible = _visible_counts(problem)
-    sigma = _score_bounds(problem)
-    kmax = {}
-    for j in np.unique(problem.kv_index):
-        k = problem.k[j]
-        kn = np.sqrt(np.einsum("ij,ij->i", k, k, dtype=np.float64) * up) * r
-        if problem.causal:
-            run = np.maximum.accumulate(kn) if kn.size else kn
-            kmax[int(j)] = np.where(visible > 0, run[np.clip(visible - 1, 0, None)], 0.0)
-        else:
-            kmax[int(j)] = np.full(n, kn.max() if kn.size else 0.0)
+    q = problem.q[g]
+    qn = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64) * up) * r
+    dropped = _visible_counts(problem) - kept
+    margin = ((d + 4) * _score_bounds(problem) + 2.0 * kept + 16.0) * u
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_d = np.log(np.maximum(dropped, 0).astype(np.float64)) + qn * kmax * (
+            1.0 + 4.0 * _EPS64
+        )
+        # eps_i <= D_i / (Z_i + D_i) = 1 / (1 + exp(lse_i - margin - log D_i)).
+        rho = 1.0 / (1.0 + np.exp((lse - margin) - log_d))
+    rho = np.where(dropped <= 0, 0.0, np.where(np.isnan(rho), 1.0, rho))
+    rho = np.clip(rho, 0.0, 1.0)
+    stats = np.empty((y.shape[0], 2))
+    _ball_rows(np.ascontiguousarray(y), kvd["c"], stats)
+    ynorm = np.sqrt(stats[:, 0])
+    cap = kvd["R"] + np.sqrt(stats[:, 1])
+    rows = rho * cap
+    if problem.may_have_empty_rows:
+        cap = np.maximum(cap, ynorm)
+    rows = np.minimum(np.where(np.isnan(rows), np.inf, rows), cap)
+    return rows + _slack(problem, None, kvd, ynorm)
+
+
+_LEV_NORMS_TEXT = (
+    "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) with eps_i <= "
+    "D_i / (Z_i + D_i), D_i = (m_i - s_i) exp(scale ||q_i|| max_j ||k_j||) "
+    "(Cauchy-Schwarz over the dropped visible keys; Z_i the kept normaliser, with a "
+    "first-order rounding margin)"
+)
+
+
+def _levattention_norms_bound(problem: Problem, outs, lses, kept, wdt) -> ErrorBound:
+    """LevAttention's ``"norms"`` bound from every slice's rows (:func:`_lev_norms_rows`)."""
+    keys = {int(j): _lev_norms_key_side(problem, int(j)) for j in np.unique(problem.kv_index)}
     sq = 0.0
     for g in range(problem.n_slices):
-        q = problem.q[g]
-        qn = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64) * up) * r
-        dropped = visible - kept[g]
-        # Higham's gamma_c = c u / (1 - c u) (Lemma 3.1): no first-order truncation.
-        c_s, c_z = (d + 4) * u, (2.0 * kept[g] + 16.0) * u
-        with np.errstate(divide="ignore"):
-            margin = np.where(
-                np.maximum(c_z, c_s) < 0.5, c_s / (1.0 - c_s) * sigma + c_z / (1.0 - c_z), np.inf
-            )
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            log_d = np.log(np.maximum(dropped, 0).astype(np.float64)) + qn * kmax[
-                int(problem.kv_index[g])
-            ] * (1.0 + 4.0 * _EPS64)
-            # eps_i <= D_i / (Z_i + D_i) = 1 / (1 + exp(lse_i - margin - log D_i)).
-            rho = 1.0 / (1.0 + np.exp((lses[g] - margin) - log_d))
-        rho = np.where(dropped <= 0, 0.0, np.where(np.isnan(rho), 1.0, rho))
-        rho = np.clip(rho, 0.0, 1.0)
-        y = np.asarray(outs[g], dtype=np.float64)
-        v = problem.v[problem.kv_index[g]]
-        rb = dropped_mass_bound(rho, v, Y_tilde=y)
-        rows = finish_row_bounds(problem, rb.rows, y, v)
+        key = keys[int(problem.kv_index[g])]
+        rows = _lev_norms_rows(problem, g, outs[g], lses[g], kept[g], key, wdt)
         sq += float(np.sum(rows * rows))
-    return ErrorBound(
-        math.sqrt(sq),
-        "fro",
-        "deterministic",
-        0.0,
-        "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) with eps_i <= "
-        "D_i / (Z_i + D_i), D_i = (m_i - s_i) exp(scale ||q_i|| max_j ||k_j||) "
-        "(Cauchy-Schwarz over the dropped visible keys; Z_i the kept normaliser, with a "
-        "rounding margin from Higham's gamma_k)" + CAP_TEXT,
-    )
+    return ErrorBound(math.sqrt(sq), "fro", "deterministic", 0.0, _LEV_NORMS_TEXT + CAP_TEXT)
 
 
 def _window(problem: Problem, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -2963,13 +2988,18 @@ def _levattention(
     # Without a window, each block of rows attends the union of its rows' keys through
     # one batched GEMM over all blocks (:func:`_block_unions`).
     def select(g):
+        if g == 0 and mode == "norms":
+            _score_bounds(problem)  # memoised: one pass, on a worker thread
         idx, valid = _select_keys(problem, g, n_keys, threshold)
         blocks = (
             _block_unions(np.ascontiguousarray(idx), np.ascontiguousarray(valid), _LEV_BLOCK)
             if w == 0
             else None
         )
-        return idx, valid, blocks
+        norms = None
+        if mode == "norms":
+            norms = _lev_norms_key_side(problem, int(problem.kv_index[g]))
+        return idx, valid, blocks, norms
 
     reps: dict[int, int] = {}
     for g in range(problem.n_slices):
@@ -2982,8 +3012,16 @@ def _levattention(
     tiles = bool(_exact._USE_TILES) and dv % (64 // np.dtype(wdt).itemsize) == 0 and d > 0
 
     def attend(g):
+        y, lse, kept, comp, counts = attend_rows(g)
+        rows = None
+        if mode == "norms":
+            norms = selections[int(problem.kv_index[g])][3]
+            rows = _lev_norms_rows(problem, g, y, lse, counts, norms, wdt)
+        return y, lse, kept, comp, rows
+
+    def attend_rows(g):
         q, k, v = _scaled(problem, g, wdt)
-        idx, valid, blocks = selections[int(problem.kv_index[g])]
+        idx, valid, blocks, _ = selections[int(problem.kv_index[g])]
         if blocks is not None:
             U, keep = blocks
             nb, B, L = keep.shape
@@ -3049,7 +3087,8 @@ def _levattention(
         computed += comp
     bound = None
     if mode == "norms":
-        bound = _levattention_norms_bound(problem, outs, lses, [c for *_, c in res], wdt)
+        value = math.sqrt(sum(float(np.sum(rows * rows)) for *_, rows in res))
+        bound = ErrorBound(value, "fro", "deterministic", 0.0, _LEV_NORMS_TEXT + CAP_TEXT)
     # Block GEMMs over the key unions, plus the leverage scores once per key/value slice
     # (causal: Sherman-Morrison updates, 4 d^2 a key; otherwise a QR of K, ~2 m d^2).
     flops = (

@@ -1006,6 +1006,22 @@ def _scan_key_states(lk, off, mult, use_log, use_mult, V, C, seg, s, Sseg):
 
 
 @njit(cache=True, nogil=True)
+def _ball_rows(y, c, out):
+    """``out[i] = (||y_i||^2, ||y_i - c||^2)`` in float64 (``y`` float32 or float64)."""
+    n, dv = y.shape
+    for i in range(n):
+        a = 0.0
+        b = 0.0
+        for j in range(dv):
+            f = np.float64(y[i, j])
+            a += f * f
+            e = f - c[j]
+            b += e * e
+        out[i, 0] = a
+        out[i, 1] = b
+
+
+@njit(cache=True, nogil=True)
 def _angular_codes(x, r, R, out):
     """Angular-LSH buckets of the rows of ``r x``: ``out[i] = argmax([x_i R, -x_i R])``.
 
