@@ -700,13 +700,25 @@ def _score_bounds(problem: Problem) -> np.ndarray:
     if got is not None:
         return got
     up = 1.0 + 2.0 * (problem.d + 2) * _EPS64
+    # One slice at a time in float64: float32 slices are cast into one reused buffer
+    # (n = 8192, d = 64: 4 MiB), float64 ones read in place (the same sums either way).
+    f64 = problem.dtype == np.float64
+    buf = None if f64 else np.empty((max(problem.n, problem.m), problem.d))
+
+    def as64(x):
+        if f64:
+            return x
+        out = buf[: x.shape[0]]
+        np.copyto(out, x)
+        return out
+
     qn = np.zeros(problem.n)
     for g in range(problem.n_slices):
-        q = problem.q[g].astype(np.float64)
-        qn = np.maximum(qn, np.einsum("ij,ij->i", q, q))
+        q = as64(problem.q[g])
+        np.maximum(qn, np.einsum("ij,ij->i", q, q), out=qn)
     kmax = 0.0
     for j in range(problem.k.shape[0]):
-        k = problem.k[j].astype(np.float64)
+        k = as64(problem.k[j])
         if k.size:
             kmax = max(kmax, float(np.einsum("ij,ij->i", k, k).max()))
     bias = 0.0

@@ -314,3 +314,29 @@ def test_attention_rounding_is_finite_for_finite_input():
         np.float32, d=8, m=8, dv=16, chain=8, sigma=[0.0], vmax=[0.0], ynorm=[0.0]
     )
     assert 0.0 <= z[0] < 1e-40
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_score_bounds_match_float64_reference(rng, dtype, masked):
+    # scale max_g ||q_gi|| max_j ||k_j|| (+ the largest finite additive mask entry),
+    # norms rounded up: bit-identical to float64 copies of every slice, inputs unchanged.
+    from attention._core import _EPS64, _score_bounds
+
+    Q = (rng.standard_normal((2, 3, 50, 8)) * rng.uniform(0.1, 10, (2, 3, 50, 1))).astype(dtype)
+    K = rng.standard_normal((2, 1, 70, 8)).astype(dtype)
+    V = rng.standard_normal((2, 1, 70, 4)).astype(dtype)
+    mask = None
+    if masked:
+        mask = rng.standard_normal((50, 70)).astype(dtype)
+        mask[3, 4] = -np.inf
+    copies = [x.copy() for x in (Q, K)]
+    p = prepare(Q, K, V, mask=mask)
+    up = 1.0 + 2.0 * (8 + 2) * _EPS64
+    q64 = p.q.astype(np.float64)
+    qn = np.max(np.einsum("gij,gij->gi", q64, q64), axis=0)
+    kn = max(float(np.einsum("ij,ij->i", k, k).max()) for k in p.k.astype(np.float64))
+    bias = float(np.abs(mask[np.isfinite(mask)]).max()) * (1.0 + _EPS64) if masked else 0.0
+    ref = abs(p.scale) * np.sqrt(qn * up) * np.sqrt(kn * up) + bias
+    np.testing.assert_array_equal(_score_bounds(p), ref)
+    for x, c in zip((Q, K), copies, strict=True):
+        np.testing.assert_array_equal(x, c)
