@@ -332,6 +332,20 @@ def run(
     return result
 
 
+def _canonical_order(rows):
+    """Sort rows as a full run lists them (registry order, then the sweep)."""
+    from attention import methods as registry
+
+    names = [m.name for m in registry() if m.name != "exact"]
+    order = {name: i for i, name in enumerate(names)}
+    sweep = {_key(m, p): len(names) + i for i, (m, p) in enumerate(SWEEP)}
+
+    def rank(r):
+        return sweep.get(r["config"], order.get(r["method"], len(names) + len(SWEEP)))
+
+    return sorted(rows, key=rank)
+
+
 def best_per_family(rows):
     """Best configuration of each family: lowest error among those faster than exact."""
     best = {}
@@ -839,7 +853,7 @@ def main(argv=None):
                 new = results[str(n)]
                 done = {r["config"] for r in new["rows"]}
                 kept = [r for r in old["rows"] if r["config"] not in done]
-                new["rows"] = kept + new["rows"]
+                new["rows"] = _canonical_order(kept + new["rows"])
                 new["uptime_before"] = old.get("uptime_before", "") + " | " + new["uptime_before"]
                 new["wall_s"] = old.get("wall_s", 0.0) + new["wall_s"]
             a.out_dir.mkdir(parents=True, exist_ok=True)

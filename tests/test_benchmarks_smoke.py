@@ -151,3 +151,16 @@ def test_attention_long_marks_configurations_that_did_not_approximate():
     )
     assert _label({**ada, "rel_fro": 0.01, "key_fraction": 0.3}) == "adaptive (tol=0.05)"
     assert _label({"method": "window", "config": "window", "rel_fro": 0.8}) == "window"
+
+
+def test_attention_long_merged_rows_in_run_order():
+    from benchmarks.attention_long import SWEEP, _canonical_order, _key
+
+    sweep = _key(*SWEEP[0])
+    rows = [
+        {"method": SWEEP[0][0], "config": sweep},
+        {"method": "window", "config": "window"},
+        {"method": "adaptive", "config": "adaptive (tol=0.05)"},
+    ]
+    got = [r["config"] for r in _canonical_order(rows)]
+    assert got == ["adaptive (tol=0.05)", "window", sweep]
