@@ -349,7 +349,8 @@ def _value_geometry(v, work):
     """``(c, u, aux, ball)`` of value rows ``v (m, dv)`` for :func:`_topk_bound`.
 
     ``c`` the centroid, ``u`` the unit leading right singular vector of ``V - c``
-    (float64), ``aux (3, m)`` in the work dtype: ``||(I - uu^T)(v_j - c)||^2``,
+    (float64; 30 power iterations), ``aux (3, m)`` in the work dtype:
+    ``||(I - uu^T)(v_j - c)||^2``,
     ``w_j = u.(v_j - c)`` and ``|w_j|``; ``ball`` the :func:`attention._core.value_ball`.
     """
     v = np.asarray(v, dtype=np.float64)
@@ -357,7 +358,18 @@ def _value_geometry(v, work):
     D = v - c
     u = np.zeros(v.shape[1])
     if v.shape[0] and v.shape[1]:
-        u = np.linalg.eigh(D.T @ D)[1][:, -1]
+        # power iteration on D^T D (any unit u gives a valid bound: no convergence test;
+        # LAPACK's eigh costs milliseconds when its threads meet a loaded machine)
+        C = D.T @ D
+        x = C[:, int(np.argmax(np.diag(C)))].copy()
+        for _ in range(30):
+            nx = float(np.linalg.norm(x))
+            if nx == 0.0 or not np.isfinite(nx):
+                break
+            x = C @ (x / nx)
+        nx = float(np.linalg.norm(x))
+        if nx > 0.0 and np.isfinite(nx):
+            u = x / nx
     w = D @ u
     a = np.einsum("ij,ij->i", D, D)
     perp = np.maximum(a - w * w, 0.0) + 1e-12 * a

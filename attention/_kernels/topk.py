@@ -32,7 +32,13 @@ import numpy as np
 from numba import njit
 from numba.extending import intrinsic
 
-from attention._kernels.exact import _exp_sum, _exp_sum_f64, _max_nonan, _wide_vectors
+from attention._kernels.exact import (
+    _add_reassoc,
+    _exp_f64,
+    _exp_sum,
+    _max_nonan,
+    _wide_vectors,
+)
 
 _CHUNK = 512
 _GROUP = 16
@@ -91,27 +97,28 @@ def _row_stats(row, lim, masked):
         mx = _max_nonan(mx, row[j])
     mn = mx
     seen = 0
-    s1 = 0.0
-    s2 = 0.0
+    # sums in the row's dtype (they only place the first trial thresholds)
+    s1 = mx - mx
+    s2 = s1
     if not masked:
         seen = lim
         for j in range(lim):
             x = row[j]
             mn = _min_nonan(mn, x)
-            xd = np.float64(x)
-            s1 += xd
-            s2 += xd * xd
+            s1 = _add_reassoc(s1, x)
+            s2 = _add_reassoc(s2, x * x)
     else:
+        zero = s1
         for j in range(lim):
             x = row[j]
             fin = x > -np.inf
             seen += 1 if fin else 0
             mn = _min_nonan(mn, x if fin else mx)
-            xd = np.float64(x) if fin else 0.0
-            s1 += xd
-            s2 += xd * xd
-    mean = s1 / max(seen, 1)
-    var = s2 / max(seen, 1) - mean * mean
+            xf = x if fin else zero
+            s1 = _add_reassoc(s1, xf)
+            s2 = _add_reassoc(s2, xf * xf)
+    mean = np.float64(s1) / max(seen, 1)
+    var = np.float64(s2) / max(seen, 1) - mean * mean
     return mx, mn, seen, mean, np.sqrt(max(var, 0.0))
 
 
@@ -171,7 +178,7 @@ def _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax):
     lo, hi, n_lo, _ = _bracket(row, lim, kk, slack, mn, mx, seen, 0, tb, mean, sd)
     tb[0] = lo
     t = tb[0]
-    if 8 * n_lo >= lim:
+    if 32 * n_lo >= lim:
         # many candidates: one branch-free pass (bv, bi have room for lim + 1)
         for j in range(lim):
             x = row[j]
@@ -180,7 +187,8 @@ def _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax):
             c += 1 if x >= t else 0
     else:
         # Strided groups {w, w + G, ..., w + 15 G}: their maxima are one vectorised
-        # pass; only groups whose maximum reaches t are scanned (out of order).
+        # pass; only groups whose maximum reaches t are scanned, branch-free (the
+        # candidates come out of position order).
         G = lim // _GROUP
         _group_max(row, G, gmax)
         for w in range(G):
@@ -188,16 +196,14 @@ def _select_row(row, lim, kk, masked, bv, bi, tmp, tb, gmax):
                 for r in range(_GROUP):
                     j = r * G + w
                     x = row[j]
-                    if x >= t:
-                        bv[c] = x
-                        bi[c] = j
-                        c += 1
+                    bv[c] = x
+                    bi[c] = j
+                    c += 1 if x >= t else 0
         for j in range(_GROUP * G, lim):
             x = row[j]
-            if x >= t:
-                bv[c] = x
-                bi[c] = j
-                c += 1
+            bv[c] = x
+            bi[c] = j
+            c += 1 if x >= t else 0
     if c > kk:
         # the same search on the candidates, down to exactly kk (ties: quickselect)
         lo, _, n_lo, _ = _bracket(bv, c, kk, 0, lo, hi, c, 0, tb, np.nan, 0.0)
@@ -271,9 +277,9 @@ def _group_max(row, G, gmax):
     for w in range(G):
         gmax[w] = row[w]
     for r in range(1, _GROUP):
-        base = r * G
+        part = row[r * G : r * G + G]
         for w in range(G):
-            gmax[w] = _max_nonan(gmax[w], row[base + w])
+            gmax[w] = _max_nonan(gmax[w], part[w])
 
 
 @njit(cache=True, nogil=True)
@@ -354,9 +360,10 @@ def _select_block(
             m0 = 0.0
             m1 = 0.0
             m2 = 0.0
+            x0, x1, x2 = aux[0], aux[1], aux[2]
             for j0 in range(0, lim, _CHUNK):
                 j1 = min(lim, j0 + _CHUNK)
-                a0, a1, a2 = _moments(row, aux, j0, j1)
+                a0, a1, a2 = _moments(row[j0:j1], x0[j0:j1], x1[j0:j1], x2[j0:j1])
                 m0 += a0
                 m1 += a1
                 m2 += a2
@@ -366,18 +373,21 @@ def _select_block(
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _moments(row, aux, j0, j1):
-    """``sum_j row[j] aux[r, j]`` over ``j0 <= j < j1`` for ``r < 3`` (vectorised)."""
+def _moments(row, x0, x1, x2):
+    """``sum_j row[j] x_r[j]`` for ``r < 3`` (vectorised).
+
+    In float64: float32 products of tiny weights would be subnormal (slow, inexact).
+    """
     _wide_vectors()
-    a0 = row[j0] - row[j0]
-    a1 = a0
-    a2 = a0
-    for j in range(j0, j1):
-        x = row[j]
-        a0 += x * aux[0, j]
-        a1 += x * aux[1, j]
-        a2 += x * aux[2, j]
-    return np.float64(a0), np.float64(a1), np.float64(a2)
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    for j in range(row.shape[0]):
+        x = np.float64(row[j])
+        a0 = _add_reassoc(a0, x * np.float64(x0[j]))
+        a1 = _add_reassoc(a1, x * np.float64(x1[j]))
+        a2 = _add_reassoc(a2, x * np.float64(x2[j]))
+    return a0, a1, a2
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -390,10 +400,10 @@ def _dot4(qi, k, j0, j1, j2, j3):
     a3 = a0
     for e in range(qi.shape[0]):
         x = qi[e]
-        a0 += x * k[j0, e]
-        a1 += x * k[j1, e]
-        a2 += x * k[j2, e]
-        a3 += x * k[j3, e]
+        a0 = _add_reassoc(a0, x * k[j0, e])
+        a1 = _add_reassoc(a1, x * k[j1, e])
+        a2 = _add_reassoc(a2, x * k[j2, e])
+        a3 = _add_reassoc(a3, x * k[j3, e])
     return a0, a1, a2, a3
 
 
@@ -516,12 +526,18 @@ def _loki_drop(
     """Log of Loki's dropped-mass bound relative to the kept normaliser, per row.
 
     ``log_drop[i] = log sum_{j < lims[i], j not kept} exp(S_ij + a_i bk_j + c_row_i
-    kn_j - lse_kept_i)`` (``-inf`` when nothing is dropped), one vectorised float64 pass
-    per row (max, then the exponential sum); the kept entries of ``S`` are set to
-    ``-inf``.
+    kn_j - lse_kept_i)`` (``-inf`` when nothing is dropped), one vectorised float64
+    pass per row, shifted by an upper bound of the terms (the row maximum plus
+    ``a_i max bk + c_row_i max kn``), so no maximum pass; the kept entries of ``S``
+    are set to ``-inf``. ``a``, ``bk``, ``c_row``, ``kn`` are nonnegative.
     """
     b = S.shape[0]
-    x = np.empty(S.shape[1] + 1)
+    bmax = 0.0
+    for j in range(bk.shape[0]):
+        bmax = max(bmax, bk[j])
+    kmax = 0.0
+    for j in range(kn.shape[0]):
+        kmax = max(kmax, kn[j])
     for i in range(b):
         row = S[i]
         lim = lims[i]
@@ -529,20 +545,35 @@ def _loki_drop(
         if c == 0 or c >= lim:
             log_drop[i] = -np.inf
             continue
+        mx = np.float64(_row_max_lim(row, lim))
         for t in range(c):
             row[sel[i, t]] = -np.inf
-        log_drop[i] = _log_sum_bound(row, lim, a[i], bk, c_row[i], kn, lse_kept[i], x)
+        top = mx + a[i] * bmax + c_row[i] * kmax
+        acc = _log_sum_bound(row, lim, a[i], bk, c_row[i], kn, top)
+        # terms flushed to 0 below exp(-708) add at most lim exp(-708) to the sum
+        log_drop[i] = top - lse_kept[i] + np.log(acc + lim * 3.4e-308)
+
+
+@njit(cache=True, nogil=True)
+def _row_max_lim(row, lim):
+    """Maximum of ``row[:lim]`` (non-empty; vectorised)."""
+    _wide_vectors()
+    mx = row[0]
+    for j in range(lim):
+        mx = _max_nonan(mx, row[j])
+    return mx
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _log_sum_bound(row, lim, ai, bk, ci, kn, lk, x):
-    """``log sum_j exp(row[j] + ai bk[j] + ci kn[j] - lk)`` over ``j < lim`` (float64)."""
+def _log_sum_bound(row, lim, ai, bk, ci, kn, top):
+    """``sum_j exp(row[j] + ai bk[j] + ci kn[j] - top)`` over ``j < lim`` (float64).
+
+    ``top`` bounds every exponent from above (up to rounding: arguments are clamped at
+    0, an error below ``1e-15`` relative), so the float64 exponential never overflows.
+    """
     _wide_vectors()
-    m = -np.inf
+    acc = 0.0
     for j in range(lim):
-        t = np.float64(row[j]) + ai * bk[j] + ci * kn[j] - lk
-        x[j] = t
-        m = _max_nonan(m, t)
-    if m == -np.inf:
-        return m
-    return m + np.log(_exp_sum_f64(x[:lim], m))
+        t = np.float64(row[j]) + ai * bk[j] + ci * kn[j] - top
+        acc = _add_reassoc(acc, _exp_f64(t if t < 0.0 else 0.0))
+    return acc
