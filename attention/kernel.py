@@ -76,9 +76,11 @@ from attention._kernels.features import (
     _cumsum_rows,
     _exp_rows,
     _finish_rows,
+    _finish_rows_keys,
     _gather_rows,
     _gather_rows_t,
     _key_means,
+    _key_sums,
     _merge_rows,
     _online_leverage,
     _prefix_states,
@@ -1417,7 +1419,22 @@ def _performer(
         kvd = None
         if mode == "norms":
             _, k0, v0 = problem.slice(g)
-            kvd = _kv_bound_data(problem, k0, v0, r)
+            if segments:
+                # Norms and the key sums at the segment starts (no n x d key means).
+                m = k0.shape[0]
+                nk = np.empty(m)
+                R = max(1, _SEGMENT_ROWS // _CHUNK) * _CHUNK  # rows per segment
+                ksum = np.empty((-(-m // R), k0.shape[1]))
+                _key_sums(np.ascontiguousarray(k0), float(r), R, nk, ksum)
+                kvd = {
+                    "nk": nk,
+                    "k2max": float(nk.max()),
+                    "ksum": ksum,
+                    "k": np.ascontiguousarray(k0),
+                    **_value_terms(v0),
+                }
+            else:
+                kvd = _kv_bound_data(problem, k0, v0, r)
         return st, kvd
 
     def query_side(g, key):
@@ -1497,12 +1514,14 @@ def _performer_segments(problem, key_side, Wt, r, outs, mode, M):
     def finish(g, i0, i1, num, logscale, kvd):
         den = num[:, dv]
         if mode == "norms":
-            _finish_rows(
+            _finish_rows_keys(
                 num,
                 den,
                 problem.q[g][i0:i1],
                 r,
-                kvd["kbar"][i0:i1],
+                kvd["k"],
+                i0,
+                kvd["ksum"][i0 // (max(1, _SEGMENT_ROWS // _CHUNK) * _CHUNK)],
                 kvd["c"],
                 outs[g][i0:i1],
                 stats[g][i0:i1],

@@ -863,6 +863,73 @@ def _key_means(k, r, kbar, nk):
 
 
 @njit(cache=True, nogil=True)
+def _key_sums(k, r, R, nk, ksum):
+    """Squared norms of ``r k`` and the running sums of :func:`_key_means` every ``R`` rows.
+
+    ``nk[j] = ||r k_j||^2`` and ``ksum[t] = r k_0 + ... + r k_{tR - 1}`` (float64, rows
+    added in order, the sums of :func:`_key_means` before row ``t R``; ``ksum`` (ceil(m
+    / R), d)): :func:`_finish_rows_keys` continues them row by row, so the ``m x d``
+    array of means is never stored.
+    """
+    m, d = k.shape
+    acc = np.zeros(d)
+    for j in range(m):
+        if j % R == 0:
+            for a in range(d):
+                ksum[j // R, a] = acc[a]
+        s = 0.0
+        for a in range(d):
+            x = np.float64(k[j, a]) * r
+            acc[a] += x
+            s += x * x
+        nk[j] = s
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+def _finish_rows_keys(num, den, q, r, k, i0, ksum0, c, y, stats):
+    """:func:`_finish_rows` with the causal key means continued from a running sum.
+
+    Rows ``i0 + i`` of a causal problem with ``n == m``: the mean of the keys ``0 ..
+    i0 + i`` is ``(ksum0 + r k_{i0} + ... + r k_{i0 + i}) / (i0 + i + 1)`` (the sums and
+    products of :func:`_key_means`, ``ksum0`` from :func:`_key_sums`), so no ``n x d``
+    array of means is read. ``k`` (m, d) the unscaled keys; the rest as
+    :func:`_finish_rows`.
+    """
+    n, dv = y.shape
+    d = q.shape[1]
+    acc = ksum0.copy()
+    for i in range(n):
+        z = den[i]
+        a = 0.0
+        b = 0.0
+        if z == 0:
+            for j in range(dv):
+                y[i, j] = 0.0
+                b += c[j] * c[j]
+        else:
+            for j in range(dv):
+                t = num[i, j] / z
+                y[i, j] = t
+                f = np.float64(t)
+                a += f * f
+                e = f - c[j]
+                b += e * e
+        row = i0 + i
+        inv = 1.0 / (row + 1)
+        s2 = 0.0
+        sk = 0.0
+        for j in range(d):
+            acc[j] = acc[j] + np.float64(k[row, j]) * r
+            f = np.float64(q[i, j]) * r
+            s2 += f * f
+            sk += f * (acc[j] * inv)
+        stats[i, 0] = a
+        stats[i, 1] = b
+        stats[i, 2] = s2
+        stats[i, 3] = sk
+
+
+@njit(cache=True, nogil=True)
 def _value_ball(v, c):
     """Centroid of the value rows and the two largest squared norms (float64).
 

@@ -1232,3 +1232,43 @@ def test_angular_codes_match_angular_lsh(rng, dtype):
         want = angular_lsh(x.astype(np.float64) * r, nb, rng=5)[0]
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finish_rows_keys_matches_key_means(rng, dtype):
+    # Performer's segment rows continue the causal key sums (_key_sums at the segment
+    # starts) instead of reading the n x d means of _key_means: same norms, same row
+    # sums to rounding, segment by segment (a ragged last segment).
+    from attention._kernels.features import (
+        _finish_rows,
+        _finish_rows_keys,
+        _key_means,
+        _key_sums,
+    )
+
+    n, d, dv, R, r = 150, 8, 5, 64, 0.4
+    k = rng.standard_normal((n, d)).astype(dtype)
+    q = rng.standard_normal((n, d)).astype(dtype)
+    num = rng.standard_normal((n, dv + 1)).astype(dtype)
+    den = np.abs(num[:, dv]) + 1
+    den[3] = 0
+    c = rng.standard_normal(dv)
+    kbar, nk = np.empty((n, d)), np.empty(n)
+    _key_means(k, r, kbar, nk)
+    nk2, ksum = np.empty(n), np.empty((-(-n // R), d))
+    _key_sums(k, r, R, nk2, ksum)
+    np.testing.assert_array_equal(nk, nk2)
+    y1, s1 = np.empty((n, dv), dtype=dtype), np.empty((n, 4))
+    _finish_rows(num, den, q, r, kbar, c, y1, s1)
+    y2, s2 = np.full((n, dv), np.nan, dtype=dtype), np.full((n, 4), np.nan)
+    for i0 in range(0, n, R):
+        i1 = min(n, i0 + R)
+        _finish_rows_keys(
+            num[i0:i1], den[i0:i1], q[i0:i1], r, k, i0, ksum[i0 // R], c, y2[i0:i1], s2[i0:i1]
+        )
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_allclose(s2, s1, rtol=1e-13, atol=1e-13)
+    # Negative control: the sums of another segment start are detected.
+    bad = np.empty((n - R, 4))
+    _finish_rows_keys(num[R:], den[R:], q[R:], r, k, R, ksum[0], c, y2[R:], bad)
+    assert not np.allclose(bad[:, 3], s1[R:, 3], rtol=1e-6)
