@@ -82,6 +82,7 @@ from attention._kernels.features import (
     _key_means,
     _key_sums,
     _merge_rows,
+    _merge_rows_keys,
     _online_leverage,
     _prefix_states,
     _prefix_topk,
@@ -1712,7 +1713,16 @@ def _scatterbrain(
         st = _key_state(lk, None, vaug, n, problem.offset, problem.causal, lk_off=off)
         k0 = problem.slice(g)[1]
         hk = _lsh(k0)
-        kvd = _kv_bound_data(problem, k0, v, r) if mode == "norms" else None
+        kvd = None
+        if mode == "norms" and problem.causal and problem.offset == 0 and m > 0:
+            # Norms only: the merge continues the causal key means row by row
+            # (_merge_rows_keys), no n x d array of means.
+            k0 = np.ascontiguousarray(k0)
+            nk = np.empty(m)
+            _key_sums(k0, float(r), m, nk, np.empty((1, k0.shape[1])))
+            kvd = {"nk": nk, "k2max": float(nk.max()), "k": k0, **_value_terms(v)}
+        elif mode == "norms":
+            kvd = _kv_bound_data(problem, k0, v, r)
         # Key features over their row maximum (log shift ck), once: one pass, in place
         # (the chunk states above are built; lk is not used again).
         fk = lk
@@ -1832,9 +1842,13 @@ def _scatterbrain(
         y = outs[g] if mode != "exact" else np.empty((n, problem.dv))
         den_t = np.empty(n)
         stats = np.empty((n, 4))
-        kbar = kvd["kbar"] if mode == "norms" else _NO_KBAR
+        kbar = kvd["kbar"] if kvd is not None and "kbar" in kvd else _NO_KBAR
         c_v = kvd["c"] if mode == "norms" else np.zeros(problem.dv)
-        _merge_rows(num, logscale, corr, ref, problem.q[g], r, kbar, c_v, y, den_t, stats)
+        if kvd is not None and "k" in kvd:
+            q_g = problem.q[g]
+            _merge_rows_keys(num, logscale, corr, ref, q_g, r, kvd["k"], c_v, y, den_t, stats)
+        else:
+            _merge_rows(num, logscale, corr, ref, problem.q[g], r, kbar, c_v, y, den_t, stats)
         part = None
         if mode == "norms":
             part = _rf_parts(

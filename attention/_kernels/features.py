@@ -820,6 +820,47 @@ def _merge_rows(num, logscale, corr, ref, q, r, kbar, c, y, den_out, stats):
         stats[i, 3] = sk
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _merge_rows_keys(num, logscale, corr, ref, q, r, k, c, y, den_out, stats):
+    """:func:`_merge_rows` with the causal key means as running sums (``n == m``).
+
+    The mean of the keys ``0 .. i`` is ``(r k_0 + ... + r k_i) / (i + 1)`` with the sums
+    and products of :func:`_key_means` (``k`` (m, d) the unscaled keys), so no ``n x d``
+    array of means is read; the rest as :func:`_merge_rows`.
+    """
+    n, dv = y.shape
+    d = q.shape[1]
+    acc = np.zeros(d)
+    for i in range(n):
+        ls = logscale[i]
+        f = np.exp(ls - ref[i]) if np.isfinite(ls) else 0.0
+        z = f * np.float64(num[i, dv]) + corr[i, dv]
+        if not z > 0:
+            z = 0.0
+        den_out[i] = z
+        a = 0.0
+        b = 0.0
+        for j in range(dv):
+            t = f * np.float64(num[i, j]) + corr[i, j]
+            t = t / z if z != 0 else 0.0
+            y[i, j] = t
+            a += t * t
+            e = t - c[j]
+            b += e * e
+        inv = 1.0 / (i + 1)
+        s2 = 0.0
+        sk = 0.0
+        for j in range(d):
+            acc[j] = acc[j] + np.float64(k[i, j]) * r
+            x = np.float64(q[i, j]) * r
+            s2 += x * x
+            sk += x * (acc[j] * inv)
+        stats[i, 0] = a
+        stats[i, 1] = b
+        stats[i, 2] = s2
+        stats[i, 3] = sk
+
+
 @njit(cache=True, nogil=True)
 def _gather_rows_t(src, idx, out):
     """``out[w, :, t] = src[idx[w, t]]``: gathered rows, transposed per window.

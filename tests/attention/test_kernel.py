@@ -1272,3 +1272,31 @@ def test_finish_rows_keys_matches_key_means(rng, dtype):
     bad = np.empty((n - R, 4))
     _finish_rows_keys(num[R:], den[R:], q[R:], r, k, R, ksum[0], c, y2[R:], bad)
     assert not np.allclose(bad[:, 3], s1[R:, 3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_merge_rows_keys_matches_key_means(rng, dtype):
+    # Scatterbrain's merge with the causal key means as running sums == with the n x d
+    # means of _key_means (rows and row sums; a row without low-rank part).
+    from attention._kernels.features import _key_means, _merge_rows, _merge_rows_keys
+
+    n, d, dv, r = 70, 8, 5, 0.4
+    k = rng.standard_normal((n, d)).astype(dtype)
+    q = rng.standard_normal((n, d)).astype(dtype)
+    num = np.abs(rng.standard_normal((n, dv + 1))).astype(dtype)
+    logscale = rng.standard_normal(n)
+    logscale[2] = -np.inf
+    corr = np.abs(rng.standard_normal((n, dv + 1)))
+    ref = logscale + 0.5
+    ref[2] = 0.0
+    c = rng.standard_normal(dv)
+    kbar, nk = np.empty((n, d)), np.empty(n)
+    _key_means(k, r, kbar, nk)
+    outs = []
+    for fn, keys in ((_merge_rows, kbar), (_merge_rows_keys, k)):
+        y, den, stats = np.empty((n, dv), dtype=dtype), np.empty(n), np.empty((n, 4))
+        fn(num, logscale, corr, ref, q, r, keys, c, y, den, stats)
+        outs.append((y, den, stats))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[1][2], outs[0][2], rtol=1e-13, atol=1e-13)
