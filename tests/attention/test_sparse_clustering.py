@@ -383,6 +383,22 @@ def test_topk_selection_kernel_matches_numpy_reference(rng, s, kk, dt):
         tol = 1e-12 if dt == np.float64 else 2e-6
         np.testing.assert_allclose(lf[i], lfi[0], rtol=tol, atol=tol)
         assert ns[i] == np.isfinite(row).sum()
+    # with the dropped keys' moments (one fused pass): same normaliser, moments as NumPy
+    aux = np.abs(rng.standard_normal((3, s))).astype(dt)
+    mom, lf2 = np.zeros((b, 3)), np.zeros(b)
+    sel2, sv2 = np.empty((b, kk), dtype=np.int64), np.empty((b, kk))
+    _select_block(S.copy(), lims, kk, True, True, sel2, sv2, nk, ns, lf2, aux, mom)
+    np.testing.assert_array_equal(sel2, sel)
+    tol = 1e-12 if dt == np.float64 else 2e-6
+    np.testing.assert_allclose(lf2, lf, rtol=tol, atol=tol)
+    for i in range(b):
+        row = S[i, : lims[i]].astype(np.float64)
+        if not np.isfinite(row).any():
+            continue
+        p = np.exp(row - lf[i])
+        p[sel[i, : nk[i]]] = 0.0
+        want = p @ aux[:, : lims[i]].astype(np.float64).T
+        np.testing.assert_allclose(mom[i], want, rtol=10 * tol, atol=1e-300)
 
 
 @pytest.mark.parametrize("dense", [False, True])
