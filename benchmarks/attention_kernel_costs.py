@@ -190,13 +190,18 @@ def markdown(rows, chunks) -> str:
         "",
         "Measured"
         + (f" at commit {', '.join(commits)}" if commits else "")
-        + f" in {len(chunks)} run(s) under `flock /tmp/bench.lock`. One command gives "
-        "both datasets (about 2-3 minutes):",
+        + f" in {len(chunks)} run(s) under `flock /tmp/bench.lock`. Datasets: "
+        "`smollm2-4096-1kv` the 11 single-key/value real heads of "
+        "`benchmarks.attention_long` (one query head per layer, layers 0, 3, ..., 27, "
+        "29; one call), `smollm2-4096` real heads of layers 0/10/20/29 (9 query / 3 "
+        "key-value heads each, one call per layer), `synthetic-16384` synthetic "
+        "SmolLM2-shaped heads (9 query / 3 key-value). One command gives all three "
+        "(about 2 minutes):",
         "",
-        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs",
+        "    flock /tmp/bench.lock python -m benchmarks.attention_kernel_costs --single-kv",
         "",
-        "or in two shorter holds: `--sizes` (real heads only), then `--no-real --sizes "
-        "16384 --merge`.",
+        "or in shorter holds: `--no-real --sizes --single-kv`, `--sizes --merge` (real "
+        "grouped heads), then `--no-real --sizes 16384 --merge`.",
         "",
         "`attention_kernel_costs_before.md` is the reference run at the start of the "
         "kernel-family work. On a shared 2-core machine a process often gets one core: "
