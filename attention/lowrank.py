@@ -364,7 +364,8 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
             log_drop[g, sl],
         )
 
-    map_slices(block, [(g, r0) for g in range(G) for r0 in range(0, n, _TOPK_ROWS)])
+    # largest blocks first (causal: the last rows see the most keys), for balance
+    map_slices(block, [(g, r0) for r0 in range(0, n, _TOPK_ROWS)[::-1] for g in range(G)])
     rows = []
     for g in range(G):
         v = problem.v[int(problem.kv_index[g])].astype(np.float64)
