@@ -303,8 +303,8 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     lses = np.full((G, n), -np.inf)
     log_drop = np.full((G, n), -np.inf)
     n_kept = np.zeros((G, n), dtype=np.int64)
-    qpre = []
-    for g in range(G):
+
+    def prep(g):
         j = int(problem.kv_index[g])
         P = bases[j]
         kn, e_orth = kv[j][2], kv[j][5]
@@ -312,17 +312,17 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
         qP = q64 @ P
         q_perp = np.linalg.norm(q64 - qP @ P.T, axis=1)
         qn = np.linalg.norm(q64, axis=1) * (1 + 2 * (d + 2) * u64)
-        qpre.append(
-            (
-                np.ascontiguousarray((scale * qP).astype(work)),
-                scale * q_perp,
-                scale * tau_of(e_orth) * qn,
-                # the kept normaliser is computed from scores rounded in the work dtype
-                # (and weights stored there): its log is low by at most this
-                ld * scale * qn * float(kn.max(initial=0.0)) + 2 * uw + 2 * kk * u64,
-                np.ascontiguousarray(problem.q[g], dtype=work),
-            )
+        return (
+            np.ascontiguousarray((scale * qP).astype(work)),
+            scale * q_perp,
+            scale * tau_of(e_orth) * qn,
+            # the kept normaliser is computed from scores rounded in the work dtype
+            # (and weights stored there): its log is low by at most this
+            ld * scale * qn * float(kn.max(initial=0.0)) + 2 * uw + 2 * kk * u64,
+            np.ascontiguousarray(problem.q[g], dtype=work),
         )
+
+    qpre = map_slices(prep, range(G))
 
     no_aux, no_mom = np.zeros((3, 0), dtype=work), np.zeros((1, 3))
 
