@@ -2891,7 +2891,13 @@ def _lev_norms_rows(problem: Problem, g: int, y, lse, kept, key, wdt) -> np.ndar
     q = problem.q[g]
     qn = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64) * up) * r
     dropped = _visible_counts(problem) - kept
-    margin = ((d + 4) * _score_bounds(problem) + 2.0 * kept + 16.0) * u
+    # Higham's gamma_c = c u / (1 - c u) (Lemma 3.1): no first-order truncation.
+    c_s, c_z = (d + 4) * u, (2.0 * kept + 16.0) * u
+    margin = np.where(
+        np.maximum(c_s, c_z) < 0.5,
+        c_s / (1.0 - c_s) * _score_bounds(problem) + c_z / (1.0 - np.minimum(c_z, 0.5)),
+        np.inf,
+    )
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_d = np.log(np.maximum(dropped, 0).astype(np.float64)) + qn * kmax * (
             1.0 + 4.0 * _EPS64
@@ -2915,7 +2921,7 @@ _LEV_NORMS_TEXT = (
     "dropped-mass bound ||y_i - ~y_i|| <= eps_i (R + ||~y_i - c||) with eps_i <= "
     "D_i / (Z_i + D_i), D_i = (m_i - s_i) exp(scale ||q_i|| max_j ||k_j||) "
     "(Cauchy-Schwarz over the dropped visible keys; Z_i the kept normaliser, with a "
-    "first-order rounding margin)"
+    "rounding margin from Higham's gamma_k)"
 )
 
 
