@@ -429,8 +429,8 @@ def _topk_bound(problem, outs, lse_kept, lse_full, shift, dropped, mom, geo, sum
     is computed, not exact: its rounding (:func:`attention._core.rounding_allowance`)
     enters with weight :math:`1 + 2\varepsilon`.
     """
-    total = 0.0
-    for g in range(problem.n_slices):
+
+    def rows_of(g):
         j = int(problem.kv_index[g])
         v = problem.v[j]
         c, u = geo[j][0], geo[j][1]
@@ -449,7 +449,9 @@ def _topk_bound(problem, outs, lse_kept, lse_full, shift, dropped, mom, geo, sum
         old = e_hi * (ball[1] + np.sqrt(np.einsum("ij,ij->i", y - ball[0], y - ball[0])))
         extra = 2.0 * e_hi * rounding_allowance(problem, y, v, ball=ball)
         rows = finish_row_bounds(problem, np.minimum(new, old) + extra, y, v, ball=ball)
-        total += float(np.sum(rows * rows))
+        return float(np.sum(rows * rows))
+
+    total = sum(map_slices(rows_of, range(problem.n_slices)))
     return ErrorBound(
         math.sqrt(total),
         "fro",
@@ -578,7 +580,9 @@ def _topk(problem: Problem, *, rng, top_k=32):
     lse_kept, lse_full = np.full((G, n), _NEG), np.full((G, n), _NEG)
     # Per key/value slice: centroid c, leading direction u of the centred values and
     # the per-key quantities of the bound's moments (see _topk_bound).
-    geo = {j: _value_geometry(problem.v[j], work) for j in ks}
+    kv_ids = list(ks)
+    geos = map_slices(lambda j: _value_geometry(problem.v[j], work), kv_ids)
+    geo = dict(zip(kv_ids, geos, strict=True))
     mom = np.zeros((G, n, 3))
     n_kept = np.zeros((G, n), dtype=np.int64)
     n_seen = np.zeros((G, n), dtype=np.int64)
