@@ -225,12 +225,15 @@ def _loki(problem: Problem, *, rng, rank=None, top_k=None, calibration=None):
     :math:`\tilde s_{ij} + \delta_{ij}` and its exponential for every dropped visible
     pair (one vectorised float64 log-sum-exp pass per row, no :math:`O(nm)`
     temporaries). Blocks of 256 rows of all slices run on all cores. Measured on one
-    real SmolLM2 layer (9 causal heads, ``n = 4096``, one thread): about 30% of the
-    time in the selection, 40% in the kept part, 15% in the bound pass, 10% in the
-    rank-``r`` scores; 0.2x the speed of exact attention (the kept part alone moves
-    :math:`k (d + d_v)` gathered values per row, a quarter of exact attention's flops
-    at memory speed). A fixed ``top_k`` makes the kept part linear; the selection and
-    the bound pass stay :math:`O(nm)`.
+    real SmolLM2 layer (9 causal heads, ``n = 4096``, one thread): about 45% of the
+    time in the kept part, 17% in the selection, 12% in the bound pass, 8% in the
+    rank-``r`` scores; 0.25-0.3x the speed of exact attention
+    (:mod:`benchmarks.attention_selection`). What limits it is the kept part: with
+    :math:`k = m/8` the union of a 256-row block's kept keys is 70-85% of its visible
+    keys (one real head), so the dense form costs most of exact attention's two GEMMs,
+    and the gathered form (about 15 ns per kept key: two scattered rows) more. A fixed
+    ``top_k`` makes the kept part linear; the selection and the bound pass stay
+    :math:`O(nm)`.
 
     **Bound.** :math:`\tilde s_{ij}` is formed in the work dtype and the exact scores
     of the kept keys too, so the bound adds their rounding: :math:`s\,\tau\,\|q_i\|

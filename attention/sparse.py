@@ -544,9 +544,12 @@ def _topk(problem: Problem, *, rng, top_k=32):
     exponentials of the normaliser; the kept keys are attended with their formed
     scores (:func:`_kept_block`: gathered in float64 arithmetic, or one GEMM over the
     union of a block's kept keys). Blocks of all slices run on all cores. Measured on
-    one real SmolLM2 head at ``n = 4096`` (causal, one thread): about 35% of the time
-    in the score GEMM, 40% in the selection, 10% in the exponentials, 15% in the kept
-    part.
+    one real SmolLM2 layer at ``n = 4096`` (9 causal heads, one thread): about 40% of
+    the time in the score GEMM, 40% in the selection, the exponentials and the dropped
+    keys' moments, 5% in the kept part, 7% in the bound; 0.6x the speed of exact
+    attention (whose kernel does the same score GEMM, the exponentials and ``P V`` at
+    ~90% of the GEMM rate): the selection costs about as much as the second GEMM it
+    saves (:mod:`benchmarks.attention_selection`).
 
     **Rounding.** Both normalisers come from the rounded scores (each within
     :math:`\delta_i = \gamma_{d+3}(s\|q_i\|\max_j\|k_j\| + \max|b|)` of the exact
