@@ -555,12 +555,14 @@ def _topk(problem: Problem, *, rng, top_k=32):
     :math:`\delta_i = \gamma_{d+3}(s\|q_i\|\max_j\|k_j\| + \max|b|)` of the exact
     one, Higham, *Accuracy and Stability of Numerical Algorithms*, Lemma 3.1 and
     (3.5)); the log-normaliser of the row is raised by :math:`2\delta_i` plus the
-    rounding of the sums (:math:`4\cdot 10^{-6}` for the float32 exponential sums,
+    rounding of the sums (:math:`\gamma_{512} + 4u`, :math:`3.1\cdot 10^{-5}` in float32,
+    for the exponential sums in chunks of 512 in any order of addition,
     :math:`2u` for the kept weights), so the dropped mass :math:`1 -
     e^{\ell_{S_i} - \ell_i}`, and the bound, stay upper bounds. The output's own
     rounding (a softmax over the kept keys formed in the work dtype) is the case
     covered by :func:`attention._core.rounding_allowance`.
     """
+    from attention._kernels.topk import _CHUNK as _CHUNK_SUM
     from attention._kernels.topk import _select_block
 
     k = check_int(top_k, "top_k", minimum=1)
@@ -647,8 +649,9 @@ def _topk(problem: Problem, *, rng, top_k=32):
     pairs = sum(map_slices(block, units))
     # Nothing dropped: exactly zero dropped mass. Otherwise both normalisers come from
     # the rounded scores (each off by at most delta_i, see above): raise lse_full by
-    # 2 delta_i plus the rounding of the sums (float32 exponential sums in chunks of 512:
-    # 4e-6; the kept weights: 2u), so that the dropped mass stays an upper bound.
+    # 2 delta_i plus the rounding of the sums (exponential sums in the work dtype in
+    # chunks of 512: gamma_512 + 4u, 3.1e-5 in float32; the kept weights: 2u), so that
+    # the dropped mass stays an upper bound.
     bmax = 0.0
     if problem.mask is not None and problem.mask.dtype != np.bool_:
         fin = np.isfinite(problem.mask)
@@ -656,7 +659,10 @@ def _topk(problem: Problem, *, rng, top_k=32):
     kmax = {
         j: float(np.max(np.linalg.norm(ks[j].astype(np.float64), axis=1), initial=0.0)) for j in ks
     }
-    sums = 4e-6 if work == np.float32 else 1e-12
+    # Worst case over any order of the reassociated (vectorised) chunk sums: Higham's
+    # gamma_512 = 512u / (1 - 512u) (Lemma 3.1), plus 4u for the exponential.
+    u_w = float(np.finfo(work).eps) / 2
+    sums = max(_CHUNK_SUM * u_w / (1.0 - _CHUNK_SUM * u_w) + 4.0 * u_w, 1e-12)
     shift = np.zeros((G, n))
     for g in range(G):
         sigma = problem.scale * np.linalg.norm(problem.q[g].astype(np.float64), axis=1)
