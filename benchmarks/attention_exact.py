@@ -58,14 +58,16 @@ the same rounds. Every phase records the cores that other processes used meanwhi
 (``/proc/stat``), and each decode row starts once they use less than 0.2 cores (at
 most 60 s of waiting): a 2-thread call of 0.2-10 ms waits for a core held by another
 process (its parallel region ends when the late thread has run), which is what the
-noisiest rows of earlier runs measured. :func:`decode_interference` times our call right after
-each thing that precedes it in the interleaved rounds (the 1 GB read, a PyTorch call, a
-sleep, itself), which explains the interleaved decode rows.
+noisiest rows of earlier runs measured. :func:`decode_interference` times our call
+right after each thing that precedes it in the interleaved rounds (the 1 GB read, a
+PyTorch call, a sleep, itself), which explains the interleaved decode rows.
 
-Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``; ``--exp-exhaustive``
-instead checks the prefill's two exponentials (the row kernel and the score tiles'
-epilogue) on every float32 input of ``[-87, 0]`` and on 2e7 float64 inputs of
-``[-708, 0]`` (about a minute; result in ``attention_exact_exp_exhaustive.json``).
+Run ``python -m benchmarks.attention_exact [--quick] [--repeats 5]``; ``--decode-only
+[--repeats 10]`` re-runs only the decode phases into the committed results
+(:func:`decode_only`); ``--exp-exhaustive`` instead checks the prefill's two
+exponentials (the row kernel and the score tiles' epilogue) on every float32 input of
+``[-87, 0]`` and on 2e7 float64 inputs of ``[-708, 0]`` (about a minute; result in
+``attention_exact_exp_exhaustive.json``).
 """
 
 from __future__ import annotations
@@ -503,7 +505,8 @@ def decode_phases(repeats: int, quick: bool, pause: float = 0.5) -> list[dict]:
 
     Each row starts once other processes use less than 0.2 cores (at most
     ``QUIET_WAIT`` seconds of waiting, ``waited_s``), and each phase records the cores
-    that other processes used meanwhile (``others``).
+    that other processes used meanwhile, its pause included (``others``; ``/proc/stat``
+    counts 10 ms ticks).
     """
     rng = np.random.default_rng(11)
     read_fn, read_bytes = read_call(64 if quick else 1024)
@@ -512,10 +515,12 @@ def decode_phases(repeats: int, quick: bool, pause: float = 0.5) -> list[dict]:
     rows = []
 
     def phase(fn):
-        time.sleep(pause)
-        fn()
-        times = []
+        # The load is taken over the pause too: /proc/stat counts 10 ms ticks, too coarse
+        # for a phase of a few milliseconds alone.
         with OtherLoad() as load:
+            time.sleep(pause)
+            fn()
+            times = []
             for _ in range(repeats):
                 t = time.perf_counter()
                 fn()
@@ -535,13 +540,13 @@ def decode_phases(repeats: int, quick: bool, pause: float = 0.5) -> list[dict]:
 
         gemm_fn, gemm_flops = gemm_call(dtype, 1024 if quick else 2048)
         waited = wait_for_quiet(max_wait=0.0 if quick else QUIET_WAIT)
-        time.sleep(pause)
         for fn in (ours, read_fn, gemm_fn):
             fn()
         kr, vr = _as_rows(K), _as_rows(V)
         _read_pair(kr, vr)
         cold, same, read, gemm = [], [], [], []
         with OtherLoad() as cold_load:
+            time.sleep(pause)
             for _ in range(repeats):
                 _read_all(flush)
                 t = time.perf_counter()
@@ -722,7 +727,7 @@ def phase_lines(phases: list[dict]) -> list[str]:
     return out
 
 
-def roofline_rst(rows: list[dict], machine_line: str, phases=None) -> str:
+def roofline_rst(rows: list[dict], machine_line: str, phases=None, phase_note: str = "") -> str:
     """Return the roofline table as an RST list-table (included by the docs)."""
     header = ["case", "ours [ms]", "PyTorch [ms]", "ours / PyTorch time", "ours", "roofline"]
     header += ["fraction of roofline", "same-shape GEMM pair", "fraction of the pair"]
@@ -753,7 +758,7 @@ def roofline_rst(rows: list[dict], machine_line: str, phases=None) -> str:
             "rounds). *Warm*: repeated back to back (``K``/``V`` stay in the 32 MB "
             "last-level cache when they fit). PyTorch repeated alone after a pause; the time "
             "ratio is warm against warm. *Others*: cores used by other processes during the "
-            "cold / warm phase.\n\n"
+            "cold / warm phase." + (f" {phase_note}" if phase_note else "") + "\n\n"
         )
         head = ["case", "cold [ms]", "cold rate", "roofline", "fraction (cold)"]
         head += ["of a cold read of the same bytes"]
@@ -789,6 +794,39 @@ def roofline_rst(rows: list[dict], machine_line: str, phases=None) -> str:
     return text
 
 
+INTERLEAVED = (
+    "  (interleaved decode rows: each call of ours follows the previous round's read "
+    "roofline, which evicts K/V from the L3, and a PyTorch call, whose threads are "
+    "still spinning; the phase rows below are the decode numbers)"
+)
+
+
+def decode_section(repeats: int, quick: bool) -> list[str]:
+    """Run the decode phases (and, in a full run, the interference rounds); summary lines."""
+    lines = []
+    phases = decode_phases(repeats, quick)
+    EXTRA["decode_phases"] = phases
+    lines.append(
+        "Decode in separate phases, 9q/3kv heads, d=64 (cold: K/V read from DRAM, a 64 MB "
+        "buffer read before each call, rounds alternating with the 1 GB read roofline; "
+        "warm: repeated back to back, K/V left in the 32 MB L3 when they fit; PyTorch "
+        "warm; 'others' = cores used by other processes meanwhile):"
+    )
+    lines += [f"  {line}" for line in phase_lines(phases)]
+    if not quick:
+        diag = decode_interference(repeats)
+        EXTRA["decode_interference"] = diag
+        others = "n/a" if diag["others"] is None else f"{diag['others']:.2f}"
+        lines.append(
+            f"Decode n=1, m={diag['m']}, float32, our call timed in rounds after each of "
+            f"(others {others} cores):"
+        )
+        for name, ms in diag["median_ms"].items():
+            rate = diag["kv_bytes"] / ms / 1e6
+            lines.append(f"  {name:32s} {ms:7.3f} ms = {rate:5.1f} GB/s of K/V")
+    return lines
+
+
 def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
     rows = roofline_rows(result)
     EXTRA["roofline"] = rows
@@ -797,7 +835,9 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
         f"Rooflines timed in the same interleaved rounds: GEMM {EXTRA['gemm_size']}^3 "
         "and the same-shape GEMM pair of one head (NumPy, all BLAS threads), vectorised "
         f"parallel read of {EXTRA['read_mb']} MB (Numba); "
-        f"torch: {EXTRA['torch'] or 'not installed'} ({EXTRA.get('torch_threads')} threads)",
+        f"torch: {EXTRA['torch'] or 'not installed'} ({EXTRA.get('torch_threads')} threads); "
+        f"other processes used {_load_text(EXTRA.get('others_table'))} cores on average "
+        "during these rounds",
     ]
     for r in rows:
         ratio = r["ours_over_torch"]
@@ -812,31 +852,8 @@ def summarize(result: dict, quick: bool) -> tuple[str, list[dict]]:
             f"  {r['task']:52s} {r['rate']:7.1f} {r['unit']:11s} of {r['roofline_rate']:6.1f}"
             f" = {r['fraction']:4.0%}{goal}{pair}{vs}"
         )
-    lines.append(
-        "  (interleaved decode rows: each call of ours follows the previous round's read "
-        "roofline, which evicts K/V from the L3, and a PyTorch call, whose threads are "
-        "still spinning; the phase rows below are the decode numbers)"
-    )
-    phases = decode_phases(max(REPEATS[0], 10), quick)
-    EXTRA["decode_phases"] = phases
-    lines.append(
-        "Decode in separate phases, 9q/3kv heads, d=64 (cold: K/V read from DRAM, a 64 MB "
-        "buffer read before each call, rounds alternating with the 1 GB read roofline; "
-        "warm: repeated back to back, K/V left in the 32 MB L3 when they fit; PyTorch "
-        "warm; 'others' = cores used by other processes meanwhile):"
-    )
-    lines += [f"  {line}" for line in phase_lines(phases)]
-    if not quick:
-        diag = decode_interference(max(REPEATS[0], 10))
-        EXTRA["decode_interference"] = diag
-        others = "n/a" if diag["others"] is None else f"{diag['others']:.2f}"
-        lines.append(
-            f"Decode n=1, m={diag['m']}, float32, our call timed in rounds after each of "
-            f"(others {others} cores):"
-        )
-        for name, ms in diag["median_ms"].items():
-            rate = diag["kv_bytes"] / ms / 1e6
-            lines.append(f"  {name:32s} {ms:7.3f} ms = {rate:5.1f} GB/s of K/V")
+    lines.append(INTERLEAVED)
+    lines += decode_section(max(REPEATS[0], 10), quick)
     n_cpu = 1024 if quick else 4096
     cpu = single_thread_cpu_times(n_cpu)
     EXTRA["single_thread_cpu_s"] = {"n": n_cpu, **cpu}
@@ -970,6 +987,53 @@ def _exp_exhaustive_kernel(epilogue):
     return worst[k], where[k]
 
 
+def decode_only() -> int:
+    """``--decode-only``: re-run the decode phases into the committed full-run results.
+
+    Replaces the decode-phase section of ``attention_exact_summary.txt``, the phase table
+    of ``attention_exact_roofline.rst`` and the ``decode_phases`` / ``decode_interference``
+    entries of ``attention_exact_extra.json``; the interleaved table, the single-thread
+    times and the peak memory stay those of the last full run (its date and load are
+    kept in the files, the re-run's are added).
+    """
+    from benchmarks.harness import machine_summary
+
+    repeats = 10
+    if "--repeats" in sys.argv:
+        repeats = max(int(sys.argv[sys.argv.index("--repeats") + 1]), 1)
+    out_dir = RESULTS_DIR
+    if "--out-dir" in sys.argv:
+        out_dir = Path(sys.argv[sys.argv.index("--out-dir") + 1])
+    full = json.loads((RESULTS_DIR / f"{NAME}.json").read_text())
+    extra = json.loads((RESULTS_DIR / f"{NAME}_extra.json").read_text())
+    summary = (RESULTS_DIR / f"{NAME}_summary.txt").read_text().splitlines()
+    load0 = os.getloadavg()
+    start = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    lines = decode_section(repeats, False)
+    load1 = os.getloadavg()
+    note = (
+        f"Decode rows re-run on {start} (load average {load0[0]:.2f} before, "
+        f"{load1[0]:.2f} after; {repeats} rounds), after the full run above."
+    )
+    print("\n".join([note, *lines]))
+    first = next(i for i, line in enumerate(summary) if line.startswith("Decode "))
+    last = next(i for i, line in enumerate(summary) if line.startswith("Single-thread CPU"))
+    interleaved = [] if any("(interleaved decode rows" in x for x in summary) else [INTERLEAVED]
+    summary = [*summary[:first], *interleaved, note, *lines, *summary[last:]]
+    (out_dir / f"{NAME}_summary.txt").write_text("\n".join(summary) + "\n")
+    extra.update(
+        decode_phases=EXTRA["decode_phases"],
+        decode_interference=EXTRA["decode_interference"],
+        decode_rerun={"date": start, "load_before": load0, "load_after": load1},
+    )
+    (out_dir / f"{NAME}_extra.json").write_text(json.dumps(extra, indent=2, default=float))
+    rows = roofline_rows(full)
+    machine_line = machine_summary(full["machine"], full["repeats"])
+    rst = roofline_rst(rows, machine_line, EXTRA["decode_phases"], phase_note=note)
+    (out_dir / f"{NAME}_roofline.rst").write_text(rst)
+    return 0
+
+
 if __name__ == "__main__":
     from benchmarks.harness import machine_summary
 
@@ -980,8 +1044,13 @@ if __name__ == "__main__":
         (RESULTS_DIR / f"{NAME}_exp_exhaustive.json").write_text(json.dumps(res, indent=2))
         sys.exit(0)
 
+    if "--decode-only" in sys.argv:
+        sys.exit(decode_only())
+
     quick = "--quick" in sys.argv
-    out = main(NAME, build_tasks, description=__doc__.splitlines()[0])
+    with OtherLoad() as table_load:
+        out = main(NAME, build_tasks, description=__doc__.splitlines()[0])
+    EXTRA["others_table"] = table_load.cores
     REPEATS[0] = out["repeats"]
     text, rows = summarize(out, quick)
     print(text)
