@@ -757,7 +757,7 @@ def plot(results: dict, path: Path):
                 continue  # exact (no approximation): no point on a log error axis
             ax.scatter(r["speedup"], r["rel_fro"], color=colours[r["family"]], s=22)
             ax.annotate(
-                _label(r),
+                r["config"],
                 (r["speedup"], r["rel_fro"]),
                 fontsize=6,
                 xytext=(3, 2),
